@@ -1,0 +1,27 @@
+"""MedNeXt-v2 for CT and MR segmentation: network, inference, fine-tuning and model catalog.
+
+Imports are lazy so that the Slicer modules can import this package (for the catalog and the
+progress format) before torch is installed.
+"""
+from importlib import import_module
+
+__version__ = "0.1.0"
+
+_EXPORTS = {
+    "MedNeXtConfig": "mednextv2.network",
+    "MedNeXt": "mednextv2.network",
+    "from_official_state_dict": "mednextv2.network",
+    "upkern": "mednextv2.network",
+    "load_bundle": "mednextv2.bundle",
+    "Bundle": "mednextv2.bundle",
+    "segment": "mednextv2.segment",
+}
+
+
+def __getattr__(name):
+    if name in _EXPORTS:
+        return getattr(import_module(_EXPORTS[name]), name)
+    raise AttributeError(f"module 'mednextv2' has no attribute {name!r}")
+
+
+__all__ = sorted(_EXPORTS) + ["__version__"]

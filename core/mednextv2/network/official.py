@@ -1,0 +1,132 @@
+"""Official MedNeXt checkpoints: read the configuration off the tensor shapes, load, and UpKern."""
+from __future__ import annotations
+
+import re
+from typing import Dict, Mapping
+
+import torch
+import torch.nn.functional as F
+
+from .config import N_STAGES, MedNeXtConfig
+from .model import STAGES, MedNeXt
+
+_PREFIXES = ("module.", "_orig_mod.")
+_IGNORED = ("dummy_tensor",)  # the official class's checkpointing workaround; carries no weights
+
+
+def _tensor_dict(obj) -> Dict[str, torch.Tensor]:
+    """The state dict inside a raw state dict or an nnU-Net v1 / v2 checkpoint dict, prefixes removed."""
+    if isinstance(obj, Mapping):
+        for key in ("network_weights", "state_dict"):
+            if key in obj and isinstance(obj[key], Mapping):
+                obj = obj[key]
+                break
+    if not isinstance(obj, Mapping) or not obj:
+        raise ValueError("not a MedNeXt checkpoint: expected a state dict, or a checkpoint dict with "
+                         f"'network_weights' (nnU-Net v2) or 'state_dict' (nnU-Net v1), got {type(obj).__name__}")
+    out = {}
+    for key, value in obj.items():
+        if not isinstance(key, str) or not torch.is_tensor(value):
+            raise ValueError(f"not a MedNeXt checkpoint: entry {key!r} is not a named tensor")
+        changed = True
+        while changed:
+            changed = False
+            for prefix in _PREFIXES:
+                if key.startswith(prefix):
+                    key, changed = key[len(prefix):], True
+        if key not in _IGNORED:
+            out[key] = value
+    return out
+
+
+def _require(sd: Mapping[str, torch.Tensor], key: str, ndim: int) -> torch.Tensor:
+    if key not in sd:
+        raise ValueError(f"not a MedNeXt checkpoint: key {key!r} is missing")
+    if sd[key].dim() != ndim:
+        raise ValueError(f"not a MedNeXt checkpoint: {key!r} has shape {tuple(sd[key].shape)}, expected {ndim} dimensions")
+    return sd[key]
+
+
+def config_from_state_dict(obj) -> MedNeXtConfig:
+    """Every constructor argument, read off the shapes and key names of a checkpoint."""
+    sd = _tensor_dict(obj)
+    stem = _require(sd, "stem.weight", 5)
+    n_channels, in_channels = int(stem.shape[0]), int(stem.shape[1])
+    n_classes = int(_require(sd, "out_0.conv_out.weight", 5).shape[1])
+    kernel = int(_require(sd, "enc_block_0.0.conv1.weight", 5).shape[-1])
+    block_counts, exp_r = [], []
+    for stage in STAGES:
+        indices = {int(m.group(1)) for k in sd for m in [re.match(rf"{stage}\.(\d+)\.", k)] if m}
+        if not indices or indices != set(range(len(indices))):
+            raise ValueError(f"not a MedNeXt checkpoint: stage {stage!r} has block indices {sorted(indices)}")
+        block_counts.append(len(indices))
+        conv2 = _require(sd, f"{stage}.0.conv2.weight", 5)
+        exp_r.append(int(conv2.shape[0]) // int(conv2.shape[1]))
+    heads = [f"out_{level}.conv_out.weight" in sd for level in range(1, 5)]
+    if any(heads) and not all(heads):
+        raise ValueError("not a MedNeXt checkpoint: deep-supervision heads out_1..out_4 are only partly present")
+    assert len(block_counts) == N_STAGES
+    return MedNeXtConfig(in_channels=in_channels, n_channels=n_channels, n_classes=n_classes, exp_r=exp_r,
+                         kernel_size=kernel, block_counts=block_counts,
+                         grn="enc_block_0.0.grn_gamma" in sd, deep_supervision=all(heads))
+
+
+def _load_exact(model: MedNeXt, sd: Mapping[str, torch.Tensor]) -> None:
+    own = model.state_dict()
+    missing = sorted(set(own) - set(sd))
+    unexpected = sorted(set(sd) - set(own))
+    wrong = sorted(k for k in set(own) & set(sd) if own[k].shape != sd[k].shape)
+    if missing or unexpected or wrong:
+        parts = []
+        if missing:
+            parts.append(f"missing keys {missing[:5]}{' ...' if len(missing) > 5 else ''}")
+        if unexpected:
+            parts.append(f"unexpected keys {unexpected[:5]}{' ...' if len(unexpected) > 5 else ''}")
+        if wrong:
+            parts.append("wrong shapes " + ", ".join(f"{k}: {tuple(sd[k].shape)} vs expected {tuple(own[k].shape)}" for k in wrong[:3]))
+        raise ValueError("not a MedNeXt checkpoint of the configuration read off its shapes: " + "; ".join(parts))
+    model.load_state_dict(sd, strict=True)
+
+
+def from_official_state_dict(obj, deep_supervision=None) -> MedNeXt:
+    """Build and load a MedNeXt from an official state dict or nnU-Net v1/v2 checkpoint dict.
+
+    `deep_supervision` overrides what the checkpoint had; heads it lacks are newly initialised.
+    """
+    sd = _tensor_dict(obj)
+    config = config_from_state_dict(sd)
+    model = MedNeXt(config)
+    _load_exact(model, {k: v.to(torch.float32) if v.is_floating_point() else v for k, v in sd.items()})
+    if deep_supervision is not None:
+        model.set_deep_supervision(deep_supervision)
+    return model
+
+
+def official_state_dict(model: MedNeXt) -> Dict[str, torch.Tensor]:
+    """The state dict as the official class writes it, `dummy_tensor` included."""
+    sd = dict(model.state_dict())
+    sd["dummy_tensor"] = torch.ones(1)
+    return sd
+
+
+def upkern(source_state_dict, target_model: MedNeXt) -> MedNeXt:
+    """UpKern (MedNeXt v1): initialise a larger-kernel network from smaller-kernel weights.
+
+    Conv weights whose spatial shape differs are resized trilinearly (align_corners=False, as
+    the official rule does); everything of equal shape is copied. Returns `target_model`.
+    """
+    source = _tensor_dict(source_state_dict)
+    target = target_model.state_dict()
+    new = {}
+    for key, value in target.items():
+        if key not in source:
+            raise ValueError(f"UpKern: source checkpoint lacks {key!r}; source and target must differ only in kernel size")
+        src = source[key].to(dtype=value.dtype)
+        if src.shape == value.shape:
+            new[key] = src
+        elif src.dim() == 5 and src.shape[:2] == value.shape[:2]:
+            new[key] = F.interpolate(src, size=tuple(value.shape[2:]), mode="trilinear")
+        else:
+            raise ValueError(f"UpKern: {key!r} has shape {tuple(src.shape)} in the source, {tuple(value.shape)} in the target")
+    target_model.load_state_dict(new, strict=True)
+    return target_model

@@ -1,0 +1,95 @@
+"""Progress reporting for long work: a bar for people, JSON lines for the Slicer modules.
+
+Every stage reports through one callable, `report(stage, fraction, message="", **extra)`.
+JSON mode prints one object per line on stdout with the keys `stage`, `fraction`, `eta_s`,
+`message` plus any extras (training adds `epoch`, `iteration`, `loss`, `dice`, `lr`), so the
+Slicer modules parse a single format.
+"""
+from __future__ import annotations
+
+import json
+import math
+import sys
+import time
+from typing import Callable, Optional, TextIO
+
+ProgressCallback = Callable[..., None]
+MODES = ("bar", "json", "none")
+
+
+class _EtaClock:
+    """ETA from the time spent on the current stage and the fraction done."""
+
+    def __init__(self) -> None:
+        self.stage: Optional[str] = None
+        self.start = time.monotonic()
+
+    def eta(self, stage: str, fraction: float) -> Optional[float]:
+        now = time.monotonic()
+        if stage != self.stage:
+            self.stage, self.start = stage, now
+            return None
+        if fraction <= 0:
+            return None
+        return max(0.0, (now - self.start) * (1.0 - fraction) / fraction)
+
+
+def _clean(value):
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
+class JsonProgress:
+    def __init__(self, stream: Optional[TextIO] = None) -> None:
+        self.stream = stream
+        self.clock = _EtaClock()
+
+    def __call__(self, stage: str, fraction: float, message: str = "", eta_s: Optional[float] = None, **extra) -> None:
+        if eta_s is None:
+            eta_s = self.clock.eta(stage, fraction)
+        record = {"stage": stage, "fraction": round(float(fraction), 4),
+                  "eta_s": None if eta_s is None else round(eta_s, 1), "message": message}
+        record.update({k: _clean(v) for k, v in extra.items()})
+        stream = self.stream or sys.stdout
+        stream.write(json.dumps(record) + "\n")
+        stream.flush()
+
+
+class BarProgress:
+    def __init__(self, stream: Optional[TextIO] = None, width: int = 30) -> None:
+        self.stream = stream
+        self.width = width
+        self.clock = _EtaClock()
+        self.last_stage: Optional[str] = None
+
+    def __call__(self, stage: str, fraction: float, message: str = "", eta_s: Optional[float] = None, **extra) -> None:
+        stream = self.stream or sys.stderr
+        if eta_s is None:
+            eta_s = self.clock.eta(stage, fraction)
+        if self.last_stage is not None and stage != self.last_stage:
+            stream.write("\n")
+        self.last_stage = stage
+        fraction = min(max(float(fraction), 0.0), 1.0)
+        filled = int(round(fraction * self.width))
+        eta = "" if eta_s is None else f" ETA {eta_s:5.0f}s"
+        stream.write(f"\r{stage:>12} [{'#' * filled}{'.' * (self.width - filled)}] {fraction * 100:5.1f}%{eta} {message}"[:160])
+        if fraction >= 1.0:
+            stream.write("\n")
+            self.last_stage = None
+        stream.flush()
+
+
+def null_progress(stage: str, fraction: float, message: str = "", **extra) -> None:
+    return None
+
+
+def make_progress(mode: str = "bar", stream: Optional[TextIO] = None) -> ProgressCallback:
+    """The reporter for a CLI `--progress` choice."""
+    if mode == "json":
+        return JsonProgress(stream)
+    if mode == "bar":
+        return BarProgress(stream)
+    if mode == "none":
+        return null_progress
+    raise ValueError(f"--progress must be one of {', '.join(MODES)}, got {mode!r}")
