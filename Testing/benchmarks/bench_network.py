@@ -1,0 +1,152 @@
+"""Network speed: ours against a plain literal implementation of the spec, same weights and input.
+
+    python Testing/benchmarks/bench_network.py [--sizes 64 128] [--repeats 3] [--json out.json]
+
+Runs the two alternately in one process (so background load hits both alike), prints medians,
+the speed-up ratio, the largest output difference, one-time costs (first call) separately, and
+op-by-op timings of each trick at the first stage's shape. On CUDA it also times v2-base at 128^3,
+batch 2, under bf16 autocast, and one training step with and without activation checkpointing.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from plain_mednext import PlainMedNeXt  # noqa: E402
+
+from mednextv2.network import MedNeXt, MedNeXtConfig  # noqa: E402
+from mednextv2.network.layers import MedNeXtBlock  # noqa: E402
+
+
+def randomised(model: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
+    # GRN gamma/beta start at zero; random values make the GRN path count in the comparison.
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.copy_(torch.randn(p.shape, generator=g) * (0.5 / max(1, p[0].numel()) ** 0.5))
+    return model
+
+
+def timed(fn, sync=lambda: None) -> float:
+    sync()
+    start = time.perf_counter()
+    fn()
+    sync()
+    return time.perf_counter() - start
+
+
+def compare(label, plain_fn, ours_fn, repeats, sync=lambda: None):
+    first = {"plain": timed(plain_fn, sync), "ours": timed(ours_fn, sync)}
+    times = {"plain": [], "ours": []}
+    for _ in range(repeats):
+        times["plain"].append(timed(plain_fn, sync))
+        times["ours"].append(timed(ours_fn, sync))
+    med = {k: statistics.median(v) for k, v in times.items()}
+    row = {"case": label, "plain_s": med["plain"], "ours_s": med["ours"], "ratio": med["plain"] / med["ours"],
+           "first_call_plain_s": first["plain"], "first_call_ours_s": first["ours"]}
+    print(f"{label:42s} plain {med['plain'] * 1e3:9.1f} ms   ours {med['ours'] * 1e3:9.1f} ms   "
+          f"ratio {row['ratio']:5.2f}x   (first call: plain {first['plain']:.2f} s, ours {first['ours']:.2f} s)", flush=True)
+    return row
+
+
+def network_cpu(size: int, repeats: int):
+    cfg = MedNeXtConfig.preset("v2-base", in_channels=1, n_classes=3, deep_supervision=False)
+    ours = randomised(MedNeXt(cfg)).eval()
+    plain = PlainMedNeXt(cfg).eval()
+    plain.load_state_dict(ours.state_dict())
+    x = torch.randn(1, 1, size, size, size, generator=torch.Generator().manual_seed(1))
+    with torch.inference_mode():
+        diff = (ours(x) - plain(x)).abs().max().item()
+        row = compare(f"v2-base forward {size}^3 fp32 CPU", lambda: plain(x), lambda: ours(x), repeats)
+    row["max_abs_diff"] = diff
+    print(f"{'':42s} max |ours - plain| = {diff:.2e}")
+    return row
+
+
+def ops_cpu(repeats: int):
+    """Each trick alone, at enc_block_0's shape of v2-base on a 64^3 patch (32 channels, r=3)."""
+    c, s, r = 32, 64, 3
+    g = torch.Generator().manual_seed(2)
+    x = torch.randn(1, c, s, s, s, generator=g)
+    xl = x.contiguous(memory_format=torch.channels_last_3d)
+    w = torch.randn(c, 1, 3, 3, 3, generator=g)
+    h = torch.randn(1, r * c, s, s, s, generator=g)
+    hl = h.contiguous(memory_format=torch.channels_last_3d)
+    block = randomised(MedNeXtBlock(c, c, r, 3, grn=True)).eval()
+    plain_block = PlainMedNeXt(MedNeXtConfig.preset("v2-base")).enc_block_0[0].eval()
+    plain_block.load_state_dict(block.state_dict())
+    rows = []
+    with torch.inference_mode():
+        rows.append(compare("op: depthwise 3^3 conv, channels_last_3d", lambda: F.conv3d(x, w, padding=1, groups=c),
+                            lambda: F.conv3d(xl, w, padding=1, groups=c), repeats))
+        rows.append(compare("op: GRN L2 norm, torch.norm vs ours (cl)", lambda: torch.norm(hl, p=2, dim=(-3, -2, -1)),
+                            lambda: torch.linalg.vector_norm(hl.permute(0, 2, 3, 4, 1).reshape(1, -1, r * c), dim=1), repeats))
+        rows.append(compare("op: expand+GELU+GRN+compress, chunked", lambda: block._compress(block.act(block.conv2(xl))),
+                            lambda: block._mlp_chunked(xl, xl), repeats))
+        rows.append(compare("op: whole block (plain vs ours)", lambda: plain_block(x), lambda: block(x), repeats))
+    return rows
+
+
+def network_cuda(repeats: int):
+    dev = torch.device("cuda")
+    sync = torch.cuda.synchronize
+    cfg = MedNeXtConfig.preset("v2-base", in_channels=1, n_classes=3, deep_supervision=False)
+    ours = randomised(MedNeXt(cfg)).to(dev).eval()
+    plain = PlainMedNeXt(cfg).to(dev).eval()
+    plain.load_state_dict(ours.state_dict())
+    x = torch.randn(2, 1, 128, 128, 128, device=dev)
+    rows = []
+    with torch.inference_mode(), torch.autocast("cuda", dtype=torch.bfloat16):
+        row = compare("v2-base fwd 128^3 b2 bf16 CUDA", lambda: plain(x), lambda: ours(x), repeats, sync)
+        row["ms_per_patch_ours"] = row["ours_s"] / 2 * 1e3
+        row["ms_per_patch_plain"] = row["plain_s"] / 2 * 1e3
+        rows.append(row)
+    ours.train()
+    ours.set_deep_supervision(True)
+    opt = torch.optim.AdamW(ours.parameters(), lr=1e-4, eps=1e-4)
+    for stages in (False, True):
+        ours.set_checkpointing(stages)
+
+        def step():
+            with torch.autocast("cuda", dtype=torch.bfloat16):
+                loss = sum(o.float().mean() for o in ours(x))
+            loss.backward()
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+        step()
+        torch.cuda.reset_peak_memory_stats()
+        t = statistics.median(timed(step, sync) for _ in range(repeats))
+        peak = torch.cuda.max_memory_allocated() / 2 ** 30
+        print(f"train step 128^3 b2 bf16, checkpointing={stages}: {t * 1e3:.0f} ms, peak {peak:.1f} GiB", flush=True)
+        rows.append({"case": f"train step checkpointing={stages}", "ms": t * 1e3, "peak_gib": peak})
+    return rows
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--sizes", type=int, nargs="+", default=[64, 128])
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--no-ops", action="store_true")
+    parser.add_argument("--json", type=Path)
+    args = parser.parse_args()
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {platform.processor() or platform.machine()}")
+    rows = [] if args.no_ops else ops_cpu(args.repeats)
+    rows += [network_cpu(size, args.repeats) for size in args.sizes]
+    if torch.cuda.is_available():
+        print(f"CUDA device: {torch.cuda.get_device_name()}")
+        rows += network_cuda(args.repeats)
+    if args.json:
+        args.json.write_text(json.dumps(rows, indent=1))
+
+
+if __name__ == "__main__":
+    main()

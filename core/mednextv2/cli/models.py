@@ -1,0 +1,160 @@
+"""`mednextv2 models`: list, inspect, download, import and remove models; show the cache folder."""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from mednextv2.cache import ModelCache, format_size
+from mednextv2.errors import InputError
+from mednextv2.progress import MODES, make_progress
+
+
+def add_parser(subparsers) -> argparse.ArgumentParser:
+    parser = subparsers.add_parser(
+        "models", help="list, download and import models",
+        description="Manage the model cache. Models are found in the shipped catalog and in user catalogs "
+                    "(MEDNEXTV2_CATALOGS, <home>/config.json, --catalog). The cache folder is MEDNEXTV2_HOME "
+                    "or a per-user folder.")
+    parser.add_argument("--home", help="cache folder (default: MEDNEXTV2_HOME or the per-user folder)")
+    parser.add_argument("--catalog", action="append", default=[], metavar="PATH_OR_URL",
+                        help="extra catalog, a local JSON file or an http(s) URL (repeatable)")
+    parser.add_argument("--progress", choices=MODES, default="bar", help="progress display (json for the Slicer modules)")
+    sub = parser.add_subparsers(dest="action", metavar="ACTION")
+    sub.required = True
+
+    p = sub.add_parser("list", help="catalog and installed models, with size and download state")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p = sub.add_parser("info", help="everything known about one model")
+    p.add_argument("id")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p = sub.add_parser("download", help="download, verify and install a catalog model")
+    p.add_argument("id")
+    p.add_argument("--force", action="store_true", help="download again even if this version is installed")
+    p = sub.add_parser("import", help="install a local bundle or nnU-Net v2 results folder/zip (no internet needed)")
+    p.add_argument("path", help="bundle folder or zip, or nnU-Net v2 results folder or zip")
+    p.add_argument("--id", dest="model_id", help="model id to install it as (default: from the bundle or dataset name)")
+    p.add_argument("--fold", dest="folds", action="append", metavar="FOLD",
+                   help="nnU-Net: use only this fold (repeatable; default: every fold found, as an ensemble)")
+    p.add_argument("--configuration", help="nnU-Net: plans configuration (default: from the folder name, else 3d_fullres)")
+    p.add_argument("--checkpoint", default="checkpoint_final.pth", help="nnU-Net: checkpoint file name in each fold")
+    p.add_argument("--replace", action="store_true", help="replace an installed model with the same id")
+    p = sub.add_parser("remove", help="delete an installed model")
+    p.add_argument("id")
+    p = sub.add_parser("path", help="print the cache folder, or an installed model's folder")
+    p.add_argument("id", nargs="?")
+    parser.set_defaults(func=run)
+    return parser
+
+
+def run(args: argparse.Namespace) -> int:
+    cache = ModelCache.open(args.home)
+    return _ACTIONS[args.action](args, cache)
+
+
+def _list(args, cache) -> int:
+    from mednextv2.catalog import entries_with_status, load_catalog
+
+    catalog = load_catalog(cache, args.catalog)
+    rows = entries_with_status(catalog, cache)
+    if args.json:
+        print(json.dumps({"models": rows, "sources": list(catalog.sources), "problems": list(catalog.problems),
+                          "home": str(cache.home)}, indent=2))
+        return 0
+    for problem in catalog.problems:
+        print(f"warning: could not read catalog {problem}", file=sys.stderr)
+    if not rows:
+        print(f"No models in the catalog and none installed in {cache.models_dir}.\n"
+              "Import one with `mednextv2 models import PATH` (see docs/models.md).")
+        return 0
+    width = max(len(r["id"]) for r in rows)
+    print(f"{'ID':<{width}}  {'VERSION':<10} {'SIZE':>9}  {'INSTALLED':<13} TITLE")
+    for r in rows:
+        print(f"{r['id']:<{width}}  {r['version'] or '-':<10} {format_size(r['size']):>9}  {r['installed']:<13} {r['title']}")
+    return 0
+
+
+def _info(args, cache) -> int:
+    from mednextv2.catalog import load_catalog
+
+    catalog = load_catalog(cache, args.catalog)
+    info = {"id": args.id}
+    if args.id in catalog:
+        info["catalog"] = dict(catalog.get(args.id).to_dict(), source=catalog.get(args.id).source)
+    if cache.is_installed(args.id):
+        path = cache.model_dir(args.id)
+        info["installed"] = {**cache.install_info(args.id), "path": str(path),
+                             "model": json.loads((path / "model.json").read_text(encoding="utf-8"))}
+    if len(info) == 1:
+        catalog.get(args.id)  # raises the unknown-id error, listing what exists
+    if args.json:
+        print(json.dumps(info, indent=2))
+    else:
+        _print_info(info)
+    return 0
+
+
+def _print_info(info: dict) -> None:
+    entry = info.get("catalog") or {}
+    model = (info.get("installed") or {}).get("model", {})
+    print(f"id:          {info['id']}")
+    print(f"title:       {entry.get('title') or model.get('title', '')}")
+    if entry:
+        print(f"version:     {entry['version']}")
+        print(f"modality:    {entry['modality']}")
+        print(f"size:        {format_size(entry['size'])} ({entry['size']} bytes)")
+        print(f"sha256:      {entry['sha256']}")
+        print(f"license:     {entry['license']}")
+        print(f"citation:    {entry['citation']}")
+        print(f"catalog:     {entry['source']}")
+        if entry.get("min_gpu_memory_gb") is not None:
+            print(f"min GPU mem: {entry['min_gpu_memory_gb']} GB")
+        for key, value in (entry.get("timings") or {}).items():
+            print(f"time {key}: {value}")
+        for url in entry["urls"]:
+            print(f"url:         {url}")
+    labels = entry.get("labels") or model.get("labels") or []
+    print("labels:      " + ", ".join(f"{lab['value']}={lab['name']}" for lab in labels))
+    installed = info.get("installed")
+    print(f"installed:   {installed['path'] if installed else 'no'}")
+    if installed and installed.get("source") == "import":
+        print(f"imported:    {installed.get('origin')} ({installed.get('format', '')})")
+
+
+def _download(args, cache) -> int:
+    from mednextv2.catalog import download_model, load_catalog
+
+    entry = load_catalog(cache, args.catalog).get(args.id)
+    path = download_model(entry, cache, progress=make_progress(args.progress), force=args.force)
+    print(path)
+    return 0
+
+
+def _import(args, cache) -> int:
+    from mednextv2.importer import import_model
+
+    folds = [int(f) if str(f).isdigit() else f for f in args.folds] if args.folds else None
+    path = import_model(args.path, cache, model_id=args.model_id, folds=folds, configuration=args.configuration,
+                        checkpoint=args.checkpoint, replace=args.replace, progress=make_progress(args.progress))
+    print(f"installed {path.name} in {path}; use it with: mednextv2 segment ... -m {path.name}", file=sys.stderr)
+    print(path)
+    return 0
+
+
+def _remove(args, cache) -> int:
+    path = cache.remove(args.id)
+    print(f"removed {args.id} ({path})", file=sys.stderr)
+    return 0
+
+
+def _path(args, cache) -> int:
+    if args.id is None:
+        print(cache.home)
+        return 0
+    if not cache.is_installed(args.id):
+        raise InputError(f"model {args.id!r} is not installed in {cache.models_dir}")
+    print(cache.model_dir(args.id))
+    return 0
+
+
+_ACTIONS = {"list": _list, "info": _info, "download": _download, "import": _import, "remove": _remove, "path": _path}

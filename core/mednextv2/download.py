@@ -1,0 +1,317 @@
+"""Verified, resumable HTTP(S) downloads.
+
+What the Slicer extensions' users keep reporting (stalls, no resume, proxies, SSL, corrupt
+files) is handled here:
+- streaming with `requests`, connect and read timeouts, retries with exponential backoff;
+- an interrupted download is kept as `<name>.part` and resumed with an HTTP Range request;
+- the SHA-256 is checked before the file gets its final name, and a mismatch deletes it;
+- proxies and CA bundles come from the environment (`HTTPS_PROXY`, `NO_PROXY`,
+  `REQUESTS_CA_BUNDLE`) because the session keeps requests' `trust_env`;
+- only http(s) URLs, and never more bytes than the catalog says.
+"""
+from __future__ import annotations
+
+import errno
+import hashlib
+import logging
+import os
+import re
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Optional, Sequence
+from urllib.parse import urlsplit
+
+import requests
+
+from mednextv2 import __version__
+from mednextv2.cache import format_size, require_free_space
+from mednextv2.errors import InputError, MedNeXtError, ResourceError
+
+log = logging.getLogger(__name__)
+
+ProgressCallback = Callable[..., None]
+_CONTENT_RANGE = re.compile(r"bytes\s+(\d+)-(\d+)/(\d+|\*)")
+_PERMANENT_STATUS = {400, 401, 403, 404, 405, 410, 451}
+
+
+class DownloadError(MedNeXtError):
+    """The file could not be fetched: offline, HTTP error, TLS or proxy failure."""
+
+
+class ChecksumError(DownloadError):
+    """The bytes received are not the file the catalog describes; nothing was kept."""
+
+
+@dataclass(frozen=True)
+class DownloadSettings:
+    connect_timeout: float = 15.0
+    read_timeout: float = 60.0
+    retries: int = 4          # further tries after the first, per URL, without progress
+    backoff: float = 1.0      # seconds before the first retry, doubled each time
+    max_backoff: float = 30.0
+    chunk_size: int = 1 << 20
+    max_bytes: int = 50 * 1024 ** 3   # refuse anything larger, whatever a catalog says
+
+
+def check_url(url: str) -> str:
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.netloc:
+        raise InputError(f"only http:// and https:// URLs are accepted, got {url!r}")
+    return url
+
+
+def new_session() -> requests.Session:
+    session = requests.Session()  # trust_env=True: HTTP(S)_PROXY, NO_PROXY, REQUESTS_CA_BUNDLE, .netrc
+    session.headers["User-Agent"] = f"mednextv2/{__version__}"
+    return session
+
+
+def sha256_of(path: Path, progress: Optional[ProgressCallback] = None, chunk: int = 1 << 22) -> str:
+    digest = hashlib.sha256()
+    total = max(path.stat().st_size, 1)
+    done = 0
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(chunk), b""):
+            digest.update(block)
+            done += len(block)
+            if progress:
+                progress("verify", done / total, "checking SHA-256")
+    return digest.hexdigest()
+
+
+class _Transient(Exception):
+    """A failure worth retrying (connection dropped, timeout, HTTP 5xx)."""
+
+
+class _StartOver(Exception):
+    """The partial file cannot be continued; delete it and fetch from byte 0."""
+
+
+def download_verified(urls: Sequence[str], part: Path, sha256: str, size: int, *,
+                      progress: Optional[ProgressCallback] = None,
+                      settings: DownloadSettings = DownloadSettings(),
+                      session: Optional[requests.Session] = None) -> Path:
+    """Fetch `size` bytes with the given SHA-256 from the first URL that works.
+
+    Bytes go to `part` (resumed if it exists); the verified file is renamed to `part` without
+    its `.part` suffix and that path is returned. The caller holds the cache lock."""
+    if not urls:
+        raise InputError("no download URL given")
+    for url in urls:
+        check_url(url)
+    if size > settings.max_bytes:
+        raise InputError(f"refusing to download {format_size(size)} (limit {format_size(settings.max_bytes)})")
+    if part.suffix != ".part":
+        raise ValueError(f"partial download file must end with .part: {part}")
+    final = part.with_suffix("")
+    part.parent.mkdir(parents=True, exist_ok=True)
+    session = session or new_session()
+    have = part.stat().st_size if part.exists() else 0
+    require_free_space(part.parent, max(size - have, 0) + (1 << 20), f"the download into {part.parent}")
+
+    resumed = have > 0
+    last_error: Optional[Exception] = None
+    for url in urls:
+        # A resumed part may splice two versions of a changed file: on a mismatch, one clean try.
+        for attempt in (("resume", "fresh") if resumed else ("fresh",)):
+            try:
+                _fetch_with_retries(session, url, part, size, settings, progress)
+            except DownloadError as e:
+                if isinstance(e, ChecksumError):
+                    part.unlink(missing_ok=True)  # wrong bytes are never kept, not even for a resume
+                last_error = e
+                log.warning("%s", e)
+                break
+            digest = sha256_of(part, progress)
+            if digest == sha256:
+                os.replace(part, final)
+                return final
+            part.unlink()
+            last_error = ChecksumError(
+                f"checksum mismatch for {url}: expected SHA-256 {sha256}, got {digest}. The file was deleted. "
+                "The download was corrupted or the file on the server is not the one the catalog describes; "
+                "try again later, and report it to the catalog's publisher if it persists.")
+            if attempt == "resume":
+                log.warning("SHA-256 mismatch after resuming; downloading %s again from the start", url)
+        resumed = False
+    if len(urls) > 1 and not isinstance(last_error, ChecksumError):
+        raise DownloadError(f"all {len(urls)} download URLs failed; last error: {last_error}") from last_error
+    raise last_error  # type: ignore[misc]
+
+
+def _fetch_with_retries(session, url, part, size, settings, progress) -> None:
+    failures = 0
+    while True:
+        before = part.stat().st_size if part.exists() else 0
+        try:
+            _fetch_once(session, url, part, size, settings, progress)
+            return
+        except _StartOver:
+            part.unlink(missing_ok=True)
+            continue
+        except _Transient as e:
+            now = part.stat().st_size if part.exists() else 0
+            failures = 0 if now > before else failures + 1  # a flaky link that progresses may go on
+            if failures > settings.retries:
+                raise DownloadError(f"{e} (gave up after {settings.retries + 1} tries)") from e
+            delay = min(settings.backoff * 2 ** max(failures - 1, 0), settings.max_backoff)
+            log.warning("%s; retrying in %.1f s (%s of %s received)", e, delay, format_size(now), format_size(size))
+            time.sleep(delay)
+
+
+def _fetch_once(session, url, part, size, settings, progress) -> None:
+    have = part.stat().st_size if part.exists() else 0
+    if have > size:
+        raise _StartOver()
+    if have == size:
+        return  # complete; the checksum decides
+    headers = {"Accept-Encoding": "identity"}  # sizes and ranges refer to the raw bytes
+    if have:
+        headers["Range"] = f"bytes={have}-"
+    try:
+        response = session.get(url, stream=True, headers=headers, allow_redirects=True,
+                               timeout=(settings.connect_timeout, settings.read_timeout))
+    except requests.exceptions.RequestException as e:
+        _raise_network_error(e, url, settings)
+    with response:
+        check_url(response.url)  # a redirect must not leave http(s)
+        if response.status_code == 416 and have:
+            raise _StartOver()
+        if response.status_code >= 400:
+            _raise_http_error(response, url)
+        if response.status_code == 206 and have:
+            _check_content_range(response, url, have, size)
+            mode = "ab"
+        else:
+            if have:
+                log.info("%s ignores HTTP Range; downloading from the start", urlsplit(url).netloc)
+            have, mode = 0, "wb"
+            length = response.headers.get("Content-Length")
+            if length is not None and length.isdigit() and int(length) != size:
+                raise ChecksumError(f"{url} is {format_size(int(length))} ({length} bytes) but the catalog says "
+                                    f"{size} bytes: not the file the catalog describes (or a login/portal page)")
+        _stream_to(response, part, mode, have, size, url, settings, progress)
+
+
+def _stream_to(response, part, mode, have, size, url, settings, progress) -> None:
+    done = have
+    last_report = 0.0
+    started = time.monotonic()
+    try:
+        with open(part, mode) as f:
+            for chunk in response.iter_content(chunk_size=settings.chunk_size):
+                if not chunk:
+                    continue
+                if done + len(chunk) > size:
+                    f.write(chunk[: size - done])
+                    raise ChecksumError(f"{url} sent more than the {size} bytes the catalog lists; not the expected file")
+                f.write(chunk)
+                done += len(chunk)
+                now = time.monotonic()
+                if progress and (now - last_report > 0.25 or done == size):
+                    last_report = now
+                    rate = (done - have) / max(now - started, 1e-6)
+                    eta = (size - done) / rate if rate > 0 else None
+                    progress("download", done / size, f"{format_size(done)} of {format_size(size)}",
+                             eta_s=eta, bytes=done, total_bytes=size)
+    except requests.exceptions.RequestException as e:  # before OSError: requests' errors derive from it
+        _raise_network_error(e, url, settings)
+    except OSError as e:
+        if e.errno in (errno.ENOSPC, errno.EDQUOT):
+            raise ResourceError(f"disk full while writing {part}: {format_size(done)} of {format_size(size)} written. "
+                                "Free some space and run the download again: it resumes where it stopped.") from e
+        raise ResourceError(f"cannot write {part}: {e}") from e
+    if done < size:
+        raise _Transient(f"connection to {urlsplit(url).netloc} closed after {format_size(done)} of {format_size(size)}")
+
+
+def _check_content_range(response, url, have, size) -> None:
+    match = _CONTENT_RANGE.match(response.headers.get("Content-Range", ""))
+    if not match or int(match.group(1)) != have:
+        raise _StartOver()  # the server answered a different range than asked: be safe
+    total = match.group(3)
+    if total != "*" and int(total) != size:
+        raise ChecksumError(f"{url} is {total} bytes but the catalog says {size}: not the file the catalog describes")
+
+
+def _raise_http_error(response, url) -> None:
+    status = response.status_code
+    text = f"HTTP {status} {response.reason or ''}".strip() + f" from {url}"
+    if status in _PERMANENT_STATUS:
+        hint = {404: "the file is not (or no longer) there; the catalog may be out of date",
+                401: "the server wants a login", 403: "access denied by the server (or by a proxy)"}.get(status, "")
+        raise DownloadError(f"{text}{': ' + hint if hint else ''}")
+    raise _Transient(text)
+
+
+def _raise_network_error(e: Exception, url: str, settings: DownloadSettings):
+    host = urlsplit(url).netloc
+    if isinstance(e, requests.exceptions.SSLError):
+        raise DownloadError(
+            f"TLS/SSL verification failed for {host}: {_root_cause(e)}. If your network inspects HTTPS "
+            "traffic, set REQUESTS_CA_BUNDLE to the file of your organisation's CA certificates.") from e
+    if isinstance(e, requests.exceptions.ProxyError):
+        proxy = os.environ.get("HTTPS_PROXY") or os.environ.get("https_proxy") or os.environ.get("HTTP_PROXY") \
+            or os.environ.get("http_proxy") or "the configured proxy"
+        raise _Transient(f"cannot reach {host} through the proxy {proxy}: {_root_cause(e)} "
+                         "(check HTTPS_PROXY / HTTP_PROXY / NO_PROXY)") from e
+    if isinstance(e, requests.exceptions.ConnectTimeout):
+        raise _Transient(f"no answer from {host} within {settings.connect_timeout:g} s: offline or blocked by a firewall?") from e
+    if isinstance(e, (requests.exceptions.ReadTimeout, requests.exceptions.Timeout)):
+        raise _Transient(f"{host} stopped sending data for {settings.read_timeout:g} s") from e
+    if isinstance(e, requests.exceptions.InvalidURL) or isinstance(e, requests.exceptions.MissingSchema):
+        raise InputError(f"invalid URL {url!r}: {e}") from e
+    cause = _root_cause(e)
+    if any(s in cause for s in ("Name or service not known", "getaddrinfo failed", "nodename nor servname",
+                                 "Temporary failure in name resolution", "NameResolutionError", "No address associated")):
+        raise _Transient(f"cannot resolve {host}: this computer seems to be offline. Without internet, copy the "
+                         "model file from another computer and use `mednextv2 models import FILE`") from e
+    if isinstance(e, (requests.exceptions.ConnectionError, requests.exceptions.ChunkedEncodingError)):
+        raise _Transient(f"connection to {host} failed: {cause}") from e
+    raise DownloadError(f"download from {url} failed: {cause}") from e
+
+
+def _root_cause(e: BaseException) -> str:
+    seen = e
+    while seen.__context__ is not None and seen.__context__ is not seen:
+        seen = seen.__context__
+    text = str(e)
+    deepest = str(seen)
+    return deepest if len(deepest) < len(text) and deepest else text
+
+
+def fetch_bytes(url: str, max_bytes: int, *, settings: DownloadSettings = DownloadSettings(),
+                session: Optional[requests.Session] = None) -> bytes:
+    """A small file (a catalog) into memory, with the same timeouts, retries and messages."""
+    check_url(url)
+    session = session or new_session()
+    failures = 0
+    while True:
+        try:
+            return _fetch_small(session, url, max_bytes, settings)
+        except _Transient as e:
+            failures += 1
+            if failures > settings.retries:
+                raise DownloadError(f"{e} (gave up after {failures} tries)") from e
+            time.sleep(min(settings.backoff * 2 ** (failures - 1), settings.max_backoff))
+
+
+def _fetch_small(session, url, max_bytes, settings) -> bytes:
+    try:
+        response = session.get(url, stream=True, timeout=(settings.connect_timeout, settings.read_timeout))
+    except requests.exceptions.RequestException as e:
+        _raise_network_error(e, url, settings)
+    with response:
+        check_url(response.url)
+        if response.status_code >= 400:
+            _raise_http_error(response, url)
+        data = bytearray()
+        try:
+            for chunk in response.iter_content(chunk_size=1 << 16):
+                data.extend(chunk)
+                if len(data) > max_bytes:
+                    raise InputError(f"{url} is larger than the {format_size(max_bytes)} allowed for it")
+        except requests.exceptions.RequestException as e:
+            _raise_network_error(e, url, settings)
+    return bytes(data)

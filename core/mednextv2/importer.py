@@ -1,0 +1,497 @@
+"""Get models into the cache from local files: bundle folders or zips, and nnU-Net v2 results.
+
+An nnU-Net v2 results folder (`dataset.json`, `plans.json`, `fold_*/checkpoint_final.pth`, as
+`nnUNetv2_train` writes it or `nnUNetv2_export_model_to_zip` packs it) whose network is a MedNeXt
+becomes a bundle: the network is recognised from the weights alone (`from_official_state_dict`),
+the labels come from dataset.json, and spacing, normalization, intensity statistics and patch
+size from plans.json. Several folds become an ensemble. Checkpoints are read with
+`torch.load(weights_only=True)`; only numpy scalars (nnU-Net logs its Dice as numpy floats)
+are allowed on top of what that permits, so a checkpoint that needs code to load is refused.
+"""
+from __future__ import annotations
+
+import datetime
+import hashlib
+import json
+import logging
+import re
+import stat
+import zipfile
+from pathlib import Path, PurePosixPath
+from typing import Dict, List, Mapping, Optional, Sequence, Tuple, Union
+
+from mednextv2.bundle import MODEL_JSON, Bundle, load_bundle
+from mednextv2.cache import ModelCache, check_model_id, format_size, require_free_space
+from mednextv2.errors import InputError
+
+log = logging.getLogger(__name__)
+
+MAX_ARCHIVE_BYTES = 50 * 1024 ** 3   # uncompressed; larger than any MedNeXt results folder
+MAX_ARCHIVE_FILES = 10_000
+MAX_COMPRESSION_RATIO = 200          # a zip bomb compresses far better than float weights
+NNUNET_CHECKPOINT = "checkpoint_final.pth"
+_PALETTE = [(128, 174, 128), (241, 214, 145), (177, 122, 101), (111, 184, 210), (216, 101, 79),
+            (221, 130, 101), (144, 238, 144), (192, 104, 88), (220, 245, 20), (78, 63, 0),
+            (255, 250, 220), (230, 220, 70), (200, 200, 235), (250, 250, 210), (244, 214, 49)]
+# nnU-Net readers that keep the file's voxel order; the value maps their array axes to ours (z, y, x).
+_READER_AXES = {"SimpleITKIO": (0, 1, 2), "NibabelIO": (2, 1, 0)}
+
+
+# ---------------------------------------------------------------- zip safety
+def safe_extract_zip(archive: Path, dest: Path, *, max_bytes: int = MAX_ARCHIVE_BYTES,
+                     max_files: int = MAX_ARCHIVE_FILES) -> None:
+    """Extract `archive` into `dest`, refusing absolute paths, `..`, links and oversized content.
+
+    The limits are checked on the declared sizes first and on the bytes actually written, so a
+    zip whose headers lie cannot fill the disk."""
+    try:
+        zf = zipfile.ZipFile(archive)
+    except (zipfile.BadZipFile, OSError) as e:
+        raise InputError(f"{archive} is not a valid zip file: {e}") from e
+    with zf:
+        members = zf.infolist()
+        if len(members) > max_files:
+            raise InputError(f"{archive} holds {len(members)} entries, more than the {max_files} allowed")
+        declared = sum(m.file_size for m in members)
+        if declared > max_bytes:
+            raise InputError(f"{archive} would unpack to {format_size(declared)}, more than the {format_size(max_bytes)} allowed")
+        packed = max(sum(m.compress_size for m in members), 1)
+        if declared > 1 << 20 and declared / packed > MAX_COMPRESSION_RATIO:
+            raise InputError(f"{archive} unpacks to {declared / packed:.0f}x its size: refusing a likely zip bomb")
+        require_free_space(dest, declared, f"unpacking {archive.name}")
+        targets = [(m, _safe_member_path(m, archive)) for m in members]
+        dest.mkdir(parents=True, exist_ok=True)
+        written = 0
+        for member, relative in targets:
+            target = dest.joinpath(*relative.parts)
+            if member.is_dir():
+                target.mkdir(parents=True, exist_ok=True)
+                continue
+            target.parent.mkdir(parents=True, exist_ok=True)
+            with zf.open(member) as src, open(target, "wb") as out:
+                for block in iter(lambda: src.read(1 << 20), b""):
+                    written += len(block)
+                    if written > max_bytes:
+                        raise InputError(f"{archive} unpacks to more than the {format_size(max_bytes)} allowed")
+                    out.write(block)
+
+
+def _safe_member_path(member: zipfile.ZipInfo, archive: Path) -> PurePosixPath:
+    name = member.filename.replace("\\", "/")
+    path = PurePosixPath(name)
+    if name.startswith("/") or re.match(r"^[A-Za-z]:", name) or path.is_absolute():
+        raise InputError(f"{archive}: refusing entry {member.filename!r} with an absolute path")
+    if any(part == ".." for part in path.parts):
+        raise InputError(f"{archive}: refusing entry {member.filename!r} that points outside the folder ('..')")
+    if stat.S_ISLNK(member.external_attr >> 16):
+        raise InputError(f"{archive}: refusing entry {member.filename!r}, a symbolic link")
+    parts = [p for p in path.parts if p not in ("", ".")]
+    if not parts:
+        raise InputError(f"{archive}: refusing entry {member.filename!r} with an empty path")
+    return PurePosixPath(*parts)
+
+
+# ---------------------------------------------------------------- what a folder holds
+def find_model_root(folder: Path, configuration: Optional[str] = None, max_depth: int = 3) -> Tuple[str, Path]:
+    """("bundle", folder with model.json) or ("nnunet", folder with plans.json + dataset.json).
+
+    An nnU-Net export zip may hold several `<Trainer>__<Plans>__<configuration>` folders;
+    `configuration` picks one."""
+    found: List[Tuple[str, Path]] = []
+    level = [folder]
+    for _ in range(max_depth + 1):
+        for path in level:
+            if (path / MODEL_JSON).is_file():
+                found.append(("bundle", path))
+            elif (path / "plans.json").is_file() and (path / "dataset.json").is_file():
+                found.append(("nnunet", path))
+        if found:
+            break
+        level = [p for path in level for p in sorted(path.iterdir()) if p.is_dir() and not p.name.startswith(".")]
+    if len(found) > 1 and configuration:
+        found = [(k, p) for k, p in found if k == "nnunet" and _configuration_from_folder(p) == configuration] or found
+    if not found:
+        raise InputError(f"{folder} holds neither a model bundle (model.json) nor an nnU-Net v2 results folder "
+                         "(plans.json + dataset.json + fold_*/checkpoint_final.pth)")
+    if len(found) > 1:
+        listed = "\n  ".join(str(p) for _, p in found)
+        raise InputError(f"{folder} holds several models; import one of them (or pick an nnU-Net configuration "
+                         f"with --configuration):\n  {listed}")
+    return found[0]
+
+
+# ---------------------------------------------------------------- public entry points
+def import_model(path: Union[str, Path], cache: Optional[ModelCache] = None, *, model_id: Optional[str] = None,
+                 folds: Optional[Sequence[Union[int, str]]] = None, configuration: Optional[str] = None,
+                 checkpoint: str = NNUNET_CHECKPOINT, replace: bool = False, progress=None) -> Path:
+    """Import a bundle (folder or zip) or an nnU-Net v2 results folder or zip into the cache.
+
+    Returns the installed bundle folder, usable as `-m <id>`."""
+    source = Path(path).expanduser()
+    if not source.exists():
+        raise InputError(f"cannot import {source}: no such file or folder")
+    cache = cache or ModelCache.open()
+    if model_id is not None:
+        check_model_id(model_id)
+    with cache.staging("import") as stage:
+        staged, final_id, details = _stage_model(source, stage, model_id, dict(folds=folds, configuration=configuration,
+                                                                              checkpoint=checkpoint), progress)
+        info = {"source": "import", "origin": str(source.resolve()), **details}
+        with cache.lock(final_id):
+            if cache.is_installed(final_id) and not replace:
+                raise InputError(f"a model with id {final_id!r} is already installed in {cache.model_dir(final_id)}; "
+                                 "choose another id with --id, or replace it with --replace")
+            return cache.install(staged, final_id, info)
+
+
+def install_archive(archive: Path, cache: ModelCache, model_id: str, *, kind: str = "bundle",
+                    options: Optional[Mapping] = None, info: Optional[Mapping] = None, progress=None) -> Path:
+    """Install a verified downloaded archive under `model_id`. The caller holds the model's lock."""
+    options = dict(options or {})
+    with cache.staging("install") as stage:
+        staged, _, details = _stage_model(archive, stage, model_id, options, progress, expect=kind)
+        return cache.install(staged, model_id, {**dict(info or {}), **details})
+
+
+def _stage_model(source: Path, stage: Path, model_id: Optional[str], options: Mapping, progress,
+                 expect: Optional[str] = None) -> Tuple[Path, str, dict]:
+    """A validated bundle folder inside `stage`, its id, and facts for the install record."""
+    if source.is_file():
+        if not zipfile.is_zipfile(source):
+            raise InputError(f"{source} is neither a folder nor a zip file")
+        if progress:
+            progress("unpack", 0.0, f"unpacking {source.name}")
+        safe_extract_zip(source, stage / "unpacked")
+        if progress:
+            progress("unpack", 1.0, f"unpacked {source.name}")
+        root = stage / "unpacked"
+    else:
+        root = source
+    kind, found = find_model_root(root, options.get("configuration"))
+    if expect is not None and kind != expect:
+        raise InputError(f"{source}: expected a {expect} archive, found a {kind} ({found.name})")
+    if kind == "bundle":
+        bundle = load_bundle(found)
+        final_id = model_id or bundle.id
+        check_model_id(final_id)
+        bundle = Bundle(spec={**bundle.spec, "id": final_id}, source=bundle.source)
+        details = {"format": "bundle"}
+    else:
+        final_id = model_id or default_nnunet_id(found, options.get("configuration"))
+        check_model_id(final_id)
+        bundle = convert_nnunet(found, final_id, folds=options.get("folds"), configuration=options.get("configuration"),
+                                checkpoint=options.get("checkpoint") or NNUNET_CHECKPOINT, progress=progress)
+        details = {"format": "nnunet", **bundle.spec["provenance"]["imported_from"]}
+    staged = stage / "bundle"
+    bundle.save(staged)
+    load_bundle(staged).build_models("cpu")  # proves the weights fit the network before it enters the cache
+    return staged, final_id, details
+
+
+# ---------------------------------------------------------------- nnU-Net v2 conversion
+def default_nnunet_id(folder: Path, configuration: Optional[str] = None) -> str:
+    dataset = _read_json(folder / "dataset.json")
+    plans = _read_json(folder / "plans.json")
+    name = str(plans.get("dataset_name") or dataset.get("name") or folder.parent.name)
+    config = configuration or _configuration_from_folder(folder) or "3d_fullres"
+    base = re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-") or "nnunet-model"
+    suffix = "" if config == "3d_fullres" else "-" + re.sub(r"[^a-z0-9]+", "-", config.lower()).strip("-")
+    return (base[: 64 - len(suffix)] + suffix).strip("-")
+
+
+def convert_nnunet(folder: Path, model_id: str, *, folds: Optional[Sequence[Union[int, str]]] = None,
+                   configuration: Optional[str] = None, checkpoint: str = NNUNET_CHECKPOINT, progress=None) -> Bundle:
+    """An in-memory bundle from an nnU-Net v2 results folder whose network is a MedNeXt."""
+    dataset = _read_json(folder / "dataset.json")
+    plans = _read_json(folder / "plans.json")
+    config_name = configuration or _configuration_from_folder(folder) or _default_configuration(plans, folder)
+    conf = _resolve_configuration(plans, config_name, folder)
+    labels = _labels(dataset, folder)
+    channels = _channels(dataset, folder)
+    axes = _axes_to_network(plans, folder)
+    fold_dirs = _fold_dirs(folder, folds, checkpoint)
+
+    import torch
+
+    state_dicts, config, digests = [], None, {}
+    for i, fold_dir in enumerate(fold_dirs):
+        if progress:
+            progress("import", i / len(fold_dirs), f"reading {fold_dir.name}/{checkpoint}")
+        path = fold_dir / checkpoint
+        ckpt = load_checkpoint(path)
+        fold_config, state = _mednext_state(ckpt, path)
+        if config is not None and fold_config != config:
+            raise InputError(f"{path}: network differs from the other folds ({fold_config} vs {config}); "
+                             "an ensemble needs one architecture")
+        config = fold_config
+        state_dicts.append(_permute_spatial(state, axes, torch))
+        digests[fold_dir.name] = _sha256(path)
+        mirror = ckpt.get("inference_allowed_mirroring_axes", (0, 1, 2)) if isinstance(ckpt, dict) else (0, 1, 2)
+    if progress:
+        progress("import", 1.0, f"read {len(fold_dirs)} fold(s)")
+    _check_counts(config, labels, channels, folder)
+
+    spec = {
+        "format_version": 1,
+        "id": model_id,
+        "title": str(dataset.get("name") or plans.get("dataset_name") or model_id),
+        "description": (str(dataset.get("description", "")).strip() + " " if dataset.get("description") else "")
+        + f"Imported from nnU-Net v2 results {folder.name} ({config_name}, {len(fold_dirs)} fold(s)).",
+        "network": config.to_dict(),
+        "weights": [f"{d.name}.safetensors" for d in fold_dirs],
+        "labels": [{"value": value, "name": name, "color": list(_PALETTE[(value - 1) % len(_PALETTE)])}
+                   for name, value in labels],
+        "channels": [{"name": name, "modality": "CT" if "CT" in name.upper() else "MR"} for name in channels],
+        "preprocessing": {
+            "axis_order": "zyx",
+            "orientation": "as-is",  # nnU-Net's non-reorienting readers keep the file's voxel order
+            "target_spacing": _to_ours([float(s) for s in conf["spacing"]], axes),
+            "crop_to_nonzero": any(bool(x) for x in conf.get("use_mask_for_norm", [])),
+            "normalization": _normalization(plans, conf, len(channels), folder),
+        },
+        "inference": {
+            "patch_size": _patch_size(_to_ours([int(p) for p in conf["patch_size"]], axes)),
+            "step": 0.5,
+            "mirror_axes": sorted(axes[int(a)] for a in (mirror or ())),
+        },
+        "provenance": {
+            "base_model": None,
+            "training_data": str(plans.get("dataset_name") or dataset.get("name") or folder.parent.name),
+            "date": datetime.date.today().isoformat(),
+            "imported_from": {"trainer_folder": folder.name, "configuration": config_name,
+                              "folds": [d.name for d in fold_dirs], "checkpoint": checkpoint,
+                              "checkpoint_sha256": digests,
+                              "trainer": ckpt.get("trainer_name") if isinstance(ckpt, dict) else None},
+        },
+    }
+    if dataset.get("licence") or dataset.get("license"):
+        spec["license"] = str(dataset.get("licence") or dataset.get("license"))
+    return Bundle.create(spec, state_dicts)
+
+
+def load_checkpoint(path: Path):
+    """torch.load with weights_only=True; numpy scalars and dtypes are the only extra types allowed."""
+    import pickle
+
+    import numpy as np
+    import torch
+
+    allowed = [np.dtype]
+    core = getattr(np, "_core", None) or np.core
+    allowed += [core.multiarray.scalar, (core.multiarray.scalar, "numpy.core.multiarray.scalar")]
+    dtypes = getattr(np, "dtypes", None)
+    if dtypes is not None:
+        allowed += [getattr(dtypes, n) for n in dir(dtypes) if n.endswith("DType") and n[0].isupper()]
+    safe = getattr(torch.serialization, "safe_globals", None)
+    try:
+        if safe is not None:
+            with safe(allowed):
+                return torch.load(path, map_location="cpu", weights_only=True)
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:  # what the weights-only unpickler raises for anything beyond data
+        lines = str(e).strip().splitlines()
+        reason = next((line.strip().rstrip(".") for line in lines if "GLOBAL" in line or "Unsupported" in line),
+                      lines[0] if lines else repr(e))
+        raise InputError(f"{path} cannot be read with torch.load(weights_only=True): {reason}. Refusing to unpickle it, "
+                         "because that could run code hidden in the file. Re-save its 'network_weights' as a plain "
+                         "state dict or safetensors with a trusted nnU-Net installation.") from e
+    except (RuntimeError, EOFError, OSError, ValueError) as e:
+        raise InputError(f"{path} is not a readable PyTorch checkpoint (truncated or corrupt?): "
+                         f"{str(e).strip().splitlines()[0] if str(e).strip() else repr(e)}") from e
+
+
+def _mednext_state(ckpt, path: Path):
+    from mednextv2.network import from_official_state_dict
+
+    try:
+        model = from_official_state_dict(ckpt, deep_supervision=False)
+    except ValueError as e:
+        raise InputError(f"{path}: the network is not a MedNeXt ({e}). Only nnU-Net results trained with a "
+                         "MedNeXt network can be imported.") from e
+    config = model.config.replace(deep_supervision=False)
+    # Deep-supervision heads are training-only; the bundle's network has none.
+    state = {k: v for k, v in model.state_dict().items() if not re.match(r"out_[1-9]\.", k)}
+    return config, state
+
+
+def _permute_spatial(state: Dict, axes: Sequence[int], torch) -> Dict:
+    """Bake nnU-Net's axis order into the weights, so the network takes our (z, y, x) arrays.
+
+    nnU-Net feeds the network array axes `axes` of ours (transpose_forward on top of the reader's
+    order). Every operation is cubic and applied alike on all three axes (kernels k^3, strides 2,
+    padding, GRN over all voxels), so permuting the spatial axes of every 5-D weight is exact."""
+    if list(axes) == [0, 1, 2]:
+        return state
+    inverse = [int(i) for i in sorted(range(3), key=lambda i: axes[i])]
+    order = (0, 1) + tuple(2 + i for i in inverse)
+    return {k: v.permute(*order).contiguous() if v.dim() == 5 else v for k, v in state.items()}
+
+
+def _to_ours(values: Sequence, axes: Sequence[int]) -> list:
+    """A per-axis list in network order -> our (z, y, x) order."""
+    out = [None, None, None]
+    for i, a in enumerate(axes):
+        out[a] = values[i]
+    return out
+
+
+def _patch_size(patch: List[int]) -> List[int]:
+    rounded = [max(16, -(-int(p) // 16) * 16) for p in patch]
+    if rounded != patch:
+        log.warning("patch size %s is not divisible by 16; using %s", patch, rounded)
+    return rounded
+
+
+def _axes_to_network(plans: Mapping, folder: Path) -> List[int]:
+    reader = str(plans.get("image_reader_writer", "SimpleITKIO"))
+    if reader not in _READER_AXES:
+        raise InputError(f"{folder / 'plans.json'}: image_reader_writer {reader!r} is not supported: the network was "
+                         f"trained on images read by it, and only {sorted(_READER_AXES)} keep the voxel order that "
+                         "mednextv2 reproduces exactly (reorienting readers would mirror the anatomy)")
+    transpose = [int(a) for a in plans.get("transpose_forward", [0, 1, 2])]
+    if sorted(transpose) != [0, 1, 2]:
+        raise InputError(f"{folder / 'plans.json'}: transpose_forward must be a permutation of [0, 1, 2], got {transpose}")
+    return [_READER_AXES[reader][t] for t in transpose]
+
+
+def _configuration_from_folder(folder: Path) -> Optional[str]:
+    parts = folder.name.split("__")  # <Trainer>__<Plans>__<configuration>
+    return parts[2] if len(parts) == 3 and parts[2] else None
+
+
+def _default_configuration(plans: Mapping, folder: Path) -> str:
+    configs = [c for c in plans.get("configurations", {}) if not c.startswith("2d")]
+    if "3d_fullres" in configs:
+        return "3d_fullres"
+    if len(configs) == 1:
+        return configs[0]
+    raise InputError(f"{folder / 'plans.json'}: choose the configuration the folder was trained with "
+                     f"(--configuration), one of {configs}")
+
+
+def _resolve_configuration(plans: Mapping, name: str, folder: Path) -> dict:
+    configs = plans.get("configurations")
+    if not isinstance(configs, dict) or name not in configs:
+        raise InputError(f"{folder / 'plans.json'}: no configuration {name!r}; it has {sorted(configs or {})}")
+    conf, seen = dict(configs[name]), {name}
+    while "inherits_from" in conf:  # nnU-Net lets a configuration override a parent's settings
+        parent = conf.pop("inherits_from")
+        if parent in seen or parent not in configs:
+            raise InputError(f"{folder / 'plans.json'}: configuration {name!r} inherits from unknown or circular {parent!r}")
+        seen.add(parent)
+        conf = {**configs[parent], **conf}
+    for key in ("spacing", "patch_size", "normalization_schemes"):
+        if key not in conf:
+            raise InputError(f"{folder / 'plans.json'}: configuration {name!r} has no {key!r}")
+    if len(conf["patch_size"]) != 3 or len(conf["spacing"]) != 3:
+        raise InputError(f"{folder / 'plans.json'}: configuration {name!r} is 2D (patch size {conf['patch_size']}); "
+                         "MedNeXt bundles are 3D")
+    return conf
+
+
+def _labels(dataset: Mapping, folder: Path) -> List[Tuple[str, int]]:
+    where = folder / "dataset.json"
+    raw = dataset.get("labels")
+    if not isinstance(raw, dict) or not raw:
+        raise InputError(f"{where}: 'labels' must map label names to values, e.g. {{\"background\": 0, \"liver\": 1}}")
+    if all(str(k).isdigit() and isinstance(v, str) for k, v in raw.items()):
+        raw = {v: int(k) for k, v in raw.items()}  # the nnU-Net v1 form {"0": "background", ...}
+    labels = []
+    for name, value in raw.items():
+        if isinstance(value, (list, tuple)):
+            raise InputError(f"{where}: label {name!r} is a region {value}; region-based nnU-Net models are not supported")
+        if not isinstance(value, int) or isinstance(value, bool):
+            raise InputError(f"{where}: label {name!r} has value {value!r}, expected an integer")
+        if name == "ignore" or value == 0:
+            continue  # background is implicit; the ignore label has no output channel
+        labels.append((str(name), int(value)))
+    labels.sort(key=lambda item: item[1])
+    if [v for _, v in labels] != list(range(1, len(labels) + 1)):
+        raise InputError(f"{where}: label values must be 1..N without gaps, got {[v for _, v in labels]}")
+    return labels
+
+
+def _channels(dataset: Mapping, folder: Path) -> List[str]:
+    raw = dataset.get("channel_names") or dataset.get("modality")
+    if not isinstance(raw, dict) or not raw:
+        raise InputError(f"{folder / 'dataset.json'}: 'channel_names' must map channel indices to names, e.g. {{\"0\": \"CT\"}}")
+    try:
+        order = sorted(raw, key=int)
+    except ValueError as e:
+        raise InputError(f"{folder / 'dataset.json'}: channel_names keys must be 0, 1, ..., got {sorted(raw)}") from e
+    if [int(k) for k in order] != list(range(len(order))):
+        raise InputError(f"{folder / 'dataset.json'}: channel_names keys must be 0..{len(order) - 1}, got {order}")
+    return [str(raw[k]) for k in order]
+
+
+def _normalization(plans: Mapping, conf: Mapping, n_channels: int, folder: Path) -> List[dict]:
+    schemes = list(conf["normalization_schemes"])
+    if len(schemes) != n_channels:
+        raise InputError(f"{folder / 'plans.json'}: {len(schemes)} normalization scheme(s) for {n_channels} channel(s)")
+    stats = plans.get("foreground_intensity_properties_per_channel") or plans.get("foreground_intensity_properties_by_modality") or {}
+    out = []
+    for i, scheme in enumerate(schemes):
+        if scheme == "CTNormalization":
+            s = stats.get(str(i))
+            needed = ("mean", "std", "percentile_00_5", "percentile_99_5")
+            if not isinstance(s, dict) or any(k not in s for k in needed):
+                raise InputError(f"{folder / 'plans.json'}: CTNormalization of channel {i} needs "
+                                 f"foreground_intensity_properties_per_channel[\"{i}\"] with {', '.join(needed)}")
+            out.append({"scheme": "ct", "clip": [float(s["percentile_00_5"]), float(s["percentile_99_5"])],
+                        "mean": float(s["mean"]), "std": max(float(s["std"]), 1e-8)})
+        elif scheme == "ZScoreNormalization":
+            out.append({"scheme": "zscore"})
+        elif scheme == "NoNormalization":
+            out.append({"scheme": "none"})
+        else:
+            raise InputError(f"{folder / 'plans.json'}: normalization scheme {scheme!r} of channel {i} is not supported "
+                             "(CTNormalization, ZScoreNormalization and NoNormalization are)")
+    return out
+
+
+def _fold_dirs(folder: Path, folds, checkpoint: str) -> List[Path]:
+    if not re.match(r"^[A-Za-z0-9_.-]+\.pth$", checkpoint):
+        raise InputError(f"checkpoint must be a file name like checkpoint_final.pth, got {checkpoint!r}")
+    available = sorted((p for p in folder.glob("fold_*") if p.is_dir()), key=lambda p: p.name)
+    if folds:
+        wanted = [folder / f"fold_{f}" for f in folds]
+        missing = [p.name for p in wanted if not (p / checkpoint).is_file()]
+        if missing:
+            raise InputError(f"{folder}: no {checkpoint} in {', '.join(missing)}; folds present: "
+                             f"{[p.name for p in available] or 'none'}")
+        return wanted
+    chosen = [p for p in available if (p / checkpoint).is_file()]
+    if not chosen:
+        others = sorted({c.name for p in available for c in p.glob('*.pth')})
+        hint = f"; checkpoints present: {others} (choose one with --checkpoint)" if others else ""
+        raise InputError(f"{folder}: no fold_*/{checkpoint} found{hint}")
+    return chosen
+
+
+def _check_counts(config, labels, channels, folder: Path) -> None:
+    if config.n_classes != len(labels) + 1:
+        raise InputError(f"{folder}: the network has {config.n_classes} outputs but dataset.json lists "
+                         f"{len(labels)} label(s) + background")
+    if config.in_channels != len(channels):
+        raise InputError(f"{folder}: the network takes {config.in_channels} channel(s) but dataset.json lists {len(channels)}")
+
+
+def _read_json(path: Path) -> dict:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError as e:
+        raise InputError(f"{path} is missing") from e
+    except (OSError, ValueError) as e:
+        raise InputError(f"{path} is not valid JSON: {e}") from e
+    if not isinstance(data, dict):
+        raise InputError(f"{path}: expected a JSON object")
+    return data
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 22), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
