@@ -1,0 +1,247 @@
+"""Segmentation logic: export the volume, run the engine as a child process, load the result.
+
+Works without the GUI: `MedNeXtV2SegmentLogic().segment(volumeNode, "lung-tumor-ct")` blocks
+(keeping Slicer's event loop alive) and returns the segmentation node. The panel uses the
+non-blocking half: `start()`, then `poll()` from a timer, then `finish()`; `cancel()` at any time.
+The logic never opens dialogs: it raises `EngineError`, and the widget decides what to show.
+"""
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, List, Optional, Sequence, Tuple
+
+import slicer
+from slicer.ScriptedLoadableModule import ScriptedLoadableModuleLogic
+
+from .command import build_models_command, build_segment_command, engine_environment, find_slicer_python
+from .labels import LabelEntry, label_table, load_bundle, select_structures
+from .models import ModelChoice, list_models, models_by_id
+from .parameters import SegmentOptions
+from .paths import RunPaths, make_run_paths, output_segmentation_name
+from .process import EngineProcess, ExitCode
+from .progress import ProgressEvent, parse_progress_line
+
+logger = logging.getLogger(__name__)
+
+OPTIONS_PARAMETER = "SegmentOptions"
+
+
+class EngineError(RuntimeError):
+    """The engine failed; carries its exit code, the tail of its stderr and the kept work folder."""
+
+    def __init__(self, message: str, exitCode: Optional[int] = None, stderrTail: str = "",
+                 workDir: Optional[Path] = None) -> None:
+        super().__init__(message)
+        self.exitCode, self.stderrTail, self.workDir = exitCode, stderrTail, workDir
+
+
+@dataclass
+class EngineRun:
+    """One engine process (segment, download or import) and what is needed to finish it."""
+
+    process: EngineProcess
+    kind: str  # "segment" | "download" | "import"
+    paths: Optional[RunPaths] = None
+    volumeNode: object = None
+    outputNode: object = None
+    labels: Tuple[LabelEntry, ...] = ()
+    title: str = ""
+    lastProgress: Optional[ProgressEvent] = None
+    log: List[str] = field(default_factory=list)
+
+
+ProcessFactory = Callable[[Sequence[str], dict], EngineProcess]
+
+
+class MedNeXtV2SegmentLogic(ScriptedLoadableModuleLogic):
+    def __init__(self, processFactory: Optional[ProcessFactory] = None, python: Optional[str] = None) -> None:
+        ScriptedLoadableModuleLogic.__init__(self)
+        self.processFactory = processFactory or (lambda args, env: EngineProcess(args, env=env))
+        self.python = python or find_slicer_python()
+        self._models: List[ModelChoice] = []
+
+    # -- settings --------------------------------------------------------------------------
+    def loadOptions(self) -> SegmentOptions:
+        return SegmentOptions.from_json(self.getParameterNode().GetParameter(OPTIONS_PARAMETER))
+
+    def saveOptions(self, options: SegmentOptions) -> None:
+        self.getParameterNode().SetParameter(OPTIONS_PARAMETER, options.to_json())
+
+    # -- models ----------------------------------------------------------------------------
+    def refreshModels(self) -> List[ModelChoice]:
+        self._models = list_models(self.python, engine_environment())
+        return self._models
+
+    def model(self, modelId: str) -> Optional[ModelChoice]:
+        return models_by_id(self._models).get(modelId)
+
+    def startModelAction(self, action: str, argument: str) -> EngineRun:
+        """Download a catalog model (`action='download'`) or import a bundle / nnU-Net folder ('import')."""
+        args = build_models_command(self.python, action, argument)
+        return EngineRun(self.processFactory(args, engine_environment()).start(), kind=action, title=argument)
+
+    def bundlePath(self, modelIdOrPath: str) -> Path:
+        """Local bundle for a catalog id (downloaded) or a path given directly."""
+        if Path(modelIdOrPath).exists():
+            return Path(modelIdOrPath)
+        choice = self.model(modelIdOrPath) or models_by_id(self.refreshModels()).get(modelIdOrPath)
+        if choice is None:
+            raise EngineError(f"Model '{modelIdOrPath}' is not in the catalog. Pick one from the list or import it.")
+        if not choice.path:
+            raise EngineError(f"Model '{choice.title}' is not downloaded yet. Press Download first.")
+        return Path(choice.path)
+
+    # -- segmentation: non-blocking --------------------------------------------------------
+    def start(self, volumeNodes, options: SegmentOptions, outputNode=None) -> EngineRun:
+        volumeNodes = list(volumeNodes) if isinstance(volumeNodes, (list, tuple)) else [volumeNodes]
+        if not volumeNodes or any(v is None for v in volumeNodes):
+            raise EngineError("Select an input volume.")
+        options = options.validated()
+        bundlePath = self.bundlePath(options.model)
+        bundle = load_bundle(bundlePath)
+        if len(bundle.channels) != len(volumeNodes):
+            names = ", ".join(f"{name} ({modality})" for name, modality in bundle.channels)
+            raise EngineError(f"Model '{bundle.title}' needs {len(bundle.channels)} input volume(s): {names}; "
+                              f"{len(volumeNodes)} selected.")
+        labels = select_structures(label_table(bundle.labels), options.structures)
+        paths = make_run_paths(len(volumeNodes), temp_root=slicer.app.temporaryPath)
+        try:
+            for volumeNode, path in zip(volumeNodes, paths.inputs):
+                self._exportVolume(volumeNode, path)
+            args = build_segment_command(self.python, paths.inputs, paths.output,
+                                         options.with_changes(model=str(bundlePath)))
+            process = self.processFactory(args, engine_environment()).start()
+        except Exception:
+            paths.remove()
+            raise
+        return EngineRun(process, "segment", paths, volumeNodes[0], outputNode, labels, title=bundle.title)
+
+    def poll(self, run: EngineRun, onProgress=None, onLog=None) -> bool:
+        """Forward new output; True once the process has finished and all output is read."""
+        finished = run.process.finished  # read before draining, so no line is left behind
+        for line in run.process.poll():
+            event = parse_progress_line(line.text) if line.stream == "stdout" else None
+            if event is not None:
+                run.lastProgress = event
+                if onProgress:
+                    onProgress(event)
+            else:
+                run.log.append(line.text)
+                if onLog:
+                    onLog(line.text)
+        return finished
+
+    def cancel(self, run: EngineRun) -> None:
+        run.process.cancel()
+        if run.paths is not None:
+            run.paths.remove()  # nothing to inspect after a cancel
+
+    def finish(self, run: EngineRun):
+        """Load the result (segment runs) or raise EngineError with the engine's own words."""
+        code = run.process.returncode
+        if code != ExitCode.OK:
+            tail = "\n".join(run.process.stderr_tail)
+            if code == ExitCode.CANCELLED:
+                if run.paths is not None:
+                    run.paths.remove()
+                raise EngineError("Cancelled.", code)
+            kept = run.paths.work_dir if run.paths is not None else None
+            where = f"\nInput and output files are kept in {kept}" if kept else ""
+            raise EngineError(f"The engine {ExitCode.describe(code)} (exit code {code}).{where}", code, tail, kept)
+        if run.kind != "segment":
+            return None
+        try:
+            node = self._loadResult(run)
+        except Exception as e:
+            raise EngineError(f"The result could not be loaded: {e}\nFiles are kept in {run.paths.work_dir}",
+                              code, "\n".join(run.process.stderr_tail), run.paths.work_dir) from e
+        run.paths.remove()
+        return node
+
+    # -- segmentation: blocking, for scripts and the self-test -------------------------------
+    def segment(self, volumeNode, modelId: str, outputNode=None, onProgress=None, onLog=None, **options):
+        """Segment and return the segmentation node; options as in SegmentOptions (tta, fast, ...)."""
+        if not Path(modelId).exists():
+            self.refreshModels()
+            choice = self.model(modelId)
+            if choice is not None and not choice.path:
+                self._wait(self.startModelAction("download", modelId), onProgress, onLog)
+                self.refreshModels()
+        run = self.start(volumeNode, SegmentOptions(model=modelId).with_changes(**options), outputNode)
+        return self._wait(run, onProgress, onLog)
+
+    def _wait(self, run: EngineRun, onProgress, onLog):
+        while not self.poll(run, onProgress, onLog):
+            slicer.app.processEvents()
+            time.sleep(0.05)
+        return self.finish(run)
+
+    # -- scene I/O ---------------------------------------------------------------------------
+    @staticmethod
+    def _exportVolume(volumeNode, path: Path) -> None:
+        # exportNode writes through a temporary storage node: the scene's own file names stay as
+        # they are. world=False keeps the node's local grid; a parent transform is re-applied
+        # to the result in _loadResult, so a non-linear transform never resamples the input.
+        if not slicer.util.exportNode(volumeNode, str(path), {"useCompression": 0}, world=False):
+            raise EngineError(f"Could not write '{volumeNode.GetName()}' to {path} (see the application log).")
+
+    def _loadResult(self, run: EngineRun):
+        if not run.paths.output.exists():
+            raise EngineError(f"the engine reported success but wrote no {run.paths.output.name}")
+        volumeNode = run.volumeNode
+        loaded = slicer.util.loadSegmentation(str(run.paths.output),
+                                              {"name": output_segmentation_name(volumeNode.GetName(), run.title)})
+        if not loaded:
+            raise EngineError(f"Slicer could not read {run.paths.output}")
+        node = loaded
+        if run.outputNode is not None and run.outputNode != loaded:
+            run.outputNode.GetSegmentation().DeepCopy(loaded.GetSegmentation())
+            slicer.mrmlScene.RemoveNode(loaded)
+            node = run.outputNode
+        node.CreateDefaultDisplayNodes()
+        self.applyLabels(node, run.labels)
+        node.SetReferenceImageGeometryParameterFromVolumeNode(volumeNode)
+        node.SetAndObserveTransformNodeID(volumeNode.GetTransformNodeID())
+        self._placeInStudy(node, volumeNode)
+        return node
+
+    @staticmethod
+    def applyLabels(segmentationNode, labels: Sequence[LabelEntry]) -> None:
+        """Names, colours and terminology from the bundle, matched by label value, then by name."""
+        byValue = {e.value: e for e in labels}
+        byName = {e.name: e for e in labels}
+        segmentation = segmentationNode.GetSegmentation()
+        for i in range(segmentation.GetNumberOfSegments()):
+            segment = segmentation.GetNthSegment(i)
+            entry = byValue.get(segment.GetLabelValue()) or byName.get(segment.GetName())
+            if entry is None:
+                logger.warning("Segment '%s' is not in the model's label table", segment.GetName())
+                continue
+            segment.SetName(entry.name)
+            segment.SetColor(*entry.color_float)
+            if entry.terminology:
+                segment.SetTag(segment.GetTerminologyEntryTagName(), entry.terminology)
+
+    @staticmethod
+    def _placeInStudy(node, volumeNode) -> None:
+        shNode = slicer.vtkMRMLSubjectHierarchyNode.GetSubjectHierarchyNode(slicer.mrmlScene)
+        volumeItem = shNode.GetItemByDataNode(volumeNode)
+        segmentationItem = shNode.GetItemByDataNode(node)
+        if volumeItem and segmentationItem:
+            shNode.SetItemParent(segmentationItem, shNode.GetItemParent(volumeItem))
+
+    @staticmethod
+    def createColorTable(labels: Sequence[LabelEntry], name: str):
+        """A colour table node for the model's labels (for label-map export and the Data module)."""
+        colorNode = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLColorTableNode", name)
+        colorNode.SetTypeToUser()
+        colorNode.SetNumberOfColors(max(e.value for e in labels) + 1)
+        colorNode.SetColor(0, "Background", 0.0, 0.0, 0.0, 0.0)
+        for e in labels:
+            colorNode.SetColor(e.value, e.name, *e.color_float, 1.0)
+            if e.terminology and hasattr(colorNode, "SetTerminologyFromString"):  # Slicer >= 5.8
+                colorNode.SetTerminologyFromString(e.value, e.terminology)
+        return colorNode

@@ -1,0 +1,80 @@
+"""Where one run's exchange files live, and the names of what it creates.
+
+Each run gets its own folder under the temp root, with plain ASCII file names: a volume named
+"Tête (T1) / 2" or a 250-character Windows temp path must not break the export or the engine
+(the field notes' "failed to load the segmentation" complaints). The folder is removed after a
+successful run and kept, with its path shown to the user, after a failure.
+"""
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional, Tuple
+
+# Windows' MAX_PATH is 260; leave room for the engine's own temp names next to ours.
+WINDOWS_PATH_BUDGET = 200
+
+
+class PathError(ValueError):
+    """A path we cannot use; the message names it and says what to change."""
+
+
+@dataclass(frozen=True)
+class RunPaths:
+    work_dir: Path
+    inputs: Tuple[Path, ...]  # one file per model input channel
+    output: Path  # the engine writes the .seg.nrrd here (atomically)
+
+    def remove(self) -> None:
+        shutil.rmtree(self.work_dir, ignore_errors=True)
+
+
+def make_run_paths(n_channels: int = 1, temp_root: Optional[os.PathLike] = None,
+                   prefix: str = "MedNeXtV2Segment", is_windows: bool = os.name == "nt") -> RunPaths:
+    if n_channels < 1:
+        raise PathError(f"a model needs at least one input channel, got {n_channels}")
+    root = Path(temp_root) if temp_root is not None else Path(tempfile.gettempdir())
+    root.mkdir(parents=True, exist_ok=True)
+    work_dir = Path(tempfile.mkdtemp(prefix=f"{prefix}-{time.strftime('%Y%m%d-%H%M%S')}-", dir=root))
+    inputs = tuple(work_dir / f"input_{c:04d}.nrrd" for c in range(n_channels))
+    output = work_dir / "segmentation.seg.nrrd"
+    if is_windows and len(str(output)) > WINDOWS_PATH_BUDGET:
+        shutil.rmtree(work_dir, ignore_errors=True)
+        raise PathError(f"the temporary folder path is too long for Windows ({len(str(output))} characters): "
+                        f"{work_dir}. Set a shorter temporary folder (e.g. C:\\Temp) in Slicer's settings.")
+    return RunPaths(work_dir, inputs, output)
+
+
+_UNSAFE = re.compile(r"[^\w.-]+", re.UNICODE)
+
+
+def safe_file_stem(name: str, fallback: str = "segmentation", max_len: int = 60) -> str:
+    """A file-system-safe stem from a node name (for 'export result' defaults)."""
+    stem = _UNSAFE.sub("_", name).strip("._")[:max_len]
+    return stem or fallback
+
+
+def output_segmentation_name(volume_name: str, model_title: str) -> str:
+    """Node name for a new result: '<volume> - <model>', as users expect in the Data module."""
+    volume_name = volume_name.strip() or "Volume"
+    model_title = model_title.strip()
+    return f"{volume_name} - {model_title}" if model_title else f"{volume_name} segmentation"
+
+
+def export_path(folder: os.PathLike, node_name: str, extension: str = ".seg.nrrd") -> Path:
+    """A new, non-existing path in `folder` for saving a result node; never overwrites."""
+    if not extension.startswith("."):
+        raise PathError(f"extension must start with '.', got {extension!r}")
+    folder = Path(folder)
+    stem = safe_file_stem(node_name)
+    candidate = folder / f"{stem}{extension}"
+    n = 1
+    while candidate.exists():
+        n += 1
+        candidate = folder / f"{stem}_{n}{extension}"
+    return candidate

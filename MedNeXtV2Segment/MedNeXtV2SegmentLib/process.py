@@ -1,0 +1,207 @@
+"""Run the engine as a child process without blocking the caller, and cancel it as a whole tree.
+
+Plain Python (no Qt, no Slicer) so that pytest can drive it and both modules (Segment, Train)
+share it. The GUI polls `EngineProcess.poll()` from a timer; scripts call `wait()`.
+
+Why a process group: Slicer's `PythonSlicer` is a launcher that starts the real interpreter as
+its own child, so killing the launcher alone leaves the worker running (the field notes list
+this as the classic "Cancel did nothing" bug). Every descendant shares the group we create, and
+cancel signals the group, then force-kills whatever is left.
+"""
+from __future__ import annotations
+
+import collections
+import enum
+import logging
+import os
+import queue
+import signal
+import subprocess
+import threading
+import time
+from dataclasses import dataclass
+from typing import Deque, Dict, List, Mapping, Optional, Sequence
+
+logger = logging.getLogger(__name__)
+
+IS_WINDOWS = os.name == "nt"
+
+
+class ExitCode(enum.IntEnum):
+    """Exit codes of the `mednextv2` command line (see core/mednextv2/cli/__init__.py)."""
+
+    OK = 0
+    ERROR = 1
+    BAD_INPUT = 2
+    OUT_OF_RESOURCES = 3
+    CANCELLED = 130
+
+    @classmethod
+    def describe(cls, code: Optional[int]) -> str:
+        meanings = {cls.OK: "finished", cls.ERROR: "failed with an unexpected error",
+                    cls.BAD_INPUT: "rejected the input", cls.OUT_OF_RESOURCES: "ran out of memory or disk",
+                    cls.CANCELLED: "was cancelled"}
+        if code is None:
+            return "is still running"
+        if code in meanings:
+            return meanings[cls(code)]
+        if code < 0:
+            return f"was killed by signal {-code}"
+        return f"failed with exit code {code}"
+
+
+@dataclass(frozen=True)
+class OutputLine:
+    stream: str  # "stdout" or "stderr"
+    text: str
+
+
+class EngineProcess:
+    """One child process; output lines are read on threads into a queue that `poll()` drains."""
+
+    def __init__(self, args: Sequence[str], env: Optional[Mapping[str, str]] = None,
+                 cwd: Optional[str] = None, tail_lines: int = 40) -> None:
+        if not args:
+            raise ValueError("EngineProcess needs a command to run")
+        self.args: List[str] = [str(a) for a in args]
+        self.env: Optional[Dict[str, str]] = dict(env) if env is not None else None
+        self.cwd = cwd
+        self.cancelled = False
+        self.stderr_tail: Deque[str] = collections.deque(maxlen=tail_lines)
+        self._proc: Optional[subprocess.Popen] = None
+        self._queue: "queue.Queue[OutputLine]" = queue.Queue()
+        self._readers: List[threading.Thread] = []
+        self._start_time: Optional[float] = None
+
+    # -- lifecycle -------------------------------------------------------------------------
+    def start(self) -> "EngineProcess":
+        if self._proc is not None:
+            raise RuntimeError("EngineProcess.start() was already called")
+        kwargs = dict(stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL,
+                      env=self.env, cwd=self.cwd, text=True, encoding="utf-8", errors="replace", bufsize=1)
+        if IS_WINDOWS:
+            kwargs["creationflags"] = subprocess.CREATE_NEW_PROCESS_GROUP | getattr(subprocess, "CREATE_NO_WINDOW", 0)
+        else:
+            kwargs["start_new_session"] = True  # own session and process group: see module docstring
+        logger.info("Starting: %s", " ".join(self.args))
+        try:
+            self._proc = subprocess.Popen(self.args, **kwargs)
+        except OSError as e:
+            raise RuntimeError(f"Could not start {self.args[0]!r}: {e}") from e
+        self._start_time = time.monotonic()
+        for name, stream in (("stdout", self._proc.stdout), ("stderr", self._proc.stderr)):
+            reader = threading.Thread(target=self._read, args=(name, stream), daemon=True,
+                                      name=f"EngineProcess-{name}-{self._proc.pid}")
+            reader.start()
+            self._readers.append(reader)
+        return self
+
+    def _read(self, name: str, stream) -> None:
+        for line in iter(stream.readline, ""):
+            self._queue.put(OutputLine(name, line.rstrip("\r\n")))
+        stream.close()
+
+    @property
+    def pid(self) -> Optional[int]:
+        return None if self._proc is None else self._proc.pid
+
+    @property
+    def elapsed_s(self) -> float:
+        return 0.0 if self._start_time is None else time.monotonic() - self._start_time
+
+    def is_running(self) -> bool:
+        return self._proc is not None and self._proc.poll() is None
+
+    @property
+    def finished(self) -> bool:
+        """True once the process has exited and all of its output is queued: one more `poll()`
+        returns the last lines."""
+        if self._proc is None or self._proc.poll() is None:
+            return False
+        return not any(r.is_alive() for r in self._readers)
+
+    @property
+    def returncode(self) -> Optional[int]:
+        if self._proc is None:
+            return None
+        code = self._proc.poll()
+        if code is not None and self.cancelled and code != ExitCode.OK:
+            return int(ExitCode.CANCELLED)
+        return code
+
+    def poll(self) -> List[OutputLine]:
+        """Lines produced since the last call, without blocking."""
+        lines = []
+        while True:
+            try:
+                line = self._queue.get_nowait()
+            except queue.Empty:
+                break
+            if line.stream == "stderr":
+                self.stderr_tail.append(line.text)
+            lines.append(line)
+        return lines
+
+    def wait(self, timeout: Optional[float] = None, interval: float = 0.1) -> Optional[int]:
+        """Block until finished (or timeout, then None); output stays queued for `poll()`."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while not self.finished:
+            if deadline is not None and time.monotonic() > deadline:
+                return None
+            time.sleep(interval)
+        return self.returncode
+
+    # -- cancel ------------------------------------------------------------------------------
+    def cancel(self, grace_s: float = 5.0) -> None:
+        """Ask the whole tree to stop (SIGTERM lets the engine remove its temp files), then kill it."""
+        if self._proc is None:
+            return
+        self.cancelled = True
+        if IS_WINDOWS:
+            self._kill_tree_windows()
+            return
+        self._signal_group(signal.SIGTERM)
+        deadline = time.monotonic() + grace_s
+        while self._group_alive() and time.monotonic() < deadline:
+            self._proc.poll()  # reap the leader so the group check sees it gone
+            time.sleep(0.05)
+        if self._group_alive():
+            logger.warning("Process group %d ignored SIGTERM for %.1f s; killing it", self._proc.pid, grace_s)
+            self._signal_group(signal.SIGKILL)
+        try:
+            self._proc.wait(timeout=grace_s)
+        except subprocess.TimeoutExpired:
+            logger.error("Process %d did not exit after SIGKILL", self._proc.pid)
+
+    def _signal_group(self, sig: int) -> None:
+        try:
+            os.killpg(self._proc.pid, sig)  # the group id is the leader's pid (start_new_session)
+        except ProcessLookupError:
+            pass
+
+    def _group_alive(self) -> bool:
+        self._proc.poll()
+        try:
+            os.killpg(self._proc.pid, 0)
+        except ProcessLookupError:
+            return False
+        except PermissionError:
+            return True
+        return True
+
+    def _kill_tree_windows(self) -> None:
+        # taskkill /T walks the tree by parent pid; it must run while the launcher is still alive.
+        subprocess.run(["taskkill", "/F", "/T", "/PID", str(self._proc.pid)], stdout=subprocess.DEVNULL,
+                       stderr=subprocess.DEVNULL, creationflags=getattr(subprocess, "CREATE_NO_WINDOW", 0))
+        try:
+            self._proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            self._proc.kill()
+
+    def __del__(self) -> None:
+        # A panel closed mid-run must not leave an engine computing in the background.
+        try:
+            if self.is_running():
+                self.cancel(grace_s=1.0)
+        except Exception:  # interpreter shutdown: modules may already be gone
+            pass

@@ -1,0 +1,153 @@
+"""Train logic: scene cases -> dataset folder -> `mednextv2 train` run -> registered model.
+
+Works without the GUI (the self-test and scripts call `checkCases`, `createJob`, `startTraining`
+and `TrainingRun.wait()`). Never opens dialogs: it raises, and the widget decides what to show.
+Engine runs, the model list and `models import` go through the Segment module's logic and
+process runner, so both modules start and stop the engine the same way.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+from pathlib import Path
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
+
+from slicer.ScriptedLoadableModule import ScriptedLoadableModuleLogic
+
+from MedNeXtV2SegmentLib.command import engine_environment
+from MedNeXtV2SegmentLib.logic import MedNeXtV2SegmentLogic
+from MedNeXtV2SegmentLib.models import ModelChoice
+from MedNeXtV2TrainLib.case_checks import CaseFacts, Problem, check_cases
+from MedNeXtV2TrainLib.dataset_layout import DatasetWriter, safe_case_ids
+from MedNeXtV2TrainLib.label_table import BaseLabel, DatasetLabel, SegmentLabel, union_of_segments, value_by_segment
+from MedNeXtV2TrainLib.pairing import PairingResult, pair_cases
+from MedNeXtV2TrainLib.resume_state import TrainState, find_resumable, load_state, new_job_dir, save_state
+from MedNeXtV2TrainLib.settings import TrainSettings
+from MedNeXtV2TrainLib.training_run import RunnerFactory, TrainingRun
+
+logger = logging.getLogger(__name__)
+DATASET_FOLDER = "dataset"
+SETTINGS_PARAMETER = "TrainSettings"
+
+
+def default_jobs_root() -> Path:
+    """Training jobs live beside the model cache (MEDNEXTV2_HOME), not in a temp folder that gets cleaned."""
+    from mednextv2.cache import default_home
+
+    return default_home() / "training"
+
+
+def base_labels(choice: Optional[ModelChoice]) -> List[BaseLabel]:
+    """The base model's labels; the catalog lists names in head order, so values are 1..n."""
+    return [] if choice is None else [BaseLabel(i + 1, name) for i, name in enumerate(choice.labels)]
+
+
+class MedNeXtV2TrainLogic(ScriptedLoadableModuleLogic):
+    def __init__(self, segmentLogic: Optional[MedNeXtV2SegmentLogic] = None,
+                 runnerFactory: Optional[RunnerFactory] = None) -> None:
+        ScriptedLoadableModuleLogic.__init__(self)
+        self.segmentLogic = segmentLogic or MedNeXtV2SegmentLogic()
+        self.runnerFactory = runnerFactory
+
+    # -- settings: kept in the scene's parameter node, so a saved scene reopens with them ------
+    def loadSettings(self) -> TrainSettings:
+        text = self.getParameterNode().GetParameter(SETTINGS_PARAMETER)
+        try:
+            return TrainSettings.from_dict(json.loads(text)) if text else TrainSettings()
+        except (ValueError, TypeError) as e:  # a scene from another version: start from defaults
+            logger.warning("ignoring saved training settings: %s", e)
+            return TrainSettings()
+
+    def saveSettings(self, settings: TrainSettings) -> None:
+        self.getParameterNode().SetParameter(SETTINGS_PARAMETER, json.dumps(settings.to_dict()))
+
+    # -- cases ---------------------------------------------------------------------------------
+    @staticmethod
+    def pairScene() -> PairingResult:
+        from MedNeXtV2TrainLib.scene_cases import scene_records
+
+        return pair_cases(*scene_records())
+
+    @staticmethod
+    def checkCases(cases) -> Tuple[List[Problem], List[SegmentLabel], Dict[str, list]]:
+        """(problems, union of segments, segments per case name) for SceneCase objects."""
+        from MedNeXtV2TrainLib.scene_cases import case_facts
+
+        facts: List[CaseFacts] = []
+        segmentsByCase: Dict[str, list] = {}
+        for case in cases:
+            caseFacts, segments = case_facts(case)
+            facts.append(caseFacts)
+            segmentsByCase[case.name] = segments
+        union = union_of_segments([[(name, color) for _, name, color in segs] for segs in segmentsByCase.values()])
+        return check_cases(facts, [s.name for s in union]), union, segmentsByCase
+
+    # -- models --------------------------------------------------------------------------------
+    def models(self) -> List[ModelChoice]:
+        return self.segmentLogic.refreshModels()
+
+    # -- dataset -------------------------------------------------------------------------------
+    @staticmethod
+    def exportDataset(cases, labels: Sequence[DatasetLabel], channelName: str, datasetDir: Path,
+                      onCase: Optional[Callable[[int, int, str], None]] = None) -> Path:
+        """Write the cases as an nnU-Net raw dataset; values follow `labels` in every case."""
+        from MedNeXtV2TrainLib.scene_cases import case_images, segments_of
+
+        values = value_by_segment(labels)
+        ids = safe_case_ids([case.name for case in cases])
+        with DatasetWriter(Path(datasetDir), labels, channelName, title=Path(datasetDir).parent.name) as writer:
+            for index, (caseId, case) in enumerate(zip(ids, cases)):
+                if onCase:
+                    onCase(index, len(cases), case.name)
+                segments = segments_of(case.segmentation)
+                image, label = case_images(case, [s[0] for s in segments])
+                writer.add_case(caseId, image, label, [s[1] for s in segments], values)
+            return writer.finish()
+
+    # -- training ------------------------------------------------------------------------------
+    @classmethod
+    def createJob(cls, settings: TrainSettings, jobsRoot: Path, cases=None, labels: Sequence[DatasetLabel] = (),
+                  datasetDir: Optional[Path] = None, onCase=None) -> Tuple[Path, TrainState]:
+        """A new job folder with its dataset: the scene `cases` exported into it, or `datasetDir` as is.
+
+        The bundle folder is named after the job (unique under the root) because the engine takes
+        the model id from it, and the catalog needs a new id for every trained model. A failed
+        export removes the job folder again: nothing half-made is left to resume.
+        """
+        jobDir = new_job_dir(Path(jobsRoot), settings.model_id)
+        dataset = Path(datasetDir) if datasetDir else jobDir / DATASET_FOLDER
+        if datasetDir is None:
+            try:
+                cls.exportDataset(cases, labels, settings.modality, dataset, onCase)
+            except BaseException:
+                shutil.rmtree(jobDir, ignore_errors=True)
+                raise
+        state = TrainState(dataset=str(dataset), output_bundle=str(jobDir / jobDir.name), settings=settings)
+        save_state(jobDir, state)
+        return jobDir, state
+
+    def startTraining(self, jobDir: Path, state: Optional[TrainState] = None, resume: bool = False) -> TrainingRun:
+        state = state or load_state(jobDir)
+        factory = {} if self.runnerFactory is None else {"runner_factory": self.runnerFactory}
+        run = TrainingRun(Path(jobDir), state, self.segmentLogic.python, env=engine_environment(), **factory)
+        run.start(resume=resume)
+        return run
+
+    @staticmethod
+    def resumableJobs(jobsRoot: Path) -> List[Tuple[Path, TrainState]]:
+        return find_resumable(Path(jobsRoot))
+
+    # -- finish --------------------------------------------------------------------------------
+    def startRegistration(self, bundlePath: Path):
+        """`mednextv2 models import BUNDLE` as a Segment-module engine run (poll it with `pollRegistration`)."""
+        return self.segmentLogic.startModelAction("import", str(bundlePath))
+
+    def pollRegistration(self, run, onLog=None) -> bool:
+        return self.segmentLogic.poll(run, onLog=onLog)
+
+    @staticmethod
+    def markRegistered(jobDir: Path, modelId: str) -> TrainState:
+        state = load_state(jobDir).with_progress(status="registered", registered_model_id=modelId)
+        save_state(jobDir, state)
+        return state

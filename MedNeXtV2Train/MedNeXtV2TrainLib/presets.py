@@ -1,0 +1,58 @@
+"""Training presets: what "quick / standard / thorough" mean as a budget and a patch size.
+
+A time budget (`--minutes`) ends training gracefully when it runs out, so a quick run finishes
+when the user expects whatever the machine; the thorough preset asks for a fixed number of epochs
+because its point is convergence, not the clock. Patch sides are multiples of 16 because the
+network halves the grid four times.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Dict, Optional, Tuple
+
+PATCH_MULTIPLE = 16
+
+
+@dataclass(frozen=True)
+class TrainingPreset:
+    name: str
+    title: str
+    minutes: Optional[int]
+    epochs: Optional[int]
+    patch_size: Tuple[int, int, int]  # (z, y, x)
+    description: str
+
+    def budget_text(self) -> str:
+        if self.minutes is not None:
+            return f"{self.minutes} min"
+        return f"{self.epochs} epochs"
+
+
+PRESETS: Dict[str, TrainingPreset] = {p.name: p for p in (
+    TrainingPreset("quick", "Quick", minutes=15, epochs=None, patch_size=(64, 64, 64),
+                   description="15 minutes; a first result on a laptop, good for checking the labels"),
+    TrainingPreset("standard", "Standard", minutes=90, epochs=None, patch_size=(96, 96, 96),
+                   description="90 minutes; a useful fine-tune on a GPU"),
+    TrainingPreset("thorough", "Thorough", minutes=None, epochs=300, patch_size=(128, 128, 128),
+                   description="300 epochs; for the best model, needs a GPU and hours"),
+)}
+DEFAULT_PRESET = "quick"
+
+
+def get_preset(name: str) -> TrainingPreset:
+    try:
+        return PRESETS[name]
+    except KeyError as e:
+        raise ValueError(f"unknown training preset {name!r}; choose one of {', '.join(PRESETS)}") from e
+
+
+def check_patch_size(patch: Tuple[int, ...]) -> Tuple[int, int, int]:
+    """The patch as three ints, each a positive multiple of 16; ValueError naming the bad side."""
+    if len(patch) != 3:
+        raise ValueError(f"patch size needs 3 sides (z, y, x), got {list(patch)}")
+    sides = []
+    for axis, side in zip("zyx", patch):
+        if isinstance(side, bool) or int(side) != side or side < PATCH_MULTIPLE or side % PATCH_MULTIPLE:
+            raise ValueError(f"patch side {axis}={side} must be a multiple of {PATCH_MULTIPLE} (16, 32, 48, ...)")
+        sides.append(int(side))
+    return (sides[0], sides[1], sides[2])

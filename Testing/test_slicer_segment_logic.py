@@ -1,0 +1,161 @@
+"""MedNeXtV2SegmentLogic's export -> run -> load -> label flow, outside Slicer.
+
+Slicer is replaced by Testing/slicer_stubs.py (real files behind each call); the engine by a
+short script that honours the same command line: it reads the exported input, writes a real
+.seg.nrrd with the engine's own writer (mednextv2.export), prints JSON progress, and exits with
+the code it is told to. The logic's process runner is injected, as the Slicer module allows.
+"""
+from __future__ import annotations
+
+import sys
+import textwrap
+
+import pytest
+import SimpleITK as sitk
+
+import slicer_segment_paths  # noqa: F401
+import slicer_stubs
+from MedNeXtV2SegmentLib.parameters import SegmentOptions
+from MedNeXtV2SegmentLib.process import EngineProcess, ExitCode
+from MedNeXtV2SegmentLib.tinybundle import make_tiny_bundle
+
+FAKE_ENGINE = textwrap.dedent("""
+    import json, sys, time
+    import SimpleITK as sitk
+    from mednextv2.bundle import load_bundle
+    from mednextv2.export import write_result
+    argv = sys.argv[1:]
+    assert argv[:3] == ["-m", "mednextv2", "segment"], argv
+    args = argv[3:]
+    inputs = args[:args.index("-m")]
+    model, output = args[args.index("-m") + 1], args[args.index("-o") + 1]
+    print(json.dumps({"stage": "predict", "fraction": 0.5, "eta_s": 1.0, "message": "tile 1/2"}), flush=True)
+    print("INFO engine log line", file=sys.stderr, flush=True)
+    if MODE == "fail":
+        print("mednextv2: error: input image is empty", file=sys.stderr)
+        sys.exit(2)
+    if MODE == "hang":
+        time.sleep(60)
+    image = sitk.ReadImage(inputs[0])
+    labels = sitk.Cast(image > 100, sitk.sitkUInt8) * 2  # label 2 where bright
+    write_result(labels, load_bundle(model).labels, output)
+    print(json.dumps({"stage": "export", "fraction": 1.0, "eta_s": 0.0, "message": output}), flush=True)
+""")
+
+
+@pytest.fixture(scope="module")
+def bundle(tmp_path_factory):
+    return make_tiny_bundle(tmp_path_factory.mktemp("bundle"))
+
+
+@pytest.fixture
+def slicer(tmp_path):
+    stubs = slicer_stubs.install(str(tmp_path / "slicer-temp"))
+    yield stubs
+    slicer_stubs.uninstall()
+
+
+def make_logic(mode="ok"):
+    from MedNeXtV2SegmentLib.logic import MedNeXtV2SegmentLogic
+
+    launched = []
+
+    def factory(args, env):
+        launched.append(list(args))
+        assert args[1:4] == ["-m", "mednextv2", "segment"]
+        script = f"MODE = {mode!r}\n" + FAKE_ENGINE
+        return EngineProcess([sys.executable, "-c", script, *args[1:]], env=env)
+
+    return MedNeXtV2SegmentLogic(processFactory=factory, python="PythonSlicer"), launched
+
+
+@pytest.fixture
+def volume(slicer, data_dir):
+    image = sitk.ReadImage(str(data_dir / "mr-breast" / "breast1_image.nrrd"))
+    return slicer.addVolume("Breast MR", image, transformNodeID="vtkMRMLLinearTransformNode7")
+
+
+def test_segment_loads_names_colours_terminology_geometry_and_placement(slicer, volume, bundle):
+    logic, launched = make_logic()
+    progress = []
+    node = logic.segment(volume, str(bundle), device="cpu", tta=False, onProgress=progress.append)
+    command = launched[0]
+    assert command[0] == "PythonSlicer" and "--no-tta" in command and command[command.index("--device") + 1] == "cpu"
+    assert command[command.index("-m", 3) + 1] == str(bundle)
+    assert [e.stage for e in progress] == ["predict", "export"]
+
+    segments = node.GetSegmentation().segments
+    assert [(s.name, s.labelValue) for s in segments] == [("lesion", 1), ("tissue", 2)]
+    assert segments[1].color == pytest.approx((0.0, 200 / 255, 100 / 255))
+    assert "SCT^85756007^Tissue" in segments[1].tags["TerminologyEntry"]
+    assert node.GetName() == "Breast MR - Self-test tiny model"
+    assert node.GetNodeReference(node.GetReferenceImageGeometryReferenceRole()) is volume
+    assert node.GetTransformNodeID() == "vtkMRMLLinearTransformNode7"
+    assert slicer.subjectHierarchy.GetItemParent(node) == "study-1"
+    assert node.displayNodesCreated
+
+    image = volume.image
+    assert slicer.exportedGeometry == [(image.GetSize(), image.GetOrigin(), image.GetSpacing(), image.GetDirection())]
+    assert not slicer.exported[0].parent.exists(), "the run folder is removed after success"
+
+
+def test_existing_output_node_receives_the_segments(slicer, volume, bundle):
+    from MedNeXtV2SegmentLib.logic import MedNeXtV2SegmentLogic  # noqa: F401
+
+    target = slicer.mrmlScene.AddNode(slicer_stubs.FakeSegmentationNode("My segmentation"))
+    slicer.subjectHierarchy.parents[target] = 0
+    logic, _ = make_logic()
+    node = logic.segment(volume, str(bundle), outputNode=target, tta=False)
+    assert node is target and [s.name for s in target.GetSegmentation().segments] == ["lesion", "tissue"]
+    assert slicer.mrmlScene.GetNumberOfNodesByClass("vtkMRMLSegmentationNode") == 1
+
+
+def test_engine_failure_keeps_files_and_reports_stderr(slicer, volume, bundle):
+    from MedNeXtV2SegmentLib.logic import EngineError
+
+    logic, _ = make_logic("fail")
+    with pytest.raises(EngineError) as info:
+        logic.segment(volume, str(bundle))
+    error = info.value
+    assert error.exitCode == ExitCode.BAD_INPUT and "rejected the input" in str(error)
+    assert "input image is empty" in error.stderrTail
+    assert error.workDir.is_dir() and (error.workDir / "input_0000.nrrd").is_file()
+    assert str(error.workDir) in str(error)
+    assert slicer.mrmlScene.GetNumberOfNodesByClass("vtkMRMLSegmentationNode") == 0
+
+
+def test_cancel_stops_and_cleans_up(slicer, volume, bundle):
+    from MedNeXtV2SegmentLib.logic import EngineError
+
+    logic, _ = make_logic("hang")
+    run = logic.start(volume, SegmentOptions(model=str(bundle)))
+    log = []
+    while not any(l.startswith("INFO engine") for l in log):
+        logic.poll(run, onLog=log.append)
+    logic.cancel(run)
+    assert not run.process.is_running() and not run.paths.work_dir.exists()
+    with pytest.raises(EngineError, match="Cancelled"):
+        logic.finish(run)
+
+
+def test_bad_requests_fail_before_anything_runs(slicer, volume, bundle):
+    from MedNeXtV2SegmentLib.labels import LabelTableError
+    from MedNeXtV2SegmentLib.logic import EngineError
+
+    logic, launched = make_logic()
+    with pytest.raises(EngineError, match="needs 1 input volume"):
+        logic.start([volume, volume], SegmentOptions(model=str(bundle)))
+    with pytest.raises(LabelTableError, match="unknown structure.*liver"):
+        logic.start(volume, SegmentOptions(model=str(bundle), structures=("liver",)))
+    with pytest.raises(EngineError, match="Select an input volume"):
+        logic.start(None, SegmentOptions(model=str(bundle)))
+    assert launched == [] and slicer.exported == []
+    assert list((slicer_stubs.Path(slicer.app.temporaryPath)).glob("*")) == []  # no run folder left
+
+
+def test_options_are_saved_in_the_parameter_node(slicer):
+    logic, _ = make_logic()
+    options = SegmentOptions(model="lung", device="cpu", structures=("tumor",))
+    logic.saveOptions(options)
+    assert logic.loadOptions() == options
+    assert slicer.mrmlScene.parameterNode.GetParameter("SegmentOptions") == options.to_json()

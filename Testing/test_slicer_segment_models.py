@@ -1,0 +1,66 @@
+"""The model selector reads the engine's real `mednextv2 models list --json`."""
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+import slicer_segment_paths  # noqa: F401
+from MedNeXtV2SegmentLib.command import build_models_command, engine_environment
+from MedNeXtV2SegmentLib.models import (CatalogError, ModelChoice, describe_model, format_size, list_models,
+                                        model_choice, parse_model_list, time_hint)
+from MedNeXtV2SegmentLib.process import EngineProcess
+from MedNeXtV2SegmentLib.tinybundle import make_tiny_bundle
+
+
+@pytest.fixture(scope="module")
+def engine_env(tmp_path_factory):
+    home = tmp_path_factory.mktemp("home")
+    return engine_environment({"PATH": "/usr/bin:/bin", "MEDNEXTV2_HOME": str(home)})
+
+
+def test_import_then_list_through_the_real_cli(tmp_path, engine_env):
+    bundle = make_tiny_bundle(tmp_path, "tiny-import")
+    # The panel's import runs through the same process runner as a segmentation.
+    process = EngineProcess(build_models_command(sys.executable, "import", str(bundle)), env=engine_env).start()
+    assert process.wait(timeout=120) == 0, "\n".join(process.stderr_tail)
+    choices = {c.id: c for c in list_models(sys.executable, engine_env)}
+    choice = choices["tiny-import"]
+    assert choice.downloaded and choice.path and choice.engine_model_arg == choice.path
+    assert choice.labels == ("lesion", "tissue") and choice.modality == "CT"
+    assert choice.title == "Self-test tiny model"
+    assert describe_model(choice).endswith("downloaded")
+
+
+def test_list_failure_carries_the_engine_message(engine_env):
+    def failing(args, env):
+        return subprocess.CompletedProcess(args, 2, "", "mednextv2: error: catalog broken")
+    with pytest.raises(CatalogError, match="catalog broken"):
+        list_models("py", engine_env, runner=failing)
+
+
+def test_catalog_rows():
+    rows = parse_model_list('{"models": [{"id": "lung", "title": "Lung tumour (CT)", "size": 126000000, '
+                            '"installed": "no", "path": null, "modality": "CT", '
+                            '"timings": {"cpu_s": 300, "gpu_s": 20}, "min_gpu_memory_gb": 6}], "home": "/x"}')
+    lung = rows[0]
+    assert (lung.id, lung.downloaded, lung.path, lung.engine_model_arg) == ("lung", False, "", "lung")
+    assert describe_model(lung) == "Lung tumour (CT) - CT - 120.2 MB - not downloaded"
+    assert time_hint(lung, "cpu") == "About 5 min 00 s per image on CPU (measured)."
+    assert time_hint(lung, "auto", tta=False) == ("About 20 s per image on GPU (measured); faster without TTA; "
+                                                  "needs about 6 GB of GPU memory.")
+    assert time_hint(ModelChoice("x", "X"), "cpu") == "No measured time for this model yet."
+    assert time_hint(None, "cpu") == ""
+    assert parse_model_list('[{"id": "a", "installed": "yes", "path": "/nonexistent"}]')[0].downloaded
+
+
+@pytest.mark.parametrize("text", ["not json", '{"models": 3}', '[{"title": "no id"}]'])
+def test_bad_lists_are_reported(text):
+    with pytest.raises(CatalogError):
+        parse_model_list(text)
+
+
+def test_format_size():
+    assert [format_size(n) for n in (None, 512, 2048, 5 * 1024 ** 2, 3 * 1024 ** 3)] == ["", "512 B", "2 KB", "5.0 MB", "3.0 GB"]
+    assert model_choice({"id": "a", "size": True}).size_bytes is None

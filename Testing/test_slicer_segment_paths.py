@@ -1,0 +1,59 @@
+"""Exchange-file paths for one run, and names for results."""
+from __future__ import annotations
+
+import pytest
+
+import slicer_segment_paths  # noqa: F401
+from MedNeXtV2SegmentLib.paths import (PathError, export_path, make_run_paths, output_segmentation_name,
+                                       safe_file_stem)
+
+
+def test_each_run_gets_its_own_ascii_folder(tmp_path):
+    a = make_run_paths(2, temp_root=tmp_path)
+    b = make_run_paths(1, temp_root=tmp_path)
+    assert a.work_dir != b.work_dir and a.work_dir.parent == tmp_path and a.work_dir.is_dir()
+    assert [p.name for p in a.inputs] == ["input_0000.nrrd", "input_0001.nrrd"]
+    assert a.output.name == "segmentation.seg.nrrd" and a.output.parent == a.work_dir
+    assert all(str(p).isascii() for p in (*a.inputs, a.output)) or not str(tmp_path).isascii()
+    (a.work_dir / "input_0000.nrrd").write_text("x")
+    a.remove()
+    assert not a.work_dir.exists() and b.work_dir.exists()
+
+
+def test_temp_root_is_created_and_channels_checked(tmp_path):
+    paths = make_run_paths(1, temp_root=tmp_path / "new" / "root")
+    assert paths.work_dir.is_dir()
+    with pytest.raises(PathError, match="at least one"):
+        make_run_paths(0, temp_root=tmp_path)
+
+
+def test_long_windows_paths_fail_early_with_a_fix(tmp_path):
+    deep = tmp_path / ("x" * 180)
+    with pytest.raises(PathError, match="too long for Windows"):
+        make_run_paths(1, temp_root=deep, is_windows=True)
+    assert list(deep.iterdir()) == []  # nothing left behind
+    assert make_run_paths(1, temp_root=deep, is_windows=False).work_dir.is_dir()
+
+
+@pytest.mark.parametrize("name, stem", [
+    ("CT chest", "CT_chest"), ("Tête (T1) / 2", "Tête_T1_2"), ("../../etc/passwd", "etc_passwd"),
+    ("...", "segmentation"), ("a" * 100, "a" * 60),
+])
+def test_safe_file_stem(name, stem):
+    assert safe_file_stem(name) == stem
+
+
+def test_export_path_never_overwrites(tmp_path):
+    first = export_path(tmp_path, "CT chest - Lung tumour")
+    assert first.name == "CT_chest_-_Lung_tumour.seg.nrrd"
+    first.write_text("x")
+    second = export_path(tmp_path, "CT chest - Lung tumour")
+    assert second.name == "CT_chest_-_Lung_tumour_2.seg.nrrd" and not second.exists()
+    assert export_path(tmp_path, "x", ".nii.gz").name == "x.nii.gz"
+    with pytest.raises(PathError):
+        export_path(tmp_path, "x", "nrrd")
+
+
+def test_output_names():
+    assert output_segmentation_name("CT chest", "Lung tumour (CT)") == "CT chest - Lung tumour (CT)"
+    assert output_segmentation_name("  ", "") == "Volume segmentation"
