@@ -1,0 +1,174 @@
+"""Sliding-window predictor: tiling math, padding, batching, mirroring, ensembles, OOM fallback, progress."""
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from mednextv2.errors import InputError, ResourceError
+from mednextv2.sliding_window import (RunState, SlidingWindowPredictor, gaussian_importance, mirror_combinations,
+                                      next_fallback, pad_to_patch, resolve_device, tile_grid, tile_starts)
+from segment_fixtures import one_torch_thread  # noqa: F401 (autouse)
+
+
+class Pointwise(nn.Module):
+    """Logits that depend on intensity and position inside the tile (so stitching errors show)."""
+
+    def __init__(self, n_classes=3):
+        super().__init__()
+        self.n_classes = n_classes
+        self.calls = []
+
+    def forward(self, x):
+        self.calls.append(tuple(x.shape))
+        c = torch.arange(self.n_classes, dtype=x.dtype).view(1, -1, 1, 1, 1)
+        return c * x[:, :1] - c ** 2 * 0.3
+
+
+class PositionDependent(Pointwise):
+    def forward(self, x):
+        out = super().forward(x)
+        z = torch.linspace(-1, 1, x.shape[2]).view(1, 1, -1, 1, 1)
+        return out + z * torch.tensor([0.0, 1.0, -1.0]).view(1, -1, 1, 1, 1)
+
+
+def test_tile_starts_cover_evenly():
+    assert tile_starts(64, 64, 0.5) == [0]
+    assert tile_starts(10, 64, 0.5) == [0]
+    starts = tile_starts(200, 64, 0.5)
+    assert starts[0] == 0 and starts[-1] == 200 - 64
+    assert max(np.diff(starts)) <= 32 and len(starts) == 6
+    assert len(tile_grid((100, 130, 64), (64, 64, 64), 0.5)) == 3 * 4 * 1
+
+
+def test_gaussian_map():
+    g = gaussian_importance((16, 32, 32))
+    assert g.shape == (16, 32, 32) and float(g.max()) == pytest.approx(1.0, abs=1e-3)
+    assert float(g.min()) > 0
+    assert torch.equal(g, torch.flip(g, (0, 1, 2)))  # symmetric: no bias towards a border
+
+
+def test_pad_to_patch_is_centred_and_undone():
+    x = torch.arange(2 * 5 * 40 * 3, dtype=torch.float32).reshape(2, 5, 40, 3)
+    padded, crop = pad_to_patch(x, (16, 32, 32))
+    assert padded.shape == (2, 16, 40, 32)
+    assert torch.equal(padded[(slice(None),) + crop], x)
+
+
+def test_mirror_combinations():
+    assert mirror_combinations([0, 1, 2]) == [(), (0,), (1,), (2,), (0, 1), (0, 2), (1, 2), (0, 1, 2)]
+    assert mirror_combinations([]) == [()]
+
+
+def _logits_of(model, x):
+    with torch.no_grad():
+        return model(x[None]).float()[0]
+
+
+def test_pointwise_model_is_reproduced_exactly_small_input_padded():
+    """A position-independent model gives its own logits everywhere, also for an input smaller than the patch."""
+    x = torch.randn(1, 11, 50, 21)
+    model = Pointwise()
+    out = SlidingWindowPredictor([model], 3, (16, 32, 32), device="cpu").predict(x)
+    assert all(shape[2:] == (16, 32, 32) for shape in model.calls)
+    assert out.shape == (3, 11, 50, 21) and out.dtype == torch.float16
+    assert torch.allclose(out.float(), _logits_of(model, x), atol=2e-2)
+
+
+def test_tile_batch_and_mirroring():
+    x = torch.randn(1, 24, 40, 36)
+    one = SlidingWindowPredictor([PositionDependent()], 3, (16, 32, 32), tile_batch=1, device="cpu").predict(x)
+    model = PositionDependent()
+    four = SlidingWindowPredictor([model], 3, (16, 32, 32), tile_batch=4, device="cpu").predict(x)
+    assert torch.allclose(one.float(), four.float(), atol=2e-2)
+    assert max(s[0] for s in model.calls) == 4  # several tiles per forward pass
+    # With mirroring along z the whole prediction becomes z-flip equivariant (the tile layout and
+    # the Gaussian are symmetric for this size); without it the z-dependent model is not.
+    def run(inp, axes):
+        return SlidingWindowPredictor([PositionDependent()], 3, (16, 32, 32), mirror_axes=axes, device="cpu").predict(inp).float()
+
+    flipped = torch.flip(x, (1,))
+    assert torch.allclose(run(flipped, (0,)), torch.flip(run(x, (0,)), (1,)), atol=2e-2)
+    assert not torch.allclose(run(flipped, ()), torch.flip(run(x, ()), (1,)), atol=1e-2)
+
+
+def test_ensemble_averages_logits():
+    x = torch.randn(1, 16, 32, 32)
+
+    class Scaled(Pointwise):
+        def __init__(self, k):
+            super().__init__()
+            self.k = k
+
+        def forward(self, x):
+            return super().forward(x) * self.k
+
+    a, b = Scaled(1.0), Scaled(3.0)
+    out = SlidingWindowPredictor([a, b], 3, (16, 32, 32), device="cpu").predict(x)
+    expected = (_logits_of(a, x) + _logits_of(b, x)) / 2
+    assert torch.allclose(out.float(), expected, atol=2e-2)
+
+
+def test_oom_halves_the_tile_batch_and_logs(caplog):
+    class OomAboveOne(Pointwise):
+        def forward(self, x):
+            if x.shape[0] > 1:
+                raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2 GiB")
+            return super().forward(x)
+
+    x = torch.randn(1, 30, 40, 40)
+    with caplog.at_level(logging.WARNING, "mednextv2.sliding_window"):
+        out = SlidingWindowPredictor([OomAboveOne()], 3, (16, 32, 32), tile_batch=4, device="cpu").predict(x)
+    assert "halving the tile batch 4 -> 2" in caplog.text and "2 -> 1" in caplog.text
+    assert torch.allclose(out.float(), _logits_of(Pointwise(), x), atol=2e-2)
+
+
+def test_oom_everywhere_is_a_resource_error():
+    class AlwaysOom(Pointwise):
+        def forward(self, x):
+            raise RuntimeError("DefaultCPUAllocator: not enough memory: you tried to allocate; out of memory")
+
+    with pytest.raises(ResourceError, match="out of memory"):
+        SlidingWindowPredictor([AlwaysOom()], 3, (16, 32, 32), tile_batch=2, device="cpu").predict(torch.randn(1, 16, 32, 32))
+
+    class HugeAllocation(Pointwise):  # the CPU allocator's own failure ("can't allocate memory")
+        def forward(self, x):
+            return torch.empty(10**13, dtype=torch.uint8)
+
+    with pytest.raises(ResourceError, match="out of memory"):
+        SlidingWindowPredictor([HugeAllocation()], 3, (16, 32, 32), device="cpu").predict(torch.randn(1, 16, 32, 32))
+
+
+def test_fallback_chain_order():
+    cuda, cpu = torch.device("cuda"), torch.device("cpu")
+    state = RunState(cuda, cuda, 4)
+    chain = []
+    while state is not None:
+        chain.append((state.compute.type, state.accumulate.type, state.tile_batch))
+        state = next_fallback(state)
+    assert chain == [("cuda", "cuda", 4), ("cuda", "cuda", 2), ("cuda", "cuda", 1),
+                     ("cuda", "cpu", 1), ("cpu", "cpu", 1)]
+
+
+def test_progress_reports_tiles_and_eta():
+    reports = []
+    x = torch.randn(1, 30, 50, 40)
+    SlidingWindowPredictor([Pointwise()], 3, (16, 32, 32), tile_batch=2, device="cpu",
+                           progress=lambda *a, **k: reports.append((a, k))).predict(x)
+    total = len(tile_grid((30, 50, 40), (16, 32, 32), 0.5))
+    assert [k["tiles_done"] for _, k in reports] == list(range(2, total + 1, 2)) + ([total] if total % 2 else [])
+    assert reports[-1][0][1] == 1.0 and reports[-1][1]["eta_s"] == 0
+    assert all(k["eta_s"] is not None and k["eta_s"] >= 0 for _, k in reports)
+
+
+def test_devices():
+    assert resolve_device("cpu").type == "cpu"
+    assert resolve_device("auto").type in ("cpu", "cuda", "mps")
+    if not torch.cuda.is_available():
+        with pytest.raises(InputError, match="CUDA is not available"):
+            resolve_device("cuda")
+    with pytest.raises(InputError, match="unknown device"):
+        resolve_device("tpu")

@@ -1,0 +1,173 @@
+"""Write the result: a Slicer `.seg.nrrd`, or a plain labelmap with a JSON label table beside it.
+
+Every file is written to a hidden temporary name in the destination folder and renamed at the
+end, so a failed or cancelled run leaves no file that looks valid (and no temporary either).
+"""
+from __future__ import annotations
+
+import contextlib
+import errno
+import json
+import logging
+import os
+import secrets
+from pathlib import Path
+from typing import Iterator, Optional, Sequence, Union
+
+import numpy as np
+import SimpleITK as sitk
+
+from mednextv2.bundle import Label
+from mednextv2.errors import InputError, ResourceError
+
+log = logging.getLogger(__name__)
+
+PathLike = Union[str, "os.PathLike[str]"]
+SEG_SUFFIX = ".seg.nrrd"
+LABELMAP_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".mha")
+# Slicer's default context for segment terminology; used when a label names no context.
+DEFAULT_TERMINOLOGY_CONTEXT = "Segmentation category and type - DICOM master list"
+DEFAULT_ANATOMIC_CONTEXT = "Anatomic codes - DICOM master list"
+
+
+def output_kind(path: PathLike) -> str:
+    """"seg" for .seg.nrrd, "labelmap" for .nii.gz/.nii/.nrrd/.mha; InputError otherwise."""
+    name = Path(path).name.lower()
+    if name.endswith(SEG_SUFFIX):
+        return "seg"
+    if any(name.endswith(s) for s in LABELMAP_SUFFIXES):
+        return "labelmap"
+    raise InputError(f"output {path}: unknown file type; use .seg.nrrd, or .nii.gz/.nii/.nrrd/.mha for a labelmap")
+
+
+def known_suffix(path: Path) -> str:
+    """The output extension of `path` (".seg.nrrd", ".nii.gz", ...), else its last suffix."""
+    name = path.name.lower()
+    for s in (SEG_SUFFIX,) + LABELMAP_SUFFIXES:
+        if name.endswith(s):
+            return path.name[-len(s):]
+    return path.suffix
+
+
+@contextlib.contextmanager
+def atomic_path(path: PathLike) -> Iterator[Path]:
+    """A temporary path beside `path` (same extension) that replaces it only on success."""
+    path = Path(path)
+    suffix = known_suffix(path)
+    stem = path.name[:-len(suffix)] if suffix else path.name
+    # A fresh name, not mkstemp: the writer creates the file with the user's usual permissions
+    # (mkstemp's 0600 would survive the rename).
+    tmp = path.parent / f".{stem}.{secrets.token_hex(6)}.tmp{suffix}"
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    except OSError as e:
+        tmp.unlink(missing_ok=True)
+        if e.errno in (errno.ENOSPC, errno.EDQUOT):
+            raise ResourceError(f"no space left to write {path}") from e
+        raise
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def terminology_string(label: Label) -> Optional[str]:
+    """Slicer's TerminologyEntry tag value: context~category~type~modifier~anatomic context~region~modifier."""
+    t = label.terminology
+    if not t:
+        return None
+
+    def code(key: str) -> str:
+        return "^".join(t.get(key) or ("", "", ""))
+
+    return "~".join([t.get("context", DEFAULT_TERMINOLOGY_CONTEXT), code("category"), code("type"),
+                     code("type_modifier"), t.get("anatomic_context", DEFAULT_ANATOMIC_CONTEXT if t.get("anatomic_region") else ""),
+                     code("anatomic_region"), code("anatomic_region_modifier")])
+
+
+def _extent(mask_axes: np.ndarray) -> str:
+    """Segment extent 'i0 i1 j0 j1 k0 k1' of a (x, y, z)-ordered mask; empty segments get an empty extent."""
+    parts = []
+    for axis in range(3):
+        other = tuple(a for a in range(3) if a != axis)
+        hits = np.flatnonzero(mask_axes.any(axis=other))
+        parts += [int(hits[0]), int(hits[-1])] if hits.size else [0, -1]
+    return " ".join(str(v) for v in parts)
+
+
+def seg_nrrd_header(labelmap: sitk.Image, labels: Sequence[Label], voxels_xyz: np.ndarray) -> dict:
+    spacing = np.array(labelmap.GetSpacing())
+    direction = np.array(labelmap.GetDirection()).reshape(3, 3)
+    header = {
+        "type": "uint8" if voxels_xyz.dtype == np.uint8 else "uint16",
+        "dimension": 3,
+        "space": "left-posterior-superior",  # ITK/SimpleITK physical space is LPS, as Slicer's files
+        "space directions": (direction * spacing[None, :]).T,  # row i = world step of index axis i
+        "space origin": np.array(labelmap.GetOrigin(), dtype=float),
+        "kinds": ["domain", "domain", "domain"],
+        "encoding": "gzip",
+        "Segmentation_MasterRepresentation": "Binary labelmap",
+        "Segmentation_ContainedRepresentationNames": "Binary labelmap|",
+        "Segmentation_ReferenceImageExtentOffset": "0 0 0",
+    }
+    for i, label in enumerate(labels):
+        color = " ".join(f"{c / 255.0:.6g}" for c in label.color)
+        tags = ["Segmentation.Status:completed"]
+        term = terminology_string(label)
+        if term:
+            tags.append(f"TerminologyEntry:{term}")
+        fields = {
+            "ID": f"Segment_{label.value}", "Name": label.name, "NameAutoGenerated": "0",
+            "Color": color, "ColorAutoGenerated": "0", "LabelValue": str(label.value), "Layer": "0",
+            "Extent": _extent(voxels_xyz == label.value), "Tags": "|".join(tags) + "|",
+        }
+        header.update({f"Segment{i}_{k}": v for k, v in fields.items()})
+    return header
+
+
+def write_seg_nrrd(labelmap: sitk.Image, labels: Sequence[Label], path: PathLike) -> Path:
+    """A segmentation Slicer loads with names, colors and terminology, on the labelmap's grid."""
+    import nrrd
+
+    path = Path(path)
+    voxels_xyz = sitk.GetArrayViewFromImage(labelmap).transpose(2, 1, 0)  # NRRD's fastest axis first
+    header = seg_nrrd_header(labelmap, labels, voxels_xyz)
+    with atomic_path(path) as tmp:
+        nrrd.write(str(tmp), np.asarray(voxels_xyz, dtype=np.uint8 if header["type"] == "uint8" else np.uint16),
+                   header, index_order="F", compression_level=6)
+    log.debug("wrote %s (%d segments)", path, len(labels))
+    return path
+
+
+def label_table_path(labelmap_path: PathLike) -> Path:
+    """`case.nii.gz` -> `case.labels.json`."""
+    path = Path(labelmap_path)
+    return path.with_name(path.name[: -len(known_suffix(path))] + ".labels.json")
+
+
+def label_table(labels: Sequence[Label]) -> dict:
+    return {"labels": [{"value": 0, "name": "background", "color": [0, 0, 0]}] + [
+        dict({"value": lab.value, "name": lab.name, "color": list(lab.color)},
+             **({"terminology": dict(lab.terminology)} if lab.terminology else {})) for lab in labels]}
+
+
+def write_labelmap(labelmap: sitk.Image, labels: Sequence[Label], path: PathLike) -> Path:
+    """A labelmap file plus `<name>.labels.json`; the image is renamed last, so it implies both."""
+    path = Path(path)
+    table = label_table_path(path)
+    with atomic_path(path) as tmp_image:
+        try:
+            sitk.WriteImage(labelmap, str(tmp_image), useCompression=True)
+        except RuntimeError as e:
+            raise ResourceError(f"cannot write {path}: {e}") from e
+        with atomic_path(table) as tmp_table:
+            tmp_table.write_text(json.dumps(label_table(labels), indent=2) + "\n", encoding="utf-8")
+    log.debug("wrote %s and %s", path, table.name)
+    return path
+
+
+def write_result(labelmap: sitk.Image, labels: Sequence[Label], path: PathLike) -> Path:
+    """Write by the output's extension: .seg.nrrd, or a labelmap with its label table."""
+    if output_kind(path) == "seg":
+        return write_seg_nrrd(labelmap, labels, path)
+    return write_labelmap(labelmap, labels, path)

@@ -1,0 +1,157 @@
+"""Read input images with their full geometry, and refuse the ones that cannot be segmented.
+
+Formats: anything SimpleITK reads from a file (NIfTI, NRRD, MHA/MHD, ...) and DICOM series
+folders. Every check raises InputError naming the file and the problem, before any work is done.
+"""
+from __future__ import annotations
+
+import logging
+import math
+import os
+import tempfile
+from pathlib import Path
+from typing import List, Sequence, Union
+
+import numpy as np
+import SimpleITK as sitk
+
+from mednextv2.errors import InputError
+
+log = logging.getLogger(__name__)
+
+PathLike = Union[str, "os.PathLike[str]"]
+IMAGE_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd")
+# Direction matrices written by scanners and converters carry float noise; anything nearer to
+# singular than this is a broken header, not an oblique acquisition.
+_MIN_ABS_DETERMINANT = 1e-3
+
+
+def is_image_file(path: Path) -> bool:
+    name = path.name.lower()
+    return path.is_file() and any(name.endswith(s) for s in IMAGE_SUFFIXES)
+
+
+def _read_dicom_folder(folder: Path) -> sitk.Image:
+    reader = sitk.ImageSeriesReader()
+    try:
+        series = reader.GetGDCMSeriesIDs(str(folder))
+    except RuntimeError as e:
+        raise InputError(f"{folder}: cannot scan the folder for DICOM series ({e})") from e
+    if not series:
+        raise InputError(f"{folder}: folder holds no DICOM series (to segment a folder of image files, "
+                         "give an output folder)")
+    # Several series: take the one with the most slices, the usual case of a scout plus a volume.
+    files = max((reader.GetGDCMSeriesFileNames(str(folder), s) for s in series), key=len)
+    if len(series) > 1:
+        log.warning("%s holds %d DICOM series; using the largest (%d files)", folder, len(series), len(files))
+    reader.SetFileNames(files)
+    try:
+        return reader.Execute()
+    except RuntimeError as e:
+        raise InputError(f"{folder}: cannot read the DICOM series ({_first_line(e)})") from e
+
+
+# ITK's reader refuses some broken headers itself; say what is wrong in the user's words.
+_ITK_REASONS = (
+    ("determinant is 0", "the direction matrix is singular"),
+    ("spacing", "the voxel spacing is zero, negative or NaN"),
+    ("space directions", "the space directions (spacing/direction) in the header are invalid or NaN"),
+    ("space vector", "the space directions (spacing/direction) in the header are invalid or NaN"),
+)
+
+
+def _first_line(e: Exception) -> str:
+    text = str(e)
+    for needle, reason in _ITK_REASONS:
+        if needle in text:
+            return reason
+    lines = [ln.strip() for ln in text.splitlines() if ln.strip() and "Exception thrown in" not in ln]
+    errors = [ln.split("ERROR:", 1)[1].strip() for ln in lines if "ERROR:" in ln]
+    return (errors or lines or [type(e).__name__])[-1][:300]
+
+
+def read_image(path: PathLike) -> sitk.Image:
+    """A validated 3D scalar image with its origin, spacing and direction."""
+    path = Path(path)
+    if not path.exists():
+        raise InputError(f"input image {path} does not exist")
+    if path.is_dir():
+        image = _read_dicom_folder(path)
+    else:
+        try:
+            image = sitk.ReadImage(str(path))
+        except RuntimeError as e:
+            raise InputError(f"{path}: cannot read the image (unreadable or corrupt file): {_first_line(e)}") from e
+    image = _drop_trailing_unit_dimension(image)
+    validate_image(image, str(path))
+    return image
+
+
+def _drop_trailing_unit_dimension(image: sitk.Image) -> sitk.Image:
+    """NIfTI files often carry a 4th dimension of size 1; that is still a 3D image."""
+    if image.GetDimension() == 4 and image.GetSize()[3] == 1:
+        return sitk.Extract(image, list(image.GetSize()[:3]) + [0], [0, 0, 0, 0])
+    return image
+
+
+def validate_image(image: sitk.Image, where: str) -> None:
+    """Refuse what cannot be segmented: not 3D, bad spacing or direction, NaN/Inf, constant."""
+    dim = image.GetDimension()
+    if dim != 3:
+        raise InputError(f"{where}: expected a 3D image, got a {dim}D image of size {image.GetSize()}")
+    if image.GetNumberOfComponentsPerPixel() != 1:
+        raise InputError(f"{where}: expected one value per voxel, got {image.GetNumberOfComponentsPerPixel()} "
+                         "(give each channel as its own file)")
+    if min(image.GetSize()) < 2:
+        raise InputError(f"{where}: expected a 3D volume, got size {image.GetSize()} (a single slice)")
+    spacing = image.GetSpacing()
+    if not all(math.isfinite(s) and s > 0 for s in spacing):
+        raise InputError(f"{where}: voxel spacing must be positive and finite, got {spacing}")
+    direction = np.array(image.GetDirection(), dtype=float).reshape(3, 3)
+    if not np.all(np.isfinite(direction)) or abs(np.linalg.det(direction)) < _MIN_ABS_DETERMINANT:
+        raise InputError(f"{where}: the direction matrix is singular or not finite: {direction.tolist()}")
+    if not all(math.isfinite(o) for o in image.GetOrigin()):
+        raise InputError(f"{where}: the origin is not finite: {image.GetOrigin()}")
+    array = sitk.GetArrayViewFromImage(image)
+    if np.issubdtype(array.dtype, np.floating) and not np.all(np.isfinite(array)):
+        bad = int(np.count_nonzero(~np.isfinite(array)))
+        raise InputError(f"{where}: the image has {bad} NaN or infinite voxel(s)")
+    if array.min() == array.max():
+        raise InputError(f"{where}: the image is constant (every voxel is {array.flat[0]}); nothing to segment")
+
+
+def same_grid(a: sitk.Image, b: sitk.Image, tolerance: float = 1e-4) -> bool:
+    """Same size, and origin/spacing/direction equal within `tolerance` (header float noise)."""
+    return (a.GetSize() == b.GetSize()
+            and np.allclose(a.GetOrigin(), b.GetOrigin(), atol=tolerance * max(1.0, max(a.GetSpacing())))
+            and np.allclose(a.GetSpacing(), b.GetSpacing(), rtol=tolerance)
+            and np.allclose(a.GetDirection(), b.GetDirection(), atol=tolerance))
+
+
+def read_channels(paths: Sequence[PathLike], n_channels: int) -> List[sitk.Image]:
+    """The model's input channels, one file each, on one grid."""
+    if len(paths) != n_channels:
+        raise InputError(f"the model takes {n_channels} input channel(s) (one file each), got {len(paths)} file(s)")
+    images = [read_image(p) for p in paths]
+    for path, image in zip(paths[1:], images[1:]):
+        if not same_grid(images[0], image):
+            raise InputError(f"{path}: channel is not on the grid of {paths[0]} (size, origin, spacing or "
+                             "direction differ); resample the channels onto one grid first")
+    return images
+
+
+def check_output_writable(path: PathLike) -> Path:
+    """Fail before inference, not after, when the output cannot be written."""
+    path = Path(path)
+    folder = path if path.is_dir() else path.parent
+    if path.is_dir() and path.suffix:
+        raise InputError(f"output {path} is a folder; give a file name")
+    if not folder.exists():
+        raise InputError(f"output folder {folder} does not exist")
+    try:  # os.access says yes to root even on read-only mounts: probe with a real file
+        fd, probe = tempfile.mkstemp(prefix=".mednextv2-probe-", dir=folder)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as e:
+        raise InputError(f"output folder {folder} is not writable ({e.strerror})") from e
+    return path

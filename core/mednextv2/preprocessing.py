@@ -1,0 +1,328 @@
+"""Bring images onto the network's grid, and the prediction back onto the input grid, exactly.
+
+Stages, in order, each recorded in a frozen `GridRecord` so that `to_input_grid` inverts them:
+1. orientation: permute/flip array axes to the nearest LPS order (lossless; training must do the
+   same, see `orient_array`), so a model sees the same anatomy whatever the file's direction;
+2. crop to the non-zero box (when the plan says so);
+3. normalize per channel (CT: clip + training mean/std; MR: per-image z-score);
+4. resample to the target spacing. Separable linear interpolation; when the spacing is
+   anisotropic (largest/smallest > 3, as nnU-Net decides it) the slice axis uses nearest
+   neighbour, so slices are never blended across 5 mm gaps.
+
+Inverse: the class scores (logits) are resampled back in slabs along axis 0 and reduced to the
+argmax slab by slab, so full-resolution float data for all classes never exists at once. The
+slab is sized so that its float32 block stays under `SLAB_BYTES` (64 MiB).
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import List, Optional, Sequence, Tuple
+
+import numpy as np
+import SimpleITK as sitk
+import torch
+import torch.nn.functional as F
+
+from mednextv2.bundle import Normalization, PreprocessingPlan
+from mednextv2.errors import InputError
+
+log = logging.getLogger(__name__)
+
+ANISOTROPY_RATIO = 3.0
+SLAB_BYTES = 64 * 2**20
+Shape = Tuple[int, int, int]
+
+
+@dataclass(frozen=True)
+class GridRecord:
+    """Everything needed to map network-grid arrays back onto the input image's voxel grid."""
+
+    input_shape: Shape                    # array (z, y, x) shape of the input image
+    permutation: Tuple[int, int, int]     # oriented array = input array.transpose(permutation) ...
+    flips: Tuple[bool, bool, bool]        # ... then flipped along these oriented axes
+    oriented_spacing: Tuple[float, float, float]
+    bbox: Tuple[Tuple[int, int], ...]     # (start, stop) per oriented axis of the non-zero crop
+    network_spacing: Tuple[float, float, float]
+    network_shape: Shape                  # shape fed to the sliding window
+    nearest_axis: Optional[int]           # axis resampled with nearest neighbour (anisotropic data)
+
+    @property
+    def oriented_shape(self) -> Shape:
+        return tuple(self.input_shape[p] for p in self.permutation)
+
+    @property
+    def cropped_shape(self) -> Shape:
+        return tuple(b - a for a, b in self.bbox)
+
+
+@dataclass(frozen=True)
+class Preprocessed:
+    data: np.ndarray  # (C, z, y, x) float32 on the network grid
+    record: GridRecord
+
+
+# ---------------------------------------------------------------- orientation
+def nearest_lps_axes(direction: Sequence[float]) -> Tuple[Tuple[int, int, int], Tuple[bool, bool, bool]]:
+    """Array permutation and flips that bring an image to the nearest LPS-ordered array.
+
+    `direction` is SimpleITK's row-major 3x3 matrix (column i = world direction of index axis i).
+    Array axis a holds index axis 2 - a. Each index axis goes to the world axis it is most
+    parallel to, greedily by largest |cosine|, so oblique matrices still give a permutation.
+    """
+    d = np.asarray(direction, dtype=float).reshape(3, 3)
+    world_of_index = {}
+    for flat in np.argsort(-np.abs(d), axis=None):
+        w, i = divmod(int(flat), 3)
+        if i not in world_of_index and w not in world_of_index.values():
+            world_of_index[i] = w
+    permutation = [0, 0, 0]
+    flips = [False, False, False]
+    for i, w in world_of_index.items():
+        permutation[2 - w] = 2 - i
+        flips[2 - w] = bool(d[w, i] < 0)
+    return tuple(permutation), tuple(flips)
+
+
+def orient_array(array: np.ndarray, permutation: Sequence[int], flips: Sequence[bool]) -> np.ndarray:
+    """Apply the orientation to the last three axes of `array` (leading channel axes allowed)."""
+    lead = array.ndim - 3
+    out = array.transpose(tuple(range(lead)) + tuple(lead + p for p in permutation))
+    flip_axes = tuple(lead + a for a in range(3) if flips[a])
+    return np.flip(out, flip_axes) if flip_axes else out
+
+
+def unorient_array(array: np.ndarray, permutation: Sequence[int], flips: Sequence[bool]) -> np.ndarray:
+    lead = array.ndim - 3
+    flip_axes = tuple(lead + a for a in range(3) if flips[a])
+    out = np.flip(array, flip_axes) if flip_axes else array
+    inverse = np.argsort(permutation)
+    return out.transpose(tuple(range(lead)) + tuple(lead + int(p) for p in inverse))
+
+
+# ---------------------------------------------------------------- crop, normalize
+def nonzero_bbox(data: np.ndarray) -> Tuple[Tuple[int, int], ...]:
+    mask = np.any(data != 0, axis=0)
+    box = []
+    for axis in range(3):
+        other = tuple(a for a in range(3) if a != axis)
+        hits = np.flatnonzero(mask.any(axis=other))
+        box.append((int(hits[0]), int(hits[-1]) + 1) if hits.size else (0, mask.shape[axis]))
+    return tuple(box)
+
+
+def normalize_channel(channel: np.ndarray, norm: Normalization, mask: Optional[np.ndarray]) -> np.ndarray:
+    """In place on a float32 array; returns it."""
+    if norm.scheme == "ct":
+        np.clip(channel, norm.clip[0], norm.clip[1], out=channel)
+        channel -= norm.mean
+        channel /= max(norm.std, 1e-8)
+    elif norm.scheme == "zscore":
+        values = channel[mask] if mask is not None else channel
+        mean, std = float(values.mean(dtype=np.float64)), float(values.std(dtype=np.float64))
+        channel -= mean
+        channel /= max(std, 1e-8)
+        if mask is not None:
+            channel[~mask] = 0.0  # nnU-Net's use_mask_for_norm: outside the body is exactly 0
+    elif norm.scheme != "none":
+        raise InputError(f"unknown normalization scheme {norm.scheme!r}")
+    return channel
+
+
+# ---------------------------------------------------------------- resampling
+def network_shape_for(shape: Shape, spacing: Sequence[float], target: Optional[Sequence[float]]) -> Shape:
+    if target is None:
+        return tuple(shape)
+    return tuple(max(1, int(round(n * s / t))) for n, s, t in zip(shape, spacing, target))
+
+
+def slice_axis_if_anisotropic(spacing: Sequence[float], target: Optional[Sequence[float]]) -> Optional[int]:
+    """The axis to resample with nearest neighbour, following nnU-Net's rule (ratio > 3 on either)."""
+    for s in (spacing, target):
+        if s is not None and max(s) / min(s) > ANISOTROPY_RATIO:
+            return int(np.argmax(s))
+    return None
+
+
+def _axis_weights(n_in: int, n_out: int, nearest: bool, device=None):
+    """Source indices and weights for half-pixel-centred (align_corners=False) interpolation."""
+    pos = (torch.arange(n_out, dtype=torch.float64, device=device) + 0.5) * (n_in / n_out) - 0.5
+    pos = pos.clamp(0, n_in - 1)
+    if nearest:
+        i0 = torch.floor(pos + 0.5).long().clamp(0, n_in - 1)
+        return i0, i0, torch.zeros(n_out, dtype=torch.float32, device=device)
+    i0 = torch.floor(pos).long()
+    i1 = (i0 + 1).clamp(max=n_in - 1)
+    return i0, i1, (pos - i0).float()
+
+
+def _resample_outer_axis(x: torch.Tensor, axis: int, n_out: int, nearest: bool) -> torch.Tensor:
+    """The outermost spatial axis: gather whole planes (contiguous copies) and blend them."""
+    i0, i1, w = _axis_weights(x.shape[axis], n_out, nearest, x.device)
+    a = x.index_select(axis, i0)
+    if nearest:
+        return a
+    shape = [1] * x.dim()
+    shape[axis] = n_out
+    w = w.to(x.dtype).view(shape)
+    return a.mul_(1 - w).add_(x.index_select(axis, i1).mul_(w))
+
+
+def _resample_axis(x: torch.Tensor, axis: int, n_out: int, nearest: bool) -> torch.Tensor:
+    """Resample dim `axis` of x to n_out samples (half-pixel centres, like align_corners=False)."""
+    n_in = x.shape[axis]
+    if n_in == n_out:
+        return x
+    if axis == x.dim() - 3:
+        return _resample_outer_axis(x, axis, n_out, nearest)
+    # Inner axes: F.interpolate's vectorised kernels; index_select there is ~100x slower.
+    moved = x.movedim(axis, -1)
+    lead_shape = moved.shape[:-1]
+    flat = moved.reshape(1, -1, n_in)
+    if nearest:
+        out = F.interpolate(flat, size=n_out, mode="nearest-exact")
+    else:
+        out = F.interpolate(flat, size=n_out, mode="linear", align_corners=False)
+    return out.reshape(*lead_shape, n_out).movedim(-1, axis)
+
+
+def _resample_plane(x: torch.Tensor, size_yx: Tuple[int, int], nearest_axis: Optional[int]) -> torch.Tensor:
+    """Resample the last two dims (y, x); bilinear in one pass unless one of them is nearest."""
+    if tuple(x.shape[-2:]) == tuple(size_yx):
+        return x
+    if nearest_axis in (1, 2):
+        x = _resample_axis(x, x.dim() - 2, size_yx[0], nearest_axis == 1)
+        return _resample_axis(x, x.dim() - 1, size_yx[1], nearest_axis == 2)
+    lead_shape = x.shape[:-2]
+    out = F.interpolate(x.reshape(1, -1, *x.shape[-2:]), size=tuple(size_yx), mode="bilinear", align_corners=False)
+    return out.reshape(*lead_shape, *size_yx)
+
+
+def resample(x: torch.Tensor, out_shape: Shape, nearest_axis: Optional[int] = None) -> torch.Tensor:
+    """Separable linear (nearest on `nearest_axis`) resampling of the last 3 dims of a float tensor."""
+    outer = x.dim() - 3
+    shrink_first = out_shape[0] < x.shape[outer]  # the smaller intermediate goes through the second step
+    if shrink_first:
+        x = _resample_axis(x, outer, out_shape[0], nearest_axis == 0)
+    x = _resample_plane(x, tuple(out_shape[1:]), nearest_axis)
+    if not shrink_first:
+        x = _resample_axis(x, outer, out_shape[0], nearest_axis == 0)
+    return x
+
+
+def resample_argmax(scores: torch.Tensor, out_shape: Shape, nearest_axis: Optional[int] = None,
+                    slab_bytes: int = SLAB_BYTES) -> np.ndarray:
+    """argmax over classes of `scores` (K, z, y, x) resampled to out_shape, slab by slab along z.
+
+    Peak extra memory: about 3 x K x slab x max(y_in*x_in, y_out*x_out) x 4 bytes <= ~3 x slab_bytes.
+    """
+    k = scores.shape[0]
+    out = np.empty(out_shape, dtype=np.uint8 if k <= 256 else np.uint16)
+    plane = max(scores.shape[2] * scores.shape[3], out_shape[1] * out_shape[2])
+    slab = max(1, min(out_shape[0], slab_bytes // max(1, k * plane * 4)))
+    i0, i1, _ = _axis_weights(scores.shape[1], out_shape[0], nearest_axis == 0)
+    for start in range(0, out_shape[0], slab):
+        stop = min(out_shape[0], start + slab)
+        lo, hi = int(i0[start]), int(i1[stop - 1]) + 1
+        src = scores[:, lo:hi].float()
+        # Interpolating the source rows [lo, hi) onto output rows [start, stop) is the same as
+        # the whole-volume interpolation restricted to those rows, shifted by lo.
+        rows = _rows_for_slab(src, scores.shape[1], out_shape[0], start, stop, lo, nearest_axis == 0)
+        rows = resample(rows, (stop - start, out_shape[1], out_shape[2]),
+                        nearest_axis if nearest_axis in (1, 2) else None)
+        out[start:stop] = rows.argmax(0).numpy().astype(out.dtype, copy=False)
+    return out
+
+
+def _rows_for_slab(src: torch.Tensor, n_in: int, n_out: int, start: int, stop: int, lo: int,
+                   nearest: bool) -> torch.Tensor:
+    if n_in == n_out:
+        return src[:, start - lo:stop - lo]
+    i0, i1, w = _axis_weights(n_in, n_out, nearest)
+    i0, i1, w = i0[start:stop] - lo, i1[start:stop] - lo, w[start:stop]
+    a = src.index_select(1, i0)
+    if nearest:
+        return a
+    b = src.index_select(1, i1)
+    w = w.view(1, -1, 1, 1)
+    return a.mul_(1 - w).add_(b.mul_(w))
+
+
+# ---------------------------------------------------------------- the two directions
+def plan_orientation(image: sitk.Image, plan: PreprocessingPlan) -> Tuple[Tuple[int, int, int], Tuple[bool, bool, bool]]:
+    """Array permutation and flips the plan applies to this image (identity for "as-is")."""
+    if plan.orientation == "LPS":
+        return nearest_lps_axes(image.GetDirection())
+    return (0, 1, 2), (False, False, False)
+
+
+def oriented_spacing_of(image: sitk.Image, plan: PreprocessingPlan) -> Tuple[float, float, float]:
+    """The image's spacing in the (z, y, x) order of the oriented array the network sees."""
+    permutation, _ = plan_orientation(image, plan)
+    zyx = tuple(reversed(image.GetSpacing()))
+    return tuple(float(zyx[p]) for p in permutation)
+
+
+def preprocess(images: Sequence[sitk.Image], plan: PreprocessingPlan,
+               target_spacing: Optional[Sequence[float]] = None) -> Preprocessed:
+    """Channels (all on one grid) -> network-grid float32 array + the record to invert it.
+
+    `target_spacing` overrides the plan's (the --fast mode); None keeps the plan's.
+    """
+    if len(images) != len(plan.normalization):
+        raise InputError(f"the model takes {len(plan.normalization)} channel(s), got {len(images)}")
+    ref = images[0]
+    input_shape = tuple(reversed(ref.GetSize()))
+    permutation, flips = plan_orientation(ref, plan)
+    oriented_spacing = oriented_spacing_of(ref, plan)
+
+    data = np.stack([orient_array(sitk.GetArrayViewFromImage(im), permutation, flips) for im in images])
+    bbox = nonzero_bbox(data) if plan.crop_to_nonzero else tuple((0, n) for n in data.shape[1:])
+    data = np.ascontiguousarray(data[(slice(None),) + tuple(slice(a, b) for a, b in bbox)], dtype=np.float32)
+    mask = np.any(data != 0, axis=0) if plan.crop_to_nonzero else None
+    for c, norm in enumerate(plan.normalization):
+        normalize_channel(data[c], norm, mask)
+
+    target = tuple(target_spacing) if target_spacing is not None else plan.target_spacing
+    net_shape = network_shape_for(data.shape[1:], oriented_spacing, target)
+    nearest_axis = slice_axis_if_anisotropic(oriented_spacing, target)
+    if net_shape != data.shape[1:]:
+        data = resample(torch.from_numpy(data), net_shape, nearest_axis).numpy()
+    net_spacing = tuple(float(target[a]) if target else oriented_spacing[a] for a in range(3))
+    record = GridRecord(input_shape, permutation, flips, oriented_spacing, bbox, net_spacing, net_shape, nearest_axis)
+    log.debug("preprocessed %s -> %s (spacing %s -> %s)", input_shape, net_shape, oriented_spacing, net_spacing)
+    return Preprocessed(np.ascontiguousarray(data), record)
+
+
+def to_input_grid(scores: torch.Tensor, record: GridRecord) -> np.ndarray:
+    """Class scores (K, *network_shape) -> label array (z, y, x) on the input image's voxel grid."""
+    if tuple(scores.shape[1:]) != record.network_shape:
+        raise ValueError(f"prediction shape {tuple(scores.shape[1:])} != network grid {record.network_shape}")
+    cropped = resample_argmax(scores, record.cropped_shape, record.nearest_axis)
+    labels = np.zeros(record.oriented_shape, dtype=cropped.dtype)
+    labels[tuple(slice(a, b) for a, b in record.bbox)] = cropped
+    return np.ascontiguousarray(unorient_array(labels, record.permutation, record.flips))
+
+
+def labels_to_network_grid(labels: sitk.Image, record: GridRecord) -> np.ndarray:
+    """A label image on the input grid -> the network grid (nearest neighbour), e.g. training targets."""
+    arr = orient_array(sitk.GetArrayViewFromImage(labels), record.permutation, record.flips)
+    arr = arr[tuple(slice(a, b) for a, b in record.bbox)]
+    return np.ascontiguousarray(_nearest(arr, record.network_shape))
+
+
+def _nearest(arr: np.ndarray, shape: Shape) -> np.ndarray:
+    idx = [_axis_weights(n_in, n_out, True)[0].numpy() for n_in, n_out in zip(arr.shape, shape)]
+    return arr[np.ix_(*idx)]
+
+
+def fast_spacing(plan: PreprocessingPlan, bundle_fast: Optional[Sequence[float]],
+                 image_spacing: Sequence[float]) -> Tuple[float, float, float]:
+    """Spacing of the --fast mode: the bundle's `inference.fast_spacing`, else twice the target
+    spacing (or the image's, when the plan keeps it) on every axis except an anisotropic slice
+    axis, which is already coarse."""
+    if bundle_fast is not None:
+        return tuple(float(s) for s in bundle_fast)
+    base = plan.target_spacing if plan.target_spacing is not None else tuple(image_spacing)
+    slice_axis = slice_axis_if_anisotropic(base, None)
+    return tuple(float(s) if a == slice_axis else 2.0 * float(s) for a, s in enumerate(base))

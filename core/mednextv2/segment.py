@@ -1,0 +1,208 @@
+"""Segmentation pipeline: read -> preprocess -> sliding window -> back to the input grid -> export.
+
+`segment(image_or_path, model, **options)` segments one case and returns a SimpleITK labelmap on
+exactly the input's grid. `Segmenter` holds a loaded model for many cases; `segment_folder` is
+the batch mode (one model load for a folder of cases).
+"""
+from __future__ import annotations
+
+import logging
+import os
+import re
+import sys
+import types
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Dict, List, Optional, Sequence, Tuple, Union
+
+import numpy as np
+import SimpleITK as sitk
+import torch
+
+from mednextv2 import export, image_io, postprocessing, preprocessing
+from mednextv2.bundle import Bundle, Label, load_bundle
+from mednextv2.errors import InputError, ResourceError
+from mednextv2.progress import null_progress
+from mednextv2.sliding_window import SlidingWindowPredictor, resolve_device
+
+log = logging.getLogger(__name__)
+
+PathLike = Union[str, "os.PathLike[str]"]
+ImageInput = Union[sitk.Image, PathLike]
+ModelInput = Union[Bundle, PathLike]
+_CHANNEL_SUFFIX = re.compile(r"^(?P<case>.+)_(?P<channel>\d{4})$")
+
+
+@dataclass(frozen=True)
+class SegmentOptions:
+    device: str = "auto"              # auto | cuda | mps | cpu
+    tta: bool = True                  # mirroring over the bundle's mirror axes
+    step: Optional[float] = None      # tile step as a fraction of the patch; None: the bundle's
+    fast: bool = False                # coarser grid (see preprocessing.fast_spacing), no TTA
+    structures: Optional[Tuple[str, ...]] = None  # keep only these label names
+    largest_component: bool = False   # keep each label's largest connected component
+    tile_batch: Optional[int] = None  # tiles per forward pass; None: per device default
+    progress: Callable[..., None] = field(default=null_progress, compare=False)
+
+
+def resolve_bundle(model: ModelInput, progress: Callable[..., None] = null_progress) -> Bundle:
+    """A Bundle from a Bundle, a bundle folder/zip path, or a catalog id."""
+    if isinstance(model, Bundle):
+        return model
+    path = Path(model)
+    if path.exists():
+        return load_bundle(path)
+    text = str(model)
+    if os.sep in text or "/" in text or text.lower().endswith(".zip"):
+        raise InputError(f"model bundle {text} does not exist")
+    try:
+        from mednextv2 import catalog
+    except ImportError as e:
+        raise InputError(f"unknown model {text!r}: no such bundle path, and the model catalog is not available") from e
+    lookup = getattr(catalog, "bundle_path", None)
+    if lookup is None:
+        raise InputError(f"unknown model {text!r}: no such bundle path, and the catalog cannot resolve ids")
+    return load_bundle(lookup(text, progress=progress))
+
+
+def _as_images(image_or_path: Union[ImageInput, Sequence[ImageInput]]) -> Tuple[List[sitk.Image], List[str]]:
+    items = list(image_or_path) if isinstance(image_or_path, (list, tuple)) else [image_or_path]
+    images, names = [], []
+    for i, item in enumerate(items):
+        if isinstance(item, sitk.Image):
+            image_io.validate_image(item, f"input image {i}")
+            images.append(item)
+            names.append(f"input image {i}")
+        else:
+            images.append(image_io.read_image(item))
+            names.append(str(item))
+    return images, names
+
+
+class Segmenter:
+    """A loaded model ready to segment many cases with the same options."""
+
+    def __init__(self, model: ModelInput, options: Optional[SegmentOptions] = None, **kwargs) -> None:
+        self.options = options or SegmentOptions(**kwargs)
+        opts = self.options
+        self.bundle = resolve_bundle(model, opts.progress)
+        self.labels: List[Label] = list(self.bundle.labels)
+        if opts.structures:
+            self.labels = postprocessing.select_structures(self.labels, opts.structures)
+        inference = self.bundle.inference
+        step = inference.step if opts.step is None else float(opts.step)
+        mirror = inference.mirror_axes if (opts.tta and not opts.fast) else ()
+        device = resolve_device(opts.device)
+        self.predictor = SlidingWindowPredictor(self.bundle.build_models("cpu"), self.bundle.n_classes,
+                                                inference.patch_size, step, mirror, device,
+                                                opts.tile_batch, progress=opts.progress)
+        log.info("model %s: %d fold(s), %d class(es), device %s, TTA %s, step %.2f%s", self.bundle.id,
+                 len(self.bundle.weights), self.bundle.n_classes, device, "on" if mirror else "off", step,
+                 ", fast mode" if opts.fast else "")
+
+    def __call__(self, image_or_path: Union[ImageInput, Sequence[ImageInput]]) -> sitk.Image:
+        """Segment one case (one image per model channel); a uint8 labelmap on the input grid."""
+        images, names = _as_images(image_or_path)
+        if len(images) != self.bundle.in_channels:
+            raise InputError(f"model {self.bundle.id} takes {self.bundle.in_channels} input channel(s) "
+                             f"({', '.join(n for n, _ in self.bundle.channels)}), got {len(images)} image(s)")
+        for name, image in zip(names[1:], images[1:]):
+            if not image_io.same_grid(images[0], image):
+                raise InputError(f"{name}: channel is not on the grid of {names[0]}")
+        try:
+            return self._segment(images)
+        except MemoryError as e:
+            raise ResourceError("out of memory (RAM) while segmenting; try --fast or a machine with more memory") from e
+
+    def _segment(self, images: List[sitk.Image]) -> sitk.Image:
+        opts, plan, report = self.options, self.bundle.preprocessing, self.options.progress
+        report("preprocess", 0.0, "reading and resampling")
+        spacing = None
+        if opts.fast:
+            spacing = preprocessing.fast_spacing(plan, self.bundle.inference.fast_spacing,
+                                                 preprocessing.oriented_spacing_of(images[0], plan))
+        pre = preprocessing.preprocess(images, plan, spacing)
+        report("preprocess", 1.0, f"network grid {pre.record.network_shape}")
+        record = pre.record
+        scores = self.predictor.predict(pre.data)
+        del pre  # free the network-grid input before the inverse step allocates
+        report("postprocess", 0.0, "back to the input grid")
+        labels = preprocessing.to_input_grid(scores, record)
+        del scores
+        values = [lab.value for lab in self.labels]
+        if opts.structures:
+            postprocessing.keep_values(labels, values)
+        if opts.largest_component:
+            postprocessing.keep_largest_component(labels, values)
+        out = sitk.GetImageFromArray(labels)
+        out.CopyInformation(images[0])
+        report("postprocess", 1.0, "done")
+        return out
+
+    def segment_to_file(self, inputs: Union[ImageInput, Sequence[ImageInput]], output: PathLike) -> Path:
+        output = image_io.check_output_writable(output)
+        export.output_kind(output)
+        labelmap = self(inputs)
+        self.options.progress("export", 0.0, f"writing {Path(output).name}")
+        path = export.write_result(labelmap, self.labels, output)
+        self.options.progress("export", 1.0, str(path))
+        return path
+
+
+def segment(image_or_path: Union[ImageInput, Sequence[ImageInput]], model: ModelInput, **options) -> sitk.Image:
+    """Segment one case: a labelmap (uint8 SimpleITK image) on exactly the input's grid.
+
+    `image_or_path`: a SimpleITK image, a file or DICOM folder path, or a list of them (one per
+    model channel). `model`: a Bundle, a bundle folder/zip, or a catalog id. Options: see
+    SegmentOptions (device, tta, step, fast, structures, largest_component, tile_batch, progress).
+    """
+    return Segmenter(model, SegmentOptions(**options))(image_or_path)
+
+
+def find_cases(folder: PathLike, n_channels: int) -> Dict[str, List[Path]]:
+    """Cases of a folder: each image file, or with several channels nnU-Net's CASE_0000, CASE_0001..."""
+    folder = Path(folder)
+    files = sorted(p for p in folder.iterdir() if image_io.is_image_file(p))
+    cases: Dict[str, List[Path]] = {}
+    for path in files:
+        stem = path.name[: -len(export.known_suffix(path))] if export.known_suffix(path) else path.stem
+        match = _CHANNEL_SUFFIX.match(stem)
+        if n_channels > 1 or match:
+            if not match:
+                raise InputError(f"{path}: with a {n_channels}-channel model, name files CASE_0000, CASE_0001, ...")
+            cases.setdefault(match.group("case"), []).append(path)
+        else:
+            cases[stem] = [path]
+    for case, paths in cases.items():
+        if len(paths) != n_channels:
+            raise InputError(f"case {case} in {folder}: {len(paths)} channel file(s), the model takes {n_channels}")
+    if not cases:
+        raise InputError(f"{folder}: no image files ({', '.join(image_io.IMAGE_SUFFIXES)}) to segment")
+    return cases
+
+
+def segment_folder(input_dir: PathLike, model: ModelInput, output_dir: PathLike,
+                   output_suffix: str = export.SEG_SUFFIX, **options) -> List[Path]:
+    """Batch mode: segment every case of a folder with one model load; returns the written files."""
+    output_dir = Path(output_dir)
+    if not output_dir.is_dir():
+        raise InputError(f"output folder {output_dir} does not exist")
+    image_io.check_output_writable(output_dir / f"probe{output_suffix}")
+    segmenter = Segmenter(model, SegmentOptions(**options))
+    cases = find_cases(input_dir, segmenter.bundle.in_channels)
+    written = []
+    for i, (case, paths) in enumerate(cases.items()):
+        log.info("case %d/%d: %s", i + 1, len(cases), case)
+        written.append(segmenter.segment_to_file(paths, output_dir / f"{case}{output_suffix}"))
+    return written
+
+
+class _CallableModule(types.ModuleType):
+    """`mednextv2.segment` names both this module and the function: once the module is imported,
+    Python binds the package attribute to the module, so the module forwards calls to `segment`."""
+
+    def __call__(self, *args, **kwargs) -> sitk.Image:
+        return segment(*args, **kwargs)
+
+
+sys.modules[__name__].__class__ = _CallableModule

@@ -1,0 +1,270 @@
+"""Gaussian-weighted sliding-window prediction over a whole volume, on CUDA, MPS or the CPU.
+
+Works with any module that takes (N, C, z, y, x) and returns logits (or a list whose first item
+is the full-resolution logits). Several folds are averaged, mirrored passes too, in logit space
+(as nnU-Net), and the Gaussian-weighted mean logits are returned.
+
+Memory bound of the accumulation: the class logits are accumulated in float16 and the
+Gaussian weight sum in float32, so the stitching buffers take (2 * K + 4) bytes per voxel of the
+network grid (K classes), plus the padded input (4 * C bytes per voxel). Nothing else scales
+with the volume: tiles go through the network `tile_batch` at a time.
+
+On out-of-memory the case restarts with the next fallback, each step logged:
+halve the tile batch (down to 1) -> accumulate on the CPU -> run on the CPU.
+"""
+from __future__ import annotations
+
+import itertools
+import logging
+import time
+from dataclasses import dataclass, replace
+from functools import lru_cache
+from typing import Callable, List, Optional, Sequence, Tuple, Union
+
+import numpy as np
+import torch
+
+from mednextv2.errors import InputError, ResourceError
+
+log = logging.getLogger(__name__)
+
+Progress = Callable[..., None]
+GAUSSIAN_SIGMA_SCALE = 1.0 / 8  # nnU-Net's sigma = patch / 8
+GAUSSIAN_FLOOR = 1e-3
+# On the CPU the network runs a batch sample by sample anyway: batching only adds memory.
+DEFAULT_TILE_BATCH = {"cuda": 4, "mps": 2, "cpu": 1}
+
+
+# ---------------------------------------------------------------- pure tiling math
+def tile_starts(size: int, patch: int, step: float) -> List[int]:
+    """Evenly spaced starts, the first at 0 and the last touching the end; stride <= step * patch."""
+    if size <= patch:
+        return [0]
+    n = int(np.ceil((size - patch) / (patch * step))) + 1
+    stride = (size - patch) / (n - 1)
+    return [int(round(i * stride)) for i in range(n)]
+
+
+def tile_grid(shape: Sequence[int], patch: Sequence[int], step: float) -> List[Tuple[int, int, int]]:
+    """Tile start corners (z, y, x) covering `shape` (each axis >= its patch size), z-major."""
+    return list(itertools.product(*(tile_starts(s, p, step) for s, p in zip(shape, patch))))
+
+
+@lru_cache(maxsize=8)
+def gaussian_importance(patch: Tuple[int, int, int], sigma_scale: float = GAUSSIAN_SIGMA_SCALE) -> torch.Tensor:
+    """Gaussian weight map with max 1, floored at GAUSSIAN_FLOOR (no 0/0 or underflow at tile corners)."""
+    axes = []
+    for p in patch:
+        c = (p - 1) / 2.0
+        x = torch.arange(p, dtype=torch.float64)
+        axes.append(torch.exp(-0.5 * ((x - c) / (p * sigma_scale)) ** 2))
+    g = axes[0][:, None, None] * axes[1][None, :, None] * axes[2][None, None, :]
+    # Floor at 1e-3: corner weights of ~1e-10 underflow in the float16 accumulator (smallest
+    # subnormal 6e-8) while the float32 weight sum keeps them, which would zero corner voxels.
+    return (g / g.max()).clamp_(min=GAUSSIAN_FLOOR).float()
+
+
+def pad_to_patch(data: torch.Tensor, patch: Sequence[int]) -> Tuple[torch.Tensor, Tuple[slice, ...]]:
+    """Zero-pad (C, z, y, x) symmetrically to at least the patch size; the slices undo it."""
+    pads, crop = [], []
+    for size, p in zip(data.shape[1:], patch):
+        total = max(0, p - size)
+        before = total // 2
+        pads.append((before, total - before))
+        crop.append(slice(before, before + size))
+    if not any(a or b for a, b in pads):
+        return data, tuple(crop)
+    flat = [v for a, b in reversed(pads) for v in (a, b)]  # F.pad wants the last axis first
+    return torch.nn.functional.pad(data, flat), tuple(crop)
+
+
+def mirror_combinations(mirror_axes: Sequence[int]) -> List[Tuple[int, ...]]:
+    """All subsets of the mirror axes (spatial, 0..2), the empty one first."""
+    axes = sorted(set(int(a) for a in mirror_axes))
+    return [c for r in range(len(axes) + 1) for c in itertools.combinations(axes, r)]
+
+
+# ---------------------------------------------------------------- devices
+def resolve_device(name: Union[str, torch.device] = "auto") -> torch.device:
+    if isinstance(name, torch.device):
+        return name
+    name = (name or "auto").lower()
+    mps = getattr(torch.backends, "mps", None)
+    mps_ok = bool(mps and mps.is_available())
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "mps" if mps_ok else "cpu")
+    if name.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise InputError(f"device {name!r} requested but CUDA is not available "
+                             "(no NVIDIA GPU, or torch built without CUDA); use --device cpu or auto")
+        return torch.device(name)
+    if name == "mps":
+        if not mps_ok:
+            raise InputError("device 'mps' requested but Apple Metal is not available; use --device cpu or auto")
+        return torch.device("mps")
+    if name == "cpu":
+        return torch.device("cpu")
+    raise InputError(f"unknown device {name!r}; expected auto, cuda, mps or cpu")
+
+
+def autocast_dtype(device: torch.device) -> Optional[torch.dtype]:
+    """bf16 on CUDA where supported, else fp16; none on CPU (bf16 measured slower there) and MPS."""
+    if device.type != "cuda":
+        return None
+    return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+
+
+_OOM_MESSAGES = ("out of memory", "not enough memory", "can't allocate memory")  # CUDA, MPS, CPU allocators
+
+
+def is_out_of_memory(e: BaseException) -> bool:
+    if isinstance(e, (torch.cuda.OutOfMemoryError, MemoryError)):
+        return True
+    return isinstance(e, RuntimeError) and any(m in str(e).lower() for m in _OOM_MESSAGES)
+
+
+# ---------------------------------------------------------------- fallback chain
+@dataclass(frozen=True)
+class RunState:
+    compute: torch.device
+    accumulate: torch.device
+    tile_batch: int
+
+
+def next_fallback(state: RunState) -> Optional[RunState]:
+    """The next, cheaper way to run after an out-of-memory error, or None when none is left."""
+    if state.tile_batch > 1:
+        return replace(state, tile_batch=max(1, state.tile_batch // 2))
+    if state.accumulate.type != "cpu":
+        return replace(state, accumulate=torch.device("cpu"))
+    if state.compute.type != "cpu":
+        return replace(state, compute=torch.device("cpu"))
+    return None
+
+
+def _describe_fallback(old: RunState, new: RunState) -> str:
+    if new.tile_batch != old.tile_batch:
+        return f"halving the tile batch {old.tile_batch} -> {new.tile_batch}"
+    if new.accumulate != old.accumulate:
+        return "accumulating the prediction on the CPU"
+    return "running on the CPU"
+
+
+# ---------------------------------------------------------------- the predictor
+class SlidingWindowPredictor:
+    """Predict class scores (mean logits) for a whole preprocessed volume, tile by tile."""
+
+    def __init__(self, models: Sequence[torch.nn.Module], n_classes: int, patch_size: Sequence[int],
+                 step: float = 0.5, mirror_axes: Sequence[int] = (), device: Union[str, torch.device] = "auto",
+                 tile_batch: Optional[int] = None, amp: bool = True, progress: Optional[Progress] = None) -> None:
+        if not models:
+            raise ValueError("at least one model is needed")
+        if not 0 < step <= 1:
+            raise InputError(f"step must be in (0, 1], got {step}")
+        self.models = list(models)
+        self.n_classes = int(n_classes)
+        self.patch = tuple(int(p) for p in patch_size)
+        self.step = float(step)
+        self.mirrors = mirror_combinations(mirror_axes)
+        self.device = resolve_device(device)
+        self.tile_batch = int(tile_batch or DEFAULT_TILE_BATCH.get(self.device.type, 1))
+        self.amp = amp
+        self.progress = progress
+
+    def predict(self, data: Union[np.ndarray, torch.Tensor]) -> torch.Tensor:
+        """(C, z, y, x) float input -> (K, z, y, x) float16 Gaussian-weighted mean logits on the CPU."""
+        data = torch.as_tensor(data, dtype=torch.float32)
+        if data.dim() != 4:
+            raise ValueError(f"expected (C, z, y, x) input, got shape {tuple(data.shape)}")
+        state = RunState(self.device, self._initial_accumulation_device(data), self.tile_batch)
+        while True:
+            try:
+                return self._run(data, state)
+            except Exception as e:
+                if not is_out_of_memory(e):
+                    raise
+                new = next_fallback(state)
+                if new is None:
+                    raise ResourceError(f"out of memory even on the CPU with one tile at a time ({e}); "
+                                        "use --fast, a smaller model, or free memory") from e
+                log.warning("out of memory on %s (%s); retrying the case %s", state.compute,
+                            str(e).splitlines()[0][:120], _describe_fallback(state, new))
+                _free_cuda_cache()
+                state = new
+
+    def _initial_accumulation_device(self, data: torch.Tensor) -> torch.device:
+        if self.device.type != "cuda":
+            return torch.device("cpu") if self.device.type == "mps" else self.device
+        voxels = int(np.prod([max(s, p) for s, p in zip(data.shape[1:], self.patch)]))
+        need = (2 * self.n_classes + 4 + 4 * data.shape[0]) * voxels
+        free, _ = torch.cuda.mem_get_info(self.device)
+        if need > free // 2:
+            log.info("accumulating on the CPU: %.1f GiB needed, %.1f GiB free on the GPU", need / 2**30, free / 2**30)
+            return torch.device("cpu")
+        return self.device
+
+    @torch.no_grad()
+    def _run(self, data: torch.Tensor, state: RunState) -> torch.Tensor:
+        padded, crop = pad_to_patch(data, self.patch)
+        shape = tuple(padded.shape[1:])
+        tiles = tile_grid(shape, self.patch, self.step)
+        gauss = gaussian_importance(self.patch)
+        acc = torch.zeros((self.n_classes,) + shape, dtype=torch.float16, device=state.accumulate)
+        weight = torch.zeros(shape, dtype=torch.float32, device=state.accumulate)
+        gauss_acc, gauss_compute = gauss.to(state.accumulate), gauss.to(state.compute)
+        for model in self.models:
+            model.to(state.compute)
+        padded = padded.to(state.compute)
+        started = time.monotonic()
+        for first in range(0, len(tiles), state.tile_batch):
+            batch = tiles[first:first + state.tile_batch]
+            windows = [tuple(slice(s, s + p) for s, p in zip(corner, self.patch)) for corner in batch]
+            x = torch.stack([padded[(slice(None),) + w] for w in windows])
+            logits = self._predict_tiles(x, state.compute).mul_(gauss_compute).to(state.accumulate)
+            for i, w in enumerate(windows):
+                acc[(slice(None),) + w].add_(logits[i])  # float32 -> float16 inside the add
+                weight[w].add_(gauss_acc)
+            self._report(first + len(batch), len(tiles), started)
+        # Normalise in place, in slabs, so no second full-size copy of the accumulator exists
+        # (on the CPU the result is a view of it; from a GPU it streams into a CPU tensor).
+        acc = acc[(slice(None),) + crop]
+        weight = weight[crop]
+        out = acc if acc.device.type == "cpu" else torch.empty(acc.shape, dtype=torch.float16)
+        for z in range(0, acc.shape[1], 8):
+            out[:, z:z + 8] = (acc[:, z:z + 8].float() / weight[z:z + 8]).to("cpu", torch.float16)
+        return out
+
+    def _predict_tiles(self, x: torch.Tensor, device: torch.device) -> torch.Tensor:
+        """Mean logits over folds and mirrored passes, (B, K, *patch) float32.
+
+        Logits, not probabilities, are averaged, stitched and later interpolated, as nnU-Net
+        does, so both give the same labels for the same network and preprocessing.
+        """
+        dtype = autocast_dtype(device) if self.amp else None
+        total = None
+        for model in self.models:
+            for axes in self.mirrors:
+                dims = tuple(a + 2 for a in axes)
+                inp = torch.flip(x, dims) if dims else x
+                with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
+                    out = model(inp)
+                if isinstance(out, (list, tuple)):
+                    out = out[0]
+                out = out.float()
+                if dims:
+                    out = torch.flip(out, dims)
+                total = out if total is None else total.add_(out)
+        passes = len(self.models) * len(self.mirrors)
+        return total.div_(passes) if passes > 1 else total
+
+    def _report(self, done: int, total: int, started: float) -> None:
+        if self.progress is None:
+            return
+        elapsed = time.monotonic() - started
+        eta = elapsed / done * (total - done) if done else None
+        self.progress("predict", done / total, f"tile {done}/{total}", eta_s=eta, tiles_done=done, tiles_total=total)
+
+
+def _free_cuda_cache() -> None:
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()

@@ -1,0 +1,83 @@
+"""DistributedDataParallel setup from torchrun's environment (RANK, WORLD_SIZE, LOCAL_RANK).
+
+Without torchrun everything here is a no-op for a single process. NCCL on CUDA, gloo otherwise
+(CI runs two gloo processes on the CPU).
+"""
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+from typing import Optional
+
+import torch
+import torch.distributed as dist
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class DistContext:
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+
+    @property
+    def enabled(self) -> bool:
+        return self.world_size > 1
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+def from_environment() -> DistContext:
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return DistContext()
+    return DistContext(int(os.environ.get("RANK", "0")), world, int(os.environ.get("LOCAL_RANK", "0")))
+
+
+def init(ctx: DistContext, device: torch.device) -> None:
+    if not ctx.enabled or dist.is_initialized():
+        return
+    backend = "nccl" if device.type == "cuda" else "gloo"
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+    dist.init_process_group(backend=backend)
+    log.info("DDP: rank %d of %d on %s (%s)", ctx.rank, ctx.world_size, device, backend)
+
+
+def barrier(ctx: DistContext) -> None:
+    if ctx.enabled and dist.is_initialized():
+        dist.barrier()
+
+
+def any_flag(ctx: DistContext, *flags: bool, device: Optional[torch.device] = None):
+    """Element-wise OR of boolean flags over all ranks (one collective for all of them)."""
+    if not ctx.enabled:
+        return tuple(bool(f) for f in flags)
+    t = torch.tensor([float(f) for f in flags], device=device)
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return tuple(bool(v) for v in t.tolist())
+
+
+def mean(ctx: DistContext, value: float, device: Optional[torch.device] = None) -> float:
+    if not ctx.enabled:
+        return value
+    t = torch.tensor([value], dtype=torch.float64 if device is None or device.type != "mps" else torch.float32, device=device)
+    dist.all_reduce(t)
+    return float(t.item()) / ctx.world_size
+
+
+def broadcast_object(ctx: DistContext, obj):
+    if not ctx.enabled:
+        return obj
+    box = [obj]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
+def shutdown(ctx: DistContext) -> None:
+    if ctx.enabled and dist.is_initialized():
+        dist.destroy_process_group()

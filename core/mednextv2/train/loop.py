@@ -1,0 +1,308 @@
+"""The training loop: epochs of augmented patches, validation, checkpoints, and every way to stop.
+
+Parts are injected (model, optimizer, loss, batch source, validation cases), the loop owns only
+the order of things and the robustness rules of issue 5: a checkpoint every epoch, a time
+budget, NaN/Inf steps skipped with a lower learning rate, SIGINT/SIGTERM saving before exit.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import math
+import signal
+import threading
+import time
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable, Dict, List, Optional, Sequence
+
+import numpy as np
+import torch
+from torch import nn
+
+from mednextv2.errors import MedNeXtError
+from mednextv2.train import checkpoint, curves, distributed
+from mednextv2.train.augment import AugmentConfig, augment
+from mednextv2.train.cache import CachedCase
+from mednextv2.train.optim import lr_factor, set_lr
+from mednextv2.train.sampler import Prefetcher
+from mednextv2.train.validate import nanmean, validate
+
+log = logging.getLogger(__name__)
+
+MAX_BAD_STEPS = 5  # consecutive NaN/Inf steps before giving up
+REPORT_EVERY_S = 1.0
+
+
+class TrainingDiverged(MedNeXtError):
+    """The loss stayed NaN/Inf although the learning rate was lowered."""
+
+
+@dataclass(frozen=True)
+class LoopConfig:
+    patch: Sequence[int]
+    iterations: int
+    epochs: Optional[int]
+    minutes: Optional[float]
+    lr: float
+    grad_clip: float = 12.0
+    val_every: int = 1
+    amp_dtype: Optional[torch.dtype] = None
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+
+
+@dataclass
+class LoopState:
+    epoch: int = 0  # completed epochs
+    iteration: int = 0  # iterations done in the epoch under way
+    elapsed_s: float = 0.0
+    lr_scale: float = 1.0  # lowered after NaN/Inf steps
+    bad_steps: int = 0
+    skipped_steps: int = 0
+    best_score: float = -1.0
+    best_epoch: int = 0
+    loss_sum: float = 0.0
+    loss_count: int = 0
+    wait_s: float = 0.0  # time spent waiting for batches in the epoch under way
+    history: List[dict] = field(default_factory=list)
+    stopped_by: Optional[str] = None
+
+
+class Trainer:
+    def __init__(self, model: nn.Module, net: nn.Module, optimizer: torch.optim.Optimizer, loss_fn: nn.Module,
+                 batches: Prefetcher, cfg: LoopConfig, ctx: distributed.DistContext, device: torch.device,
+                 val_cases: Sequence[CachedCase], label_names: Sequence[str], work: Path,
+                 report: Callable[..., None], seed: int = 0, started: Optional[float] = None) -> None:
+        self.model, self.net = model, net  # net: DDP-wrapped model (or the model itself)
+        self.optimizer, self.loss_fn, self.batches = optimizer, loss_fn, batches
+        self.cfg, self.ctx, self.device = cfg, ctx, device
+        self.val_cases, self.label_names = list(val_cases), list(label_names)
+        self.work, self.report = work, report
+        self.state = LoopState()
+        self.gen = torch.Generator(device=device)
+        self.gen.manual_seed(seed * 1000 + ctx.rank)
+        self.scaler = _grad_scaler() if cfg.amp_dtype == torch.float16 else None  # fp16 only; bf16 needs none
+        self._stop_signal: Optional[str] = None
+        self._last_report = 0.0
+        self._clock_start = time.monotonic() if started is None else started  # the budget covers planning too
+        self._time_up = False  # set from the step's all-rank flag, so every rank agrees
+
+    # ---- checkpoints ------------------------------------------------------------------
+    def state_dict(self) -> dict:
+        s = asdict(self.state)
+        s["sampler_rng"] = self.batches.sampler.rng.bit_generator.state
+        return {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
+                "augment_rng": self.gen.get_state(), "state_json": json.dumps(s)}
+
+    def load_state_dict(self, ckpt: dict) -> None:
+        self.model.load_state_dict(ckpt["model"])
+        self.optimizer.load_state_dict(ckpt["optimizer"])
+        self.gen.set_state(ckpt["augment_rng"])
+        s = json.loads(ckpt["state_json"])
+        rng_state = s.pop("sampler_rng")
+        if self.ctx.rank == 0:  # other ranks keep their own streams
+            self.batches.sampler.rng.bit_generator.state = rng_state
+        self.state = LoopState(**s)
+        self.state.stopped_by = None
+        self._clock_start = time.monotonic() - self.state.elapsed_s
+
+    def _save_latest(self) -> None:
+        if self.ctx.is_main:
+            checkpoint.save_atomic(self.state_dict(), self.work / checkpoint.LATEST)
+
+    # ---- time and schedule ------------------------------------------------------------
+    @property
+    def elapsed(self) -> float:
+        return time.monotonic() - self._clock_start
+
+    def fraction(self) -> float:
+        parts = []
+        if self.cfg.epochs:
+            parts.append((self.state.epoch + self.state.iteration / self.cfg.iterations) / self.cfg.epochs)
+        if self.cfg.minutes:
+            parts.append(self.elapsed / (self.cfg.minutes * 60))
+        return min(1.0, max(parts))
+
+    def _out_of_time(self) -> bool:
+        return self._time_up
+
+    def _done(self) -> bool:
+        return (self.cfg.epochs is not None and self.state.epoch >= self.cfg.epochs) or self._out_of_time()
+
+    def _eta(self) -> Optional[float]:
+        f = self.fraction()
+        if self.cfg.minutes and not self.cfg.epochs:
+            return max(0.0, self.cfg.minutes * 60 - self.elapsed)
+        return self.elapsed * (1 - f) / f if f > 0 else None
+
+    # ---- one step -----------------------------------------------------------------------
+    def _step(self) -> Optional[float]:
+        waited = time.monotonic()
+        batch = self.batches.next()
+        self.state.wait_s += time.monotonic() - waited  # > 0 means the pipeline made training wait
+        image = torch.as_tensor(batch.image).to(self.device, non_blocking=True)
+        label = torch.as_tensor(batch.label).to(self.device, non_blocking=True)
+        image, label = augment(image, label, self.cfg.patch, self.cfg.augment, self.gen)
+        lr = self.cfg.lr * lr_factor(self.fraction()) * self.state.lr_scale
+        set_lr(self.optimizer, lr)
+        self.optimizer.zero_grad(set_to_none=True)
+        dtype = self.cfg.amp_dtype
+        with torch.autocast(self.device.type, dtype=dtype, enabled=dtype is not None):
+            outputs = self.net(image)
+        loss = self.loss_fn(outputs, label)
+        bad = not bool(torch.isfinite(loss).item())
+        # One collective for all ranks' flags, so every rank stops or skips at the same step.
+        over = bool(self.cfg.minutes) and self.elapsed >= self.cfg.minutes * 60
+        bad, stop, over = distributed.any_flag(self.ctx, bad, self._stop_signal is not None, over, device=self.device)
+        self._time_up = self._time_up or over
+        if stop:
+            self._stop_signal = self._stop_signal or "SIGTERM (another rank)"
+            return None
+        if bad:
+            self._bad_step("loss")
+            return None
+        if self.scaler is not None:
+            self.scaler.scale(loss).backward()
+            self.scaler.unscale_(self.optimizer)
+        else:
+            loss.backward()
+        norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.grad_clip)
+        if self.scaler is None:
+            (bad_grad,) = distributed.any_flag(self.ctx, not bool(torch.isfinite(norm).item()), device=self.device)
+            if bad_grad:
+                self._bad_step("gradient")
+                return None
+            self.optimizer.step()
+        else:  # the scaler skips inf/NaN gradient steps itself and lowers its scale
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+        self.state.bad_steps = 0
+        return float(loss.item())
+
+    def _bad_step(self, what: str) -> None:
+        self.optimizer.zero_grad(set_to_none=True)
+        self.state.bad_steps += 1
+        self.state.skipped_steps += 1
+        self.state.lr_scale *= 0.5
+        log.warning("non-finite %s at epoch %d, iteration %d: step skipped, learning rate halved (x%.3g)",
+                    what, self.state.epoch + 1, self.state.iteration + 1, self.state.lr_scale)
+        if self.state.bad_steps >= MAX_BAD_STEPS:
+            raise TrainingDiverged(
+                f"the {what} was NaN or infinite in {MAX_BAD_STEPS} consecutive steps even after lowering the "
+                f"learning rate to {self.cfg.lr * self.state.lr_scale:.2e}. Check the labels and image intensities, "
+                f"or try a lower --lr or --precision fp32. The last epoch's checkpoint is kept in {self.work}.")
+
+    # ---- epochs ---------------------------------------------------------------------------
+    def _report_iteration(self, loss: Optional[float], force: bool = False) -> None:
+        now = time.monotonic()
+        if not self.ctx.is_main or (not force and now - self._last_report < REPORT_EVERY_S):
+            return
+        self._last_report = now
+        s = self.state
+        mean_loss = s.loss_sum / s.loss_count if s.loss_count else None
+        last = s.history[-1] if s.history else {}
+        dice = {k[len("dice_"):]: v for k, v in last.items() if k.startswith("dice_")}
+        lr = self.optimizer.param_groups[0]["lr"]
+        # Between epochs (iteration 0 after one finished) the line is about the epoch just completed.
+        epoch = s.epoch if (s.iteration == 0 and s.history) else s.epoch + 1
+        message = f"epoch {epoch} it {s.iteration or self.cfg.iterations}/{self.cfg.iterations}"
+        if mean_loss is not None:
+            message += f" loss {mean_loss:.4f}"
+        if dice:
+            message += f" val dice {nanmean(list(dice.values())):.3f}"
+        self.report("train", self.fraction(), message, eta_s=self._eta(), epoch=epoch, iteration=s.iteration or self.cfg.iterations,
+                    loss=mean_loss if loss is None else loss, dice=dice or None, lr=lr)
+
+    def _validate(self, final: bool) -> Dict[str, float]:
+        due = final or (self.state.epoch + 1) % self.cfg.val_every == 0
+        dice: Dict[str, float] = {}
+        if self.ctx.is_main and due and self.val_cases:
+            self.report("validate", 0.0, f"{len(self.val_cases)} held-out case(s)")
+            dice = validate(self.model, self.val_cases, len(self.label_names) + 1, self.cfg.patch, self.device,
+                            self.label_names)
+        return distributed.broadcast_object(self.ctx, dice)
+
+    def _end_epoch(self, final: bool) -> None:
+        s = self.state
+        train_loss = distributed.mean(self.ctx, s.loss_sum / max(s.loss_count, 1), self.device)
+        dice = self._validate(final)
+        row = {"epoch": s.epoch + 1, "iterations": s.iteration, "train_loss": round(train_loss, 6),
+               "lr": self.optimizer.param_groups[0]["lr"], "time_s": round(self.elapsed, 1),
+               "data_wait_s": round(s.wait_s, 2)}
+        row.update({f"dice_{name}": (None if math.isnan(v) else round(v, 4)) for name, v in dice.items()})
+        mean_dice = nanmean(list(dice.values())) if dice else float("nan")
+        row["mean_dice"] = None if math.isnan(mean_dice) else round(mean_dice, 4)
+        s.history.append(row)
+        s.epoch += 1
+        s.iteration, s.loss_sum, s.loss_count, s.wait_s = 0, 0.0, 0, 0.0
+        s.elapsed_s = self.elapsed
+        # No validation cases: the latest model is the best one. Epochs without validation (--val-every) never win.
+        score = mean_dice if dice else (float("nan") if self.val_cases else float(s.epoch))
+        if self.ctx.is_main:
+            if not math.isnan(score) and score > s.best_score:
+                s.best_score, s.best_epoch = score, s.epoch
+                checkpoint.save_atomic({"model": self.model.state_dict()}, self.work / checkpoint.BEST)
+            self._save_latest()
+            curves.write_csv(s.history, self.work / "metrics.csv")
+            curves.write_png(s.history, self.work / "training_curve.png")
+        log.info("epoch %d: loss %.4f, val Dice %s, %.0f s", s.epoch, train_loss,
+                 {k: round(v, 3) for k, v in dice.items()} or "-", self.elapsed)
+        self._report_iteration(None, force=True)
+
+    @contextmanager
+    def _signals(self):
+        def handler(signum, frame):
+            self._stop_signal = signal.Signals(signum).name
+            log.warning("%s received: finishing this step, saving a checkpoint, then stopping", self._stop_signal)
+
+        if threading.current_thread() is not threading.main_thread():
+            yield
+            return
+        old = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
+        try:
+            yield
+        finally:
+            for sig, h in old.items():
+                signal.signal(sig, h)
+
+    def run(self) -> LoopState:
+        """Train until the epochs or minutes run out, or a signal arrives (state.stopped_by is set)."""
+        self.net.train()
+        with self._signals():
+            while not self._done():
+                while self.state.iteration < self.cfg.iterations:
+                    loss = self._step()
+                    if self._stop_signal is not None:
+                        break
+                    self.state.iteration += 1
+                    if loss is not None:
+                        self.state.loss_sum += loss
+                        self.state.loss_count += 1
+                    self._report_iteration(loss)
+                    if self._out_of_time():
+                        log.info("time budget of %.1f min reached: ending training", self.cfg.minutes)
+                        break
+                if self._stop_signal is not None:
+                    self.state.stopped_by = self._stop_signal
+                    self.state.elapsed_s = self.elapsed
+                    self._save_latest()  # mid-epoch: --resume continues this very epoch
+                    return self.state
+                self._end_epoch(final=self._out_of_time() or (self.cfg.epochs is not None
+                                                               and self.state.epoch + 1 >= self.cfg.epochs))
+        return self.state
+
+
+def _grad_scaler():
+    if hasattr(torch, "amp") and hasattr(torch.amp, "GradScaler"):  # torch >= 2.3
+        return torch.amp.GradScaler("cuda")
+    return torch.cuda.amp.GradScaler()
+
+
+def load_best(work: Path) -> dict:
+    return checkpoint.load(work / checkpoint.BEST)["model"]
+
+
+def seed_everything(seed: int, rank: int) -> None:
+    torch.manual_seed(seed * 1000 + rank)
+    np.random.seed((seed * 1000 + rank) % 2**32)

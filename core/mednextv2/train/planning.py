@@ -1,0 +1,230 @@
+"""Training plan: target spacing, patch size, normalization, network and label table.
+
+From scratch the plan follows nnU-Net's rules on the dataset fingerprint. When fine-tuning, the
+base bundle's preprocessing is kept (its weights were trained with that normalization) and only
+the label head changes: labels whose names match the base model reuse its head rows.
+"""
+from __future__ import annotations
+
+import logging
+import re
+from dataclasses import asdict, dataclass, field, replace
+from typing import Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+
+from mednextv2.bundle import Normalization, PreprocessingPlan
+from mednextv2.errors import InputError
+from mednextv2.network import DIVISOR, MedNeXtConfig
+from mednextv2.train.fingerprint import Fingerprint
+
+log = logging.getLogger(__name__)
+
+ANISOTROPY_RATIO = 3.0  # nnU-Net: beyond this, the coarse axis uses the 10th percentile spacing
+CROP_GAIN = 0.75  # crop to non-zero when that keeps at most 3/4 of the voxels (nnU-Net's rule)
+# Patch voxel budgets where memory cannot be measured: CPU time, not memory, is the limit there.
+VOXEL_BUDGET = {"cpu": 64 ** 3, "mps": 96 ** 3}
+MAX_PATCH = 192  # the paper's fine-tuning context
+PALETTE = [(128, 174, 128), (241, 214, 145), (177, 122, 101), (111, 184, 210), (216, 101, 79),
+           (221, 130, 101), (144, 238, 144), (192, 104, 88), (220, 245, 20), (78, 63, 0)]
+
+
+@dataclass(frozen=True)
+class LabelSpec:
+    value: int  # value in the training label maps
+    name: str
+    color: Tuple[int, int, int]
+    terminology: Optional[dict] = None
+    base_row: Optional[int] = None  # head row of the base model this label starts from
+
+
+@dataclass(frozen=True)
+class Plan:
+    network: dict  # MedNeXtConfig.to_dict()
+    target_spacing: Optional[Tuple[float, float, float]]  # (z, y, x) mm; None keeps each image's (a base's choice)
+    patch_size: Tuple[int, int, int]
+    batch_size: int
+    crop_to_nonzero: bool
+    normalization: Tuple[dict, ...]  # one per channel, bundle format
+    channels: Tuple[dict, ...]  # {"name", "modality"} per channel
+    labels: Tuple[LabelSpec, ...]  # head rows 1..n-1 in order
+    mirror_axes: Tuple[int, ...] = (0, 1, 2)
+    base_model: Optional[str] = None
+    orientation: str = "LPS"  # see preprocessing.py: a base model's choice is kept
+    extra: dict = field(default_factory=dict)
+
+    @property
+    def config(self) -> MedNeXtConfig:
+        return MedNeXtConfig.from_dict(self.network)
+
+    def preprocessing(self) -> dict:
+        spacing = None if self.target_spacing is None else [float(s) for s in self.target_spacing]
+        return {"axis_order": "zyx", "orientation": self.orientation, "target_spacing": spacing,
+                "crop_to_nonzero": self.crop_to_nonzero, "normalization": [dict(n) for n in self.normalization]}
+
+    def preprocessing_plan(self) -> PreprocessingPlan:
+        """The same plan as the segment pipeline reads it from the bundle, so training sees what inference sees."""
+        norms = tuple(Normalization(n["scheme"], tuple(n["clip"]) if "clip" in n else None,
+                                    float(n.get("mean", 0.0)), float(n.get("std", 1.0))) for n in self.normalization)
+        return PreprocessingPlan(self.target_spacing, norms, self.crop_to_nonzero, self.orientation)
+
+    def inference(self) -> dict:
+        return {"patch_size": list(self.patch_size), "step": 0.5, "mirror_axes": list(self.mirror_axes)}
+
+    def label_entries(self) -> List[dict]:
+        out = []
+        for i, spec in enumerate(self.labels, start=1):
+            entry = {"value": i, "name": spec.name, "color": list(spec.color)}
+            if spec.terminology:
+                entry["terminology"] = spec.terminology
+            out.append(entry)
+        return out
+
+    def label_lookup(self) -> np.ndarray:
+        """Dataset label value -> head row; unknown values map to background."""
+        top = max(s.value for s in self.labels)
+        lut = np.zeros(top + 1, dtype=np.uint8)
+        for row, spec in enumerate(self.labels, start=1):
+            lut[spec.value] = row
+        return lut
+
+
+def target_spacing(fp: Fingerprint) -> Tuple[float, float, float]:
+    spacings = np.array(fp.spacings)
+    target = np.median(spacings, axis=0)
+    coarse = int(np.argmax(target))
+    if target[coarse] > ANISOTROPY_RATIO * np.delete(target, coarse).max():
+        target[coarse] = np.percentile(spacings[:, coarse], 10)
+    return tuple(float(s) for s in target)
+
+
+def guess_modality(given: str, stats) -> str:
+    if given:
+        return "CT" if given.strip().upper() == "CT" else "MR"
+    # Hounsfield units: air at -1000 and foreground reaching well below zero.
+    return "CT" if stats.minimum <= -500 and stats.p00_5 < 0 else "MR"
+
+
+def normalization_for(modality: str, stats) -> dict:
+    if modality == "CT":
+        return {"scheme": "ct", "clip": [round(stats.p00_5, 3), round(stats.p99_5, 3)],
+                "mean": round(stats.mean, 4), "std": round(max(stats.std, 1e-3), 4)}
+    return {"scheme": "zscore"}
+
+
+def _round_patch(shape: Sequence[float]) -> List[int]:
+    return [int(max(DIVISOR, min(MAX_PATCH, DIVISOR * np.ceil(s / DIVISOR)))) for s in shape]
+
+
+def fit_patch(median_shape: Sequence[float], spacing: Sequence[float], voxel_budget: int) -> Tuple[int, int, int]:
+    """The median image shape (rounded up to multiples of 16), shrunk until it fits the budget.
+
+    The axis with the largest physical extent shrinks first, so the patch stays as isotropic in
+    millimetres as the data allows (nnU-Net's rule).
+    """
+    patch = _round_patch(median_shape)
+    while int(np.prod(patch)) > voxel_budget:
+        extent = [p * s if p > DIVISOR else -1 for p, s in zip(patch, spacing)]
+        axis = int(np.argmax(extent))
+        if patch[axis] <= DIVISOR:
+            break
+        patch[axis] -= DIVISOR
+    return tuple(patch)
+
+
+def _norm_name(name: str) -> str:
+    return re.sub(r"[\s_\-]+", " ", name.strip().lower())
+
+
+def map_labels(dataset_labels: Dict[int, str], base_labels: Sequence[dict] = ()) -> Tuple[LabelSpec, ...]:
+    """Dataset labels in value order; each one named like a base label keeps that label's head row."""
+    base_by_name = {_norm_name(b["name"]): (row, b) for row, b in enumerate(base_labels, start=1)}
+    specs = []
+    for i, (value, name) in enumerate(sorted(dataset_labels.items())):
+        hit = base_by_name.get(_norm_name(name))
+        if hit:
+            row, base = hit
+            specs.append(LabelSpec(value, name, tuple(base.get("color", PALETTE[i % len(PALETTE)])),
+                                   base.get("terminology"), row))
+        else:
+            specs.append(LabelSpec(value, name, PALETTE[i % len(PALETTE)]))
+    if base_labels:
+        reused = [s.name for s in specs if s.base_row]
+        log.info("labels reusing the base model's head rows: %s; new: %s", reused or "none",
+                 [s.name for s in specs if not s.base_row] or "none")
+    return tuple(specs)
+
+
+def plan_from_scratch(fp: Fingerprint, labels: Dict[int, str], channel_modalities: Sequence[str], preset: str,
+                      device_type: str, spacing: Optional[Sequence[float]] = None,
+                      patch: Optional[Sequence[int]] = None, voxel_budget: Optional[int] = None,
+                      batch_size: int = 2) -> Plan:
+    spacing = tuple(float(s) for s in spacing) if spacing else target_spacing(fp)
+    crop = bool(np.median([np.prod(n) / np.prod(s) for n, s in zip(fp.nonzero_sizes, fp.sizes)]) <= CROP_GAIN)
+    sizes = np.array(fp.nonzero_sizes if crop else fp.sizes, dtype=float)
+    physical = sizes * np.array(fp.spacings)
+    median_shape = np.median(physical, axis=0) / np.array(spacing)
+    budget = voxel_budget or VOXEL_BUDGET.get(device_type, 128 ** 3)
+    patch = _check_patch(patch) if patch else fit_patch(median_shape, spacing, budget)
+    modalities = [guess_modality(m, s) for m, s in zip(list(channel_modalities) + [""] * len(fp.channels), fp.channels)]
+    specs = map_labels(labels)
+    cfg = MedNeXtConfig.preset(preset, in_channels=len(fp.channels), n_classes=len(specs) + 1)
+    plan = Plan(network=cfg.to_dict(), target_spacing=spacing, patch_size=patch, batch_size=batch_size,
+                crop_to_nonzero=crop, normalization=tuple(normalization_for(m, s) for m, s in zip(modalities, fp.channels)),
+                channels=tuple({"name": f"{m} {i}" if len(modalities) > 1 else m, "modality": m} for i, m in enumerate(modalities)),
+                labels=specs, extra={"preset": preset})
+    log.info("plan: spacing %s mm, patch %s, crop to non-zero %s, normalization %s", spacing, patch, crop,
+             [n["scheme"] for n in plan.normalization])
+    return plan
+
+
+def plan_from_base(manifest: dict, base_id: str, labels: Dict[int, str], n_channels: int,
+                   patch: Optional[Sequence[int]] = None, spacing: Optional[Sequence[float]] = None,
+                   batch_size: int = 2) -> Plan:
+    """Keep the base bundle's preprocessing; only the head's label rows change."""
+    net = dict(manifest["network"])
+    if net["in_channels"] != n_channels:
+        raise InputError(f"base model {base_id} takes {net['in_channels']} channel(s) but the dataset has {n_channels}")
+    pre, inf = manifest["preprocessing"], manifest["inference"]
+    specs = map_labels(labels, manifest.get("labels", ()))
+    net.update(n_classes=len(specs) + 1, deep_supervision=True)
+    if spacing:
+        log.warning("--spacing overrides the base model's target spacing %s", pre.get("target_spacing"))
+    return Plan(network=MedNeXtConfig.from_dict(net).to_dict(),
+                target_spacing=_spacing_or_none(spacing or pre.get("target_spacing")),
+                patch_size=_check_patch(patch) if patch else tuple(inf["patch_size"]), batch_size=batch_size,
+                crop_to_nonzero=bool(pre.get("crop_to_nonzero", False)),
+                normalization=tuple(dict(n) for n in pre["normalization"]),
+                channels=tuple(dict(c) for c in manifest["channels"]), labels=specs,
+                mirror_axes=tuple(inf.get("mirror_axes", (0, 1, 2))), base_model=base_id,
+                orientation=pre.get("orientation", "LPS"))
+
+
+def _spacing_or_none(spacing) -> Optional[Tuple[float, float, float]]:
+    return None if spacing is None else tuple(float(s) for s in spacing)
+
+
+def _check_patch(patch: Sequence[int]) -> Tuple[int, int, int]:
+    patch = tuple(int(p) for p in patch)
+    if len(patch) != 3 or any(p < DIVISOR or p % DIVISOR for p in patch):
+        raise InputError(f"--patch must be three sizes divisible by {DIVISOR} (z y x), got {list(patch)}")
+    return patch
+
+
+def with_patch(plan: Plan, patch: Sequence[int]) -> Plan:
+    return replace(plan, patch_size=_check_patch(patch))
+
+
+def plan_to_dict(plan: Plan) -> dict:
+    out = asdict(plan)
+    out["labels"] = [asdict(s) for s in plan.labels]
+    return out
+
+
+def plan_from_dict(data: dict) -> Plan:
+    data = dict(data)
+    data["labels"] = tuple(LabelSpec(**{**s, "color": tuple(s["color"])}) for s in data["labels"])
+    for key in ("patch_size", "normalization", "channels", "mirror_axes"):
+        data[key] = tuple(data[key])
+    data["target_spacing"] = _spacing_or_none(data["target_spacing"])
+    return Plan(**data)

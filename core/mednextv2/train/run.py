@@ -1,0 +1,218 @@
+"""`mednextv2 train` end to end: dataset -> check -> plan -> cache -> train -> bundle.
+
+Each stage lives in its own module; this one only wires them, once per process (torchrun
+starts one per GPU; rank 0 plans, caches, validates and writes, the others follow).
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+import torch
+
+from mednextv2.bundle import Bundle, load_bundle
+from mednextv2.errors import Cancelled, InputError
+from mednextv2.network import MedNeXt
+from mednextv2.progress import make_progress, null_progress
+from mednextv2.sliding_window import autocast_dtype, resolve_device
+from mednextv2.train import checkpoint, distributed, output
+from mednextv2.train.augment import AugmentConfig
+from mednextv2.train.cache import build_cache
+from mednextv2.train.datasets import Case, discover_dataset
+from mednextv2.train.fingerprint import make_fingerprint
+from mednextv2.train.finetune import init_from_base
+from mednextv2.train.loop import LoopConfig, Trainer, load_best, seed_everything
+from mednextv2.train.loss import DiceCELoss
+from mednextv2.train.memory import cuda_voxel_budget
+from mednextv2.train.optim import make_optimizer
+from mednextv2.train.options import ITERATIONS_PER_EPOCH, TrainOptions
+from mednextv2.train.planning import Plan, plan_from_base, plan_from_dict, plan_from_scratch, plan_to_dict
+from mednextv2.train.sampler import PatchSampler, Prefetcher
+from mednextv2.train.validation import validate_dataset
+
+log = logging.getLogger(__name__)
+
+PLAN_FILE = "plan.json"
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    bundle: Optional[Path]  # None on ranks other than 0
+    epochs: int
+    best_epoch: int
+    dice: Dict[str, float]
+    history: Tuple[dict, ...]
+    seconds: float
+
+
+def split_cases(cases: Sequence[Case], val_names: Sequence[str], fraction: float, seed: int) -> Tuple[List[Case], List[Case]]:
+    names = [c.name for c in cases]
+    if val_names:
+        unknown = [n for n in val_names if n not in names]
+        if unknown:
+            raise InputError(f"--val-cases {', '.join(unknown)}: no such case; the dataset has {', '.join(names)}")
+        chosen = set(val_names)
+    elif fraction > 0 and len(cases) > 1:
+        order = np.random.default_rng(seed).permutation(len(cases))
+        chosen = {names[i] for i in order[: max(1, int(round(fraction * len(cases))))]}
+    else:
+        if fraction > 0:
+            log.warning("only one case: no held-out validation; the final model is kept")
+        chosen = set()
+    train = [c for c in cases if c.name not in chosen]
+    if not train:
+        raise InputError("every case is held out for validation; leave at least one for training")
+    return train, [c for c in cases if c.name in chosen]
+
+
+def _load_base(ref: str) -> Bundle:
+    """A bundle path, an installed model id, or a catalog id (downloaded and verified first)."""
+    from mednextv2.catalog import resolve_model
+
+    return load_bundle(resolve_model(ref))
+
+
+def _make_plan(options: TrainOptions, data, device: torch.device) -> Plan:
+    labels = data.labels
+    if options.base:
+        base = _load_base(options.base)
+        return replace(plan_from_base(dict(base.spec), base.id, labels, data.n_channels, options.patch, options.spacing,
+                                      options.batch_size), extra={"base_source": str(options.base)})
+    preset = options.preset or ("v2-base" if device.type == "cuda" else "v2-tiny")
+    budget = None
+    if device.type == "cuda" and not options.patch:
+        budget = cuda_voxel_budget(preset, data.n_channels, len(labels) + 1, options.batch_size, device,
+                                   options.checkpointing)
+    fp = make_fingerprint(data, seed=options.seed)
+    plan = plan_from_scratch(fp, labels, data.dataset.channels, preset, device.type, options.spacing, options.patch,
+                             budget, options.batch_size)
+    return replace(plan, extra=dict(plan.extra, fingerprint=fp.to_dict()))
+
+
+def _load_or_make_plan(options: TrainOptions, data, device, ctx, work: Path) -> Plan:
+    path = work / PLAN_FILE
+    if options.resume:
+        if not path.exists() or not (work / checkpoint.LATEST).exists():
+            raise InputError(f"--resume: no interrupted training in {work} (plan.json and {checkpoint.LATEST} are needed)")
+        return plan_from_dict(json.loads(path.read_text()))
+    if (work / checkpoint.LATEST).exists():
+        raise InputError(f"{work} holds the checkpoint of an earlier run: pass --resume to continue it, "
+                         "or delete that folder to start over")
+    plan = _make_plan(options, data, device) if ctx.is_main else None
+    plan = distributed.broadcast_object(ctx, plan)
+    if ctx.is_main:
+        tmp = path.with_name(PLAN_FILE + ".tmp")
+        tmp.write_text(json.dumps(plan_to_dict(plan), indent=1))
+        os.replace(tmp, path)
+    return plan
+
+
+def _build_model(plan: Plan, options: TrainOptions, device: torch.device) -> MedNeXt:
+    model = MedNeXt(plan.config.replace(deep_supervision=True))
+    if plan.base_model and not options.resume:
+        base = _load_base(plan.extra.get("base_source", plan.base_model))
+        init_from_base(model, base.load_state_dicts()[0], plan.labels, base.n_classes)
+    if options.checkpointing:
+        model.set_checkpointing(True)
+    return model.to(device)
+
+
+def _device_for(options: TrainOptions, ctx: distributed.DistContext) -> torch.device:
+    device = resolve_device(options.device)
+    if device.type == "cuda" and ctx.enabled:
+        device = torch.device("cuda", ctx.local_rank)
+    return device
+
+
+def run_training(options: TrainOptions) -> TrainResult:
+    started = time.monotonic()
+    ctx = distributed.from_environment()
+    device = _device_for(options, ctx)
+    distributed.init(ctx, device)
+    report = make_progress(options.progress) if ctx.is_main else null_progress
+    work = options.work_path
+    prefetch = None
+    try:
+        work.mkdir(parents=True, exist_ok=True)
+        data = validate_dataset(discover_dataset(options.dataset))
+        train_cases, val_cases = split_cases(data.dataset.cases, options.val_cases, options.val_fraction, options.seed)
+        log.info("%d training case(s), %d validation case(s): %s", len(train_cases), len(val_cases),
+                 ", ".join(c.name for c in val_cases) or "none")
+        report("check", 1.0, f"{len(data.dataset.cases)} case(s) valid")
+        plan = _load_or_make_plan(options, data, device, ctx, work)
+        cache_dir = work / "cache"
+        if ctx.is_main:
+            build_cache(train_cases + val_cases, plan, cache_dir, report)
+        distributed.barrier(ctx)  # the other ranks read what rank 0 wrote
+        cached = {c.name: c for c in build_cache(train_cases + val_cases, plan, cache_dir)}
+        seed_everything(options.seed, ctx.rank)
+        model = _build_model(plan, options, device)
+        net = model
+        if ctx.enabled:
+            net = torch.nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+        optimizer = make_optimizer(model, options.lr, options.encoder_lr_scale)
+        sampler = PatchSampler([cached[c.name] for c in train_cases], plan.patch_size, plan.batch_size,
+                               seed=options.seed * 1000 + ctx.rank)
+        prefetch = Prefetcher(sampler, pin_memory=device.type == "cuda")
+        nearest = _thick_slice_axis(plan.target_spacing)
+        cfg = LoopConfig(patch=plan.patch_size, iterations=options.iterations or ITERATIONS_PER_EPOCH.get(device.type, 50),
+                         epochs=options.epochs_or_default(), minutes=options.minutes, lr=options.lr,
+                         grad_clip=options.grad_clip, val_every=options.val_every,
+                         amp_dtype=autocast_dtype(device) if options.precision == "auto" else None,
+                         augment=AugmentConfig(in_plane_axis=nearest, mirror_axes=plan.mirror_axes,
+                                               p_elastic=0.2 if options.elastic else 0.0))
+        trainer = Trainer(model, net, optimizer, DiceCELoss(), prefetch, cfg, ctx, device,
+                          [cached[c.name] for c in val_cases], [s.name for s in plan.labels], work, report, options.seed,
+                          started=started)
+        if options.resume:
+            trainer.load_state_dict(checkpoint.load(work / checkpoint.LATEST))
+            log.info("resuming after epoch %d, iteration %d", trainer.state.epoch, trainer.state.iteration)
+        state = trainer.run()
+        bundle = None
+        best_row = next((r for r in state.history if r["epoch"] == state.best_epoch), {})
+        dice = {k[len("dice_"):]: v for k, v in best_row.items() if k.startswith("dice_")}
+        if ctx.is_main and state.epoch > 0:
+            bundle = _export(options, plan, work, state, best_row, dice, len(train_cases), val_cases, ctx, device)
+        distributed.barrier(ctx)
+        if state.stopped_by:
+            raise Cancelled(f"training stopped by {state.stopped_by} at epoch {state.epoch + 1}, iteration "
+                            f"{state.iteration}; checkpoint saved in {work}. Continue with the same command and --resume"
+                            + (f"; the best model so far is in {bundle}" if bundle else ""))
+        report("done", 1.0, f"model bundle {bundle}" if bundle else "done")
+        return TrainResult(bundle, state.epoch, state.best_epoch, dice, tuple(state.history), time.monotonic() - started)
+    finally:
+        if prefetch is not None:
+            prefetch.close()
+        distributed.shutdown(ctx)
+
+
+def _thick_slice_axis(spacing: Sequence[float]) -> Optional[int]:
+    """Rotate only in-plane when slices are > 3x thicker than the in-plane spacing (nnU-Net's dummy 2D)."""
+    if spacing is None:
+        return None
+    spacing = list(spacing)
+    axis = int(np.argmax(spacing))
+    others = [s for i, s in enumerate(spacing) if i != axis]
+    return axis if spacing[axis] > 3 * max(others) else None
+
+
+def _export(options, plan, work, state, best_row, dice, n_train, val_cases, ctx, device) -> Path:
+    metrics = {"dice": {k: v for k, v in dice.items()},
+               "mean_dice": best_row.get("mean_dice"), "epoch": state.best_epoch,
+               "validation_cases": [c.name for c in val_cases]}
+    training = {"dataset": str(Path(options.dataset).resolve()), "n_train_cases": n_train,
+                "preset": plan.extra.get("preset"), "epochs": state.epoch,
+                "iterations_per_epoch": state.history[-1]["iterations"] if state.history else None,
+                "patch_size": list(plan.patch_size), "batch_size": plan.batch_size, "world_size": ctx.world_size,
+                "device": device.type, "lr": options.lr, "seconds": round(state.elapsed_s, 1),
+                "skipped_steps": state.skipped_steps}
+    best = load_best(work)
+    path = output.write_bundle(Path(options.output), plan, best, metrics, training, options.title)
+    output.attach_reports(path, work)
+    return path
