@@ -122,3 +122,26 @@ def test_empty_labels_and_bad_lists_are_refused(tmp_path, breast):
         discover_dataset(bad_csv)
     with pytest.raises(InputError, match="does not exist"):
         discover_dataset(tmp_path / "nothing-here")
+
+
+def test_header_float_noise_is_within_tolerance(tmp_path, breast):
+    image, label = breast
+    noisy = sitk.Image(label)
+    noisy.SetOrigin(tuple(o + 1e-4 for o in label.GetOrigin()))
+    noisy.SetSpacing(tuple(s * (1 + 1e-5) for s in label.GetSpacing()))
+    _write(image, tmp_path / "n_image.nii.gz")
+    _write(noisy, tmp_path / "n_label.nii.gz")  # NIfTI stores float32 geometry: more noise still
+    checked = validate_dataset(discover_dataset(tmp_path))
+    assert [c.name for c in checked.dataset.cases] == ["n"] and checked.labels == {1: "label 1"}
+
+
+def test_slicer_seg_nrrd_labels_bring_their_segment_names(tmp_path, breast):
+    from mednextv2.bundle import Label
+    from mednextv2.export import write_seg_nrrd
+
+    image, label = breast
+    _write(image, tmp_path / "s1_image.nrrd")
+    write_seg_nrrd(sitk.Cast(label, sitk.sitkUInt8), [Label(1, "breast lesion", (255, 0, 0))], tmp_path / "s1.seg.nrrd")
+    checked = validate_dataset(discover_dataset(tmp_path))
+    assert checked.dataset.cases[0].label.name == "s1.seg.nrrd"
+    assert checked.labels == {1: "breast lesion"}

@@ -31,7 +31,7 @@ def test_demo_runs_offline_and_writes_its_outputs(tmp_path):
     env = dict(os.environ, OMP_NUM_THREADS="1", MEDNEXTV2_DATA=str(tmp_path / "no-shared-data-here"))
     env["PYTHONPATH"] = str(Path(mednextv2.__file__).resolve().parents[1]) + os.pathsep + env.get("PYTHONPATH", "")
     out = tmp_path / "demo"
-    done = subprocess.run([sys.executable, "-m", "mednextv2", "demo", "-o", str(out), "--minutes", "0.3",
+    done = subprocess.run([sys.executable, "-m", "mednextv2", "demo", "-o", str(out), "--minutes", "0.2",
                            "--device", "cpu", "--progress", "none"], capture_output=True, text=True, env=env,
                           timeout=300, cwd=tmp_path)
     assert done.returncode == 0, done.stderr[-3000:]

@@ -79,8 +79,6 @@ def ops_cpu(repeats: int):
     x = torch.randn(1, c, s, s, s, generator=g)
     xl = x.contiguous(memory_format=torch.channels_last_3d)
     w = torch.randn(c, 1, 3, 3, 3, generator=g)
-    h = torch.randn(1, r * c, s, s, s, generator=g)
-    hl = h.contiguous(memory_format=torch.channels_last_3d)
     block = randomised(MedNeXtBlock(c, c, r, 3, grn=True)).eval()
     plain_block = PlainMedNeXt(MedNeXtConfig.preset("v2-base")).enc_block_0[0].eval()
     plain_block.load_state_dict(block.state_dict())
@@ -88,11 +86,13 @@ def ops_cpu(repeats: int):
     with torch.inference_mode():
         rows.append(compare("op: depthwise 3^3 conv, channels_last_3d", lambda: F.conv3d(x, w, padding=1, groups=c),
                             lambda: F.conv3d(xl, w, padding=1, groups=c), repeats))
-        rows.append(compare("op: GRN L2 norm, torch.norm vs ours (cl)", lambda: torch.norm(hl, p=2, dim=(-3, -2, -1)),
-                            lambda: torch.linalg.vector_norm(hl.permute(0, 2, 3, 4, 1).reshape(1, -1, r * c), dim=1), repeats))
+        up = randomised(MedNeXtBlock(2 * c, c, r, 3, grn=True, resample="up")).eval()
+        xs = torch.randn(1, 2 * c, s // 2, s // 2, s // 2, generator=g).contiguous(memory_format=torch.channels_last_3d)
+        rows.append(compare("op: up residual, ConvTranspose3d vs strided", lambda: up.res_conv(xs),
+                            lambda: up._upsample_residual(xs), repeats))
         rows.append(compare("op: expand+GELU+GRN+compress, chunked", lambda: block._compress(block.act(block.conv2(xl))),
                             lambda: block._mlp_chunked(xl, xl), repeats))
-        rows.append(compare("op: whole block (plain vs ours)", lambda: plain_block(x), lambda: block(x), repeats))
+        rows.append(compare("op: whole block (plain vs ours)", lambda: plain_block(x), lambda: block(xl), repeats))
     return rows
 
 

@@ -40,7 +40,8 @@ def add_parser(subparsers) -> None:
     val = p.add_mutually_exclusive_group()
     val.add_argument("--val-fraction", type=float, default=0.2, help="fraction of cases held out (default 0.2)")
     val.add_argument("--val-cases", nargs="+", default=(), metavar="NAME", help="case names held out for validation")
-    p.add_argument("--val-every", type=int, default=1, help="validate every N epochs (and after the last)")
+    p.add_argument("--val-every", type=int, help="validate every N epochs and after the last (default: as often as "
+                                                 "keeps validation under ~20%% of the time)")
     p.add_argument("--resume", action="store_true", help="continue an interrupted run from its last checkpoint")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--progress", choices=MODES, default="bar")

@@ -94,9 +94,10 @@ class MedNeXt(nn.Module):
     def forward(self, x: torch.Tensor) -> Union[torch.Tensor, List[torch.Tensor]]:
         self.check_input(x)
         channels_last = self.channels_last if self.channels_last is not None else x.device.type == "cpu"
-        if channels_last:
-            x = x.contiguous(memory_format=torch.channels_last_3d)
         x = self.stem(x)
+        if channels_last:
+            # After the stem: with one input channel both layouts look alike and conv keeps the default.
+            x = x.contiguous(memory_format=torch.channels_last_3d)
         skips = []
         for level in range(4):
             x = self._run_stage(f"enc_block_{level}", x)

@@ -47,7 +47,7 @@ class LoopConfig:
     minutes: Optional[float]
     lr: float
     grad_clip: float = 12.0
-    val_every: int = 1
+    val_every: Optional[int] = None  # None: adaptive, see _validation_due
     amp_dtype: Optional[torch.dtype] = None
     augment: AugmentConfig = field(default_factory=AugmentConfig)
 
@@ -87,6 +87,7 @@ class Trainer:
         self._last_report = 0.0
         self._clock_start = time.monotonic() if started is None else started  # the budget covers planning too
         self._time_up = False  # set from the step's all-rank flag, so every rank agrees
+        self._val_cost, self._last_val_at = 0.0, time.monotonic()
 
     # ---- checkpoints ------------------------------------------------------------------
     def state_dict(self) -> dict:
@@ -215,13 +216,24 @@ class Trainer:
                     loss=mean_loss if loss is None else loss, dice=dice or None, lr=lr)
 
     def _validate(self, final: bool) -> Dict[str, float]:
-        due = final or (self.state.epoch + 1) % self.cfg.val_every == 0
         dice: Dict[str, float] = {}
-        if self.ctx.is_main and due and self.val_cases:
+        if self.ctx.is_main and self.val_cases and self._validation_due(final):
             self.report("validate", 0.0, f"{len(self.val_cases)} held-out case(s)")
+            started = time.monotonic()
             dice = validate(self.model, self.val_cases, len(self.label_names) + 1, self.cfg.patch, self.device,
                             self.label_names)
+            self._val_cost = time.monotonic() - started
+            self._last_val_at = time.monotonic()
         return distributed.broadcast_object(self.ctx, dice)
+
+    def _validation_due(self, final: bool) -> bool:
+        if final:
+            return True
+        if self.cfg.val_every is not None:
+            return (self.state.epoch + 1) % self.cfg.val_every == 0
+        # Whole-volume validation of big CT cases can cost more than an epoch on a CPU: keep it
+        # under ~20% of the time by waiting until training since the last one took 4x its cost.
+        return time.monotonic() - self._last_val_at >= 4 * self._val_cost
 
     def _end_epoch(self, final: bool) -> None:
         s = self.state

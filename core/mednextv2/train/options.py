@@ -26,7 +26,7 @@ class TrainOptions:
     device: str = "auto"
     val_fraction: float = 0.2
     val_cases: Tuple[str, ...] = ()
-    val_every: int = 1
+    val_every: Optional[int] = None  # None: whenever training since the last validation took 4x its cost
     resume: bool = False
     seed: int = 0
     progress: str = "bar"
@@ -48,7 +48,7 @@ class TrainOptions:
             raise InputError(f"--iterations must be at least 1, got {self.iterations}")
         if not 0 <= self.val_fraction < 1:
             raise InputError(f"--val-fraction must be in [0, 1), got {self.val_fraction}")
-        if self.val_every < 1:
+        if self.val_every is not None and self.val_every < 1:
             raise InputError(f"--val-every must be at least 1, got {self.val_every}")
         if self.batch_size < 1:
             raise InputError(f"--batch-size must be at least 1, got {self.batch_size}")
