@@ -169,3 +169,20 @@ def test_bad_checkpoints_raise_clear_value_errors():
         MedNeXtConfig.preset("v3-huge")
     with pytest.raises(ValueError, match="exp_r"):
         MedNeXtConfig(exp_r=[2, 2])
+
+
+@pytest.mark.parametrize("grad", [False, True])
+def test_norm_is_exact_on_activations_far_from_zero(grad):
+    """Channels-last GroupNorm in torch loses ~0.1 on mean-20/std-0.5 data; ours must not."""
+    from mednextv2.network.layers import MedNeXtBlock
+    from plain_mednext import PlainBlock
+
+    ours = randomise(MedNeXtBlock(16, 16, 2, 3, grn=True)).eval()
+    plain = PlainBlock(16, 16, 2, 3, True).eval()
+    plain.load_state_dict(ours.state_dict())
+    x = torch.randn(1, 16, 32, 32, 32, generator=torch.Generator().manual_seed(5)) * 0.5 + 20
+    with torch.set_grad_enabled(grad):
+        got = ours(x.contiguous(memory_format=torch.channels_last_3d)).detach().double()
+    with torch.no_grad():
+        exact = plain.double()(x.double())
+    assert (got - exact).abs().max().item() < 1e-4 * max(1.0, exact.abs().max().item())
