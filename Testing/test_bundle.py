@@ -1,7 +1,6 @@
 """Model bundle: save/load round trips (folder, zip, ensembles, .pt), validation messages, safety."""
 from __future__ import annotations
 
-import io
 import json
 import os
 import stat

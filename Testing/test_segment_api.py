@@ -1,8 +1,7 @@
 """Python API: mednextv2.segment(), Segmenter, batch mode, options, catalog ids, resource errors."""
 from __future__ import annotations
 
-import sys
-import types
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -94,13 +93,14 @@ def test_find_cases_groups_channels(tmp_path):
 
 
 def test_catalog_id_is_resolved_through_the_catalog(tmp_path, monkeypatch):
-    path = threshold_bundle(mirror_axes=()).save(tmp_path / "cached")
-    asked = []
-    fake = types.ModuleType("mednextv2.catalog")
-    fake.bundle_path = lambda model_id, progress=None: asked.append(model_id) or path
-    monkeypatch.setitem(sys.modules, "mednextv2.catalog", fake)
+    path = threshold_bundle(mirror_axes=()).save(tmp_path / "bundle")
+    monkeypatch.setenv("MEDNEXTV2_HOME", str(tmp_path / "home"))
+    assert main(["models", "import", str(path), "--id", "known-threshold"]) == 0
     segmenter = Segmenter("known-threshold", device="cpu")
-    assert asked == ["known-threshold"] and segmenter.bundle.id == "known-threshold"
+    assert segmenter.bundle.id == "known-threshold"
+    assert (tmp_path / "home") in Path(segmenter.bundle.source).parents
+    with pytest.raises(InputError, match="unknown model 'no-such-model'"):
+        Segmenter("no-such-model", device="cpu")
 
 
 def test_out_of_memory_is_exit_3_and_writes_nothing(tmp_path, monkeypatch, capsys):

@@ -1,7 +1,6 @@
 """MedNeXtV2Train: pairing scene nodes into cases, per-case checks, the label table."""
 from __future__ import annotations
 
-import sys
 
 import pytest
 

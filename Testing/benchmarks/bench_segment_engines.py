@@ -36,7 +36,8 @@ so it goes in with --no-deps plus its light dependencies):
 Run (with the venv's python, which sees the system torch and the editable mednextv2):
 
     /work/benchvenv/bin/python Testing/benchmarks/bench_segment_engines.py [--cases lung synthetic44]
-        [--engines ours nnunet monai] [--threads 2] [--synthetic-size 512 512 300] [--json out.json]
+        [--engines ours nnunet monai] [--threads 1] [--repeats 1] [--synthetic-size 512 512 300]
+        [--json out.json]
 """
 from __future__ import annotations
 
@@ -72,7 +73,7 @@ class Case:
 def cases() -> Dict[str, Case]:
     from mednextv2.network import MedNeXtConfig
 
-    tiny2 = MedNeXtConfig.preset("v2-tiny", in_channels=1, n_classes=2)
+    tiny2 = MedNeXtConfig.preset("v2-tiny", in_channels=1, n_classes=2, deep_supervision=False)
     small44 = MedNeXtConfig(in_channels=1, n_channels=4, n_classes=44, exp_r=2, kernel_size=3, block_counts=[1] * 9,
                             grn=True, deep_supervision=False)
     return {
@@ -286,6 +287,7 @@ def run_nnunet(bundle_dir: Path, image_path: Path, out_dir: Path, mon: StageMoni
     state = dict(bundle.load_state_dicts()[0])
     network = MedNeXt(MedNeXtConfig.from_dict(bundle.spec["network"]))
     network.load_state_dict(state)
+    network.set_deep_supervision(False)  # as nnU-Net builds it for inference (enable_deep_supervision=False)
     network.eval()
     mon.mark("read")
     reader = SimpleITKIO()
@@ -402,7 +404,7 @@ def same_grid(a, b) -> bool:
             and np.allclose(a.GetDirection(), b.GetDirection(), atol=1e-6))
 
 
-def run_case(case: Case, image_path: Path, engines, threads: int, work: Path) -> dict:
+def run_case(case: Case, image_path: Path, engines, threads: int, work: Path, repeats: int = 1) -> dict:
     import SimpleITK as sitk
 
     from mednextv2.bundle import load_bundle
@@ -420,16 +422,25 @@ def run_case(case: Case, image_path: Path, engines, threads: int, work: Path) ->
           f" network grid {net_shape} (z y x), patch {case.patch}, {tiles} tiles, {case.network['n_classes']} classes",
           flush=True)
     del reference
+    runs: Dict[str, List[dict]] = {engine: [] for engine in engines}
+    for repeat in range(repeats):  # round robin, so that a change of background load hits all engines alike
+        for engine in engines:
+            out_dir = work / case.name / engine
+            out_dir.mkdir(parents=True, exist_ok=True)
+            r = run_child(engine, bundle_dir, image_path, out_dir, threads)
+            runs[engine].append(r)
+            stages = ", ".join(f"{s['stage']} {s['seconds']:.1f}s/{s['peak_rss_mib']:.0f}MiB" for s in r["stages"])
+            print(f"  {engine:7s} {r['seconds']:7.1f} s  peak RSS {r['peak_rss_mib']:6.0f} MiB "
+                  f"(after imports {r['rss_after_imports_mib']:.0f})  load {r['load_before']:.1f}->{r['load_after']:.1f}"
+                  f"\n          {stages}", flush=True)
     results = {}
-    for engine in engines:
-        out_dir = work / case.name / engine
-        out_dir.mkdir(parents=True, exist_ok=True)
-        r = run_child(engine, bundle_dir, image_path, out_dir, threads)
-        results[engine] = r
-        stages = ", ".join(f"{s['stage']} {s['seconds']:.1f}s/{s['peak_rss_mib']:.0f}MiB" for s in r["stages"])
-        print(f"  {engine:7s} {r['seconds']:7.1f} s  peak RSS {r['peak_rss_mib']:6.0f} MiB "
-              f"(after imports {r['rss_after_imports_mib']:.0f})  load {r['load_before']:.1f}->{r['load_after']:.1f}"
-              f"\n          {stages}", flush=True)
+    for engine, rs in runs.items():
+        results[engine] = dict(rs[-1], seconds=float(np.median([r["seconds"] for r in rs])),
+                               peak_rss_mib=float(np.median([r["peak_rss_mib"] for r in rs])),
+                               all_seconds=[r["seconds"] for r in rs], all_peak_rss_mib=[r["peak_rss_mib"] for r in rs],
+                               stage_seconds={st["stage"]: float(np.median([
+                                   next(x["seconds"] for x in r["stages"] if x["stage"] == st["stage"]) for r in rs]))
+                                   for st in rs[-1]["stages"]})
     input_image = sitk.ReadImage(str(image_path))
     ours_labels = None
     if "ours" in results:
@@ -460,12 +471,15 @@ def summarize(info: dict) -> dict:
 
 
 def print_summary(all_cases: List[dict]) -> None:
-    print("\nengine   case          seconds  peak RSS MiB  on input grid  identical to ours")
+    print("\nengine   case         seconds  (read+prep  predict  to input grid  export)  peak RSS MiB"
+          "  on input grid  identical to ours")
     for info in all_cases:
         for engine, r in info["engines"].items():
+            st = r["stage_seconds"]
             same = f"{100 * r['identical_voxels']:.3f}%" if "identical_voxels" in r else "-"
-            print(f"{engine:8s} {info['case']:12s} {r['seconds']:8.1f} {r['peak_rss_mib']:13.0f} "
-                  f"{str(r['on_input_grid']):>14s}  {same:>16s}")
+            print(f"{engine:8s} {info['case']:12s} {r['seconds']:7.1f}  ({st.get('read', 0) + st.get('preprocess', 0):10.1f}"
+                  f" {st.get('predict', 0):8.1f} {st.get('to input grid', 0):14.1f} {st.get('export', 0):7.1f})"
+                  f" {r['peak_rss_mib']:13.0f} {str(r['on_input_grid']):>14s}  {same:>16s}")
     print("\nratios (goals: nnU-Net time / ours >= 2; our peak RSS / nnU-Net's <= 0.5 on the 44-class case;"
           " identical >= 99.9%)")
     for info in all_cases:
@@ -479,7 +493,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--cases", nargs="+", choices=("lung", "synthetic44"), default=["lung", "synthetic44"])
     parser.add_argument("--engines", nargs="+", choices=ENGINES, default=list(ENGINES))
-    parser.add_argument("--threads", type=int, default=2, help="torch threads per engine (default 2)")
+    # One thread by default: on a shared 2-core box, two OpenMP threads spin-wait on each other whenever
+    # another process holds a core, and the same tiles then take 5 s or 100 s (measured), which
+    # swamps every difference between the engines. Each engine gets the same setting.
+    parser.add_argument("--threads", type=int, default=1, help="torch threads per engine (default 1)")
+    parser.add_argument("--repeats", type=int, default=1, help="runs per engine (round robin); medians reported")
     parser.add_argument("--synthetic-size", type=int, nargs=3, default=[512, 512, 300], metavar=("X", "Y", "Z"))
     parser.add_argument("--lung", type=Path, default=DATA / "ct-lung" / "lung1_image.nrrd")
     parser.add_argument("--workdir", type=Path, help="keep inputs/outputs here (default: a temporary folder)")
@@ -513,7 +531,7 @@ def main() -> None:
                 image_path = work / f"synthetic_{'x'.join(map(str, size))}.nrrd"
                 if not image_path.exists():
                     synthetic_ct(size, image_path)
-            info = run_case(case, image_path, args.engines, args.threads, work)
+            info = run_case(case, image_path, args.engines, args.threads, work, args.repeats)
             info["ratios"] = summarize(info)
             all_cases.append(info)
     print_summary(all_cases)

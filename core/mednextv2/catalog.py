@@ -230,9 +230,6 @@ def resolve_model(model_ref: Union[str, os.PathLike], *, cache: Optional[ModelCa
                      f"(installed: {installed}) and not in the catalog. See `mednextv2 models list`.")
 
 
-# The name mednextv2.segment looks up to turn `-m ID` into a bundle path.
-bundle_path = resolve_model
-
 
 def entries_with_status(catalog: Catalog, cache: ModelCache) -> List[dict]:
     """One row per catalog or installed model: what `models list` and the Slicer panel show."""
@@ -261,4 +258,3 @@ def _bundle_title(path: Path) -> str:
 
 def _folder_size(path: Path) -> int:
     return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
-

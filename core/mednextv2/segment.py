@@ -15,9 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Dict, List, Optional, Sequence, Tuple, Union
 
-import numpy as np
 import SimpleITK as sitk
-import torch
 
 from mednextv2 import export, image_io, postprocessing, preprocessing
 from mednextv2.bundle import Bundle, Label, load_bundle
@@ -46,23 +44,12 @@ class SegmentOptions:
 
 
 def resolve_bundle(model: ModelInput, progress: Callable[..., None] = null_progress) -> Bundle:
-    """A Bundle from a Bundle, a bundle folder/zip path, or a catalog id."""
+    """A Bundle from a Bundle, a bundle folder/zip path, or an installed or catalog model id."""
     if isinstance(model, Bundle):
         return model
-    path = Path(model)
-    if path.exists():
-        return load_bundle(path)
-    text = str(model)
-    if os.sep in text or "/" in text or text.lower().endswith(".zip"):
-        raise InputError(f"model bundle {text} does not exist")
-    try:
-        from mednextv2 import catalog
-    except ImportError as e:
-        raise InputError(f"unknown model {text!r}: no such bundle path, and the model catalog is not available") from e
-    lookup = getattr(catalog, "bundle_path", None)
-    if lookup is None:
-        raise InputError(f"unknown model {text!r}: no such bundle path, and the catalog cannot resolve ids")
-    return load_bundle(lookup(text, progress=progress))
+    from mednextv2.catalog import resolve_model
+
+    return load_bundle(resolve_model(model, progress=progress))
 
 
 def _as_images(image_or_path: Union[ImageInput, Sequence[ImageInput]]) -> Tuple[List[sitk.Image], List[str]]:
