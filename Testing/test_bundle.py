@@ -106,7 +106,7 @@ def test_corrupt_safetensors_and_wrong_shapes(tmp_path):
     (path / "weights.safetensors").write_bytes(b"garbage")
     with pytest.raises(InputError, match="not a valid safetensors"):
         load_bundle(path).load_state_dicts()
-    spec = json.loads((path / "model.json").read_text())
+    spec = json.loads((path / "model.json").read_text(encoding="utf-8"))
     other = Bundle.create(dict(spec, network=dict(spec["network"], n_channels=4)),
                           [threshold_state_dict(tiny_config(), [1.0])])
     with pytest.raises(InputError, match="does not fit the network config"):
@@ -127,7 +127,7 @@ def test_corrupt_safetensors_and_wrong_shapes(tmp_path):
 ])
 def test_validation_names_field_and_file(tmp_path, mutate, message):
     path = threshold_bundle().save(tmp_path / "m")
-    spec = json.loads((path / "model.json").read_text())
+    spec = json.loads((path / "model.json").read_text(encoding="utf-8"))
     mutate(spec)
     (path / "model.json").write_text(json.dumps(spec))
     with pytest.raises(InputError, match=message) as err:

@@ -38,7 +38,7 @@ def run_cli(capsys, *args):
 
 
 def test_shipped_catalog_is_valid_and_lists_only_real_models():
-    data = json.loads((REPO / "core" / "mednextv2" / "catalog.json").read_text())
+    data = json.loads((REPO / "core" / "mednextv2" / "catalog.json").read_text(encoding="utf-8"))
     assert schema_errors(data, _schema()) == []
     assert data["catalog_format"] == 1 and data["catalog_version"]
     # No MedNeXt-v2 weights are public yet (docs/models.md): nothing may be listed until they are.
@@ -135,7 +135,7 @@ def test_user_catalog_over_http_download_and_resolve(tmp_path, tiny, monkeypatch
     catalog = load_catalog(ModelCache.open())
     assert "tiny-ct" in catalog and catalog.problems == ()
     assert resolve_model("tiny-ct") == home / "models" / "tiny-ct"
-    info = json.loads((home / "models" / "tiny-ct" / ".install.json").read_text())
+    info = json.loads((home / "models" / "tiny-ct" / ".install.json").read_text(encoding="utf-8"))
     assert info["sha256"] == catalog.get("tiny-ct").sha256 and info["source"] == "catalog"
     assert load_bundle(resolve_model("tiny-ct")).id == "tiny-ct"
 

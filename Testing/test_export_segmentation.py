@@ -79,7 +79,7 @@ def test_labelmap_with_label_table(tmp_path, name):
     back = sitk.ReadImage(str(tmp_path / name))
     assert np.array_equal(sitk.GetArrayFromImage(back), sitk.GetArrayFromImage(image))
     np.testing.assert_allclose(back.GetDirection(), image.GetDirection(), atol=1e-5)
-    table = json.loads(label_table_path(tmp_path / name).read_text())
+    table = json.loads(label_table_path(tmp_path / name).read_text(encoding="utf-8"))
     assert [(e["value"], e["name"]) for e in table["labels"]] == [(0, "background"), (1, "liver"), (2, "tumor"), (3, "spleen")]
     assert table["labels"][1]["terminology"]["type"][2] == "Liver"
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted([name, "case.labels.json"])
@@ -102,7 +102,7 @@ def test_failed_write_leaves_nothing_and_keeps_the_old_file(tmp_path):
         with atomic_path(target) as tmp:
             tmp.write_text("half written")
             raise Boom()
-    assert target.read_text() == "previous result"
+    assert target.read_text(encoding="utf-8") == "previous result"
     assert [p.name for p in tmp_path.iterdir()] == ["out.seg.nrrd"]
     # a labelmap whose voxel type cannot be written: no image, no table, no temporary
     bad = sitk.Image([4, 4, 4], sitk.sitkVectorFloat32, 5)

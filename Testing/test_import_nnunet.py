@@ -145,7 +145,7 @@ def test_ensemble_import_gives_the_official_logits(tmp_path, official, home):
     got = models[1].state_dict()
     assert sorted(got) == sorted(k for k in expected if not k.startswith(("out_1.", "out_2.", "out_3.", "out_4.")))
     assert all(torch.equal(got[k], expected[k]) for k in got)
-    info = json.loads((path / ".install.json").read_text())
+    info = json.loads((path / ".install.json").read_text(encoding="utf-8"))
     assert info["source"] == "import" and info["folds"] == ["fold_0", "fold_1"]
 
 
@@ -363,6 +363,6 @@ def test_catalog_entry_with_an_nnunet_archive_is_converted_on_download(tmp_path,
     bundle = load_bundle(path)
     assert path == home / "models" / "mednextv2-liver" and bundle.id == "mednextv2-liver"
     assert bundle.weights == ("fold_1.safetensors",)
-    info = json.loads((path / ".install.json").read_text())
+    info = json.loads((path / ".install.json").read_text(encoding="utf-8"))
     assert info["sha256"] == entry["sha256"] and info["format"] == "nnunet" and info["folds"] == ["fold_1"]
     assert list((home / "downloads").iterdir()) == []

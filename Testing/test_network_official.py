@@ -13,7 +13,7 @@ TOL = 1e-4
 
 
 def manifest(fixtures_dir):
-    return json.loads((fixtures_dir / "manifest.json").read_text())
+    return json.loads((fixtures_dir / "manifest.json").read_text(encoding="utf-8"))
 
 
 def cases(fixtures_dir):

@@ -65,7 +65,7 @@ def test_segment_labelmap_structures_fast_and_batch(tmp_path, image_path, model_
     out = _out_dir(tmp_path)
     assert main(["segment", str(image_path), "-m", str(model_dir), "-o", str(out / "ct.nii.gz"), "--device", "cpu",
                  "--progress", "none", "--fast", "--structures", "BONE", "--largest-component"]) == 0
-    assert json.loads((out / "ct.labels.json").read_text())["labels"][1]["name"] == "bone"
+    assert json.loads((out / "ct.labels.json").read_text(encoding="utf-8"))["labels"][1]["name"] == "bone"
     # batch: a folder of two cases into a folder
     sitk.WriteImage(_phantom((10, 33, 30)), str(image_path.parent / "second.nii.gz"))
     batch = tmp_path / "batch"

@@ -21,11 +21,11 @@ def cmake_set(text: str, variable: str, module_name: str = MODULE) -> list:
 
 
 def module_cmake() -> str:
-    return (SEGMENT_DIR / "CMakeLists.txt").read_text()
+    return (SEGMENT_DIR / "CMakeLists.txt").read_text(encoding="utf-8")
 
 
 def top_cmake() -> str:
-    return (REPO / "CMakeLists.txt").read_text()
+    return (REPO / "CMakeLists.txt").read_text(encoding="utf-8")
 
 
 def test_module_cmake_lists_every_file_and_every_listed_file_exists():
@@ -46,15 +46,15 @@ def test_module_registers_its_self_test_and_generic_tests():
     text = module_cmake()
     assert "slicerMacroBuildScriptedModule(" in text and "WITH_GENERIC_TESTS" in text
     assert re.search(r"if\(BUILD_TESTING\).*slicer_add_python_unittest\(SCRIPT \$\{MODULE_NAME\}\.py\)", text, re.S)
-    module_source = (SEGMENT_DIR / f"{MODULE}.py").read_text()
+    module_source = (SEGMENT_DIR / f"{MODULE}.py").read_text(encoding="utf-8")
     assert re.search(rf"import {MODULE}Test\b", module_source), "the Test class must be reachable from the module file"
-    assert "class MedNeXtV2SegmentTest(ScriptedLoadableModuleTest)" in (SEGMENT_DIR / f"{MODULE}Lib" / "selftest.py").read_text()
-    assert (SEGMENT_DIR / "Testing" / "CMakeLists.txt").read_text().strip() == "add_subdirectory(Python)"
+    assert "class MedNeXtV2SegmentTest(ScriptedLoadableModuleTest)" in (SEGMENT_DIR / f"{MODULE}Lib" / "selftest.py").read_text(encoding="utf-8")
+    assert (SEGMENT_DIR / "Testing" / "CMakeLists.txt").read_text(encoding="utf-8").strip() == "add_subdirectory(Python)"
     assert (SEGMENT_DIR / "Testing" / "Python" / "CMakeLists.txt").is_file()
 
 
 def test_module_file_stays_a_shell():
-    lines = (SEGMENT_DIR / f"{MODULE}.py").read_text().splitlines()
+    lines = (SEGMENT_DIR / f"{MODULE}.py").read_text(encoding="utf-8").splitlines()
     assert len(lines) <= 110, f"{MODULE}.py has {len(lines)} lines; move code into {MODULE}Lib"
     tree = ast.parse("\n".join(lines))
     classes = {node.name for node in tree.body if isinstance(node, ast.ClassDef)}
@@ -64,7 +64,7 @@ def test_module_file_stays_a_shell():
 def test_python_files_parse_as_python_3_9():
     # Slicer 5.6 ships Python 3.9: no match statements, no 3.10+ syntax.
     for path in [SEGMENT_DIR / f"{MODULE}.py", *(SEGMENT_DIR / f"{MODULE}Lib").glob("*.py")]:
-        ast.parse(path.read_text(), filename=str(path), feature_version=(3, 9))
+        ast.parse(path.read_text(encoding="utf-8"), filename=str(path), feature_version=(3, 9))
 
 
 def test_icon_is_128_square_png():
@@ -88,7 +88,7 @@ def test_top_level_cmake_follows_the_extension_template():
         url = re.search(rf'set\(EXTENSION_{url_var} "([^"]+)"\)', text).group(1)
         local = url.split("/main/", 1)[1]
         assert (REPO / local).is_file(), f"EXTENSION_{url_var} points at {local}, which is not in the repository"
-    assert (REPO / "LICENSE").read_text().lstrip().startswith("Apache License")
+    assert (REPO / "LICENSE").read_text(encoding="utf-8").lstrip().startswith("Apache License")
 
 
 def test_core_package_is_installed_with_the_extension():
@@ -127,7 +127,7 @@ def test_index_json_agrees_with_cmake():
     project = re.search(r"project\((\w+)\)", top_cmake()).group(1)
     index = REPO / f"{project}.json"
     assert index.is_file(), f"the Extensions Index description must be named {project}.json"
-    data = json.loads(index.read_text())
+    data = json.loads(index.read_text(encoding="utf-8"))
     # Keys of Slicer's Schemas/slicer-extension-catalog-entry-schema-v1.0.2.json
     allowed = {"$schema", "category", "scm_url", "scm_revision", "scm_type", "build_dependencies",
                "dicom_support_rule", "build_subdirectory", "enabled", "tier"}

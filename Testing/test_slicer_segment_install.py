@@ -76,7 +76,7 @@ def fake_slicer(monkeypatch):
 
     def pip_install(requirements):
         constraints = Path(requirements[requirements.index("-c") + 1])
-        calls.pip.append((list(requirements), constraints.read_text()))
+        calls.pip.append((list(requirements), constraints.read_text(encoding="utf-8")))
         print("Collecting safetensors>=0.4")
         if calls.pip_error:
             print("ERROR: No matching distribution found for safetensors>=0.4")

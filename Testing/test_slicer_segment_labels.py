@@ -48,7 +48,7 @@ def test_labels_without_terminology(tmp_path, tiny_bundle):
 
     copy = tmp_path / "plain"
     shutil.copytree(tiny_bundle, copy)
-    spec = json.loads((copy / "model.json").read_text())
+    spec = json.loads((copy / "model.json").read_text(encoding="utf-8"))
     for label in spec["labels"]:
         label.pop("terminology")
     (copy / "model.json").write_text(json.dumps(spec))
@@ -88,5 +88,5 @@ def test_broken_bundles_are_named(tmp_path):
 
 
 def test_tiny_bundle_labels_are_the_documented_ones(tiny_bundle):
-    spec = json.loads((tiny_bundle / "model.json").read_text())
+    spec = json.loads((tiny_bundle / "model.json").read_text(encoding="utf-8"))
     assert spec["labels"] == LABELS

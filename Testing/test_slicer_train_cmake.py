@@ -8,7 +8,7 @@ MODULE = Path(__file__).resolve().parents[1] / "MedNeXtV2Train"
 
 
 def _listed(variable: str):
-    text = (MODULE / "CMakeLists.txt").read_text()
+    text = (MODULE / "CMakeLists.txt").read_text(encoding="utf-8")
     block = re.search(rf"set\({variable}\s+(.*?)\)", text, re.S)
     assert block, f"{variable} is not set in MedNeXtV2Train/CMakeLists.txt"
     return [line.strip().replace("${MODULE_NAME}", "MedNeXtV2Train") for line in block.group(1).splitlines() if line.strip()]
@@ -31,11 +31,11 @@ def test_every_resource_is_listed_and_exists():
 
 
 def test_module_is_built_and_its_self_test_registered():
-    text = (MODULE / "CMakeLists.txt").read_text()
+    text = (MODULE / "CMakeLists.txt").read_text(encoding="utf-8")
     assert "set(MODULE_NAME MedNeXtV2Train)" in text
     assert re.search(r"slicerMacroBuildScriptedModule\(\s*NAME \$\{MODULE_NAME\}", text)
     assert "slicer_add_python_unittest(SCRIPT ${MODULE_NAME}.py)" in text
-    module_file = (MODULE / "MedNeXtV2Train.py").read_text()
-    assert "import MedNeXtV2TrainTest" in module_file and "class MedNeXtV2TrainTest" in (MODULE / "MedNeXtV2TrainLib" / "selftest.py").read_text()
-    top = (MODULE.parent / "CMakeLists.txt").read_text()
+    module_file = (MODULE / "MedNeXtV2Train.py").read_text(encoding="utf-8")
+    assert "import MedNeXtV2TrainTest" in module_file and "class MedNeXtV2TrainTest" in (MODULE / "MedNeXtV2TrainLib" / "selftest.py").read_text(encoding="utf-8")
+    top = (MODULE.parent / "CMakeLists.txt").read_text(encoding="utf-8")
     assert "add_subdirectory(MedNeXtV2Train)" in top

@@ -70,7 +70,7 @@ def test_export_writes_nnunet_layout_with_consistent_values(staged_cases, tmp_pa
     assert writer.finish() == root
     assert sorted(p.name for p in (root / "imagesTr").iterdir()) == ["brain_0000.nrrd", "breast_0000.nrrd"]
     assert sorted(p.name for p in (root / "labelsTr").iterdir()) == ["brain.nrrd", "breast.nrrd"]
-    meta = json.loads((root / "dataset.json").read_text())
+    meta = json.loads((root / "dataset.json").read_text(encoding="utf-8"))
     assert meta["labels"] == {"background": 0, "brain": 1, "lesion": 2}
     assert meta["channel_names"] == {"0": "MR"} and meta["numTraining"] == 2 and meta["file_ending"] == ".nrrd"
     assert meta["label_colors"]["brain"] == [10, 20, 30]

@@ -69,7 +69,7 @@ def test_wizard_trains_registers_and_lists_a_real_model(data_dir, tmp_path):
     assert load_state(job).status == "finished" and load_state(job).epochs_done == 2
     trained = read_trained_model(Path(state.output_bundle))
     assert trained.labels == ("lesion",) and trained.id == "lesion-job" and trained.title == "Breast lesion test"
-    raw = json.loads((Path(state.output_bundle) / "model.json").read_text())["provenance"]["metrics"]
+    raw = json.loads((Path(state.output_bundle) / "model.json").read_text(encoding="utf-8"))["provenance"]["metrics"]
     assert len(raw["validation_cases"]) == 1, "val fraction 0.34 of 3 cases holds one out"
     assert trained.dice == {k: v for k, v in raw["dice"].items() if isinstance(v, float)}
     print(f"2 epochs x 2 iterations, v2-tiny 16x32x32, CPU: {elapsed:.1f} s")

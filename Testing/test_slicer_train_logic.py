@@ -91,7 +91,7 @@ def test_logic_exports_scene_cases_with_one_label_table(slicer_facing, data_dir,
     job, state = logic.MedNeXtV2TrainLogic.createJob(settings, tmp_path, cases, labels)
     root = Path(state.dataset)
     assert root == job / "dataset" and state.output_bundle == str(job / "liver") and load_state(job).status == "ready"
-    meta = json.loads((root / "dataset.json").read_text())
+    meta = json.loads((root / "dataset.json").read_text(encoding="utf-8"))
     assert meta["labels"] == {"background": 0, "Liver": 1, "tumor": 2}
     a = sitk.GetArrayFromImage(sitk.ReadImage(str(root / "labelsTr" / "A.nrrd")))
     b = sitk.GetArrayFromImage(sitk.ReadImage(str(root / "labelsTr" / "B.nrrd")))

@@ -87,7 +87,7 @@ def test_run_reports_progress_curves_and_finishes(tmp_path, fake_python):
     assert "INFO planning" in run.log
     saved = load_state(run.job_dir)
     assert saved.status == "finished" and saved.epochs_done == 3 and saved.best_dice == pytest.approx(0.7)
-    argv = json.loads((run.job_dir / "model" / "argv.json").read_text())
+    argv = json.loads((run.job_dir / "model" / "argv.json").read_text(encoding="utf-8"))
     assert argv[:3] == ["-m", "mednextv2", "train"] and argv[-2:] == ["--progress", "json"] and "--resume" not in argv
 
 
@@ -110,7 +110,7 @@ def test_cancel_saves_a_checkpoint_and_resume_continues(tmp_path, fake_python):
     assert "Resume" in run.outcome()
     saved = load_state(run.job_dir)
     assert saved.status == "cancelled" and saved.resumable
-    checkpoint = json.loads((run.job_dir / "model" / "checkpoint.json").read_text())["epoch"]
+    checkpoint = json.loads((run.job_dir / "model" / "checkpoint.json").read_text(encoding="utf-8"))["epoch"]
     assert checkpoint >= 2 and checkpoint == load_state(run.job_dir).epochs_done
 
     # After a restart the wizard rebuilds the run from the state file alone.
@@ -120,7 +120,7 @@ def test_cancel_saves_a_checkpoint_and_resume_continues(tmp_path, fake_python):
     resumed.start(resume=True)
     seen = []
     assert resumed.wait(timeout=30, on_update=lambda r: seen.extend(r.updates)) == "finished"
-    assert "--resume" in json.loads((run.job_dir / "model" / "argv.json").read_text())
+    assert "--resume" in json.loads((run.job_dir / "model" / "argv.json").read_text(encoding="utf-8"))
     epochs = sorted({u.epoch for u in seen if u.loss is not None})
     assert epochs == list(range(checkpoint + 1, 9)), "resume continues after the checkpoint, losing nothing"
     assert load_state(run.job_dir).epochs_done == 8

@@ -18,7 +18,7 @@ SOURCES = sorted(LIB.glob("*.py")) + [REPO / "MedNeXtV2Train" / "MedNeXtV2Train.
 
 
 def _module_constant(path: Path, name: str):
-    for node in ast.parse(path.read_text()).body:
+    for node in ast.parse(path.read_text(encoding="utf-8")).body:
         if isinstance(node, ast.Assign) and any(isinstance(t, ast.Name) and t.id == name for t in node.targets):
             return ast.literal_eval(node.value)
     raise KeyError(name)

@@ -23,7 +23,7 @@ def test_demo_data_ship_inside_the_package_with_their_notes():
     assert demo.DATA.resolve().is_relative_to(package)
     for name in (demo.T1, demo.TISSUE):
         assert (demo.DATA / name).stat().st_size < 400_000
-    notes = (package / "data" / "README.md").read_text()
+    notes = (package / "data" / "README.md").read_text(encoding="utf-8")
     assert "Louis Collins" in notes and "nilearn 0.14.1" in notes
 
 

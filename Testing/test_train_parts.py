@@ -178,7 +178,7 @@ def test_finetune_keeps_the_base_plan_and_runs(breast_dataset, tmp_path):
     result = run_training(TrainOptions(dataset=str(breast_dataset), output=str(tmp_path / "tuned"),
                                        base=str(tmp_path / "base"), epochs=1, iterations=2, val_fraction=0.5,
                                        device="cpu", progress="none", encoder_lr_scale=0.0))
-    tuned = json.loads((result.bundle / "model.json").read_text())
+    tuned = json.loads((result.bundle / "model.json").read_text(encoding="utf-8"))
     assert tuned["preprocessing"]["normalization"] == spec["preprocessing"]["normalization"]
     assert tuned["provenance"]["base_model"] == "base-ct"
     state = Bundle(spec=tuned, source=result.bundle).load_state_dicts()[0]

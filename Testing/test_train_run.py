@@ -73,7 +73,7 @@ def test_bundle_records_plan_provenance_and_metrics(trained):
         rows = list(csv.DictReader(f))
     assert [int(r["epoch"]) for r in rows] == [1, 2, 3]
     assert (result.bundle / "training_curve.png").stat().st_size > 1000
-    plan = json.loads((folder / "model.training" / "plan.json").read_text())
+    plan = json.loads((folder / "model.training" / "plan.json").read_text(encoding="utf-8"))
     assert plan["crop_to_nonzero"] is True  # skull-stripped: most of the box is zero
 
 

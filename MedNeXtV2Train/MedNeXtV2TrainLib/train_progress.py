@@ -43,6 +43,7 @@ class TrainingUpdate:
     dice: Dict[str, float] = field(default_factory=dict)
     dice_epoch: Optional[int] = None   # the completed epoch the Dice values were measured after
     lr: Optional[float] = None
+    epochs_done: Optional[int] = None  # completed epochs, when the engine says so
 
     @property
     def mean_dice(self) -> Optional[float]:
@@ -90,6 +91,7 @@ def training_update(event: ProgressEvent) -> TrainingUpdate:
         dice=dice,
         dice_epoch=dice_epoch,
         lr=_number(extra.get("lr")),
+        epochs_done=_count(extra.get("epochs_done")),
     )
 
 

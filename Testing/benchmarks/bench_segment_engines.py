@@ -1,7 +1,8 @@
 """Segment one case end to end: ours against nnU-Net v2's nnUNetPredictor and MONAI's sliding window.
 
 Same device (CPU), same network object class and weights (a small MedNeXt from
-mednextv2.network, random weights, seed 0), same input file, step 0.5, TTA off:
+mednextv2.network; random weights, seed 0, plus an intensity term so that labels follow the
+anatomy: see `banded`), same input file, step 0.5, TTA off:
 - ours:   `Segmenter(bundle).segment_to_file(input, out.seg.nrrd)` (read, orient, normalize,
           resample, sliding window, back to the input grid, .seg.nrrd export);
 - nnunet: nnU-Net's own SimpleITKIO reader, then `nnUNetPredictor.predict_single_npy_array`
@@ -22,6 +23,7 @@ Cases: `lung` (../shared/data/ct-lung/lung1_image.nrrd, 512x512x48 at 0.57x0.57x
 MedNeXt with a 44-class head). The networks are small so that a case fits a few minutes per
 engine on a 2-core CPU; the network costs the same in every engine (one tile per forward),
 so the differences are preprocessing, stitching and going back to the input grid.
+Results and their reading: docs/benchmarks-segment.md.
 
 Install the baselines ONLY in a separate venv (the system torch must stay as it is; the
 nnunetv2 wheel pulls timm -> torchvision -> a CUDA torch, which the predictor does not need,
@@ -510,6 +512,13 @@ def main() -> None:
     if args.child:
         print(json.dumps(child(args.child, args.bundle, args.image, args.out_dir, args.threads)))
         return
+    import importlib.util
+
+    missing = [pkg for engine, pkg in (("nnunet", "nnunetv2"), ("monai", "monai"))
+               if engine in args.engines and importlib.util.find_spec(pkg) is None]
+    if missing:
+        raise SystemExit(f"{', '.join(missing)} not importable by {sys.executable}: run this with the benchmark "
+                         "venv's python (install notes at the top of this file), or leave those engines out")
     if "lung" in args.cases and not args.lung.is_file():
         raise SystemExit(f"lung CT not found: {args.lung} (set MEDNEXTV2_DATA to the shared data folder)")
     import torch

@@ -2,7 +2,7 @@
 and against batchgeneratorsv2's nnU-Net default augmentation on the same CPU.
 
     python Testing/benchmarks/bench_train.py                 # CPU: v2-tiny steps + pipeline
-    /work/benchvenv/bin/python Testing/benchmarks/bench_train.py   # + batchgeneratorsv2 ratio
+    VENV/bin/python Testing/benchmarks/bench_train.py        # + batchgeneratorsv2 ratio (a venv that has it)
     python Testing/benchmarks/bench_train.py --gpu           # + v2-base 128^3 batch 2 on CUDA
 
 batchgeneratorsv2 is never a dependency: install it in a separate venv made with

@@ -2,7 +2,8 @@
 
 Every stage reports through one callable, `report(stage, fraction, message="", **extra)`.
 JSON mode prints one object per line on stdout with the keys `stage`, `fraction`, `eta_s`,
-`message` plus any extras (training adds `epoch`, `iteration`, `loss`, `dice`, `lr`), so the
+`message` plus any extras (training adds `epoch`, `epochs_done`, `iteration`, `loss`, `dice`,
+`dice_epoch`, `lr`), so the
 Slicer modules parse a single format.
 """
 from __future__ import annotations

@@ -222,7 +222,11 @@ class SlidingWindowPredictor:
             x = torch.stack([padded[(slice(None),) + w] for w in windows])
             logits = self._predict_tiles(x, state.compute).mul_(gauss_compute).to(state.accumulate)
             for i, w in enumerate(windows):
-                acc[(slice(None),) + w].add_(logits[i])  # float32 -> float16 inside the add
+                window = acc[(slice(None),) + w]
+                # float32 -> float16 inside the add, class by class: on the CPU the same mixed-dtype
+                # add over the whole 4-D window is ~6x slower (measured 178 vs 28 ms, 44 classes).
+                for c in range(self.n_classes):
+                    window[c].add_(logits[i, c])
                 weight[w].add_(gauss_acc)
             self._report(first + len(batch), len(tiles), started)
         # Normalise in place, in slabs, so no second full-size copy of the accumulator exists

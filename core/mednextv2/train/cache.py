@@ -96,7 +96,7 @@ def build_cache(cases: Sequence[Case], plan: Plan, folder: Path,
                 report: Optional[Callable[..., None]] = None) -> List[CachedCase]:
     folder.mkdir(parents=True, exist_ok=True)
     index_path = folder / "cache.json"
-    index = json.loads(index_path.read_text()) if index_path.exists() else {}
+    index = json.loads(index_path.read_text(encoding="utf-8")) if index_path.exists() else {}
     lut = plan.label_lookup()
     out = []
     for i, case in enumerate(cases):

@@ -201,8 +201,9 @@ class Trainer:
             return
         self._last_report = now
         s = self.state
-        mean_loss = s.loss_sum / s.loss_count if s.loss_count else None
         last = s.history[-1] if s.history else {}
+        # Right after an epoch the running sums are reset: report that epoch's mean loss.
+        mean_loss = s.loss_sum / s.loss_count if s.loss_count else last.get("train_loss")
         dice = {k[len("dice_"):]: v for k, v in last.items() if k.startswith("dice_")}
         lr = self.optimizer.param_groups[0]["lr"]
         # Between epochs (iteration 0 after one finished) the line is about the epoch just completed.
@@ -213,7 +214,8 @@ class Trainer:
         if dice:
             message += f" val dice {nanmean(list(dice.values())):.3f}"
         self.report("train", self.fraction(), message, eta_s=self._eta(), epoch=epoch, iteration=s.iteration or self.cfg.iterations,
-                    loss=mean_loss if loss is None else loss, dice=dice or None, lr=lr)
+                    loss=mean_loss if loss is None else loss, dice=dice or None, lr=lr, epochs_done=s.epoch,
+                    dice_epoch=last.get("epoch") if dice else None, epochs=self.cfg.epochs)
 
     def _validate(self, final: bool) -> Dict[str, float]:
         dice: Dict[str, float] = {}

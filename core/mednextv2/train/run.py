@@ -100,7 +100,7 @@ def _load_or_make_plan(options: TrainOptions, data, device, ctx, work: Path) -> 
     if options.resume:
         if not path.exists() or not (work / checkpoint.LATEST).exists():
             raise InputError(f"--resume: no interrupted training in {work} (plan.json and {checkpoint.LATEST} are needed)")
-        return plan_from_dict(json.loads(path.read_text()))
+        return plan_from_dict(json.loads(path.read_text(encoding="utf-8")))
     if (work / checkpoint.LATEST).exists():
         raise InputError(f"{work} holds the checkpoint of an earlier run: pass --resume to continue it, "
                          "or delete that folder to start over")
