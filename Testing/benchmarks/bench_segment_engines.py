@@ -29,15 +29,15 @@ Install the baselines ONLY in a separate venv (the system torch must stay as it 
 nnunetv2 wheel pulls timm -> torchvision -> a CUDA torch, which the predictor does not need,
 so it goes in with --no-deps plus its light dependencies):
 
-    python3 -m venv --system-site-packages /work/benchvenv
-    /work/benchvenv/bin/pip install monai==1.6.1
-    /work/benchvenv/bin/pip install --no-deps nnunetv2==2.8.1 dynamic-network-architectures==0.4.4 acvl-utils==0.2.6
-    /work/benchvenv/bin/pip install tqdm scipy scikit-learn scikit-image pandas graphviz tifffile nibabel \
+    python3 -m venv --system-site-packages .venv-bench
+    .venv-bench/bin/pip install monai==1.6.1
+    .venv-bench/bin/pip install --no-deps nnunetv2==2.8.1 dynamic-network-architectures==0.4.4 acvl-utils==0.2.6
+    .venv-bench/bin/pip install tqdm scipy scikit-learn scikit-image pandas graphviz tifffile nibabel \
         seaborn imagecodecs yacs einops "blosc2>=3.3.2" connected-components-3d batchgenerators batchgeneratorsv2
 
 Run (with the venv's python, which sees the system torch and the editable mednextv2):
 
-    /work/benchvenv/bin/python Testing/benchmarks/bench_segment_engines.py [--cases lung synthetic44]
+    .venv-bench/bin/python Testing/benchmarks/bench_segment_engines.py [--cases lung synthetic44]
         [--engines ours nnunet monai] [--threads 1] [--repeats 1] [--synthetic-size 512 512 300]
         [--json out.json]
 """

@@ -145,7 +145,7 @@ def bench_pipeline(patch: int, batch: int, seconds: float) -> dict:
         try:
             transforms = _bgv2_transforms((patch,) * 3)
         except ImportError as e:
-            out["bgv2"] = f"not installed ({e.name}); run with /work/benchvenv/bin/python"
+            out["bgv2"] = f"not installed ({e.name}); run with .venv-bench/bin/python"
             return out
 
         def theirs():
