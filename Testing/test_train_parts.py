@@ -201,3 +201,30 @@ def test_nan_loss_is_skipped_lr_lowered_then_training_stops(breast_dataset, tmp_
     halvings = [r.message for r in caplog.records if "learning rate halved" in r.message]
     assert len(halvings) == 5 and "x0.0312" in halvings[-1]
     assert not (tmp_path / "nan").exists()
+
+
+def test_training_curve_png_without_matplotlib(tmp_path, monkeypatch):
+    """Slicer's Python and a fresh install have no matplotlib: the curve is still drawn."""
+    import builtins
+
+    import SimpleITK as sitk
+
+    from mednextv2.train import curves
+
+    real_import = builtins.__import__
+
+    def no_matplotlib(name, *args, **kwargs):
+        if name.startswith("matplotlib"):
+            raise ImportError(name)
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", no_matplotlib)
+    rows = [{"epoch": e, "train_loss": 2.0 / e, "dice_grey": 0.1 * e} for e in range(1, 6)]
+    assert curves.write_png(rows, tmp_path / "curve.png")
+    png = sitk.GetArrayFromImage(sitk.ReadImage(str(tmp_path / "curve.png")))
+    assert png.ndim == 3 and png.shape[2] == 3
+    blue, red = (31, 119, 180), (214, 39, 40)
+    left, right = png[:, : png.shape[1] // 2], png[:, png.shape[1] // 2:]
+    assert (left == blue).all(axis=2).sum() > 50  # the loss line
+    assert (right == red).all(axis=2).sum() == 0 and (right == blue).all(axis=2).sum() > 50  # one Dice line
+    assert not list(tmp_path.glob(".*"))  # no temporary file left
