@@ -186,3 +186,16 @@ def test_norm_is_exact_on_activations_far_from_zero(grad):
     with torch.no_grad():
         exact = plain.double()(x.double())
     assert (got - exact).abs().max().item() < 1e-4 * max(1.0, exact.abs().max().item())
+
+
+@pytest.mark.parametrize("shape", [(2, 8, 4, 5, 6), (1, 3, 1, 2, 1)])
+def test_polyphase_transposed_depthwise_equals_conv_transpose(shape):
+    from mednextv2.network.layers import transposed_depthwise_k3s2
+
+    g = torch.Generator().manual_seed(7)
+    x = torch.randn(shape, generator=g).contiguous(memory_format=torch.channels_last_3d)
+    w, b = torch.randn(shape[1], 1, 3, 3, 3, generator=g), torch.randn(shape[1], generator=g)
+    expected = torch.nn.functional.conv_transpose3d(x, w, b, stride=2, padding=1, groups=shape[1])
+    got = transposed_depthwise_k3s2(x, w, b)
+    assert got.shape == expected.shape
+    assert (got - expected).abs().max().item() < 1e-5

@@ -88,6 +88,8 @@ def ops_cpu(repeats: int):
                             lambda: F.conv3d(xl, w, padding=1, groups=c), repeats))
         up = randomised(MedNeXtBlock(2 * c, c, r, 3, grn=True, resample="up")).eval()
         xs = torch.randn(1, 2 * c, s // 2, s // 2, s // 2, generator=g).contiguous(memory_format=torch.channels_last_3d)
+        rows.append(compare("op: up depthwise, ConvTranspose3d vs polyphase", lambda: up.conv1(xs),
+                            lambda: up._depthwise(xs), repeats))
         rows.append(compare("op: up residual, ConvTranspose3d vs strided", lambda: up.res_conv(xs),
                             lambda: up._upsample_residual(xs), repeats))
         rows.append(compare("op: expand+GELU+GRN+compress, chunked", lambda: block._compress(block.act(block.conv2(xl))),
