@@ -22,6 +22,7 @@ from urllib.parse import urlsplit
 from mednextv2.bundle import schema_errors
 from mednextv2.cache import ModelCache, check_model_id, format_size
 from mednextv2.errors import InputError, MedNeXtError
+from mednextv2.export import atomic_path
 
 log = logging.getLogger(__name__)
 
@@ -168,9 +169,8 @@ def _read_remote(url: str, cache: ModelCache, settings) -> bytes:
         raise
     parse_catalog(data, url)  # only a valid catalog replaces the saved copy
     copy.parent.mkdir(parents=True, exist_ok=True)
-    tmp = copy.with_name(f".{copy.name}.{os.getpid()}.tmp")
-    tmp.write_bytes(data)
-    os.replace(tmp, copy)
+    with atomic_path(copy) as tmp:
+        tmp.write_bytes(data)
     return data
 
 

@@ -1,16 +1,18 @@
 """MedNeXt blocks with the official parameter names, computed in the cheapest exact way we measured.
 
-Two exact rewrites make the blocks fast on the CPU (see Testing/benchmarks/bench_network.py):
+Exact rewrites that make the blocks fast on the CPU (see Testing/benchmarks/bench_network.py):
 - Activations are kept in `channels_last_3d` memory on the CPU, where the depthwise and 1x1x1
   convolutions run 3-7x faster than in the default layout.
 - GRN is folded into the compression conv: gamma*(h*n) + beta + h = h*(1 + gamma*n) + beta, so
   `conv3(GRN(h))` is `conv3` with its input channels scaled per sample and a shifted bias. That
   removes two full passes over the widest tensor of the block (r*C channels) and leaves only
-  the L2 reduction GRN needs.
+  the L2 reduction GRN needs. Without autograd the GroupNorm folds into the expansion the same way.
 - Without autograd on the CPU, the 1x1x1 expand -> GELU -> compress runs over chunks of voxels
   that stay in cache, the expansion computed twice (once for the GRN statistics, once for the
   output). Recomputing is ~3x faster than materialising the r*C-channel tensor: large fresh
   buffers cost page faults and DRAM traffic, and it also never holds that tensor in memory.
+- The up block's transposed convs are rewritten without the inserted zeros (polyphase depthwise
+  convs, and a 1x1x1 conv plus a strided copy for the residual).
 """
 from __future__ import annotations
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, List, Optional, Sequence, Tuple
@@ -17,6 +16,7 @@ from typing import Callable, List, Optional, Sequence, Tuple
 import numpy as np
 
 from mednextv2.errors import ResourceError
+from mednextv2.export import atomic_path
 from mednextv2.image_io import read_channels, read_image
 from mednextv2.preprocessing import labels_to_network_grid, preprocess
 from mednextv2.train.datasets import Case
@@ -56,13 +56,10 @@ def _case_key(case: Case, plan: Plan) -> str:
 
 
 def _save_npy(path: Path, array: np.ndarray) -> None:
-    tmp = path.with_name(path.name + ".tmp")
     try:
-        with open(tmp, "wb") as f:
+        with atomic_path(path) as tmp, open(tmp, "wb") as f:
             np.save(f, array)
-        os.replace(tmp, path)
     except OSError as e:
-        tmp.unlink(missing_ok=True)
         raise ResourceError(f"cannot write the preprocessed cache {path}: {e}") from e
 
 
@@ -107,9 +104,8 @@ def build_cache(cases: Sequence[Case], plan: Plan, folder: Path,
         else:
             cached = _build_case(case, plan, folder, lut)
             index[case.name] = {"key": key, "shape": list(cached.shape), "classes": list(cached.classes)}
-            tmp = index_path.with_name("cache.json.tmp")
-            tmp.write_text(json.dumps(index, indent=1))
-            os.replace(tmp, index_path)
+            with atomic_path(index_path) as tmp:
+                tmp.write_text(json.dumps(index, indent=1), encoding="utf-8")
             out.append(cached)
             log.debug("cached %s: shape %s, classes %s", case.name, cached.shape, cached.classes)
         if report:

@@ -8,17 +8,17 @@ from __future__ import annotations
 import csv
 import io
 import logging
-import os
 from pathlib import Path
 from typing import Dict, List, Sequence
+
+from mednextv2.export import atomic_path
 
 log = logging.getLogger(__name__)
 
 
 def _atomic_write(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(data)
 
 
 def write_csv(rows: Sequence[Dict], path: Path) -> None:
@@ -110,8 +110,7 @@ def _write_plain_png(rows: Sequence[Dict], path: Path) -> bool:
     losses = [y for _, y in loss] or [0.0]
     panels = [_panel([loss], (min(0.0, min(losses)), max(losses))), np.full((200, 8, 3), 255, np.uint8),
               _panel([d for d in dice if d], (0.0, 1.0))]
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    sitk.WriteImage(sitk.GetImageFromArray(np.ascontiguousarray(np.concatenate(panels, axis=1)), isVector=True), str(tmp))
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        sitk.WriteImage(sitk.GetImageFromArray(np.ascontiguousarray(np.concatenate(panels, axis=1)), isVector=True), str(tmp))
     log.info("matplotlib is not installed: drew %s without axis labels (the CSV has the numbers)", path.name)
     return True

@@ -105,9 +105,8 @@ def write_overlay(image: sitk.Image, prediction: sitk.Image, reference: sitk.Ima
     rgb = np.concatenate(panels, axis=1)
     rgb = np.repeat(np.repeat(rgb, 3, axis=0), 3, axis=1)[::-1]  # 2 mm voxels: enlarge; anterior up
     out = sitk.GetImageFromArray(np.ascontiguousarray(rgb), isVector=True)
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    sitk.WriteImage(out, str(tmp))
-    tmp.replace(path)
+    with export.atomic_path(path) as tmp:
+        sitk.WriteImage(out, str(tmp))
     return path
 
 

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -18,6 +17,7 @@ import torch
 
 from mednextv2.bundle import Bundle, load_bundle
 from mednextv2.errors import Cancelled, InputError
+from mednextv2.export import atomic_path
 from mednextv2.network import MedNeXt
 from mednextv2.progress import make_progress, null_progress
 from mednextv2.sliding_window import autocast_dtype, resolve_device
@@ -107,9 +107,8 @@ def _load_or_make_plan(options: TrainOptions, data, device, ctx, work: Path) -> 
     plan = _make_plan(options, data, device) if ctx.is_main else None
     plan = distributed.broadcast_object(ctx, plan)
     if ctx.is_main:
-        tmp = path.with_name(PLAN_FILE + ".tmp")
-        tmp.write_text(json.dumps(plan_to_dict(plan), indent=1))
-        os.replace(tmp, path)
+        with atomic_path(path) as tmp:
+            tmp.write_text(json.dumps(plan_to_dict(plan), indent=1), encoding="utf-8")
     return plan
 
 
