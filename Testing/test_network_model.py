@@ -199,3 +199,44 @@ def test_polyphase_transposed_depthwise_equals_conv_transpose(shape):
     got = transposed_depthwise_k3s2(x, w, b)
     assert got.shape == expected.shape
     assert (got - expected).abs().max().item() < 1e-5
+
+
+@pytest.mark.parametrize("fused", [True, False], ids=["onednn-fused", "addmm"])
+@pytest.mark.parametrize("keep_bytes", [0, 1 << 30], ids=["recompute", "keep"])
+def test_cpu_inference_paths_match_literal_spec(monkeypatch, fused, keep_bytes):
+    """Every CPU inference route (fused or not, expansion kept or recomputed, several chunks)."""
+    from mednextv2.network import layers
+    from mednextv2.network.cpu_kernels import fused_available
+
+    if fused and not fused_available():
+        pytest.fail("oneDNN's fused linear ops are missing from this torch build; the fast path is untested")
+    monkeypatch.setattr(layers, "fused_available", lambda: fused)
+    monkeypatch.setattr(layers, "KEEP_EXPANSION_BYTES", keep_bytes)
+    monkeypatch.setattr(layers, "CHUNK_VOXELS", 1000)  # not a divisor of the voxel counts: a ragged last chunk
+    cfg = SMALL.replace(kernel_size=3)
+    ours = randomise(MedNeXt(cfg)).eval()
+    plain = PlainMedNeXt(cfg).eval()
+    plain.load_state_dict(ours.state_dict())
+    x = torch.randn(2, 3, 32, 16, 48, generator=torch.Generator().manual_seed(11))
+    with torch.inference_mode():
+        outputs_close(ours(x), plain(x))
+
+
+def test_blocks_leave_their_input_alone_unless_told():
+    """Blocks accumulate into their input only when the caller passes inplace=True (as MedNeXt does)."""
+    from mednextv2.network.layers import MedNeXtBlock
+
+    block = randomise(MedNeXtBlock(8, 8, 2, 3, grn=True)).eval()
+    x = torch.randn(1, 8, 16, 16, 16).contiguous(memory_format=torch.channels_last_3d)
+    before = x.clone()
+    with torch.inference_mode():
+        out = block(x)
+        assert torch.equal(x, before)
+        again = block(x.clone(memory_format=torch.channels_last_3d), inplace=True)
+    outputs_close(again, out)
+    model = randomise(MedNeXt(SMALL)).eval()
+    image = torch.randn(1, 3, 32, 16, 32)
+    kept = image.clone()
+    with torch.inference_mode():
+        model(image)
+    assert torch.equal(image, kept)

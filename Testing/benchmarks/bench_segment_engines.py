@@ -23,7 +23,10 @@ Cases: `lung` (../shared/data/ct-lung/lung1_image.nrrd, 512x512x48 at 0.57x0.57x
 MedNeXt with a 44-class head). The networks are small so that a case fits a few minutes per
 engine on a 2-core CPU; the network costs the same in every engine (one tile per forward),
 so the differences are preprocessing, stitching and going back to the input grid.
-Results and their reading: docs/benchmarks-segment.md.
+`--baseline-network plain` puts the plain literal implementation of the same network (same
+weights) into nnU-Net and MONAI instead of our class, so that each engine runs its own network
+code, as their users would with the official-style module. Results and their reading:
+docs/benchmarks-segment.md.
 
 Install the baselines ONLY in a separate venv (the system torch must stay as it is; the
 nnunetv2 wheel pulls timm -> torchvision -> a CUDA torch, which the predictor does not need,
@@ -60,6 +63,7 @@ import numpy as np
 
 ENGINES = ("ours", "nnunet", "monai")
 DATA = Path(os.environ.get("MEDNEXTV2_DATA", Path(__file__).resolve().parents[3] / "shared" / "data"))
+BASELINE_NET_ENV = "MEDNEXTV2_BENCH_BASELINE_NET"
 CT_NORM = {"scheme": "ct", "clip": [-1000.0, 500.0], "mean": -300.0, "std": 400.0}
 
 
@@ -282,15 +286,12 @@ def run_nnunet(bundle_dir: Path, image_path: Path, out_dir: Path, mon: StageMoni
     from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
 
     from mednextv2.bundle import load_bundle
-    from mednextv2.network import MedNeXt, MedNeXtConfig
+    from mednextv2.network import MedNeXtConfig
 
     mon.mark("load model")
     bundle = load_bundle(bundle_dir)
     state = dict(bundle.load_state_dicts()[0])
-    network = MedNeXt(MedNeXtConfig.from_dict(bundle.spec["network"]))
-    network.load_state_dict(state)
-    network.set_deep_supervision(False)  # as nnU-Net builds it for inference (enable_deep_supervision=False)
-    network.eval()
+    network = baseline_network(MedNeXtConfig.from_dict(bundle.spec["network"]).replace(deep_supervision=False), state)
     mon.mark("read")
     reader = SimpleITKIO()
     image, props = reader.read_images([str(image_path)])
@@ -331,9 +332,12 @@ def run_monai(bundle_dir: Path, image_path: Path, out_dir: Path, mon: StageMonit
     from mednextv2 import export, image_io, preprocessing
     from mednextv2.bundle import load_bundle
 
+    from mednextv2.network import MedNeXtConfig
+
     mon.mark("load model")
     bundle = load_bundle(bundle_dir)
-    model = bundle.build_models("cpu")[0]
+    model = baseline_network(MedNeXtConfig.from_dict(bundle.spec["network"]).replace(deep_supervision=False),
+                             dict(bundle.load_state_dicts()[0]))
     mon.mark("read")
     image = image_io.read_image(image_path)
     mon.mark("preprocess")
@@ -352,6 +356,23 @@ def run_monai(bundle_dir: Path, image_path: Path, out_dir: Path, mon: StageMonit
     out.CopyInformation(image)
     mon.mark("export")
     return export.write_result(out, bundle.labels, out_dir / "monai.seg.nrrd")
+
+
+def baseline_network(config, state: dict):
+    """The network the baselines run: our MedNeXt class (BASELINE_NET=ours, so only the pipelines
+    differ), or the plain literal implementation of the same function and weights (=plain: what
+    those engines run with the official-style module, so our network's speed counts too)."""
+    if os.environ.get(BASELINE_NET_ENV, "ours") == "plain":
+        sys.path.insert(0, str(Path(__file__).resolve().parent))
+        from plain_mednext import PlainMedNeXt
+
+        network = PlainMedNeXt(config)
+    else:
+        from mednextv2.network import MedNeXt
+
+        network = MedNeXt(config)
+    network.load_state_dict(state)
+    return network.eval()
 
 
 RUNNERS: Dict[str, Callable[..., Path]] = {"ours": run_ours, "nnunet": run_nnunet, "monai": run_monai}
@@ -504,6 +525,9 @@ def main() -> None:
     parser.add_argument("--lung", type=Path, default=DATA / "ct-lung" / "lung1_image.nrrd")
     parser.add_argument("--workdir", type=Path, help="keep inputs/outputs here (default: a temporary folder)")
     parser.add_argument("--json", type=Path, help="write the results here")
+    parser.add_argument("--baseline-network", choices=("ours", "plain"), default="ours",
+                        help="network class inside nnU-Net and MONAI: ours (pipelines alone compared) or the plain "
+                             "literal implementation (each engine with its own network code)")
     parser.add_argument("--child", choices=ENGINES, help=argparse.SUPPRESS)
     parser.add_argument("--bundle", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--image", type=Path, help=argparse.SUPPRESS)
@@ -523,10 +547,12 @@ def main() -> None:
         raise SystemExit(f"lung CT not found: {args.lung} (set MEDNEXTV2_DATA to the shared data folder)")
     import torch
 
+    os.environ[BASELINE_NET_ENV] = args.baseline_network  # the children read it
     machine = {"platform": platform.platform(), "cpus": os.cpu_count(), "torch": torch.__version__,
-               "python": platform.python_version(), "threads": args.threads, "load_at_start": os.getloadavg()}
+               "python": platform.python_version(), "threads": args.threads, "load_at_start": os.getloadavg(),
+               "baseline_network": args.baseline_network}
     print(f"{machine['platform']}, {machine['cpus']} CPUs, torch {machine['torch']}, {args.threads} torch thread(s)"
-          f" per engine, load {machine['load_at_start'][0]:.1f}")
+          f" per engine, load {machine['load_at_start'][0]:.1f}, baselines run the {args.baseline_network} network")
     with tempfile.TemporaryDirectory() as tmp:
         work = args.workdir or Path(tmp)
         work.mkdir(parents=True, exist_ok=True)

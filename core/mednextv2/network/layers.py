@@ -8,9 +8,10 @@ Exact rewrites that make the blocks fast on the CPU (see Testing/benchmarks/benc
   removes two full passes over the widest tensor of the block (r*C channels) and leaves only
   the L2 reduction GRN needs. Without autograd the GroupNorm folds into the expansion the same way.
 - Without autograd on the CPU, the 1x1x1 expand -> GELU -> compress runs over chunks of voxels
-  that stay in cache, the expansion computed twice (once for the GRN statistics, once for the
-  output). Recomputing is ~3x faster than materialising the r*C-channel tensor: large fresh
-  buffers cost page faults and DRAM traffic, and it also never holds that tensor in memory.
+  that stay in cache, as oneDNN matmuls with the bias, GELU and residual add fused in
+  (cpu_kernels.py). The output is accumulated into the residual's buffer. GRN needs the whole
+  expansion's statistics first: small expansions are kept, large ones recomputed (large fresh
+  buffers cost page faults and DRAM traffic, and memory).
 - The up block's transposed convs are rewritten without the inserted zeros (polyphase depthwise
   convs, and a 1x1x1 conv plus a strided copy for the residual).
 """
@@ -22,9 +23,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .cpu_kernels import compress_add_, expand_gelu, fused_available
+
 GRN_EPS = 1e-6  # official: gx / (gx.mean(dim=1) + 1e-6)
-CHUNK_VOXELS = 4096  # r*C*4096 floats stay in L2/L3; 2k-4k measured equal, fewer ops suffer less from a busy CPU
-KEEP_EXPANSION_FROM = 128  # input channels from which storing the expansion beats recomputing it
+CHUNK_VOXELS = 4096  # r*C*4096 floats stay in L2/L3; 4k-8k measured equal, fewer ops suffer less from a busy CPU
+KEEP_EXPANSION_BYTES = 128 << 20  # keeping the expansion beat recomputing it by ~5%; above this, memory wins
 
 
 def spatial_l2(h: torch.Tensor) -> torch.Tensor:
@@ -142,53 +145,48 @@ class MedNeXtBlock(nn.Module):
             return F.conv3d(h, scaled[0], bias)
         return torch.cat([F.conv3d(h[i:i + 1], scaled[i], bias) for i in range(h.shape[0])])
 
-    def _mlp_chunked(self, h: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
-        """residual + conv3(GRN(GELU(conv2(norm(h))))) for one sample, in cache-sized voxel chunks.
+    def _mlp_into(self, h: torch.Tensor, out: torch.Tensor, fused: Optional[bool] = None) -> None:
+        """out += conv3(GRN(GELU(conv2(norm(h))))) for one sample, in cache-sized voxel chunks.
 
-        `h` is the depthwise conv's output (it is centred in place). The norm is per channel, so it
-        folds into the expansion: conv2(h*a + b) is a conv with weight W*a and bias W@b + bias.
+        `h` is the depthwise conv's output (it is centred in place); `out` holds the residual and
+        receives the sum, so no fresh block-sized buffer is touched (page faults cost ~10% here).
+        The norm is per channel, so it folds into the expansion: conv2(h*a + b) is a conv with
+        weight W*a and bias W@b + bias.
         """
-        c_in, c_out = h.shape[1], residual.shape[1]
+        c_in, c_out = h.shape[1], out.shape[1]
         # Centre h in place (the norm ignores the mean); the variance of centred data is then a
         # Gram-matrix diagonal, one fast GEMM instead of a slow channels-last reduction.
         h.sub_(h.mean(dim=(2, 3, 4), keepdim=True))
         x2d = h.permute(0, 2, 3, 4, 1).reshape(-1, c_in)  # a view: h is channels-last
         var = torch.mm(x2d.t(), x2d).diagonal() / x2d.shape[0]
-        norm_scale = self.norm.weight * torch.rsqrt(var + self.norm.eps)
-        w2 = self.conv2.weight.view(-1, c_in).t()
-        b2 = self.conv2.bias + self.norm.bias @ w2
-        w2 = w2 * norm_scale[:, None]
+        w2 = self.conv2.weight.view(-1, c_in)
+        b2 = self.conv2.bias + w2 @ self.norm.bias
+        w2 = (w2 * (self.norm.weight * torch.rsqrt(var + self.norm.eps))).contiguous()
         w3 = self.conv3.weight.view(c_out, -1)
         b3 = self.conv3.bias
-        voxels = x2d.shape[0]
-        hidden = w2.shape[1]
-        # Recompute the expansion where its GEMM is cheap (narrow input); keep it where it is not.
-        keep = c_in >= KEEP_EXPANSION_FROM
-        store = torch.empty(voxels if keep else min(CHUNK_VOXELS, voxels), hidden, dtype=h.dtype)
+        voxels, hidden = x2d.shape[0], w2.shape[0]
+        fused = fused_available() if fused is None else fused
         chunks = [(s, min(s + CHUNK_VOXELS, voxels)) for s in range(0, voxels, CHUNK_VOXELS)]
-
-        def expanded(s: int, e: int) -> torch.Tensor:
-            part = store[s:e] if keep else store[: e - s]
-            torch.addmm(b2, x2d[s:e], w2, out=part)
-            return torch.ops.aten.gelu_(part)
-
+        # GRN needs statistics of the whole expansion before the compression can start: keep the
+        # expansion where it is small, recompute it chunk by chunk where keeping it would cost memory.
+        kept = [] if self.grn and voxels * hidden * 4 <= KEEP_EXPANSION_BYTES else None
         if self.grn:
             sumsq = torch.zeros(hidden, dtype=torch.float32)
+            squares = torch.empty(min(CHUNK_VOXELS, voxels), hidden, dtype=h.dtype)
             for s, e in chunks:
-                part = expanded(s, e)
-                sumsq += part.square().sum(0)
+                part = expand_gelu(x2d[s:e], w2, b2, fused)
+                if kept is not None:
+                    kept.append(part)
+                sumsq += torch.mul(part, part, out=squares[: e - s]).sum(0)
             g = sumsq.sqrt()
             scale = 1.0 + self.grn_gamma.view(-1) * (g / (g.mean() + GRN_EPS))
             b3 = b3 + w3 @ self.grn_beta.view(-1)
             w3 = w3 * scale
-        w3t = w3.t()
-        out = torch.empty_like(residual, memory_format=torch.channels_last_3d)
-        out2d = out.permute(0, 2, 3, 4, 1).view(-1, c_out)
-        res2d = residual.permute(0, 2, 3, 4, 1).reshape(-1, c_out)
-        for s, e in chunks:
-            part = store[s:e] if keep and self.grn else expanded(s, e)
-            torch.addmm(res2d[s:e], part, w3t, out=out2d[s:e]).add_(b3)
-        return out
+        w3 = w3.contiguous()
+        out2d = out.permute(0, 2, 3, 4, 1).view(-1, c_out)  # view() so the writes land in `out`
+        for i, (s, e) in enumerate(chunks):
+            part = kept[i] if kept is not None else expand_gelu(x2d[s:e], w2, b2, fused)
+            compress_add_(part, out2d[s:e], w3, b3, fused)
 
     def _upsample_residual(self, x: torch.Tensor) -> torch.Tensor:
         """The up block's stride-2 1x1x1 transposed conv: W^T x + b on even voxels, b on odd ones.
@@ -209,24 +207,26 @@ class MedNeXtBlock(nn.Module):
             return transposed_depthwise_k3s2(x, conv.weight, conv.bias)
         return conv(x)
 
-    def _forward_inference(self, x: torch.Tensor) -> torch.Tensor:
+    def _forward_inference(self, x: torch.Tensor, inplace: bool) -> torch.Tensor:
         h = self._depthwise(x).contiguous(memory_format=torch.channels_last_3d)
         if self.resample is None:
-            residual = x
+            out = x if inplace else x.clone(memory_format=torch.channels_last_3d)
         elif self.resample == "down":
-            residual = self.res_conv(x)
+            out = self.res_conv(x)
         else:
-            residual = self._upsample_residual(x)
-        residual = residual.contiguous(memory_format=torch.channels_last_3d)
-        out = torch.cat([self._mlp_chunked(h[i:i + 1], residual[i:i + 1]) for i in range(x.shape[0])]) \
-            if x.shape[0] > 1 else self._mlp_chunked(h, residual)
+            out = self._upsample_residual(x)
+        out = out.contiguous(memory_format=torch.channels_last_3d)
+        for i in range(x.shape[0]):
+            self._mlp_into(h[i:i + 1], out[i:i + 1])
         if self.resample == "up":
             out = pad_start(out)
         return out
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, inplace: bool = False) -> torch.Tensor:
+        """`inplace=True`: the caller gives `x` up, and a same-resolution block may write its output
+        there (the CPU inference path does; MedNeXt passes it inside a stage)."""
         if x.device.type == "cpu" and x.dtype == torch.float32 and not torch.is_grad_enabled():
-            return self._forward_inference(x)
+            return self._forward_inference(x, inplace)
         h = self.act(self.conv2(group_norm(self.conv1(x), self.norm)))
         h = self._compress(h)
         if self.resample is None:

@@ -89,7 +89,10 @@ class MedNeXt(nn.Module):
             for block in stage:
                 x = checkpoint(block, x, use_reentrant=False)
             return x
-        return stage(x)
+        # Inside a stage every block input is a tensor this forward made and needs no longer.
+        for block in stage:
+            x = block(x, inplace=True)
+        return x
 
     def forward(self, x: torch.Tensor) -> Union[torch.Tensor, List[torch.Tensor]]:
         self.check_input(x)
