@@ -149,9 +149,9 @@ class MedNeXtBlock(nn.Module):
         """out += conv3(GRN(GELU(conv2(norm(h))))) for one sample, in cache-sized voxel chunks.
 
         `h` is the depthwise conv's output (it is centred in place); `out` holds the residual and
-        receives the sum, so no fresh block-sized buffer is touched (page faults cost ~10% here).
+        receives the sum, so no fresh block-sized buffer is touched (fresh ones cost page faults).
         The norm is per channel, so it folds into the expansion: conv2(h*a + b) is a conv with
-        weight W*a and bias W@b + bias.
+        weight W*a and bias W@b + bias. `fused` None: oneDNN's fused kernels where available.
         """
         c_in, c_out = h.shape[1], out.shape[1]
         # Centre h in place (the norm ignores the mean); the variance of centred data is then a
