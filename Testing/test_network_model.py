@@ -240,3 +240,21 @@ def test_blocks_leave_their_input_alone_unless_told():
     with torch.inference_mode():
         model(image)
     assert torch.equal(image, kept)
+
+
+def test_fused_kernels_fall_back_when_onednn_refuses(monkeypatch):
+    """A torch build whose oneDNN lacks the fused ops (or has no CPU kernel for them) uses addmm."""
+    from mednextv2.network import cpu_kernels
+
+    class Refusing:
+        def __getattr__(self, name):
+            raise NotImplementedError(f"Could not run 'mkldnn::{name}' with arguments from the 'CPU' backend")
+
+    monkeypatch.setattr(cpu_kernels.torch.ops, "mkldnn", Refusing())
+    cpu_kernels.fused_available.cache_clear()
+    try:
+        assert cpu_kernels.fused_available() is False
+    finally:
+        monkeypatch.undo()
+        cpu_kernels.fused_available.cache_clear()
+    assert cpu_kernels.fused_available() is True
