@@ -286,12 +286,10 @@ def run_nnunet(bundle_dir: Path, image_path: Path, out_dir: Path, mon: StageMoni
     from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
 
     from mednextv2.bundle import load_bundle
-    from mednextv2.network import MedNeXtConfig
 
     mon.mark("load model")
     bundle = load_bundle(bundle_dir)
-    state = dict(bundle.load_state_dicts()[0])
-    network = baseline_network(MedNeXtConfig.from_dict(bundle.spec["network"]).replace(deep_supervision=False), state)
+    network, state = baseline_network(bundle)
     mon.mark("read")
     reader = SimpleITKIO()
     image, props = reader.read_images([str(image_path)])
@@ -332,12 +330,9 @@ def run_monai(bundle_dir: Path, image_path: Path, out_dir: Path, mon: StageMonit
     from mednextv2 import export, image_io, preprocessing
     from mednextv2.bundle import load_bundle
 
-    from mednextv2.network import MedNeXtConfig
-
     mon.mark("load model")
     bundle = load_bundle(bundle_dir)
-    model = baseline_network(MedNeXtConfig.from_dict(bundle.spec["network"]).replace(deep_supervision=False),
-                             dict(bundle.load_state_dicts()[0]))
+    model, _ = baseline_network(bundle)
     mon.mark("read")
     image = image_io.read_image(image_path)
     mon.mark("preprocess")
@@ -358,21 +353,23 @@ def run_monai(bundle_dir: Path, image_path: Path, out_dir: Path, mon: StageMonit
     return export.write_result(out, bundle.labels, out_dir / "monai.seg.nrrd")
 
 
-def baseline_network(config, state: dict):
-    """The network the baselines run: our MedNeXt class (BASELINE_NET=ours, so only the pipelines
-    differ), or the plain literal implementation of the same function and weights (=plain: what
-    those engines run with the official-style module, so our network's speed counts too)."""
+def baseline_network(bundle):
+    """(network, state dict) the baselines run: our MedNeXt class (BASELINE_NET=ours, so only the
+    pipelines differ), or the plain literal implementation of the same function and weights
+    (=plain: what those engines run with the official-style module, so our network's speed counts too)."""
+    from mednextv2.network import MedNeXt, MedNeXtConfig
+
+    config = MedNeXtConfig.from_dict(bundle.spec["network"]).replace(deep_supervision=False)
+    state = dict(bundle.load_state_dicts()[0])
     if os.environ.get(BASELINE_NET_ENV, "ours") == "plain":
         sys.path.insert(0, str(Path(__file__).resolve().parent))
         from plain_mednext import PlainMedNeXt
 
         network = PlainMedNeXt(config)
     else:
-        from mednextv2.network import MedNeXt
-
         network = MedNeXt(config)
     network.load_state_dict(state)
-    return network.eval()
+    return network.eval(), state
 
 
 RUNNERS: Dict[str, Callable[..., Path]] = {"ours": run_ours, "nnunet": run_nnunet, "monai": run_monai}
