@@ -12,7 +12,7 @@ import logging
 import os
 import secrets
 from pathlib import Path
-from typing import Iterator, Optional, Sequence, Union
+from typing import Iterator, List, Optional, Sequence, Union
 
 import numpy as np
 import SimpleITK as sitk
@@ -164,6 +164,12 @@ def write_labelmap(labelmap: sitk.Image, labels: Sequence[Label], path: PathLike
             tmp_table.write_text(json.dumps(label_table(labels), indent=2) + "\n", encoding="utf-8")
     log.debug("wrote %s and %s", path, table.name)
     return path
+
+
+def result_files(path: PathLike) -> List[Path]:
+    """Every file `write_result` writes for `path`: the file, and a labelmap's label table."""
+    path = Path(path)
+    return [path] if output_kind(path) == "seg" else [path, label_table_path(path)]
 
 
 def write_result(labelmap: sitk.Image, labels: Sequence[Label], path: PathLike) -> Path:

@@ -20,6 +20,7 @@ import SimpleITK as sitk
 from mednextv2 import export, image_io, postprocessing, preprocessing
 from mednextv2.bundle import Bundle, Label, load_bundle
 from mednextv2.errors import InputError, ResourceError
+from mednextv2.output_guard import refuse_writing_over_inputs
 from mednextv2.progress import null_progress
 from mednextv2.sliding_window import SlidingWindowPredictor, resolve_device
 
@@ -129,6 +130,8 @@ class Segmenter:
     def segment_to_file(self, inputs: Union[ImageInput, Sequence[ImageInput]], output: PathLike) -> Path:
         output = image_io.check_output_writable(output)
         export.output_kind(output)
+        items = inputs if isinstance(inputs, (list, tuple)) else [inputs]
+        refuse_writing_over_inputs(export.result_files(output), [i for i in items if not isinstance(i, sitk.Image)])
         labelmap = self(inputs)
         self.options.progress("export", 0.0, f"writing {Path(output).name}")
         path = export.write_result(labelmap, self.labels, output)
@@ -158,6 +161,9 @@ def find_cases(folder: PathLike, n_channels: int) -> Dict[str, List[Path]]:
             if not match:
                 raise InputError(f"{path}: with a {n_channels}-channel model, name files CASE_0000, CASE_0001, ...")
             cases.setdefault(match.group("case"), []).append(path)
+        elif stem in cases:
+            raise InputError(f"{folder}: {cases[stem][0].name} and {path.name} are both case {stem}; "
+                             "keep one of them (or move earlier results out of the folder)")
         else:
             cases[stem] = [path]
     for case, paths in cases.items():
@@ -177,6 +183,9 @@ def segment_folder(input_dir: PathLike, model: ModelInput, output_dir: PathLike,
     image_io.check_output_writable(output_dir / f"probe{output_suffix}")
     segmenter = Segmenter(model, SegmentOptions(**options))
     cases = find_cases(input_dir, segmenter.bundle.in_channels)
+    # Outputs may share the input folder only where no written name is an input's name.
+    refuse_writing_over_inputs([f for case in cases for f in export.result_files(output_dir / f"{case}{output_suffix}")],
+                               [input_dir])
     written = []
     for i, (case, paths) in enumerate(cases.items()):
         log.info("case %d/%d: %s", i + 1, len(cases), case)

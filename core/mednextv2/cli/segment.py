@@ -13,6 +13,7 @@ from pathlib import Path
 
 from mednextv2 import image_io
 from mednextv2.errors import InputError
+from mednextv2.output_guard import refuse_writing_over_inputs
 from mednextv2.progress import make_progress
 
 log = logging.getLogger(__name__)
@@ -76,6 +77,7 @@ def run(args: argparse.Namespace) -> int:
     from mednextv2 import export
     export.output_kind(output)
     image_io.check_output_writable(output)
+    refuse_writing_over_inputs(export.result_files(output), args.inputs)
     segmenter = Segmenter(args.model, SegmentOptions(**options))
     segmenter.segment_to_file(list(args.inputs), output)
     log.info("wrote %s", output)

@@ -1,0 +1,117 @@
+"""Issue 11 rows 3-5: `segment` never writes over its inputs (docs/promise.md).
+
+Real scans (copies of ../shared/data in tmp_path) are hashed before and after: a refused command
+exits 2 and leaves every byte of every input as it was.
+"""
+from __future__ import annotations
+
+import hashlib
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+
+from mednextv2.bundle import Bundle
+from mednextv2.cli import main
+from mednextv2.errors import InputError
+from mednextv2.segment import segment_folder
+from segment_fixtures import bundle_spec, one_torch_thread, threshold_bundle, threshold_state_dict, tiny_config  # noqa: F401
+from test_segment_image_io import _write_dicom_series
+
+
+def _hashes(folder: Path) -> dict:
+    return {p.relative_to(folder).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory):
+    return threshold_bundle((300.0,), names=["bone"], patch=(16, 32, 32)).save(tmp_path_factory.mktemp("m") / "model")
+
+
+@pytest.fixture(scope="module")
+def model2_dir(tmp_path_factory):
+    config = tiny_config(in_channels=2)
+    spec = bundle_spec(config, names=["bone"])
+    return Bundle.create(spec, [threshold_state_dict(config, [3.0])]).save(tmp_path_factory.mktemp("m2") / "model")
+
+
+@pytest.fixture()
+def scans(tmp_path, data_dir):
+    """The real breast MR as .nrrd (a copy) and as .nii.gz (converted), in a folder of their own."""
+    folder = tmp_path / "scans"
+    folder.mkdir()
+    shutil.copyfile(data_dir / "mr-breast" / "breast1_image.nrrd", folder / "breast.nrrd")
+    sitk.WriteImage(sitk.ReadImage(str(data_dir / "mr-breast" / "breast1_image.nrrd")), str(folder / "breast2.nii.gz"))
+    return folder
+
+
+def _segment(*args) -> int:
+    return main(["segment", *map(str, args), "--device", "cpu", "--no-tta", "--progress", "none"])
+
+
+@pytest.mark.parametrize("name", ["breast2.nii.gz", "breast.nrrd"])  # rows 3 and 4
+def test_output_equal_to_the_input_is_refused(scans, model_dir, name, capsys):
+    before = _hashes(scans)
+    assert _segment(scans / name, "-m", model_dir, "-o", scans / name) == 2
+    assert "is the input" in capsys.readouterr().err
+    assert _hashes(scans) == before
+
+
+def test_output_reaching_the_input_by_another_spelling_is_refused(scans, model_dir, capsys):
+    (scans / "sub").mkdir()
+    (scans / "link.nrrd").symlink_to(scans / "breast.nrrd")
+    before = _hashes(scans)
+    for out in (scans / "sub" / ".." / "breast.nrrd", scans / "link.nrrd"):
+        assert _segment(scans / "breast.nrrd", "-m", model_dir, "-o", out) == 2
+    assert _hashes(scans) == before
+
+
+def test_output_equal_to_a_second_channel_is_refused(scans, model2_dir):
+    before = _hashes(scans)
+    assert _segment(scans / "breast.nrrd", scans / "breast2.nii.gz", "-m", model2_dir, "-o", scans / "breast2.nii.gz") == 2
+    assert _hashes(scans) == before
+
+
+def test_batch_into_the_input_folder_is_refused_where_names_collide(scans, model_dir, capsys):  # row 5
+    before = _hashes(scans)
+    for fmt in ("nii.gz", "nrrd"):
+        assert _segment(scans, "-m", model_dir, "-o", scans, "--format", fmt) == 2
+        assert "is the input" in capsys.readouterr().err
+    assert _hashes(scans) == before
+
+
+def test_batch_into_the_input_folder_with_names_that_cannot_collide_writes_beside(tmp_path, data_dir, model_dir):
+    folder = tmp_path / "scans"
+    folder.mkdir()
+    shutil.copyfile(data_dir / "mr-breast" / "breast1_image.nrrd", folder / "breast.nrrd")
+    before = _hashes(folder)
+    assert _segment(folder, "-m", model_dir, "-o", folder) == 0  # breast.seg.nrrd beside breast.nrrd
+    after = _hashes(folder)
+    assert {k: after[k] for k in before} == before and set(after) - set(before) == {"breast.seg.nrrd"}
+    # A second run sees the result as a second "breast" case: refused, nothing touched.
+    assert _segment(folder, "-m", model_dir, "-o", folder) == 2
+    assert _hashes(folder) == after
+
+
+def test_python_api_refuses_too(scans, model_dir):
+    before = _hashes(scans)
+    with pytest.raises(InputError, match="is the input"):
+        segment_folder(scans, model_dir, scans, ".nii.gz", device="cpu", tta=False)
+    assert _hashes(scans) == before
+
+
+def test_a_file_of_a_dicom_input_folder_is_an_input(tmp_path, data_dir):
+    from mednextv2.output_guard import refuse_writing_over_inputs
+
+    image = sitk.ReadImage(str(data_dir / "mr-breast" / "breast1_image.nrrd"))[:, :, :4]
+    _write_dicom_series(sitk.Cast(image, sitk.sitkInt16), tmp_path / "series")
+    with pytest.raises(InputError, match="is the input"):
+        refuse_writing_over_inputs([tmp_path / "series" / "slice002.dcm"], [tmp_path / "series"])
+    with pytest.raises(InputError, match="is the input"):
+        refuse_writing_over_inputs([tmp_path / "series"], [tmp_path / "series"])
+    refuse_writing_over_inputs([tmp_path / "series" / "result.seg.nrrd"], [tmp_path / "series"])  # a new name: fine
+    assert np.array_equal(sitk.GetArrayFromImage(sitk.ReadImage(str(tmp_path / "series" / "slice002.dcm"))),
+                          sitk.GetArrayFromImage(image[:, :, 2:3]).astype(np.int16))

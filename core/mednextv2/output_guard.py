@@ -1,0 +1,58 @@
+"""The engine never deletes or overwrites a file it did not create (docs/promise.md).
+
+Checks run before any work starts, so a refused command leaves everything as it was.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Iterable, List, Optional, Sequence, Union
+
+from mednextv2.errors import InputError
+
+PathLike = Union[str, "os.PathLike[str]"]
+
+
+def same_path(a: PathLike, b: PathLike) -> bool:
+    """True when `a` and `b` name the same file or folder: one resolved path, or one inode
+    (a hard link or a bind mount resolves to a different string)."""
+    a, b = Path(a), Path(b)
+    if a.resolve() == b.resolve():
+        return True
+    try:
+        return os.path.samefile(a, b)
+    except OSError:  # either one does not exist yet: only the resolved paths can tell
+        return False
+
+
+def input_files(inputs: Iterable[PathLike]) -> List[Path]:
+    """The files a command reads: each input file, and every file directly in an input folder
+    (a DICOM series is the files of its folder)."""
+    files = []
+    for item in inputs:
+        path = Path(item)
+        if path.is_dir():
+            files += [p for p in sorted(path.iterdir()) if p.is_file()]
+        else:
+            files.append(path)
+    return files
+
+
+def first_clash(outputs: Sequence[PathLike], inputs: Sequence[PathLike]) -> Optional[tuple]:
+    """(output, input) for the first output that would be written over an input, else None."""
+    files = input_files(inputs)
+    folders = [Path(i) for i in inputs if Path(i).is_dir()]
+    for out in outputs:
+        for path in files + folders:
+            if same_path(out, path):
+                return Path(out), path
+    return None
+
+
+def refuse_writing_over_inputs(outputs: Sequence[PathLike], inputs: Sequence[PathLike]) -> None:
+    """InputError when any output would replace an input (its file or its DICOM folder)."""
+    clash = first_clash(outputs, inputs)
+    if clash is not None:
+        out, path = clash
+        raise InputError(f"output {out} is the input {path}: writing it would destroy the input; "
+                         "choose another output name or folder")
