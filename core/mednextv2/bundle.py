@@ -27,6 +27,7 @@ from mednextv2.errors import InputError
 log = logging.getLogger(__name__)
 
 MODEL_JSON = "model.json"
+BUNDLE_REPORTS = ("metrics.csv", "training_curve.png")  # `train` copies these beside model.json
 SCHEMA_PATH = Path(__file__).with_name("schemas") / "model.schema.json"
 PathLike = Union[str, "os.PathLike[str]"]
 _DS_HEAD = re.compile(r"^out_[1-9]\.")
@@ -394,9 +395,25 @@ def _write_zip_atomic(path: Path, files: Sequence[Tuple[str, bytes]]) -> None:
         raise
 
 
+def foreign_entries(folder: Path) -> List[str]:
+    """Entries of an existing folder that are not a bundle's own files (model.json, the weights
+    it lists, the training reports): all of them when it has no readable model.json."""
+    try:
+        weights = json.loads((folder / MODEL_JSON).read_text(encoding="utf-8"))["weights"]
+        own = {MODEL_JSON, *BUNDLE_REPORTS, *(w for w in weights if isinstance(w, str))}
+    except (OSError, ValueError, KeyError, TypeError):
+        own = set()
+    return [n for n in sorted(os.listdir(folder)) if n not in own or not (folder / n).is_file()]
+
+
 def _write_folder_atomic(path: Path, files: Sequence[Tuple[str, bytes]]) -> None:
     if path.exists() and not path.is_dir():
         raise InputError(f"cannot save bundle: {path} exists and is not a folder")
+    # The old folder is deleted after the swap: only ever one the engine wrote (docs/promise.md).
+    foreign = foreign_entries(path) if path.exists() else []
+    if foreign:
+        raise InputError(f"cannot save bundle: {path} holds files that are not a model bundle's "
+                         f"({', '.join(foreign[:3])}{', ...' if len(foreign) > 3 else ''}); choose a new or empty folder")
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
     os.chmod(tmp, _default_mode(0o777))  # mkdtemp's 0700 would survive the rename
     old = None

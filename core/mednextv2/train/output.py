@@ -3,20 +3,76 @@ from __future__ import annotations
 
 import datetime
 import logging
+import os
 import re
 import shutil
+import zipfile
 from pathlib import Path
 from typing import Dict, Mapping, Optional
 
 import torch
 
 from mednextv2 import __version__
-from mednextv2.bundle import Bundle
+from mednextv2.bundle import BUNDLE_REPORTS, MODEL_JSON, Bundle, foreign_entries
+from mednextv2.errors import InputError
+from mednextv2.output_guard import same_path
+from mednextv2.train import checkpoint
 from mednextv2.train.planning import Plan
 
 log = logging.getLogger(__name__)
 
 DEEP_SUPERVISION_HEADS = ("out_1.", "out_2.", "out_3.", "out_4.")
+# What a work folder holds (run.PLAN_FILE, the checkpoints, the reports, the cache) and the
+# hidden temporaries of their atomic writes.
+WORK_ENTRIES = frozenset({"plan.json", checkpoint.LATEST, checkpoint.BEST, "cache", *BUNDLE_REPORTS})
+_WORK_TEMPORARY = re.compile(r"^\.(plan|checkpoint_latest|checkpoint_best|metrics|training_curve)\..*tmp")
+
+
+def _listing(names) -> str:
+    return ", ".join(names[:3]) + (", ..." if len(names) > 3 else "")
+
+
+def _inside(path: Path, folder: Path) -> bool:
+    path, folder = path.resolve(), folder.resolve()
+    return path == folder or folder in path.parents
+
+
+def check_destinations(output: Path, work: Path, dataset: Path) -> None:
+    """Before any work: -o is missing, empty, or a bundle the engine wrote; the work folder holds
+    only the engine's files; neither is, holds or lies in the dataset. Nothing the engine did not
+    create is ever replaced (docs/promise.md)."""
+    if same_path(output, dataset) or _inside(dataset, output) or _inside(output, dataset):
+        raise InputError(f"-o {output} and the dataset {dataset} must be separate (the bundle replaces its "
+                         "folder); give a new folder for the model outside the dataset")
+    if output.suffix.lower() == ".zip":
+        if output.exists() and not _is_bundle_zip(output):
+            raise InputError(f"-o {output} exists and is not a model bundle zip; give a new file name")
+    elif output.exists():
+        if not output.is_dir():
+            raise InputError(f"-o {output} exists and is not a folder; give a new folder for the model")
+        foreign = foreign_entries(output)
+        if foreign:
+            raise InputError(f"-o {output} holds files that are not a model bundle's ({_listing(foreign)}); "
+                             "give a new or empty folder, or a bundle folder an earlier `train` wrote")
+    if _inside(work, output) or _inside(output, work):
+        raise InputError(f"work folder {work} and -o {output} must be separate folders")
+    if _inside(work, dataset) or _inside(dataset, work):
+        raise InputError(f"work folder {work} and the dataset {dataset} must be separate folders")
+    if work.is_dir():
+        foreign = [n for n in sorted(os.listdir(work)) if n not in WORK_ENTRIES and not _WORK_TEMPORARY.match(n)]
+        if foreign:
+            raise InputError(f"work folder {work} holds files the engine did not write ({_listing(foreign)}); "
+                             "give another --work-dir")
+    elif work.exists():
+        raise InputError(f"work folder {work} exists and is not a folder; give another --work-dir")
+
+
+def _is_bundle_zip(path: Path) -> bool:
+    try:
+        with zipfile.ZipFile(path) as zf:
+            return any(n == MODEL_JSON or n.endswith("/" + MODEL_JSON) for n in zf.namelist())
+    except (OSError, zipfile.BadZipFile):
+        return False
 
 
 def bundle_id(output: Path) -> str:
@@ -57,6 +113,6 @@ def attach_reports(output: Path, work: Path) -> None:
     """Copy metrics.csv and the curve PNG into a bundle folder (a zip bundle keeps them in the work folder)."""
     if not output.is_dir():
         return
-    for name in ("metrics.csv", "training_curve.png"):
+    for name in BUNDLE_REPORTS:
         if (work / name).exists():
             shutil.copyfile(work / name, output / name)

@@ -1,0 +1,107 @@
+"""Issue 11 rows 1-2: `train -o` never replaces what the engine did not write (docs/promise.md).
+
+The dataset is a copy of the real breast MR and its label; the user's files are hashed before and
+after. On the code before the fix each refused command below trained for a few seconds, exit 0,
+and the output folder's whole contents (or the dataset) were gone.
+"""
+from __future__ import annotations
+
+import hashlib
+import shutil
+from pathlib import Path
+
+import pytest
+
+from mednextv2.bundle import load_bundle
+from mednextv2.cli import main
+from mednextv2.errors import InputError
+from segment_fixtures import one_torch_thread, threshold_bundle  # noqa: F401
+
+TINY = ["--preset", "v2-tiny", "--epochs", "1", "--iterations", "1", "--patch", "16", "32", "32",
+        "--device", "cpu", "--progress", "none"]
+
+
+def _hashes(folder: Path) -> dict:
+    return {p.relative_to(folder).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+@pytest.fixture()
+def dataset(tmp_path, data_dir):
+    folder = tmp_path / "dataset"
+    folder.mkdir()
+    for name in ("breast1_image.nrrd", "breast1_label.nrrd"):
+        shutil.copyfile(data_dir / "mr-breast" / name, folder / name)
+    return folder
+
+
+@pytest.fixture()
+def users_folder(tmp_path):
+    folder = tmp_path / "thesis"
+    (folder / "sub").mkdir(parents=True)
+    (folder / "thesis.txt").write_text("chapter 1\n", encoding="utf-8")
+    (folder / "sub" / "data.csv").write_text("a,b\n1,2\n", encoding="utf-8")
+    return folder
+
+
+def _train(dataset, output, *extra) -> int:
+    return main(["train", str(dataset), "-o", str(output), *TINY, *map(str, extra)])
+
+
+def test_output_folder_with_the_users_files_is_refused(dataset, users_folder, capsys):  # row 1
+    before = _hashes(users_folder)
+    assert _train(dataset, users_folder) == 2
+    err = capsys.readouterr().err
+    assert str(users_folder) in err and "thesis.txt" in err
+    assert _hashes(users_folder) == before
+    assert not users_folder.with_name("thesis.training").exists()  # refused before any work
+
+
+def test_output_equal_to_the_dataset_is_refused(dataset, capsys):  # row 2
+    before = _hashes(dataset)
+    assert _train(dataset, dataset) == 2
+    assert "dataset" in capsys.readouterr().err
+    assert _hashes(dataset) == before
+
+
+def test_output_holding_or_inside_the_dataset_is_refused(dataset, tmp_path):
+    before = _hashes(tmp_path)
+    assert _train(dataset, tmp_path) == 2
+    assert _train(dataset, dataset / "model") == 2
+    assert _hashes(tmp_path) == before and not (dataset / "model").exists()
+
+
+def test_output_file_or_foreign_zip_is_refused(dataset, users_folder):
+    before = _hashes(users_folder)
+    assert _train(dataset, users_folder / "thesis.txt") == 2
+    shutil.make_archive(str(users_folder / "backup"), "zip", users_folder / "sub")
+    zipped = _hashes(users_folder)
+    assert _train(dataset, users_folder / "backup.zip") == 2
+    assert _hashes(users_folder) == zipped and {k: zipped[k] for k in before} == before
+
+
+def test_work_dir_holding_the_users_files_is_refused(dataset, users_folder, tmp_path):
+    before = _hashes(users_folder)
+    assert _train(dataset, tmp_path / "model", "--work-dir", users_folder) == 2
+    assert _train(dataset, tmp_path / "model", "--work-dir", dataset) == 2
+    assert _hashes(users_folder) == before and not (tmp_path / "model").exists()
+
+
+def test_a_bundle_the_engine_wrote_is_replaced_but_not_a_users_file_in_it(dataset, tmp_path):
+    bundle = threshold_bundle().save(tmp_path / "model")
+    assert _train(dataset, bundle, "--threads", "1") == 0  # retraining into an earlier bundle
+    assert load_bundle(bundle).spec["provenance"]["training"]["epochs"] == 1
+    assert sorted(p.name for p in bundle.iterdir()) == ["metrics.csv", "model.json", "training_curve.png",
+                                                         "weights.safetensors"]
+    (bundle / "notes.txt").write_text("my notes\n", encoding="utf-8")
+    before = _hashes(bundle)
+    shutil.rmtree(tmp_path / "model.training")
+    assert _train(dataset, bundle) == 2
+    assert _hashes(bundle) == before
+
+
+def test_the_bundle_swap_itself_never_deletes_a_foreign_file(users_folder):
+    before = _hashes(users_folder)
+    with pytest.raises(InputError, match="thesis.txt"):
+        threshold_bundle().save(users_folder)
+    assert _hashes(users_folder) == before
