@@ -11,7 +11,6 @@ import os
 import re
 import sys
 import types
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Dict, List, Optional, Sequence, Tuple, Union
 
@@ -22,6 +21,7 @@ from mednextv2.bundle import Bundle, Label, load_bundle
 from mednextv2.errors import InputError, ResourceError
 from mednextv2.output_guard import refuse_writing_over_inputs
 from mednextv2.progress import null_progress
+from mednextv2.segment_options import SegmentOptions, check_step
 from mednextv2.sliding_window import SlidingWindowPredictor, resolve_device
 
 log = logging.getLogger(__name__)
@@ -30,18 +30,6 @@ PathLike = Union[str, "os.PathLike[str]"]
 ImageInput = Union[sitk.Image, PathLike]
 ModelInput = Union[Bundle, PathLike]
 _CHANNEL_SUFFIX = re.compile(r"^(?P<case>.+)_(?P<channel>\d{4})$")
-
-
-@dataclass(frozen=True)
-class SegmentOptions:
-    device: str = "auto"              # auto | cuda | mps | cpu
-    tta: bool = True                  # mirroring over the bundle's mirror axes
-    step: Optional[float] = None      # tile step as a fraction of the patch; None: the bundle's
-    fast: bool = False                # coarser grid (see preprocessing.fast_spacing), no TTA
-    structures: Optional[Tuple[str, ...]] = None  # keep only these label names
-    largest_component: bool = False   # keep each label's largest connected component
-    tile_batch: Optional[int] = None  # tiles per forward pass; None: per device default
-    progress: Callable[..., None] = field(default=null_progress, compare=False)
 
 
 def resolve_bundle(model: ModelInput, progress: Callable[..., None] = null_progress) -> Bundle:
@@ -78,7 +66,7 @@ class Segmenter:
         if opts.structures:
             self.labels = postprocessing.select_structures(self.labels, opts.structures)
         inference = self.bundle.inference
-        step = inference.step if opts.step is None else float(opts.step)
+        step = check_step(inference.step, f"model {self.bundle.id}: inference step") if opts.step is None else opts.step
         mirror = inference.mirror_axes if (opts.tta and not opts.fast) else ()
         device = resolve_device(opts.device)
         self.predictor = SlidingWindowPredictor(self.bundle.build_models("cpu"), self.bundle.n_classes,
@@ -175,13 +163,14 @@ def find_cases(folder: PathLike, n_channels: int) -> Dict[str, List[Path]]:
 
 
 def segment_folder(input_dir: PathLike, model: ModelInput, output_dir: PathLike,
-                   output_suffix: str = export.SEG_SUFFIX, **options) -> List[Path]:
+                   output_suffix: str = export.SEG_SUFFIX, options: Optional[SegmentOptions] = None,
+                   **kwargs) -> List[Path]:
     """Batch mode: segment every case of a folder with one model load; returns the written files."""
     output_dir = Path(output_dir)
     if not output_dir.is_dir():
         raise InputError(f"output folder {output_dir} does not exist")
     image_io.check_output_writable(output_dir / f"probe{output_suffix}")
-    segmenter = Segmenter(model, SegmentOptions(**options))
+    segmenter = Segmenter(model, options, **kwargs)
     cases = find_cases(input_dir, segmenter.bundle.in_channels)
     # Outputs may share the input folder only where no written name is an input's name.
     refuse_writing_over_inputs([f for case in cases for f in export.result_files(output_dir / f"{case}{output_suffix}")],

@@ -50,6 +50,73 @@ def tile_grid(shape: Sequence[int], patch: Sequence[int], step: float) -> List[T
     return list(itertools.product(*(tile_starts(s, p, step) for s, p in zip(shape, patch))))
 
 
+# ---------------------------------------------------------------- the tile plan's memory, checked
+TILE_BYTES = 72  # one (z, y, x) tuple in the tile list: a 3-tuple (64) and its list slot (8)
+
+
+@dataclass(frozen=True)
+class TilePlan:
+    """What a case will cost before a tile is run: tiles per axis and the host memory they need."""
+
+    shape: Tuple[int, ...]  # padded network grid (z, y, x)
+    tiles_per_axis: Tuple[int, ...]
+    host_bytes: int  # the tile list and the stitching buffers or result that live on the host
+
+    @property
+    def n_tiles(self) -> int:
+        return int(np.prod(self.tiles_per_axis))
+
+
+def plan_tiles(shape: Sequence[int], patch: Sequence[int], step: float, n_classes: int,
+               buffers_on_host: bool) -> TilePlan:
+    """The plan for a padded input already in memory: the stitching buffers (module docstring)
+    on the host, or only the float16 result copied back to it."""
+    counts = tuple(len(tile_starts(s, p, step)) for s, p in zip(shape, patch))
+    voxels = int(np.prod(shape))
+    buffers = (2 * n_classes + 4 if buffers_on_host else 2 * n_classes) * voxels
+    return TilePlan(tuple(int(s) for s in shape), counts, TILE_BYTES * int(np.prod(counts)) + buffers)
+
+
+def available_ram_bytes() -> Optional[int]:
+    """Memory this process may still take: the least of the free RAM, the cgroup limit and the
+    address-space limit (ulimit -v); None where the platform tells none of them."""
+    found = []
+    try:
+        with open("/proc/meminfo", encoding="ascii") as f:
+            found += [int(line.split()[1]) * 1024 for line in f if line.startswith("MemAvailable:")]
+    except OSError:
+        pass
+    try:
+        with open("/sys/fs/cgroup/memory.max", encoding="ascii") as f:
+            limit = f.read().strip()
+        if limit != "max":
+            with open("/sys/fs/cgroup/memory.current", encoding="ascii") as f:
+                found.append(int(limit) - int(f.read().strip()))
+    except (OSError, ValueError):
+        pass
+    try:
+        import resource
+
+        soft = resource.getrlimit(resource.RLIMIT_AS)[0]
+        if soft != resource.RLIM_INFINITY:
+            with open("/proc/self/status", encoding="ascii") as f:
+                used = [int(line.split()[1]) * 1024 for line in f if line.startswith("VmSize:")]
+            found.append(soft - (used[0] if used else 0))
+    except (ImportError, OSError, ValueError):
+        pass
+    return max(0, min(found)) if found else None
+
+
+def check_tile_plan(plan: TilePlan, patch: Sequence[int], step: float) -> None:
+    """ResourceError, before any tile runs, when the plan cannot fit in the memory left."""
+    free = available_ram_bytes()
+    if free is not None and plan.host_bytes > free:
+        raise ResourceError(
+            f"the tile plan needs {plan.host_bytes / 2**30:.2f} GiB of RAM ({plan.n_tiles:,} tiles of "
+            f"{'x'.join(map(str, patch))} at step {step:g} over a {'x'.join(map(str, plan.shape))} network grid) "
+            f"but {free / 2**30:.2f} GiB is available; use --fast (a coarser grid), a larger --step, or free memory")
+
+
 @lru_cache(maxsize=8)
 def gaussian_importance(patch: Tuple[int, int, int], sigma_scale: float = GAUSSIAN_SIGMA_SCALE) -> torch.Tensor:
     """Gaussian weight map with max 1, floored at GAUSSIAN_FLOOR (no 0/0 or underflow at tile corners)."""
@@ -159,8 +226,6 @@ class SlidingWindowPredictor:
                  tile_batch: Optional[int] = None, amp: bool = True, progress: Optional[Progress] = None) -> None:
         if not models:
             raise ValueError("at least one model is needed")
-        if not 0 < step <= 1:
-            raise InputError(f"step must be in (0, 1], got {step}")
         self.models = list(models)
         self.n_classes = int(n_classes)
         self.patch = tuple(int(p) for p in patch_size)
@@ -185,7 +250,8 @@ class SlidingWindowPredictor:
                     raise
                 new = next_fallback(state)
                 if new is None:
-                    raise ResourceError(f"out of memory even on the CPU with one tile at a time ({e}); "
+                    raise ResourceError(f"out of memory even on the CPU with one tile at a time "
+                                        f"({str(e).strip() or type(e).__name__}); "
                                         "use --fast, a smaller model, or free memory") from e
                 log.warning("out of memory on %s (%s); retrying the case %s", state.compute,
                             str(e).splitlines()[0][:120], _describe_fallback(state, new))
@@ -207,6 +273,10 @@ class SlidingWindowPredictor:
     def _run(self, data: torch.Tensor, state: RunState) -> torch.Tensor:
         padded, crop = pad_to_patch(data, self.patch)
         shape = tuple(padded.shape[1:])
+        plan = plan_tiles(shape, self.patch, self.step, self.n_classes, state.accumulate.type == "cpu")
+        check_tile_plan(plan, self.patch, self.step)
+        log.info("tile plan: %d tiles (%s) at step %g, %d pass(es) each", plan.n_tiles,
+                 " x ".join(map(str, plan.tiles_per_axis)), self.step, len(self.models) * len(self.mirrors))
         tiles = tile_grid(shape, self.patch, self.step)
         gauss = gaussian_importance(self.patch)
         acc = torch.zeros((self.n_classes,) + shape, dtype=torch.float16, device=state.accumulate)

@@ -15,6 +15,7 @@ from mednextv2 import image_io
 from mednextv2.errors import InputError
 from mednextv2.output_guard import refuse_writing_over_inputs
 from mednextv2.progress import make_progress
+from mednextv2.segment_options import DEVICES, SegmentOptions
 
 log = logging.getLogger(__name__)
 
@@ -29,13 +30,13 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("-m", "--model", required=True, metavar="MODEL", help="bundle folder or .zip, or a catalog id")
     p.add_argument("-o", "--output", required=True, metavar="OUTPUT",
                    help="output .seg.nrrd, or labelmap .nii.gz/.nii/.nrrd/.mha; a folder in batch mode")
-    p.add_argument("--device", default="auto", choices=("auto", "cuda", "mps", "cpu"))
+    p.add_argument("--device", default="auto", choices=DEVICES)
     tta = p.add_mutually_exclusive_group()
     tta.add_argument("--tta", dest="tta", action="store_true", default=True,
                      help="mirroring test-time augmentation (default; up to 8x slower)")
     tta.add_argument("--no-tta", dest="tta", action="store_false", help="no mirroring")
     p.add_argument("--step", type=float, default=None, metavar="S",
-                   help="tile step as a fraction of the patch, in (0, 1]; default: the bundle's (0.5)")
+                   help="tile step as a fraction of the patch, in [0.1, 1]; default: the bundle's (0.5)")
     p.add_argument("--fast", action="store_true",
                    help="coarser grid (2x the target spacing in-plane), no TTA: for CPUs")
     p.add_argument("--structures", nargs="+", metavar="NAME", default=None, help="keep only these structures")
@@ -56,18 +57,13 @@ def _is_batch(inputs) -> bool:
 
 
 def run(args: argparse.Namespace) -> int:
-    from mednextv2.segment import Segmenter, SegmentOptions, segment_folder
+    from mednextv2.segment import Segmenter, segment_folder
 
-    if args.step is not None and not 0 < args.step <= 1:
-        raise InputError(f"--step must be in (0, 1], got {args.step}")
-    if args.tile_batch is not None and args.tile_batch < 1:
-        raise InputError(f"--tile-batch must be at least 1, got {args.tile_batch}")
-    options = dict(device=args.device, tta=args.tta, step=args.step, fast=args.fast,
-                   structures=tuple(args.structures) if args.structures else None,
-                   largest_component=args.largest_component, tile_batch=args.tile_batch,
-                   progress=make_progress(args.progress))
+    options = SegmentOptions(device=args.device, tta=args.tta, step=args.step, fast=args.fast,
+                             structures=args.structures, largest_component=args.largest_component,
+                             tile_batch=args.tile_batch, progress=make_progress(args.progress))
     if _is_batch(args.inputs):
-        written = segment_folder(args.inputs[0], args.model, args.output, "." + args.format, **options)
+        written = segment_folder(args.inputs[0], args.model, args.output, "." + args.format, options)
         log.info("segmented %d case(s) into %s", len(written), args.output)
         return 0
     output = Path(args.output)
@@ -78,7 +74,7 @@ def run(args: argparse.Namespace) -> int:
     export.output_kind(output)
     image_io.check_output_writable(output)
     refuse_writing_over_inputs(export.result_files(output), args.inputs)
-    segmenter = Segmenter(args.model, SegmentOptions(**options))
+    segmenter = Segmenter(args.model, options)
     segmenter.segment_to_file(list(args.inputs), output)
     log.info("wrote %s", output)
     return 0
