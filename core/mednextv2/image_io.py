@@ -70,8 +70,9 @@ def _first_line(e: Exception) -> str:
     return (errors or lines or [type(e).__name__])[-1][:300]
 
 
-def read_image(path: PathLike) -> sitk.Image:
-    """A validated 3D scalar image with its origin, spacing and direction."""
+def read_image(path: PathLike, allow_constant: bool = False) -> sitk.Image:
+    """A validated 3D scalar image with its origin, spacing and direction (a label map may be
+    constant: background only)."""
     path = Path(path)
     if not path.exists():
         raise InputError(f"input image {path} does not exist")
@@ -83,7 +84,7 @@ def read_image(path: PathLike) -> sitk.Image:
         except RuntimeError as e:
             raise InputError(f"{path}: cannot read the image (unreadable or corrupt file): {_first_line(e)}") from e
     image = _drop_trailing_unit_dimension(image)
-    validate_image(image, str(path))
+    validate_image(image, str(path), allow_constant)
     return image
 
 
@@ -94,7 +95,7 @@ def _drop_trailing_unit_dimension(image: sitk.Image) -> sitk.Image:
     return image
 
 
-def validate_image(image: sitk.Image, where: str) -> None:
+def validate_image(image: sitk.Image, where: str, allow_constant: bool = False) -> None:
     """Refuse what cannot be segmented: not 3D, bad spacing or direction, NaN/Inf, constant."""
     dim = image.GetDimension()
     if dim != 3:
@@ -116,7 +117,7 @@ def validate_image(image: sitk.Image, where: str) -> None:
     if np.issubdtype(array.dtype, np.floating) and not np.all(np.isfinite(array)):
         bad = int(np.count_nonzero(~np.isfinite(array)))
         raise InputError(f"{where}: the image has {bad} NaN or infinite voxel(s)")
-    if array.min() == array.max():
+    if not allow_constant and array.min() == array.max():
         raise InputError(f"{where}: the image is constant (every voxel is {array.flat[0]}); nothing to segment")
 
 

@@ -78,7 +78,7 @@ def foreground_locations(label: np.ndarray, rng: np.random.Generator) -> np.ndar
 def _build_case(case: Case, plan: Plan, folder: Path, lut: np.ndarray) -> CachedCase:
     images = read_channels(case.images, len(case.images))
     pre = preprocess(images, plan.preprocessing_plan())
-    raw = labels_to_network_grid(read_image(case.label), pre.record)
+    raw = labels_to_network_grid(read_image(case.label, allow_constant=True), pre.record)
     # Unlisted values are background; the dataset check already refused them when names were given.
     label = lut[np.clip(raw.astype(np.int64), 0, len(lut) - 1)].astype(np.uint8)
     label[raw.astype(np.int64) >= len(lut)] = 0

@@ -1,43 +1,65 @@
 """Everything a training run is configured with: one frozen, JSON-able object (the CLI fills it)."""
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Optional, Tuple
+from typing import Any, Dict, Optional, Tuple
 
 from mednextv2.errors import InputError
+from mednextv2.progress import MODES
 
 DEFAULT_EPOCHS = 100
 ITERATIONS_PER_EPOCH = {"cuda": 250, "mps": 100, "cpu": 50}  # nnU-Net's 250 where a GPU makes it cheap
 
 
+def cli(help: str = "", *flags: str, group: Optional[str] = None, **argparse: Any) -> Dict[str, Any]:
+    """Field metadata making a TrainOptions field a `train` option (cli/dataclass_args.py builds
+    the parser from it): its help, flag names (default --field-name; a name without a dash is
+    positional), a mutually exclusive group, and any other add_argument keyword (choices,
+    metavar, ...). The type and nargs follow from the field's annotation."""
+    return {"cli": dict(help=help, flags=flags, group=group, **argparse)}
+
+
 @dataclass(frozen=True)
 class TrainOptions:
-    dataset: str
-    output: str
-    base: Optional[str] = None  # bundle path or catalog id
-    preset: Optional[str] = None  # architecture when training from scratch
-    minutes: Optional[float] = None
-    epochs: Optional[int] = None
-    iterations: Optional[int] = None  # per epoch; None: per device (ITERATIONS_PER_EPOCH)
-    patch: Optional[Tuple[int, int, int]] = None
-    spacing: Optional[Tuple[float, float, float]] = None
-    batch_size: int = 2
-    device: str = "auto"
-    val_fraction: float = 0.2
-    val_cases: Tuple[str, ...] = ()
-    val_every: Optional[int] = None  # None: whenever training since the last validation took 4x its cost
-    resume: bool = False
-    seed: int = 0
-    progress: str = "bar"
-    lr: float = 1e-3
-    encoder_lr_scale: float = 1.0  # 0 freezes the encoder
-    checkpointing: bool = False  # activation checkpointing of every stage
-    precision: str = "auto"  # auto (bf16 on CUDA where supported, else fp16; fp32 elsewhere) | fp32
-    elastic: bool = False
-    grad_clip: float = 12.0
-    work_dir: Optional[str] = None
-    title: Optional[str] = None
+    """One field per `mednextv2 train` option: adding an option is adding a field here."""
+
+    dataset: str = field(metadata=cli("dataset folder or .json/.csv list of image/label pairs", "dataset"))
+    output: str = field(metadata=cli("output model bundle (folder, or .zip)", "-o", "--output"))
+    base: Optional[str] = field(default=None, metadata=cli(
+        "bundle path or catalog id to fine-tune from (keeps its preprocessing)", group="start"))
+    preset: Optional[str] = field(default=None, metadata=cli(
+        "architecture to train from scratch (v2-tiny, v2-base, ...; default v2-base on CUDA, v2-tiny elsewhere)",
+        group="start"))
+    minutes: Optional[float] = field(default=None, metadata=cli("time budget; training ends gracefully when it runs out"))
+    epochs: Optional[int] = field(default=None, metadata=cli("number of epochs (default 100 unless --minutes is given)"))
+    iterations: Optional[int] = field(default=None, metadata=cli(  # None: per device (ITERATIONS_PER_EPOCH)
+        "iterations per epoch (default 250 on CUDA, 50 on the CPU)"))
+    patch: Optional[Tuple[int, int, int]] = field(default=None, metadata=cli(
+        "patch size, multiples of 16", metavar=("Z", "Y", "X")))
+    spacing: Optional[Tuple[float, float, float]] = field(default=None, metadata=cli(
+        "target spacing in mm (default: the dataset median, or the base model's)", metavar=("Z", "Y", "X")))
+    batch_size: int = field(default=2, metadata=cli("patches per step (default 2)"))
+    device: str = field(default="auto", metadata=cli("auto, cuda, mps or cpu"))
+    val_fraction: float = field(default=0.2, metadata=cli("fraction of cases held out (default 0.2)", group="val"))
+    val_cases: Tuple[str, ...] = field(default=(), metadata=cli(
+        "case names held out for validation", group="val", metavar="NAME"))
+    val_every: Optional[int] = field(default=None, metadata=cli(  # None: when training since the last took 4x its cost
+        "validate every N epochs and after the last (default: as often as keeps validation under ~20%% of the time)"))
+    resume: bool = field(default=False, metadata=cli("continue an interrupted run from its last checkpoint"))
+    seed: int = field(default=0, metadata=cli("random seed (default 0)"))
+    progress: str = field(default="bar", metadata=cli("progress as a bar, JSON lines or none", choices=MODES))
+    lr: float = field(default=1e-3, metadata=cli("peak learning rate of AdamW (default 1e-3)"))
+    encoder_lr_scale: float = field(default=1.0, metadata=cli(
+        "encoder learning rate as a fraction of --lr; 0 freezes the encoder (default 1)"))
+    checkpointing: bool = field(default=False, metadata=cli("activation checkpointing: less memory, slower"))
+    precision: str = field(default="auto", metadata=cli(
+        "auto: bf16 (else fp16) autocast on CUDA, fp32 elsewhere", choices=("auto", "fp32")))
+    elastic: bool = field(default=False, metadata=cli("add elastic deformation to the augmentation"))
+    grad_clip: float = 12.0  # no metadata: not a command-line option
+    work_dir: Optional[str] = field(default=None, metadata=cli(
+        "folder for cache, checkpoints and metrics (default OUTPUT.training)"))
+    title: Optional[str] = field(default=None, metadata=cli("model title written into the bundle"))
 
     def __post_init__(self) -> None:
         if self.minutes is not None and self.minutes <= 0:
@@ -56,8 +78,16 @@ class TrainOptions:
             raise InputError(f"--encoder-lr-scale must be in [0, 1] (0 freezes the encoder), got {self.encoder_lr_scale}")
         if self.base and self.preset:
             raise InputError("give --base (fine-tune a model) or --preset (train from scratch), not both")
-        if self.precision not in ("auto", "fp32"):
-            raise InputError(f"--precision must be auto or fp32, got {self.precision!r}")
+        for f in fields(self):
+            choices = f.metadata.get("cli", {}).get("choices")
+            if choices and getattr(self, f.name) not in choices:
+                raise InputError(f"--{f.name.replace('_', '-')} must be one of {', '.join(choices)}, "
+                                 f"got {getattr(self, f.name)!r}")
+        if self.preset is not None:
+            from mednextv2.network import PRESETS  # torch: only when a preset is named
+
+            if self.preset not in PRESETS:
+                raise InputError(f"--preset {self.preset!r}: no such architecture; choose one of {', '.join(PRESETS)}")
         if self.lr <= 0:
             raise InputError(f"--lr must be positive, got {self.lr}")
 

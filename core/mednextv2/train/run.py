@@ -51,19 +51,26 @@ class TrainResult:
     seconds: float
 
 
-def split_cases(cases: Sequence[Case], val_names: Sequence[str], fraction: float, seed: int) -> Tuple[List[Case], List[Case]]:
+def split_cases(cases: Sequence[Case], val_names: Sequence[str], fraction: float, seed: int,
+                background_only: Sequence[str] = ()) -> Tuple[List[Case], List[Case]]:
     names = [c.name for c in cases]
     if val_names:
         unknown = [n for n in val_names if n not in names]
         if unknown:
             raise InputError(f"--val-cases {', '.join(unknown)}: no such case; the dataset has {', '.join(names)}")
+        empty = [n for n in val_names if n in background_only]
+        if empty:
+            raise InputError(f"--val-cases {', '.join(empty)}: the label map is background only, so its Dice is "
+                             "undefined and cannot judge the model; hold out a case with foreground")
         chosen = set(val_names)
-    elif fraction > 0 and len(cases) > 1:
-        order = np.random.default_rng(seed).permutation(len(cases))
-        chosen = {names[i] for i in order[: max(1, int(round(fraction * len(cases))))]}
+    elif fraction > 0 and len(cases) - len(background_only) > 1:
+        # Background-only cases stay in training; one case with foreground does too.
+        order = [i for i in np.random.default_rng(seed).permutation(len(cases)) if names[i] not in background_only]
+        chosen = {names[i] for i in order[: min(len(order) - 1, max(1, int(round(fraction * len(cases)))))]}
     else:
         if fraction > 0:
-            log.warning("only one case: no held-out validation; the final model is kept")
+            log.warning("only one case%s: no held-out validation; the final model is kept",
+                        " with foreground" if background_only else "")
         chosen = set()
     train = [c for c in cases if c.name not in chosen]
     if not train:
@@ -141,7 +148,8 @@ def run_training(options: TrainOptions) -> TrainResult:
         output.check_destinations(Path(options.output), work, Path(options.dataset))
         work.mkdir(parents=True, exist_ok=True)
         data = validate_dataset(discover_dataset(options.dataset))
-        train_cases, val_cases = split_cases(data.dataset.cases, options.val_cases, options.val_fraction, options.seed)
+        train_cases, val_cases = split_cases(data.dataset.cases, options.val_cases, options.val_fraction, options.seed,
+                                             data.background_only)
         log.info("%d training case(s), %d validation case(s): %s", len(train_cases), len(val_cases),
                  ", ".join(c.name for c in val_cases) or "none")
         report("check", 1.0, f"{len(data.dataset.cases)} case(s) valid")

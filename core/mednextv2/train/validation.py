@@ -42,6 +42,12 @@ class ValidatedDataset:
     def n_channels(self) -> int:
         return len(self.dataset.cases[0].images)
 
+    @property
+    def background_only(self) -> Tuple[str, ...]:
+        """Cases whose label map holds no foreground: training negatives; never validation
+        cases, where Dice is undefined (run.split_cases)."""
+        return tuple(i.name for i in self.infos if not any(v != 0 for v in i.label_values))
+
 
 def _header(path: Path) -> sitk.ImageFileReader:
     reader = sitk.ImageFileReader()
@@ -165,4 +171,8 @@ def validate_dataset(dataset: Dataset) -> ValidatedDataset:
         log.warning("labels never present in any case: %s; their Dice will be undefined", ", ".join(missing))
     if not any(v != 0 for v in present):
         raise InputError(f"dataset {dataset.source}: every label map is empty (background only); nothing to learn")
-    return ValidatedDataset(dataset=dataset, labels=dict(sorted(labels.items())), infos=tuple(infos))
+    checked = ValidatedDataset(dataset=dataset, labels=dict(sorted(labels.items())), infos=tuple(infos))
+    if checked.background_only:
+        log.warning("case(s) %s: the label map is background only; used for training only (a validation case "
+                    "needs foreground for its Dice)", ", ".join(checked.background_only))
+    return checked
