@@ -4,6 +4,9 @@ valid ones. The dataset is made of copies of the real breast MR and its lesion m
 from __future__ import annotations
 
 import argparse
+import os
+import subprocess
+import sys
 import dataclasses
 import logging
 import shutil
@@ -121,3 +124,12 @@ def test_random_split_keeps_background_only_cases_in_training(dataset):
 def test_a_background_only_training_case_is_trained_on(dataset, tmp_path):  # row 16, the warned case
     assert main(["train", str(dataset), "-o", str(tmp_path / "model"), "--val-fraction", "0.34", *TINY]) == 0
     assert (tmp_path / "model.training" / "cache" / "empty_label.npy").exists()
+
+
+def test_building_the_train_flags_does_not_import_torch():
+    """Every `mednextv2` command builds the whole parser: torch there would cost seconds each time."""
+    code = ("import sys; from mednextv2.cli import build_parser; build_parser(); "
+            "import mednextv2.segment_options; print('torch' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                         env=dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path)))
+    assert out.stdout.strip() == "False"

@@ -15,6 +15,7 @@ _EXPORTS = {
     "load_bundle": "mednextv2.bundle",
     "Bundle": "mednextv2.bundle",
     "segment": "mednextv2.segment",
+    "SegmentOptions": "mednextv2.segment_options",
 }
 
 
