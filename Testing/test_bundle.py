@@ -49,9 +49,15 @@ def test_zip_with_top_folder_and_save_over_existing(tmp_path):
         for f in folder.iterdir():
             zf.write(f, f"lung/{f.name}")
     assert load_bundle(tmp_path / "lung.zip").id == "known-threshold"
-    # saving over an existing bundle folder replaces it completely and leaves no temporaries
-    (folder / "stale.txt").write_text("x")
+    # saving over an existing bundle folder replaces it completely and leaves no temporaries...
+    threshold_bundle(folds=2).save(folder)
     bundle.save(folder)
+    # ...but a folder holding a file the engine did not write is refused, untouched (docs/promise.md)
+    (folder / "notes.txt").write_text("x")
+    with pytest.raises(InputError, match="notes.txt"):
+        bundle.save(folder)
+    assert (folder / "notes.txt").read_text() == "x"
+    (folder / "notes.txt").unlink()
     assert sorted(p.name for p in folder.iterdir()) == ["model.json", "weights.safetensors"]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["lung", "lung.zip"]
     mask = os.umask(0o022)
