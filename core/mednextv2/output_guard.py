@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Iterable, List, Optional, Sequence, Union
+from typing import Iterable, List, Optional, Sequence, Tuple, Union
 
 from mednextv2.errors import InputError
 
@@ -38,14 +38,25 @@ def input_files(inputs: Iterable[PathLike]) -> List[Path]:
     return files
 
 
-def first_clash(outputs: Sequence[PathLike], inputs: Sequence[PathLike]) -> Optional[tuple]:
-    """(output, input) for the first output that would be written over an input, else None."""
-    files = input_files(inputs)
-    folders = [Path(i) for i in inputs if Path(i).is_dir()]
-    for out in outputs:
-        for path in files + folders:
-            if same_path(out, path):
-                return Path(out), path
+def _inode(path: Path) -> Optional[Tuple[int, int]]:
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return st.st_dev, st.st_ino
+
+
+def first_clash(outputs: Sequence[PathLike], inputs: Sequence[PathLike]) -> Optional[Tuple[Path, Path]]:
+    """(output, input) for the first output that would be written over an input, else None.
+    Same test as `same_path`, with each input looked at once (a batch folder has many)."""
+    sources = input_files(inputs) + [Path(i) for i in inputs if Path(i).is_dir()]
+    by_path = {p.resolve(): p for p in sources}
+    by_inode = {_inode(p): p for p in sources}
+    by_inode.pop(None, None)
+    for out in map(Path, outputs):
+        hit = by_path.get(out.resolve()) or by_inode.get(_inode(out))
+        if hit is not None:
+            return out, hit
     return None
 
 
