@@ -6,6 +6,7 @@ exits 2 and leaves every byte of every input as it was.
 from __future__ import annotations
 
 import hashlib
+import os
 import shutil
 from pathlib import Path
 
@@ -63,8 +64,9 @@ def test_output_equal_to_the_input_is_refused(scans, model_dir, name, capsys):
 def test_output_reaching_the_input_by_another_spelling_is_refused(scans, model_dir, capsys):
     (scans / "sub").mkdir()
     (scans / "link.nrrd").symlink_to(scans / "breast.nrrd")
+    os.link(scans / "breast.nrrd", scans / "hard.nrrd")  # resolves elsewhere; the same inode
     before = _hashes(scans)
-    for out in (scans / "sub" / ".." / "breast.nrrd", scans / "link.nrrd"):
+    for out in (scans / "sub" / ".." / "breast.nrrd", scans / "link.nrrd", scans / "hard.nrrd"):
         assert _segment(scans / "breast.nrrd", "-m", model_dir, "-o", out) == 2
     assert _hashes(scans) == before
 
