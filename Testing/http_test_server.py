@@ -2,7 +2,7 @@
 
 The file server answers Range requests and can misbehave per file: drop the connection part-way
 (a set number of times), serve wrong bytes of the right length, answer with an error status, or
-send slowly. The proxy forwards plain-HTTP requests and tunnels HTTPS (CONNECT), and records
+send slowly (down to a byte at a time). The proxy forwards plain-HTTP requests and tunnels HTTPS (CONNECT), and records
 what went through it, so a test can prove the proxy variables were honoured.
 """
 from __future__ import annotations
@@ -32,6 +32,7 @@ class Route:
     drops: int = 0                    # ... on this many requests
     corrupt: bool = False             # flip bytes, keep the length
     delay: float = 0.0                # seconds to wait before each chunk
+    piece: int = CHUNK                # bytes per chunk (1 with a delay: a server that drips)
     header_delay: float = 0.0         # seconds to wait before answering at all
     ranges: bool = True               # honour Range headers
     bytes_sent: int = 0               # body bytes sent over all requests
@@ -133,7 +134,7 @@ class FileServer:
                 while sent < len(body):
                     if route.delay:
                         time.sleep(route.delay)
-                    end = min(sent + CHUNK, len(body))
+                    end = min(sent + max(route.piece, 1), len(body))
                     if drop_at is not None and end >= drop_at:
                         self.wfile.write(body[sent:drop_at])
                         self.wfile.flush()
