@@ -289,10 +289,11 @@ def test_two_processes_download_the_same_model(tmp_path):
     with FileServer() as server:
         # ~1.5 s of transfer, so the second process starts while the first is still downloading
         server.add("/tiny.zip", data, delay=1.5 * 16384 / len(data))
-        server.add("/catalog.json", catalog_json([catalog_entry("tiny-ct", data, [server.url("/tiny.zip")])]).encode())
+        catalog = tmp_path / "catalog.json"  # from disk: its hash protects the http model URL
+        catalog.write_text(catalog_json([catalog_entry("tiny-ct", data, [server.url("/tiny.zip")])]))
         env = {k: v for k, v in os.environ.items() if k.upper() not in PROXY_VARS}
         command = [sys.executable, "-m", "mednextv2", "models", "--home", str(home), "--catalog",
-                   server.url("/catalog.json"), "--progress", "none", "download", "tiny-ct"]
+                   str(catalog), "--progress", "none", "download", "tiny-ct"]
         procs = [subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
                  for _ in range(2)]
         results = [p.communicate(timeout=120) for p in procs]

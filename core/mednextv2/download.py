@@ -335,14 +335,16 @@ def _root_cause(e: BaseException) -> str:
 
 
 def fetch_bytes(url: str, max_bytes: int, *, settings: DownloadSettings = DownloadSettings(),
-                session: Optional[requests.Session] = None) -> bytes:
-    """A small file (a catalog) into memory, with the same timeouts, retries and messages."""
+                session: Optional[requests.Session] = None, https_only: bool = False) -> bytes:
+    """A small file (a catalog) into memory, with the same timeouts, retries and messages.
+
+    `https_only`: a redirect to plain http is refused (a catalog's checksums need https)."""
     check_url(url)
     session = session or new_session()
     failures = 0
     while True:
         try:
-            return _fetch_small(session, url, max_bytes, settings)
+            return _fetch_small(session, url, max_bytes, settings, https_only)
         except _Transient as e:
             failures += 1
             if failures > settings.retries:
@@ -350,13 +352,16 @@ def fetch_bytes(url: str, max_bytes: int, *, settings: DownloadSettings = Downlo
             time.sleep(min(settings.backoff * 2 ** (failures - 1), settings.max_backoff))
 
 
-def _fetch_small(session, url, max_bytes, settings) -> bytes:
+def _fetch_small(session, url, max_bytes, settings, https_only) -> bytes:
     try:
         response = session.get(url, stream=True, timeout=(settings.connect_timeout, settings.read_timeout))
     except requests.exceptions.RequestException as e:
         _raise_network_error(e, url, settings)
     with response:
         check_url(response.url)
+        if https_only and urlsplit(response.url).scheme != "https":
+            raise InputError(f"{url} redirected to plain http ({response.url}); refused, because its content must "
+                             "come over https")
         if response.status_code >= 400:
             _raise_http_error(response, url)
         data = bytearray()
