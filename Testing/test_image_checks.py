@@ -74,6 +74,22 @@ def test_truncated_training_label_is_refused(tmp_path, breast):
             read_image(label)
 
 
+def test_train_refuses_a_case_with_a_truncated_label(tmp_path, breast, capsys):
+    dataset = tmp_path / "dataset"
+    dataset.mkdir()
+    for i in range(3):
+        _write(breast[0], dataset / f"case{i}_image.nii")
+        _write(breast[1], dataset / f"case{i}_label.nii")
+    label = dataset / "case1_label.nii"
+    label.write_bytes(label.read_bytes()[:160_000])
+    out = tmp_path / "model"
+    rc = main(["train", str(dataset), "-o", str(out), "--epochs", "1", "--iterations", "1", "--patch", "16", "32", "32",
+               "--device", "cpu", "--progress", "none"])
+    err = capsys.readouterr().err
+    assert rc == 2 and f"{label}: the file is truncated" in err, err
+    assert not out.exists()
+
+
 def test_complete_gzip_variants_are_accepted(tmp_path, breast):
     # The fast length check fails for these, so they take the full decompression path.
     raw = _write(breast[0], tmp_path / "scan.nii").read_bytes()
