@@ -109,6 +109,12 @@ def test_user_catalogs_from_env_config_and_cli_merge_in_order(tmp_path, tiny, mo
         catalog.get("nope")
 
 
+def _serve_catalog_over_http(server, tiny, monkeypatch):
+    server.add("/tiny.zip", tiny)
+    server.add("/catalog.json", catalog_json([catalog_entry("tiny-ct", tiny, [server.url("/tiny.zip")])]).encode())
+    monkeypatch.setenv("MEDNEXTV2_CATALOGS", server.url("/catalog.json"))
+
+
 def _http_warnings(caplog):
     return [r for r in caplog.records if r.levelname == "WARNING" and "over plain http (MEDNEXTV2_ALLOW_HTTP=1)" in r.message]
 
@@ -117,9 +123,7 @@ def test_plain_http_catalog_is_refused_unless_allowed(tmp_path, tiny, monkeypatc
     # A catalog over http lets anyone on the path choose the checksums, and so the model bytes.
     home = tmp_path / "home"
     with FileServer() as server:
-        server.add("/tiny.zip", tiny)
-        server.add("/catalog.json", catalog_json([catalog_entry("tiny-ct", tiny, [server.url("/tiny.zip")])]).encode())
-        monkeypatch.setenv("MEDNEXTV2_CATALOGS", server.url("/catalog.json"))
+        _serve_catalog_over_http(server, tiny, monkeypatch)
         code, out, _ = run_cli(capsys, "models", "list", "--json")
         listed = json.loads(out)
         assert code == 0 and listed["models"] == []
@@ -168,9 +172,7 @@ def test_user_catalog_over_http_download_and_resolve(tmp_path, tiny, monkeypatch
     home = tmp_path / "home"
     monkeypatch.setenv("MEDNEXTV2_ALLOW_HTTP", "1")  # plain http only with the opt-in (previous test)
     with FileServer() as server:
-        server.add("/tiny.zip", tiny)
-        server.add("/catalog.json", catalog_json([catalog_entry("tiny-ct", tiny, [server.url("/tiny.zip")])]).encode())
-        monkeypatch.setenv("MEDNEXTV2_CATALOGS", server.url("/catalog.json"))
+        _serve_catalog_over_http(server, tiny, monkeypatch)
 
         code, out, _ = run_cli(capsys, "models", "list", "--json")
         listed = json.loads(out)
