@@ -70,7 +70,8 @@ def check_nifti_file(path: Path) -> None:
             with open(path, "rb") as f:
                 raw = f.read(_NIFTI2_BYTES)
     except (EOFError, OSError, zlib.error) as e:
-        raise InputError(f"{path}: cannot read the NIfTI header (truncated or corrupt file: {e})") from e
+        raise InputError(f"{path}: cannot read the image (unreadable or corrupt file): the NIfTI header cannot be "
+                         f"read ({e})") from e
     header = parse_header(raw)
     if header is None:
         return
