@@ -1,8 +1,9 @@
 """A real HTTP(S) file server and a forwarding proxy on 127.0.0.1, for the download tests.
 
 The file server answers Range requests and can misbehave per file: drop the connection part-way
-(a set number of times), serve wrong bytes of the right length, answer with an error status, or
-send slowly. The proxy forwards plain-HTTP requests and tunnels HTTPS (CONNECT), and records
+(a set number of times), serve wrong bytes of the right length, answer with an error status or a
+redirect, or
+send slowly (down to a byte at a time). The proxy forwards plain-HTTP requests and tunnels HTTPS (CONNECT), and records
 what went through it, so a test can prove the proxy variables were honoured.
 """
 from __future__ import annotations
@@ -32,8 +33,10 @@ class Route:
     drops: int = 0                    # ... on this many requests
     corrupt: bool = False             # flip bytes, keep the length
     delay: float = 0.0                # seconds to wait before each chunk
+    piece: int = CHUNK                # bytes per chunk (1 with a delay: a server that drips)
     header_delay: float = 0.0         # seconds to wait before answering at all
     ranges: bool = True               # honour Range headers
+    location: Optional[str] = None    # answer 302 Found, redirecting here
     bytes_sent: int = 0               # body bytes sent over all requests
 
 
@@ -102,6 +105,12 @@ class FileServer:
                     return self._error(404, "Not Found")
                 if route.header_delay:
                     time.sleep(route.header_delay)
+                if route.location is not None:
+                    self.send_response(302)
+                    self.send_header("Location", route.location)
+                    self.send_header("Content-Length", "0")
+                    self.end_headers()
+                    return
                 if route.status is not None:
                     return self._error(route.status, "test status")
                 data = bytes(b ^ 0xFF for b in route.data) if route.corrupt else route.data
@@ -133,7 +142,7 @@ class FileServer:
                 while sent < len(body):
                     if route.delay:
                         time.sleep(route.delay)
-                    end = min(sent + CHUNK, len(body))
+                    end = min(sent + max(route.piece, 1), len(body))
                     if drop_at is not None and end >= drop_at:
                         self.wfile.write(body[sent:drop_at])
                         self.wfile.flush()

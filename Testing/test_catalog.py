@@ -3,11 +3,12 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from pathlib import Path
 
 import pytest
 
-from http_test_server import FileServer, catalog_entry, catalog_json, tiny_bundle_zip
+from http_test_server import FileServer, catalog_entry, catalog_json, self_signed_tls, tiny_bundle_zip
 from mednextv2.bundle import load_bundle, schema_errors
 from mednextv2.cache import ModelCache, check_model_id, default_home
 from mednextv2.catalog import _schema, load_catalog, parse_catalog, resolve_model
@@ -23,6 +24,7 @@ def clean_env(monkeypatch, tmp_path):
         monkeypatch.delenv(name, raising=False)
         monkeypatch.delenv(name.lower(), raising=False)
     monkeypatch.delenv("MEDNEXTV2_CATALOGS", raising=False)
+    monkeypatch.delenv("MEDNEXTV2_ALLOW_HTTP", raising=False)
     monkeypatch.setenv("MEDNEXTV2_HOME", str(tmp_path / "home"))
 
 
@@ -107,12 +109,70 @@ def test_user_catalogs_from_env_config_and_cli_merge_in_order(tmp_path, tiny, mo
         catalog.get("nope")
 
 
-def test_user_catalog_over_http_download_and_resolve(tmp_path, tiny, monkeypatch, capsys):
+def _serve_catalog_over_http(server, tiny, monkeypatch):
+    server.add("/tiny.zip", tiny)
+    server.add("/catalog.json", catalog_json([catalog_entry("tiny-ct", tiny, [server.url("/tiny.zip")])]).encode())
+    monkeypatch.setenv("MEDNEXTV2_CATALOGS", server.url("/catalog.json"))
+
+
+def _http_warnings(caplog):
+    return [r for r in caplog.records if r.levelname == "WARNING" and "over plain http (MEDNEXTV2_ALLOW_HTTP=1)" in r.message]
+
+
+def test_plain_http_catalog_is_refused_unless_allowed(tmp_path, tiny, monkeypatch, capsys, caplog):
+    # A catalog over http lets anyone on the path choose the checksums, and so the model bytes.
     home = tmp_path / "home"
     with FileServer() as server:
-        server.add("/tiny.zip", tiny)
-        server.add("/catalog.json", catalog_json([catalog_entry("tiny-ct", tiny, [server.url("/tiny.zip")])]).encode())
-        monkeypatch.setenv("MEDNEXTV2_CATALOGS", server.url("/catalog.json"))
+        _serve_catalog_over_http(server, tiny, monkeypatch)
+        code, out, _ = run_cli(capsys, "models", "list", "--json")
+        listed = json.loads(out)
+        assert code == 0 and listed["models"] == []
+        assert len(listed["problems"]) == 1 and re.search(
+            r"catalog http://127\.0\.0\.1:\d+/catalog\.json is plain http, which is refused.*https://.*"
+            r"MEDNEXTV2_ALLOW_HTTP=1", listed["problems"][0])
+        code, _, err = run_cli(capsys, "models", "download", "tiny-ct")
+        assert code == 2 and "unknown model id 'tiny-ct'" in err and "plain http, which is refused" in err
+        for value in ("0", "yes", "true"):  # only the documented opt-in
+            monkeypatch.setenv("MEDNEXTV2_ALLOW_HTTP", value)
+            assert "tiny-ct" not in load_catalog(ModelCache.open())
+        assert server.requests_for("/catalog.json") == [] and server.requests_for("/tiny.zip") == []
+        assert not (home / "models").exists() or list((home / "models").iterdir()) == []
+
+        monkeypatch.setenv("MEDNEXTV2_ALLOW_HTTP", "1")
+        caplog.clear()
+        for _ in range(2):
+            assert "tiny-ct" in load_catalog(ModelCache.open())
+        assert len(_http_warnings(caplog)) == 2  # a warning on every use
+        caplog.clear()
+        code, out, _ = run_cli(capsys, "models", "download", "tiny-ct")
+        assert code == 0 and out.strip() == str(home / "models" / "tiny-ct")
+        assert len(_http_warnings(caplog)) == 2  # reading the catalog, and installing from it
+
+
+def test_https_catalog_may_list_http_model_urls_but_not_redirect_to_http(tmp_path, tiny, monkeypatch, caplog):
+    tls, cert = self_signed_tls(tmp_path)
+    monkeypatch.setenv("REQUESTS_CA_BUNDLE", str(cert))
+    with FileServer(tls=tls) as secure, FileServer() as plain:
+        plain.add("/tiny.zip", tiny)
+        text = catalog_json([catalog_entry("tiny-ct", tiny, [plain.url("/tiny.zip")])]).encode()
+        secure.add("/catalog.json", text)
+        plain.add("/catalog.json", text)
+        secure.add("/moved.json", b"", location=plain.url("/catalog.json"))
+        catalog = load_catalog(ModelCache.open(), [secure.url("/catalog.json"), secure.url("/moved.json")])
+        # The hash from the https catalog protects the http model download.
+        path = resolve_model("tiny-ct", catalogs=[secure.url("/catalog.json")])
+        assert load_bundle(path).id == "tiny-ct" and len(plain.requests_for("/tiny.zip")) == 1
+    assert "tiny-ct" in catalog and catalog.sources[1:] == (secure.url("/catalog.json"),)
+    assert len(catalog.problems) == 1 and re.search(
+        r"moved\.json redirected to plain http \(http://127\.0\.0\.1:\d+/catalog\.json\); refused", catalog.problems[0])
+    assert _http_warnings(caplog) == []
+
+
+def test_user_catalog_over_http_download_and_resolve(tmp_path, tiny, monkeypatch, capsys):
+    home = tmp_path / "home"
+    monkeypatch.setenv("MEDNEXTV2_ALLOW_HTTP", "1")  # plain http only with the opt-in (previous test)
+    with FileServer() as server:
+        _serve_catalog_over_http(server, tiny, monkeypatch)
 
         code, out, _ = run_cli(capsys, "models", "list", "--json")
         listed = json.loads(out)

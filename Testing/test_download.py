@@ -7,6 +7,7 @@ import re
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -155,6 +156,64 @@ def test_slow_but_steady_server_completes(tmp_path, payload):
     assert out.read_bytes() == payload
 
 
+def _download_in_thread(*args, **kwargs):
+    """download_verified in a thread, so that a test can watch it (and fail, not hang, if it never ends)."""
+    import threading
+
+    outcome = {}
+
+    def run():
+        try:
+            outcome["path"] = download_verified(*args, **kwargs)
+        except Exception as e:  # noqa: BLE001 - handed to the test
+            outcome["error"] = e
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    return thread, outcome
+
+
+def test_a_dripping_server_is_given_up_and_the_part_resumes(tmp_path, payload):
+    # A byte every 50 ms never trips the read timeout; only the average rate shows it.
+    settings = DownloadSettings(connect_timeout=2.0, read_timeout=2.0, retries=2, backoff=0.05,
+                                min_rate=1024, rate_window=1.0, flush_every=0.2)
+    part = tmp_path / "m.bin.part"
+    with FileServer() as server:
+        server.add("/m.bin", payload, piece=1, delay=0.05)
+        thread, outcome = _download_in_thread([server.url("/m.bin")], part, sha(payload), len(payload),
+                                              settings=settings)
+        thread.join(timeout=15)
+        assert not thread.is_alive(), "the dripping download was not given up"
+        error = outcome["error"]
+        assert isinstance(error, DownloadError) and not isinstance(error, ChecksumError)
+        assert re.search(r"download from 127\.0\.0\.1:\d+ is too slow: \d+ B/s over the last 1 s, below the minimum "
+                         r"of 1\.0 KB/s\. The \d+ B received so far are kept in .*m\.bin\.part: run the download again "
+                         "to resume it", str(error)), error
+        kept = part.read_bytes()
+        assert 5 <= len(kept) < 200 and kept == payload[:len(kept)]
+        server.add("/m.bin", payload)  # the link recovers: the next run resumes where the drip stopped
+        out = download_verified([server.url("/m.bin")], part, sha(payload), len(payload), settings=settings)
+        assert server.requests_for("/m.bin")[-1].headers.get("Range") == f"bytes={len(kept)}-"
+    assert out.read_bytes() == payload and not part.exists()
+
+
+def test_the_part_file_is_flushed_while_the_download_runs(tmp_path, payload):
+    # A process killed mid-download leaves what reached the disk; a slow link must not leave
+    # everything in Python's write buffer.
+    settings = DownloadSettings(connect_timeout=2.0, read_timeout=2.0, min_rate=1, flush_every=0.2)
+    data = payload[:20_000]
+    part = tmp_path / "m.bin.part"
+    with FileServer() as server:
+        route = server.add("/m.bin", data, piece=1, delay=0.02)
+        thread, outcome = _download_in_thread([server.url("/m.bin")], part, sha(data), len(data), settings=settings)
+        time.sleep(1.5)
+        on_disk = part.read_bytes() if part.exists() else b""
+        assert thread.is_alive() and 10 <= len(on_disk) < 1000 and on_disk == data[:len(on_disk)]
+        route.piece, route.delay = 4096, 0.0
+        thread.join(timeout=30)
+    assert outcome["path"].read_bytes() == data
+
+
 def test_offline_host_gives_a_clear_message(tmp_path):
     with socket.socket() as s:  # a port nobody listens on
         s.bind(("127.0.0.1", 0))
@@ -230,10 +289,11 @@ def test_two_processes_download_the_same_model(tmp_path):
     with FileServer() as server:
         # ~1.5 s of transfer, so the second process starts while the first is still downloading
         server.add("/tiny.zip", data, delay=1.5 * 16384 / len(data))
-        server.add("/catalog.json", catalog_json([catalog_entry("tiny-ct", data, [server.url("/tiny.zip")])]).encode())
+        catalog = tmp_path / "catalog.json"  # from disk: its hash protects the http model URL
+        catalog.write_text(catalog_json([catalog_entry("tiny-ct", data, [server.url("/tiny.zip")])]))
         env = {k: v for k, v in os.environ.items() if k.upper() not in PROXY_VARS}
         command = [sys.executable, "-m", "mednextv2", "models", "--home", str(home), "--catalog",
-                   server.url("/catalog.json"), "--progress", "none", "download", "tiny-ct"]
+                   str(catalog), "--progress", "none", "download", "tiny-ct"]
         procs = [subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
                  for _ in range(2)]
         results = [p.communicate(timeout=120) for p in procs]

@@ -2,10 +2,14 @@
 
 Sources, merged in this order (a later entry with the same id replaces an earlier one):
 1. `catalog.json` shipped in the package;
-2. `MEDNEXTV2_CATALOGS`: comma-separated local paths or http(s) URLs;
+2. `MEDNEXTV2_CATALOGS`: comma-separated local paths or https URLs;
 3. `"catalogs"` in `<home>/config.json`;
 4. catalogs given on the command line (`mednextv2 models --catalog ...`).
 A remote catalog's last good copy is kept in `<home>/catalogs/` and used when offline.
+
+A catalog carries the SHA-256 that protects its models, so it must come from disk or over https;
+plain http only with MEDNEXTV2_ALLOW_HTTP=1, and a warning each time. Model URLs may be plain http:
+the hash from a trusted catalog verifies their bytes.
 """
 from __future__ import annotations
 
@@ -27,6 +31,7 @@ from mednextv2.export import atomic_path
 log = logging.getLogger(__name__)
 
 CATALOGS_ENV = "MEDNEXTV2_CATALOGS"
+ALLOW_HTTP_ENV = "MEDNEXTV2_ALLOW_HTTP"
 SHIPPED = "(shipped catalog)"
 MAX_CATALOG_BYTES = 5 * 1024 * 1024
 
@@ -140,10 +145,12 @@ def load_catalog(cache: Optional[ModelCache] = None, extra: Sequence[str] = (), 
 
 def _read_source(source: str, cache: ModelCache, settings) -> bytes:
     scheme = urlsplit(source).scheme.lower()
+    if scheme == "http":
+        _check_plain_http(source)
     if scheme in ("http", "https"):
-        return _read_remote(source, cache, settings)
+        return _read_remote(source, cache, settings, https_only=scheme == "https")
     if len(scheme) > 1:  # not a Windows drive letter
-        raise InputError(f"catalog {source!r}: only local files and http(s) URLs are accepted")
+        raise InputError(f"catalog {source!r}: only local files and https URLs are accepted")
     path = Path(source).expanduser()
     try:
         data = path.read_bytes()
@@ -154,13 +161,27 @@ def _read_source(source: str, cache: ModelCache, settings) -> bytes:
     return data
 
 
-def _read_remote(url: str, cache: ModelCache, settings) -> bytes:
+def _plain_http_allowed() -> bool:
+    return os.environ.get(ALLOW_HTTP_ENV, "").strip() == "1"
+
+
+def _check_plain_http(url: str) -> None:
+    """Refuse a plain-http catalog unless the user opted in, and warn each time they did."""
+    if not _plain_http_allowed():
+        raise InputError(f"catalog {url} is plain http, which is refused: anyone on the network path could change "
+                         "the checksums it lists and so choose the model files you install. Use an https:// URL or "
+                         f"a local copy of the file, or set {ALLOW_HTTP_ENV}=1 to accept that risk.")
+    log.warning("catalog %s is read over plain http (%s=1): anyone on the network path can change the models it "
+                "lists", url, ALLOW_HTTP_ENV)
+
+
+def _read_remote(url: str, cache: ModelCache, settings, *, https_only: bool) -> bytes:
     from mednextv2.download import DownloadSettings, fetch_bytes
 
     copy = cache.catalogs_dir / (hashlib.sha256(url.encode("utf-8")).hexdigest()[:24] + ".json")
     try:
         # Short timeouts: listing models must not hang for long when offline; the saved copy serves then.
-        data = fetch_bytes(url, MAX_CATALOG_BYTES, settings=settings or DownloadSettings(
+        data = fetch_bytes(url, MAX_CATALOG_BYTES, https_only=https_only, settings=settings or DownloadSettings(
             connect_timeout=5.0, read_timeout=15.0, retries=1, backoff=0.5))
     except MedNeXtError as e:
         if copy.is_file():
@@ -184,6 +205,8 @@ def download_model(entry: CatalogEntry, cache: Optional[ModelCache] = None, *, p
 
     cache = cache or ModelCache.open()
     check_model_id(entry.id)
+    if urlsplit(entry.source).scheme.lower() == "http":
+        _check_plain_http(entry.source)  # the opt-in may have been withdrawn since the catalog was read
     with cache.lock(entry.id):
         if not force and cache.is_installed(entry.id) and cache.install_info(entry.id).get("sha256") == entry.sha256:
             log.info("model %s %s is already installed", entry.id, entry.version)

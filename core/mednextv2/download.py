@@ -5,6 +5,7 @@ files) is handled here:
 - streaming with `requests`, connect and read timeouts, retries with exponential backoff;
 - an interrupted download is kept as `<name>.part` and resumed with an HTTP Range request;
 - the SHA-256 is checked before the file gets its final name, and a mismatch deletes it;
+- a link slower than `min_rate` on average over `rate_window` is given up, keeping the part;
 - proxies and CA bundles come from the environment (`HTTPS_PROXY`, `NO_PROXY`,
   `REQUESTS_CA_BUNDLE`) because the session keeps requests' `trust_env`;
 - only http(s) URLs, and never more bytes than the catalog says.
@@ -19,10 +20,11 @@ import re
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Optional, Sequence
+from typing import Callable, Iterator, Optional, Sequence
 from urllib.parse import urlsplit
 
 import requests
+import urllib3
 
 from mednextv2 import __version__
 from mednextv2.cache import format_size, require_free_space
@@ -52,6 +54,11 @@ class DownloadSettings:
     max_backoff: float = 30.0
     chunk_size: int = 1 << 20
     max_bytes: int = 50 * 1024 ** 3   # refuse anything larger, whatever a catalog says
+    # A server dripping a byte every few seconds never trips the read timeout: the average rate
+    # over each `rate_window` seconds must reach `min_rate` bytes/s.
+    min_rate: float = 1024.0
+    rate_window: float = 60.0
+    flush_every: float = 2.0  # seconds between flushes of the part file, so a kill leaves a resumable part
 
 
 def check_url(url: str) -> str:
@@ -86,6 +93,46 @@ class _Transient(Exception):
 
 class _StartOver(Exception):
     """The partial file cannot be continued; delete it and fetch from byte 0."""
+
+
+class _TooSlow(DownloadError):
+    """The server sends, but slower than DownloadSettings.min_rate."""
+
+
+def _arrivals(response, url: str, settings: DownloadSettings) -> Iterator[bytes]:
+    """The body in the pieces the network delivers, not in whole chunks, so that the rate check
+    (and the caller's flush) run even on a link that drips a byte at a time."""
+    read1 = getattr(response.raw, "read1", None)  # urllib3 >= 2.3
+    pieces = _read1_pieces(read1, settings.chunk_size) if read1 else \
+        response.iter_content(chunk_size=min(settings.chunk_size, 1 << 14))  # older: a chunk must fill first
+    received, window_start, window_bytes = 0, time.monotonic(), 0
+    for piece in pieces:
+        yield piece
+        received += len(piece)
+        now = time.monotonic()
+        if now - window_start >= settings.rate_window:
+            rate = (received - window_bytes) / (now - window_start)
+            if rate < settings.min_rate:
+                raise _TooSlow(f"the download from {urlsplit(url).netloc} is too slow: {format_size(int(rate))}/s "
+                               f"over the last {now - window_start:.0f} s, below the minimum of "
+                               f"{format_size(int(settings.min_rate))}/s")
+            window_start, window_bytes = now, received
+
+
+def _read1_pieces(read1, size: int) -> Iterator[bytes]:
+    """urllib3's errors as the requests errors that iter_content would raise."""
+    try:
+        while True:
+            piece = read1(size, decode_content=True)
+            if not piece:
+                return
+            yield piece
+    except urllib3.exceptions.ReadTimeoutError as e:
+        raise requests.exceptions.ReadTimeout(e) from e
+    except urllib3.exceptions.SSLError as e:
+        raise requests.exceptions.SSLError(e) from e
+    except urllib3.exceptions.HTTPError as e:  # protocol errors, a connection cut mid-body
+        raise requests.exceptions.ConnectionError(e) from e
 
 
 def download_verified(urls: Sequence[str], part: Path, sha256: str, size: int, *,
@@ -197,10 +244,10 @@ def _fetch_once(session, url, part, size, settings, progress) -> None:
 def _stream_to(response, part, mode, have, size, url, settings, progress) -> None:
     done = have
     last_report = 0.0
-    started = time.monotonic()
+    started = last_flush = time.monotonic()
     try:
         with open(part, mode) as f:
-            for chunk in response.iter_content(chunk_size=settings.chunk_size):
+            for chunk in _arrivals(response, url, settings):
                 if not chunk:
                     continue
                 if done + len(chunk) > size:
@@ -209,12 +256,18 @@ def _stream_to(response, part, mode, have, size, url, settings, progress) -> Non
                 f.write(chunk)
                 done += len(chunk)
                 now = time.monotonic()
+                if now - last_flush >= settings.flush_every:
+                    f.flush()
+                    last_flush = now
                 if progress and (now - last_report > 0.25 or done == size):
                     last_report = now
                     rate = (done - have) / max(now - started, 1e-6)
                     eta = (size - done) / rate if rate > 0 else None
                     progress("download", done / size, f"{format_size(done)} of {format_size(size)}",
                              eta_s=eta, bytes=done, total_bytes=size)
+    except _TooSlow as e:
+        raise DownloadError(f"{e}. The {format_size(done)} received so far are kept in {part}: run the download "
+                            "again to resume it, on a faster connection if possible.") from e
     except requests.exceptions.RequestException as e:  # before OSError: requests' errors derive from it
         _raise_network_error(e, url, settings)
     except OSError as e:
@@ -282,14 +335,16 @@ def _root_cause(e: BaseException) -> str:
 
 
 def fetch_bytes(url: str, max_bytes: int, *, settings: DownloadSettings = DownloadSettings(),
-                session: Optional[requests.Session] = None) -> bytes:
-    """A small file (a catalog) into memory, with the same timeouts, retries and messages."""
+                session: Optional[requests.Session] = None, https_only: bool = False) -> bytes:
+    """A small file (a catalog) into memory, with the same timeouts, retries and messages.
+
+    `https_only`: a redirect to plain http is refused (a catalog's checksums need https)."""
     check_url(url)
     session = session or new_session()
     failures = 0
     while True:
         try:
-            return _fetch_small(session, url, max_bytes, settings)
+            return _fetch_small(session, url, max_bytes, settings, https_only)
         except _Transient as e:
             failures += 1
             if failures > settings.retries:
@@ -297,18 +352,21 @@ def fetch_bytes(url: str, max_bytes: int, *, settings: DownloadSettings = Downlo
             time.sleep(min(settings.backoff * 2 ** (failures - 1), settings.max_backoff))
 
 
-def _fetch_small(session, url, max_bytes, settings) -> bytes:
+def _fetch_small(session, url, max_bytes, settings, https_only) -> bytes:
     try:
         response = session.get(url, stream=True, timeout=(settings.connect_timeout, settings.read_timeout))
     except requests.exceptions.RequestException as e:
         _raise_network_error(e, url, settings)
     with response:
         check_url(response.url)
+        if https_only and urlsplit(response.url).scheme != "https":
+            raise InputError(f"{url} redirected to plain http ({response.url}); refused, because its content must "
+                             "come over https")
         if response.status_code >= 400:
             _raise_http_error(response, url)
         data = bytearray()
         try:
-            for chunk in response.iter_content(chunk_size=1 << 16):
+            for chunk in _arrivals(response, url, settings):
                 data.extend(chunk)
                 if len(data) > max_bytes:
                     raise InputError(f"{url} is larger than the {format_size(max_bytes)} allowed for it")

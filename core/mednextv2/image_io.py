@@ -16,6 +16,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from mednextv2.errors import InputError
+from mednextv2.nifti import check_nifti_file
 
 log = logging.getLogger(__name__)
 
@@ -24,6 +25,7 @@ IMAGE_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd")
 # Direction matrices written by scanners and converters carry float noise; anything nearer to
 # singular than this is a broken header, not an oblique acquisition.
 _MIN_ABS_DETERMINANT = 1e-3
+_FLOAT32_MAX = float(np.finfo(np.float32).max)
 
 
 def is_image_file(path: Path) -> bool:
@@ -45,10 +47,39 @@ def _read_dicom_folder(folder: Path) -> sitk.Image:
     if len(series) > 1:
         log.warning("%s holds %d DICOM series; using the largest (%d files)", folder, len(series), len(files))
     reader.SetFileNames(files)
+    reader.MetaDataDictionaryArrayUpdateOn()  # the slice positions, read with the slices
     try:
-        return reader.Execute()
+        image = reader.Execute()
     except RuntimeError as e:
         raise InputError(f"{folder}: cannot read the DICOM series ({_first_line(e)})") from e
+    _check_slice_positions(reader, image, files, folder)
+    return image
+
+
+def _check_slice_positions(reader: sitk.ImageSeriesReader, image: sitk.Image, files: Sequence[str],
+                           folder: Path) -> None:
+    """ITK stacks the slices on a uniform grid whatever their positions (it only prints a C++
+    warning), so a missing or duplicate slice would shift every slice after it."""
+    key = "0020|0032"  # Image Position (Patient)
+    if len(files) < 3 or not all(reader.HasMetaDataKey(i, key) for i in range(len(files))):
+        return
+    try:
+        positions = np.array([[float(v) for v in reader.GetMetaData(i, key).split("\\")] for i in range(len(files))])
+    except ValueError:
+        return  # unparsable tags: ITK used its defaults, nothing to compare
+    normal = np.array(image.GetDirection(), dtype=float).reshape(3, 3)[:, 2]
+    gaps = np.diff(positions @ normal)
+    typical = float(np.median(np.abs(gaps)))
+    # 0.01 mm or 1 %: scanners round positions to a few decimals; a missing slice doubles a gap.
+    bad = np.flatnonzero(np.abs(np.abs(gaps) - typical) > max(0.01, 0.01 * typical))
+    if typical < 1e-3 or bad.size:
+        i = int(bad[0]) if bad.size else 0
+        raise InputError(
+            f"{folder}: the DICOM slices are not evenly spaced: most are {typical:.4g} mm apart, but "
+            f"{max(bad.size, 1)} gap(s) differ, e.g. {abs(gaps[i]):.4g} mm between {Path(files[i]).name} and "
+            f"{Path(files[i + 1]).name}. A slice is probably missing (or duplicated); reading it as a uniform grid "
+            "would misplace every slice after it. Export the complete series, or resample it to a uniform grid "
+            "first (for example in 3D Slicer).")
 
 
 # ITK's reader refuses some broken headers itself; say what is wrong in the user's words.
@@ -57,6 +88,9 @@ _ITK_REASONS = (
     ("spacing", "the voxel spacing is zero, negative or NaN"),
     ("space directions", "the space directions (spacing/direction) in the header are invalid or NaN"),
     ("space vector", "the space directions (spacing/direction) in the header are invalid or NaN"),
+    ("File cannot be read", "the voxel data cannot be read: the file is truncated, or its data file is missing"),
+    ("fread got only", "the file is truncated: it holds fewer voxel bytes than its header says"),
+    ("_nrrdEncodingGzip_read: expected", "the file is truncated: it holds fewer voxel bytes than its header says"),
 )
 
 
@@ -79,6 +113,8 @@ def read_image(path: PathLike, allow_constant: bool = False) -> sitk.Image:
     if path.is_dir():
         image = _read_dicom_folder(path)
     else:
+        if path.name.lower().endswith((".nii", ".nii.gz")):
+            check_nifti_file(path)  # spacing and length, which ITK does not check
         try:
             image = sitk.ReadImage(str(path))
         except RuntimeError as e:
@@ -117,7 +153,12 @@ def validate_image(image: sitk.Image, where: str, allow_constant: bool = False) 
     if np.issubdtype(array.dtype, np.floating) and not np.all(np.isfinite(array)):
         bad = int(np.count_nonzero(~np.isfinite(array)))
         raise InputError(f"{where}: the image has {bad} NaN or infinite voxel(s)")
-    if not allow_constant and array.min() == array.max():
+    low, high = array.min(), array.max()
+    # The network computes in float32: a larger value would become inf, and the normalised image NaN.
+    if max(abs(float(low)), abs(float(high))) > _FLOAT32_MAX:
+        raise InputError(f"{where}: voxel values range from {float(low):.4g} to {float(high):.4g}, beyond the "
+                         f"{_FLOAT32_MAX:.4g} that 32-bit floats hold; rescale the image to its physical units first")
+    if not allow_constant and low == high:
         raise InputError(f"{where}: the image is constant (every voxel is {array.flat[0]}); nothing to segment")
 
 

@@ -18,7 +18,8 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                     "or a per-user folder.")
     parser.add_argument("--home", help="cache folder (default: MEDNEXTV2_HOME or the per-user folder)")
     parser.add_argument("--catalog", action="append", default=[], metavar="PATH_OR_URL",
-                        help="extra catalog, a local JSON file or an http(s) URL (repeatable)")
+                        help="extra catalog, a local JSON file or an https URL (repeatable; plain http only with "
+                             "MEDNEXTV2_ALLOW_HTTP=1)")
     parser.add_argument("--progress", choices=MODES, default="bar", help="progress display (json for the Slicer modules)")
     sub = parser.add_subparsers(dest="action", metavar="ACTION")
     sub.required = True
