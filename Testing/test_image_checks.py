@@ -13,6 +13,8 @@ import SimpleITK as sitk
 from mednextv2.cli import main
 from mednextv2.errors import InputError
 from mednextv2.image_io import read_image
+from mednextv2.train.datasets import discover_dataset
+from mednextv2.train.validation import validate_dataset
 from segment_fixtures import threshold_bundle
 from test_segment_image_io import _write_dicom_series
 
@@ -88,6 +90,20 @@ def test_train_refuses_a_case_with_a_truncated_label(tmp_path, breast, capsys):
     err = capsys.readouterr().err
     assert rc == 2 and f"{label}: the file is truncated" in err, err
     assert not out.exists()
+
+
+def test_dataset_check_names_a_truncated_label_before_planning(tmp_path, breast):
+    # The dataset check reads label headers only through ITK, which lets a short .nii pass; it must
+    # list the file up front, with the case, rather than fail later in the training cache.
+    dataset = tmp_path / "dataset"
+    dataset.mkdir()
+    for i in range(3):
+        _write(breast[0], dataset / f"case{i}_image.nii")
+        _write(breast[1], dataset / f"case{i}_label.nii.gz", True)
+    label = dataset / "case2_label.nii.gz"
+    label.write_bytes(label.read_bytes()[: len(label.read_bytes()) * 6 // 10])
+    with pytest.raises(InputError, match=rf"case case2: {label}: the file is truncated"):
+        validate_dataset(discover_dataset(dataset))
 
 
 def test_complete_gzip_variants_are_accepted(tmp_path, breast):

@@ -14,6 +14,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from mednextv2.errors import InputError
+from mednextv2.nifti import check_nifti_file
 from mednextv2.train.datasets import Case, Dataset
 
 log = logging.getLogger(__name__)
@@ -98,7 +99,11 @@ def _check_case(case: Case, known: Dict[int, str]) -> Tuple[Optional[CaseInfo], 
             problems.append(f"file {path} does not exist")
             continue
         try:
+            if path.name.lower().endswith((".nii", ".nii.gz")):
+                check_nifti_file(path)  # a truncated file or zero pixdim, which ITK's header read lets pass
             headers.append((path, _header(path)))
+        except InputError as e:
+            problems.append(str(e))
         except RuntimeError as e:
             problems.append(f"cannot read {path.name}: {str(e).strip().splitlines()[-1]}")
     if problems:
