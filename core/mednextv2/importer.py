@@ -20,7 +20,7 @@ from typing import Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 from mednextv2.atomic import sha256_file
 from mednextv2.bundle import (MODEL_JSON, Bundle, BundleSpec, Channel, InferenceDefaults, Label, NetworkSpec,
-                              Normalization, PreprocessingPlan, Provenance, load_bundle)
+                              Normalization, PreprocessingPlan, Provenance, ResampleOrder, Resampling, load_bundle)
 from mednextv2.bundle_spec import strip_absolute_paths
 from mednextv2.cache import ModelCache, check_model_id
 from mednextv2.errors import InputError
@@ -191,6 +191,7 @@ def convert_nnunet(folder: Path, model_id: str, *, folds: Optional[Sequence[Unio
             normalization=tuple(Normalization.from_json(n) for n in _normalization(plans, conf, len(channels), folder)),
             crop_to_nonzero=any(bool(x) for x in conf.get("use_mask_for_norm", [])),
             orientation="as-is",  # nnU-Net's non-reorienting readers keep the file's voxel order
+            resampling=_resampling(conf),
         ),
         inference=InferenceDefaults(
             patch_size=_patch_size(_to_ours([int(p) for p in conf["patch_size"]], axes)),
@@ -208,6 +209,22 @@ def convert_nnunet(folder: Path, model_id: str, *, folds: Optional[Sequence[Unio
         ),
     )
     return Bundle.create(spec, state_dicts)
+
+
+def _resampling(conf: Mapping) -> Optional[Resampling]:
+    """The plan's resampling orders for images and probabilities (nnU-Net: cubic data, linear
+    probabilities), when it uses nnU-Net's standard resampling function; else None (linear)."""
+    orders = {}
+    for kind in ("data", "probabilities"):
+        if conf.get(f"resampling_fn_{kind}", "resample_data_or_seg_to_shape") != "resample_data_or_seg_to_shape":
+            log.warning("plans.json: resampling_fn_%s %r is not nnU-Net's standard one; using linear resampling",
+                        kind, conf.get(f"resampling_fn_{kind}"))
+            return None
+        kwargs = conf.get(f"resampling_fn_{kind}_kwargs") or {}
+        force = kwargs.get("force_separate_z")
+        orders[kind] = ResampleOrder(int(kwargs.get("order", 3 if kind == "data" else 1)), int(kwargs.get("order_z", 0)),
+                                     None if force is None else bool(force))
+    return Resampling(orders["data"], orders["probabilities"])
 
 
 def load_checkpoint(path: Path):
