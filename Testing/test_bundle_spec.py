@@ -23,7 +23,7 @@ from mednextv2.train.output import bundle_id, bundle_spec, write_bundle
 from mednextv2.train.planning import LabelSpec, Plan, plan_from_base
 from mednextv2.validation import MODEL_ID_PATTERN, load_schema, schema_errors
 from segment_fixtures import bundle_spec as fixture_spec, threshold_bundle, tiny_config
-from test_import_nnunet import CASE, write_results
+from test_import_nnunet import CASE, dataset_json, write_results
 
 NNUNET_RESAMPLING = Resampling(ResampleOrder(3, 0, None), ResampleOrder(1, 0, None))
 
@@ -50,7 +50,9 @@ def _plan(**changes) -> Plan:
 # ---------------------------------------------------------------- producers
 def test_importer_bundle_round_trips(tmp_path, fixtures_dir):
     weights = load_file(str(fixtures_dir / f"{CASE}.weights.safetensors"))
-    bundle = convert_nnunet(write_results(tmp_path, {0: weights, 1: weights}), "liver")
+    dataset = dict(dataset_json(), description="Liver CT from /home/jane/Smith_J/raw")
+    bundle = convert_nnunet(write_results(tmp_path, {0: weights, 1: weights}, dataset=dataset), "liver")
+    assert bundle.spec.description.startswith(f"Liver CT from {REDACTED} Imported from nnU-Net v2 results")
     loaded = _round_trip(bundle, tmp_path)
     assert loaded.spec.network.grn_norm == "mean" and loaded.spec.provenance.imported_from["folds"] == ["fold_0", "fold_1"]
     assert loaded.preprocessing.resampling == NNUNET_RESAMPLING  # the plan's: cubic data, linear probabilities

@@ -208,7 +208,7 @@ def convert_nnunet(folder: Path, model_id: str, *, folds: Optional[Sequence[Unio
                            "trainer": ckpt.get("trainer_name") if isinstance(ckpt, dict) else None},
         ),
     )
-    return Bundle.create(spec, state_dicts)
+    return Bundle.create(strip_absolute_paths(spec), state_dicts)  # dataset.json text may name local paths
 
 
 def _resampling(conf: Mapping) -> Optional[Resampling]:
