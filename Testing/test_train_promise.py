@@ -90,7 +90,7 @@ def test_work_dir_holding_the_users_files_is_refused(dataset, users_folder, tmp_
 def test_a_bundle_the_engine_wrote_is_replaced_but_not_a_users_file_in_it(dataset, tmp_path):
     bundle = threshold_bundle().save(tmp_path / "model")
     assert _train(dataset, bundle, "--threads", "1") == 0  # retraining into an earlier bundle
-    assert load_bundle(bundle).spec["provenance"]["training"]["epochs"] == 1
+    assert load_bundle(bundle).spec.to_json()["provenance"]["training"]["epochs"] == 1
     assert sorted(p.name for p in bundle.iterdir()) == ["metrics.csv", "model.json", "training_curve.png",
                                                          "weights.safetensors"]
     (bundle / "notes.txt").write_text("my notes\n", encoding="utf-8")

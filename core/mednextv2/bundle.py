@@ -244,7 +244,8 @@ def foreign_entries(folder: Path) -> List[str]:
     """Entries of an existing folder that are not a bundle's own files (model.json, the weights
     it lists, the training reports): all of them when it has no readable model.json."""
     try:
-        weights = loads_strict((folder / MODEL_JSON).read_text(encoding="utf-8"))["weights"]
+        manifest = folder / MODEL_JSON
+        weights = loads_strict(manifest.read_bytes(), str(manifest))["weights"]
         own = {MODEL_JSON, *BUNDLE_REPORTS, *(w for w in weights if isinstance(w, str))}
     except (OSError, ValueError, KeyError, TypeError):
         own = set()
