@@ -18,8 +18,8 @@ Segmentations, SubjectHierarchy and Terminologies logics. It has no application 
   singleton `vtkMRMLScriptedModuleNode` made as Slicer's base class makes it; the widget base
   is inert (the Qt panel is not tested here); the test base is `unittest.TestCase` whose
   `delayDisplay` is the real `slicer.util.delayDisplay`;
-- `sitkUtils.PullVolumeFromSlicer`: the volume written by its real storage node (vtkITK), read back
-  with SimpleITK, so the geometry conversion is Slicer's own.
+- `sitkUtils.PullVolumeFromSlicer` (Slicer's Base/Python, not in the wheel): voxels and IJK-to-RAS
+  of the real node, turned into a SimpleITK image as Slicer's current sitkUtils does.
 
 `install()` is idempotent for the modules (imported module code keeps working across tests) and
 gives a fresh scene each call; `uninstall()` clears the scene and removes the stand-ins.
@@ -220,14 +220,19 @@ def _scripted_module() -> types.ModuleType:
 
 
 def PullVolumeFromSlicer(node):
-    """sitkUtils.PullVolumeFromSlicer: the node written by Slicer's own storage node, read by SimpleITK."""
+    """sitkUtils.PullVolumeFromSlicer as Slicer's current sitkUtils does it: the node's voxels
+    (slicer.util.arrayFromVolume) with its IJK-to-RAS matrix turned into LPS origin, spacing, direction."""
+    import numpy as np
     import SimpleITK as sitk
 
-    with tempfile.TemporaryDirectory(dir=slicer.app.temporaryPath) as folder:
-        path = os.path.join(folder, "volume.nrrd")
-        if not slicer.app.coreIOManager().exportNodes([node.GetID()], [path], {"useCompression": 0}, False):
-            raise RuntimeError(f"could not write {node.GetName()}")
-        return sitk.ReadImage(path)
+    array = slicer.util.arrayFromVolume(node)
+    image = sitk.GetImageFromArray(array, isVector=array.ndim == 4)
+    ijkToLPS = np.diag([-1.0, -1.0, 1.0, 1.0]) @ ijk_to_ras(node)
+    spacing = np.array(node.GetSpacing())
+    image.SetSpacing(spacing.tolist())
+    image.SetOrigin(ijkToLPS[:3, 3].tolist())
+    image.SetDirection((ijkToLPS[:3, :3] / spacing[None, :]).ravel().tolist())
+    return image
 
 
 _SCRIPTED = _scripted_module()

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import sys
 import textwrap
+import time
 
 import pytest
 
@@ -22,7 +23,8 @@ from MedNeXtV2SegmentLib.tinybundle import make_tiny_bundle
 
 FAKE_ENGINE = textwrap.dedent("""
     import json, sys, time
-        from mednextv2.bundle import load_bundle
+    import SimpleITK as sitk
+    from mednextv2.bundle import load_bundle
     from mednextv2.export import write_result
     argv = sys.argv[1:]
     assert argv[:3] == ["-m", "mednextv2", "segment"], argv
@@ -137,8 +139,9 @@ def test_cancel_stops_and_cleans_up(slicer, volume, bundle):
     logic, _ = make_logic("hang")
     run = logic.start(volume, SegmentOptions(model=str(bundle)))
     log = []
+    deadline = time.monotonic() + 120
     while not any(l.startswith("INFO engine") for l in log):
-        logic.poll(run, onLog=log.append)
+        assert not logic.poll(run, onLog=log.append) and time.monotonic() < deadline, log
     logic.cancel(run)
     assert not run.process.is_running() and not run.paths.work_dir.exists()
     with pytest.raises(EngineError, match="Cancelled"):

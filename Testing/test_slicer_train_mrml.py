@@ -128,6 +128,11 @@ def test_scene_cases_export_to_one_label_table_and_train_accepts_them(slicer, da
         label = sitk.ReadImage(str(root / "labelsTr" / f"{caseId}.nrrd"))
         assert_on_volume_grid(image, case.volume, f"{case.name} image")
         assert_on_volume_grid(label, case.volume, f"{case.name} label")
+        # The same voxels at the same world points as the file Slicer read (Slicer's reader may
+        # index the slices the other way round, as it does for the brain MR crop).
+        source = sitk.ReadImage(case.volume.GetStorageNode().GetFileName())
+        onSource = sitk.Resample(image, source, sitk.Transform(), sitk.sitkNearestNeighbor, -12345)
+        np.testing.assert_array_equal(sitk.GetArrayFromImage(onSource), sitk.GetArrayFromImage(source), err_msg=case.name)
         np.testing.assert_array_equal(sitk.GetArrayFromImage(image), slicer.util.arrayFromVolume(case.volume))
         expected = np.zeros(sitk.GetArrayFromImage(label).shape, np.uint8)
         for name in sorted(value, key=value.get):  # higher value wins where segments overlap
