@@ -255,6 +255,6 @@ class MedNeXtV2SegmentLogic(ScriptedLoadableModuleLogic):
         colorNode.SetColor(0, "Background", 0.0, 0.0, 0.0, 0.0)
         for e in labels:
             colorNode.SetColor(e.value, e.name, *e.color_float, 1.0)
-            if e.terminology and hasattr(colorNode, "SetTerminologyFromString"):  # Slicer >= 5.8
+            if e.terminology and hasattr(colorNode, "SetTerminologyFromString"):  # Slicer >= 5.10
                 colorNode.SetTerminologyFromString(e.value, e.terminology)
         return colorNode
