@@ -26,7 +26,6 @@ gives a fresh scene each call; `uninstall()` clears the scene and removes the st
 """
 from __future__ import annotations
 
-import os
 import sys
 import tempfile
 import types
@@ -286,3 +285,28 @@ def ijk_to_ras(volumeNode):
     matrix = vtk.vtkMatrix4x4()
     volumeNode.GetIJKToRASMatrix(matrix)
     return matrix_as_array(matrix)
+
+
+# -- helpers for the tests on real nodes ------------------------------------------------------------
+def export_segment(segmentationNode, segmentId, volumeNode):
+    """A segment as Slicer's Segmentations logic exports it onto the volume's grid: bool (k, j, i)."""
+    labelmap = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLLabelMapVolumeNode")
+    ids = vtk.vtkStringArray()
+    ids.InsertNextValue(segmentId)
+    try:
+        if not slicer.vtkSlicerSegmentationsModuleLogic.ExportSegmentsToLabelmapNode(segmentationNode, ids, labelmap, volumeNode):
+            raise RuntimeError(f"Slicer could not export segment {segmentId}")
+        return slicer.util.arrayFromVolume(labelmap) > 0
+    finally:
+        slicer.mrmlScene.RemoveNode(labelmap)
+
+
+def assert_on_volume_grid(image, volumeNode, what: str) -> None:
+    """A SimpleITK image (LPS) lies on the volume node's grid (IJK-to-RAS), voxel for voxel."""
+    import numpy as np
+
+    ijkToLPS = np.diag([-1.0, -1.0, 1.0, 1.0]) @ ijk_to_ras(volumeNode)
+    assert image.GetSize() == tuple(volumeNode.GetImageData().GetDimensions()), what
+    directions = np.array(image.GetDirection()).reshape(3, 3) * np.array(image.GetSpacing())[None, :]
+    np.testing.assert_allclose(directions, ijkToLPS[:3, :3], atol=1e-5, err_msg=what)
+    np.testing.assert_allclose(image.GetOrigin(), ijkToLPS[:3, 3], atol=1e-4, err_msg=what)

@@ -23,7 +23,6 @@ import slicer_segment_paths  # noqa: F401
 import slicer_stubs
 from segment_fixtures import rotation, save_bundle, threshold_bundle
 
-LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
 EXPECTED = [("structure1", (1.0, 0.0, 0.0)), ("structure2", (0.0, 1.0, 0.0))]  # bundle_spec's names, colours
 
 
@@ -49,27 +48,6 @@ def write_scans(data_dir: Path, folder: Path) -> dict:
         paths[name] = folder / (name.replace(" ", "_") + ".nrrd")
         sitk.WriteImage(image, str(paths[name]))
     return paths
-
-
-def engine_grid_matches(volume, result: sitk.Image) -> None:
-    ijkToLPS = LPS_TO_RAS @ slicer_stubs.ijk_to_ras(volume)  # the flip is its own inverse
-    dims = volume.GetImageData().GetDimensions()
-    assert result.GetSize() == tuple(dims), volume.GetName()
-    spacing_direction = np.array(result.GetDirection()).reshape(3, 3) * np.array(result.GetSpacing())[None, :]
-    np.testing.assert_allclose(spacing_direction, ijkToLPS[:3, :3], atol=1e-5, err_msg=volume.GetName())
-    np.testing.assert_allclose(result.GetOrigin(), ijkToLPS[:3, 3], atol=1e-4, err_msg=volume.GetName())
-
-
-def exported_segment(slicer, node, segmentId, volume) -> np.ndarray:
-    """The segment as Slicer's Segmentations logic exports it onto the volume, (k, j, i)."""
-    labelmap = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLLabelMapVolumeNode")
-    ids = vtk.vtkStringArray()
-    ids.InsertNextValue(segmentId)
-    assert slicer.vtkSlicerSegmentationsModuleLogic.ExportSegmentsToLabelmapNode(node, ids, labelmap, volume)
-    np.testing.assert_allclose(slicer_stubs.ijk_to_ras(labelmap), slicer_stubs.ijk_to_ras(volume), atol=1e-5)
-    array = slicer.util.arrayFromVolume(labelmap).copy()
-    slicer.mrmlScene.RemoveNode(labelmap)
-    return array
 
 
 @pytest.fixture(scope="module")
@@ -118,16 +96,16 @@ def segmented(data_dir, tmp_path_factory):
 def test_each_segment_exported_by_slicer_equals_the_engine_labelmap(segmented):
     slicer, _, _, volumes, nodes, engine, _, _ = segmented
     for name, volume in volumes.items():
-        engine_grid_matches(volume, engine[name])
+        slicer_stubs.assert_on_volume_grid(engine[name], volume, name)
         labels = sitk.GetArrayFromImage(engine[name])
         assert {1, 2} <= set(np.unique(labels)), f"{name}: the comparison needs two non-empty labels"
         segmentation = nodes[name].GetSegmentation()
         for i in range(segmentation.GetNumberOfSegments()):
             segmentId = segmentation.GetNthSegmentID(i)
             value = segmentation.GetSegment(segmentId).GetLabelValue()
-            exported = exported_segment(slicer, nodes[name], segmentId, volume)
+            exported = slicer_stubs.export_segment(nodes[name], segmentId, volume)
             assert exported.shape == labels.shape, name
-            mismatch = int(((exported > 0) != (labels == value)).sum())
+            mismatch = int((exported != (labels == value)).sum())
             assert mismatch == 0, f"{name}, segment {segmentId}: {mismatch} voxels differ from the engine's labelmap"
 
 

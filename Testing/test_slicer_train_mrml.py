@@ -19,13 +19,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import SimpleITK as sitk
-import vtk
 
 import slicer_stubs
 import slicer_train_paths  # noqa: F401  (MedNeXtV2TrainLib, MedNeXtV2SegmentLib, core on sys.path)
 from slicer_train_paths import CORE_DIR
 
-LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
 COLORS = {"lesion": (1.0, 0.0, 0.0), "tissue": (0.0, 0.8, 0.4)}
 
 
@@ -82,26 +80,11 @@ def scene_cases(slicer, data_dir: Path, folder: Path):
 
 
 def slicer_export(slicer, case, segmentName) -> np.ndarray:
-    """The named segment exported onto the case's volume by Slicer's Segmentations logic, (k, j, i)."""
-    segmentation = case.segmentation.GetSegmentation()
-    segmentId = segmentation.GetSegmentIdBySegmentName(segmentName)
+    """The named segment exported onto the case's volume by Slicer (all False when the case lacks it)."""
+    segmentId = case.segmentation.GetSegmentation().GetSegmentIdBySegmentName(segmentName)
     if not segmentId:
         return np.zeros(slicer.util.arrayFromVolume(case.volume).shape, bool)
-    labelmap = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLLabelMapVolumeNode")
-    ids = vtk.vtkStringArray()
-    ids.InsertNextValue(segmentId)
-    assert slicer.vtkSlicerSegmentationsModuleLogic.ExportSegmentsToLabelmapNode(case.segmentation, ids, labelmap, case.volume)
-    mask = slicer.util.arrayFromVolume(labelmap) > 0
-    slicer.mrmlScene.RemoveNode(labelmap)
-    return mask
-
-
-def assert_on_volume_grid(image: sitk.Image, volume, what: str) -> None:
-    ijkToLPS = LPS_TO_RAS @ slicer_stubs.ijk_to_ras(volume)
-    assert image.GetSize() == tuple(volume.GetImageData().GetDimensions()), what
-    directions = np.array(image.GetDirection()).reshape(3, 3) * np.array(image.GetSpacing())[None, :]
-    np.testing.assert_allclose(directions, ijkToLPS[:3, :3], atol=1e-4, err_msg=what)
-    np.testing.assert_allclose(image.GetOrigin(), ijkToLPS[:3, 3], atol=1e-3, err_msg=what)
+    return slicer_stubs.export_segment(case.segmentation, segmentId, case.volume)
 
 
 def test_scene_cases_export_to_one_label_table_and_train_accepts_them(slicer, data_dir, tmp_path):
@@ -126,8 +109,8 @@ def test_scene_cases_export_to_one_label_table_and_train_accepts_them(slicer, da
         caseId = case.name.replace(" ", "_")
         image = sitk.ReadImage(str(root / "imagesTr" / f"{caseId}_0000.nrrd"))
         label = sitk.ReadImage(str(root / "labelsTr" / f"{caseId}.nrrd"))
-        assert_on_volume_grid(image, case.volume, f"{case.name} image")
-        assert_on_volume_grid(label, case.volume, f"{case.name} label")
+        slicer_stubs.assert_on_volume_grid(image, case.volume, f"{case.name} image")
+        slicer_stubs.assert_on_volume_grid(label, case.volume, f"{case.name} label")
         # The same voxels at the same world points as the file Slicer read (Slicer's reader may
         # index the slices the other way round, as it does for the brain MR crop).
         source = sitk.ReadImage(case.volume.GetStorageNode().GetFileName())
