@@ -88,7 +88,7 @@ class CoreIOManager:
     def extractKnownExtension(self, filename, node) -> str:
         """The longest writer extension the file name ends with, as qSlicerCoreIOManager does."""
         known = [slicer.vtkDataFileFormatHelper.GetFileExtensionFromFormatString(f) for f in self.fileWriterExtensions(node)]
-        matching = [e for e in known if str(filename).lower().endswith(e.lower())]
+        matching = [e for e in known if e and str(filename).endswith(e)]
         return max(matching, key=len) if matching else ""
 
     def exportNodes(self, nodeIDs, fileNames, properties, hardenTransforms, userMessages=None) -> bool:
