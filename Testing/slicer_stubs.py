@@ -1,251 +1,312 @@
-"""A small stand-in for the parts of Slicer that MedNeXtV2SegmentLib.logic calls.
+"""Real Slicer core for the module tests, plus stand-ins for only what the `slicer-core` wheel lacks.
 
-Only the calls the logic makes, with the signatures checked in docs/slicer-api-checks.md, backed
-by real files: `exportNode` writes the volume's SimpleITK image, `loadSegmentation` reads the
-.seg.nrrd header the engine wrote (segment names, colours, label values, tags), so the logic's
-export -> run -> load -> label flow runs for real outside Slicer. Install with `install()`,
-which puts fake `slicer`, `slicer.util` and `slicer.ScriptedLoadableModule` modules in
-sys.modules; `uninstall()` removes them and restores what was there.
+The wheel (PyPI `slicer-core`, a test requirement: a missing wheel is an ImportError, never a
+skip) gives the real `slicer` package: MRML nodes, `slicer.util`, and the Volumes, Colors,
+Segmentations, SubjectHierarchy and Terminologies logics. It has no application object, no
+`slicer.mrmlScene`, no `slicer.ScriptedLoadableModule` (Slicer's Qt-based Python layer) and no
+`sitkUtils`. `install()` adds exactly these, and nothing that fakes MRML:
+
+- `slicer.mrmlScene`: a real `vtkMRMLScene` with a data IO manager, as the application sets it up;
+- `slicer.app` (`App`): temporary path, processEvents, testing mode, and `coreIOManager()`,
+  the four calls `slicer.util.exportNode` / `loadNodeFromFile` make on qSlicerCoreIOManager,
+  answered with Slicer's real storage nodes and module logics (see `CoreIOManager`); and the
+  one thing Slicer's Qt subject hierarchy plugin logic does for every module: new data nodes
+  get a subject hierarchy item;
+- `slicer.modules.volumes / colors / segmentations`: the Qt module objects, of which slicer.util
+  only calls `logic()`: the real logics, bound to the scene;
+- `slicer.ScriptedLoadableModule`: the base classes. The logic's parameter node is a real
+  singleton `vtkMRMLScriptedModuleNode` made as Slicer's base class makes it; the widget base
+  is inert (the Qt panel is not tested here); the test base is `unittest.TestCase` whose
+  `delayDisplay` is the real `slicer.util.delayDisplay`;
+- `sitkUtils.PullVolumeFromSlicer` (Slicer's Base/Python, not in the wheel): voxels and IJK-to-RAS
+  of the real node, turned into a SimpleITK image as Slicer's current sitkUtils does.
+
+`install()` is idempotent for the modules (imported module code keeps working across tests) and
+gives a fresh scene each call; `uninstall()` clears the scene and removes the stand-ins.
 """
 from __future__ import annotations
 
 import sys
+import tempfile
 import types
+import unittest
 from pathlib import Path
-from typing import Dict, List, Optional
+from typing import Optional
+
+import slicer  # the slicer-core wheel: tests that use this module fail without it
+import slicer.util  # noqa: F401  (real slicer.util)
+import vtk
+
+_SEGMENTATION_EXTENSIONS = (".seg.nrrd", ".seg.nhdr", ".seg.vtm")
 
 
-class FakeNode:
-    def __init__(self, name: str = "") -> None:
-        self.name, self.transformNodeID, self.references, self.id = name, None, {}, f"vtkMRMLNode{id(self)}"
+class CoreIOManager:
+    """The calls slicer.util makes on qSlicerCoreIOManager, done the way Slicer does them.
 
-    def GetID(self):
-        return self.id
+    Load: the readers Slicer registers for the two file types the modules load (qSlicerSegmentationsReader
+    -> vtkSlicerSegmentationsModuleLogic.LoadSegmentationFromFile; qSlicerVolumesReader ->
+    vtkSlicerVolumesLogic.AddArchetypeVolume). Export: as qSlicerCoreIOManager::exportNodes, a copy
+    of the node in a temporary scene written by its default storage node; hardening transforms
+    (world=True) is not offered, the modules never ask for it.
+    """
 
-    def GetName(self):
-        return self.name
+    def __init__(self, app: "App") -> None:
+        self.app = app
 
-    def SetName(self, name):
-        self.name = name
+    @staticmethod
+    def fileType(filename) -> str:
+        return "SegmentationFile" if str(filename).lower().endswith(_SEGMENTATION_EXTENSIONS) else "VolumeFile"
 
-    def GetTransformNodeID(self):
-        return self.transformNodeID
+    def loadNodes(self, fileType, properties, loadedNodes, userMessages=None) -> bool:
+        fileName, name = str(properties["fileName"]), properties.get("name")
+        if fileType == "SegmentationFile":
+            colorNode = slicer.mrmlScene.GetNodeByID(properties["colorNodeID"]) if "colorNodeID" in properties else None
+            node = self.app.segmentationsLogic.LoadSegmentationFromFile(
+                fileName, bool(properties.get("autoOpacities", True)), name, colorNode, userMessages)
+        elif fileType == "VolumeFile":
+            node = self.app.volumesLogic.AddArchetypeVolume(fileName, name or Path(fileName).name.split(".")[0])
+        else:
+            raise NotImplementedError(f"the test stand-in loads no '{fileType}'")
+        if node is None:
+            return False
+        loadedNodes.AddItem(node)
+        return True
 
-    def SetAndObserveTransformNodeID(self, nodeID):
-        self.transformNodeID = nodeID
+    @staticmethod
+    def _temporaryScene() -> "slicer.vtkMRMLScene":
+        scene = slicer.vtkMRMLScene()
+        scene.SetDataIOManager(slicer.mrmlScene.GetDataIOManager())
+        return scene
+
+    def fileWriterExtensions(self, node):
+        scene = self._temporaryScene()
+        storage = node.CreateDefaultStorageNode()
+        scene.AddNode(storage)
+        types_ = storage.GetSupportedWriteFileTypes()
+        return [types_.GetValue(i) for i in range(types_.GetNumberOfValues())]
+
+    def extractKnownExtension(self, filename, node) -> str:
+        """The longest writer extension the file name ends with, as qSlicerCoreIOManager does."""
+        known = [slicer.vtkDataFileFormatHelper.GetFileExtensionFromFormatString(f) for f in self.fileWriterExtensions(node)]
+        matching = [e for e in known if e and str(filename).endswith(e)]
+        return max(matching, key=len) if matching else ""
+
+    def exportNodes(self, nodeIDs, fileNames, properties, hardenTransforms, userMessages=None) -> bool:
+        if hardenTransforms:
+            raise NotImplementedError("the test stand-in does not harden transforms (world=True)")
+        scene = self._temporaryScene()
+        for nodeID, fileName in zip(nodeIDs, fileNames):
+            node = slicer.mrmlScene.GetNodeByID(nodeID)
+            copy = scene.AddNewNodeByClass(node.GetClassName())
+            copy.CopyContent(node, False)
+            if not copy.AddDefaultStorageNode():
+                return False
+            storage = copy.GetStorageNode()
+            storage.SetFileName(str(fileName))
+            storage.SetUseCompression(int(properties.get("useCompression", 1)))
+            if not storage.WriteData(copy):
+                return False
         return True
 
 
-class FakeVolumeNode(FakeNode):
-    """A scalar volume holding a SimpleITK image (what exportNode writes)."""
+class _LoadableModule:
+    """slicer.modules.<name>: Slicer's (Qt) module object; only `logic()` is used outside the GUI."""
 
-    def __init__(self, name: str, image) -> None:
-        super().__init__(name)
-        self.image = image
+    def __init__(self, logic) -> None:
+        self._logic = logic
 
-
-class FakeSegment:
-    def __init__(self, name: str, color, labelValue: int, tags: Dict[str, str]) -> None:
-        self.name, self.color, self.labelValue, self.tags = name, tuple(color), labelValue, dict(tags)
-
-    @staticmethod
-    def GetTerminologyEntryTagName():
-        return "TerminologyEntry"
-
-    def GetName(self):
-        return self.name
-
-    def SetName(self, name):
-        self.name = name
-
-    def GetColor(self):
-        return self.color
-
-    def SetColor(self, r, g, b):
-        self.color = (r, g, b)
-
-    def GetLabelValue(self):
-        return self.labelValue
-
-    def SetTag(self, tag, value):
-        self.tags[tag] = value
+    def logic(self):
+        return self._logic
 
 
-class FakeSegmentation:
-    def __init__(self, segments: Optional[List[FakeSegment]] = None) -> None:
-        self.segments = list(segments or [])
-
-    def GetNumberOfSegments(self):
-        return len(self.segments)
-
-    def GetNthSegment(self, index):
-        return self.segments[index]
-
-    def DeepCopy(self, other):
-        self.segments = [FakeSegment(s.name, s.color, s.labelValue, s.tags) for s in other.segments]
+class _CommandOptions:
+    testingEnabled = True  # no confirmation dialogs: nobody can click them
 
 
-class FakeSegmentationNode(FakeNode):
-    def __init__(self, name: str = "", segmentation: Optional[FakeSegmentation] = None) -> None:
-        super().__init__(name)
-        self.segmentation = segmentation or FakeSegmentation()
-        self.displayNodesCreated = False
+class App:
+    """slicer.app: what the modules and slicer.util call outside the GUI, with the module logics
+    wired to the scene through a real vtkSlicerApplicationLogic, as Slicer's module manager does."""
 
-    @staticmethod
-    def GetReferenceImageGeometryReferenceRole():
-        return "referenceImageGeometryRef"
+    applicationName = "Slicer (test stand-in)"
 
-    def GetSegmentation(self):
-        return self.segmentation
-
-    def CreateDefaultDisplayNodes(self):
-        self.displayNodesCreated = True
-
-    def SetReferenceImageGeometryParameterFromVolumeNode(self, volumeNode):
-        self.references[self.GetReferenceImageGeometryReferenceRole()] = volumeNode
-
-    def GetNodeReference(self, role):
-        return self.references.get(role)
-
-
-class FakeParameterNode:
-    def __init__(self) -> None:
-        self.parameters: Dict[str, str] = {}
-
-    def SetParameter(self, name, value):
-        self.parameters[name] = value
-
-    def GetParameter(self, name):
-        return self.parameters.get(name, "")
-
-
-class FakeScene:
-    def __init__(self) -> None:
-        self.nodes: List[FakeNode] = []
-        self.parameterNode = FakeParameterNode()
-
-    def AddNode(self, node):
-        self.nodes.append(node)
-        return node
-
-    def RemoveNode(self, node):
-        self.nodes.remove(node)
-
-    def GetNumberOfNodesByClass(self, className):
-        kinds = {"vtkMRMLSegmentationNode": FakeSegmentationNode, "vtkMRMLScalarVolumeNode": FakeVolumeNode}
-        return sum(isinstance(n, kinds[className]) for n in self.nodes)
-
-
-class FakeSubjectHierarchy:
-    """Items are the nodes themselves; `parents` maps item -> parent item (0: scene)."""
-
-    def __init__(self) -> None:
-        self.parents: Dict[object, object] = {}
-
-    def GetItemByDataNode(self, node):
-        return node if node in self.parents else 0
-
-    def GetItemParent(self, item):
-        return self.parents.get(item, 0)
-
-    def SetItemParent(self, item, parent):
-        self.parents[item] = parent
-
-
-class FakeApp:
-    def __init__(self, temporaryPath: str) -> None:
-        self.temporaryPath = temporaryPath
+    def __init__(self, temporaryPath: str, scene) -> None:
+        self.temporaryPath = str(temporaryPath)
         self.events = 0
+        self.applicationLogic = slicer.vtkSlicerApplicationLogic()
+        self.applicationLogic.SetMRMLScene(scene)
+        self.colorLogic = self._moduleLogic("Colors", slicer.vtkSlicerColorLogic(), scene)
+        self.volumesLogic = self._moduleLogic("Volumes", slicer.vtkSlicerVolumesLogic(), scene)
+        self.segmentationsLogic = self._moduleLogic("Segmentations", slicer.vtkSlicerSegmentationsModuleLogic(), scene)
+        self._coreIOManager = CoreIOManager(self)
+        self._nodeAddedObserver = scene.AddObserver(scene.NodeAddedEvent, self._onNodeAdded)
 
-    def processEvents(self):
+    @vtk.calldata_type(vtk.VTK_OBJECT)
+    def _onNodeAdded(self, scene, event, node) -> None:
+        """A subject hierarchy item for each new data node, under the scene item, as Slicer's
+        subject hierarchy plugin logic (Qt) does; not while importing or for hidden nodes."""
+        if scene.IsImporting() or node is None or node.GetHideFromEditors() or not node.IsA("vtkMRMLDisplayableNode"):
+            return
+        shNode = slicer.vtkMRMLSubjectHierarchyNode.GetSubjectHierarchyNode(scene)
+        if shNode is not None and not shNode.GetItemByDataNode(node):
+            shNode.CreateItem(shNode.GetSceneItemID(), node)
+
+    def _moduleLogic(self, name, logic, scene):
+        logic.SetMRMLApplicationLogic(self.applicationLogic)
+        logic.SetMRMLScene(scene)
+        self.applicationLogic.SetModuleLogic(name, logic)
+        return logic
+
+    def processEvents(self) -> None:
         self.events += 1
 
+    def coreIOManager(self) -> CoreIOManager:
+        return self._coreIOManager
 
-def read_seg_nrrd(path: Path) -> FakeSegmentation:
-    import nrrd
+    @staticmethod
+    def commandOptions() -> _CommandOptions:
+        return _CommandOptions()
 
-    header = nrrd.read_header(str(path))
-    segments, i = [], 0
-    while f"Segment{i}_Name" in header:
-        tags = dict(t.split(":", 1) for t in header.get(f"Segment{i}_Tags", "").split("|") if ":" in t)
-        color = [float(c) for c in header[f"Segment{i}_Color"].split()]
-        segments.append(FakeSegment(header[f"Segment{i}_Name"], color, int(header[f"Segment{i}_LabelValue"]), tags))
-        i += 1
-    return FakeSegmentation(segments)
-
-
-class FakeSlicer(types.ModuleType):
-    def __init__(self, temporaryPath: str) -> None:
-        super().__init__("slicer")
-        self.app = FakeApp(temporaryPath)
-        self.mrmlScene = FakeScene()
-        self.subjectHierarchy = FakeSubjectHierarchy()
-        self.exported: List[Path] = []
-        self.exportedGeometry: List[tuple] = []
-        stubs = self
-
-        class vtkMRMLSubjectHierarchyNode:
-            @staticmethod
-            def GetSubjectHierarchyNode(scene):
-                return stubs.subjectHierarchy
-
-        self.vtkMRMLSubjectHierarchyNode = vtkMRMLSubjectHierarchyNode
-        self.util = types.ModuleType("slicer.util")
-        self.util.exportNode = self._exportNode
-        self.util.loadSegmentation = self._loadSegmentation
-
-    def _exportNode(self, node, filename, properties={}, world=False):
-        import SimpleITK as sitk
-
-        assert world is False, "the logic must export the local grid"
-        sitk.WriteImage(node.image, str(filename), bool(properties.get("useCompression", 1)))
-        self.exported.append(Path(filename))
-        written = sitk.ReadImage(str(filename))
-        self.exportedGeometry.append((written.GetSize(), written.GetOrigin(), written.GetSpacing(), written.GetDirection()))
+    @staticmethod
+    def testingEnabled() -> bool:
         return True
 
-    def _loadSegmentation(self, filename, properties={}):
-        node = FakeSegmentationNode(properties.get("name", Path(filename).name), read_seg_nrrd(Path(filename)))
-        self.mrmlScene.AddNode(node)
-        self.subjectHierarchy.parents[node] = 0  # new nodes start at the scene level
-        return node
 
-    def addVolume(self, name, image, parentItem="study-1", transformNodeID=None) -> FakeVolumeNode:
-        volume = FakeVolumeNode(name, image)
-        volume.transformNodeID = transformNodeID
-        self.mrmlScene.AddNode(volume)
-        self.subjectHierarchy.parents[volume] = parentItem
-        return volume
+# -- slicer.ScriptedLoadableModule: the base classes ----------------------------------------------
+class ScriptedLoadableModule:
+    """Module base: Slicer fills `parent` (title, help); nothing of it is used outside the GUI."""
+
+    def __init__(self, parent=None) -> None:
+        self.parent = parent
+        self.moduleName = type(self).__name__
 
 
-_STUBBED = ("slicer", "slicer.util", "slicer.ScriptedLoadableModule")
-_saved: Dict[str, object] = {}
+class ScriptedLoadableModuleWidget:
+    """Widget base: the Qt panel is not built here (it needs Slicer's Qt application)."""
+
+    def __init__(self, parent=None) -> None:
+        self.parent = parent
 
 
-def install(temporaryPath: str) -> FakeSlicer:
-    _saved.clear()
-    _saved.update({name: sys.modules[name] for name in _STUBBED if name in sys.modules})
-    slicer = FakeSlicer(temporaryPath)
-    scripted = types.ModuleType("slicer.ScriptedLoadableModule")
+class ScriptedLoadableModuleLogic:
+    """As Slicer's: one singleton vtkMRMLScriptedModuleNode per module, tagged with its name."""
 
-    class ScriptedLoadableModuleLogic:
-        def __init__(self, parent=None):
-            pass
+    def __init__(self, parent=None) -> None:
+        self.moduleName = type(self).__name__[:-5] if type(self).__name__.endswith("Logic") else type(self).__name__
 
-        def getParameterNode(self):
-            return slicer.mrmlScene.parameterNode
+    def getParameterNode(self):
+        node = slicer.mrmlScene.GetSingletonNode(self.moduleName, "vtkMRMLScriptedModuleNode")
+        if node:
+            return node
+        node = slicer.mrmlScene.CreateNodeByClass("vtkMRMLScriptedModuleNode")
+        node.UnRegister(None)
+        node.SetSingletonTag(self.moduleName)
+        node.SetAttribute("ModuleName", self.moduleName)
+        node.SetName(slicer.mrmlScene.GenerateUniqueName(self.moduleName))
+        return slicer.mrmlScene.AddNode(node)
 
-    scripted.ScriptedLoadableModuleLogic = ScriptedLoadableModuleLogic
-    slicer.ScriptedLoadableModule = scripted
-    sys.modules.update({"slicer": slicer, "slicer.util": slicer.util, "slicer.ScriptedLoadableModule": scripted})
-    for name in [m for m in sys.modules if m.startswith("MedNeXtV2SegmentLib.logic")]:
-        del sys.modules[name]
+
+class ScriptedLoadableModuleTest(unittest.TestCase):
+    def delayDisplay(self, message, requestedDelay=None, msec=None):
+        slicer.util.delayDisplay(message, 100 if msec is None else msec)  # < 400 ms: processEvents only
+
+
+def _scripted_module() -> types.ModuleType:
+    module = types.ModuleType("slicer.ScriptedLoadableModule")
+    for cls in (ScriptedLoadableModule, ScriptedLoadableModuleWidget, ScriptedLoadableModuleLogic,
+                ScriptedLoadableModuleTest):
+        setattr(module, cls.__name__, cls)
+    return module
+
+
+def PullVolumeFromSlicer(node):
+    """sitkUtils.PullVolumeFromSlicer as Slicer's current sitkUtils does it: the node's voxels
+    (slicer.util.arrayFromVolume) with its IJK-to-RAS matrix turned into LPS origin, spacing, direction."""
+    import numpy as np
+    import SimpleITK as sitk
+
+    array = slicer.util.arrayFromVolume(node)
+    image = sitk.GetImageFromArray(array, isVector=array.ndim == 4)
+    ijkToLPS = np.diag([-1.0, -1.0, 1.0, 1.0]) @ ijk_to_ras(node)
+    spacing = np.array(node.GetSpacing())
+    image.SetSpacing(spacing.tolist())
+    image.SetOrigin(ijkToLPS[:3, 3].tolist())
+    image.SetDirection((ijkToLPS[:3, :3] / spacing[None, :]).ravel().tolist())
+    return image
+
+
+_SCRIPTED = _scripted_module()
+_SITK_UTILS = types.ModuleType("sitkUtils")
+_SITK_UTILS.PullVolumeFromSlicer = PullVolumeFromSlicer
+_STAND_INS = {"slicer.ScriptedLoadableModule": _SCRIPTED, "sitkUtils": _SITK_UTILS}
+
+
+def install(temporaryPath: Optional[str] = None):
+    """Give the real `slicer` package a fresh scene and the stand-ins above; returns `slicer`."""
+    temporaryPath = temporaryPath or tempfile.mkdtemp(prefix="slicer-temp-")
+    Path(temporaryPath).mkdir(parents=True, exist_ok=True)
+    scene = slicer.vtkMRMLScene()
+    scene.SetDataIOManager(slicer.vtkDataIOManager())  # lists the ITK writers, as in the application
+    slicer.mrmlScene = scene
+    slicer.app = App(temporaryPath, scene)
+    slicer.modules = types.SimpleNamespace(volumes=_LoadableModule(slicer.app.volumesLogic),
+                                           colors=_LoadableModule(slicer.app.colorLogic),
+                                           segmentations=_LoadableModule(slicer.app.segmentationsLogic))
+    slicer.ScriptedLoadableModule = _SCRIPTED
+    sys.modules.update(_STAND_INS)
     return slicer
 
 
 def uninstall() -> None:
-    """Remove the stubs and put back whatever was there before (another test's own stubs)."""
-    for name in (*_STUBBED, "MedNeXtV2SegmentLib.logic"):
-        sys.modules.pop(name, None)
-    sys.modules.update(_saved)
-    _saved.clear()
+    if getattr(slicer, "mrmlScene", None) is not None:
+        slicer.mrmlScene.Clear(1)
+    for name in ("app", "modules", "mrmlScene", "ScriptedLoadableModule"):
+        if hasattr(slicer, name):
+            delattr(slicer, name)
+    for name, module in _STAND_INS.items():
+        if sys.modules.get(name) is module:
+            del sys.modules[name]
+
+
+def load_volume(path: Path, name: str):
+    """A scan read by Slicer's own reader (vtkSlicerVolumesLogic.AddArchetypeVolume)."""
+    node = slicer.app.volumesLogic.AddArchetypeVolume(str(path), name)
+    if node is None:
+        raise RuntimeError(f"Slicer could not read {path}")
+    return node
+
+
+def matrix_as_array(matrix) -> "object":
+    import numpy as np
+
+    return np.array([[matrix.GetElement(r, c) for c in range(4)] for r in range(4)])
+
+
+def ijk_to_ras(volumeNode):
+    matrix = vtk.vtkMatrix4x4()
+    volumeNode.GetIJKToRASMatrix(matrix)
+    return matrix_as_array(matrix)
+
+
+# -- helpers for the tests on real nodes ------------------------------------------------------------
+def export_segment(segmentationNode, segmentId, volumeNode):
+    """A segment as Slicer's Segmentations logic exports it onto the volume's grid: bool (k, j, i)."""
+    labelmap = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLLabelMapVolumeNode")
+    ids = vtk.vtkStringArray()
+    ids.InsertNextValue(segmentId)
+    try:
+        if not slicer.vtkSlicerSegmentationsModuleLogic.ExportSegmentsToLabelmapNode(segmentationNode, ids, labelmap, volumeNode):
+            raise RuntimeError(f"Slicer could not export segment {segmentId}")
+        return slicer.util.arrayFromVolume(labelmap) > 0
+    finally:
+        slicer.mrmlScene.RemoveNode(labelmap)
+
+
+def assert_on_volume_grid(image, volumeNode, what: str) -> None:
+    """A SimpleITK image (LPS) lies on the volume node's grid (IJK-to-RAS), voxel for voxel."""
+    import numpy as np
+
+    ijkToLPS = np.diag([-1.0, -1.0, 1.0, 1.0]) @ ijk_to_ras(volumeNode)
+    assert image.GetSize() == tuple(volumeNode.GetImageData().GetDimensions()), what
+    directions = np.array(image.GetDirection()).reshape(3, 3) * np.array(image.GetSpacing())[None, :]
+    np.testing.assert_allclose(directions, ijkToLPS[:3, :3], atol=1e-5, err_msg=what)
+    np.testing.assert_allclose(image.GetOrigin(), ijkToLPS[:3, 3], atol=1e-4, err_msg=what)

@@ -199,14 +199,27 @@ class MedNeXtV2SegmentLogic(ScriptedLoadableModuleLogic):
         node = loaded
         if run.outputNode is not None and run.outputNode != loaded:
             run.outputNode.GetSegmentation().DeepCopy(loaded.GetSegmentation())
-            slicer.mrmlScene.RemoveNode(loaded)
+            self._removeWithParts(loaded)
             node = run.outputNode
+        # The file it was read from is deleted with the run folder: without this, Slicer's Save
+        # dialog lists the result as "Not Modified" and leaves it unticked.
+        node.StorableModified()
         node.CreateDefaultDisplayNodes()
         self.applyLabels(node, run.labels)
         node.SetReferenceImageGeometryParameterFromVolumeNode(volumeNode)
         node.SetAndObserveTransformNodeID(volumeNode.GetTransformNodeID())
         self._placeInStudy(node, volumeNode)
         return node
+
+    @staticmethod
+    def _removeWithParts(node) -> None:
+        """RemoveNode leaves a node's display and storage nodes in the scene (MRML core does not
+        cascade), so a discarded result removes them itself."""
+        parts = [node.GetNthDisplayNode(i) for i in range(node.GetNumberOfDisplayNodes())] + [node.GetStorageNode()]
+        slicer.mrmlScene.RemoveNode(node)
+        for part in parts:
+            if part is not None:
+                slicer.mrmlScene.RemoveNode(part)
 
     @staticmethod
     def applyLabels(segmentationNode, labels: Sequence[LabelEntry]) -> None:
@@ -242,6 +255,6 @@ class MedNeXtV2SegmentLogic(ScriptedLoadableModuleLogic):
         colorNode.SetColor(0, "Background", 0.0, 0.0, 0.0, 0.0)
         for e in labels:
             colorNode.SetColor(e.value, e.name, *e.color_float, 1.0)
-            if e.terminology and hasattr(colorNode, "SetTerminologyFromString"):  # Slicer >= 5.8
+            if e.terminology and hasattr(colorNode, "SetTerminologyFromString"):  # Slicer >= 5.10
                 colorNode.SetTerminologyFromString(e.value, e.terminology)
         return colorNode

@@ -96,7 +96,7 @@ class MedNeXtV2SegmentTest(ScriptedLoadableModuleTest):
 
     @staticmethod
     def _terminology(segment) -> str:
-        value = vtk.mutable("")  # as Modules/Scripted/DICOMPlugins/DICOMSegmentationPlugin.py reads tags
+        value = vtk.mutable("")  # VTK's by-reference argument; GetTerminology() is 5.10+ only
         segment.GetTag(segment.GetTerminologyEntryTagName(), value)
         return str(value)
 

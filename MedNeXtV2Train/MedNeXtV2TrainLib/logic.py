@@ -91,7 +91,12 @@ class MedNeXtV2TrainLogic(ScriptedLoadableModuleLogic):
     @staticmethod
     def exportDataset(cases, labels: Sequence[DatasetLabel], channelName: str, datasetDir: Path,
                       onCase: Optional[Callable[[int, int, str], None]] = None) -> Path:
-        """Write the cases as an nnU-Net raw dataset; values follow `labels` in every case."""
+        """Write the cases as an nnU-Net raw dataset; values follow `labels` in every case.
+
+        Segments are exported in dataset-value order, not each segmentation's own order: where
+        segments overlap, the later one wins, so the higher dataset value must win in every case
+        alike, or one voxel kind would get different labels in different cases.
+        """
         from MedNeXtV2TrainLib.scene_cases import case_images, segments_of
 
         values = value_by_segment(labels)
@@ -100,7 +105,7 @@ class MedNeXtV2TrainLogic(ScriptedLoadableModuleLogic):
             for index, (caseId, case) in enumerate(zip(ids, cases)):
                 if onCase:
                     onCase(index, len(cases), case.name)
-                segments = segments_of(case.segmentation)
+                segments = sorted(segments_of(case.segmentation), key=lambda s: values.get(s[1], 0))
                 image, label = case_images(case, [s[0] for s in segments])
                 writer.add_case(caseId, image, label, [s[1] for s in segments], values)
             return writer.finish()

@@ -112,7 +112,7 @@ class MedNeXtV2TrainTest(ScriptedLoadableModuleTest):
         self.assertEqual(trained.id, jobDir.name)
 
         self.delayDisplay("Segmenting with the new bundle")
-        result = logic.segmentLogic.segment(volume, str(trained.path))
+        result = logic.segmentLogic.segment(volume, str(trained.path), device="cpu", tta=False)  # the path, not accuracy
         segment = result.GetSegmentation().GetNthSegment(0)
         self.assertEqual(segment.GetName(), "sphere")
         self.delayDisplay("Test passed")
