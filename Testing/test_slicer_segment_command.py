@@ -11,7 +11,7 @@ import slicer_segment_paths  # noqa: F401
 from mednextv2.cli import build_parser
 from MedNeXtV2SegmentLib.command import (build_models_command, build_segment_command, engine_environment,
                                          engine_package_dir, find_slicer_python)
-from MedNeXtV2SegmentLib.parameters import ParameterError, SegmentOptions
+from MedNeXtV2SegmentLib.parameters import ParameterError, SegmentChoices
 
 
 def parse(command):
@@ -21,7 +21,7 @@ def parse(command):
 
 def test_segment_command_round_trips_through_the_cli_parser(tmp_path):
     inputs = [tmp_path / "input_0000.nrrd", tmp_path / "input_0001.nrrd"]
-    options = SegmentOptions(model=str(tmp_path / "bundle"), device="cuda", tta=False, fast=True, step=0.25,
+    options = SegmentChoices(model=str(tmp_path / "bundle"), device="cuda", tta=False, fast=True, step=0.25,
                              structures=("left lung", "tumor"))
     args = parse(build_segment_command("py", inputs, tmp_path / "out.seg.nrrd", options))
     assert args.command == "segment"
@@ -32,7 +32,7 @@ def test_segment_command_round_trips_through_the_cli_parser(tmp_path):
 
 
 def test_defaults_leave_the_bundle_in_charge():
-    args = parse(build_segment_command("py", ["a.nrrd"], "o.seg.nrrd", SegmentOptions(model="lung-tumor-ct")))
+    args = parse(build_segment_command("py", ["a.nrrd"], "o.seg.nrrd", SegmentChoices(model="lung-tumor-ct")))
     assert (args.device, args.tta, args.fast, args.step, args.structures) == ("auto", True, False, None, None)
 
 
@@ -51,12 +51,12 @@ def test_models_commands_parse(action, extra, expected):
 
 
 @pytest.mark.parametrize("options, message", [
-    (SegmentOptions(), "No model selected"),
-    (SegmentOptions(model="m", device="gpu"), "device"),
-    (SegmentOptions(model="m", step=0.0), "step"),
-    (SegmentOptions(model="m", step=1.5), "step"),
-    (SegmentOptions(model="m", structures=("--fast",)), "structure"),
-    (SegmentOptions(model="m", structures=(" ",)), "structure"),
+    (SegmentChoices(), "No model selected"),
+    (SegmentChoices(model="m", device="gpu"), "device"),
+    (SegmentChoices(model="m", step=0.0), "step"),
+    (SegmentChoices(model="m", step=1.5), "step"),
+    (SegmentChoices(model="m", structures=("--fast",)), "structure"),
+    (SegmentChoices(model="m", structures=(" ",)), "structure"),
 ])
 def test_invalid_options_are_rejected_with_the_option_named(options, message):
     with pytest.raises(ParameterError, match=message):
@@ -65,19 +65,19 @@ def test_invalid_options_are_rejected_with_the_option_named(options, message):
 
 def test_no_input_is_rejected():
     with pytest.raises(ValueError, match="input"):
-        build_segment_command("py", [], "o.seg.nrrd", SegmentOptions(model="m"))
+        build_segment_command("py", [], "o.seg.nrrd", SegmentChoices(model="m"))
 
 
 def test_options_json_round_trip_and_tolerance():
-    options = SegmentOptions(model="m", device="cpu", tta=False, fast=True, step=0.5, structures=("a", "b"))
-    assert SegmentOptions.from_json(options.to_json()) == options
-    assert SegmentOptions.from_json("") == SegmentOptions()
+    options = SegmentChoices(model="m", device="cpu", tta=False, fast=True, step=0.5, structures=("a", "b"))
+    assert SegmentChoices.from_json(options.to_json()) == options
+    assert SegmentChoices.from_json("") == SegmentChoices()
     newer = '{"model": "m", "device": "mps", "structures": ["x"], "added_in_v9": 1}'
-    assert SegmentOptions.from_json(newer) == SegmentOptions(model="m", device="mps", structures=("x",))
+    assert SegmentChoices.from_json(newer) == SegmentChoices(model="m", device="mps", structures=("x",))
     with pytest.raises(ParameterError):
-        SegmentOptions.from_json("[1]")
+        SegmentChoices.from_json("[1]")
     with pytest.raises(ParameterError):
-        SegmentOptions.from_json("{")
+        SegmentChoices.from_json("{")
     assert options.with_changes(structures=["c"]).structures == ("c",)
 
 

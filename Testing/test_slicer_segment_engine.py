@@ -16,7 +16,7 @@ import SimpleITK as sitk
 import slicer_segment_paths  # noqa: F401
 from MedNeXtV2SegmentLib.command import build_segment_command, engine_environment
 from MedNeXtV2SegmentLib.labels import bundle_label_table
-from MedNeXtV2SegmentLib.parameters import SegmentOptions
+from MedNeXtV2SegmentLib.parameters import SegmentChoices
 from MedNeXtV2SegmentLib.paths import make_run_paths
 from MedNeXtV2SegmentLib.process import EngineProcess, ExitCode
 from MedNeXtV2SegmentLib.progress import parse_progress_line
@@ -32,7 +32,7 @@ def start(image, bundle, tmp_path, **options):
     paths = make_run_paths(1, temp_root=tmp_path)
     sitk.WriteImage(sitk.ReadImage(str(image)), str(paths.inputs[0]))  # stands in for slicer.util.exportNode
     command = build_segment_command(sys.executable, paths.inputs, paths.output,
-                                    SegmentOptions(model=str(bundle), device="cpu", tta=False, **options))
+                                    SegmentChoices(model=str(bundle), device="cpu", tta=False, **options))
     return paths, EngineProcess(command, env=engine_environment()).start()
 
 

@@ -17,7 +17,7 @@ class ParameterError(ValueError):
 
 
 @dataclass(frozen=True)
-class SegmentOptions:
+class SegmentChoices:
     model: str = ""  # catalog id, or a path to a bundle folder / zip
     device: str = "auto"
     tta: bool = True  # mirroring test-time augmentation: better, 8x slower on CPU
@@ -25,7 +25,7 @@ class SegmentOptions:
     step: Optional[float] = None  # sliding-window step as a fraction of the patch; None: the bundle's
     structures: Tuple[str, ...] = field(default_factory=tuple)  # empty: every label of the model
 
-    def validated(self) -> "SegmentOptions":
+    def validated(self) -> "SegmentChoices":
         if not self.model.strip():
             raise ParameterError("No model selected: pick a model from the list, or import one.")
         if self.device not in DEVICES:
@@ -37,7 +37,7 @@ class SegmentOptions:
                 raise ParameterError(f"structure names must be non-empty and not start with '-', got {name!r}")
         return self
 
-    def with_changes(self, **changes) -> "SegmentOptions":
+    def with_changes(self, **changes) -> "SegmentChoices":
         if "structures" in changes:
             changes["structures"] = tuple(changes["structures"] or ())
         return replace(self, **changes)
@@ -48,7 +48,7 @@ class SegmentOptions:
         return json.dumps(data, sort_keys=True)
 
     @classmethod
-    def from_json(cls, text: str) -> "SegmentOptions":
+    def from_json(cls, text: str) -> "SegmentChoices":
         """Options saved by `to_json`; unknown keys (from a newer version) are ignored."""
         if not text:
             return cls()

@@ -102,13 +102,13 @@ class MedNeXtV2SegmentTest(ScriptedLoadableModuleTest):
 
     def test_CancelLeavesNothingBehind(self):
         from MedNeXtV2SegmentLib.logic import EngineError, MedNeXtV2SegmentLogic
-        from MedNeXtV2SegmentLib.parameters import SegmentOptions
+        from MedNeXtV2SegmentLib.parameters import SegmentChoices
 
         self.delayDisplay("Cancelling a run")
         volume = makeVolume()
         logic = MedNeXtV2SegmentLogic()
         nodesBefore = slicer.mrmlScene.GetNumberOfNodesByClass("vtkMRMLSegmentationNode")
-        run = logic.start(volume, SegmentOptions(model=str(self.bundle), device="cpu", tta=True))
+        run = logic.start(volume, SegmentChoices(model=str(self.bundle), device="cpu", tta=True))
         logic.poll(run)
         logic.cancel(run)
         self.assertFalse(run.process.is_running())

@@ -14,7 +14,7 @@ import slicer
 from .install import InstallError, InstallLogic
 from .logic import EngineError, EngineRun, MedNeXtV2SegmentLogic
 from .models import CatalogError, describe_model, time_hint
-from .parameters import SegmentOptions
+from .parameters import SegmentChoices
 from .progress import ProgressEvent, format_duration, format_progress
 
 logger = logging.getLogger(__name__)
@@ -58,15 +58,15 @@ class SegmentPanel:
             self.run = None
 
     # -- options <-> GUI -------------------------------------------------------------------------
-    def options(self) -> SegmentOptions:
+    def options(self) -> SegmentChoices:
         items = [self.ui.structuresList.item(i) for i in range(self.ui.structuresList.count)]
         checked = [it.text() for it in items if it.checkState() == qt.Qt.Checked]
-        return SegmentOptions(model=self.ui.modelSelector.currentData or "",
+        return SegmentChoices(model=self.ui.modelSelector.currentData or "",
                               device=self.ui.deviceSelector.currentData or "auto",
                               tta=self.ui.ttaCheckBox.checked, fast=self.ui.fastCheckBox.checked,
                               structures=() if len(checked) == len(items) else tuple(checked))
 
-    def setOptions(self, options: SegmentOptions) -> None:
+    def setOptions(self, options: SegmentChoices) -> None:
         index = self.ui.modelSelector.findData(options.model)
         if index >= 0:
             self.ui.modelSelector.setCurrentIndex(index)
@@ -96,14 +96,6 @@ class SegmentPanel:
         index = self.ui.modelSelector.findData(current) if current else 0
         self.ui.modelSelector.setCurrentIndex(max(index, 0))
         self.onModelChanged()
-
-    def selectModel(self, modelId: str) -> bool:
-        """Reload the list and select a model (the Train module's "Segment with this model")."""
-        self.refreshModels()
-        index = self.ui.modelSelector.findData(modelId)
-        if index >= 0:
-            self.ui.modelSelector.setCurrentIndex(index)
-        return index >= 0
 
     def currentModel(self):
         return self.logic.model(self.ui.modelSelector.currentData or "")

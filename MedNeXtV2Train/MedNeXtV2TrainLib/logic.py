@@ -15,7 +15,7 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 from slicer.ScriptedLoadableModule import ScriptedLoadableModuleLogic
 
-from MedNeXtV2SegmentLib.command import engine_environment
+from MedNeXtV2SegmentLib.command import engine_environment, engine_threads
 from MedNeXtV2SegmentLib.logic import MedNeXtV2SegmentLogic
 from MedNeXtV2SegmentLib.models import ModelChoice
 from MedNeXtV2TrainLib.case_checks import CaseFacts, Problem, check_cases
@@ -130,7 +130,8 @@ class MedNeXtV2TrainLogic(ScriptedLoadableModuleLogic):
     def startTraining(self, jobDir: Path, state: Optional[TrainState] = None, resume: bool = False) -> TrainingRun:
         state = state or load_state(jobDir)
         factory = {} if self.runnerFactory is None else {"runner_factory": self.runnerFactory}
-        run = TrainingRun(Path(jobDir), state, self.segmentLogic.python, env=engine_environment(), **factory)
+        run = TrainingRun(Path(jobDir), state, self.segmentLogic.python, env=engine_environment(),
+                          threads=engine_threads(), **factory)
         run.start(resume=resume)
         return run
 

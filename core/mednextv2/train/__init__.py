@@ -1,8 +1,19 @@
 """Fine-tuning and training: datasets, planning, cache, augmentation, loop, DDP, demo (issue 5).
 
 Entry point: `run_training(TrainOptions(...))`; the CLI is `mednextv2 train`.
+Imports are lazy: the Slicer Train panel reads datasets through `mednextv2.train.datasets`
+inside Slicer's own process, where torch may be missing or must not be loaded yet.
 """
-from mednextv2.train.options import TrainOptions
-from mednextv2.train.run import TrainResult, run_training
+from importlib import import_module
 
-__all__ = ["TrainOptions", "TrainResult", "run_training"]
+_EXPORTS = {"TrainOptions": "mednextv2.train.options", "TrainResult": "mednextv2.train.run",
+            "run_training": "mednextv2.train.run"}
+
+
+def __getattr__(name):
+    if name in _EXPORTS:
+        return getattr(import_module(_EXPORTS[name]), name)
+    raise AttributeError(f"module 'mednextv2.train' has no attribute {name!r}")
+
+
+__all__ = sorted(_EXPORTS)
