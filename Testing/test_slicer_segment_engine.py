@@ -68,8 +68,12 @@ def test_cancel_stops_the_real_engine_without_output(data_dir, bundle, tmp_path)
             l.stream == "stdout" and parse_progress_line(l.text) for l in process.poll()):
         time.sleep(0.05)
     assert process.is_running(), "the engine finished before it could be cancelled"
-    process.cancel(grace_s=5.0)
+    process.cancel(grace_s=60.0)  # no signal within the test: the engine must stop at its next tile
     assert process.wait(timeout=30) == ExitCode.CANCELLED
+    process.poll()
+    assert process._proc.returncode == 130 and "stop request" in "\n".join(process.stderr_tail)
     assert not paths.output.exists()
     leftovers = [p.name for p in paths.work_dir.iterdir() if p.name != "input_0000.nrrd"]
     assert leftovers == [], f"the engine left temporary files: {leftovers}"
+    paths.remove()
+    assert not paths.work_dir.exists()
