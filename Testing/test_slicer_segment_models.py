@@ -34,10 +34,54 @@ def test_import_then_list_through_the_real_cli(tmp_path, engine_env):
 
 
 def test_list_failure_carries_the_engine_message(engine_env):
-    def failing(args, env):
-        return subprocess.CompletedProcess(args, 2, "", "mednextv2: error: catalog broken")
+    failing = [sys.executable, "-c", "import sys; print('mednextv2: error: catalog broken', file=sys.stderr); sys.exit(2)"]
     with pytest.raises(CatalogError, match="catalog broken"):
-        list_models("py", engine_env, runner=failing)
+        list_models("py", engine_env, process_factory=lambda args, env: EngineProcess(failing, env=env))
+
+
+LISTING = ('import json, time; time.sleep(0.5); '
+           'print(json.dumps([{"id": "lung", "title": "Lung (CT)", "installed": "no", "modality": "CT"}]))')
+
+
+def test_the_panels_list_models_without_blocking_and_share_one_cache(engine_env, monkeypatch):
+    """Issue 12 defect 2: module entry ran `subprocess.run(... models list, timeout=60)` on the GUI
+    thread. Now it is an engine run the panel's timer polls, and the list is cached for both modules."""
+    import time
+    import types
+
+    sls = types.ModuleType("slicer.ScriptedLoadableModule")
+    sls.ScriptedLoadableModuleLogic = type("ScriptedLoadableModuleLogic", (), {"__init__": lambda self: None})
+    monkeypatch.setitem(sys.modules, "slicer.ScriptedLoadableModule", sls)
+    monkeypatch.setitem(sys.modules, "slicer", sys.modules.get("slicer") or types.ModuleType("slicer"))
+    from MedNeXtV2SegmentLib.logic import MedNeXtV2SegmentLogic
+    from MedNeXtV2SegmentLib.models import MODEL_LIST
+
+    def no_blocking_run(*args, **kwargs):
+        raise AssertionError("subprocess.run would block Slicer's GUI thread")
+
+    monkeypatch.setattr(subprocess, "run", no_blocking_run)
+    launched = []
+
+    def factory(args, env):
+        launched.append(args)
+        assert args[-3:] == ["models", "--progress", "json", "list", "--json"][-3:]
+        return EngineProcess([sys.executable, "-c", LISTING], env=env)
+
+    MODEL_LIST.clear()
+    logic = MedNeXtV2SegmentLogic(processFactory=factory, python="PythonSlicer")
+    started = time.monotonic()
+    run = logic.startModelList()
+    assert time.monotonic() - started < 0.4, "starting the list must not wait for it"
+    assert logic.models == [] and not logic.poll(run)
+    deadline = time.monotonic() + 30
+    while not logic.poll(run):
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    assert [c.id for c in logic.finish(run)] == ["lung"]
+    other = MedNeXtV2SegmentLogic(processFactory=factory, python="PythonSlicer")  # the Train wizard's
+    assert [c.id for c in other.models] == ["lung"] and other.model("lung").modality == "CT"
+    assert len(launched) == 1
+    MODEL_LIST.clear()
 
 
 def test_catalog_rows():

@@ -18,6 +18,7 @@ from slicer.ScriptedLoadableModule import ScriptedLoadableModuleLogic
 
 from .command import (build_models_command, build_segment_command, engine_environment, engine_threads,
                       find_slicer_python)
+from .install import InstallLogic
 from .labels import LabelEntry, load_bundle, selected_label_table
 from .models import MODEL_LIST, ModelChoice, models_by_id, read_model_list
 from .parameters import SegmentChoices
@@ -61,8 +62,10 @@ ProcessFactory = Callable[[Sequence[str], dict], EngineProcess]
 
 
 class MedNeXtV2SegmentLogic(ScriptedLoadableModuleLogic):
-    def __init__(self, processFactory: Optional[ProcessFactory] = None, python: Optional[str] = None) -> None:
+    def __init__(self, processFactory: Optional[ProcessFactory] = None, python: Optional[str] = None,
+                 installLogic: Optional[InstallLogic] = None) -> None:
         ScriptedLoadableModuleLogic.__init__(self)
+        self.installLogic = installLogic or InstallLogic()  # both modules' one install step
         self.processFactory = processFactory or (lambda args, env: EngineProcess(args, env=env))
         self.python = python or find_slicer_python()
 
@@ -109,6 +112,7 @@ class MedNeXtV2SegmentLogic(ScriptedLoadableModuleLogic):
 
     # -- segmentation: non-blocking --------------------------------------------------------
     def start(self, volumeNodes, options: SegmentChoices, outputNode=None) -> EngineRun:
+        self.installLogic.require()
         volumeNodes = list(volumeNodes) if isinstance(volumeNodes, (list, tuple)) else [volumeNodes]
         if not volumeNodes or any(v is None for v in volumeNodes):
             raise EngineError("Select an input volume.")

@@ -128,6 +128,7 @@ class MedNeXtV2TrainLogic(ScriptedLoadableModuleLogic):
         return jobDir, state
 
     def startTraining(self, jobDir: Path, state: Optional[TrainState] = None, resume: bool = False) -> TrainingRun:
+        self.segmentLogic.installLogic.require()  # the panel ran installLogic.ensure() before
         state = state or load_state(jobDir)
         factory = {} if self.runnerFactory is None else {"runner_factory": self.runnerFactory}
         run = TrainingRun(Path(jobDir), state, self.segmentLogic.python, env=engine_environment(),
