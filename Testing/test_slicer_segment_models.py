@@ -108,3 +108,41 @@ def test_bad_lists_are_reported(text):
 def test_format_size():
     assert [format_size(n) for n in (None, 512, 2048, 5 * 1024 ** 2, 3 * 1024 ** 3)] == ["", "512 B", "2 KB", "5.0 MB", "3.0 GB"]
     assert model_choice({"id": "a", "size": True}).size_bytes is None
+
+
+def test_one_selector_per_input_channel_from_the_bundle(tmp_path):
+    """Issue 12 defect 8: a two-channel model gets two volume selectors, in the engine's order."""
+    import json
+
+    from MedNeXtV2SegmentLib.models import channel_prompts, with_bundle_details
+
+    bundle = make_tiny_bundle(tmp_path, "tiny-two")
+    spec = json.loads((bundle / "model.json").read_text(encoding="utf-8"))
+    spec["channels"] = [{"name": "T1", "modality": "MR"}, {"name": "FLAIR", "modality": "MR"}]
+    spec["network"]["in_channels"] = 2
+    spec["preprocessing"]["normalization"] = spec["preprocessing"]["normalization"] * 2
+    (bundle / "model.json").write_text(json.dumps(spec), encoding="utf-8")
+    choice = with_bundle_details(ModelChoice(id="tiny-two", title="x", path=str(bundle), downloaded=True))
+    assert choice.channels == (("T1", "MR"), ("FLAIR", "MR")) and choice.modality == "MR"
+    assert channel_prompts(choice.channels) == ["T1 (MR):", "FLAIR (MR):"]
+    assert channel_prompts((("CT", "CT"),)) == ["Input volume:"]
+
+
+def test_models_are_filtered_by_the_inputs_modality():
+    from MedNeXtV2SegmentLib.models import models_for_modality
+
+    ct, mr, both, unknown = (ModelChoice(id=i, title=i, modality=m) for i, m in
+                             (("ct", "CT"), ("mr", "MR"), ("both", "CT+MR"), ("unknown", "")))
+    everything = [ct, mr, both, unknown]
+    assert [c.id for c in models_for_modality(everything, "CT")] == ["ct", "both", "unknown"]
+    assert [c.id for c in models_for_modality(everything, "mr")] == ["mr", "both", "unknown"]
+    assert models_for_modality(everything, "") == everything  # not from DICOM: nothing is hidden
+
+
+def test_no_cuda_gpu_is_said_before_the_run():
+    timed = ModelChoice(id="lung", title="Lung", cpu_s=150.0, gpu_s=12.0)
+    assert time_hint(timed, "auto", cuda=False) == "No CUDA GPU found: expect about 2 min 30 s per image on the CPU (measured)."
+    assert "No CUDA GPU found" in time_hint(timed, "cuda", cuda=False)
+    assert time_hint(timed, "auto", cuda=True).startswith("About 12 s per image on GPU")
+    assert "no measured CPU time" in time_hint(ModelChoice(id="x", title="x"), "auto", cuda=False)
+    assert time_hint(timed, "cpu", cuda=False).startswith("About 2 min 30 s per image on CPU")

@@ -92,6 +92,12 @@ def build_segment_command(python: str, inputs: Sequence[os.PathLike], output: os
     return engine_command(python, *args)
 
 
+def device_probe_command(python: str) -> List[str]:
+    """Asks the engine's Python whether torch sees a CUDA GPU (prints `{"cuda": true|false}`); run
+    as a child process, so torch is never imported into Slicer's own process for it."""
+    return [python, "-c", "import json, torch; print(json.dumps({'cuda': bool(torch.cuda.is_available())}))"]
+
+
 def build_models_command(python: str, action: str, *args: str, progress: str = "json") -> List[str]:
     """`mednextv2 models --progress json ACTION ...` (`--progress` belongs to `models`, before the action)."""
     if action not in ("list", "download", "import"):

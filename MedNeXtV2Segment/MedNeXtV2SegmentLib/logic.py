@@ -16,8 +16,8 @@ from typing import Callable, List, Optional, Sequence, Tuple
 import slicer
 from slicer.ScriptedLoadableModule import ScriptedLoadableModuleLogic
 
-from .command import (build_models_command, build_segment_command, engine_environment, engine_threads,
-                      find_slicer_python)
+from .command import (build_models_command, build_segment_command, device_probe_command, engine_environment,
+                      engine_threads, find_slicer_python)
 from .install import InstallLogic
 from .labels import LabelEntry, load_bundle, selected_label_table
 from .models import MODEL_LIST, ModelChoice, models_by_id, read_model_list
@@ -47,7 +47,7 @@ class EngineRun:
     """One engine process (segment, download or import) and what is needed to finish it."""
 
     process: EngineProcess
-    kind: str  # "segment" | "download" | "import" | "list"
+    kind: str  # "segment" | "download" | "import" | "list" | "probe"
     paths: Optional[RunPaths] = None
     volumeNode: object = None
     outputNode: object = None
@@ -86,6 +86,11 @@ class MedNeXtV2SegmentLogic(ScriptedLoadableModuleLogic):
         """`mednextv2 models list --json` as an engine run: poll it, then `finish()` caches the list."""
         args = build_models_command(self.python, "list", "--json")
         return EngineRun(self.processFactory(args, engine_environment()).start(), kind="list", title="model list")
+
+    def startDeviceProbe(self) -> EngineRun:
+        """Does the engine's torch see a CUDA GPU? `finish()` stores the answer in MODEL_LIST.cuda."""
+        return EngineRun(self.processFactory(device_probe_command(self.python), engine_environment()).start(),
+                         kind="probe", title="GPU check")
 
     def refreshModels(self) -> List[ModelChoice]:
         """Blocking refresh, for scripts and the self-test (events keep flowing); panels use startModelList."""
@@ -141,7 +146,7 @@ class MedNeXtV2SegmentLogic(ScriptedLoadableModuleLogic):
         finished = run.process.finished  # read before draining, so no line is left behind
         for line in run.process.poll():
             event = parse_progress_line(line.text) if line.stream == "stdout" else None
-            if event is None and line.stream == "stdout" and run.kind == "list":
+            if event is None and line.stream == "stdout" and run.kind in ("list", "probe"):
                 run.stdout.append(line.text)
             elif event is not None:
                 run.lastProgress = event
@@ -163,6 +168,9 @@ class MedNeXtV2SegmentLogic(ScriptedLoadableModuleLogic):
         code = run.process.returncode
         if run.kind == "list":  # CatalogError carries the engine's own message
             return MODEL_LIST.set(read_model_list(code, "\n".join(run.stdout), "\n".join(run.process.stderr_tail)))
+        if run.kind == "probe":
+            MODEL_LIST.cuda = code == ExitCode.OK and '"cuda": true' in "".join(run.stdout)
+            return MODEL_LIST.cuda
         if code != ExitCode.OK:
             tail = "\n".join(run.process.stderr_tail)
             if code == ExitCode.CANCELLED:
@@ -246,6 +254,17 @@ class MedNeXtV2SegmentLogic(ScriptedLoadableModuleLogic):
             segment.SetColor(*entry.color_float)
             if entry.terminology:
                 segment.SetTag(segment.GetTerminologyEntryTagName(), entry.terminology)
+
+    @staticmethod
+    def volumeModality(volumeNode) -> str:
+        """'CT', 'MR', ... from the DICOM series the volume was loaded from (the attribute Slicer's
+        DICOM plugins set on its subject-hierarchy item); '' for a volume not loaded from DICOM."""
+        shNode = slicer.vtkMRMLSubjectHierarchyNode.GetSubjectHierarchyNode(volumeNode.GetScene())
+        item = shNode.GetItemByDataNode(volumeNode) if shNode else 0
+        if not item:
+            return ""
+        name = slicer.vtkMRMLSubjectHierarchyConstants.GetDICOMSeriesModalityAttributeName()
+        return (shNode.GetItemAttribute(item, name) or "").strip().upper()
 
     @staticmethod
     def _placeInStudy(node, volumeNode) -> None:

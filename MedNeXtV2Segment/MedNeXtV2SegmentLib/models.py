@@ -33,6 +33,7 @@ class ModelChoice:
     cpu_s: Optional[float] = None
     gpu_s: Optional[float] = None
     min_gpu_memory_gb: Optional[float] = None
+    channels: Tuple[Tuple[str, str], ...] = ()  # (name, modality) per input, from the bundle
 
     @property
     def engine_model_arg(self) -> str:
@@ -69,7 +70,25 @@ def with_bundle_details(choice: ModelChoice) -> ModelChoice:
         return choice  # listed but unreadable: the run will report the exact problem
     modality = "+".join(dict.fromkeys(m for _, m in bundle.channels))
     return replace(choice, labels=choice.labels or tuple(l.name for l in bundle.labels),
-                   modality=choice.modality or modality, title=bundle.title or choice.title)
+                   modality=choice.modality or modality, title=bundle.title or choice.title,
+                   channels=tuple(bundle.channels))
+
+
+def channel_prompts(channels: Sequence[Tuple[str, str]]) -> List[str]:
+    """One selector label per model input: 'Input volume:' for a one-input model, else
+    'T1 (MR):', 'FLAIR (MR):' ... in the bundle's channel order (the engine's input order)."""
+    if len(channels) <= 1:
+        return ["Input volume:"]
+    return [f"{name} ({modality}):" if modality and modality != name else f"{name}:" for name, modality in channels]
+
+
+def models_for_modality(choices: Sequence[ModelChoice], modality: str) -> List[ModelChoice]:
+    """The models for an input of `modality` ('CT', 'MR'); all of them when it is unknown, and a
+    model whose modality is not known is always offered."""
+    if not modality:
+        return list(choices)
+    wanted = modality.upper()
+    return [c for c in choices if not c.modality or wanted in c.modality.upper().split("+")]
 
 
 def parse_model_list(text: str) -> List[ModelChoice]:
@@ -107,12 +126,21 @@ def describe_model(choice: ModelChoice) -> str:
     return " - ".join(parts)
 
 
-def time_hint(choice: Optional[ModelChoice], device: str, tta: bool = True) -> str:
-    """Expected time per image from the catalog's measured timings; '' when unknown."""
+def time_hint(choice: Optional[ModelChoice], device: str, tta: bool = True, cuda: Optional[bool] = None) -> str:
+    """Expected time per image from the catalog's measured timings; '' when unknown.
+
+    `cuda` is what the engine's Python reported (None: not known yet). Without a CUDA GPU an
+    'auto' or 'cuda' run goes to the CPU, and the user is told before pressing Segment."""
     from .progress import format_duration
 
     if choice is None:
         return ""
+    if cuda is False and device in ("auto", "cuda"):
+        if choice.cpu_s is None:
+            return ("No CUDA GPU found: this runs on the CPU, which can take many minutes; this model has no "
+                    "measured CPU time yet.")
+        return (f"No CUDA GPU found: expect about {format_duration(choice.cpu_s)} per image on the CPU "
+                f"(measured{'' if tta else '; faster without TTA'}).")
     if device == "cpu":
         seconds, where = choice.cpu_s, "CPU"
     else:
@@ -151,6 +179,7 @@ class ModelListCache:
 
     def __init__(self) -> None:
         self.choices: Optional[List[ModelChoice]] = None
+        self.cuda: Optional[bool] = None  # what the engine's torch reports; None until probed
 
     def set(self, choices: Sequence[ModelChoice]) -> List[ModelChoice]:
         self.choices = list(choices)

@@ -18,6 +18,7 @@ from slicer.ScriptedLoadableModule import ScriptedLoadableModuleLogic
 from MedNeXtV2SegmentLib.command import engine_environment, engine_threads
 from MedNeXtV2SegmentLib.logic import MedNeXtV2SegmentLogic
 from MedNeXtV2SegmentLib.models import ModelChoice
+from MedNeXtV2SegmentLib.parameters import from_saved
 from MedNeXtV2TrainLib.case_checks import CaseFacts, Problem, check_cases
 from MedNeXtV2TrainLib.dataset_layout import DatasetWriter, safe_case_ids
 from MedNeXtV2TrainLib.label_table import BaseLabel, DatasetLabel, SegmentLabel, union_of_segments, value_by_segment
@@ -52,12 +53,9 @@ class MedNeXtV2TrainLogic(ScriptedLoadableModuleLogic):
 
     # -- settings: kept in the scene's parameter node, so a saved scene reopens with them ------
     def loadSettings(self) -> TrainSettings:
+        # The Segment module's policy for saved settings (unknown keys dropped, bad ones -> defaults).
         text = self.getParameterNode().GetParameter(SETTINGS_PARAMETER)
-        try:
-            return TrainSettings.from_dict(json.loads(text)) if text else TrainSettings()
-        except (ValueError, TypeError) as e:  # a scene from another version: start from defaults
-            logger.warning("ignoring saved training settings: %s", e)
-            return TrainSettings()
+        return from_saved(TrainSettings, text, "training settings", TrainSettings.from_dict)
 
     def saveSettings(self, settings: TrainSettings) -> None:
         self.getParameterNode().SetParameter(SETTINGS_PARAMETER, json.dumps(settings.to_dict()))
