@@ -171,7 +171,7 @@ def test_an_old_torch_is_an_upgrade_not_a_pass(fake_slicer, monkeypatch):
     logic.require()  # now fine
 
 
-def test_require_is_the_check_both_logics_make(fake_slicer, monkeypatch):
+def test_require_is_the_check_both_logics_make(fake_slicer, monkeypatch, forget_new_modules):
     """Issue 12 defect 1: the Train logic never ran the install step; it now refuses to start the
     engine until the packages are there, and its panel installs them (the same InstallLogic)."""
     sls = types.ModuleType("slicer.ScriptedLoadableModule")

@@ -43,7 +43,7 @@ LISTING = ('import json, time; time.sleep(0.5); '
            'print(json.dumps([{"id": "lung", "title": "Lung (CT)", "installed": "no", "modality": "CT"}]))')
 
 
-def test_the_panels_list_models_without_blocking_and_share_one_cache(engine_env, monkeypatch):
+def test_the_panels_list_models_without_blocking_and_share_one_cache(engine_env, monkeypatch, forget_new_modules):
     """Issue 12 defect 2: module entry ran `subprocess.run(... models list, timeout=60)` on the GUI
     thread. Now it is an engine run the panel's timer polls, and the list is cached for both modules."""
     import time

@@ -37,6 +37,7 @@ class SegmentPanel:
         self.run: Optional[EngineRun] = None
         self.background: List[EngineRun] = []  # model list, GPU check: polled, never waited for
         self.segmentAfterDownload = False
+        self.wantedModel = ""  # a model to select once the (asynchronous) model list arrives
         self.cancelButton = None
         self.dependenciesReady = False
         self.channelSelectors = [self.ui.inputVolumeSelector]
@@ -135,7 +136,7 @@ class SegmentPanel:
 
     def fillModels(self) -> None:
         """The cached list, filtered by the input's modality (when it came from DICOM)."""
-        current = self.ui.modelSelector.currentData or getattr(self, "wantedModel", "")
+        current = self.wantedModel or self.ui.modelSelector.currentData
         modality = self.inputModality()
         choices = models_for_modality(self.logic.models, modality) or self.logic.models
         self.ui.modelSelector.blockSignals(True)
@@ -144,6 +145,8 @@ class SegmentPanel:
             self.ui.modelSelector.addItem(describe_model(choice), choice.id)
         self.ui.modelSelector.blockSignals(False)
         index = self.ui.modelSelector.findData(current) if current else 0
+        if index >= 0 and current == self.wantedModel:
+            self.wantedModel = ""  # found: from now on the user's selection rules
         self.ui.modelSelector.setCurrentIndex(max(index, 0))
         self.ui.modelSelector.toolTip = (f"Models for {modality} (the input's DICOM modality)." if modality
                                          else "Every model; a volume loaded from DICOM shows only its modality's.")
