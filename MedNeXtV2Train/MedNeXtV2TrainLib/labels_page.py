@@ -65,7 +65,8 @@ class LabelsPage:
         if self.wizard.casesPage.fromFolder():
             return True
         try:
-            self.wizard.labels = dataset_labels(self.wizard.union, self.labelChoices(), base_labels(self.wizard.settingsPage.currentModel()))
+            base = base_labels(self.wizard.settingsPage.currentModel())
+            self.wizard.labels = dataset_labels(self.wizard.union, self.labelChoices(), base)
         except ValueError as e:
             return self.say(f"Labels: {e}")
         self.say("Labels: " + ", ".join(f"{l.value} = {l.name}" for l in self.wizard.labels), error=False)
