@@ -103,3 +103,21 @@ def test_logic_exports_scene_cases_with_one_label_table(slicer_facing, data_dir,
     with pytest.raises(ValueError, match="labelmap has values up to 1 but only 0"):
         logic.MedNeXtV2TrainLogic.createJob(settings, tmp_path, cases, labels)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["liver"]
+
+
+def test_training_folder_and_dataset_folder_never_overlap(slicer_facing, tmp_path):
+    """Issue 11 for the Train module: a job (and its model) is never written into the user's
+    dataset folder; nothing is created on refusal."""
+    from MedNeXtV2TrainLib.settings import TrainSettings
+
+    logic = slicer_facing["MedNeXtV2TrainLib.logic"]
+    dataset = tmp_path / "Dataset001"
+    (dataset / "imagesTr").mkdir(parents=True)
+    settings = TrainSettings(model_name="Liver").with_preset("quick")
+    for jobs, data in ((dataset, dataset), (dataset / "runs", dataset)):
+        before = sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*"))
+        with pytest.raises(ValueError, match="inside the dataset folder"):
+            logic.MedNeXtV2TrainLogic.createJob(settings, jobs, datasetDir=data)
+        assert sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*")) == before
+    job, state = logic.MedNeXtV2TrainLogic.createJob(settings, tmp_path, datasetDir=dataset)
+    assert state.dataset == str(dataset) and job.parent == tmp_path and job != dataset

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 import tempfile
+import time
 from pathlib import Path
 
 import numpy as np
@@ -110,10 +111,17 @@ class MedNeXtV2SegmentTest(ScriptedLoadableModuleTest):
         nodesBefore = slicer.mrmlScene.GetNumberOfNodesByClass("vtkMRMLSegmentationNode")
         run = logic.start(volume, SegmentChoices(model=str(self.bundle), device="cpu", tta=True))
         logic.poll(run)
+        started = time.monotonic()
         logic.cancel(run)
-        self.assertFalse(run.process.is_running())
-        self.assertFalse(run.paths.work_dir.exists(), "the run's temp folder must be removed after a cancel")
+        self.assertLess(time.monotonic() - started, 1.0, "cancel must not block the GUI thread")
+        deadline = time.monotonic() + 60  # bounded: a stuck engine fails the test instead of hanging it
+        while not logic.poll(run):
+            self.assertLess(time.monotonic(), deadline, "the engine did not stop after Cancel")
+            slicer.app.processEvents()
+            time.sleep(0.05)
         with self.assertRaises(EngineError):
             logic.finish(run)
+        self.assertFalse(run.process.is_running())
+        self.assertFalse(run.paths.work_dir.exists(), "the run's temp folder must be removed after a cancel")
         self.assertEqual(slicer.mrmlScene.GetNumberOfNodesByClass("vtkMRMLSegmentationNode"), nodesBefore)
         self.delayDisplay("Cancel test passed")

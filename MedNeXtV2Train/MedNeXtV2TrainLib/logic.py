@@ -44,6 +44,16 @@ def base_labels(choice: Optional[ModelChoice]) -> List[BaseLabel]:
     return [] if choice is None else [BaseLabel(i + 1, name) for i, name in enumerate(choice.labels)]
 
 
+def check_apart(jobsRoot: Path, datasetDir: Path) -> None:
+    """The training folder (job, checkpoints, new model) must not lie in the user's dataset folder:
+    the engine's output would mix with its input (issue 11). A dataset inside the training folder is
+    fine: each job gets a new folder of its own."""
+    jobs, dataset = jobsRoot.resolve(), datasetDir.resolve()
+    if jobs == dataset or dataset in jobs.parents:
+        raise ValueError(f"the training folder {jobsRoot} is inside the dataset folder {datasetDir}; "
+                         "choose a training folder outside the dataset")
+
+
 class MedNeXtV2TrainLogic(ScriptedLoadableModuleLogic):
     def __init__(self, segmentLogic: Optional[MedNeXtV2SegmentLogic] = None,
                  runnerFactory: Optional[RunnerFactory] = None) -> None:
@@ -113,6 +123,8 @@ class MedNeXtV2TrainLogic(ScriptedLoadableModuleLogic):
         the model id from it, and the catalog needs a new id for every trained model. A failed
         export removes the job folder again: nothing half-made is left to resume.
         """
+        if datasetDir is not None:
+            check_apart(Path(jobsRoot), Path(datasetDir))
         jobDir = new_job_dir(Path(jobsRoot), settings.model_id)
         dataset = Path(datasetDir) if datasetDir else jobDir / DATASET_FOLDER
         if datasetDir is None:
