@@ -31,6 +31,15 @@ def test_device_tta_and_model_survive_a_restart(tmp_path):
     assert Preferences(settings_file(tmp_path / "empty.ini")).load() == SegmentChoices()
 
 
+def test_measured_cpu_rate_survives_a_restart(tmp_path):
+    first = Preferences(settings_file(tmp_path / "Slicer.ini"))
+    assert first.cpuRate("tiny-ct") is None
+    first.setCpuRate("tiny-ct", 0.123456789)
+    first.settings.sync()
+    again = Preferences(settings_file(tmp_path / "Slicer.ini"))
+    assert again.cpuRate("tiny-ct") == pytest.approx(0.123457) and again.cpuRate("other") is None
+
+
 @pytest.mark.parametrize("cls, what, build", [
     (SegmentChoices, "Segment choices", None),
     (TrainSettings, "training settings", TrainSettings.from_dict),

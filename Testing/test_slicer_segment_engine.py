@@ -45,6 +45,19 @@ def test_segment_real_scan_through_the_runner(data_dir, bundle, tmp_path):
     assert {"preprocess", "predict", "export"} <= set(stages), stages
     assert events[-1].fraction == 1.0
 
+    # The panel's CPU estimate counts the same tiles as the engine (timing.py), and reads the
+    # engine's own seconds per pass from its progress lines.
+    from mednextv2.bundle import load_bundle
+    from MedNeXtV2SegmentLib.timing import passes_per_tile, seconds_per_pass, tile_count
+
+    spec, scan = load_bundle(bundle), sitk.ReadImage(str(image))
+    predicted = [e for e in events if e.stage == "predict"]
+    assert tile_count(scan.GetSize(), scan.GetSpacing(), spec.preprocessing.target_spacing,
+                      spec.inference.patch_size, spec.inference.step) == predicted[-1].extra["tiles_total"]
+    passes = passes_per_tile(len(spec.weights), spec.inference.mirror_axes, tta=False)
+    rates = [r for r in (seconds_per_pass(e, passes) for e in predicted) if r is not None]
+    assert all(r > 0 for r in rates) and (rates or predicted[-1].extra["tiles_total"] <= 1)
+
     reference, result = sitk.ReadImage(str(image)), sitk.ReadImage(str(paths.output))
     assert result.GetSize() == reference.GetSize()
     np.testing.assert_allclose(result.GetOrigin(), reference.GetOrigin(), atol=1e-4)

@@ -146,3 +146,21 @@ def test_no_cuda_gpu_is_said_before_the_run():
     assert time_hint(timed, "auto", cuda=True).startswith("About 12 s per image on GPU")
     assert "no measured CPU time" in time_hint(ModelChoice(id="x", title="x"), "auto", cuda=False)
     assert time_hint(timed, "cpu", cuda=False).startswith("About 2 min 30 s per image on CPU")
+
+
+def test_cpu_estimate_says_how_it_is_made():
+    """No catalog timing: tiles x passes x this computer's measured seconds per pass, or a plain
+    statement that there is no measurement yet - never an invented number."""
+    from MedNeXtV2SegmentLib.progress import ProgressEvent
+    from MedNeXtV2SegmentLib.timing import cpu_estimate_text, passes_per_tile, seconds_per_pass, tile_count
+
+    assert passes_per_tile(1, (0, 1, 2), tta=True) == 8 and passes_per_tile(5, (0, 1, 2), tta=False) == 5
+    # 512 x 512 x 100 CT at 0.7 x 0.7 x 2.5 mm, model at 2.5 x 0.7 x 0.7 mm (z, y, x), 64 x 128 x 128 patch
+    assert tile_count((512, 512, 100), (0.7, 0.7, 2.5), (2.5, 0.7, 0.7), (64, 128, 128), 0.5) == 3 * 7 * 7
+    assert tile_count((10, 10, 10), (1, 1, 1), None, (16, 16, 16), 0.5) == 1
+    event = ProgressEvent("predict", 0.25, 30.0, "tile 5/20", {"tiles_done": 5, "tiles_total": 20})
+    assert seconds_per_pass(event, passes=8) == pytest.approx(30.0 / 15 / 8)
+    assert seconds_per_pass(ProgressEvent("export", 1.0, 0.0, "", {}), 8) is None
+    text = cpu_estimate_text(147, 8, 0.25)
+    assert "about 4 min 54 s" in text and "147 tiles x 8 passes x 0.25 s per pass" in text
+    assert "measured during the first CPU run" in cpu_estimate_text(147, 8, None)

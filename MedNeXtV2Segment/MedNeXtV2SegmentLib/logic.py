@@ -24,6 +24,7 @@ from .models import MODEL_LIST, ModelChoice, models_by_id, read_model_list
 from .parameters import SegmentChoices
 from .paths import RunPaths, make_run_paths, output_segmentation_name
 from .process import EngineProcess, ExitCode
+from .timing import passes_per_tile, tile_count
 from .progress import ProgressEvent, parse_progress_line
 
 logger = logging.getLogger(__name__)
@@ -254,6 +255,15 @@ class MedNeXtV2SegmentLogic(ScriptedLoadableModuleLogic):
             segment.SetColor(*entry.color_float)
             if entry.terminology:
                 segment.SetTag(segment.GetTerminologyEntryTagName(), entry.terminology)
+
+    @staticmethod
+    def cpuWork(volumeNode, bundlePath: Path, tta: bool) -> Tuple[int, int]:
+        """(tiles, network passes per tile) of a run on this volume, for the CPU estimate (timing.py)."""
+        bundle = load_bundle(bundlePath)
+        inference = bundle.inference
+        tiles = tile_count(volumeNode.GetImageData().GetDimensions(), volumeNode.GetSpacing(),
+                           bundle.preprocessing.target_spacing, inference.patch_size, inference.step)
+        return tiles, passes_per_tile(len(bundle.weights), inference.mirror_axes, tta)
 
     @staticmethod
     def volumeModality(volumeNode) -> str:

@@ -9,6 +9,7 @@ Slicer, PySide6's QSettings in the tests.
 from __future__ import annotations
 
 from .parameters import SegmentChoices
+from .timing import RATE_KEY
 
 KEY = "MedNeXtV2/Segment/choices"
 REMEMBERED = ("model", "device", "tta", "fast")  # not the structure subset: that belongs to one study
@@ -25,3 +26,14 @@ class Preferences:
     def save(self, choices: SegmentChoices) -> None:
         remembered = SegmentChoices().with_changes(**{k: getattr(choices, k) for k in REMEMBERED})
         self.settings.setValue(KEY, remembered.to_json())
+
+    def cpuRate(self, modelId: str):
+        """Seconds per network pass measured on this computer for `modelId` (timing.py), or None."""
+        try:
+            value = float(self.settings.value(RATE_KEY + modelId, ""))
+        except (TypeError, ValueError):
+            return None
+        return value if value > 0 else None
+
+    def setCpuRate(self, modelId: str, seconds: float) -> None:
+        self.settings.setValue(RATE_KEY + modelId, f"{seconds:.6g}")

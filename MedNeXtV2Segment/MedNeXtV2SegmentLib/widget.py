@@ -8,6 +8,7 @@ timer escalates only if it does not. Device, TTA and the last model are remember
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 from typing import List, Optional
 
 import qt
@@ -19,6 +20,7 @@ from .models import MODEL_LIST, CatalogError, channel_prompts, describe_model, m
 from .parameters import SegmentChoices
 from .preferences import Preferences
 from .progress import ProgressEvent, format_duration, format_progress
+from .timing import cpu_estimate_text, seconds_per_pass
 
 logger = logging.getLogger(__name__)
 
@@ -37,6 +39,7 @@ class SegmentPanel:
         self.run: Optional[EngineRun] = None
         self.background: List[EngineRun] = []  # model list, GPU check: polled, never waited for
         self.segmentAfterDownload = False
+        self.runModelId, self.runPasses = "", 0  # passes per tile of a CPU run (its rate is measured)
         self.wantedModel = ""  # a model to select once the (asynchronous) model list arrives
         self.cancelButton = None
         self.dependenciesReady = False
@@ -209,9 +212,20 @@ class SegmentPanel:
     def inputVolumes(self) -> list:
         return [selector.currentNode() for selector in self.channelSelectors]
 
+    def onCpu(self) -> bool:
+        device = self.ui.deviceSelector.currentData or "auto"
+        return device == "cpu" or (device in ("auto", "cuda") and MODEL_LIST.cuda is False)
+
     def updateHints(self, *unused) -> None:
-        self.ui.deviceHintLabel.text = time_hint(self.currentModel(), self.ui.deviceSelector.currentData or "auto",
-                                                 self.ui.ttaCheckBox.checked, MODEL_LIST.cuda)
+        choice, volume, tta = self.currentModel(), self.ui.inputVolumeSelector.currentNode(), self.ui.ttaCheckBox.checked
+        hint = time_hint(choice, self.ui.deviceSelector.currentData or "auto", tta, MODEL_LIST.cuda)
+        if self.onCpu() and choice is not None and choice.cpu_s is None and choice.path and volume is not None:
+            try:  # no catalog timing: estimate from this input's tiles and this computer's measured rate
+                tiles, passes = self.logic.cpuWork(volume, Path(choice.path), tta and not self.ui.fastCheckBox.checked)
+                hint = cpu_estimate_text(tiles, passes, self.preferences.cpuRate(choice.id))
+            except (ValueError, RuntimeError, AttributeError) as e:  # an unreadable bundle: the run says why
+                logger.info("no CPU estimate: %s", e)
+        self.ui.deviceHintLabel.text = hint
 
     def updateButtons(self, *unused) -> None:
         buttons = (self.ui.applyButton, self.ui.downloadModelButton, self.ui.importModelButton)
@@ -264,6 +278,9 @@ class SegmentPanel:
             self.logic.saveOptions(options)
             self.preferences.save(options)
             run = self.logic.start(self.inputVolumes(), options, self.ui.outputSegmentationSelector.currentNode())
+            self.runModelId, self.runPasses = choice.id, 0
+            if self.onCpu() and choice.path:
+                self.runPasses = self.logic.cpuWork(self.inputVolumes()[0], Path(choice.path), options.tta and not options.fast)[1]
         except InstallError as e:
             slicer.util.errorDisplay(str(e), detailedText=e.details)
             return
@@ -362,6 +379,10 @@ class SegmentPanel:
         self.updateButtons()
 
     def onProgress(self, event: ProgressEvent) -> None:
+        if self.runPasses:  # a CPU segmentation: keep the engine's own seconds per pass for next time
+            rate = seconds_per_pass(event, self.runPasses)
+            if rate is not None:
+                self.preferences.setCpuRate(self.runModelId, rate)
         self.ui.progressBar.setValue(event.percent)
         self.ui.progressBar.setFormat(format_progress(event))
 
