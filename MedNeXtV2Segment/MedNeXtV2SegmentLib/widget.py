@@ -16,7 +16,8 @@ import slicer
 
 from .install import InstallError
 from .logic import EngineError, EngineRun, MedNeXtV2SegmentLogic
-from .models import MODEL_LIST, CatalogError, channel_prompts, describe_model, models_for_modality, time_hint
+from .models import (MODEL_LIST, CatalogError, channel_prompts, describe_model, format_size, models_for_modality,
+                     time_hint)
 from .parameters import SegmentChoices
 from .preferences import Preferences
 from .progress import ProgressEvent, format_duration, format_progress
@@ -59,6 +60,7 @@ class SegmentPanel:
         self.ui.modelSelector.connect("currentIndexChanged(int)", self.onModelChanged)
         self.ui.deviceSelector.connect("currentIndexChanged(int)", self.updateHints)
         self.ui.ttaCheckBox.connect("toggled(bool)", self.updateHints)
+        self.ui.fastCheckBox.connect("toggled(bool)", self.updateHints)
         self.ui.inputVolumeSelector.connect("currentNodeChanged(vtkMRMLNode*)", self.onInputChanged)
         self.ui.outputSegmentationSelector.connect("currentNodeChanged(vtkMRMLNode*)", self.onOutputChanged)
         saved = self.logic.loadOptions()  # the scene's choices win over the user's habits
@@ -161,7 +163,8 @@ class SegmentPanel:
 
     def onInputChanged(self, node=None) -> None:
         if MODEL_LIST.choices is not None:
-            self.fillModels()
+            self.fillModels()  # the modality filter and the CPU estimate depend on the input
+        self.updateHints()
         self.updateButtons()
 
     def currentModel(self):
@@ -280,7 +283,8 @@ class SegmentPanel:
             run = self.logic.start(self.inputVolumes(), options, self.ui.outputSegmentationSelector.currentNode())
             self.runModelId, self.runPasses = choice.id, 0
             if self.onCpu() and choice.path:
-                self.runPasses = self.logic.cpuWork(self.inputVolumes()[0], Path(choice.path), options.tta and not options.fast)[1]
+                tta = options.tta and not options.fast
+                self.runPasses = self.logic.cpuWork(self.inputVolumes()[0], Path(choice.path), tta)[1]
         except InstallError as e:
             slicer.util.errorDisplay(str(e), detailedText=e.details)
             return
@@ -291,7 +295,7 @@ class SegmentPanel:
 
     def downloadThenSegment(self, choice) -> None:
         """First Segment with a model not downloaded yet: one question, then download and segment."""
-        size = f" ({describe_model(choice).split(' - ')[-2]})" if choice.size_bytes else ""
+        size = f" ({format_size(choice.size_bytes)})" if choice.size_bytes else ""
         if not slicer.util.confirmOkCancelDisplay(f"'{choice.title}'{size} is not downloaded yet. Download it now "
                                                   "and then segment?", windowTitle="MedNeXtV2: download model"):
             return
