@@ -58,6 +58,9 @@ def test_settings_live_in_the_parameter_node(slicer_facing):
     assert logic.loadSettings() == chosen
     logic.getParameterNode().SetParameter("TrainSettings", '{"colour": "red"}')  # a scene from another version
     assert logic.loadSettings() == TrainSettings()
+    # the Segment module's policy (issue 14): an unknown key no longer throws the known ones away
+    logic.getParameterNode().SetParameter("TrainSettings", '{"colour": "red", "device": "cuda"}')
+    assert logic.loadSettings() == TrainSettings(device="cuda")
 
 
 def test_logic_exports_scene_cases_with_one_label_table(slicer_facing, data_dir, tmp_path, monkeypatch):
