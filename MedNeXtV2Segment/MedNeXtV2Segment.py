@@ -10,8 +10,12 @@ import slicer
 from slicer.ScriptedLoadableModule import ScriptedLoadableModule, ScriptedLoadableModuleWidget
 from slicer.util import VTKObservationMixin
 
-from MedNeXtV2SegmentLib.logic import MedNeXtV2SegmentLogic  # noqa: F401  (Slicer looks it up by name)
-from MedNeXtV2SegmentLib.selftest import MedNeXtV2SegmentTest  # noqa: F401  (run by slicer_add_python_unittest)
+from MedNeXtV2SegmentLib.command import use_shipped_engine
+
+use_shipped_engine()  # before anything imports mednextv2: Slicer appends module paths to sys.path
+
+from MedNeXtV2SegmentLib.logic import MedNeXtV2SegmentLogic  # noqa: E402,F401  (Slicer looks it up by name)
+from MedNeXtV2SegmentLib.selftest import MedNeXtV2SegmentTest  # noqa: E402,F401  (run by slicer_add_python_unittest)
 
 
 class MedNeXtV2Segment(ScriptedLoadableModule):
@@ -23,8 +27,8 @@ class MedNeXtV2Segment(ScriptedLoadableModule):
         self.parent.contributors = ["MedNeXtV2 contributors"]
         self.parent.helpText = """
 Segment a CT or MR volume with a MedNeXt-v2 model: pick the volume and a model (download or import it
-once), press <b>Segment</b>. The model runs as a separate process, so Slicer stays responsive and
-<b>Cancel</b> stops it at once. Results keep the input's exact geometry, with the model's segment
+once), press <b>Segment</b>. The model runs as a separate process, so Slicer stays responsive, and
+<b>Cancel</b> stops it at its next step. Results keep the input's exact geometry, with the model's segment
 names, colours and terminology. See the
 <a href="https://github.com/mednextv2/SlicerMedNeXtV2#segment">documentation</a>.
 """
@@ -50,6 +54,7 @@ class MedNeXtV2SegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.StartCloseEvent, self.onSceneStartClose)
 
     def enter(self):
+        # The cached list: entering never waits for the engine (Refresh reads it again).
         if self.panel is not None and self.panel.run is None:
             self.panel.refreshModels()
 

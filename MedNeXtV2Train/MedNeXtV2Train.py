@@ -10,8 +10,12 @@ import slicer
 from slicer.ScriptedLoadableModule import ScriptedLoadableModule, ScriptedLoadableModuleWidget
 from slicer.util import VTKObservationMixin
 
-from MedNeXtV2TrainLib.logic import MedNeXtV2TrainLogic  # noqa: F401  (Slicer looks it up by name)
-from MedNeXtV2TrainLib.selftest import MedNeXtV2TrainTest  # noqa: F401  (run by slicer_add_python_unittest)
+from MedNeXtV2SegmentLib.command import use_shipped_engine
+
+use_shipped_engine()  # before anything imports mednextv2: Slicer appends module paths to sys.path
+
+from MedNeXtV2TrainLib.logic import MedNeXtV2TrainLogic  # noqa: E402,F401  (Slicer looks it up by name)
+from MedNeXtV2TrainLib.selftest import MedNeXtV2TrainTest  # noqa: E402,F401  (run by slicer_add_python_unittest)
 
 
 class MedNeXtV2Train(ScriptedLoadableModule):
@@ -52,10 +56,12 @@ class MedNeXtV2TrainWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndCloseEvent, self.onSceneChanged)
 
     def enter(self):
-        # Volumes or segmentations may have been added since the panel was last shown.
+        # Volumes or segmentations may have been added since the panel was last shown: merged into
+        # the case table, whose manual rows and unticked cases stay.
         if self.wizard is not None and not self.wizard.busy and not self.wizard.fromFolder():
             self.wizard.fillCasesFromScene()
             self.wizard.refreshResumable()
+            self.wizard.refreshModels()
 
     def onSceneChanged(self, caller, event):
         self.enter()

@@ -38,3 +38,15 @@ def fixtures_dir() -> Path:
 @pytest.fixture(scope="session")
 def repo_root() -> Path:
     return REPO
+
+
+@pytest.fixture()
+def forget_new_modules():
+    """Modules first imported during the test are dropped after it, so classes built on a test's
+    stand-in base (slicer.ScriptedLoadableModule) never reach the next test."""
+    import sys
+
+    before = set(sys.modules)
+    yield
+    for name in set(sys.modules) - before:
+        del sys.modules[name]

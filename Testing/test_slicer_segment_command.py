@@ -10,8 +10,8 @@ import pytest
 import slicer_segment_paths  # noqa: F401
 from mednextv2.cli import build_parser
 from MedNeXtV2SegmentLib.command import (build_models_command, build_segment_command, engine_environment,
-                                         engine_package_dir, find_slicer_python)
-from MedNeXtV2SegmentLib.parameters import ParameterError, SegmentOptions
+                                         engine_package_dir, engine_threads, find_slicer_python)
+from MedNeXtV2SegmentLib.parameters import ParameterError, SegmentChoices
 
 
 def parse(command):
@@ -21,7 +21,7 @@ def parse(command):
 
 def test_segment_command_round_trips_through_the_cli_parser(tmp_path):
     inputs = [tmp_path / "input_0000.nrrd", tmp_path / "input_0001.nrrd"]
-    options = SegmentOptions(model=str(tmp_path / "bundle"), device="cuda", tta=False, fast=True, step=0.25,
+    options = SegmentChoices(model=str(tmp_path / "bundle"), device="cuda", tta=False, fast=True, step=0.25,
                              structures=("left lung", "tumor"))
     args = parse(build_segment_command("py", inputs, tmp_path / "out.seg.nrrd", options))
     assert args.command == "segment"
@@ -32,7 +32,7 @@ def test_segment_command_round_trips_through_the_cli_parser(tmp_path):
 
 
 def test_defaults_leave_the_bundle_in_charge():
-    args = parse(build_segment_command("py", ["a.nrrd"], "o.seg.nrrd", SegmentOptions(model="lung-tumor-ct")))
+    args = parse(build_segment_command("py", ["a.nrrd"], "o.seg.nrrd", SegmentChoices(model="lung-tumor-ct")))
     assert (args.device, args.tta, args.fast, args.step, args.structures) == ("auto", True, False, None, None)
 
 
@@ -51,12 +51,12 @@ def test_models_commands_parse(action, extra, expected):
 
 
 @pytest.mark.parametrize("options, message", [
-    (SegmentOptions(), "No model selected"),
-    (SegmentOptions(model="m", device="gpu"), "device"),
-    (SegmentOptions(model="m", step=0.0), "step"),
-    (SegmentOptions(model="m", step=1.5), "step"),
-    (SegmentOptions(model="m", structures=("--fast",)), "structure"),
-    (SegmentOptions(model="m", structures=(" ",)), "structure"),
+    (SegmentChoices(), "No model selected"),
+    (SegmentChoices(model="m", device="gpu"), "device"),
+    (SegmentChoices(model="m", step=0.0), "step"),
+    (SegmentChoices(model="m", step=1.5), "step"),
+    (SegmentChoices(model="m", structures=("--fast",)), "structure"),
+    (SegmentChoices(model="m", structures=(" ",)), "structure"),
 ])
 def test_invalid_options_are_rejected_with_the_option_named(options, message):
     with pytest.raises(ParameterError, match=message):
@@ -65,19 +65,17 @@ def test_invalid_options_are_rejected_with_the_option_named(options, message):
 
 def test_no_input_is_rejected():
     with pytest.raises(ValueError, match="input"):
-        build_segment_command("py", [], "o.seg.nrrd", SegmentOptions(model="m"))
+        build_segment_command("py", [], "o.seg.nrrd", SegmentChoices(model="m"))
 
 
 def test_options_json_round_trip_and_tolerance():
-    options = SegmentOptions(model="m", device="cpu", tta=False, fast=True, step=0.5, structures=("a", "b"))
-    assert SegmentOptions.from_json(options.to_json()) == options
-    assert SegmentOptions.from_json("") == SegmentOptions()
+    options = SegmentChoices(model="m", device="cpu", tta=False, fast=True, step=0.5, structures=("a", "b"))
+    assert SegmentChoices.from_json(options.to_json()) == options
+    assert SegmentChoices.from_json("") == SegmentChoices()
     newer = '{"model": "m", "device": "mps", "structures": ["x"], "added_in_v9": 1}'
-    assert SegmentOptions.from_json(newer) == SegmentOptions(model="m", device="mps", structures=("x",))
-    with pytest.raises(ParameterError):
-        SegmentOptions.from_json("[1]")
-    with pytest.raises(ParameterError):
-        SegmentOptions.from_json("{")
+    assert SegmentChoices.from_json(newer) == SegmentChoices(model="m", device="mps", structures=("x",))
+    for unusable in ("[1]", "{", '{"device": "gpu"}', '{"tta": true, "structures": 5}'):
+        assert SegmentChoices.from_json(unusable) == SegmentChoices()  # defaults, with a warning
     assert options.with_changes(structures=["c"]).structures == ("c",)
 
 
@@ -90,3 +88,53 @@ def test_engine_environment_prepends_the_package_folder(tmp_path):
     assert (engine_package_dir() / "mednextv2" / "__init__.py").is_file()
     if shutil.which("PythonSlicer") is None:  # outside Slicer: this interpreter
         assert find_slicer_python() == sys.executable
+
+
+SHADOW_CHECK = """
+import os, sys
+sys.path.insert(0, {shadow!r})               # a pip-installed mednextv2, found before the modules
+sys.path.append({lib_parent!r})              # Slicer *appends* the module folder
+import mednextv2
+assert mednextv2.__file__.startswith({shadow!r}), "the shadow must win without the fix"
+from MedNeXtV2SegmentLib.command import engine_environment, engine_package_dir, use_shipped_engine
+folder = use_shipped_engine()
+import mednextv2
+print(os.path.dirname(os.path.dirname(mednextv2.__file__)))
+print(engine_environment({{"PYTHONPATH": {shadow!r}}})["PYTHONPATH"].split(os.pathsep)[0])
+print(folder)
+"""
+
+
+def test_a_pip_installed_mednextv2_never_shadows_the_shipped_engine(tmp_path):
+    """Panel and child process both use the engine beside the module files (issue 12, defect 9)."""
+    import subprocess
+
+    shadow = tmp_path / "site-packages"
+    (shadow / "mednextv2").mkdir(parents=True)
+    (shadow / "mednextv2" / "__init__.py").write_text("SHADOW = True\n")
+    lib_parent = str(engine_package_dir().parent / "MedNeXtV2Segment")
+    script = SHADOW_CHECK.format(shadow=str(shadow), lib_parent=lib_parent)
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60,
+                         env={k: v for k, v in os.environ.items() if k != "PYTHONPATH"})
+    assert out.returncode == 0, out.stderr
+    shipped = str(engine_package_dir())
+    assert out.stdout.split() == [shipped, shipped, shipped]
+
+
+def test_engine_folder_of_an_installed_extension(tmp_path):
+    """Installed: the engine is copied beside the module files (qt-scripted-modules)."""
+    modules = tmp_path / "qt-scripted-modules"
+    (modules / "mednextv2").mkdir(parents=True)
+    (modules / "mednextv2" / "__init__.py").write_text("")
+    (modules / "MedNeXtV2SegmentLib").mkdir()
+    assert engine_package_dir(str(modules / "MedNeXtV2SegmentLib" / "command.py")) == modules
+    (modules / "mednextv2" / "__init__.py").unlink()
+    with pytest.raises(RuntimeError, match="engine is missing.*Reinstall"):
+        engine_package_dir(str(modules / "MedNeXtV2SegmentLib" / "command.py"))
+
+
+def test_engine_threads_leave_one_core_to_slicer():
+    assert [engine_threads(n) for n in (1, 2, 4, 16)] == [1, 1, 3, 15]
+    assert 1 <= engine_threads() <= max(1, os.cpu_count() - 1)
+    args = build_segment_command("py", ["a.nrrd"], "o.seg.nrrd", SegmentChoices(model="m"), threads=3)
+    assert args[args.index("--threads") + 1] == "3" and args[-2:] == ["--progress", "json"]

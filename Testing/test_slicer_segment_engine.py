@@ -16,7 +16,7 @@ import SimpleITK as sitk
 import slicer_segment_paths  # noqa: F401
 from MedNeXtV2SegmentLib.command import build_segment_command, engine_environment
 from MedNeXtV2SegmentLib.labels import bundle_label_table
-from MedNeXtV2SegmentLib.parameters import SegmentOptions
+from MedNeXtV2SegmentLib.parameters import SegmentChoices
 from MedNeXtV2SegmentLib.paths import make_run_paths
 from MedNeXtV2SegmentLib.process import EngineProcess, ExitCode
 from MedNeXtV2SegmentLib.progress import parse_progress_line
@@ -32,7 +32,7 @@ def start(image, bundle, tmp_path, **options):
     paths = make_run_paths(1, temp_root=tmp_path)
     sitk.WriteImage(sitk.ReadImage(str(image)), str(paths.inputs[0]))  # stands in for slicer.util.exportNode
     command = build_segment_command(sys.executable, paths.inputs, paths.output,
-                                    SegmentOptions(model=str(bundle), device="cpu", tta=False, **options))
+                                    SegmentChoices(model=str(bundle), device="cpu", tta=False, **options))
     return paths, EngineProcess(command, env=engine_environment()).start()
 
 
@@ -44,6 +44,19 @@ def test_segment_real_scan_through_the_runner(data_dir, bundle, tmp_path):
     stages = [e.stage for e in events]
     assert {"preprocess", "predict", "export"} <= set(stages), stages
     assert events[-1].fraction == 1.0
+
+    # The panel's CPU estimate counts the same tiles as the engine (timing.py), and reads the
+    # engine's own seconds per pass from its progress lines.
+    from mednextv2.bundle import load_bundle
+    from MedNeXtV2SegmentLib.timing import passes_per_tile, seconds_per_pass, tile_count
+
+    spec, scan = load_bundle(bundle), sitk.ReadImage(str(image))
+    predicted = [e for e in events if e.stage == "predict"]
+    assert tile_count(scan.GetSize(), scan.GetSpacing(), spec.preprocessing.target_spacing,
+                      spec.inference.patch_size, spec.inference.step) == predicted[-1].extra["tiles_total"]
+    passes = passes_per_tile(len(spec.weights), spec.inference.mirror_axes, tta=False)
+    rates = [r for r in (seconds_per_pass(e, passes) for e in predicted) if r is not None]
+    assert all(r > 0 for r in rates) and (rates or predicted[-1].extra["tiles_total"] <= 1)
 
     reference, result = sitk.ReadImage(str(image)), sitk.ReadImage(str(paths.output))
     assert result.GetSize() == reference.GetSize()
@@ -68,8 +81,12 @@ def test_cancel_stops_the_real_engine_without_output(data_dir, bundle, tmp_path)
             l.stream == "stdout" and parse_progress_line(l.text) for l in process.poll()):
         time.sleep(0.05)
     assert process.is_running(), "the engine finished before it could be cancelled"
-    process.cancel(grace_s=5.0)
+    process.cancel(grace_s=60.0)  # no signal within the test: the engine must stop at its next tile
     assert process.wait(timeout=30) == ExitCode.CANCELLED
+    process.poll()
+    assert process._proc.returncode == 130 and "stop request" in "\n".join(process.stderr_tail)
     assert not paths.output.exists()
     leftovers = [p.name for p in paths.work_dir.iterdir() if p.name != "input_0000.nrrd"]
     assert leftovers == [], f"the engine left temporary files: {leftovers}"
+    paths.remove()
+    assert not paths.work_dir.exists()

@@ -143,3 +143,50 @@ def test_torch_goes_through_pytorchutils(fake_slicer, monkeypatch):
     assert InstallLogic(find_spec=lambda name: object() if name in installed else None).ensure() is True
     assert seen == {"askConfirmation": False, "requirement": ">=2.1"}  # we asked once already
     assert fake_slicer.pip == [] and "torch>=2.1" in fake_slicer.confirm[0]
+
+
+def test_an_old_torch_is_an_upgrade_not_a_pass(fake_slicer, monkeypatch):
+    """Issue 12 defect 5: torch 1.13 left by another extension used to pass the check."""
+    from MedNeXtV2SegmentLib.install import meets_requirement, version_tuple
+
+    assert version_tuple("2.1.0+cu118") == (2, 1, 0) and version_tuple("2.0.0rc1") == (2, 0, 0)
+    assert meets_requirement("2.13.0+cpu") and meets_requirement("2.1") and not meets_requirement("2.0.1")
+    everything_found = lambda name: object()  # noqa: E731
+    versions = {"torch": "1.13.1+cu117"}
+    plan = plan_install(everything_found, versions.get)
+    assert plan.torch and plan.old_torch == "1.13.1+cu117" and not plan.empty
+    assert "upgrade from the installed 1.13.1+cu117" in confirmation_text(plan)
+    assert plan_install(everything_found, {"torch": "2.13.0"}.get).empty
+
+    class PyTorchUtilsLogic:
+        def installTorch(self, askConfirmation=False, forceComputationBackend=None, torchVersionRequirement=None):
+            versions["torch"] = "2.5.1"  # what pip's "torch>=2.1" does to an old torch
+            return object()
+
+    monkeypatch.setitem(sys.modules, "PyTorchUtils", types.SimpleNamespace(PyTorchUtilsLogic=PyTorchUtilsLogic))
+    logic = InstallLogic(find_spec=everything_found, version_of=versions.get)
+    with pytest.raises(InstallError, match="too old"):
+        logic.require()
+    assert logic.ensure() is True and "upgrade" in fake_slicer.confirm[0]
+    logic.require()  # now fine
+
+
+def test_require_is_the_check_both_logics_make(fake_slicer, monkeypatch, forget_new_modules):
+    """Issue 12 defect 1: the Train logic never ran the install step; it now refuses to start the
+    engine until the packages are there, and its panel installs them (the same InstallLogic)."""
+    sls = types.ModuleType("slicer.ScriptedLoadableModule")
+    sls.ScriptedLoadableModuleLogic = type("ScriptedLoadableModuleLogic", (), {"__init__": lambda self: None})
+    monkeypatch.setitem(sys.modules, "slicer.ScriptedLoadableModule", sls)
+    import slicer_train_paths  # noqa: F401
+    from MedNeXtV2SegmentLib.logic import MedNeXtV2SegmentLogic
+    from MedNeXtV2TrainLib.logic import MedNeXtV2TrainLogic
+
+    started = []
+    missing = InstallLogic(find_spec=lambda name: None if name == "torch" else object())
+    segment = MedNeXtV2SegmentLogic(processFactory=lambda *a: started.append(a), python="py", installLogic=missing)
+    train = MedNeXtV2TrainLogic(segmentLogic=segment, runnerFactory=lambda *a, **k: started.append(a))
+    with pytest.raises(InstallError, match=r"torch>=2\.1"):
+        train.startTraining(Path("job"))
+    with pytest.raises(InstallError, match=r"torch>=2\.1"):
+        segment.start(object(), None)
+    assert started == []

@@ -6,8 +6,7 @@ import json
 import pytest
 
 import slicer_segment_paths  # noqa: F401
-from MedNeXtV2SegmentLib.labels import (LabelTableError, bundle_label_table, color_table_text, load_bundle,
-                                        select_structures)
+from MedNeXtV2SegmentLib.labels import LabelTableError, bundle_label_table, load_bundle, selected_label_table
 from MedNeXtV2SegmentLib.tinybundle import LABELS, make_tiny_bundle
 
 
@@ -55,23 +54,16 @@ def test_labels_without_terminology(tmp_path, tiny_bundle):
     assert [e.terminology for e in bundle_label_table(copy)] == ["", ""]
 
 
-def test_select_structures():
+def test_structures_are_chosen_by_the_engines_rule():
+    """One rule for panel and engine: names are case-insensitive (the panel's copy was not)."""
     from mednextv2.bundle import Label
-    from MedNeXtV2SegmentLib.labels import label_table
 
-    table = label_table([Label(2, "b", (1, 2, 3)), Label(1, "a", (4, 5, 6))])
+    labels = [Label(2, "b", (1, 2, 3)), Label(1, "a", (4, 5, 6))]
+    table = selected_label_table(labels, ())
     assert [e.value for e in table] == [1, 2]
-    assert select_structures(table, ()) == table
-    assert [e.name for e in select_structures(table, ("b", "b"))] == ["b"]
-    with pytest.raises(LabelTableError, match="unknown structure.*zz.*this model has: a, b"):
-        select_structures(table, ("zz",))
-
-
-def test_color_table_text_is_slicer_ctbl(tiny_bundle):
-    text = color_table_text(bundle_label_table(tiny_bundle), "Tiny")
-    rows = [l.split() for l in text.splitlines() if not l.startswith("#")]
-    assert rows == [["0", "Background", "0", "0", "0", "0"], ["1", "lesion", "255", "0", "0", "255"],
-                    ["2", "tissue", "0", "200", "100", "255"]]
+    assert [e.name for e in selected_label_table(labels, ("B", "b"))] == ["b"]
+    with pytest.raises(LabelTableError, match="unknown structure.*zz.*this model has: b, a"):
+        selected_label_table(labels, ("zz",))
 
 
 def test_broken_bundles_are_named(tmp_path):

@@ -11,13 +11,12 @@ from __future__ import annotations
 
 import sys
 import textwrap
-import time
 
 import pytest
 
 import slicer_segment_paths  # noqa: F401
 import slicer_stubs
-from MedNeXtV2SegmentLib.parameters import SegmentOptions
+from MedNeXtV2SegmentLib.parameters import SegmentChoices
 from MedNeXtV2SegmentLib.process import EngineProcess, ExitCode
 from MedNeXtV2SegmentLib.tinybundle import make_tiny_bundle
 
@@ -36,8 +35,12 @@ FAKE_ENGINE = textwrap.dedent("""
     if MODE == "fail":
         print("mednextv2: error: input image is empty", file=sys.stderr)
         sys.exit(2)
-    if MODE == "hang":
-        time.sleep(60)
+    if MODE == "hang":  # until the stop file appears, as the engine checks it at each tile
+        import os
+        for _ in range(1200):
+            if os.path.exists(os.environ["MEDNEXTV2_STOP_FILE"]):
+                sys.exit(130)
+            time.sleep(0.05)
     image = sitk.ReadImage(inputs[0])
     labels = sitk.Cast(image > 100, sitk.sitkUInt8) * 2  # label 2 where bright
     write_result(labels, load_bundle(model).labels, output)
@@ -134,18 +137,30 @@ def test_engine_failure_keeps_files_and_reports_stderr(slicer, volume, bundle):
 
 
 def test_cancel_stops_and_cleans_up(slicer, volume, bundle):
+    """Cancel returns at once; polling (the panel's timer) sees the engine stop, then finish() says
+    Cancelled and the run's folder is gone. Every wait is bounded: a regression fails, never hangs."""
+    import time
+
     from MedNeXtV2SegmentLib.logic import EngineError
 
     logic, _ = make_logic("hang")
-    run = logic.start(volume, SegmentOptions(model=str(bundle)))
+    run = logic.start(volume, SegmentChoices(model=str(bundle)))
     log = []
-    deadline = time.monotonic() + 120
+    deadline = time.monotonic() + 30
     while not any(l.startswith("INFO engine") for l in log):
-        assert not logic.poll(run, onLog=log.append) and time.monotonic() < deadline, log
+        assert time.monotonic() < deadline, f"the engine never started: {log}"
+        logic.poll(run, onLog=log.append)
+        time.sleep(0.02)
+    started = time.monotonic()
     logic.cancel(run)
-    assert not run.process.is_running() and not run.paths.work_dir.exists()
+    assert time.monotonic() - started < 0.5, "cancel blocked the GUI thread"
+    deadline = time.monotonic() + 10  # inside the grace period: the stop request alone did it
+    while not logic.poll(run):
+        assert time.monotonic() < deadline, "the engine did not stop"
+        time.sleep(0.05)
     with pytest.raises(EngineError, match="Cancelled"):
         logic.finish(run)
+    assert not run.process.is_running() and not run.paths.work_dir.exists()
 
 
 def test_bad_requests_fail_before_anything_runs(slicer, volume, bundle):
@@ -154,18 +169,18 @@ def test_bad_requests_fail_before_anything_runs(slicer, volume, bundle):
 
     logic, launched = make_logic()
     with pytest.raises(EngineError, match="needs 1 input volume"):
-        logic.start([volume, volume], SegmentOptions(model=str(bundle)))
+        logic.start([volume, volume], SegmentChoices(model=str(bundle)))
     with pytest.raises(LabelTableError, match="unknown structure.*liver"):
-        logic.start(volume, SegmentOptions(model=str(bundle), structures=("liver",)))
+        logic.start(volume, SegmentChoices(model=str(bundle), structures=("liver",)))
     with pytest.raises(EngineError, match="Select an input volume"):
-        logic.start(None, SegmentOptions(model=str(bundle)))
+        logic.start(None, SegmentChoices(model=str(bundle)))
     assert launched == []
     assert list((slicer_stubs.Path(slicer.app.temporaryPath)).glob("*")) == []  # no run folder left
 
 
 def test_options_are_saved_in_the_parameter_node(slicer):
     logic, _ = make_logic()
-    options = SegmentOptions(model="lung", device="cpu", structures=("tumor",))
+    options = SegmentChoices(model="lung", device="cpu", structures=("tumor",))
     logic.saveOptions(options)
     assert logic.loadOptions() == options
     node = slicer.mrmlScene.GetSingletonNode("MedNeXtV2Segment", "vtkMRMLScriptedModuleNode")

@@ -34,10 +34,54 @@ def test_import_then_list_through_the_real_cli(tmp_path, engine_env):
 
 
 def test_list_failure_carries_the_engine_message(engine_env):
-    def failing(args, env):
-        return subprocess.CompletedProcess(args, 2, "", "mednextv2: error: catalog broken")
+    failing = [sys.executable, "-c", "import sys; print('mednextv2: error: catalog broken', file=sys.stderr); sys.exit(2)"]
     with pytest.raises(CatalogError, match="catalog broken"):
-        list_models("py", engine_env, runner=failing)
+        list_models("py", engine_env, process_factory=lambda args, env: EngineProcess(failing, env=env))
+
+
+LISTING = ('import json, time; time.sleep(0.5); '
+           'print(json.dumps([{"id": "lung", "title": "Lung (CT)", "installed": "no", "modality": "CT"}]))')
+
+
+def test_the_panels_list_models_without_blocking_and_share_one_cache(engine_env, monkeypatch, forget_new_modules):
+    """Issue 12 defect 2: module entry ran `subprocess.run(... models list, timeout=60)` on the GUI
+    thread. Now it is an engine run the panel's timer polls, and the list is cached for both modules."""
+    import time
+    import types
+
+    sls = types.ModuleType("slicer.ScriptedLoadableModule")
+    sls.ScriptedLoadableModuleLogic = type("ScriptedLoadableModuleLogic", (), {"__init__": lambda self: None})
+    monkeypatch.setitem(sys.modules, "slicer.ScriptedLoadableModule", sls)
+    monkeypatch.setitem(sys.modules, "slicer", sys.modules.get("slicer") or types.ModuleType("slicer"))
+    from MedNeXtV2SegmentLib.logic import MedNeXtV2SegmentLogic
+    from MedNeXtV2SegmentLib.models import MODEL_LIST
+
+    def no_blocking_run(*args, **kwargs):
+        raise AssertionError("subprocess.run would block Slicer's GUI thread")
+
+    monkeypatch.setattr(subprocess, "run", no_blocking_run)
+    launched = []
+
+    def factory(args, env):
+        launched.append(args)
+        assert args[-3:] == ["models", "--progress", "json", "list", "--json"][-3:]
+        return EngineProcess([sys.executable, "-c", LISTING], env=env)
+
+    MODEL_LIST.clear()
+    logic = MedNeXtV2SegmentLogic(processFactory=factory, python="PythonSlicer")
+    started = time.monotonic()
+    run = logic.startModelList()
+    assert time.monotonic() - started < 0.4, "starting the list must not wait for it"
+    assert logic.models == [] and not logic.poll(run)
+    deadline = time.monotonic() + 30
+    while not logic.poll(run):
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    assert [c.id for c in logic.finish(run)] == ["lung"]
+    other = MedNeXtV2SegmentLogic(processFactory=factory, python="PythonSlicer")  # the Train wizard's
+    assert [c.id for c in other.models] == ["lung"] and other.model("lung").modality == "CT"
+    assert len(launched) == 1
+    MODEL_LIST.clear()
 
 
 def test_catalog_rows():
@@ -64,3 +108,59 @@ def test_bad_lists_are_reported(text):
 def test_format_size():
     assert [format_size(n) for n in (None, 512, 2048, 5 * 1024 ** 2, 3 * 1024 ** 3)] == ["", "512 B", "2 KB", "5.0 MB", "3.0 GB"]
     assert model_choice({"id": "a", "size": True}).size_bytes is None
+
+
+def test_one_selector_per_input_channel_from_the_bundle(tmp_path):
+    """Issue 12 defect 8: a two-channel model gets two volume selectors, in the engine's order."""
+    import json
+
+    from MedNeXtV2SegmentLib.models import channel_prompts, with_bundle_details
+
+    bundle = make_tiny_bundle(tmp_path, "tiny-two")
+    spec = json.loads((bundle / "model.json").read_text(encoding="utf-8"))
+    spec["channels"] = [{"name": "T1", "modality": "MR"}, {"name": "FLAIR", "modality": "MR"}]
+    spec["network"]["in_channels"] = 2
+    spec["preprocessing"]["normalization"] = spec["preprocessing"]["normalization"] * 2
+    (bundle / "model.json").write_text(json.dumps(spec), encoding="utf-8")
+    choice = with_bundle_details(ModelChoice(id="tiny-two", title="x", path=str(bundle), downloaded=True))
+    assert choice.channels == (("T1", "MR"), ("FLAIR", "MR")) and choice.modality == "MR"
+    assert channel_prompts(choice.channels) == ["T1 (MR):", "FLAIR (MR):"]
+    assert channel_prompts((("CT", "CT"),)) == ["Input volume:"]
+
+
+def test_models_are_filtered_by_the_inputs_modality():
+    from MedNeXtV2SegmentLib.models import models_for_modality
+
+    ct, mr, both, unknown = (ModelChoice(id=i, title=i, modality=m) for i, m in
+                             (("ct", "CT"), ("mr", "MR"), ("both", "CT+MR"), ("unknown", "")))
+    everything = [ct, mr, both, unknown]
+    assert [c.id for c in models_for_modality(everything, "CT")] == ["ct", "both", "unknown"]
+    assert [c.id for c in models_for_modality(everything, "mr")] == ["mr", "both", "unknown"]
+    assert models_for_modality(everything, "") == everything  # not from DICOM: nothing is hidden
+
+
+def test_no_cuda_gpu_is_said_before_the_run():
+    timed = ModelChoice(id="lung", title="Lung", cpu_s=150.0, gpu_s=12.0)
+    assert time_hint(timed, "auto", cuda=False) == "No CUDA GPU found: expect about 2 min 30 s per image on the CPU (measured)."
+    assert "No CUDA GPU found" in time_hint(timed, "cuda", cuda=False)
+    assert time_hint(timed, "auto", cuda=True).startswith("About 12 s per image on GPU")
+    assert "no measured CPU time" in time_hint(ModelChoice(id="x", title="x"), "auto", cuda=False)
+    assert time_hint(timed, "cpu", cuda=False).startswith("About 2 min 30 s per image on CPU")
+
+
+def test_cpu_estimate_says_how_it_is_made():
+    """No catalog timing: tiles x passes x this computer's measured seconds per pass, or a plain
+    statement that there is no measurement yet - never an invented number."""
+    from MedNeXtV2SegmentLib.progress import ProgressEvent
+    from MedNeXtV2SegmentLib.timing import cpu_estimate_text, passes_per_tile, seconds_per_pass, tile_count
+
+    assert passes_per_tile(1, (0, 1, 2), tta=True) == 8 and passes_per_tile(5, (0, 1, 2), tta=False) == 5
+    # 512 x 512 x 100 CT at 0.7 x 0.7 x 2.5 mm, model at 2.5 x 0.7 x 0.7 mm (z, y, x), 64 x 128 x 128 patch
+    assert tile_count((512, 512, 100), (0.7, 0.7, 2.5), (2.5, 0.7, 0.7), (64, 128, 128), 0.5) == 3 * 7 * 7
+    assert tile_count((10, 10, 10), (1, 1, 1), None, (16, 16, 16), 0.5) == 1
+    event = ProgressEvent("predict", 0.25, 30.0, "tile 5/20", {"tiles_done": 5, "tiles_total": 20})
+    assert seconds_per_pass(event, passes=8) == pytest.approx(30.0 / 15 / 8)
+    assert seconds_per_pass(ProgressEvent("export", 1.0, 0.0, "", {}), 8) is None
+    text = cpu_estimate_text(147, 8, 0.25)
+    assert "about 4 min 54 s" in text and "147 tiles x 8 passes x 0.25 s per pass" in text
+    assert "measured during the first CPU run" in cpu_estimate_text(147, 8, None)

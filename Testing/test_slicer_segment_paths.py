@@ -57,3 +57,22 @@ def test_export_path_never_overwrites(tmp_path):
 def test_output_names():
     assert output_segmentation_name("CT chest", "Lung tumour (CT)") == "CT chest - Lung tumour (CT)"
     assert output_segmentation_name("  ", "") == "Volume segmentation"
+
+
+def test_removing_a_run_deletes_only_what_the_run_created(tmp_path):
+    """Issue 11's rule for the modules' own temporary folders: a file someone else put there stays."""
+    paths = make_run_paths(2, temp_root=tmp_path)
+    for p in (*paths.inputs, paths.output, paths.work_dir / ".segmentation.1a2b3c.tmp.seg.nrrd"):
+        p.write_bytes(b"ours")
+    paths.remove()
+    assert not paths.work_dir.exists()
+
+    paths = make_run_paths(1, temp_root=tmp_path)
+    paths.inputs[0].write_bytes(b"ours")
+    foreign = paths.work_dir / "notes.txt"
+    foreign.write_text("the user's", encoding="utf-8")
+    paths.remove()
+    assert not paths.inputs[0].exists()
+    assert foreign.read_text(encoding="utf-8") == "the user's"
+    assert paths.output not in paths.inputs
+

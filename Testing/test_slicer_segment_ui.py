@@ -7,22 +7,46 @@ from __future__ import annotations
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
+import pytest
+
 import slicer_segment_paths  # noqa: F401
 from slicer_segment_paths import REPO, SEGMENT_DIR
 from qt_ui_helpers import QtGui, QtWidgets, load_ui, load_warnings, render_png, ui_names_used, widget_names
 
 UI = SEGMENT_DIR / "Resources" / "UI" / "MedNeXtV2Segment.ui"
 SOURCES = sorted([SEGMENT_DIR / "MedNeXtV2Segment.py", *(SEGMENT_DIR / "MedNeXtV2SegmentLib").glob("*.py")])
-PREVIEW = {
-    "inputVolumeSelector": "CT chest",
-    "modelSelector": ["Lung tumour (CT) - CT - 120.2 MB - downloaded", "Brain lesion (MR) - MR - 98.0 MB - not downloaded"],
-    "modelInfoLabel": "Lung tumour (CT). Structures: tumor.",
-    "deviceSelector": ["Auto (GPU if available)", "NVIDIA GPU (CUDA)", "Apple GPU (MPS)", "CPU"],
-    "deviceHintLabel": "About 20 s per image on GPU (measured).",
-    "structuresList": ["tumor"],
-    "progressBar": (42, "predict 42% - ETA 1 min 20 s - tile 5/12"),
-    "statusLabel": "",
-}
+DEVICES = ["Auto (GPU if available)", "NVIDIA GPU (CUDA)", "Apple GPU (MPS)", "CPU"]  # widget.DEVICE_CHOICES
+
+
+def real_preview(work: Path) -> dict:
+    """What the panel shows for a bundle that really exists: the self-test's tiny bundle
+    (MedNeXtV2SegmentLib/tinybundle.py), imported and listed by the real engine CLI, described by
+    the panel's own functions, on a machine without a CUDA GPU, before a run."""
+    import os
+    import sys
+
+    from MedNeXtV2SegmentLib.command import build_models_command, engine_environment
+    from MedNeXtV2SegmentLib.models import describe_model, list_models, time_hint
+    from MedNeXtV2SegmentLib.process import EngineProcess
+    from MedNeXtV2SegmentLib.tinybundle import make_tiny_bundle
+
+    env = engine_environment({"PATH": os.environ.get("PATH", ""), "MEDNEXTV2_HOME": str(work / "home")})
+    bundle = make_tiny_bundle(work / "bundle")
+    imported = EngineProcess(build_models_command(sys.executable, "import", str(bundle)), env=env).start()
+    assert imported.wait(timeout=180) == 0, "\n".join(imported.stderr_tail)
+    choice = next(c for c in list_models(sys.executable, env) if c.id == "selftest-tiny")
+    return {
+        "inputVolumeSelector": "lung1_image",
+        "modelSelector": [describe_model(choice)],
+        "modelInfoLabel": f"{choice.title}. Structures: {', '.join(choice.labels)}.",
+        "deviceSelector": DEVICES,
+        "deviceHintLabel": time_hint(choice, "auto", True, cuda=False),
+        "structuresList": list(choice.labels),
+        "progressBar": (0, ""),
+        "statusLabel": "",
+    }
+
+
 
 
 def test_ui_loads_without_qt_warnings():
@@ -64,22 +88,47 @@ def test_mrml_selectors_have_node_types_and_a_scene_connection():
     assert {c.findtext("sender") for c in root.iter("connection")} <= names
 
 
-def render_segment_panel(out_png: Path) -> Path:
-    return render_png(load_ui(UI), out_png, PREVIEW)
+def render_segment_panel(out_png: Path, preview: dict) -> Path:
+    return render_png(load_ui(UI), out_png, preview)
 
 
-def test_panel_renders_to_a_non_blank_png(tmp_path):
-    out = render_segment_panel(tmp_path / "segment_panel.png")
+@pytest.fixture(scope="module")
+def preview(tmp_path_factory):
+    return real_preview(tmp_path_factory.mktemp("preview"))
+
+
+def test_preview_shows_a_real_bundle(preview):
+    assert preview["modelSelector"] == ["Self-test tiny model - CT - downloaded"] or (
+        preview["modelSelector"][0].startswith("Self-test tiny model - CT - ")
+        and preview["modelSelector"][0].endswith(" - downloaded"))
+    assert preview["structuresList"] == ["lesion", "tissue"]
+    assert preview["deviceHintLabel"].startswith("No CUDA GPU found")
+
+
+def test_panel_renders_to_a_non_blank_png(tmp_path, preview):
+    out = render_segment_panel(tmp_path / "segment_panel.png", preview)
     image = QtGui.QImage(str(out))
     assert image.width() >= 400 and image.height() >= 400
     colors = {image.pixel(x, y) for x in range(0, image.width(), 7) for y in range(0, image.height(), 7)}
     assert len(colors) > 20, "the render looks blank"
 
 
-def test_docs_preview_exists():
-    assert (REPO / "docs" / "images" / "segment_panel.png").is_file(), \
-        "run `python Testing/test_slicer_segment_ui.py` to render docs/images/segment_panel.png"
+def test_docs_picture_is_the_panel_as_rendered_now(tmp_path, preview):
+    """The README's picture is this panel with the real bundle, not just any file: same size as a
+    fresh render and (nearly) the same pixels. Fails after a .ui or preview change until the
+    picture is rendered again."""
+    docs = QtGui.QImage(str(REPO / "docs" / "images" / "segment_panel.png"))
+    fresh = QtGui.QImage(str(render_segment_panel(tmp_path / "now.png", preview)))
+    hint = "run `python Testing/test_slicer_segment_ui.py` to render docs/images/segment_panel.png again"
+    assert not docs.isNull(), hint
+    assert (docs.width(), docs.height()) == (fresh.width(), fresh.height()), hint
+    samples = [(x, y) for x in range(0, fresh.width(), 3) for y in range(0, fresh.height(), 3)]
+    differ = sum(docs.pixel(x, y) != fresh.pixel(x, y) for x, y in samples) / len(samples)
+    assert differ < 0.02, f"{differ:.1%} of the pixels differ: {hint}"
 
 
 if __name__ == "__main__":
-    print(render_segment_panel(REPO / "docs" / "images" / "segment_panel.png"))
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as work:
+        print(render_segment_panel(REPO / "docs" / "images" / "segment_panel.png", real_preview(Path(work))))

@@ -156,3 +156,18 @@ def test_resume_state_round_trip_and_discovery(tmp_path):
         load_state(broken)
     with pytest.raises(ValueError, match="unknown training status"):
         state.with_progress(status="paused")
+
+
+def test_each_training_job_folder_is_created_new(tmp_path):
+    (tmp_path / "liver").mkdir()
+    (tmp_path / "liver" / "thesis.txt").write_text("keep", encoding="utf-8")
+    job = new_job_dir(tmp_path, "liver")
+    assert job.name == "liver-2" and job.is_dir() and list(job.iterdir()) == []
+    assert (tmp_path / "liver" / "thesis.txt").read_text(encoding="utf-8") == "keep"
+
+
+def test_the_engine_gets_all_cores_but_one():
+    settings = TrainSettings(model_name="Liver").with_preset("quick")
+    command = train_command("py", settings, "ds", "out", threads=3)
+    assert command[command.index("--threads") + 1] == "3" and command[-2:] == ["--progress", "json"]
+    assert "--threads" not in train_command("py", settings, "ds", "out")

@@ -48,6 +48,9 @@ def test_settings_live_in_the_parameter_node(slicer_facing):
     assert logic.loadSettings() == chosen
     logic.getParameterNode().SetParameter("TrainSettings", '{"colour": "red"}')  # a scene from another version
     assert logic.loadSettings() == TrainSettings()
+    # the Segment module's policy (issue 14): an unknown key no longer throws the known ones away
+    logic.getParameterNode().SetParameter("TrainSettings", '{"colour": "red", "device": "cuda"}')
+    assert logic.loadSettings() == TrainSettings(device="cuda")
 
 
 def test_a_case_that_cannot_be_exported_leaves_no_job(slicer_facing, data_dir, tmp_path):
@@ -75,3 +78,21 @@ def test_a_case_that_cannot_be_exported_leaves_no_job(slicer_facing, data_dir, t
     with pytest.raises(DatasetExportError, match="3 components per voxel"):
         logic.createJob(TrainSettings(model_name="Lesion", modality="MR"), tmp_path / "jobs", cases, labels)
     assert list((tmp_path / "jobs").iterdir()) == []
+
+
+def test_training_folder_and_dataset_folder_never_overlap(slicer_facing, tmp_path):
+    """Issue 11 for the Train module: a job (and its model) is never written into the user's
+    dataset folder; nothing is created on refusal."""
+    from MedNeXtV2TrainLib.settings import TrainSettings
+
+    logic = slicer_facing["MedNeXtV2TrainLib.logic"]
+    dataset = tmp_path / "Dataset001"
+    (dataset / "imagesTr").mkdir(parents=True)
+    settings = TrainSettings(model_name="Liver").with_preset("quick")
+    for jobs, data in ((dataset, dataset), (dataset / "runs", dataset)):
+        before = sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*"))
+        with pytest.raises(ValueError, match="inside the dataset folder"):
+            logic.MedNeXtV2TrainLogic.createJob(settings, jobs, datasetDir=data)
+        assert sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*")) == before
+    job, state = logic.MedNeXtV2TrainLogic.createJob(settings, tmp_path, datasetDir=dataset)
+    assert state.dataset == str(dataset) and job.parent == tmp_path and job != dataset

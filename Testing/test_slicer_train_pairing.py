@@ -135,3 +135,21 @@ def test_bad_mappings_are_named(choices, words):
     union = union_of_segments([[("tumor", (9, 9, 9))]])
     with pytest.raises(ValueError, match=words):
         dataset_labels(union, choices, BASE_LABELS)
+
+
+def test_scene_changes_merge_into_the_case_table():
+    """Issue 12 defect 6: module entry and scene import rebuilt the table, losing manual rows and
+    unticked cases. Now new pairs are merged in and the user's rows stay."""
+    from MedNeXtV2TrainLib.pairing import CasePair, CaseRow, merge_pairs
+
+    rows = [CaseRow("v1", "g1", used=False),       # unticked by the user
+            CaseRow("v2", "g9"),                   # paired by hand, differently from the automatic pairing
+            CaseRow(None, None),                   # a manual row not filled in yet
+            CaseRow("v3", "g3")]                   # its segmentation was deleted from the scene
+    pairs = [CasePair("v1", "g1", "reference"), CasePair("v2", "g2", "name"), CasePair("v4", "g4", "name"),
+             CasePair("v3", "g5", "study")]
+    scene = {"v1", "g1", "v2", "g9", "g2", "v3", "v4", "g4", "g5"}
+    stale, added = merge_pairs(rows, pairs, scene.__contains__)
+    assert stale == [3]
+    assert [(p.volume_id, p.segmentation_id) for p in added] == [("v4", "g4"), ("v3", "g5")]
+    assert merge_pairs([], pairs, scene.__contains__) == ([], list(pairs))

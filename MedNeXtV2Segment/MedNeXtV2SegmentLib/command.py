@@ -1,10 +1,11 @@
 """Command lines and environment for running `mednextv2` with Slicer's Python.
 
-The engine is started as `<python> -m mednextv2 ...` with the folder that holds the `mednextv2`
-package prepended to PYTHONPATH. That folder is wherever the running Slicer imported it from:
-the extension's qt-scripted-modules folder when installed (the top-level CMakeLists.txt copies
-core/mednextv2 there), or core/ in a source checkout. So the child always runs the same engine
-version as the panel, whatever else is installed in Slicer's site-packages.
+The engine is started as `<python> -m mednextv2 ...` with the folder of the engine that ships
+with these modules first on PYTHONPATH: the extension's qt-scripted-modules folder when installed
+(the top-level CMakeLists.txt copies core/mednextv2 there), or core/ in a source checkout. It is
+found from this file's location, never from `import mednextv2`: Slicer *appends* module paths
+to sys.path, so a `mednextv2` pip-installed into Slicer's site-packages would otherwise win.
+`use_shipped_engine()` puts the same folder first on the panel's own sys.path.
 """
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ import sys
 from pathlib import Path
 from typing import Dict, List, Mapping, Optional, Sequence
 
-from .parameters import SegmentOptions
+from .parameters import SegmentChoices
 
 
 def find_slicer_python() -> str:
@@ -22,11 +23,38 @@ def find_slicer_python() -> str:
     return shutil.which("PythonSlicer") or sys.executable
 
 
-def engine_package_dir() -> Path:
-    """The folder that contains the importable `mednextv2` package."""
-    import mednextv2
+def engine_package_dir(module_file: Optional[str] = None) -> Path:
+    """The folder holding the `mednextv2` package shipped with these modules."""
+    lib_dir = Path(module_file or __file__).resolve().parent  # .../MedNeXtV2SegmentLib
+    candidates = (lib_dir.parent, lib_dir.parent.parent / "core")  # installed, source checkout
+    for folder in candidates:
+        if (folder / "mednextv2" / "__init__.py").is_file():
+            return folder
+    raise RuntimeError(f"The MedNeXtV2 engine is missing: no mednextv2 package in {' or '.join(map(str, candidates))}. "
+                       "Reinstall the MedNeXtV2 extension.")
 
-    return Path(mednextv2.__file__).resolve().parent.parent
+
+def use_shipped_engine(package_dir: Optional[Path] = None) -> Path:
+    """Make `import mednextv2` in Slicer's process load the shipped engine; returns its folder.
+
+    Puts the folder first on sys.path and forgets a `mednextv2` already imported from elsewhere."""
+    folder = str(package_dir or engine_package_dir())
+    if folder in sys.path:
+        sys.path.remove(folder)
+    sys.path.insert(0, folder)
+    loaded = sys.modules.get("mednextv2")
+    if loaded is not None and not str(Path(getattr(loaded, "__file__", "") or "").resolve()).startswith(
+            str(Path(folder).resolve())):
+        for name in [n for n in sys.modules if n == "mednextv2" or n.startswith("mednextv2.")]:
+            del sys.modules[name]
+    return Path(folder)
+
+
+def engine_threads(usable_cores: Optional[int] = None) -> int:
+    """Threads for the engine: all usable cores but one, so Slicer keeps rendering (issue 13)."""
+    if usable_cores is None:
+        usable_cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return max(1, usable_cores - 1)
 
 
 def engine_environment(base_env: Optional[Mapping[str, str]] = None,
@@ -45,7 +73,7 @@ def engine_command(python: str, *args: str) -> List[str]:
 
 
 def build_segment_command(python: str, inputs: Sequence[os.PathLike], output: os.PathLike,
-                          options: SegmentOptions) -> List[str]:
+                          options: SegmentChoices, threads: Optional[int] = None) -> List[str]:
     """`mednextv2 segment INPUT... -m MODEL -o OUTPUT ... --progress json`; inputs are the channels."""
     options.validated()
     if not inputs:
@@ -58,8 +86,16 @@ def build_segment_command(python: str, inputs: Sequence[os.PathLike], output: os
         args.append("--fast")
     if options.structures:
         args += ["--structures", *options.structures]
+    if threads is not None:
+        args += ["--threads", str(int(threads))]
     args += ["--progress", "json"]
     return engine_command(python, *args)
+
+
+def device_probe_command(python: str) -> List[str]:
+    """Asks the engine's Python whether torch sees a CUDA GPU (prints `{"cuda": true|false}`); run
+    as a child process, so torch is never imported into Slicer's own process for it."""
+    return [python, "-c", "import json, torch; print(json.dumps({'cuda': bool(torch.cuda.is_available())}))"]
 
 
 def build_models_command(python: str, action: str, *args: str, progress: str = "json") -> List[str]:

@@ -17,6 +17,7 @@ import importlib.util
 import io
 import logging
 import os
+import re
 import sys
 import tempfile
 from dataclasses import dataclass
@@ -41,17 +42,52 @@ class InstallError(RuntimeError):
 
 @dataclass(frozen=True)
 class InstallPlan:
-    torch: bool  # install torch through PyTorchUtils
+    torch: bool  # install (or upgrade) torch through PyTorchUtils
     pip: Tuple[str, ...]  # requirement strings for pip_install
+    old_torch: str = ""  # the installed torch version when it is too old (an upgrade, not an install)
 
     @property
     def empty(self) -> bool:
         return not self.torch and not self.pip
 
 
-def plan_install(find_spec: Callable = importlib.util.find_spec) -> InstallPlan:
+def version_tuple(version: str) -> Tuple[int, ...]:
+    """(2, 1, 0) from '2.1.0+cu118' or '2.1': the numeric release part, enough for a '>=' check."""
+    parts = []
+    for piece in version.split("+")[0].split("."):
+        digits = re.match(r"\d*", piece).group()
+        if not digits:
+            break  # '0rc1' gives 0 and ends the release part
+        parts.append(int(digits))
+        if len(digits) < len(piece):
+            break
+    return tuple(parts)
+
+
+def meets_requirement(version: str, requirement: str = TORCH_REQUIREMENT) -> bool:
+    """`version` satisfies a '>=X.Y' requirement (the only form this extension uses)."""
+    if not requirement.startswith(">="):
+        raise ValueError(f"only '>=' requirements are supported, got {requirement!r}")
+    return version_tuple(version) >= version_tuple(requirement[2:])
+
+
+def _installed_version(name: str) -> str:
+    try:
+        return importlib.metadata.version(name)
+    except importlib.metadata.PackageNotFoundError:
+        return ""
+
+
+def plan_install(find_spec: Callable = importlib.util.find_spec,
+                 version_of: Callable[[str], str] = _installed_version) -> InstallPlan:
+    """What is missing, and a torch that is too old (left by another extension, say): read from the
+    package metadata, so torch is never imported into Slicer's process just to check it."""
     missing = tuple(f"{pip_name}{req}" for pip_name, (module, req) in PIP_PACKAGES.items() if find_spec(module) is None)
-    return InstallPlan(torch=find_spec("torch") is None, pip=missing)
+    if find_spec("torch") is None:
+        return InstallPlan(torch=True, pip=missing)
+    version = version_of("torch")
+    old = bool(version) and not meets_requirement(version)
+    return InstallPlan(torch=old, pip=missing, old_torch=version if old else "")
 
 
 def protected_constraints(version_of: Callable[[str], str] = importlib.metadata.version) -> str:
@@ -67,10 +103,13 @@ def protected_constraints(version_of: Callable[[str], str] = importlib.metadata.
 
 def confirmation_text(plan: InstallPlan) -> str:
     items = []
-    if plan.torch:
+    if plan.old_torch:
+        items.append(f"torch{TORCH_REQUIREMENT}: upgrade from the installed {plan.old_torch}, which is too old "
+                     "(through the PyTorch extension; restart Slicer afterwards if another module already uses torch)")
+    elif plan.torch:
         items.append(f"torch{TORCH_REQUIREMENT} (through the PyTorch extension, several GB for the GPU build)")
     items.extend(plan.pip)
-    return ("MedNeXtV2 needs these Python packages, which are not installed yet:\n\n  - "
+    return ("MedNeXtV2 needs these Python packages, which are not installed (or too old) yet:\n\n  - "
             + "\n  - ".join(items)
             + "\n\nSlicer's own numpy, SimpleITK and requests are kept as they are. This can take several "
               "minutes and needs an internet connection. Install now?")
@@ -94,11 +133,20 @@ class _Tee(io.TextIOBase):
 class InstallLogic:
     """Slicer side: ask once, then install. Returns False when the user declines."""
 
-    def __init__(self, find_spec: Callable = importlib.util.find_spec) -> None:
-        self.find_spec = find_spec
+    def __init__(self, find_spec: Callable = importlib.util.find_spec,
+                 version_of: Callable[[str], str] = _installed_version) -> None:
+        self.find_spec, self.version_of = find_spec, version_of
 
     def plan(self) -> InstallPlan:
-        return plan_install(self.find_spec)
+        return plan_install(self.find_spec, self.version_of)
+
+    def require(self) -> None:
+        """The one check before any engine run, in both modules (the logic never asks: it raises)."""
+        plan = self.plan()
+        if not plan.empty:
+            raise InstallError("MedNeXtV2 needs Python packages that are missing or too old:\n"
+                               + confirmation_text(plan).split("\n\n")[1]
+                               + "\nPress Segment or Start training in the panel to install them.")
 
     def ensure(self, askConfirmation: bool = True) -> bool:
         import slicer
@@ -117,7 +165,7 @@ class InstallLogic:
         still = self.plan()
         if not still.empty:
             raise InstallError("Installation finished but these packages still cannot be imported: "
-                               + ", ".join((["torch"] if still.torch else []) + list(still.pip))
+                               + ", ".join(([f"torch{TORCH_REQUIREMENT}"] if still.torch else []) + list(still.pip))
                                + ". Restart Slicer and try again.")
         return True
 

@@ -3,14 +3,14 @@
 The bundle is read and validated by the engine's own `mednextv2.bundle.load_bundle` (weights are
 not read, torch is not imported), and terminology is serialized by `mednextv2.export`, the same
 code that writes it into the .seg.nrrd, so the panel and the result file can never disagree.
-Used to name and colour the loaded segments, to build a colour table node, and to check a
-structure subset before launching.
+Used to name and colour the loaded segments. A structure subset is checked by the engine's own
+`mednextv2.postprocessing.select_structures` (case-insensitive), so panel and engine agree.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence, Tuple
+from typing import Tuple
 
 
 class LabelTableError(ValueError):
@@ -52,22 +52,12 @@ def bundle_label_table(bundle: Path) -> Tuple[LabelEntry, ...]:
     return label_table(load_bundle(bundle).labels)
 
 
-def select_structures(entries: Sequence[LabelEntry], names: Sequence[str]) -> Tuple[LabelEntry, ...]:
-    """The entries for a structure subset; unknown names raise, listing the known ones."""
-    if not names:
-        return tuple(entries)
-    by_name = {e.name: e for e in entries}
-    unknown = [n for n in names if n not in by_name]
-    if unknown:
-        raise LabelTableError(f"unknown structure(s) {', '.join(unknown)}; this model has: "
-                              f"{', '.join(e.name for e in entries)}")
-    return tuple(by_name[n] for n in dict.fromkeys(names))
+def selected_label_table(labels, names) -> Tuple[LabelEntry, ...]:
+    """label_table of the structures `names` (every label when empty), chosen by the engine's rule."""
+    from mednextv2.errors import InputError
+    from mednextv2.postprocessing import select_structures
 
-
-def color_table_text(entries: Sequence[LabelEntry], title: str = "") -> str:
-    """Slicer .ctbl text ('value name r g b a'; spaces in names become '_', as Slicer writes them)."""
-    lines = [f"# Color table for {title or 'a MedNeXtV2 model'}", f"# {len(entries) + 1} values",
-             "0 Background 0 0 0 0"]
-    for e in entries:
-        lines.append(f"{e.value} {e.name.replace(' ', '_')} {e.color[0]} {e.color[1]} {e.color[2]} 255")
-    return "\n".join(lines) + "\n"
+    try:
+        return label_table(select_structures(labels, names) if names else labels)
+    except InputError as e:
+        raise LabelTableError(str(e)) from e

@@ -16,17 +16,22 @@ from typing import Callable, List, Optional, Sequence, Tuple
 import slicer
 from slicer.ScriptedLoadableModule import ScriptedLoadableModuleLogic
 
-from .command import build_models_command, build_segment_command, engine_environment, find_slicer_python
-from .labels import LabelEntry, label_table, load_bundle, select_structures
-from .models import ModelChoice, list_models, models_by_id
-from .parameters import SegmentOptions
+from .command import (build_models_command, build_segment_command, device_probe_command, engine_environment,
+                      engine_threads, find_slicer_python)
+from .install import InstallLogic
+from .labels import LabelEntry, load_bundle, selected_label_table
+from .models import MODEL_LIST, ModelChoice, models_by_id, read_model_list
+from .parameters import SegmentChoices
 from .paths import RunPaths, make_run_paths, output_segmentation_name
 from .process import EngineProcess, ExitCode
+from .timing import passes_per_tile, tile_count
 from .progress import ProgressEvent, parse_progress_line
 
 logger = logging.getLogger(__name__)
 
-OPTIONS_PARAMETER = "SegmentOptions"
+OPTIONS_PARAMETER = "SegmentOptions"  # key kept: scenes saved by earlier versions
+# Segmentation stops at the next tile after a stop request; a slow CPU tile can take this long.
+CANCEL_GRACE_S = 15.0
 
 
 class EngineError(RuntimeError):
@@ -43,7 +48,7 @@ class EngineRun:
     """One engine process (segment, download or import) and what is needed to finish it."""
 
     process: EngineProcess
-    kind: str  # "segment" | "download" | "import"
+    kind: str  # "segment" | "download" | "import" | "list" | "probe"
     paths: Optional[RunPaths] = None
     volumeNode: object = None
     outputNode: object = None
@@ -51,32 +56,49 @@ class EngineRun:
     title: str = ""
     lastProgress: Optional[ProgressEvent] = None
     log: List[str] = field(default_factory=list)
+    stdout: List[str] = field(default_factory=list)  # what `models list --json` prints
 
 
 ProcessFactory = Callable[[Sequence[str], dict], EngineProcess]
 
 
 class MedNeXtV2SegmentLogic(ScriptedLoadableModuleLogic):
-    def __init__(self, processFactory: Optional[ProcessFactory] = None, python: Optional[str] = None) -> None:
+    def __init__(self, processFactory: Optional[ProcessFactory] = None, python: Optional[str] = None,
+                 installLogic: Optional[InstallLogic] = None) -> None:
         ScriptedLoadableModuleLogic.__init__(self)
+        self.installLogic = installLogic or InstallLogic()  # both modules' one install step
         self.processFactory = processFactory or (lambda args, env: EngineProcess(args, env=env))
         self.python = python or find_slicer_python()
-        self._models: List[ModelChoice] = []
 
     # -- settings --------------------------------------------------------------------------
-    def loadOptions(self) -> SegmentOptions:
-        return SegmentOptions.from_json(self.getParameterNode().GetParameter(OPTIONS_PARAMETER))
+    def loadOptions(self) -> SegmentChoices:
+        return SegmentChoices.from_json(self.getParameterNode().GetParameter(OPTIONS_PARAMETER))
 
-    def saveOptions(self, options: SegmentOptions) -> None:
+    def saveOptions(self, options: SegmentChoices) -> None:
         self.getParameterNode().SetParameter(OPTIONS_PARAMETER, options.to_json())
 
     # -- models ----------------------------------------------------------------------------
+    @property
+    def models(self) -> List[ModelChoice]:
+        """The cached list (shared with the Train module); empty until a list run has finished."""
+        return MODEL_LIST.choices or []
+
+    def startModelList(self) -> EngineRun:
+        """`mednextv2 models list --json` as an engine run: poll it, then `finish()` caches the list."""
+        args = build_models_command(self.python, "list", "--json")
+        return EngineRun(self.processFactory(args, engine_environment()).start(), kind="list", title="model list")
+
+    def startDeviceProbe(self) -> EngineRun:
+        """Does the engine's torch see a CUDA GPU? `finish()` stores the answer in MODEL_LIST.cuda."""
+        return EngineRun(self.processFactory(device_probe_command(self.python), engine_environment()).start(),
+                         kind="probe", title="GPU check")
+
     def refreshModels(self) -> List[ModelChoice]:
-        self._models = list_models(self.python, engine_environment())
-        return self._models
+        """Blocking refresh, for scripts and the self-test (events keep flowing); panels use startModelList."""
+        return self._wait(self.startModelList(), None, None)
 
     def model(self, modelId: str) -> Optional[ModelChoice]:
-        return models_by_id(self._models).get(modelId)
+        return models_by_id(self.models).get(modelId)
 
     def startModelAction(self, action: str, argument: str) -> EngineRun:
         """Download a catalog model (`action='download'`) or import a bundle / nnU-Net folder ('import')."""
@@ -95,7 +117,8 @@ class MedNeXtV2SegmentLogic(ScriptedLoadableModuleLogic):
         return Path(choice.path)
 
     # -- segmentation: non-blocking --------------------------------------------------------
-    def start(self, volumeNodes, options: SegmentOptions, outputNode=None) -> EngineRun:
+    def start(self, volumeNodes, options: SegmentChoices, outputNode=None) -> EngineRun:
+        self.installLogic.require()
         volumeNodes = list(volumeNodes) if isinstance(volumeNodes, (list, tuple)) else [volumeNodes]
         if not volumeNodes or any(v is None for v in volumeNodes):
             raise EngineError("Select an input volume.")
@@ -106,13 +129,13 @@ class MedNeXtV2SegmentLogic(ScriptedLoadableModuleLogic):
             names = ", ".join(f"{name} ({modality})" for name, modality in bundle.channels)
             raise EngineError(f"Model '{bundle.title}' needs {len(bundle.channels)} input volume(s): {names}; "
                               f"{len(volumeNodes)} selected.")
-        labels = select_structures(label_table(bundle.labels), options.structures)
+        labels = selected_label_table(bundle.labels, options.structures)
         paths = make_run_paths(len(volumeNodes), temp_root=slicer.app.temporaryPath)
         try:
             for volumeNode, path in zip(volumeNodes, paths.inputs):
                 self._exportVolume(volumeNode, path)
             args = build_segment_command(self.python, paths.inputs, paths.output,
-                                         options.with_changes(model=str(bundlePath)))
+                                         options.with_changes(model=str(bundlePath)), threads=engine_threads())
             process = self.processFactory(args, engine_environment()).start()
         except Exception:
             paths.remove()
@@ -124,7 +147,9 @@ class MedNeXtV2SegmentLogic(ScriptedLoadableModuleLogic):
         finished = run.process.finished  # read before draining, so no line is left behind
         for line in run.process.poll():
             event = parse_progress_line(line.text) if line.stream == "stdout" else None
-            if event is not None:
+            if event is None and line.stream == "stdout" and run.kind in ("list", "probe"):
+                run.stdout.append(line.text)
+            elif event is not None:
                 run.lastProgress = event
                 if onProgress:
                     onProgress(event)
@@ -135,13 +160,18 @@ class MedNeXtV2SegmentLogic(ScriptedLoadableModuleLogic):
         return finished
 
     def cancel(self, run: EngineRun) -> None:
-        run.process.cancel()
-        if run.paths is not None:
-            run.paths.remove()  # nothing to inspect after a cancel
+        """Ask the engine to stop; returns at once. Keep polling: `finish()` then raises
+        EngineError('Cancelled.') and removes the run's files once the engine has let go of them."""
+        run.process.cancel(grace_s=CANCEL_GRACE_S)
 
     def finish(self, run: EngineRun):
         """Load the result (segment runs) or raise EngineError with the engine's own words."""
         code = run.process.returncode
+        if run.kind == "list":  # CatalogError carries the engine's own message
+            return MODEL_LIST.set(read_model_list(code, "\n".join(run.stdout), "\n".join(run.process.stderr_tail)))
+        if run.kind == "probe":
+            MODEL_LIST.cuda = code == ExitCode.OK and '"cuda": true' in "".join(run.stdout)
+            return MODEL_LIST.cuda
         if code != ExitCode.OK:
             tail = "\n".join(run.process.stderr_tail)
             if code == ExitCode.CANCELLED:
@@ -152,6 +182,7 @@ class MedNeXtV2SegmentLogic(ScriptedLoadableModuleLogic):
             where = f"\nInput and output files are kept in {kept}" if kept else ""
             raise EngineError(f"The engine {ExitCode.describe(code)} (exit code {code}).{where}", code, tail, kept)
         if run.kind != "segment":
+            MODEL_LIST.clear()  # a download or import changed the list
             return None
         try:
             node = self._loadResult(run)
@@ -163,14 +194,14 @@ class MedNeXtV2SegmentLogic(ScriptedLoadableModuleLogic):
 
     # -- segmentation: blocking, for scripts and the self-test -------------------------------
     def segment(self, volumeNode, modelId: str, outputNode=None, onProgress=None, onLog=None, **options):
-        """Segment and return the segmentation node; options as in SegmentOptions (tta, fast, ...)."""
+        """Segment and return the segmentation node; options as in SegmentChoices (tta, fast, ...)."""
         if not Path(modelId).exists():
             self.refreshModels()
             choice = self.model(modelId)
             if choice is not None and not choice.path:
                 self._wait(self.startModelAction("download", modelId), onProgress, onLog)
                 self.refreshModels()
-        run = self.start(volumeNode, SegmentOptions(model=modelId).with_changes(**options), outputNode)
+        run = self.start(volumeNode, SegmentChoices(model=modelId).with_changes(**options), outputNode)
         return self._wait(run, onProgress, onLog)
 
     def _wait(self, run: EngineRun, onProgress, onLog):
@@ -239,22 +270,29 @@ class MedNeXtV2SegmentLogic(ScriptedLoadableModuleLogic):
                 segment.SetTag(segment.GetTerminologyEntryTagName(), entry.terminology)
 
     @staticmethod
+    def cpuWork(volumeNode, bundlePath: Path, tta: bool) -> Tuple[int, int]:
+        """(tiles, network passes per tile) of a run on this volume, for the CPU estimate (timing.py)."""
+        bundle = load_bundle(bundlePath)
+        inference = bundle.inference
+        tiles = tile_count(volumeNode.GetImageData().GetDimensions(), volumeNode.GetSpacing(),
+                           bundle.preprocessing.target_spacing, inference.patch_size, inference.step)
+        return tiles, passes_per_tile(len(bundle.weights), inference.mirror_axes, tta)
+
+    @staticmethod
+    def volumeModality(volumeNode) -> str:
+        """'CT', 'MR', ... from the DICOM series the volume was loaded from (the attribute Slicer's
+        DICOM plugins set on its subject-hierarchy item); '' for a volume not loaded from DICOM."""
+        shNode = slicer.vtkMRMLSubjectHierarchyNode.GetSubjectHierarchyNode(volumeNode.GetScene())
+        item = shNode.GetItemByDataNode(volumeNode) if shNode else 0
+        if not item:
+            return ""
+        name = slicer.vtkMRMLSubjectHierarchyConstants.GetDICOMSeriesModalityAttributeName()
+        return (shNode.GetItemAttribute(item, name) or "").strip().upper()
+
+    @staticmethod
     def _placeInStudy(node, volumeNode) -> None:
         shNode = slicer.vtkMRMLSubjectHierarchyNode.GetSubjectHierarchyNode(slicer.mrmlScene)
         volumeItem = shNode.GetItemByDataNode(volumeNode)
         segmentationItem = shNode.GetItemByDataNode(node)
         if volumeItem and segmentationItem:
             shNode.SetItemParent(segmentationItem, shNode.GetItemParent(volumeItem))
-
-    @staticmethod
-    def createColorTable(labels: Sequence[LabelEntry], name: str):
-        """A colour table node for the model's labels (for label-map export and the Data module)."""
-        colorNode = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLColorTableNode", name)
-        colorNode.SetTypeToUser()
-        colorNode.SetNumberOfColors(max(e.value for e in labels) + 1)
-        colorNode.SetColor(0, "Background", 0.0, 0.0, 0.0, 0.0)
-        for e in labels:
-            colorNode.SetColor(e.value, e.name, *e.color_float, 1.0)
-            if e.terminology and hasattr(colorNode, "SetTerminologyFromString"):  # Slicer >= 5.10
-                colorNode.SetTerminologyFromString(e.value, e.terminology)
-        return colorNode

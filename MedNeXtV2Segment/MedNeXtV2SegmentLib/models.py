@@ -1,17 +1,17 @@
 """Adapter between the panel's model selector and the engine's model catalog.
 
 The catalog (core/mednextv2/catalog.py, `mednextv2 models ...`) is owned by the engine. The panel
-only asks `mednextv2 models list --json` and reads a few fields, tolerating the ones it does not
-know, so a newer catalog never breaks an older panel. Download and import run through the same
+only asks `mednextv2 models list --json` (an engine run like any other: never on the GUI thread)
+and reads a few fields, tolerating the ones it does not know, so a newer catalog never breaks an
+older panel. The list is cached for both modules (`MODEL_LIST`). Download and import run through the same
 process runner as a segmentation (with progress and Cancel).
 """
 from __future__ import annotations
 
 import json
-import subprocess
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Callable, Dict, List, Mapping, Optional, Sequence, Tuple
+from typing import Dict, List, Mapping, Optional, Sequence, Tuple
 
 from .command import build_models_command
 from .labels import LabelTableError, load_bundle
@@ -33,6 +33,7 @@ class ModelChoice:
     cpu_s: Optional[float] = None
     gpu_s: Optional[float] = None
     min_gpu_memory_gb: Optional[float] = None
+    channels: Tuple[Tuple[str, str], ...] = ()  # (name, modality) per input, from the bundle
 
     @property
     def engine_model_arg(self) -> str:
@@ -69,7 +70,25 @@ def with_bundle_details(choice: ModelChoice) -> ModelChoice:
         return choice  # listed but unreadable: the run will report the exact problem
     modality = "+".join(dict.fromkeys(m for _, m in bundle.channels))
     return replace(choice, labels=choice.labels or tuple(l.name for l in bundle.labels),
-                   modality=choice.modality or modality, title=bundle.title or choice.title)
+                   modality=choice.modality or modality, title=bundle.title or choice.title,
+                   channels=tuple(bundle.channels))
+
+
+def channel_prompts(channels: Sequence[Tuple[str, str]]) -> List[str]:
+    """One selector label per model input: 'Input volume:' for a one-input model, else
+    'T1 (MR):', 'FLAIR (MR):' ... in the bundle's channel order (the engine's input order)."""
+    if len(channels) <= 1:
+        return ["Input volume:"]
+    return [f"{name} ({modality}):" if modality and modality != name else f"{name}:" for name, modality in channels]
+
+
+def models_for_modality(choices: Sequence[ModelChoice], modality: str) -> List[ModelChoice]:
+    """The models for an input of `modality` ('CT', 'MR'); all of them when it is unknown, and a
+    model whose modality is not known is always offered."""
+    if not modality:
+        return list(choices)
+    wanted = modality.upper()
+    return [c for c in choices if not c.modality or wanted in c.modality.upper().split("+")]
 
 
 def parse_model_list(text: str) -> List[ModelChoice]:
@@ -107,12 +126,21 @@ def describe_model(choice: ModelChoice) -> str:
     return " - ".join(parts)
 
 
-def time_hint(choice: Optional[ModelChoice], device: str, tta: bool = True) -> str:
-    """Expected time per image from the catalog's measured timings; '' when unknown."""
+def time_hint(choice: Optional[ModelChoice], device: str, tta: bool = True, cuda: Optional[bool] = None) -> str:
+    """Expected time per image from the catalog's measured timings; '' when unknown.
+
+    `cuda` is what the engine's Python reported (None: not known yet). Without a CUDA GPU an
+    'auto' or 'cuda' run goes to the CPU, and the user is told before pressing Segment."""
     from .progress import format_duration
 
     if choice is None:
         return ""
+    if cuda is False and device in ("auto", "cuda"):
+        if choice.cpu_s is None:
+            return ("No CUDA GPU found: this runs on the CPU, which can take many minutes; this model has no "
+                    "measured CPU time yet.")
+        return (f"No CUDA GPU found: expect about {format_duration(choice.cpu_s)} per image on the CPU "
+                f"(measured{'' if tta else '; faster without TTA'}).")
     if device == "cpu":
         seconds, where = choice.cpu_s, "CPU"
     else:
@@ -127,21 +155,41 @@ def time_hint(choice: Optional[ModelChoice], device: str, tta: bool = True) -> s
     return hint + "."
 
 
-Runner = Callable[[Sequence[str], Mapping[str, str]], "subprocess.CompletedProcess"]
+def read_model_list(returncode: Optional[int], stdout: str, stderr_tail: str) -> List[ModelChoice]:
+    """The choices printed by a finished `mednextv2 models list --json` run, or CatalogError."""
+    if returncode != 0:
+        raise CatalogError(f"`mednextv2 models list` failed (exit code {returncode}):\n{stderr_tail.strip()[-2000:]}")
+    return parse_model_list(stdout)
 
 
-def _run(args: Sequence[str], env: Mapping[str, str]) -> "subprocess.CompletedProcess":
-    return subprocess.run(list(args), env=dict(env), capture_output=True, text=True, timeout=60,
-                          encoding="utf-8", errors="replace")
+def list_models(python: str, env: Mapping[str, str], process_factory=None) -> List[ModelChoice]:
+    """Blocking: for scripts and tests only. The panels use `MedNeXtV2SegmentLogic.startModelList()`."""
+    from .process import EngineProcess
+
+    process = (process_factory or EngineProcess)(build_models_command(python, "list", "--json"), env=env).start()
+    process.wait()
+    lines = process.poll()
+    return read_model_list(process.returncode, "\n".join(l.text for l in lines if l.stream == "stdout"),
+                           "\n".join(process.stderr_tail))
 
 
-def list_models(python: str, env: Mapping[str, str], runner: Optional[Runner] = None) -> List[ModelChoice]:
-    """Run `mednextv2 models list --json` (a quick, offline call) and parse it."""
-    result = (runner or _run)(build_models_command(python, "list", "--json"), env)
-    if result.returncode != 0:
-        raise CatalogError(f"`mednextv2 models list` failed (exit code {result.returncode}):\n"
-                           f"{(result.stderr or '').strip()[-2000:]}")
-    return parse_model_list(result.stdout)
+class ModelListCache:
+    """The last model list read, shared by both modules (the Train wizard lists base models too),
+    so entering a module shows it at once; Refresh (or a download/import) reads it again."""
+
+    def __init__(self) -> None:
+        self.choices: Optional[List[ModelChoice]] = None
+        self.cuda: Optional[bool] = None  # what the engine's torch reports; None until probed
+
+    def set(self, choices: Sequence[ModelChoice]) -> List[ModelChoice]:
+        self.choices = list(choices)
+        return self.choices
+
+    def clear(self) -> None:
+        self.choices = None
+
+
+MODEL_LIST = ModelListCache()
 
 
 def models_by_id(choices: Sequence[ModelChoice]) -> Dict[str, ModelChoice]:

@@ -3,10 +3,12 @@
 Each run gets its own folder under the temp root, with plain ASCII file names: a volume named
 "Tête (T1) / 2" or a 250-character Windows temp path must not break the export or the engine
 (the field notes' "failed to load the segmentation" complaints). The folder is removed after a
-successful run and kept, with its path shown to the user, after a failure.
+successful run and kept, with its path shown to the user, after a failure. Removal deletes only
+what the run created (issue 11: never delete what we did not create).
 """
 from __future__ import annotations
 
+import logging
 import os
 import re
 import shutil
@@ -15,6 +17,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional, Tuple
+
+logger = logging.getLogger(__name__)
 
 # Windows' MAX_PATH is 260; leave room for the engine's own temp names next to ours.
 WINDOWS_PATH_BUDGET = 200
@@ -31,7 +35,19 @@ class RunPaths:
     output: Path  # the engine writes the .seg.nrrd here (atomically)
 
     def remove(self) -> None:
-        shutil.rmtree(self.work_dir, ignore_errors=True)
+        """Delete what this run created - the exported inputs, the result and the engine's temporary
+        siblings of the result - then the folder if that left it empty. Anything else found there was
+        put there by someone else, and stays (with the folder)."""
+        ours = {p.name for p in (*self.inputs, self.output)}
+        engine_temp = f".{self.output.name.split('.')[0]}."  # mednextv2.export.atomic_path's names
+        for entry in (self.work_dir.iterdir() if self.work_dir.is_dir() else ()):
+            if entry.is_file() and not entry.is_symlink() and (entry.name in ours or entry.name.startswith(engine_temp)):
+                entry.unlink()
+        try:
+            self.work_dir.rmdir()
+        except OSError:
+            if self.work_dir.exists():
+                logger.warning("kept %s: it holds files this run did not create", self.work_dir)
 
 
 def make_run_paths(n_channels: int = 1, temp_root: Optional[os.PathLike] = None,
@@ -42,7 +58,7 @@ def make_run_paths(n_channels: int = 1, temp_root: Optional[os.PathLike] = None,
     root.mkdir(parents=True, exist_ok=True)
     work_dir = Path(tempfile.mkdtemp(prefix=f"{prefix}-{time.strftime('%Y%m%d-%H%M%S')}-", dir=root))
     inputs = tuple(work_dir / f"input_{c:04d}.nrrd" for c in range(n_channels))
-    output = work_dir / "segmentation.seg.nrrd"
+    output = work_dir / "segmentation.seg.nrrd"  # never one of the inputs (input_NNNN.nrrd)
     if is_windows and len(str(output)) > WINDOWS_PATH_BUDGET:
         shutil.rmtree(work_dir, ignore_errors=True)
         raise PathError(f"the temporary folder path is too long for Windows ({len(str(output))} characters): "

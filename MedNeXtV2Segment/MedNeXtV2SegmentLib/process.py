@@ -5,8 +5,11 @@ share it. The GUI polls `EngineProcess.poll()` from a timer; scripts call `wait(
 
 Why a process group: Slicer's `PythonSlicer` is a launcher that starts the real interpreter as
 its own child, so killing the launcher alone leaves the worker running (the field notes list
-this as the classic "Cancel did nothing" bug). Every descendant shares the group we create, and
-cancel signals the group, then force-kills whatever is left.
+this as the classic "Cancel did nothing" bug). Every descendant shares the group we create.
+
+Cancel never waits: it creates the engine's stop file (MEDNEXTV2_STOP_FILE, polled by the engine),
+and `poll()` - called by the panel's timer - escalates to SIGTERM, then SIGKILL (taskkill /F /T on
+Windows) only when the engine has not stopped within the grace period.
 """
 from __future__ import annotations
 
@@ -17,14 +20,17 @@ import os
 import queue
 import signal
 import subprocess
+import tempfile
 import threading
 import time
+import uuid
 from dataclasses import dataclass
-from typing import Deque, Dict, List, Mapping, Optional, Sequence
+from typing import Deque, Dict, List, Mapping, Optional, Sequence, Tuple
 
 logger = logging.getLogger(__name__)
 
 IS_WINDOWS = os.name == "nt"
+STOP_FILE_ENV = "MEDNEXTV2_STOP_FILE"  # the same name as core/mednextv2/stop_request.py (engine side)
 
 
 class ExitCode(enum.IntEnum):
@@ -60,13 +66,17 @@ class EngineProcess:
     """One child process; output lines are read on threads into a queue that `poll()` drains."""
 
     def __init__(self, args: Sequence[str], env: Optional[Mapping[str, str]] = None,
-                 cwd: Optional[str] = None, tail_lines: int = 40) -> None:
+                 cwd: Optional[str] = None, tail_lines: int = 40, stop_file: Optional[str] = None) -> None:
         if not args:
             raise ValueError("EngineProcess needs a command to run")
         self.args: List[str] = [str(a) for a in args]
         self.env: Optional[Dict[str, str]] = dict(env) if env is not None else None
         self.cwd = cwd
         self.cancelled = False
+        # Must not exist yet: the engine stops as soon as it does.
+        self.stop_file = stop_file or os.path.join(tempfile.gettempdir(), f"mednextv2-stop-{uuid.uuid4().hex}")
+        self._owns_stop_file = False
+        self._escalation: List[Tuple[float, str]] = []
         self.stderr_tail: Deque[str] = collections.deque(maxlen=tail_lines)
         self._proc: Optional[subprocess.Popen] = None
         self._queue: "queue.Queue[OutputLine]" = queue.Queue()
@@ -77,8 +87,10 @@ class EngineProcess:
     def start(self) -> "EngineProcess":
         if self._proc is not None:
             raise RuntimeError("EngineProcess.start() was already called")
+        env = dict(os.environ if self.env is None else self.env)
+        env[STOP_FILE_ENV] = self.stop_file
         kwargs = dict(stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL,
-                      env=self.env, cwd=self.cwd, text=True, encoding="utf-8", errors="replace", bufsize=1)
+                      env=env, cwd=self.cwd, text=True, encoding="utf-8", errors="replace", bufsize=1)
         if IS_WINDOWS:
             kwargs["creationflags"] = subprocess.CREATE_NEW_PROCESS_GROUP | getattr(subprocess, "CREATE_NO_WINDOW", 0)
         else:
@@ -130,7 +142,8 @@ class EngineProcess:
         return code
 
     def poll(self) -> List[OutputLine]:
-        """Lines produced since the last call, without blocking."""
+        """Lines produced since the last call, without blocking; also takes due cancel steps."""
+        self._escalate()
         lines = []
         while True:
             try:
@@ -146,32 +159,64 @@ class EngineProcess:
         """Block until finished (or timeout, then None); output stays queued for `poll()`."""
         deadline = None if timeout is None else time.monotonic() + timeout
         while not self.finished:
+            self._escalate()
             if deadline is not None and time.monotonic() > deadline:
                 return None
             time.sleep(interval)
         return self.returncode
 
     # -- cancel ------------------------------------------------------------------------------
-    def cancel(self, grace_s: float = 5.0) -> None:
-        """Ask the whole tree to stop (SIGTERM lets the engine remove its temp files), then kill it."""
-        if self._proc is None:
+    def cancel(self, grace_s: float = 10.0, term_grace_s: float = 5.0) -> None:
+        """Ask the engine to stop, without waiting: `poll()` escalates when the time is up.
+
+        First the stop file (see core/mednextv2/stop_request.py): the engine stops at its next
+        progress point, saving a training checkpoint, on every OS. After `grace_s` the whole tree
+        gets SIGTERM (POSIX), after `term_grace_s` more it is killed (taskkill /F /T on Windows).
+        """
+        if self._proc is None or self.cancelled:
             return
         self.cancelled = True
-        if IS_WINDOWS:
-            self._kill_tree_windows()
+        now = time.monotonic()
+        self._escalation = [(now + grace_s, "term"), (now + grace_s + term_grace_s, "kill")]
+        if self.stop_file:
+            try:
+                with open(self.stop_file, "x", encoding="utf-8") as f:
+                    f.write("stop\n")
+                self._owns_stop_file = True
+            except OSError as e:  # cannot ask politely: go straight to the signals
+                logger.warning("could not write the stop file %s (%s); stopping with signals", self.stop_file, e)
+                self._escalation = [(now, "term"), (now + term_grace_s, "kill")]
+        self._escalate()
+
+    def _escalate(self) -> None:
+        """Take the cancel steps that are due; called by `poll()` and `wait()`, so a GUI timer drives it."""
+        if not self._escalation or self._proc is None:
             return
-        self._signal_group(signal.SIGTERM)
-        deadline = time.monotonic() + grace_s
-        while self._group_alive() and time.monotonic() < deadline:
-            self._proc.poll()  # reap the leader so the group check sees it gone
-            time.sleep(0.05)
-        if self._group_alive():
-            logger.warning("Process group %d ignored SIGTERM for %.1f s; killing it", self._proc.pid, grace_s)
-            self._signal_group(signal.SIGKILL)
-        try:
-            self._proc.wait(timeout=grace_s)
-        except subprocess.TimeoutExpired:
-            logger.error("Process %d did not exit after SIGKILL", self._proc.pid)
+        if self._proc.poll() is not None and (IS_WINDOWS or not self._group_alive()):
+            self._escalation = []
+            self._remove_stop_file()
+            return
+        now = time.monotonic()
+        while self._escalation and self._escalation[0][0] <= now:
+            _, step = self._escalation.pop(0)
+            logger.warning("Engine process %d still running after a stop request: %s", self._proc.pid, step)
+            self._terminate(force=step == "kill")
+
+    def _terminate(self, force: bool) -> None:
+        if IS_WINDOWS:
+            if force:
+                # taskkill /T walks the tree by parent pid; started, not waited for (never block the GUI).
+                subprocess.Popen(["taskkill", "/F", "/T", "/PID", str(self._proc.pid)], stdout=subprocess.DEVNULL,
+                                 stderr=subprocess.DEVNULL, creationflags=getattr(subprocess, "CREATE_NO_WINDOW", 0))
+            return  # no SIGTERM on Windows: the stop file was the polite step
+        self._signal_group(signal.SIGKILL if force else signal.SIGTERM)
+
+    def _remove_stop_file(self) -> None:
+        if self.stop_file and self._owns_stop_file:
+            try:
+                os.remove(self.stop_file)
+            except OSError:
+                pass
 
     def _signal_group(self, sig: int) -> None:
         try:
@@ -189,19 +234,10 @@ class EngineProcess:
             return True
         return True
 
-    def _kill_tree_windows(self) -> None:
-        # taskkill /T walks the tree by parent pid; it must run while the launcher is still alive.
-        subprocess.run(["taskkill", "/F", "/T", "/PID", str(self._proc.pid)], stdout=subprocess.DEVNULL,
-                       stderr=subprocess.DEVNULL, creationflags=getattr(subprocess, "CREATE_NO_WINDOW", 0))
-        try:
-            self._proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            self._proc.kill()
-
     def __del__(self) -> None:
         # A panel closed mid-run must not leave an engine computing in the background.
         try:
             if self.is_running():
-                self.cancel(grace_s=1.0)
+                self._terminate(force=IS_WINDOWS)
         except Exception:  # interpreter shutdown: modules may already be gone
             pass

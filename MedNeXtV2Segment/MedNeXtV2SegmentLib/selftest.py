@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 import tempfile
+import time
 from pathlib import Path
 
 import numpy as np
@@ -102,18 +103,25 @@ class MedNeXtV2SegmentTest(ScriptedLoadableModuleTest):
 
     def test_CancelLeavesNothingBehind(self):
         from MedNeXtV2SegmentLib.logic import EngineError, MedNeXtV2SegmentLogic
-        from MedNeXtV2SegmentLib.parameters import SegmentOptions
+        from MedNeXtV2SegmentLib.parameters import SegmentChoices
 
         self.delayDisplay("Cancelling a run")
         volume = makeVolume()
         logic = MedNeXtV2SegmentLogic()
         nodesBefore = slicer.mrmlScene.GetNumberOfNodesByClass("vtkMRMLSegmentationNode")
-        run = logic.start(volume, SegmentOptions(model=str(self.bundle), device="cpu", tta=True))
+        run = logic.start(volume, SegmentChoices(model=str(self.bundle), device="cpu", tta=True))
         logic.poll(run)
+        started = time.monotonic()
         logic.cancel(run)
-        self.assertFalse(run.process.is_running())
-        self.assertFalse(run.paths.work_dir.exists(), "the run's temp folder must be removed after a cancel")
+        self.assertLess(time.monotonic() - started, 1.0, "cancel must not block the GUI thread")
+        deadline = time.monotonic() + 60  # bounded: a stuck engine fails the test instead of hanging it
+        while not logic.poll(run):
+            self.assertLess(time.monotonic(), deadline, "the engine did not stop after Cancel")
+            slicer.app.processEvents()
+            time.sleep(0.05)
         with self.assertRaises(EngineError):
             logic.finish(run)
+        self.assertFalse(run.process.is_running())
+        self.assertFalse(run.paths.work_dir.exists(), "the run's temp folder must be removed after a cancel")
         self.assertEqual(slicer.mrmlScene.GetNumberOfNodesByClass("vtkMRMLSegmentationNode"), nodesBefore)
         self.delayDisplay("Cancel test passed")

@@ -1,21 +1,27 @@
 """The Segment panel: binds Resources/UI/MedNeXtV2Segment.ui to the logic, and talks to people.
 
-Runs never block Slicer: the engine is a child process whose output a 100 ms timer drains.
-While a run is in flight the Segment (or Download) button becomes Cancel.
+Runs never block Slicer: the engine is a child process whose output a 100 ms timer drains, and so
+are the model list and the GPU check (background runs, cached for both modules). While a run is in
+flight the Segment (or Download) button becomes Cancel; Cancel asks the engine to stop and the
+timer escalates only if it does not. Device, TTA and the last model are remembered in QSettings.
 """
 from __future__ import annotations
 
 import logging
-from typing import Optional
+from pathlib import Path
+from typing import List, Optional
 
 import qt
 import slicer
 
-from .install import InstallError, InstallLogic
+from .install import InstallError
 from .logic import EngineError, EngineRun, MedNeXtV2SegmentLogic
-from .models import CatalogError, describe_model, time_hint
-from .parameters import SegmentOptions
+from .models import (MODEL_LIST, CatalogError, channel_prompts, describe_model, format_size, models_for_modality,
+                     time_hint)
+from .parameters import SegmentChoices
+from .preferences import Preferences
 from .progress import ProgressEvent, format_duration, format_progress
+from .timing import cpu_estimate_text, seconds_per_pass
 
 logger = logging.getLogger(__name__)
 
@@ -24,49 +30,62 @@ DEVICE_CHOICES = (("auto", "Auto (GPU if available)"), ("cuda", "NVIDIA GPU (CUD
 
 
 class SegmentPanel:
-    def __init__(self, uiWidget, logic: Optional[MedNeXtV2SegmentLogic] = None,
-                 installLogic: Optional[InstallLogic] = None) -> None:
+    def __init__(self, uiWidget, logic: Optional[MedNeXtV2SegmentLogic] = None, settings=None) -> None:
         self.uiWidget = uiWidget
         self.ui = slicer.util.childWidgetVariables(uiWidget)
         uiWidget.setMRMLScene(slicer.mrmlScene)
         self.logic = logic or MedNeXtV2SegmentLogic()
-        self.installLogic = installLogic or InstallLogic()
+        self.installLogic = self.logic.installLogic  # the one install step (shared with Train)
+        self.preferences = Preferences(settings if settings is not None else qt.QSettings())
         self.run: Optional[EngineRun] = None
+        self.background: List[EngineRun] = []  # model list, GPU check: polled, never waited for
+        self.segmentAfterDownload = False
+        self.runModelId, self.runPasses = "", 0  # passes per tile of a CPU run (its rate is measured)
+        self.wantedModel = ""  # a model to select once the (asynchronous) model list arrives
         self.cancelButton = None
         self.dependenciesReady = False
+        self.channelSelectors = [self.ui.inputVolumeSelector]
         self.timer = qt.QTimer()
         self.timer.setInterval(100)
         self.timer.connect("timeout()", self.onTimer)
+        self.backgroundTimer = qt.QTimer()
+        self.backgroundTimer.setInterval(200)
+        self.backgroundTimer.connect("timeout()", self.onBackgroundTimer)
         for device, text in DEVICE_CHOICES:
             self.ui.deviceSelector.addItem(text, device)
         self.ui.applyButton.connect("clicked(bool)", self.onApply)
         self.ui.downloadModelButton.connect("clicked(bool)", self.onDownload)
         self.ui.importModelButton.connect("clicked(bool)", self.onImport)
-        self.ui.refreshModelsButton.connect("clicked(bool)", self.refreshModels)
+        self.ui.refreshModelsButton.connect("clicked(bool)", lambda: self.refreshModels(force=True))
         self.ui.modelSelector.connect("currentIndexChanged(int)", self.onModelChanged)
         self.ui.deviceSelector.connect("currentIndexChanged(int)", self.updateHints)
         self.ui.ttaCheckBox.connect("toggled(bool)", self.updateHints)
-        self.ui.inputVolumeSelector.connect("currentNodeChanged(vtkMRMLNode*)", self.updateButtons)
+        self.ui.fastCheckBox.connect("toggled(bool)", self.updateHints)
+        self.ui.inputVolumeSelector.connect("currentNodeChanged(vtkMRMLNode*)", self.onInputChanged)
         self.ui.outputSegmentationSelector.connect("currentNodeChanged(vtkMRMLNode*)", self.onOutputChanged)
+        saved = self.logic.loadOptions()  # the scene's choices win over the user's habits
+        self.setOptions(saved if saved.model else self.preferences.load())
         self.refreshModels()
-        self.setOptions(self.logic.loadOptions())
 
     def cleanup(self) -> None:
         self.timer.stop()
-        if self.run is not None:
-            self.logic.cancel(self.run)
-            self.run = None
+        self.backgroundTimer.stop()
+        for run in [self.run] + self.background:
+            if run is not None:
+                run.process.cancel(grace_s=0.0)  # the module is going away: no one polls after this
+        self.run, self.background = None, []
 
     # -- options <-> GUI -------------------------------------------------------------------------
-    def options(self) -> SegmentOptions:
+    def options(self) -> SegmentChoices:
         items = [self.ui.structuresList.item(i) for i in range(self.ui.structuresList.count)]
         checked = [it.text() for it in items if it.checkState() == qt.Qt.Checked]
-        return SegmentOptions(model=self.ui.modelSelector.currentData or "",
+        return SegmentChoices(model=self.ui.modelSelector.currentData or "",
                               device=self.ui.deviceSelector.currentData or "auto",
                               tta=self.ui.ttaCheckBox.checked, fast=self.ui.fastCheckBox.checked,
                               structures=() if len(checked) == len(items) else tuple(checked))
 
-    def setOptions(self, options: SegmentOptions) -> None:
+    def setOptions(self, options: SegmentChoices) -> None:
+        self.wantedModel = options.model  # selected once the (asynchronous) model list arrives
         index = self.ui.modelSelector.findData(options.model)
         if index >= 0:
             self.ui.modelSelector.setCurrentIndex(index)
@@ -76,40 +95,84 @@ class SegmentPanel:
         self.fillStructures(options.structures)
 
     # -- models -------------------------------------------------------------------------------
-    def refreshModels(self) -> None:
+    def refreshModels(self, force: bool = False) -> None:
+        """Show the cached model list; read it again (in the background) when asked or not cached."""
         # Before the first install the engine cannot even list models; Segment then installs.
         self.dependenciesReady = self.installLogic.plan().empty
         if not self.dependenciesReady:
             self.ui.modelInfoLabel.text = "MedNeXtV2 needs a few Python packages first: press Install dependencies."
             self.updateButtons()
             return
-        current = self.ui.modelSelector.currentData
+        if MODEL_LIST.cuda is None and not any(r.kind == "probe" for r in self.background):
+            self.startBackground(self.logic.startDeviceProbe)
+        if MODEL_LIST.choices is not None and not force:
+            self.fillModels()
+        elif not any(r.kind == "list" for r in self.background):
+            self.ui.modelInfoLabel.text = "Reading the model list..."
+            self.startBackground(self.logic.startModelList)
+
+    def startBackground(self, start) -> None:
+        try:
+            self.background.append(start())
+        except RuntimeError as e:  # the engine's Python cannot start: say so, keep the panel usable
+            self.ui.modelInfoLabel.text = f"MedNeXtV2 engine unavailable: {e}"
+            return
+        self.backgroundTimer.start()
+
+    def onBackgroundTimer(self) -> None:
+        for run in [r for r in self.background if self.logic.poll(r)]:
+            self.background.remove(run)
+            try:
+                self.logic.finish(run)
+            except (CatalogError, EngineError) as e:
+                self.ui.modelInfoLabel.text = f"Model list unavailable: {e}"
+                self.appendLog(str(e))
+                self.segmentAfterDownload = False
+                continue
+            if run.kind == "list":
+                self.fillModels()
+                if self.segmentAfterDownload:
+                    self.segmentAfterDownload = False
+                    self.onApply()
+            else:
+                self.updateHints()
+        if not self.background:
+            self.backgroundTimer.stop()
+
+    def fillModels(self) -> None:
+        """The cached list, filtered by the input's modality (when it came from DICOM)."""
+        current = self.wantedModel or self.ui.modelSelector.currentData
+        modality = self.inputModality()
+        choices = models_for_modality(self.logic.models, modality) or self.logic.models
         self.ui.modelSelector.blockSignals(True)
         self.ui.modelSelector.clear()
-        try:
-            for choice in self.logic.refreshModels():
-                self.ui.modelSelector.addItem(describe_model(choice), choice.id)
-        except CatalogError as e:
-            self.ui.modelInfoLabel.text = f"Model list unavailable: {e}"
-            self.appendLog(str(e))
+        for choice in choices:
+            self.ui.modelSelector.addItem(describe_model(choice), choice.id)
         self.ui.modelSelector.blockSignals(False)
         index = self.ui.modelSelector.findData(current) if current else 0
+        if index >= 0 and current == self.wantedModel:
+            self.wantedModel = ""  # found: from now on the user's selection rules
         self.ui.modelSelector.setCurrentIndex(max(index, 0))
+        self.ui.modelSelector.toolTip = (f"Models for {modality} (the input's DICOM modality)." if modality
+                                         else "Every model; a volume loaded from DICOM shows only its modality's.")
         self.onModelChanged()
 
-    def selectModel(self, modelId: str) -> bool:
-        """Reload the list and select a model (the Train module's "Segment with this model")."""
-        self.refreshModels()
-        index = self.ui.modelSelector.findData(modelId)
-        if index >= 0:
-            self.ui.modelSelector.setCurrentIndex(index)
-        return index >= 0
+    def inputModality(self) -> str:
+        volume = self.ui.inputVolumeSelector.currentNode()
+        return self.logic.volumeModality(volume) if volume is not None else ""
+
+    def onInputChanged(self, node=None) -> None:
+        if MODEL_LIST.choices is not None:
+            self.fillModels()  # the modality filter and the CPU estimate depend on the input
+        self.updateHints()
+        self.updateButtons()
 
     def currentModel(self):
         return self.logic.model(self.ui.modelSelector.currentData or "")
 
     def onModelChanged(self, index: int = -1) -> None:
         choice = self.currentModel()
+        self.buildChannelSelectors(choice.channels if choice else ())
         if choice is None:
             if self.ui.modelSelector.count == 0:
                 self.ui.modelInfoLabel.text = "No models yet: import one, or check the catalog."
@@ -129,9 +192,43 @@ class SegmentPanel:
             item.setCheckState(qt.Qt.Checked if not selected or name in selected else qt.Qt.Unchecked)
             self.ui.structuresList.addItem(item)
 
+    def buildChannelSelectors(self, channels) -> None:
+        """One volume selector per model input; the .ui's selector is the first (issue 12 defect 8)."""
+        prompts = channel_prompts(channels)
+        form = self.ui.inputVolumeSelector.parentWidget().layout()  # the Input and model QFormLayout
+        while len(self.channelSelectors) > max(1, len(prompts)):
+            form.removeRow(self.channelSelectors.pop())
+        while len(self.channelSelectors) < len(prompts):
+            selector = slicer.qMRMLNodeComboBox()
+            selector.nodeTypes = ["vtkMRMLScalarVolumeNode"]
+            selector.showChildNodeTypes = False
+            selector.addEnabled = selector.removeEnabled = False
+            selector.noneEnabled = True
+            selector.setMRMLScene(slicer.mrmlScene)
+            selector.connect("currentNodeChanged(vtkMRMLNode*)", self.updateButtons)
+            form.insertRow(len(self.channelSelectors), prompts[len(self.channelSelectors)], selector)
+            self.channelSelectors.append(selector)
+        self.ui.inputVolumeLabel.text = prompts[0]
+        for selector, prompt in zip(self.channelSelectors[1:], prompts[1:]):
+            form.labelForField(selector).text = prompt
+
+    def inputVolumes(self) -> list:
+        return [selector.currentNode() for selector in self.channelSelectors]
+
+    def onCpu(self) -> bool:
+        device = self.ui.deviceSelector.currentData or "auto"
+        return device == "cpu" or (device in ("auto", "cuda") and MODEL_LIST.cuda is False)
+
     def updateHints(self, *unused) -> None:
-        self.ui.deviceHintLabel.text = time_hint(self.currentModel(), self.ui.deviceSelector.currentData or "auto",
-                                                 self.ui.ttaCheckBox.checked)
+        choice, volume, tta = self.currentModel(), self.ui.inputVolumeSelector.currentNode(), self.ui.ttaCheckBox.checked
+        hint = time_hint(choice, self.ui.deviceSelector.currentData or "auto", tta, MODEL_LIST.cuda)
+        if self.onCpu() and choice is not None and choice.cpu_s is None and choice.path and volume is not None:
+            try:  # no catalog timing: estimate from this input's tiles and this computer's measured rate
+                tiles, passes = self.logic.cpuWork(volume, Path(choice.path), tta and not self.ui.fastCheckBox.checked)
+                hint = cpu_estimate_text(tiles, passes, self.preferences.cpuRate(choice.id))
+            except (ValueError, RuntimeError, AttributeError) as e:  # an unreadable bundle: the run says why
+                logger.info("no CPU estimate: %s", e)
+        self.ui.deviceHintLabel.text = hint
 
     def updateButtons(self, *unused) -> None:
         buttons = (self.ui.applyButton, self.ui.downloadModelButton, self.ui.importModelButton)
@@ -150,14 +247,14 @@ class SegmentPanel:
         self.ui.downloadModelButton.text = "Download"
         self.ui.downloadModelButton.enabled = choice is not None and not choice.downloaded
         self.ui.importModelButton.enabled = True
-        volume = self.ui.inputVolumeSelector.currentNode()
-        self.ui.applyButton.enabled = choice is not None and choice.downloaded and volume is not None
+        volumes = self.inputVolumes()
+        self.ui.applyButton.enabled = choice is not None and all(v is not None for v in volumes)
         if choice is None:
             self.ui.applyButton.toolTip = "Select or import a model."
+        elif any(v is None for v in volumes):
+            self.ui.applyButton.toolTip = "Select an input volume for each of the model's inputs."
         elif not choice.downloaded:
-            self.ui.applyButton.toolTip = "Download the model first."
-        elif volume is None:
-            self.ui.applyButton.toolTip = "Select an input volume."
+            self.ui.applyButton.toolTip = "Download the model (after one confirmation), then run it."
         else:
             self.ui.applyButton.toolTip = "Run the model on the input volume. Becomes Cancel while running."
 
@@ -177,9 +274,17 @@ class SegmentPanel:
                 self.ui.statusLabel.text = "Python packages installed."
                 return
             options = self.options()
+            choice = self.currentModel()
+            if choice is not None and not choice.downloaded:
+                self.downloadThenSegment(choice)
+                return
             self.logic.saveOptions(options)
-            run = self.logic.start(self.ui.inputVolumeSelector.currentNode(), options,
-                                   self.ui.outputSegmentationSelector.currentNode())
+            self.preferences.save(options)
+            run = self.logic.start(self.inputVolumes(), options, self.ui.outputSegmentationSelector.currentNode())
+            self.runModelId, self.runPasses = choice.id, 0
+            if self.onCpu() and choice.path:
+                tta = options.tta and not options.fast
+                self.runPasses = self.logic.cpuWork(self.inputVolumes()[0], Path(choice.path), tta)[1]
         except InstallError as e:
             slicer.util.errorDisplay(str(e), detailedText=e.details)
             return
@@ -187,6 +292,15 @@ class SegmentPanel:
             slicer.util.errorDisplay(str(e))
             return
         self.begin(run, "Cancel", self.ui.applyButton)
+
+    def downloadThenSegment(self, choice) -> None:
+        """First Segment with a model not downloaded yet: one question, then download and segment."""
+        size = f" ({format_size(choice.size_bytes)})" if choice.size_bytes else ""
+        if not slicer.util.confirmOkCancelDisplay(f"'{choice.title}'{size} is not downloaded yet. Download it now "
+                                                  "and then segment?", windowTitle="MedNeXtV2: download model"):
+            return
+        self.segmentAfterDownload = True
+        self.startModelAction("download", choice.id, "Cancel download", self.ui.applyButton)
 
     def onDownload(self) -> None:
         if self.run is not None:
@@ -231,11 +345,12 @@ class SegmentPanel:
         self.timer.start()
 
     def cancel(self) -> None:
-        self.ui.statusLabel.text = "Cancelling..."
-        slicer.app.processEvents()
-        self.timer.stop()
+        """Ask the engine to stop and return: the timer sees it go (and escalates if it must)."""
+        self.segmentAfterDownload = False
         self.logic.cancel(self.run)
-        self.end("Cancelled.")
+        if self.cancelButton is not None:
+            self.cancelButton.enabled = False
+        self.ui.statusLabel.text = "Cancelling: the engine stops at its next step..."
 
     def onTimer(self) -> None:
         if not self.logic.poll(self.run, self.onProgress, self.appendLog):
@@ -245,6 +360,10 @@ class SegmentPanel:
         try:
             node = self.logic.finish(run)
         except EngineError as e:
+            self.segmentAfterDownload = False
+            if run.process.cancelled:
+                self.end("Cancelled.")
+                return
             self.end(f"Failed after {elapsed}.")
             slicer.util.errorDisplay(str(e), detailedText=e.stderrTail or "\n".join(run.log[-40:]))
             return
@@ -254,7 +373,7 @@ class SegmentPanel:
             self.end(f"Done in {elapsed}: {node.GetSegmentation().GetNumberOfSegments()} segments in '{node.GetName()}'.")
         else:
             self.end(f"Model {run.kind} finished in {elapsed}.")
-            self.refreshModels()
+            self.refreshModels(force=True)  # then segments, when this download came from Segment
 
     def end(self, status: str) -> None:
         self.run = None
@@ -264,6 +383,10 @@ class SegmentPanel:
         self.updateButtons()
 
     def onProgress(self, event: ProgressEvent) -> None:
+        if self.runPasses:  # a CPU segmentation: keep the engine's own seconds per pass for next time
+            rate = seconds_per_pass(event, self.runPasses)
+            if rate is not None:
+                self.preferences.setCpuRate(self.runModelId, rate)
         self.ui.progressBar.setValue(event.percent)
         self.ui.progressBar.setFormat(format_progress(event))
 

@@ -22,7 +22,6 @@ from pathlib import Path
 from typing import Dict, List, Sequence, Union
 
 import numpy as np
-import SimpleITK as sitk
 
 from MedNeXtV2TrainLib.label_table import DatasetLabel
 
@@ -59,7 +58,7 @@ def remap_labels(array: np.ndarray, local_names: Sequence[str], value_by_segment
     return out.astype(np.uint8) if int(lookup.max()) < 256 else out
 
 
-def _same_grid(a: sitk.Image, b: sitk.Image) -> bool:
+def _same_grid(a: "sitk.Image", b: "sitk.Image") -> bool:
     scale = max(min(a.GetSpacing()), 1e-6)
     return (a.GetSize() == b.GetSize()
             and np.allclose(a.GetSpacing(), b.GetSpacing(), atol=1e-3 * scale)
@@ -67,10 +66,12 @@ def _same_grid(a: sitk.Image, b: sitk.Image) -> bool:
             and np.allclose(a.GetDirection(), b.GetDirection(), atol=1e-4))
 
 
-ImageSource = Union[str, os.PathLike, sitk.Image]
+ImageSource = Union[str, os.PathLike, "sitk.Image"]  # SimpleITK is imported when a case is written
 
 
-def _as_image(source: ImageSource, case_id: str) -> sitk.Image:
+def _as_image(source: ImageSource, case_id: str) -> "sitk.Image":
+    import SimpleITK as sitk
+
     if isinstance(source, sitk.Image):
         return source
     try:
@@ -115,6 +116,8 @@ class DatasetWriter:
                  value_by_segment: Dict[str, int]) -> WrittenCase:
         """Write one case. `image`/`label`: files or SimpleITK images (Slicer passes images pulled
         from its nodes); the label's value i+1 is the segment `local_names[i]`."""
+        import SimpleITK as sitk
+
         if case_id in (c.case_id for c in self.cases):
             raise DatasetExportError(f"case {case_id!r} was already added")
         image, label = _as_image(image, case_id), _as_image(label, case_id)

@@ -15,9 +15,10 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 from slicer.ScriptedLoadableModule import ScriptedLoadableModuleLogic
 
-from MedNeXtV2SegmentLib.command import engine_environment
+from MedNeXtV2SegmentLib.command import engine_environment, engine_threads
 from MedNeXtV2SegmentLib.logic import MedNeXtV2SegmentLogic
 from MedNeXtV2SegmentLib.models import ModelChoice
+from MedNeXtV2SegmentLib.parameters import from_saved
 from MedNeXtV2TrainLib.case_checks import CaseFacts, Problem, check_cases
 from MedNeXtV2TrainLib.dataset_layout import DatasetWriter, safe_case_ids
 from MedNeXtV2TrainLib.label_table import BaseLabel, DatasetLabel, SegmentLabel, union_of_segments, value_by_segment
@@ -43,6 +44,16 @@ def base_labels(choice: Optional[ModelChoice]) -> List[BaseLabel]:
     return [] if choice is None else [BaseLabel(i + 1, name) for i, name in enumerate(choice.labels)]
 
 
+def check_apart(jobsRoot: Path, datasetDir: Path) -> None:
+    """The training folder (job, checkpoints, new model) must not lie in the user's dataset folder:
+    the engine's output would mix with its input (issue 11). A dataset inside the training folder is
+    fine: each job gets a new folder of its own."""
+    jobs, dataset = jobsRoot.resolve(), datasetDir.resolve()
+    if jobs == dataset or dataset in jobs.parents:
+        raise ValueError(f"the training folder {jobsRoot} is inside the dataset folder {datasetDir}; "
+                         "choose a training folder outside the dataset")
+
+
 class MedNeXtV2TrainLogic(ScriptedLoadableModuleLogic):
     def __init__(self, segmentLogic: Optional[MedNeXtV2SegmentLogic] = None,
                  runnerFactory: Optional[RunnerFactory] = None) -> None:
@@ -52,12 +63,9 @@ class MedNeXtV2TrainLogic(ScriptedLoadableModuleLogic):
 
     # -- settings: kept in the scene's parameter node, so a saved scene reopens with them ------
     def loadSettings(self) -> TrainSettings:
+        # The Segment module's policy for saved settings (unknown keys dropped, bad ones -> defaults).
         text = self.getParameterNode().GetParameter(SETTINGS_PARAMETER)
-        try:
-            return TrainSettings.from_dict(json.loads(text)) if text else TrainSettings()
-        except (ValueError, TypeError) as e:  # a scene from another version: start from defaults
-            logger.warning("ignoring saved training settings: %s", e)
-            return TrainSettings()
+        return from_saved(TrainSettings, text, "training settings", TrainSettings.from_dict)
 
     def saveSettings(self, settings: TrainSettings) -> None:
         self.getParameterNode().SetParameter(SETTINGS_PARAMETER, json.dumps(settings.to_dict()))
@@ -120,6 +128,8 @@ class MedNeXtV2TrainLogic(ScriptedLoadableModuleLogic):
         the model id from it, and the catalog needs a new id for every trained model. A failed
         export removes the job folder again: nothing half-made is left to resume.
         """
+        if datasetDir is not None:
+            check_apart(Path(jobsRoot), Path(datasetDir))
         jobDir = new_job_dir(Path(jobsRoot), settings.model_id)
         dataset = Path(datasetDir) if datasetDir else jobDir / DATASET_FOLDER
         if datasetDir is None:
@@ -133,9 +143,11 @@ class MedNeXtV2TrainLogic(ScriptedLoadableModuleLogic):
         return jobDir, state
 
     def startTraining(self, jobDir: Path, state: Optional[TrainState] = None, resume: bool = False) -> TrainingRun:
+        self.segmentLogic.installLogic.require()  # the panel ran installLogic.ensure() before
         state = state or load_state(jobDir)
         factory = {} if self.runnerFactory is None else {"runner_factory": self.runnerFactory}
-        run = TrainingRun(Path(jobDir), state, self.segmentLogic.python, env=engine_environment(), **factory)
+        run = TrainingRun(Path(jobDir), state, self.segmentLogic.python, env=engine_environment(),
+                          threads=engine_threads(), **factory)
         run.start(resume=resume)
         return run
 

@@ -86,3 +86,24 @@ def pair_cases(volumes: Sequence[NodeRecord], segmentations: Sequence[NodeRecord
 
     pairs = tuple(found[s.id] for s in segmentations if s.id in found)
     return PairingResult(pairs, tuple(free_volumes), tuple(s.id for s in segmentations if s.id not in found))
+
+
+@dataclass(frozen=True)
+class CaseRow:
+    """What a row of the wizard's case table holds (ids as chosen in its combo boxes)."""
+
+    volume_id: Optional[str]
+    segmentation_id: Optional[str]
+    used: bool = True
+
+
+def merge_pairs(rows: Sequence[CaseRow], pairs: Sequence[CasePair], exists) -> Tuple[List[int], List[CasePair]]:
+    """(rows to remove, pairs to add) when the scene changed: the table is merged, never rebuilt.
+
+    A row stays - manual, unticked or edited - unless a node it names has left the scene. A new
+    pair is added only when neither of its nodes is already in a remaining row: the user's
+    choices win over automatic pairing. `exists(node_id)` says whether a node is still there."""
+    stale = [i for i, row in enumerate(rows)
+             if any(node and not exists(node) for node in (row.volume_id, row.segmentation_id))]
+    used = {node for i, row in enumerate(rows) if i not in stale for node in (row.volume_id, row.segmentation_id) if node}
+    return stale, [p for p in pairs if p.volume_id not in used and p.segmentation_id not in used]

@@ -123,9 +123,15 @@ def find_resumable(root: Path) -> List[Tuple[Path, TrainState]]:
 
 
 def new_job_dir(root: Path, model_id: str) -> Path:
-    """A job folder that does not exist yet: <root>/<model id>, then -2, -3, ..."""
+    """A new, empty job folder, created here: <root>/<model id>, then -2, -3, ...
+
+    Created (not just named) so that a failed export may remove it: it cannot be anyone else's."""
     root = Path(root)
+    root.mkdir(parents=True, exist_ok=True)
     candidate, n = root / model_id, 2
-    while candidate.exists():
-        candidate, n = root / f"{model_id}-{n}", n + 1
-    return candidate
+    while True:
+        try:
+            candidate.mkdir()
+            return candidate
+        except FileExistsError:
+            candidate, n = root / f"{model_id}-{n}", n + 1

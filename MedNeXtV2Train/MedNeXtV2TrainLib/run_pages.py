@@ -158,8 +158,8 @@ class RunPages:
             return
         slicer.util.selectModule("MedNeXtV2Segment")
         panel = slicer.util.getModuleWidget("MedNeXtV2Segment").panel
-        panel.refreshModels()
-        panel.setOptions(replace(panel.options(), model=self.trained.id))
+        panel.setOptions(replace(panel.options(), model=self.trained.id))  # selected when the list arrives
+        panel.refreshModels(force=True)
 
     def onOpenModelFolder(self) -> None:
         if self.trained is not None:

@@ -9,7 +9,6 @@ from dataclasses import dataclass
 from typing import List, Optional, Sequence, Tuple
 
 import numpy as np
-import sitkUtils
 import slicer
 import vtk
 
@@ -137,6 +136,8 @@ def case_facts(case: SceneCase) -> Tuple[CaseFacts, List[Segment]]:
 
 def case_images(case: SceneCase, segmentIds: Sequence[str]):
     """(image, labelmap) as SimpleITK images on the volume's grid, for `DatasetWriter.add_case`."""
+    import sitkUtils  # lazy: Slicer starts without loading SimpleITK for this module
+
     image = sitkUtils.PullVolumeFromSlicer(case.volume)
     with ExportedLabelmap(case, segmentIds) as labelmap:
         label = sitkUtils.PullVolumeFromSlicer(labelmap)

@@ -11,7 +11,6 @@ import tempfile
 from pathlib import Path
 
 import numpy as np
-import SimpleITK as sitk
 import slicer
 from slicer.ScriptedLoadableModule import ScriptedLoadableModuleTest
 
@@ -95,6 +94,8 @@ class MedNeXtV2TrainTest(ScriptedLoadableModuleTest):
         jobDir, state = logic.createJob(settings, self.workDir, cases, labels)
         dataset = Path(state.dataset)
         self.assertEqual(dataset, jobDir / DATASET_FOLDER)
+        import SimpleITK as sitk  # lazy: this module is imported when Slicer starts
+
         exported = sitk.ReadImage(str(dataset / "labelsTr" / "MR_1.nrrd"))
         volume, _, inside = made[0]
         np.testing.assert_array_equal(sitk.GetArrayFromImage(exported), inside.astype(np.uint8))

@@ -1,7 +1,7 @@
 """The `mednextv2 train` command line for a set of wizard settings."""
 from __future__ import annotations
 
-from typing import List
+from typing import List, Optional
 
 from MedNeXtV2SegmentLib.command import engine_command
 from MedNeXtV2TrainLib.settings import TrainSettings
@@ -11,7 +11,8 @@ class SettingsError(ValueError):
     """Settings that cannot make a valid command; the message lists every problem."""
 
 
-def train_arguments(settings: TrainSettings, dataset: str, output_bundle: str, resume: bool = False) -> List[str]:
+def train_arguments(settings: TrainSettings, dataset: str, output_bundle: str, resume: bool = False,
+                    threads: Optional[int] = None) -> List[str]:
     """Arguments after the program: `train DATASET -o OUTPUT [...] --progress json`."""
     problems = settings.problems()
     if problems:
@@ -35,10 +36,12 @@ def train_arguments(settings: TrainSettings, dataset: str, output_bundle: str, r
     args += ["--title", settings.model_name.strip()]
     if resume:
         args.append("--resume")
+    if threads is not None:
+        args += ["--threads", str(int(threads))]
     return args + ["--progress", "json"]
 
 
 def train_command(python: str, settings: TrainSettings, dataset: str, output_bundle: str,
-                  resume: bool = False) -> List[str]:
+                  resume: bool = False, threads: Optional[int] = None) -> List[str]:
     """The full command: `python` is PythonSlicer inside Slicer (see MedNeXtV2SegmentLib.command)."""
-    return engine_command(python, *train_arguments(settings, dataset, output_bundle, resume))
+    return engine_command(python, *train_arguments(settings, dataset, output_bundle, resume, threads))

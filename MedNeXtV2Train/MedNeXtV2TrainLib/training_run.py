@@ -3,14 +3,13 @@
 Plain Python (no Qt, no Slicer): the widget calls `poll()` from a timer, the self-test and
 scripts call `wait()`. The process runner is the Segment module's `EngineProcess`; tests may
 pass any factory that builds an object with the same few members (`EngineRunner`).
-Cancel asks the engine to stop (SIGTERM: it saves a checkpoint and exits with 130) on a
-background thread, so the panel stays responsive while the checkpoint is written.
+Cancel asks the engine to stop through its stop file (it saves a checkpoint and exits with 130)
+and returns at once; `poll()`, driven by the panel's timer, force-stops only after the grace period.
 """
 from __future__ import annotations
 
 import collections
 import logging
-import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Deque, List, Mapping, Optional, Protocol, Sequence
@@ -31,7 +30,7 @@ class EngineRunner(Protocol):
 
     def start(self) -> "EngineRunner": ...
     def poll(self) -> List[OutputLine]: ...
-    def cancel(self, grace_s: float = 5.0) -> None: ...
+    def cancel(self, grace_s: float = 10.0) -> None: ...
     @property
     def finished(self) -> bool: ...
     @property
@@ -51,13 +50,15 @@ class PollResult:
 
 class TrainingRun:
     def __init__(self, job_dir: Path, state: TrainState, python: str, env: Optional[Mapping[str, str]] = None,
-                 runner_factory: RunnerFactory = EngineProcess, cancel_grace_s: float = CANCEL_GRACE_S) -> None:
+                 runner_factory: RunnerFactory = EngineProcess, cancel_grace_s: float = CANCEL_GRACE_S,
+                 threads: Optional[int] = None) -> None:
         self.job_dir = Path(job_dir)
         self.state = state
         self.python = python
         self.env = env
         self.runner_factory = runner_factory
         self.cancel_grace_s = cancel_grace_s
+        self.threads = threads  # engine threads; None: the engine's default
         self.curves = TrainingCurves()
         self.log: Deque[str] = collections.deque(maxlen=2000)
         self.process: Optional[EngineRunner] = None
@@ -67,7 +68,8 @@ class TrainingRun:
     def start(self, resume: bool = False) -> None:
         if self.process is not None:
             raise RuntimeError("this training run was already started")
-        command = train_command(self.python, self.state.settings, self.state.dataset, self.state.output_bundle, resume)
+        command = train_command(self.python, self.state.settings, self.state.dataset, self.state.output_bundle, resume,
+                                threads=self.threads)
         self._save(status="running", message="")
         try:
             self.process = self.runner_factory(command, env=self.env).start()
@@ -110,8 +112,7 @@ class TrainingRun:
             return
         self.cancel_requested = True
         self.log.append("Cancel requested: the engine saves a checkpoint, then stops.")
-        threading.Thread(target=self.process.cancel, kwargs={"grace_s": self.cancel_grace_s}, daemon=True,
-                         name="MedNeXtV2Train-cancel").start()
+        self.process.cancel(grace_s=self.cancel_grace_s)  # returns at once; poll() escalates if needed
 
     def wait(self, timeout: Optional[float] = None, interval: float = 0.2,
              on_update: Optional[Callable[[PollResult], None]] = None) -> str:

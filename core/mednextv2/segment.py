@@ -16,7 +16,7 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 import SimpleITK as sitk
 
-from mednextv2 import export, image_io, postprocessing, preprocessing
+from mednextv2 import export, image_io, postprocessing, preprocessing, stop_request
 from mednextv2.bundle import Bundle, Label, load_bundle
 from mednextv2.errors import InputError, ResourceError
 from mednextv2.output_guard import refuse_writing_over_inputs
@@ -61,6 +61,7 @@ class Segmenter:
     def __init__(self, model: ModelInput, options: Optional[SegmentOptions] = None, **kwargs) -> None:
         self.options = options or SegmentOptions(**kwargs)
         opts = self.options
+        self._report = stop_request.checked(opts.progress)  # each report is also a cancel point
         self.bundle = resolve_bundle(model, opts.progress)
         self.labels: List[Label] = list(self.bundle.labels)
         if opts.structures:
@@ -71,7 +72,7 @@ class Segmenter:
         device = resolve_device(opts.device)
         self.predictor = SlidingWindowPredictor(self.bundle.build_models("cpu"), self.bundle.n_classes,
                                                 inference.patch_size, step, mirror, device,
-                                                opts.tile_batch, progress=opts.progress)
+                                                opts.tile_batch, progress=self._report)
         log.info("model %s: %d fold(s), %d class(es), device %s, TTA %s, step %.2f%s", self.bundle.id,
                  len(self.bundle.weights), self.bundle.n_classes, device, "on" if mirror else "off", step,
                  ", fast mode" if opts.fast else "")
@@ -91,7 +92,7 @@ class Segmenter:
             raise ResourceError("out of memory (RAM) while segmenting; try --fast or a machine with more memory") from e
 
     def _segment(self, images: List[sitk.Image]) -> sitk.Image:
-        opts, plan, report = self.options, self.bundle.preprocessing, self.options.progress
+        opts, plan, report = self.options, self.bundle.preprocessing, self._report
         report("preprocess", 0.0, "reading and resampling")
         spacing = None
         if opts.fast:

@@ -25,6 +25,7 @@ import numpy as np
 import torch
 
 from mednextv2.errors import InputError, ResourceError
+from mednextv2.tiles import tile_grid, tile_starts  # noqa: F401  (tile_starts: re-exported)
 
 log = logging.getLogger(__name__)
 
@@ -33,21 +34,6 @@ GAUSSIAN_SIGMA_SCALE = 1.0 / 8  # nnU-Net's sigma = patch / 8
 GAUSSIAN_FLOOR = 1e-3
 # On the CPU the network runs a batch sample by sample anyway: batching only adds memory.
 DEFAULT_TILE_BATCH = {"cuda": 4, "mps": 2, "cpu": 1}
-
-
-# ---------------------------------------------------------------- pure tiling math
-def tile_starts(size: int, patch: int, step: float) -> List[int]:
-    """Evenly spaced starts, the first at 0 and the last touching the end; stride <= step * patch."""
-    if size <= patch:
-        return [0]
-    n = int(np.ceil((size - patch) / (patch * step))) + 1
-    stride = (size - patch) / (n - 1)
-    return [int(round(i * stride)) for i in range(n)]
-
-
-def tile_grid(shape: Sequence[int], patch: Sequence[int], step: float) -> List[Tuple[int, int, int]]:
-    """Tile start corners (z, y, x) covering `shape` (each axis >= its patch size), z-major."""
-    return list(itertools.product(*(tile_starts(s, p, step) for s, p in zip(shape, patch))))
 
 
 # ---------------------------------------------------------------- the tile plan's memory, checked

@@ -1,7 +1,8 @@
 """Fine-tuning and training: datasets, planning, cache, augmentation, loop, DDP, demo (issue 5).
 
-Entry point: `run_training(TrainOptions(...))`; the CLI is `mednextv2 train`. Imports are lazy:
-the CLI builds the `train` flags from `train.options` without importing torch.
+Entry point: `run_training(TrainOptions(...))`; the CLI is `mednextv2 train`.
+Imports are lazy: the Slicer Train panel reads datasets through `mednextv2.train.datasets`
+inside Slicer's own process, where torch may be missing or must not be loaded yet.
 """
 from importlib import import_module
 

@@ -22,6 +22,7 @@ import torch
 from torch import nn
 
 from mednextv2.errors import MedNeXtError
+from mednextv2 import stop_request
 from mednextv2.train import checkpoint, curves, distributed
 from mednextv2.train.augment import AugmentConfig, augment
 from mednextv2.train.cache import CachedCase
@@ -155,6 +156,7 @@ class Trainer:
         bad = not bool(torch.isfinite(loss).item())
         # One collective for all ranks' flags, so every rank stops or skips at the same step.
         over = bool(self.cfg.minutes) and self.elapsed >= self.cfg.minutes * 60
+        self._stop_signal = self._stop_signal or stop_request.reason()  # the Slicer modules' Cancel
         bad, stop, over = distributed.any_flag(self.ctx, bad, self._stop_signal is not None, over, device=self.device)
         self._time_up = self._time_up or over
         if stop:

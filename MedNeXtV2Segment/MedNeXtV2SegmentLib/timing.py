@@ -1,0 +1,58 @@
+"""How long a CPU run will take, from this computer's own measurement, when the catalog has no timing.
+
+Neither bundles nor (today) the catalog entries carry timings, so no number is invented: the
+estimate is (tiles of this input) x (network passes per tile) x (seconds per pass measured on
+this computer by an earlier CPU run of the same model). The engine reports every sliding-window
+tile (`tiles_done`, `tiles_total`, and an ETA from its own elapsed time), so the seconds per pass
+of a run are `eta_s / (tiles_total - tiles_done) / passes`. The tile count uses the engine's tile
+placement (mednextv2.tiles) on the input resampled to the model's spacing; passes are folds x
+mirrored TTA passes.
+"""
+from __future__ import annotations
+
+import math
+from typing import Optional, Sequence
+
+from .progress import ProgressEvent
+
+RATE_KEY = "MedNeXtV2/Segment/cpuSecondsPerPass/"  # + model id, in QSettings
+
+
+def passes_per_tile(folds: int, mirror_axes: Sequence[int], tta: bool) -> int:
+    """Network calls per tile: each fold, times each mirrored copy when TTA is on (as the engine)."""
+    return max(1, folds) * (2 ** len(mirror_axes) if tta else 1)
+
+
+def tile_count(size_ijk: Sequence[int], spacing_ijk: Sequence[float], target_spacing_zyx: Optional[Sequence[float]],
+               patch_zyx: Sequence[int], step: float) -> int:
+    """Tiles of a volume (voxels and spacing in i, j, k) once resampled to the model's spacing
+    (None: the model keeps the input's spacing)."""
+    from mednextv2.tiles import tile_grid
+
+    extent_zyx = [n * s for n, s in zip(reversed(list(size_ijk)), reversed(list(spacing_ijk)))]
+    if target_spacing_zyx is None:
+        target_spacing_zyx = list(reversed(list(spacing_ijk)))
+    shape = [max(p, int(math.ceil(e / t))) for e, t, p in zip(extent_zyx, target_spacing_zyx, patch_zyx)]
+    return len(tile_grid(shape, patch_zyx, step))
+
+
+def seconds_per_pass(event: ProgressEvent, passes: int) -> Optional[float]:
+    """The engine's own measurement, from a sliding-window progress line; None if it has none."""
+    done, total = event.extra.get("tiles_done"), event.extra.get("tiles_total")
+    if event.stage != "predict" or event.eta_s is None or not isinstance(done, int) or not isinstance(total, int):
+        return None
+    if not 0 < done < total or passes < 1:
+        return None
+    return event.eta_s / (total - done) / passes
+
+
+def cpu_estimate_text(tiles: int, passes: int, rate_s: Optional[float]) -> str:
+    """The hint shown before a CPU run; says how the number was made, or that there is none yet."""
+    from .progress import format_duration
+
+    if rate_s is None:
+        return (f"No CUDA GPU found: this runs on the CPU ({tiles} tiles x {passes} network passes); the "
+                "time is measured during the first CPU run of this model and estimated from then on.")
+    return (f"No CUDA GPU found: expect about {format_duration(tiles * passes * rate_s)} on the CPU "
+            f"(estimated: {tiles} tiles x {passes} passes x {rate_s:.2g} s per pass, measured on this "
+            "computer in an earlier run of this model).")

@@ -1,0 +1,101 @@
+"""The wizard's third page: the base model (or an architecture, from scratch), the budget and the
+device. `settings()` / `setSettings()` map the page to the one TrainSettings object."""
+from __future__ import annotations
+
+import qt
+
+from MedNeXtV2SegmentLib.models import describe_model
+from MedNeXtV2TrainLib.presets import PRESETS
+from MedNeXtV2TrainLib.settings import ARCHITECTURES, TrainSettings
+
+
+class SettingsPage:
+    def __init__(self, wizard) -> None:
+        self.wizard, self.ui, self.logic, self.say = wizard, wizard.ui, wizard.logic, wizard.say
+        self.ui.refreshModelsButton.connect("clicked(bool)", lambda: self.wizard.refreshModels(force=True))
+        self.ui.baseModelComboBox.connect("currentIndexChanged(int)", self.onBaseModelChanged)
+        self.ui.presetComboBox.connect("currentIndexChanged(int)", self.onPresetChanged)
+        self.ui.browseJobsFolderButton.connect("clicked(bool)", self.onBrowseJobsFolder)
+        for arch in ARCHITECTURES:
+            self.ui.architectureComboBox.addItem(arch)
+        for preset in PRESETS.values():
+            self.ui.presetComboBox.addItem(f"{preset.title} ({preset.budget_text()})", preset.name)
+
+    def currentModel(self):
+        modelId = self.ui.baseModelComboBox.currentData
+        return next((m for m in self.wizard.models if m.id == modelId), None)
+
+    def fillModels(self, models, wanted: str = "") -> None:
+        """The base-model choices: the shared cached list (read in the background by the wizard)."""
+        combo = self.ui.baseModelComboBox
+        current = combo.currentData or wanted
+        self.wizard.models = list(models)
+        combo.blockSignals(True)
+        combo.clear()
+        combo.addItem("Train from scratch", "")
+        for model in self.wizard.models:
+            combo.addItem(describe_model(model), model.id)
+        combo.setCurrentIndex(max(0, combo.findData(current)) if current else 0)
+        combo.blockSignals(False)
+        self.onBaseModelChanged()
+
+    def onBaseModelChanged(self, index: int = -1) -> None:
+        model = self.currentModel()
+        if self.wizard.union and not self.wizard.casesPage.fromFolder():
+            self.wizard.labelsPage.fillLabels()  # the mapping targets are the base model's labels
+            self.say("Labels were mapped again for this base model; check them on the Labels page.", error=False)
+        self.ui.architectureComboBox.enabled = model is None
+        if model is None:
+            self.ui.baseModelInfoLabel.text = "A new network of the chosen architecture, trained from random weights."
+        else:
+            self.ui.baseModelInfoLabel.text = (f"Fine-tune {model.title}: {', '.join(model.labels)}."
+                                               + ("" if model.downloaded else " It is downloaded when training starts."))
+            if model.modality in ("CT", "MR"):
+                self.ui.modalityComboBox.setCurrentIndex(self.ui.modalityComboBox.findText(model.modality))
+
+    def onPresetChanged(self, index: int = -1) -> None:
+        name = self.ui.presetComboBox.currentData
+        if name:
+            self.setSettings(self.settings().with_preset(name))
+
+    def settings(self) -> TrainSettings:
+        byTime = self.ui.budgetMinutesRadio.checked
+        return TrainSettings(
+            model_name=self.ui.modelNameEdit.text, base_model=self.ui.baseModelComboBox.currentData or None,
+            architecture=self.ui.architectureComboBox.currentText, modality=self.ui.modalityComboBox.currentText,
+            preset=self.ui.presetComboBox.currentData or "quick",
+            minutes=self.ui.minutesSpinBox.value if byTime else None, epochs=None if byTime else self.ui.epochsSpinBox.value,
+            patch_size=(self.ui.patchZSpinBox.value, self.ui.patchYSpinBox.value, self.ui.patchXSpinBox.value),
+            device=self.ui.deviceComboBox.currentText, val_fraction=round(self.ui.valFractionSpinBox.value, 3))
+
+    def setSettings(self, s: TrainSettings) -> None:
+        self.ui.modelNameEdit.text = s.model_name
+        base = self.ui.baseModelComboBox.findData(s.base_model or "")
+        if base >= 0:  # a model no longer in the list leaves the current choice
+            self.ui.baseModelComboBox.setCurrentIndex(base)
+        self.ui.architectureComboBox.setCurrentIndex(max(0, self.ui.architectureComboBox.findText(s.architecture)))
+        self.ui.modalityComboBox.setCurrentIndex(max(0, self.ui.modalityComboBox.findText(s.modality)))
+        self.ui.presetComboBox.blockSignals(True)
+        self.ui.presetComboBox.setCurrentIndex(max(0, self.ui.presetComboBox.findData(s.preset)))
+        self.ui.presetComboBox.blockSignals(False)
+        self.ui.presetInfoLabel.text = PRESETS[s.preset].description
+        self.ui.budgetMinutesRadio.checked = s.minutes is not None
+        self.ui.budgetEpochsRadio.checked = s.minutes is None
+        if s.minutes is not None:
+            self.ui.minutesSpinBox.value = s.minutes
+        if s.epochs is not None:
+            self.ui.epochsSpinBox.value = s.epochs
+        if s.patch_size is not None:
+            self.ui.patchZSpinBox.value, self.ui.patchYSpinBox.value, self.ui.patchXSpinBox.value = s.patch_size
+        self.ui.deviceComboBox.setCurrentIndex(max(0, self.ui.deviceComboBox.findText(s.device)))
+        self.ui.valFractionSpinBox.value = s.val_fraction
+
+    def onBrowseJobsFolder(self) -> None:
+        folder = qt.QFileDialog.getExistingDirectory(None, "Training folder", self.ui.jobsFolderEdit.text)
+        if folder:
+            self.ui.jobsFolderEdit.text = folder
+            self.wizard.refreshResumable()
+
+    def checkSettings(self) -> bool:
+        problems = self.settings().problems()
+        return self.say(" ".join(problems)) if problems else True

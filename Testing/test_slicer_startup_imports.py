@@ -1,0 +1,46 @@
+"""What Slicer loads when it starts: the module files must not pull in SimpleITK, sitkUtils or
+torch (issue 12 defects 1 and 7), and core packages the panels import stay torch-free.
+
+Slicer imports every module file at start-up. Here each file is imported in a fresh interpreter
+with the real `slicer` package (slicer-core); `slicer.ScriptedLoadableModule`, which slicer-core
+lacks, is the only piece put in by hand.
+"""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from slicer_segment_paths import CORE_DIR, REPO
+
+PROBE = """
+import json, sys, types
+sys.path[:0] = {paths!r}
+import slicer
+sls = types.ModuleType("slicer.ScriptedLoadableModule")
+for name in ("ScriptedLoadableModule", "ScriptedLoadableModuleWidget", "ScriptedLoadableModuleLogic",
+             "ScriptedLoadableModuleTest"):
+    setattr(sls, name, type(name, (), {{}}))
+sys.modules["slicer.ScriptedLoadableModule"] = sls
+slicer.ScriptedLoadableModule = sls
+before = set(sys.modules)
+import {module}
+{extra}
+print(json.dumps(sorted(m for m in ("SimpleITK", "sitkUtils", "torch") if m in sys.modules and m not in before)))
+"""
+
+
+@pytest.mark.parametrize("module, extra", [
+    ("MedNeXtV2Segment", ""),
+    ("MedNeXtV2Train", ""),
+    ("MedNeXtV2Train", "import mednextv2.train, mednextv2.train.datasets"),  # browsing a dataset folder
+])
+def test_module_files_load_without_simpleitk_or_torch(module, extra):
+    paths = [str(REPO / "MedNeXtV2Segment"), str(REPO / "MedNeXtV2Train"), str(CORE_DIR)]
+    out = subprocess.run([sys.executable, "-c", PROBE.format(paths=paths, module=module, extra=extra)],
+                         capture_output=True, text=True, timeout=180)
+    assert out.returncode == 0, out.stderr[-3000:]
+    loaded = json.loads(out.stdout.strip().splitlines()[-1])
+    assert loaded == [], f"importing {module} at Slicer start loads {loaded}"
