@@ -57,7 +57,7 @@ def segmented(data_dir, tmp_path_factory):
     slicer = slicer_stubs.install(str(folder / "slicer-temp"))
     try:
         from MedNeXtV2SegmentLib.logic import MedNeXtV2SegmentLogic
-        from MedNeXtV2SegmentLib.parameters import SegmentOptions
+        from MedNeXtV2SegmentLib.parameters import SegmentChoices
 
         bundle = save_bundle(threshold_bundle((120.0, 200.0)), folder, "threshold-model")
         volumes = {name: slicer_stubs.load_volume(path, name) for name, path in write_scans(data_dir, folder).items()}
@@ -73,7 +73,7 @@ def segmented(data_dir, tmp_path_factory):
             shNode.SetItemParent(shNode.GetItemByDataNode(volume), studies[name])
 
         logic = MedNeXtV2SegmentLogic()
-        runs = {name: logic.start(volume, SegmentOptions(model=str(bundle), device="cpu", tta=False))
+        runs = {name: logic.start(volume, SegmentChoices(model=str(bundle), device="cpu", tta=False))
                 for name, volume in volumes.items()}
         engine, nodes, pending = {}, {}, dict(runs)
         deadline = time.monotonic() + 600
