@@ -19,9 +19,10 @@ import SimpleITK as sitk
 
 from mednextv2 import export, image_io, postprocessing, preprocessing
 from mednextv2.bundle import Bundle, Label, load_bundle
+from mednextv2.devices import resolve_device
 from mednextv2.errors import InputError, ResourceError
 from mednextv2.progress import null_progress
-from mednextv2.sliding_window import SlidingWindowPredictor, resolve_device
+from mednextv2.sliding_window import SlidingWindowPredictor
 
 log = logging.getLogger(__name__)
 
