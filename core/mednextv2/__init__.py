@@ -14,7 +14,7 @@ _EXPORTS = {
     "upkern": "mednextv2.network",
     "load_bundle": "mednextv2.bundle",
     "Bundle": "mednextv2.bundle",
-    "segment": "mednextv2.segment",
+    "segment": "mednextv2.segmentation",
 }
 
 

@@ -55,7 +55,7 @@ def _is_batch(inputs) -> bool:
 
 
 def run(args: argparse.Namespace) -> int:
-    from mednextv2.segment import Segmenter, SegmentOptions, segment_folder
+    from mednextv2.segmentation import Segmenter, SegmentOptions, segment_folder
 
     if args.step is not None and not 0 < args.step <= 1:
         raise InputError(f"--step must be in (0, 1], got {args.step}")

@@ -9,8 +9,6 @@ from __future__ import annotations
 import logging
 import os
 import re
-import sys
-import types
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Dict, List, Optional, Sequence, Tuple, Union
@@ -184,13 +182,3 @@ def segment_folder(input_dir: PathLike, model: ModelInput, output_dir: PathLike,
         written.append(segmenter.segment_to_file(paths, output_dir / f"{case}{output_suffix}"))
     return written
 
-
-class _CallableModule(types.ModuleType):
-    """`mednextv2.segment` names both this module and the function: once the module is imported,
-    Python binds the package attribute to the module, so the module forwards calls to `segment`."""
-
-    def __call__(self, *args, **kwargs) -> sitk.Image:
-        return segment(*args, **kwargs)
-
-
-sys.modules[__name__].__class__ = _CallableModule
