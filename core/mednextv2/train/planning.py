@@ -8,12 +8,12 @@ from __future__ import annotations
 
 import logging
 import re
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field
 from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from mednextv2.bundle import Normalization, PreprocessingPlan
+from mednextv2.bundle import Bundle, PreprocessingPlan
 from mednextv2.errors import InputError
 from mednextv2.network import DIVISOR, MedNeXtConfig
 from mednextv2.train.fingerprint import Fingerprint
@@ -63,10 +63,9 @@ class Plan:
                 "crop_to_nonzero": self.crop_to_nonzero, "normalization": [dict(n) for n in self.normalization]}
 
     def preprocessing_plan(self) -> PreprocessingPlan:
-        """The same plan as the segment pipeline reads it from the bundle, so training sees what inference sees."""
-        norms = tuple(Normalization(n["scheme"], tuple(n["clip"]) if "clip" in n else None,
-                                    float(n.get("mean", 0.0)), float(n.get("std", 1.0))) for n in self.normalization)
-        return PreprocessingPlan(self.target_spacing, norms, self.crop_to_nonzero, self.orientation)
+        """The plan exactly as the segment pipeline will read it from the written bundle, so training
+        sees what inference sees: parsed by the bundle's own view, not by a second parser."""
+        return Bundle(spec={"preprocessing": self.preprocessing()}).preprocessing
 
     def inference(self) -> dict:
         return {"patch_size": list(self.patch_size), "step": 0.5, "mirror_axes": list(self.mirror_axes)}
@@ -209,10 +208,6 @@ def _check_patch(patch: Sequence[int]) -> Tuple[int, int, int]:
     if len(patch) != 3 or any(p < DIVISOR or p % DIVISOR for p in patch):
         raise InputError(f"--patch must be three sizes divisible by {DIVISOR} (z y x), got {list(patch)}")
     return patch
-
-
-def with_patch(plan: Plan, patch: Sequence[int]) -> Plan:
-    return replace(plan, patch_size=_check_patch(patch))
 
 
 def plan_to_dict(plan: Plan) -> dict:
