@@ -1,5 +1,5 @@
 """Import of nnU-Net v2 results folders/zips whose network is a MedNeXt, built from the official
-MedNeXt reference weights in ../shared/fixtures/official-mednext, plus zip safety."""
+MedNeXt reference weights in Testing/fixtures/official-mednext, plus zip safety."""
 from __future__ import annotations
 
 import json
