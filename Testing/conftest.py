@@ -7,6 +7,7 @@ unless MEDNEXTV2_FIXTURES says otherwise. Missing data is an error, never a skip
 """
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 
 import pytest
@@ -18,9 +19,10 @@ REPO = real_data.REPO
 
 @pytest.fixture(scope="session")
 def data_dir(request) -> Path:
-    reporter = request.config.pluginmanager.get_plugin("terminalreporter")
-    say = (lambda text: reporter.write_line(text)) if reporter is not None else print
-    return real_data.data_dir(say=say)
+    # Output capture off, so that a first run on a fresh clone shows that it is downloading.
+    capture = request.config.pluginmanager.get_plugin("capturemanager")
+    with capture.global_and_fixture_disabled() if capture else contextlib.nullcontext():
+        return real_data.data_dir(say=lambda text: print("\n" + text, flush=True))
 
 
 @pytest.fixture(scope="session")
