@@ -1,38 +1,33 @@
 """Shared test settings: where the real data and the official-code fixtures live.
 
-One setting, MEDNEXTV2_DATA (default: ../shared/data beside the repository), points at the
-real scans; the official MedNeXt fixtures are its sibling `fixtures/official-mednext` unless
-MEDNEXTV2_FIXTURES says otherwise. Missing data is an error, never a skip:
-`python scripts/fetch_test_data.py` rebuilds the folder from public packages.
+The real scans come from MEDNEXTV2_DATA, else ../shared/data beside the repository, else a
+per-user cache folder that the first test needing them builds once from the public packages
+(real_data.py says how). The official MedNeXt fixtures are in Testing/fixtures/official-mednext
+unless MEDNEXTV2_FIXTURES says otherwise. Missing data is an error, never a skip.
 """
 from __future__ import annotations
 
-import os
+import contextlib
 from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[1]
-DATA_DIR = Path(os.environ.get("MEDNEXTV2_DATA", REPO.parent / "shared" / "data")).resolve()
-FIXTURES_DIR = Path(os.environ.get("MEDNEXTV2_FIXTURES", DATA_DIR.parent / "fixtures" / "official-mednext")).resolve()
+import real_data
 
-
-def _require(path: Path, what: str) -> Path:
-    if not path.exists():
-        raise FileNotFoundError(
-            f"{what} not found at {path}. Set MEDNEXTV2_DATA (and MEDNEXTV2_FIXTURES) or run "
-            f"`python scripts/fetch_test_data.py --out {DATA_DIR}` to rebuild it from public packages.")
-    return path
+REPO = real_data.REPO
 
 
 @pytest.fixture(scope="session")
-def data_dir() -> Path:
-    return _require(DATA_DIR, "Real test data folder")
+def data_dir(request) -> Path:
+    # Output capture off, so that a first run on a fresh clone shows that it is downloading.
+    capture = request.config.pluginmanager.get_plugin("capturemanager")
+    with capture.global_and_fixture_disabled() if capture else contextlib.nullcontext():
+        return real_data.data_dir(say=lambda text: print("\n" + text, flush=True))
 
 
 @pytest.fixture(scope="session")
 def fixtures_dir() -> Path:
-    return _require(FIXTURES_DIR, "Official MedNeXt fixtures folder")
+    return real_data.fixtures_dir()
 
 
 @pytest.fixture(scope="session")

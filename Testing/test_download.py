@@ -16,7 +16,7 @@ from http_test_server import FileServer, Proxy, catalog_entry, catalog_json, sel
 from mednextv2.bundle import load_bundle
 from mednextv2.cache import ModelCache
 from mednextv2.catalog import CatalogEntry, download_model
-from mednextv2.download import ChecksumError, DownloadError, DownloadSettings, download_verified
+from mednextv2.download import ChecksumError, DownloadError, DownloadSettings, download_verified, fetch_bytes
 from mednextv2.errors import InputError, ResourceError
 
 FAST = DownloadSettings(connect_timeout=2.0, read_timeout=2.0, retries=2, backoff=0.05, chunk_size=8192)
@@ -139,6 +139,19 @@ def test_server_errors_are_retried_then_reported(tmp_path, payload):
         with pytest.raises(DownloadError, match=r"HTTP 503.*gave up after 3 tries"):
             download_verified([server.url("/busy.bin")], tmp_path / "m.bin.part", sha(payload), len(payload), settings=FAST)
         assert len(server.requests_for("/busy.bin")) == 3
+
+
+def test_small_files_are_retried_like_downloads(payload):
+    # fetch_bytes (catalogs) shares the download's retry loop: dropped links are retried, a busy
+    # server is given up on after the same number of tries, with the same message.
+    with FileServer() as server:
+        server.add("/flaky.json", payload, drop_after=50_000, drops=2)
+        server.add("/busy.json", payload, status=503)
+        assert fetch_bytes(server.url("/flaky.json"), len(payload), settings=FAST) == payload
+        assert len(server.requests_for("/flaky.json")) == 3
+        with pytest.raises(DownloadError, match=r"HTTP 503.*gave up after 3 tries"):
+            fetch_bytes(server.url("/busy.json"), len(payload), settings=FAST)
+        assert len(server.requests_for("/busy.json")) == 3
 
 
 def test_slow_server_hits_the_read_timeout(tmp_path, payload):

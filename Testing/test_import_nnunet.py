@@ -1,5 +1,5 @@
 """Import of nnU-Net v2 results folders/zips whose network is a MedNeXt, built from the official
-MedNeXt reference weights in ../shared/fixtures/official-mednext, plus zip safety."""
+MedNeXt reference weights in Testing/fixtures/official-mednext, plus zip safety."""
 from __future__ import annotations
 
 import json
@@ -23,7 +23,7 @@ from mednextv2.cli import main
 from mednextv2.errors import InputError
 from mednextv2.importer import import_model, safe_extract_zip
 from mednextv2.network import from_official_state_dict
-from mednextv2.segment import segment
+from mednextv2.segmentation import segment
 from mednextv2.sliding_window import SlidingWindowPredictor
 
 CASE = "v2pattern_C4_k3_in1_cls3_ds"  # 1 input channel, 3 classes, deep supervision heads

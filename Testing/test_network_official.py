@@ -1,4 +1,4 @@
-"""Our MedNeXt against outputs of the official MedNeXt code (../shared/fixtures/official-mednext)."""
+"""Our MedNeXt against outputs of the official MedNeXt code (Testing/fixtures/official-mednext)."""
 from __future__ import annotations
 
 import json

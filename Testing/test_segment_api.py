@@ -11,7 +11,7 @@ import mednextv2
 from mednextv2.bundle import Bundle
 from mednextv2.cli import main
 from mednextv2.errors import InputError
-from mednextv2.segment import Segmenter, find_cases, segment_folder
+from mednextv2.segmentation import Segmenter, find_cases, segment_folder
 from segment_fixtures import (bundle_spec, make_image, one_torch_thread, threshold_bundle,  # noqa: F401
                               threshold_state_dict, tiny_config)
 
@@ -35,6 +35,17 @@ def test_segment_returns_labelmap_on_the_input_grid(tmp_path):
         np.testing.assert_allclose(out.GetOrigin(), image.GetOrigin(), atol=1e-6)
         # target spacing None = no resampling: the threshold is exact everywhere
         assert np.array_equal(sitk.GetArrayFromImage(out), np.digitize(sitk.GetArrayFromImage(image), [300, 800]))
+
+
+def test_segment_is_a_plain_function_after_the_pipeline_module_is_imported():
+    import inspect
+
+    import mednextv2.segmentation
+    # The package attribute is the function, not a module that forwards calls (issue 14, section 3).
+    assert inspect.isfunction(mednextv2.segment)
+    assert mednextv2.segment is mednextv2.segmentation.segment
+    from mednextv2 import segment
+    assert segment is mednextv2.segmentation.segment
 
 
 def test_structures_subset_and_largest_component():

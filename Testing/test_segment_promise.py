@@ -17,7 +17,7 @@ import SimpleITK as sitk
 from mednextv2.bundle import Bundle
 from mednextv2.cli import main
 from mednextv2.errors import InputError
-from mednextv2.segment import segment_folder
+from mednextv2.segmentation import segment_folder
 from segment_fixtures import bundle_spec, one_torch_thread, threshold_bundle, threshold_state_dict, tiny_config  # noqa: F401
 from test_segment_image_io import _write_dicom_series
 

@@ -8,9 +8,9 @@ import pytest
 import torch
 from torch import nn
 
-from mednextv2.errors import InputError, ResourceError
+from mednextv2.errors import ResourceError
 from mednextv2.sliding_window import (RunState, SlidingWindowPredictor, gaussian_importance, mirror_combinations,
-                                      next_fallback, pad_to_patch, resolve_device, tile_grid, tile_starts)
+                                      next_fallback, pad_to_patch, tile_grid, tile_starts)
 from segment_fixtures import one_torch_thread  # noqa: F401 (autouse)
 
 
@@ -162,13 +162,3 @@ def test_progress_reports_tiles_and_eta():
     assert [k["tiles_done"] for _, k in reports] == list(range(2, total + 1, 2)) + ([total] if total % 2 else [])
     assert reports[-1][0][1] == 1.0 and reports[-1][1]["eta_s"] == 0
     assert all(k["eta_s"] is not None and k["eta_s"] >= 0 for _, k in reports)
-
-
-def test_devices():
-    assert resolve_device("cpu").type == "cpu"
-    assert resolve_device("auto").type in ("cpu", "cuda", "mps")
-    if not torch.cuda.is_available():
-        with pytest.raises(InputError, match="CUDA is not available"):
-            resolve_device("cuda")
-    with pytest.raises(InputError, match="unknown device"):
-        resolve_device("tpu")

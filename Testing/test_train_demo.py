@@ -18,6 +18,17 @@ import mednextv2
 from mednextv2.train import demo
 
 
+# The README's figures (grey 0.83, white 0.85) need the demo's full 5 minutes. In this test's 30 s
+# (one 50-step epoch, 1 thread) the model learns brain against background first and calls the
+# brain grey matter: measured grey-matter Dice 0.68-0.72 on 2 cores at load 2-13 (white 0.02-0.41,
+# too early for a floor). A model that learnt nothing scores far lower: with the time budget spent
+# before training starts (--minutes 0.1 under load) grey was 0.09-0.10; an all-grey volume gives
+# 0.28, all background or swapped labels ~0. At 12 s (the former budget) a load of 12 already gave
+# 0.46, hence 30 s. Learning both tissues is checked with fixed epochs in test_train_run.py.
+DEMO_MINUTES = 0.5
+MIN_GREY_DICE = 0.5
+
+
 def test_demo_data_ship_inside_the_package_with_their_notes():
     package = Path(mednextv2.__file__).resolve().parent
     assert demo.DATA.resolve().is_relative_to(package)
@@ -31,13 +42,14 @@ def test_demo_runs_offline_and_writes_its_outputs(tmp_path):
     env = dict(os.environ, OMP_NUM_THREADS="1", MEDNEXTV2_DATA=str(tmp_path / "no-shared-data-here"))
     env["PYTHONPATH"] = str(Path(mednextv2.__file__).resolve().parents[1]) + os.pathsep + env.get("PYTHONPATH", "")
     out = tmp_path / "demo"
-    done = subprocess.run([sys.executable, "-m", "mednextv2", "demo", "-o", str(out), "--minutes", "0.2",
+    done = subprocess.run([sys.executable, "-m", "mednextv2", "demo", "-o", str(out), "--minutes", str(DEMO_MINUTES),
                            "--device", "cpu", "--progress", "none"], capture_output=True, text=True, env=env,
                           timeout=300, cwd=tmp_path)
     assert done.returncode == 0, done.stderr[-3000:]
     match = re.search(r"Dice: grey matter (\d\.\d+), white matter (\d\.\d+)", done.stdout)
     assert match, done.stdout
-    assert all(0.0 <= float(v) <= 1.0 for v in match.groups())
+    grey, white = (float(v) for v in match.groups())
+    assert grey >= MIN_GREY_DICE and 0.0 <= white <= 1.0, done.stdout
     assert re.search(r"time: prepare \d+ s, train \d+ s, segment \d+ s, total \d+ s", done.stdout)
     seg = out / "anterior_prediction.seg.nrrd"
     _, header = nrrd.read(str(seg))

@@ -12,7 +12,7 @@ import pytest
 import SimpleITK as sitk
 import torch
 
-from mednextv2.bundle import Bundle, load_bundle
+from mednextv2.bundle import Bundle, Normalization, load_bundle
 from mednextv2.errors import ResourceError
 from mednextv2.network import MedNeXt, MedNeXtConfig
 from mednextv2.train import TrainOptions, checkpoint, run_training
@@ -62,6 +62,10 @@ def test_planning_follows_the_fingerprint(breast_cache, data_dir, tmp_path):
     assert norm["scheme"] == "ct" and norm["clip"][0] < norm["mean"] < norm["clip"][1]
     assert ct_plan.channels[0]["modality"] == "CT"
     assert ct_plan.target_spacing[0] == pytest.approx(5.0)
+    # Training preprocesses with the plan inference will read from the bundle (one parser for both).
+    pre = ct_plan.preprocessing_plan()
+    assert pre.normalization == (Normalization("ct", tuple(norm["clip"]), norm["mean"], norm["std"]),)
+    assert pre.target_spacing == tuple(ct_plan.target_spacing) and pre.orientation == ct_plan.orientation
     assert int(np.prod(ct_plan.patch_size)) <= 64 ** 3 and all(p % 16 == 0 for p in ct_plan.patch_size)
 
 

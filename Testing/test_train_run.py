@@ -22,7 +22,7 @@ import SimpleITK as sitk
 import torch
 
 from mednextv2.bundle import load_bundle
-from mednextv2.segment import segment
+from mednextv2.segmentation import segment
 from mednextv2.train import TrainOptions, run_training
 from mednextv2.train.demo import split_scan
 from mednextv2.train.validate import dice_per_class

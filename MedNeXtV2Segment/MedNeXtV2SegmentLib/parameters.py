@@ -2,7 +2,7 @@
 
 `SegmentChoices` is filled from the panel, builds the engine command line (command.py) and is
 saved in the scene's parameter node (and, in part, in QSettings: preferences.py) as JSON, so a
-saved scene reopens with the same choices. It is not the engine's `mednextv2.segment.SegmentOptions`.
+saved scene reopens with the same choices. It is not the engine's `mednextv2.segment_options.SegmentOptions`.
 
 `from_saved` is how both modules read saved settings (this one and the Train wizard's
 TrainSettings): unknown keys (a newer version) are dropped, missing keys (an older one) take

@@ -229,7 +229,7 @@ class StageMonitor:
 
 
 def run_ours(bundle_dir: Path, image_path: Path, out_dir: Path, mon: StageMonitor) -> Path:
-    from mednextv2.segment import Segmenter
+    from mednextv2.segmentation import Segmenter
 
     # The pipeline reports each stage's start (fraction 0) except the sliding window, which
     # reports after each tile: it starts when preprocessing reports its end.
@@ -384,7 +384,7 @@ def child(engine: str, bundle_dir: Path, image_path: Path, out_dir: Path, thread
         import nnunetv2.inference.predict_from_raw_data  # noqa: F401
     elif engine == "monai":
         import monai.inferers  # noqa: F401
-    import mednextv2.segment  # noqa: F401
+    import mednextv2.segmentation  # noqa: F401
     import_s = time.monotonic() - started_imports
     base = rss_kib()
     load = os.getloadavg()[0]

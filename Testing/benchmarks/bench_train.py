@@ -41,7 +41,7 @@ def bench_steps(preset: str, patch: int, batch: int, device: str, seconds: float
     import torch
 
     from mednextv2.network import MedNeXt, MedNeXtConfig
-    from mednextv2.sliding_window import autocast_dtype
+    from mednextv2.devices import autocast_dtype
     from mednextv2.train.loss import DiceCELoss
     from mednextv2.train.optim import make_optimizer
 

@@ -15,7 +15,7 @@ _EXPORTS = {
     "load_bundle": "mednextv2.bundle",
     "Bundle": "mednextv2.bundle",
     "BundleSpec": "mednextv2.bundle_spec",
-    "segment": "mednextv2.segment",
+    "segment": "mednextv2.segmentation",
     "SegmentOptions": "mednextv2.segment_options",
 }
 

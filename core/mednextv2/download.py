@@ -19,7 +19,7 @@ import re
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterator, Optional, Sequence
+from typing import Callable, Iterator, Optional, Sequence, TypeVar
 from urllib.parse import urlsplit
 
 import requests
@@ -35,6 +35,7 @@ log = logging.getLogger(__name__)
 ProgressCallback = Callable[..., None]
 _CONTENT_RANGE = re.compile(r"bytes\s+(\d+)-(\d+)/(\d+|\*)")
 _PERMANENT_STATUS = {400, 401, 403, 404, 405, 410, 451}
+T = TypeVar("T")
 
 
 class DownloadError(MedNeXtError):
@@ -150,7 +151,8 @@ def download_verified(urls: Sequence[str], part: Path, sha256: str, size: int, *
         # A resumed part may splice two versions of a changed file: on a mismatch, one clean try.
         for attempt in (("resume", "fresh") if resumed else ("fresh",)):
             try:
-                _fetch_with_retries(session, url, part, size, settings, progress)
+                _with_retries(lambda: _fetch_resumable(session, url, part, size, settings, progress), settings,
+                              received=lambda: part.stat().st_size if part.exists() else 0)
             except DownloadError as e:
                 if isinstance(e, ChecksumError):
                     part.unlink(missing_ok=True)  # wrong bytes are never kept, not even for a resume
@@ -174,24 +176,32 @@ def download_verified(urls: Sequence[str], part: Path, sha256: str, size: int, *
     raise last_error  # type: ignore[misc]
 
 
-def _fetch_with_retries(session, url, part, size, settings, progress) -> None:
+def _with_retries(attempt: Callable[[], T], settings: DownloadSettings,
+                  received: Callable[[], int] = lambda: 0) -> T:
+    """`attempt()`, tried again after each transient failure with exponential backoff, until
+    `settings.retries` further tries in a row brought no progress (`received()` bytes did not grow)."""
     failures = 0
     while True:
-        before = part.stat().st_size if part.exists() else 0
+        before = received()
         try:
-            _fetch_once(session, url, part, size, settings, progress)
-            return
-        except _StartOver:
-            part.unlink(missing_ok=True)
-            continue
+            return attempt()
         except _Transient as e:
-            now = part.stat().st_size if part.exists() else 0
+            now = received()
             failures = 0 if now > before else failures + 1  # a flaky link that progresses may go on
             if failures > settings.retries:
                 raise DownloadError(f"{e} (gave up after {settings.retries + 1} tries)") from e
             delay = min(settings.backoff * 2 ** max(failures - 1, 0), settings.max_backoff)
-            log.warning("%s; retrying in %.1f s (%s of %s received)", e, delay, format_size(now), format_size(size))
+            log.warning("%s; retrying in %.1f s%s", e, delay, f" ({format_size(now)} received)" if now else "")
             time.sleep(delay)
+
+
+def _fetch_resumable(session, url, part, size, settings, progress) -> None:
+    try:
+        _fetch_once(session, url, part, size, settings, progress)
+    except _StartOver:
+        part.unlink(missing_ok=True)
+        # From byte 0 no Range is asked, so the server cannot ask to start over a second time.
+        _fetch_once(session, url, part, size, settings, progress)
 
 
 def _fetch_once(session, url, part, size, settings, progress) -> None:
@@ -328,15 +338,7 @@ def fetch_bytes(url: str, max_bytes: int, *, settings: DownloadSettings = Downlo
     `https_only`: a redirect to plain http is refused (a catalog's checksums need https)."""
     check_url(url)
     session = session or new_session()
-    failures = 0
-    while True:
-        try:
-            return _fetch_small(session, url, max_bytes, settings, https_only)
-        except _Transient as e:
-            failures += 1
-            if failures > settings.retries:
-                raise DownloadError(f"{e} (gave up after {failures} tries)") from e
-            time.sleep(min(settings.backoff * 2 ** (failures - 1), settings.max_backoff))
+    return _with_retries(lambda: _fetch_small(session, url, max_bytes, settings, https_only), settings)
 
 
 def _fetch_small(session, url, max_bytes, settings, https_only) -> bytes:

@@ -24,6 +24,7 @@ from typing import Callable, List, Optional, Sequence, Tuple, Union
 import numpy as np
 import torch
 
+from mednextv2.devices import autocast_dtype, resolve_device
 from mednextv2.errors import InputError, ResourceError
 from mednextv2.tiles import tile_grid, tile_starts  # noqa: F401  (tile_starts: re-exported)
 
@@ -137,36 +138,7 @@ def mirror_combinations(mirror_axes: Sequence[int]) -> List[Tuple[int, ...]]:
     return [c for r in range(len(axes) + 1) for c in itertools.combinations(axes, r)]
 
 
-# ---------------------------------------------------------------- devices
-def resolve_device(name: Union[str, torch.device] = "auto") -> torch.device:
-    if isinstance(name, torch.device):
-        return name
-    name = (name or "auto").lower()
-    mps = getattr(torch.backends, "mps", None)
-    mps_ok = bool(mps and mps.is_available())
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "mps" if mps_ok else "cpu")
-    if name.startswith("cuda"):
-        if not torch.cuda.is_available():
-            raise InputError(f"device {name!r} requested but CUDA is not available "
-                             "(no NVIDIA GPU, or torch built without CUDA); use --device cpu or auto")
-        return torch.device(name)
-    if name == "mps":
-        if not mps_ok:
-            raise InputError("device 'mps' requested but Apple Metal is not available; use --device cpu or auto")
-        return torch.device("mps")
-    if name == "cpu":
-        return torch.device("cpu")
-    raise InputError(f"unknown device {name!r}; expected auto, cuda, mps or cpu")
-
-
-def autocast_dtype(device: torch.device) -> Optional[torch.dtype]:
-    """bf16 on CUDA where supported, else fp16; none on CPU (bf16 measured slower there) and MPS."""
-    if device.type != "cuda":
-        return None
-    return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-
-
+# ---------------------------------------------------------------- out of memory
 _OOM_MESSAGES = ("out of memory", "not enough memory", "can't allocate memory")  # CUDA, MPS, CPU allocators
 
 

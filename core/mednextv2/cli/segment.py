@@ -57,7 +57,7 @@ def _is_batch(inputs) -> bool:
 
 
 def run(args: argparse.Namespace) -> int:
-    from mednextv2.segment import Segmenter, segment_folder
+    from mednextv2.segmentation import Segmenter, segment_folder
 
     options = SegmentOptions(device=args.device, tta=args.tta, step=args.step, fast=args.fast,
                              structures=args.structures, largest_component=args.largest_component,

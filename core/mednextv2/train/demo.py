@@ -113,7 +113,7 @@ def write_overlay(image: sitk.Image, prediction: sitk.Image, reference: sitk.Ima
 
 def run_demo(out_dir: Path, minutes: float = 5.0, device: str = "auto", progress: str = "bar", seed: int = 0,
              tta: bool = False, echo: Callable[[str], None] = print) -> DemoResult:
-    from mednextv2.segment import segment
+    from mednextv2.segmentation import segment
 
     if minutes <= 0:
         raise InputError(f"--minutes must be positive, got {minutes}")

@@ -38,10 +38,6 @@ class Fingerprint:
     nonzero_sizes: Tuple[Tuple[int, int, int], ...]  # per case, size of the box around non-zero voxels
     channels: Tuple[ChannelStats, ...]
 
-    @property
-    def median_spacing(self) -> np.ndarray:
-        return np.median(np.array(self.spacings), axis=0)
-
     def to_dict(self) -> Dict:
         return {"spacings": self.spacings, "sizes": self.sizes, "nonzero_sizes": self.nonzero_sizes,
                 "channels": [vars(c) for c in self.channels]}

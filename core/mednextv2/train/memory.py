@@ -9,8 +9,8 @@ import logging
 
 import torch
 
+from mednextv2.devices import autocast_dtype
 from mednextv2.network import MedNeXt, MedNeXtConfig
-from mednextv2.sliding_window import autocast_dtype
 from mednextv2.train.loss import DiceCELoss
 
 log = logging.getLogger(__name__)

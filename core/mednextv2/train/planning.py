@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 import math
 import re
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field
 from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
@@ -208,10 +208,6 @@ def _check_patch(patch: Sequence[int]) -> Tuple[int, int, int]:
     if len(patch) != 3 or any(p < DIVISOR or p % DIVISOR for p in patch):
         raise InputError(f"--patch must be three sizes divisible by {DIVISOR} (z y x), got {list(patch)}")
     return patch
-
-
-def with_patch(plan: Plan, patch: Sequence[int]) -> Plan:
-    return replace(plan, patch_size=_check_patch(patch))
 
 
 def plan_to_dict(plan: Plan) -> dict:

@@ -16,11 +16,11 @@ import numpy as np
 import torch
 
 from mednextv2.bundle import Bundle, load_bundle
+from mednextv2.devices import autocast_dtype, resolve_device
 from mednextv2.errors import Cancelled, InputError
 from mednextv2.atomic import write_bytes
 from mednextv2.network import MedNeXt
 from mednextv2.progress import make_progress, null_progress
-from mednextv2.sliding_window import autocast_dtype, resolve_device
 from mednextv2.train import checkpoint, distributed, output
 from mednextv2.train.augment import AugmentConfig
 from mednextv2.train.cache import build_cache

@@ -9,8 +9,6 @@ from __future__ import annotations
 import logging
 import os
 import re
-import sys
-import types
 from pathlib import Path
 from typing import Callable, Dict, List, Optional, Sequence, Tuple, Union
 
@@ -18,11 +16,12 @@ import SimpleITK as sitk
 
 from mednextv2 import export, image_io, postprocessing, preprocessing, stop_request
 from mednextv2.bundle import Bundle, Label, load_bundle
+from mednextv2.devices import resolve_device
 from mednextv2.errors import InputError, ResourceError
 from mednextv2.output_guard import refuse_writing_over_inputs
 from mednextv2.progress import null_progress
 from mednextv2.segment_options import SegmentOptions, check_step
-from mednextv2.sliding_window import SlidingWindowPredictor, resolve_device
+from mednextv2.sliding_window import SlidingWindowPredictor
 
 log = logging.getLogger(__name__)
 
@@ -182,13 +181,3 @@ def segment_folder(input_dir: PathLike, model: ModelInput, output_dir: PathLike,
         written.append(segmenter.segment_to_file(paths, output_dir / f"{case}{output_suffix}"))
     return written
 
-
-class _CallableModule(types.ModuleType):
-    """`mednextv2.segment` names both this module and the function: once the module is imported,
-    Python binds the package attribute to the module, so the module forwards calls to `segment`."""
-
-    def __call__(self, *args, **kwargs) -> sitk.Image:
-        return segment(*args, **kwargs)
-
-
-sys.modules[__name__].__class__ = _CallableModule
