@@ -30,6 +30,10 @@ MAX_ARCHIVE_BYTES = 50 * 1024 ** 3   # uncompressed; larger than any MedNeXt res
 MAX_ARCHIVE_FILES = 10_000
 MAX_COMPRESSION_RATIO = 200          # a zip bomb compresses far better than float weights
 NNUNET_CHECKPOINT = "checkpoint_final.pth"
+# A MedNeXt-v2 width-2 checkpoint with deep supervision and its optimizer state holds ~2,000 tensors;
+# a flood of 200k empty ones took torch.load minutes and GBs before anything could look at it.
+MAX_CHECKPOINT_RECORDS = 20_000
+MAX_CHECKPOINT_PICKLE_BYTES = 64 << 20
 _PALETTE = [(128, 174, 128), (241, 214, 145), (177, 122, 101), (111, 184, 210), (216, 101, 79),
             (221, 130, 101), (144, 238, 144), (192, 104, 88), (220, 245, 20), (78, 63, 0),
             (255, 250, 220), (230, 220, 70), (200, 200, 235), (250, 250, 210), (244, 214, 49)]
@@ -123,10 +127,12 @@ def find_model_root(folder: Path, configuration: Optional[str] = None, max_depth
 # ---------------------------------------------------------------- public entry points
 def import_model(path: Union[str, Path], cache: Optional[ModelCache] = None, *, model_id: Optional[str] = None,
                  folds: Optional[Sequence[Union[int, str]]] = None, configuration: Optional[str] = None,
-                 checkpoint: str = NNUNET_CHECKPOINT, replace: bool = False, progress=None) -> Path:
+                 checkpoint: Optional[str] = None, grn_norm: Optional[str] = None, replace: bool = False,
+                 progress=None) -> Path:
     """Import a bundle (folder or zip) or an nnU-Net v2 results folder or zip into the cache.
 
-    Returns the installed bundle folder, usable as `-m <id>`."""
+    `grn_norm` ("mean" or "sum"): GRN's normaliser for an nnU-Net import (default "mean", the
+    official MedNeXt code); see docs/models.md. Returns the installed bundle folder, usable as `-m <id>`."""
     source = Path(path).expanduser()
     if not source.exists():
         raise InputError(f"cannot import {source}: no such file or folder")
@@ -134,8 +140,8 @@ def import_model(path: Union[str, Path], cache: Optional[ModelCache] = None, *, 
     if model_id is not None:
         check_model_id(model_id)
     with cache.staging("import") as stage:
-        staged, final_id, details = _stage_model(source, stage, model_id, dict(folds=folds, configuration=configuration,
-                                                                              checkpoint=checkpoint), progress)
+        options = dict(folds=folds, configuration=configuration, checkpoint=checkpoint, grn_norm=grn_norm)
+        staged, final_id, details = _stage_model(source, stage, model_id, options, progress)
         info = {"source": "import", "origin": str(source.resolve()), **details}
         with cache.lock(final_id):
             if cache.is_installed(final_id) and not replace:
@@ -171,6 +177,8 @@ def _stage_model(source: Path, stage: Path, model_id: Optional[str], options: Ma
     if expect is not None and kind != expect:
         raise InputError(f"{source}: expected a {expect} archive, found a {kind} ({found.name})")
     if kind == "bundle":
+        if options.get("grn_norm"):
+            raise InputError(f"{found}: --grn-norm applies to nnU-Net results; a bundle sets network.grn_norm in its {MODEL_JSON}")
         bundle = load_bundle(found)
         final_id = model_id or bundle.id
         check_model_id(final_id)
@@ -180,7 +188,8 @@ def _stage_model(source: Path, stage: Path, model_id: Optional[str], options: Ma
         final_id = model_id or default_nnunet_id(found, options.get("configuration"))
         check_model_id(final_id)
         bundle = convert_nnunet(found, final_id, folds=options.get("folds"), configuration=options.get("configuration"),
-                                checkpoint=options.get("checkpoint") or NNUNET_CHECKPOINT, progress=progress)
+                                checkpoint=options.get("checkpoint") or NNUNET_CHECKPOINT,
+                                grn_norm=options.get("grn_norm"), progress=progress)
         details = {"format": "nnunet", **bundle.spec["provenance"]["imported_from"]}
     staged = stage / "bundle"
     bundle.save(staged)
@@ -200,7 +209,8 @@ def default_nnunet_id(folder: Path, configuration: Optional[str] = None) -> str:
 
 
 def convert_nnunet(folder: Path, model_id: str, *, folds: Optional[Sequence[Union[int, str]]] = None,
-                   configuration: Optional[str] = None, checkpoint: str = NNUNET_CHECKPOINT, progress=None) -> Bundle:
+                   configuration: Optional[str] = None, checkpoint: str = NNUNET_CHECKPOINT,
+                   grn_norm: Optional[str] = None, progress=None) -> Bundle:
     """An in-memory bundle from an nnU-Net v2 results folder whose network is a MedNeXt."""
     dataset = _read_json(folder / "dataset.json")
     plans = _read_json(folder / "plans.json")
@@ -213,7 +223,7 @@ def convert_nnunet(folder: Path, model_id: str, *, folds: Optional[Sequence[Unio
 
     import torch
 
-    state_dicts, config, digests = [], None, {}
+    state_dicts, config, digests, mirrors, trainers = [], None, {}, {}, set()
     for i, fold_dir in enumerate(fold_dirs):
         if progress:
             progress("import", i / len(fold_dirs), f"reading {fold_dir.name}/{checkpoint}")
@@ -226,10 +236,12 @@ def convert_nnunet(folder: Path, model_id: str, *, folds: Optional[Sequence[Unio
         config = fold_config
         state_dicts.append(_permute_spatial(state, axes, torch))
         digests[fold_dir.name] = _sha256(path)
-        mirror = ckpt.get("inference_allowed_mirroring_axes", (0, 1, 2)) if isinstance(ckpt, dict) else (0, 1, 2)
+        mirrors[fold_dir.name] = _fold_mirror_axes(ckpt, axes, path)
+        trainers.add(ckpt.get("trainer_name") if isinstance(ckpt, dict) else None)
     if progress:
         progress("import", 1.0, f"read {len(fold_dirs)} fold(s)")
     _check_counts(config, labels, channels, folder)
+    config = with_grn_norm(config, grn_norm)
 
     spec = {
         "format_version": 1,
@@ -252,7 +264,7 @@ def convert_nnunet(folder: Path, model_id: str, *, folds: Optional[Sequence[Unio
         "inference": {
             "patch_size": _patch_size(_to_ours([int(p) for p in conf["patch_size"]], axes)),
             "step": 0.5,
-            "mirror_axes": sorted(axes[int(a)] for a in (mirror or ())),
+            "mirror_axes": _common_mirror_axes(mirrors),
         },
         "provenance": {
             "base_model": None,
@@ -260,13 +272,24 @@ def convert_nnunet(folder: Path, model_id: str, *, folds: Optional[Sequence[Unio
             "date": datetime.date.today().isoformat(),
             "imported_from": {"trainer_folder": folder.name, "configuration": config_name,
                               "folds": [d.name for d in fold_dirs], "checkpoint": checkpoint,
-                              "checkpoint_sha256": digests,
-                              "trainer": ckpt.get("trainer_name") if isinstance(ckpt, dict) else None},
+                              "checkpoint_sha256": digests, "mirror_axes": mirrors,
+                              "trainer": ", ".join(sorted(t for t in trainers if t)) or None},
         },
     }
     if dataset.get("licence") or dataset.get("license"):
         spec["license"] = str(dataset.get("licence") or dataset.get("license"))
     return Bundle.create(spec, state_dicts)
+
+
+def with_grn_norm(config, grn_norm: Optional[str]):
+    """The config with GRN's normaliser; checkpoints cannot tell "mean" from "sum", so the user says."""
+    if grn_norm is None:
+        return config
+    from mednextv2.network.config import GRN_NORMS
+
+    if grn_norm not in GRN_NORMS:
+        raise InputError(f"--grn-norm must be one of {', '.join(GRN_NORMS)}, got {grn_norm!r}")
+    return config.replace(grn_norm=grn_norm)
 
 
 def load_checkpoint(path: Path):
@@ -282,6 +305,7 @@ def load_checkpoint(path: Path):
     dtypes = getattr(np, "dtypes", None)
     if dtypes is not None:
         allowed += [getattr(dtypes, n) for n in dir(dtypes) if n.endswith("DType") and n[0].isupper()]
+    _check_checkpoint_size(path)
     safe = getattr(torch.serialization, "safe_globals", None)
     try:
         if safe is not None:
@@ -298,6 +322,27 @@ def load_checkpoint(path: Path):
     except (RuntimeError, EOFError, OSError, ValueError) as e:
         raise InputError(f"{path} is not a readable PyTorch checkpoint (truncated or corrupt?): "
                          f"{str(e).strip().splitlines()[0] if str(e).strip() else repr(e)}") from e
+
+
+def _check_checkpoint_size(path: Path) -> None:
+    """Refuse a checkpoint with more tensors or a larger pickle than any MedNeXt's, before unpickling it.
+
+    torch.save writes a zip with one record per tensor storage plus `data.pkl`; counting the
+    records reads only the zip's directory."""
+    try:
+        if not zipfile.is_zipfile(path):
+            return  # the legacy (pre-1.6) format: torch.load's weights-only reader is the only check
+        with zipfile.ZipFile(path) as zf:
+            records = zf.infolist()
+    except (zipfile.BadZipFile, OSError, ValueError) as e:
+        raise InputError(f"{path} is not a readable PyTorch checkpoint (truncated or corrupt?): {e}") from e
+    if len(records) > MAX_CHECKPOINT_RECORDS:
+        raise InputError(f"{path} holds {len(records)} records, more than the {MAX_CHECKPOINT_RECORDS} any MedNeXt "
+                         "checkpoint needs: refusing to load it")
+    pickled = sum(r.file_size for r in records if r.filename.endswith(".pkl"))
+    if pickled > MAX_CHECKPOINT_PICKLE_BYTES:
+        raise InputError(f"{path}: its pickled structure is {format_size(pickled)}, more than the "
+                         f"{format_size(MAX_CHECKPOINT_PICKLE_BYTES)} any MedNeXt checkpoint needs: refusing to load it")
 
 
 def _mednext_state(ckpt, path: Path):
@@ -325,6 +370,31 @@ def _permute_spatial(state: Dict, axes: Sequence[int], torch) -> Dict:
     inverse = [int(i) for i in sorted(range(3), key=lambda i: axes[i])]
     order = (0, 1) + tuple(2 + i for i in inverse)
     return {k: v.permute(*order).contiguous() if v.dim() == 5 else v for k, v in state.items()}
+
+
+def _fold_mirror_axes(ckpt, axes: Sequence[int], path: Path) -> List[int]:
+    """The axes (ours, z y x) this fold's trainer allowed mirroring on; nnU-Net's default is all three."""
+    raw = ckpt.get("inference_allowed_mirroring_axes", (0, 1, 2)) if isinstance(ckpt, Mapping) else (0, 1, 2)
+    try:
+        network_axes = [int(a) for a in (raw or ())]
+    except (TypeError, ValueError) as e:
+        raise InputError(f"{path}: inference_allowed_mirroring_axes must be a list of axes 0..2, got {raw!r}") from e
+    if any(a not in (0, 1, 2) for a in network_axes):
+        raise InputError(f"{path}: inference_allowed_mirroring_axes must be axes 0..2, got {raw!r}")
+    return sorted(axes[a] for a in set(network_axes))
+
+
+def _common_mirror_axes(per_fold: Mapping[str, List[int]]) -> List[int]:
+    """The ensemble's test-time mirroring: the axes every fold allows.
+
+    A bundle mirrors all its folds alike; mirroring a fold on an axis its trainer kept out
+    (anatomy that is not left-right symmetric, say) would blur its predictions, so an axis only
+    some folds allow is left out, and each fold's own axes are recorded in the provenance."""
+    common = sorted(set.intersection(*(set(a) for a in per_fold.values())))
+    if any(sorted(a) != common for a in per_fold.values()):
+        log.warning("the folds allow different mirror axes (%s); mirroring only on the axes all allow: %s",
+                    dict(per_fold), common)
+    return common
 
 
 def _to_ours(values: Sequence, axes: Sequence[int]) -> list:
@@ -450,19 +520,26 @@ def _normalization(plans: Mapping, conf: Mapping, n_channels: int, folder: Path)
 
 
 def _fold_dirs(folder: Path, folds, checkpoint: str) -> List[Path]:
-    if not re.match(r"^[A-Za-z0-9_.-]+\.pth$", checkpoint):
+    """The fold folders to import. A fold is a name (0, "0", "all" or "fold_0") matched against the
+    folder's own fold_* children, never a path: "--fold 0/../../x" must not reach outside."""
+    if not re.match(r"^[A-Za-z0-9_.-]+\.(pth|model)$", checkpoint):
         raise InputError(f"checkpoint must be a file name like checkpoint_final.pth, got {checkpoint!r}")
     available = sorted((p for p in folder.glob("fold_*") if p.is_dir()), key=lambda p: p.name)
     if folds:
-        wanted = [folder / f"fold_{f}" for f in folds]
-        missing = [p.name for p in wanted if not (p / checkpoint).is_file()]
+        by_name = {p.name: p for p in available}
+        names = [str(f) if str(f).startswith("fold_") else f"fold_{f}" for f in folds]
+        unknown = [n for n in names if n not in by_name]
+        if unknown:
+            raise InputError(f"{folder}: no fold named {', '.join(repr(n) for n in unknown)}; folds are names of "
+                             f"its fold_* folders: {[p.name for p in available] or 'none'}")
+        missing = [n for n in names if not (by_name[n] / checkpoint).is_file()]
         if missing:
             raise InputError(f"{folder}: no {checkpoint} in {', '.join(missing)}; folds present: "
                              f"{[p.name for p in available] or 'none'}")
-        return wanted
+        return [by_name[n] for n in names]
     chosen = [p for p in available if (p / checkpoint).is_file()]
     if not chosen:
-        others = sorted({c.name for p in available for c in p.glob('*.pth')})
+        others = sorted({c.name for p in available for c in [*p.glob('*.pth'), *p.glob('*.model')]})
         hint = f"; checkpoints present: {others} (choose one with --checkpoint)" if others else ""
         raise InputError(f"{folder}: no fold_*/{checkpoint} found{hint}")
     return chosen

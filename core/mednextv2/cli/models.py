@@ -37,7 +37,11 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--fold", dest="folds", action="append", metavar="FOLD",
                    help="nnU-Net: use only this fold (repeatable; default: every fold found, as an ensemble)")
     p.add_argument("--configuration", help="nnU-Net: plans configuration (default: from the folder name, else 3d_fullres)")
-    p.add_argument("--checkpoint", default="checkpoint_final.pth", help="nnU-Net: checkpoint file name in each fold")
+    p.add_argument("--checkpoint", help="nnU-Net: checkpoint file name in each fold (default: checkpoint_final.pth "
+                   "for v2, model_final_checkpoint.model for v1)")
+    p.add_argument("--grn-norm", choices=["mean", "sum"],
+                   help="nnU-Net: GRN normaliser the network was trained with: mean over channels (official "
+                        "MedNeXt code, the default) or sum (the seed paper); see docs/models.md")
     p.add_argument("--replace", action="store_true", help="replace an installed model with the same id")
     p = sub.add_parser("remove", help="delete an installed model")
     p.add_argument("id")
@@ -135,7 +139,8 @@ def _import(args, cache) -> int:
 
     folds = [int(f) if str(f).isdigit() else f for f in args.folds] if args.folds else None
     path = import_model(args.path, cache, model_id=args.model_id, folds=folds, configuration=args.configuration,
-                        checkpoint=args.checkpoint, replace=args.replace, progress=make_progress(args.progress))
+                        checkpoint=args.checkpoint, grn_norm=args.grn_norm, replace=args.replace,
+                        progress=make_progress(args.progress))
     print(f"installed {path.name} in {path}; use it with: mednextv2 segment ... -m {path.name}", file=sys.stderr)
     print(path)
     return 0
