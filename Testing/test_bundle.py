@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from mednextv2 import load_bundle
-from mednextv2.bundle import Bundle, load_schema, schema_errors, validate_spec
+from mednextv2.bundle import Bundle, load_schema, schema_errors, validate_model_json
 from mednextv2.errors import InputError
 from segment_fixtures import one_torch_thread, bundle_spec, threshold_bundle, threshold_state_dict, tiny_config
 
@@ -169,4 +169,4 @@ def test_create_checks_weight_count():
     with pytest.raises(InputError, match="2 state dict"):
         Bundle.create(dict(_spec(), weights=["a.safetensors"]), [{}, {}])
     with pytest.raises(InputError, match="new bundle"):
-        validate_spec(dict(_spec(), id=""), "new bundle")
+        validate_model_json(dict(_spec(), id=""), "new bundle")

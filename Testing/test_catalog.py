@@ -8,11 +8,12 @@ from pathlib import Path
 import pytest
 
 from http_test_server import FileServer, catalog_entry, catalog_json, tiny_bundle_zip
-from mednextv2.bundle import load_bundle, schema_errors
+from mednextv2.bundle import load_bundle
 from mednextv2.cache import ModelCache, check_model_id, default_home
-from mednextv2.catalog import _schema, load_catalog, parse_catalog, resolve_model
+from mednextv2.catalog import load_catalog, parse_catalog, resolve_model
 from mednextv2.cli import main
 from mednextv2.errors import InputError
+from mednextv2.validation import load_schema, schema_errors
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -39,7 +40,7 @@ def run_cli(capsys, *args):
 
 def test_shipped_catalog_is_valid_and_lists_only_real_models():
     data = json.loads((REPO / "core" / "mednextv2" / "catalog.json").read_text(encoding="utf-8"))
-    assert schema_errors(data, _schema()) == []
+    assert schema_errors(data, load_schema("catalog.schema.json")) == []
     assert data["catalog_format"] == 1 and data["catalog_version"]
     # No MedNeXt-v2 weights are public yet (docs/models.md): nothing may be listed until they are.
     assert data["models"] == []

@@ -11,9 +11,10 @@ import SimpleITK as sitk
 import slicerio
 import slicerio.segmentation
 
+from mednextv2.atomic import atomic_path
 from mednextv2.bundle import Label
 from mednextv2.errors import InputError
-from mednextv2.export import (atomic_path, label_table_path, output_kind, terminology_string, write_labelmap,
+from mednextv2.export import (label_table_path, output_kind, terminology_string, write_labelmap,
                               write_result, write_seg_nrrd)
 from segment_fixtures import make_image, rotation
 

@@ -126,7 +126,7 @@ def test_ensemble_import_gives_the_official_logits(tmp_path, official, home):
     path = import_model(folder)
     assert path == home / "models" / "dataset501-liver"
     bundle = load_bundle(path)
-    spec = bundle.spec
+    spec = bundle.spec.to_json()
     assert spec["weights"] == ["fold_0.safetensors", "fold_1.safetensors"]
     assert [(lab["value"], lab["name"]) for lab in spec["labels"]] == [(1, "liver"), (2, "tumor")]
     assert spec["channels"] == [{"name": "CT", "modality": "CT"}]
@@ -182,7 +182,7 @@ def test_axis_order_of_nnunet_is_baked_into_the_weights(tmp_path, official):
     ours = [0.0] * 3
     for i, a in enumerate(to_network):
         ours[a] = [0.8, 0.7, 3.0][i]
-    assert bundle.spec["preprocessing"]["target_spacing"] == ours
+    assert bundle.preprocessing.target_spacing == tuple(ours)
     x = torch.randn(1, 1, 16, 32, 48, generator=torch.Generator().manual_seed(3))  # our (z, y, x) array
     perm = (0, 1) + tuple(2 + a for a in to_network)
     back = (0, 1) + tuple(2 + int(i) for i in np.argsort(to_network))
@@ -205,7 +205,7 @@ def test_export_zip_with_two_configurations(tmp_path, official, home):
         import_model(archive)
     path = import_model(archive, configuration="3d_lowres")
     assert path.name == "dataset501-liver-3d-lowres"
-    assert load_bundle(path).spec["preprocessing"]["target_spacing"] == [5.0, 1.6, 1.6]
+    assert load_bundle(path).preprocessing.target_spacing == (5.0, 1.6, 1.6)
     assert sorted(p.name for p in (home / "tmp").iterdir()) == []
 
 

@@ -31,7 +31,7 @@ def test_torchrun_two_gloo_processes(tmp_path, data_dir):
     assert done.returncode == 0, done.stderr[-4000:]
     assert "DDP: rank 0 of 2 on cpu (gloo)" in done.stderr and "DDP: rank 1 of 2 on cpu (gloo)" in done.stderr
     bundle = load_bundle(output)
-    training = bundle.spec["provenance"]["training"]
+    training = bundle.spec.provenance.training
     assert training["world_size"] == 2 and training["epochs"] == 2
     with open(tmp_path / "model.training" / "metrics.csv") as f:
         assert [int(r["epoch"]) for r in csv.DictReader(f)] == [1, 2]

@@ -12,7 +12,7 @@ import pytest
 import SimpleITK as sitk
 import torch
 
-from mednextv2.bundle import Bundle
+from mednextv2.bundle import Bundle, load_bundle
 from mednextv2.errors import ResourceError
 from mednextv2.network import MedNeXt, MedNeXtConfig
 from mednextv2.train import TrainOptions, checkpoint, run_training
@@ -172,8 +172,9 @@ def test_finetune_keeps_the_base_plan_and_runs(breast_dataset, tmp_path):
                               "normalization": [{"scheme": "ct", "clip": [-100.0, 300.0], "mean": 50.0, "std": 80.0}]},
             "inference": {"patch_size": [16, 32, 32], "mirror_axes": [1, 2]}}
     base_model = MedNeXt(cfg)
-    Bundle.create(spec, [base_model.state_dict()]).save(tmp_path / "base")
-    plan = plan_from_base(spec, "base-ct", {1: "lesion"}, 1)
+    base = Bundle.create(spec, [base_model.state_dict()])
+    base.save(tmp_path / "base")
+    plan = plan_from_base(base.spec, {1: "lesion"}, 1)
     assert plan.normalization[0] == spec["preprocessing"]["normalization"][0] and plan.mirror_axes == (1, 2)
     result = run_training(TrainOptions(dataset=str(breast_dataset), output=str(tmp_path / "tuned"),
                                        base=str(tmp_path / "base"), epochs=1, iterations=2, val_fraction=0.5,
@@ -181,7 +182,7 @@ def test_finetune_keeps_the_base_plan_and_runs(breast_dataset, tmp_path):
     tuned = json.loads((result.bundle / "model.json").read_text(encoding="utf-8"))
     assert tuned["preprocessing"]["normalization"] == spec["preprocessing"]["normalization"]
     assert tuned["provenance"]["base_model"] == "base-ct"
-    state = Bundle(spec=tuned, source=result.bundle).load_state_dicts()[0]
+    state = load_bundle(result.bundle).load_state_dicts()[0]
     # frozen encoder: the stem is exactly the base model's
     assert torch.equal(state["stem.weight"], base_model.stem.weight)
 

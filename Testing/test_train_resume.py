@@ -91,7 +91,7 @@ def test_kill_resume_cancel_resume_finish(tmp_path, data_dir):
     assert [int(r["epoch"]) for r in rows] == [1, 2, 3]
     assert all(int(r["iterations"]) == ITERATIONS for r in rows)
     bundle = load_bundle(output)
-    assert bundle.spec["provenance"]["training"]["epochs"] == EPOCHS
+    assert bundle.spec.provenance.training["epochs"] == EPOCHS
     model = bundle.build_models("cpu")[0]
     with torch.no_grad():
         out = model(torch.zeros(1, 1, 32, 32, 32))

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import csv
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -61,14 +62,18 @@ def test_bundle_records_plan_provenance_and_metrics(trained):
     folder, result, _, _ = trained
     bundle = load_bundle(result.bundle)
     assert [(lab.value, lab.name) for lab in bundle.labels] == [(1, "grey matter"), (2, "white matter")]
-    assert bundle.network["deep_supervision"] is False and bundle.n_classes == 3
+    assert bundle.network.deep_supervision is False and bundle.n_classes == 3
     assert bundle.preprocessing.target_spacing == (2.0, 2.0, 2.0)
     assert bundle.preprocessing.normalization[0].scheme == "zscore"
     assert bundle.inference.patch_size == (32, 32, 32)
-    provenance = bundle.spec["provenance"]
+    provenance = bundle.spec.provenance.to_json()
     assert provenance["metrics"]["dice"] == pytest.approx(result.dice)
     assert provenance["metrics"]["epoch"] == result.best_epoch
     assert provenance["training"]["epochs"] == 3 and provenance["training"]["world_size"] == 1
+    # Shareable: the dataset by folder name and content hash, never the training machine's paths.
+    assert provenance["training"]["dataset"] == "data" and len(provenance["training"]["dataset_sha256"]) == 64
+    text = (result.bundle / "model.json").read_text(encoding="utf-8")
+    assert str(folder) not in text and str(Path.home()) not in text and '"/' not in text
     with open(result.bundle / "metrics.csv") as f:
         rows = list(csv.DictReader(f))
     assert [int(r["epoch"]) for r in rows] == [1, 2, 3]
@@ -101,4 +106,4 @@ def test_trained_bundle_installs_into_the_local_model_cache(trained, tmp_path, c
     capsys.readouterr()
     assert main(["models", "--home", str(tmp_path), "path", "model"]) == 0
     installed = capsys.readouterr().out.strip().splitlines()[-1]
-    assert load_bundle(installed).spec["provenance"]["metrics"]["dice"] == pytest.approx(result.dice)
+    assert load_bundle(installed).spec.provenance.metrics["dice"] == pytest.approx(result.dice)

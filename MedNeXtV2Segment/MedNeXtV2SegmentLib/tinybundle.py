@@ -19,8 +19,15 @@ LABELS = [
 
 
 def make_tiny_bundle(folder: Path, bundle_id: str = "selftest-tiny") -> Path:
+    """The tiny bundle saved as `folder/bundle_id`."""
+    return tiny_bundle(bundle_id).save(Path(folder) / bundle_id)
+
+
+def tiny_bundle(bundle_id: str = "selftest-tiny"):
+    """The tiny bundle in memory (a `mednextv2.bundle.Bundle`)."""
     import torch
-    from mednextv2.bundle import Bundle
+    from mednextv2.bundle import (Bundle, BundleSpec, Channel, InferenceDefaults, Label, NetworkSpec, Normalization,
+                                  PreprocessingPlan)
     from mednextv2.network import MedNeXt, MedNeXtConfig
 
     config = MedNeXtConfig(in_channels=1, n_channels=4, n_classes=3, exp_r=2, kernel_size=3, block_counts=1,
@@ -32,9 +39,10 @@ def make_tiny_bundle(folder: Path, bundle_id: str = "selftest-tiny") -> Path:
     weight = heads[0][: -len(".bias")] + ".weight"
     state[weight] = torch.zeros_like(state[weight])
     state[heads[0]] = torch.tensor([-5.0, -5.0, 5.0])
-    spec = {"id": bundle_id, "title": "Self-test tiny model", "description": "rigged head: label 2 everywhere",
-            "network": config.to_dict(), "labels": LABELS, "channels": [{"name": "CT", "modality": "CT"}],
-            "preprocessing": {"target_spacing": [3.0, 1.5, 1.5], "crop_to_nonzero": False,
-                              "normalization": [{"scheme": "zscore"}]},
-            "inference": {"patch_size": [16, 32, 32], "step": 0.5, "mirror_axes": [0, 1, 2]}}
-    return Bundle.create(spec, [state]).save(Path(folder) / bundle_id)
+    spec = BundleSpec(id=bundle_id, title="Self-test tiny model", description="rigged head: label 2 everywhere",
+                      network=NetworkSpec.from_config(config),
+                      labels=tuple(Label.from_json(d) for d in LABELS),
+                      channels=(Channel("CT", "CT"),),
+                      preprocessing=PreprocessingPlan((3.0, 1.5, 1.5), (Normalization("zscore"),), crop_to_nonzero=False),
+                      inference=InferenceDefaults((16, 32, 32), 0.5, (0, 1, 2)))
+    return Bundle.create(spec, [state])

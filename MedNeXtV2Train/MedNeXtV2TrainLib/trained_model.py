@@ -30,7 +30,7 @@ class TrainedModel:
 def read_trained_model(path: Path) -> TrainedModel:
     """Load the bundle `mednextv2 train` wrote (InputError from the engine if it is not valid)."""
     bundle = load_bundle(path)
-    metrics = (bundle.spec.get("provenance") or {}).get("metrics") or {}
+    metrics = (bundle.spec.provenance.metrics if bundle.spec.provenance else None) or {}
     dice_in = metrics.get("dice") if isinstance(metrics, dict) else None
     dice = {str(k): float(v) for k, v in (dice_in or {}).items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
     return TrainedModel(Path(path), bundle.id, bundle.title, tuple(label.name for label in bundle.labels), dice)

@@ -357,9 +357,9 @@ def baseline_network(bundle):
     """(network, state dict) the baselines run: our MedNeXt class (BASELINE_NET=ours, so only the
     pipelines differ), or the plain literal implementation of the same function and weights
     (=plain: what those engines run with the official-style module, so our network's speed counts too)."""
-    from mednextv2.network import MedNeXt, MedNeXtConfig
+    from mednextv2.network import MedNeXt
 
-    config = MedNeXtConfig.from_dict(bundle.spec["network"]).replace(deep_supervision=False)
+    config = bundle.network.config(deep_supervision=False)
     state = dict(bundle.load_state_dicts()[0])
     if os.environ.get(BASELINE_NET_ENV, "ours") == "plain":
         sys.path.insert(0, str(Path(__file__).resolve().parent))

@@ -29,14 +29,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator, List, Optional
 
+from mednextv2.atomic import replace_folder
 from mednextv2.errors import InputError, ResourceError
+from mednextv2.validation import model_id_problem
 
 log = logging.getLogger(__name__)
 
 HOME_ENV = "MEDNEXTV2_HOME"
 INSTALL_INFO = ".install.json"
-_ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
-_WINDOWS_RESERVED = {"con", "prn", "aux", "nul"} | {f"com{i}" for i in range(10)} | {f"lpt{i}" for i in range(10)}
 
 
 def default_home() -> Path:
@@ -54,12 +54,10 @@ def default_home() -> Path:
 
 
 def check_model_id(model_id: str) -> str:
-    """A model id is a folder name in the cache: never a path, never a reserved name."""
-    if not isinstance(model_id, str) or not _ID_PATTERN.match(model_id) or model_id.endswith("."):
-        raise InputError(f"invalid model id {model_id!r}: use 1-64 letters, digits, '.', '_' or '-', "
-                         "starting with a letter or digit")
-    if model_id.split(".")[0].lower() in _WINDOWS_RESERVED:
-        raise InputError(f"invalid model id {model_id!r}: reserved file name on Windows")
+    """A model id is a folder name in the cache: never a path, never a reserved name (validation.py)."""
+    problem = model_id_problem(model_id)
+    if problem:
+        raise InputError(problem)
     return model_id
 
 
@@ -207,7 +205,7 @@ class ModelCache:
             return []
         found = []
         for path in sorted(self.models_dir.iterdir()):
-            if path.is_dir() and (path / "model.json").is_file() and _ID_PATTERN.match(path.name):
+            if path.is_dir() and (path / "model.json").is_file() and model_id_problem(path.name) is None:
                 found.append(InstalledModel(path.name, path, self.install_info(path.name)))
         return found
 
@@ -228,18 +226,10 @@ class ModelCache:
         (staged / INSTALL_INFO).write_text(json.dumps(record, indent=2), encoding="utf-8")
         target = self.model_dir(model_id)
         target.parent.mkdir(parents=True, exist_ok=True)
-        old = None
-        if target.exists():
-            old = target.with_name(f".{model_id}.old-{os.getpid()}-{time.monotonic_ns()}")
-            os.replace(target, old)
         try:
-            os.replace(staged, target)
+            replace_folder(staged, target)
         except OSError as e:
-            if old is not None:
-                os.replace(old, target)
             raise ResourceError(f"cannot move the model into {target}: {e}") from e
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
         log.info("installed model %s in %s", model_id, target)
         return target
 

@@ -19,20 +19,16 @@ from pathlib import Path
 from typing import Dict, List, Mapping, Optional, Sequence, Tuple, Union
 from urllib.parse import urlsplit
 
-from mednextv2.bundle import schema_errors
 from mednextv2.cache import ModelCache, check_model_id, format_size
+from mednextv2.atomic import write_bytes
 from mednextv2.errors import InputError, MedNeXtError
-from mednextv2.export import atomic_path
+from mednextv2.validation import load_schema, loads_strict, model_id_problem, schema_errors
 
 log = logging.getLogger(__name__)
 
 CATALOGS_ENV = "MEDNEXTV2_CATALOGS"
 SHIPPED = "(shipped catalog)"
 MAX_CATALOG_BYTES = 5 * 1024 * 1024
-
-
-def _schema() -> dict:
-    return json.loads(resources.files("mednextv2").joinpath("schemas", "catalog.schema.json").read_text(encoding="utf-8"))
 
 
 @dataclass(frozen=True)
@@ -90,11 +86,9 @@ class Catalog:
 
 def parse_catalog(text: Union[str, bytes], where: str) -> List[CatalogEntry]:
     """Entries of one catalog document, after checking it against the schema."""
-    try:
-        data = json.loads(text)
-    except (UnicodeDecodeError, ValueError) as e:
-        raise InputError(f"catalog {where} is not valid JSON: {e}") from e
-    errors = schema_errors(data, _schema())
+    data = loads_strict(text, f"catalog {where}")
+    errors = schema_errors(data, load_schema("catalog.schema.json"))
+    errors = errors or [f"models[{i}].id: {p}" for i, p in enumerate(model_id_problem(e["id"]) for e in data["models"]) if p]
     if errors:
         raise InputError(f"catalog {where} does not match catalog.schema.json:\n  " + "\n  ".join(errors[:10]))
     entries = [CatalogEntry.from_dict(e, where) for e in data["models"]]
@@ -169,8 +163,7 @@ def _read_remote(url: str, cache: ModelCache, settings) -> bytes:
         raise
     parse_catalog(data, url)  # only a valid catalog replaces the saved copy
     copy.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_path(copy) as tmp:
-        tmp.write_bytes(data)
+    write_bytes(copy, data)
     return data
 
 

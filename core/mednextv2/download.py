@@ -12,7 +12,6 @@ files) is handled here:
 from __future__ import annotations
 
 import errno
-import hashlib
 import logging
 import os
 import re
@@ -25,6 +24,7 @@ from urllib.parse import urlsplit
 import requests
 
 from mednextv2 import __version__
+from mednextv2.atomic import sha256_file
 from mednextv2.cache import format_size, require_free_space
 from mednextv2.errors import InputError, MedNeXtError, ResourceError
 
@@ -65,19 +65,6 @@ def new_session() -> requests.Session:
     session = requests.Session()  # trust_env=True: HTTP(S)_PROXY, NO_PROXY, REQUESTS_CA_BUNDLE, .netrc
     session.headers["User-Agent"] = f"mednextv2/{__version__}"
     return session
-
-
-def sha256_of(path: Path, progress: Optional[ProgressCallback] = None, chunk: int = 1 << 22) -> str:
-    digest = hashlib.sha256()
-    total = max(path.stat().st_size, 1)
-    done = 0
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(chunk), b""):
-            digest.update(block)
-            done += len(block)
-            if progress:
-                progress("verify", done / total, "checking SHA-256")
-    return digest.hexdigest()
 
 
 class _Transient(Exception):
@@ -123,7 +110,7 @@ def download_verified(urls: Sequence[str], part: Path, sha256: str, size: int, *
                 last_error = e
                 log.warning("%s", e)
                 break
-            digest = sha256_of(part, progress)
+            digest = sha256_file(part, progress)
             if digest == sha256:
                 os.replace(part, final)
                 return final

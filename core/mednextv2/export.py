@@ -5,18 +5,16 @@ end, so a failed or cancelled run leaves no file that looks valid (and no tempor
 """
 from __future__ import annotations
 
-import contextlib
-import errno
 import json
 import logging
 import os
-import secrets
 from pathlib import Path
-from typing import Iterator, Optional, Sequence, Union
+from typing import Optional, Sequence, Union
 
 import numpy as np
 import SimpleITK as sitk
 
+from mednextv2.atomic import atomic_path
 from mednextv2.bundle import Label
 from mednextv2.errors import InputError, ResourceError
 
@@ -47,28 +45,6 @@ def known_suffix(path: Path) -> str:
         if name.endswith(s):
             return path.name[-len(s):]
     return path.suffix
-
-
-@contextlib.contextmanager
-def atomic_path(path: PathLike) -> Iterator[Path]:
-    """A temporary path beside `path` (same extension) that replaces it only on success."""
-    path = Path(path)
-    suffix = known_suffix(path)
-    stem = path.name[:-len(suffix)] if suffix else path.name
-    # A fresh name, not mkstemp: the writer creates the file with the user's usual permissions
-    # (mkstemp's 0600 would survive the rename).
-    tmp = path.parent / f".{stem}.{secrets.token_hex(6)}.tmp{suffix}"
-    try:
-        yield tmp
-        os.replace(tmp, path)
-    except OSError as e:
-        tmp.unlink(missing_ok=True)
-        if e.errno in (errno.ENOSPC, errno.EDQUOT):
-            raise ResourceError(f"no space left to write {path}") from e
-        raise
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
 
 
 def terminology_string(label: Label) -> Optional[str]:

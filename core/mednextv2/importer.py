@@ -11,24 +11,23 @@ are allowed on top of what that permits, so a checkpoint that needs code to load
 from __future__ import annotations
 
 import datetime
-import hashlib
 import json
 import logging
 import re
-import stat
 import zipfile
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 from typing import Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
-from mednextv2.bundle import MODEL_JSON, Bundle, load_bundle
-from mednextv2.cache import ModelCache, check_model_id, format_size, require_free_space
+from mednextv2.atomic import sha256_file
+from mednextv2.bundle import (MODEL_JSON, Bundle, BundleSpec, Channel, InferenceDefaults, Label, NetworkSpec,
+                              Normalization, PreprocessingPlan, Provenance, load_bundle)
+from mednextv2.bundle_spec import strip_absolute_paths
+from mednextv2.cache import ModelCache, check_model_id, format_size
 from mednextv2.errors import InputError
+from mednextv2.safezip import safe_extract_zip
 
 log = logging.getLogger(__name__)
 
-MAX_ARCHIVE_BYTES = 50 * 1024 ** 3   # uncompressed; larger than any MedNeXt results folder
-MAX_ARCHIVE_FILES = 10_000
-MAX_COMPRESSION_RATIO = 200          # a zip bomb compresses far better than float weights
 NNUNET_CHECKPOINT = "checkpoint_final.pth"
 # A MedNeXt-v2 width-2 checkpoint with deep supervision and its optimizer state holds ~2,000 tensors;
 # a flood of 200k empty ones took torch.load minutes and GBs before anything could look at it.
@@ -39,60 +38,6 @@ _PALETTE = [(128, 174, 128), (241, 214, 145), (177, 122, 101), (111, 184, 210), 
             (255, 250, 220), (230, 220, 70), (200, 200, 235), (250, 250, 210), (244, 214, 49)]
 # nnU-Net readers that keep the file's voxel order; the value maps their array axes to ours (z, y, x).
 _READER_AXES = {"SimpleITKIO": (0, 1, 2), "NibabelIO": (2, 1, 0)}
-
-
-# ---------------------------------------------------------------- zip safety
-def safe_extract_zip(archive: Path, dest: Path, *, max_bytes: int = MAX_ARCHIVE_BYTES,
-                     max_files: int = MAX_ARCHIVE_FILES) -> None:
-    """Extract `archive` into `dest`, refusing absolute paths, `..`, links and oversized content.
-
-    The limits are checked on the declared sizes first and on the bytes actually written, so a
-    zip whose headers lie cannot fill the disk."""
-    try:
-        zf = zipfile.ZipFile(archive)
-    except (zipfile.BadZipFile, OSError) as e:
-        raise InputError(f"{archive} is not a valid zip file: {e}") from e
-    with zf:
-        members = zf.infolist()
-        if len(members) > max_files:
-            raise InputError(f"{archive} holds {len(members)} entries, more than the {max_files} allowed")
-        declared = sum(m.file_size for m in members)
-        if declared > max_bytes:
-            raise InputError(f"{archive} would unpack to {format_size(declared)}, more than the {format_size(max_bytes)} allowed")
-        packed = max(sum(m.compress_size for m in members), 1)
-        if declared > 1 << 20 and declared / packed > MAX_COMPRESSION_RATIO:
-            raise InputError(f"{archive} unpacks to {declared / packed:.0f}x its size: refusing a likely zip bomb")
-        require_free_space(dest, declared, f"unpacking {archive.name}")
-        targets = [(m, _safe_member_path(m, archive)) for m in members]
-        dest.mkdir(parents=True, exist_ok=True)
-        written = 0
-        for member, relative in targets:
-            target = dest.joinpath(*relative.parts)
-            if member.is_dir():
-                target.mkdir(parents=True, exist_ok=True)
-                continue
-            target.parent.mkdir(parents=True, exist_ok=True)
-            with zf.open(member) as src, open(target, "wb") as out:
-                for block in iter(lambda: src.read(1 << 20), b""):
-                    written += len(block)
-                    if written > max_bytes:
-                        raise InputError(f"{archive} unpacks to more than the {format_size(max_bytes)} allowed")
-                    out.write(block)
-
-
-def _safe_member_path(member: zipfile.ZipInfo, archive: Path) -> PurePosixPath:
-    name = member.filename.replace("\\", "/")
-    path = PurePosixPath(name)
-    if name.startswith("/") or re.match(r"^[A-Za-z]:", name) or path.is_absolute():
-        raise InputError(f"{archive}: refusing entry {member.filename!r} with an absolute path")
-    if any(part == ".." for part in path.parts):
-        raise InputError(f"{archive}: refusing entry {member.filename!r} that points outside the folder ('..')")
-    if stat.S_ISLNK(member.external_attr >> 16):
-        raise InputError(f"{archive}: refusing entry {member.filename!r}, a symbolic link")
-    parts = [p for p in path.parts if p not in ("", ".")]
-    if not parts:
-        raise InputError(f"{archive}: refusing entry {member.filename!r} with an empty path")
-    return PurePosixPath(*parts)
 
 
 # ---------------------------------------------------------------- what a folder holds
@@ -182,7 +127,7 @@ def _stage_model(source: Path, stage: Path, model_id: Optional[str], options: Ma
         bundle = load_bundle(found)
         final_id = model_id or bundle.id
         check_model_id(final_id)
-        bundle = Bundle(spec={**bundle.spec, "id": final_id}, source=bundle.source)
+        bundle = Bundle(spec=strip_absolute_paths(bundle.spec.replace(id=final_id)), source=bundle.source)
         details = {"format": "bundle"}
     else:
         final_id = model_id or default_nnunet_id(found, options.get("configuration"))
@@ -190,7 +135,7 @@ def _stage_model(source: Path, stage: Path, model_id: Optional[str], options: Ma
         bundle = convert_nnunet(found, final_id, folds=options.get("folds"), configuration=options.get("configuration"),
                                 checkpoint=options.get("checkpoint") or NNUNET_CHECKPOINT,
                                 grn_norm=options.get("grn_norm"), progress=progress)
-        details = {"format": "nnunet", **bundle.spec["provenance"]["imported_from"]}
+        details = {"format": "nnunet", **bundle.spec.provenance.imported_from}
     staged = stage / "bundle"
     bundle.save(staged)
     load_bundle(staged).build_models("cpu")  # proves the weights fit the network before it enters the cache
@@ -235,7 +180,7 @@ def convert_nnunet(folder: Path, model_id: str, *, folds: Optional[Sequence[Unio
                              "an ensemble needs one architecture")
         config = fold_config
         state_dicts.append(_permute_spatial(state, axes, torch))
-        digests[fold_dir.name] = _sha256(path)
+        digests[fold_dir.name] = sha256_file(path)
         mirrors[fold_dir.name] = _fold_mirror_axes(ckpt, axes, path)
         trainers.add(ckpt.get("trainer_name") if isinstance(ckpt, dict) else None)
     if progress:
@@ -243,41 +188,37 @@ def convert_nnunet(folder: Path, model_id: str, *, folds: Optional[Sequence[Unio
     _check_counts(config, labels, channels, folder)
     config = with_grn_norm(config, grn_norm)
 
-    spec = {
-        "format_version": 1,
-        "id": model_id,
-        "title": str(dataset.get("name") or plans.get("dataset_name") or model_id),
-        "description": (str(dataset.get("description", "")).strip() + " " if dataset.get("description") else "")
+    spec = BundleSpec(
+        id=model_id,
+        title=str(dataset.get("name") or plans.get("dataset_name") or model_id),
+        description=(str(dataset.get("description", "")).strip() + " " if dataset.get("description") else "")
         + f"Imported from nnU-Net v2 results {folder.name} ({config_name}, {len(fold_dirs)} fold(s)).",
-        "network": config.to_dict(),
-        "weights": [f"{d.name}.safetensors" for d in fold_dirs],
-        "labels": [{"value": value, "name": name, "color": list(_PALETTE[(value - 1) % len(_PALETTE)])}
-                   for name, value in labels],
-        "channels": [{"name": name, "modality": "CT" if "CT" in name.upper() else "MR"} for name in channels],
-        "preprocessing": {
-            "axis_order": "zyx",
-            "orientation": "as-is",  # nnU-Net's non-reorienting readers keep the file's voxel order
-            "target_spacing": _to_ours([float(s) for s in conf["spacing"]], axes),
-            "crop_to_nonzero": any(bool(x) for x in conf.get("use_mask_for_norm", [])),
-            "normalization": _normalization(plans, conf, len(channels), folder),
-        },
-        "inference": {
-            "patch_size": _patch_size(_to_ours([int(p) for p in conf["patch_size"]], axes)),
-            "step": 0.5,
-            "mirror_axes": _common_mirror_axes(mirrors),
-        },
-        "provenance": {
-            "base_model": None,
-            "training_data": str(plans.get("dataset_name") or dataset.get("name") or folder.parent.name),
-            "date": datetime.date.today().isoformat(),
-            "imported_from": {"trainer_folder": folder.name, "configuration": config_name,
-                              "folds": [d.name for d in fold_dirs], "checkpoint": checkpoint,
-                              "checkpoint_sha256": digests, "mirror_axes": mirrors,
-                              "trainer": ", ".join(sorted(t for t in trainers if t)) or None},
-        },
-    }
-    if dataset.get("licence") or dataset.get("license"):
-        spec["license"] = str(dataset.get("licence") or dataset.get("license"))
+        license=str(dataset.get("licence") or dataset.get("license")) if dataset.get("licence") or dataset.get("license") else None,
+        network=NetworkSpec.from_config(config),
+        weights=tuple(f"{d.name}.safetensors" for d in fold_dirs),
+        labels=tuple(Label(value, name, _PALETTE[(value - 1) % len(_PALETTE)]) for name, value in labels),
+        channels=tuple(Channel(name, "CT" if "CT" in name.upper() else "MR") for name in channels),
+        preprocessing=PreprocessingPlan(
+            target_spacing=_to_ours([float(s) for s in conf["spacing"]], axes),
+            normalization=tuple(Normalization.from_json(n) for n in _normalization(plans, conf, len(channels), folder)),
+            crop_to_nonzero=any(bool(x) for x in conf.get("use_mask_for_norm", [])),
+            orientation="as-is",  # nnU-Net's non-reorienting readers keep the file's voxel order
+        ),
+        inference=InferenceDefaults(
+            patch_size=_patch_size(_to_ours([int(p) for p in conf["patch_size"]], axes)),
+            step=0.5,
+            mirror_axes=_common_mirror_axes(mirrors),
+        ),
+        provenance=Provenance(
+            base_model=None,
+            training_data=str(plans.get("dataset_name") or dataset.get("name") or folder.parent.name),
+            date=datetime.date.today().isoformat(),
+            imported_from={"trainer_folder": folder.name, "configuration": config_name,
+                           "folds": [d.name for d in fold_dirs], "checkpoint": checkpoint,
+                           "checkpoint_sha256": digests, "mirror_axes": mirrors,
+                           "trainer": ", ".join(sorted(t for t in trainers if t)) or None},
+        ),
+    )
     return Bundle.create(spec, state_dicts)
 
 
@@ -563,12 +504,4 @@ def _read_json(path: Path) -> dict:
     if not isinstance(data, dict):
         raise InputError(f"{path}: expected a JSON object")
     return data
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 22), b""):
-            digest.update(block)
-    return digest.hexdigest()
 

@@ -16,7 +16,7 @@ from typing import Callable, List, Optional, Sequence, Tuple
 import numpy as np
 
 from mednextv2.errors import ResourceError
-from mednextv2.export import atomic_path
+from mednextv2.atomic import atomic_path, write_bytes
 from mednextv2.image_io import read_channels, read_image
 from mednextv2.preprocessing import labels_to_network_grid, preprocess
 from mednextv2.train.datasets import Case
@@ -48,7 +48,7 @@ class CachedCase:
 
 
 def _case_key(case: Case, plan: Plan) -> str:
-    parts = [json.dumps(plan.preprocessing(), sort_keys=True), plan.label_lookup().tolist()]
+    parts = [json.dumps(plan.preprocessing_plan().to_json(), sort_keys=True), plan.label_lookup().tolist()]
     for path in (*case.images, case.label):
         st = path.stat()
         parts.append([str(path.resolve()), st.st_size, int(st.st_mtime_ns)])
@@ -104,8 +104,7 @@ def build_cache(cases: Sequence[Case], plan: Plan, folder: Path,
         else:
             cached = _build_case(case, plan, folder, lut)
             index[case.name] = {"key": key, "shape": list(cached.shape), "classes": list(cached.classes)}
-            with atomic_path(index_path) as tmp:
-                tmp.write_text(json.dumps(index, indent=1), encoding="utf-8")
+            write_bytes(index_path, json.dumps(index, indent=1).encode("utf-8"))
             out.append(cached)
             log.debug("cached %s: shape %s, classes %s", case.name, cached.shape, cached.classes)
         if report:

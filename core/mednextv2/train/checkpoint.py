@@ -9,12 +9,12 @@ from __future__ import annotations
 import errno
 import logging
 import os
-import tempfile
 from pathlib import Path
 from typing import Any, Dict
 
 import torch
 
+from mednextv2.atomic import atomic_path
 from mednextv2.errors import InputError, ResourceError
 
 log = logging.getLogger(__name__)
@@ -25,21 +25,16 @@ BEST = "checkpoint_best.pt"
 
 def save_atomic(state: Dict[str, Any], path: Path) -> None:
     path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
-        with os.fdopen(fd, "wb") as f:
+        with atomic_path(path) as tmp, open(tmp, "xb") as f:
             torch.save(state, f)
             f.flush()
             os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except OSError as e:
-        Path(tmp).unlink(missing_ok=True)
-        hint = " (disk full)" if e.errno in (errno.ENOSPC, errno.EDQUOT) else ""
-        raise ResourceError(f"cannot write checkpoint {path}{hint}: {e.strerror or e}; "
+    except (OSError, ResourceError) as e:
+        cause = e.__cause__ if isinstance(e, ResourceError) else e
+        hint = " (disk full)" if getattr(cause, "errno", None) in (errno.ENOSPC, errno.EDQUOT) else ""
+        raise ResourceError(f"cannot write checkpoint {path}{hint}: {getattr(cause, 'strerror', None) or cause}; "
                             "the previous checkpoint is unchanged") from e
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def load(path: Path) -> Dict[str, Any]:

@@ -11,14 +11,9 @@ import logging
 from pathlib import Path
 from typing import Dict, List, Sequence
 
-from mednextv2.export import atomic_path
+from mednextv2.atomic import atomic_path, write_bytes
 
 log = logging.getLogger(__name__)
-
-
-def _atomic_write(path: Path, data: bytes) -> None:
-    with atomic_path(path) as tmp:
-        tmp.write_bytes(data)
 
 
 def write_csv(rows: Sequence[Dict], path: Path) -> None:
@@ -32,7 +27,7 @@ def write_csv(rows: Sequence[Dict], path: Path) -> None:
     writer.writeheader()
     for row in rows:
         writer.writerow({k: ("" if row.get(k) is None else row.get(k)) for k in columns})
-    _atomic_write(path, buf.getvalue().encode())
+    write_bytes(path, buf.getvalue().encode())
 
 
 def write_png(rows: Sequence[Dict], path: Path) -> bool:
@@ -65,7 +60,7 @@ def write_png(rows: Sequence[Dict], path: Path) -> bool:
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=90)
     plt.close(fig)
-    _atomic_write(path, buf.getvalue())
+    write_bytes(path, buf.getvalue())
     return True
 
 

@@ -19,6 +19,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from mednextv2 import export
+from mednextv2.atomic import atomic_path
 from mednextv2.bundle import load_bundle
 from mednextv2.errors import InputError
 from mednextv2.progress import make_progress
@@ -105,7 +106,7 @@ def write_overlay(image: sitk.Image, prediction: sitk.Image, reference: sitk.Ima
     rgb = np.concatenate(panels, axis=1)
     rgb = np.repeat(np.repeat(rgb, 3, axis=0), 3, axis=1)[::-1]  # 2 mm voxels: enlarge; anterior up
     out = sitk.GetImageFromArray(np.ascontiguousarray(rgb), isVector=True)
-    with export.atomic_path(path) as tmp:
+    with atomic_path(path) as tmp:
         sitk.WriteImage(out, str(tmp))
     return path
 

@@ -13,7 +13,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from mednextv2.bundle import Normalization, PreprocessingPlan
+from mednextv2.bundle_spec import BundleSpec, InferenceDefaults, Label, Normalization, PreprocessingPlan, Resampling
 from mednextv2.errors import InputError
 from mednextv2.network import DIVISOR, MedNeXtConfig
 from mednextv2.train.fingerprint import Fingerprint
@@ -52,33 +52,24 @@ class Plan:
     base_model: Optional[str] = None
     orientation: str = "LPS"  # see preprocessing.py: a base model's choice is kept
     extra: dict = field(default_factory=dict)
+    resampling: Optional[dict] = None  # bundle form; a base model's choice is kept, else linear (None)
 
     @property
     def config(self) -> MedNeXtConfig:
         return MedNeXtConfig.from_dict(self.network)
 
-    def preprocessing(self) -> dict:
-        spacing = None if self.target_spacing is None else [float(s) for s in self.target_spacing]
-        return {"axis_order": "zyx", "orientation": self.orientation, "target_spacing": spacing,
-                "crop_to_nonzero": self.crop_to_nonzero, "normalization": [dict(n) for n in self.normalization]}
-
     def preprocessing_plan(self) -> PreprocessingPlan:
-        """The same plan as the segment pipeline reads it from the bundle, so training sees what inference sees."""
-        norms = tuple(Normalization(n["scheme"], tuple(n["clip"]) if "clip" in n else None,
-                                    float(n.get("mean", 0.0)), float(n.get("std", 1.0))) for n in self.normalization)
-        return PreprocessingPlan(self.target_spacing, norms, self.crop_to_nonzero, self.orientation)
+        """The bundle's preprocessing section; the segment pipeline reads the same, so training sees what inference sees."""
+        return PreprocessingPlan(self.target_spacing, tuple(Normalization.from_json(n) for n in self.normalization),
+                                 self.crop_to_nonzero, self.orientation,
+                                 Resampling.from_json(self.resampling) if self.resampling else None)
 
-    def inference(self) -> dict:
-        return {"patch_size": list(self.patch_size), "step": 0.5, "mirror_axes": list(self.mirror_axes)}
+    def inference_defaults(self) -> InferenceDefaults:
+        return InferenceDefaults(self.patch_size, 0.5, self.mirror_axes)
 
-    def label_entries(self) -> List[dict]:
-        out = []
-        for i, spec in enumerate(self.labels, start=1):
-            entry = {"value": i, "name": spec.name, "color": list(spec.color)}
-            if spec.terminology:
-                entry["terminology"] = spec.terminology
-            out.append(entry)
-        return out
+    def bundle_labels(self) -> Tuple[Label, ...]:
+        """Head rows 1..n-1 as bundle labels (the dataset's own values are only used for training)."""
+        return tuple(Label(i, spec.name, spec.color, spec.terminology) for i, spec in enumerate(self.labels, start=1))
 
     def label_lookup(self) -> np.ndarray:
         """Dataset label value -> head row; unknown values map to background."""
@@ -178,26 +169,25 @@ def plan_from_scratch(fp: Fingerprint, labels: Dict[int, str], channel_modalitie
     return plan
 
 
-def plan_from_base(manifest: dict, base_id: str, labels: Dict[int, str], n_channels: int,
+def plan_from_base(base: BundleSpec, labels: Dict[int, str], n_channels: int,
                    patch: Optional[Sequence[int]] = None, spacing: Optional[Sequence[float]] = None,
                    batch_size: int = 2) -> Plan:
     """Keep the base bundle's preprocessing; only the head's label rows change."""
-    net = dict(manifest["network"])
-    if net["in_channels"] != n_channels:
-        raise InputError(f"base model {base_id} takes {net['in_channels']} channel(s) but the dataset has {n_channels}")
-    pre, inf = manifest["preprocessing"], manifest["inference"]
-    specs = map_labels(labels, manifest.get("labels", ()))
-    net.update(n_classes=len(specs) + 1, deep_supervision=True)
+    if base.network.in_channels != n_channels:
+        raise InputError(f"base model {base.id} takes {base.network.in_channels} channel(s) but the dataset has {n_channels}")
+    pre, inf = base.preprocessing, base.inference
+    specs = map_labels(labels, [lab.to_json() for lab in base.labels])
     if spacing:
-        log.warning("--spacing overrides the base model's target spacing %s", pre.get("target_spacing"))
-    return Plan(network=MedNeXtConfig.from_dict(net).to_dict(),
-                target_spacing=_spacing_or_none(spacing or pre.get("target_spacing")),
-                patch_size=_check_patch(patch) if patch else tuple(inf["patch_size"]), batch_size=batch_size,
-                crop_to_nonzero=bool(pre.get("crop_to_nonzero", False)),
-                normalization=tuple(dict(n) for n in pre["normalization"]),
-                channels=tuple(dict(c) for c in manifest["channels"]), labels=specs,
-                mirror_axes=tuple(inf.get("mirror_axes", (0, 1, 2))), base_model=base_id,
-                orientation=pre.get("orientation", "LPS"))
+        log.warning("--spacing overrides the base model's target spacing %s", pre.target_spacing)
+    network = base.network.config(n_classes=len(specs) + 1, deep_supervision=True)
+    return Plan(network=network.to_dict(),
+                target_spacing=_spacing_or_none(spacing or pre.target_spacing),
+                patch_size=_check_patch(patch) if patch else inf.patch_size, batch_size=batch_size,
+                crop_to_nonzero=pre.crop_to_nonzero,
+                normalization=tuple(n.to_json() for n in pre.normalization),
+                channels=tuple(c.to_json() for c in base.channels), labels=specs,
+                mirror_axes=inf.mirror_axes, base_model=base.id, orientation=pre.orientation,
+                resampling=pre.resampling.to_json() if pre.resampling else None)
 
 
 def _spacing_or_none(spacing) -> Optional[Tuple[float, float, float]]:

@@ -17,7 +17,7 @@ import torch
 
 from mednextv2.bundle import Bundle, load_bundle
 from mednextv2.errors import Cancelled, InputError
-from mednextv2.export import atomic_path
+from mednextv2.atomic import write_bytes
 from mednextv2.network import MedNeXt
 from mednextv2.progress import make_progress, null_progress
 from mednextv2.sliding_window import autocast_dtype, resolve_device
@@ -82,7 +82,7 @@ def _make_plan(options: TrainOptions, data, device: torch.device) -> Plan:
     labels = data.labels
     if options.base:
         base = _load_base(options.base)
-        return replace(plan_from_base(dict(base.spec), base.id, labels, data.n_channels, options.patch, options.spacing,
+        return replace(plan_from_base(base.spec, labels, data.n_channels, options.patch, options.spacing,
                                       options.batch_size), extra={"base_source": str(options.base)})
     preset = options.preset or ("v2-base" if device.type == "cuda" else "v2-tiny")
     budget = None
@@ -107,8 +107,7 @@ def _load_or_make_plan(options: TrainOptions, data, device, ctx, work: Path) -> 
     plan = _make_plan(options, data, device) if ctx.is_main else None
     plan = distributed.broadcast_object(ctx, plan)
     if ctx.is_main:
-        with atomic_path(path) as tmp:
-            tmp.write_text(json.dumps(plan_to_dict(plan), indent=1), encoding="utf-8")
+        write_bytes(path, json.dumps(plan_to_dict(plan), indent=1).encode("utf-8"))
     return plan
 
 
@@ -177,7 +176,7 @@ def run_training(options: TrainOptions) -> TrainResult:
         best_row = next((r for r in state.history if r["epoch"] == state.best_epoch), {})
         dice = {k[len("dice_"):]: v for k, v in best_row.items() if k.startswith("dice_")}
         if ctx.is_main and state.epoch > 0:
-            bundle = _export(options, plan, work, state, best_row, dice, len(train_cases), val_cases, ctx, device)
+            bundle = _export(options, plan, work, state, best_row, dice, train_cases, val_cases, ctx, device)
         distributed.barrier(ctx)
         if state.stopped_by:
             raise Cancelled(f"training stopped by {state.stopped_by} at epoch {state.epoch + 1}, iteration "
@@ -201,11 +200,15 @@ def _thick_slice_axis(spacing: Sequence[float]) -> Optional[int]:
     return axis if spacing[axis] > 3 * max(others) else None
 
 
-def _export(options, plan, work, state, best_row, dice, n_train, val_cases, ctx, device) -> Path:
+def _export(options, plan, work, state, best_row, dice, train_cases, val_cases, ctx, device) -> Path:
     metrics = {"dice": {k: v for k, v in dice.items()},
                "mean_dice": best_row.get("mean_dice"), "epoch": state.best_epoch,
                "validation_cases": [c.name for c in val_cases]}
-    training = {"dataset": str(Path(options.dataset).resolve()), "n_train_cases": n_train,
+    cases = [*train_cases, *val_cases]
+    source = Path(options.dataset).resolve()  # a folder, or its dataset.json
+    training = {"dataset": (source.parent if source.is_file() else source).name,
+                "dataset_sha256": output.dataset_digest(cases),
+                "n_train_cases": len(train_cases),
                 "preset": plan.extra.get("preset"), "epochs": state.epoch,
                 "iterations_per_epoch": state.history[-1]["iterations"] if state.history else None,
                 "patch_size": list(plan.patch_size), "batch_size": plan.batch_size, "world_size": ctx.world_size,

@@ -1,0 +1,180 @@
+"""BundleSpec: every producer's bundle survives build -> save -> load unchanged; the new fields;
+one validator whose jsonschema and fallback engines say the same; strict numbers; shareable
+provenance."""
+from __future__ import annotations
+
+import copy
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+import slicer_segment_paths  # noqa: F401
+from MedNeXtV2SegmentLib.tinybundle import tiny_bundle
+from mednextv2.bundle import (Bundle, BundleSpec, Channel, InferenceDefaults, Label, NetworkSpec, Normalization,
+                              PreprocessingPlan, Provenance, Resampling, ResampleOrder, load_bundle)
+from mednextv2.bundle_spec import REDACTED, strip_absolute_paths
+from mednextv2.errors import InputError
+from mednextv2.importer import convert_nnunet
+from mednextv2.network import MedNeXt, MedNeXtConfig
+from mednextv2.train.output import bundle_id, bundle_spec, write_bundle
+from mednextv2.train.planning import LabelSpec, Plan, plan_from_base
+from mednextv2.validation import MODEL_ID_PATTERN, load_schema, schema_errors
+from segment_fixtures import bundle_spec as fixture_spec, threshold_bundle, tiny_config
+from test_import_nnunet import CASE, write_results
+
+NNUNET_RESAMPLING = Resampling(ResampleOrder(3, 0, None), ResampleOrder(1, 0, None))
+
+
+def _round_trip(bundle: Bundle, tmp_path, name: str = "b") -> Bundle:
+    loaded = load_bundle(bundle.save(tmp_path / name))
+    assert loaded.spec == bundle.spec
+    assert BundleSpec.from_json(json.loads((tmp_path / name / "model.json").read_text())) == bundle.spec
+    return loaded
+
+
+def _plan(**changes) -> Plan:
+    cfg = tiny_config().replace(n_classes=3, deep_supervision=True)
+    values = dict(network=cfg.to_dict(), target_spacing=(2.0, 1.5, 1.5), patch_size=(16, 32, 32), batch_size=2,
+                  crop_to_nonzero=True, normalization=({"scheme": "ct", "clip": [-100.0, 300.0], "mean": 50.0, "std": 80.0},),
+                  channels=({"name": "CT", "modality": "CT"},),
+                  labels=(LabelSpec(3, "liver", (10, 20, 30)), LabelSpec(7, "tumor", (200, 0, 0), {"category": ["a", "b", "c"],
+                                                                                            "type": ["d", "e", "f"]})),
+                  mirror_axes=(1, 2))
+    values.update(changes)
+    return Plan(**values)
+
+
+# ---------------------------------------------------------------- producers
+def test_importer_bundle_round_trips(tmp_path, fixtures_dir):
+    weights = load_file(str(fixtures_dir / f"{CASE}.weights.safetensors"))
+    bundle = convert_nnunet(write_results(tmp_path, {0: weights, 1: weights}), "liver")
+    loaded = _round_trip(bundle, tmp_path)
+    assert loaded.spec.network.grn_norm == "mean" and loaded.spec.provenance.imported_from["folds"] == ["fold_0", "fold_1"]
+
+
+def test_trained_bundle_round_trips_and_names_no_path(tmp_path):
+    plan = _plan()
+    state = MedNeXt(plan.config).state_dict()
+    training = {"dataset": "Task01_Liver", "dataset_sha256": "0" * 64, "n_train_cases": 4}
+    path = write_bundle(tmp_path / "Liver Model", plan, state, {"dice": {"liver": 0.9}}, training)
+    loaded = load_bundle(path)
+    assert loaded.spec == Bundle.create(bundle_spec(path, plan, {"dice": {"liver": 0.9}}, training), [state]).spec
+    assert loaded.id == "liver-model"  # the one id rule: lower case
+    assert [(lab.value, lab.name) for lab in loaded.labels] == [(1, "liver"), (2, "tumor")]
+    assert loaded.preprocessing == plan.preprocessing_plan() and loaded.inference.mirror_axes == (1, 2)
+    assert loaded.spec.preprocessing.resampling is None  # our own bundles: linear, field omitted
+    assert "resampling" not in json.loads((path / "model.json").read_text())["preprocessing"]
+
+
+def test_plan_from_base_keeps_resampling_and_round_trips(tmp_path):
+    base = Bundle.create(threshold_bundle().spec.replace(
+        preprocessing=PreprocessingPlan((2.0, 1.5, 1.5), (Normalization("zscore"),), resampling=NNUNET_RESAMPLING)),
+        [threshold_bundle().load_state_dicts()[0]])
+    plan = plan_from_base(base.spec, {1: "structure1", 2: "new"}, 1)
+    assert plan.preprocessing_plan().resampling == NNUNET_RESAMPLING
+    state = MedNeXt(plan.config).state_dict()
+    path = write_bundle(tmp_path / "tuned", plan, state, {}, {"dataset": "d", "n_train_cases": 1})
+    assert load_bundle(path).spec.preprocessing.resampling == NNUNET_RESAMPLING
+    _round_trip(Bundle.create(bundle_spec(path, plan, {}, {"dataset": "d", "n_train_cases": 1}), [state]), tmp_path)
+
+
+def test_slicer_tiny_bundle_round_trips(tmp_path):
+    loaded = _round_trip(tiny_bundle("tiny"), tmp_path)
+    assert loaded.labels[1].terminology["type"] == ["SCT", "85756007", "Tissue"]
+
+
+def test_every_optional_field_round_trips_through_folder_and_zip(tmp_path):
+    spec = BundleSpec(
+        id="all-fields", title="All", description="d", license="CC-BY-4.0",
+        network=NetworkSpec.from_config(tiny_config()),
+        labels=(Label(1, "structure1", (1, 2, 3)),), channels=(Channel("T1", "MR"),),
+        preprocessing=PreprocessingPlan(None, (Normalization("none"),), True, "as-is", NNUNET_RESAMPLING),
+        inference=InferenceDefaults((16, 32, 48), 0.25, (), (4.0, 3.0, 3.0)),
+        provenance=Provenance("base", "data", {"dice": {"a": 0.5}}, "2026-01-01", {"epochs": 2}, {"folds": [0]},
+                              {"custom": [1, 2]}))
+    bundle = Bundle.create(spec, [threshold_bundle().load_state_dicts()[0]])
+    for name in ("folder", "b.zip"):
+        assert load_bundle(bundle.save(tmp_path / name)).spec == bundle.spec
+
+
+# ---------------------------------------------------------------- new fields
+def test_grn_norm_defaults_to_mean_and_sum_is_stored(tmp_path):
+    path = threshold_bundle().save(tmp_path / "m")
+    doc = json.loads((path / "model.json").read_text())
+    assert doc["network"]["grn_norm"] == "mean"
+    del doc["network"]["grn_norm"]  # a bundle written before the field existed
+    (path / "model.json").write_text(json.dumps(doc))
+    old = load_bundle(path)
+    assert old.network.grn_norm == "mean" and len(old.build_models()) == 1
+    doc["network"]["grn_norm"] = "sum"
+    assert BundleSpec.from_json(doc).network.grn_norm == "sum"
+    doc["network"]["grn_norm"] = "max"
+    with pytest.raises(InputError, match=r"network.grn_norm: must be one of \['mean', 'sum'\]"):
+        BundleSpec.from_json(doc)
+
+
+def test_resampling_is_validated():
+    doc = fixture_spec(tiny_config())
+    doc["preprocessing"]["resampling"] = NNUNET_RESAMPLING.to_json()
+    doc["weights"] = ["w.safetensors"]
+    assert BundleSpec.from_json(doc).preprocessing.resampling == NNUNET_RESAMPLING
+    doc["preprocessing"]["resampling"]["data"]["order"] = 7
+    with pytest.raises(InputError, match=r"resampling.data.order: must be <= 5"):
+        BundleSpec.from_json(doc)
+    del doc["preprocessing"]["resampling"]["probabilities"]
+    with pytest.raises(InputError, match="resampling.probabilities: required field is missing"):
+        BundleSpec.from_json(doc)
+
+
+# ---------------------------------------------------------------- one validator
+def _broken_documents():
+    good = dict(fixture_spec(tiny_config()), weights=["w.safetensors"])
+    mutations = [
+        lambda d: d.update(format_version=2), lambda d: d.update(labels=[]), lambda d: d.pop("network"),
+        lambda d: d["inference"].update(step=1.5), lambda d: d["inference"].update(patch_size=[16.0, 32, 32.5]),
+        lambda d: d["network"].update(n_classes=True), lambda d: d["network"].update(unknown=1),
+        lambda d: d["preprocessing"].update(normalization=[{"scheme": "minmax"}]),
+        lambda d: d["labels"][0].update(terminology={"category": ["SCT", "1"]}),
+        lambda d: d["labels"][0].update(color=[256, -1, "x", 0]), lambda d: d.update(id="Upper"),
+        lambda d: d.update(id="evil\n"), lambda d: d.update(title=""), lambda d: d["channels"].append({"name": "x"}),
+        lambda d: d["preprocessing"].update(target_spacing=[0, 1]), lambda d: d.update(weights=["a/b.pt"]),
+    ]
+    for mutate in mutations:
+        doc = copy.deepcopy(good)
+        mutate(doc)
+        yield doc
+
+
+def test_jsonschema_and_fallback_report_the_same_problems():
+    schema = load_schema("model.schema.json")
+    for doc in _broken_documents():
+        theirs = schema_errors(doc, schema, engine="jsonschema")
+        assert theirs, doc
+        assert schema_errors(doc, schema, engine="fallback") == theirs
+    good = dict(fixture_spec(tiny_config()), weights=["w.safetensors"])
+    assert schema_errors(good, schema, engine="fallback") == schema_errors(good, schema, engine="jsonschema") == []
+
+
+def test_one_id_rule_everywhere():
+    assert load_schema("model.schema.json")["properties"]["id"]["pattern"] == MODEL_ID_PATTERN
+    assert load_schema("catalog.schema.json")["$defs"]["entry"]["properties"]["id"]["pattern"] == MODEL_ID_PATTERN
+    doc = dict(fixture_spec(tiny_config()), weights=["w.safetensors"])
+    for bad in ("evil\n", "Upper", "a" * 65, "con", "end."):
+        with pytest.raises(InputError, match="id"):
+            BundleSpec.from_json(dict(doc, id=bad))
+    assert bundle_id(Path("/x/My Model.zip")) == "my-model" and bundle_id(Path("CON")) == "trained-model"
+
+
+# ---------------------------------------------------------------- shareable
+def test_strip_absolute_paths_keeps_names_and_urls():
+    spec = threshold_bundle().spec.replace(
+        description="Trained on /home/jane/patients/Smith_J/data with C:\\Users\\jane\\x; see https://example.org/a/b, 0.5/0.8",
+        provenance=Provenance(training_data="/srv/x", training={"dataset": "/data/Task01", "n": 3, "list": ["/a/b", "ok"]}))
+    clean = strip_absolute_paths(spec)
+    assert clean.description == (f"Trained on {REDACTED} with {REDACTED}; see https://example.org/a/b, 0.5/0.8")
+    assert clean.provenance.training_data == REDACTED
+    assert clean.provenance.training == {"dataset": REDACTED, "n": 3, "list": [REDACTED, "ok"]}
+    assert "jane" not in json.dumps(clean.to_json())
