@@ -104,10 +104,10 @@ def test_each_fold_keeps_its_own_mirror_axes(tmp_path, official, home):
     last["trainer_name"] = "OtherTrainer"
     torch.save(last, folder / "fold_1" / "checkpoint_final.pth")
     spec = load_bundle(import_model(folder)).spec
-    imported = spec["provenance"]["imported_from"]
+    imported = spec.provenance.imported_from
     assert imported["mirror_axes"] == {"fold_0": [0, 2], "fold_1": [0, 1, 2]}
     # the last fold's axes no longer leak: the ensemble mirrors only where every fold allows it
-    assert spec["inference"]["mirror_axes"] == [0, 2]
+    assert list(spec.inference.mirror_axes) == [0, 2]
     assert imported["trainer"] == "OtherTrainer, nnUNetTrainer_MedNeXtV2_L_k3_GRN"
 
 
@@ -117,7 +117,7 @@ def test_grn_norm_option_reaches_the_bundle_and_network(tmp_path, official, home
     assert main(["models", "--progress", "none", "import", str(folder), "--id", "meaned"]) == 0
     capsys.readouterr()
     summed, meaned = load_bundle(home / "models" / "summed"), load_bundle(home / "models" / "meaned")
-    assert summed.network["grn_norm"] == "sum" and meaned.network["grn_norm"] == "mean"
+    assert summed.network.grn_norm == "sum" and meaned.network.grn_norm == "mean"
     blocks = [m for m in summed.build_models("cpu")[0].modules() if isinstance(m, MedNeXtBlock)]
     assert blocks and all(b.grn_norm == "sum" for b in blocks)
     x = official["input"]
