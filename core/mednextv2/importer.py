@@ -20,10 +20,11 @@ from typing import Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 from mednextv2.atomic import sha256_file
 from mednextv2.bundle import (MODEL_JSON, Bundle, BundleSpec, Channel, InferenceDefaults, Label, NetworkSpec,
-                              Normalization, PreprocessingPlan, Provenance, load_bundle)
+                              Normalization, PreprocessingPlan, Provenance, ResampleOrder, Resampling, load_bundle)
 from mednextv2.bundle_spec import strip_absolute_paths
 from mednextv2.cache import ModelCache, check_model_id, format_size
 from mednextv2.errors import InputError
+from mednextv2.nnunet_v1 import convert_nnunet_v1, default_id_name, is_v1_results
 from mednextv2.safezip import safe_extract_zip
 
 log = logging.getLogger(__name__)
@@ -42,7 +43,8 @@ _READER_AXES = {"SimpleITKIO": (0, 1, 2), "NibabelIO": (2, 1, 0)}
 
 # ---------------------------------------------------------------- what a folder holds
 def find_model_root(folder: Path, configuration: Optional[str] = None, max_depth: int = 3) -> Tuple[str, Path]:
-    """("bundle", folder with model.json) or ("nnunet", folder with plans.json + dataset.json).
+    """("bundle", folder with model.json), ("nnunet", folder with plans.json + dataset.json) or
+    ("nnunet-v1", folder with plans.pkl + fold_*).
 
     An nnU-Net export zip may hold several `<Trainer>__<Plans>__<configuration>` folders;
     `configuration` picks one."""
@@ -54,14 +56,17 @@ def find_model_root(folder: Path, configuration: Optional[str] = None, max_depth
                 found.append(("bundle", path))
             elif (path / "plans.json").is_file() and (path / "dataset.json").is_file():
                 found.append(("nnunet", path))
+            elif is_v1_results(path):
+                found.append(("nnunet-v1", path))
         if found:
             break
         level = [p for path in level for p in sorted(path.iterdir()) if p.is_dir() and not p.name.startswith(".")]
     if len(found) > 1 and configuration:
         found = [(k, p) for k, p in found if k == "nnunet" and _configuration_from_folder(p) == configuration] or found
     if not found:
-        raise InputError(f"{folder} holds neither a model bundle (model.json) nor an nnU-Net v2 results folder "
-                         "(plans.json + dataset.json + fold_*/checkpoint_final.pth)")
+        raise InputError(f"{folder} holds neither a model bundle (model.json) nor an nnU-Net results folder (v2: "
+                         "plans.json + dataset.json + fold_*/checkpoint_final.pth; v1: plans.pkl + "
+                         "fold_*/model_final_checkpoint.model)")
     if len(found) > 1:
         listed = "\n  ".join(str(p) for _, p in found)
         raise InputError(f"{folder} holds several models; import one of them (or pick an nnU-Net configuration "
@@ -72,9 +77,11 @@ def find_model_root(folder: Path, configuration: Optional[str] = None, max_depth
 # ---------------------------------------------------------------- public entry points
 def import_model(path: Union[str, Path], cache: Optional[ModelCache] = None, *, model_id: Optional[str] = None,
                  folds: Optional[Sequence[Union[int, str]]] = None, configuration: Optional[str] = None,
-                 checkpoint: Optional[str] = None, grn_norm: Optional[str] = None, replace: bool = False,
-                 progress=None) -> Path:
-    """Import a bundle (folder or zip) or an nnU-Net v2 results folder or zip into the cache.
+                 checkpoint: Optional[str] = None, grn_norm: Optional[str] = None,
+                 dataset_json: Optional[Union[str, Path]] = None, replace: bool = False, progress=None) -> Path:
+    """Import a bundle (folder or zip) or an nnU-Net v2 or v1 results folder or zip into the cache.
+
+    `dataset_json`: label names for an nnU-Net v1 folder (which has none), from its raw dataset.json.
 
     `grn_norm` ("mean" or "sum"): GRN's normaliser for an nnU-Net import (default "mean", the
     official MedNeXt code); see docs/models.md. Returns the installed bundle folder, usable as `-m <id>`."""
@@ -85,7 +92,8 @@ def import_model(path: Union[str, Path], cache: Optional[ModelCache] = None, *, 
     if model_id is not None:
         check_model_id(model_id)
     with cache.staging("import") as stage:
-        options = dict(folds=folds, configuration=configuration, checkpoint=checkpoint, grn_norm=grn_norm)
+        options = dict(folds=folds, configuration=configuration, checkpoint=checkpoint, grn_norm=grn_norm,
+                       dataset_json=dataset_json)
         staged, final_id, details = _stage_model(source, stage, model_id, options, progress)
         info = {"source": "import", "origin": str(source.resolve()), **details}
         with cache.lock(final_id):
@@ -129,6 +137,13 @@ def _stage_model(source: Path, stage: Path, model_id: Optional[str], options: Ma
         check_model_id(final_id)
         bundle = Bundle(spec=strip_absolute_paths(bundle.spec.replace(id=final_id)), source=bundle.source)
         details = {"format": "bundle"}
+    elif kind == "nnunet-v1":
+        final_id = model_id or _id_from_name(default_id_name(found), options.get("configuration"))
+        check_model_id(final_id)
+        bundle = convert_nnunet_v1(found, final_id, folds=options.get("folds"), configuration=options.get("configuration"),
+                                   checkpoint=options.get("checkpoint"), grn_norm=options.get("grn_norm"),
+                                   dataset_json=options.get("dataset_json"), progress=progress)
+        details = {"format": "nnunet-v1", **bundle.spec.provenance.imported_from}
     else:
         final_id = model_id or default_nnunet_id(found, options.get("configuration"))
         check_model_id(final_id)
@@ -147,7 +162,11 @@ def default_nnunet_id(folder: Path, configuration: Optional[str] = None) -> str:
     dataset = _read_json(folder / "dataset.json")
     plans = _read_json(folder / "plans.json")
     name = str(plans.get("dataset_name") or dataset.get("name") or folder.parent.name)
-    config = configuration or _configuration_from_folder(folder) or "3d_fullres"
+    return _id_from_name(name, configuration or _configuration_from_folder(folder))
+
+
+def _id_from_name(name: str, config: Optional[str]) -> str:
+    config = config or "3d_fullres"
     base = re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-") or "nnunet-model"
     suffix = "" if config == "3d_fullres" else "-" + re.sub(r"[^a-z0-9]+", "-", config.lower()).strip("-")
     return (base[: 64 - len(suffix)] + suffix).strip("-")
@@ -157,8 +176,17 @@ def convert_nnunet(folder: Path, model_id: str, *, folds: Optional[Sequence[Unio
                    configuration: Optional[str] = None, checkpoint: str = NNUNET_CHECKPOINT,
                    grn_norm: Optional[str] = None, progress=None) -> Bundle:
     """An in-memory bundle from an nnU-Net v2 results folder whose network is a MedNeXt."""
-    dataset = _read_json(folder / "dataset.json")
-    plans = _read_json(folder / "plans.json")
+    return convert_results(folder, model_id, _read_json(folder / "dataset.json"), _read_json(folder / "plans.json"),
+                           folds=folds, configuration=configuration, checkpoint=checkpoint, grn_norm=grn_norm,
+                           progress=progress)
+
+
+def convert_results(folder: Path, model_id: str, dataset: Mapping, plans: Mapping, *,
+                    folds: Optional[Sequence[Union[int, str]]] = None, configuration: Optional[str] = None,
+                    checkpoint: str = NNUNET_CHECKPOINT, grn_norm: Optional[str] = None, progress=None,
+                    source: str = "nnU-Net v2", trainer_name: Optional[str] = None) -> Bundle:
+    """A bundle from nnU-Net results given as v2's dataset.json and plans.json contents
+    (nnunet_v1.py translates a v1 folder's plans.pkl into that form)."""
     config_name = configuration or _configuration_from_folder(folder) or _default_configuration(plans, folder)
     conf = _resolve_configuration(plans, config_name, folder)
     labels = _labels(dataset, folder)
@@ -192,7 +220,7 @@ def convert_nnunet(folder: Path, model_id: str, *, folds: Optional[Sequence[Unio
         id=model_id,
         title=str(dataset.get("name") or plans.get("dataset_name") or model_id),
         description=(str(dataset.get("description", "")).strip() + " " if dataset.get("description") else "")
-        + f"Imported from nnU-Net v2 results {folder.name} ({config_name}, {len(fold_dirs)} fold(s)).",
+        + f"Imported from {source} results {folder.name} ({config_name}, {len(fold_dirs)} fold(s)).",
         license=str(dataset.get("licence") or dataset.get("license")) if dataset.get("licence") or dataset.get("license") else None,
         network=NetworkSpec.from_config(config),
         weights=tuple(f"{d.name}.safetensors" for d in fold_dirs),
@@ -203,6 +231,7 @@ def convert_nnunet(folder: Path, model_id: str, *, folds: Optional[Sequence[Unio
             normalization=tuple(Normalization.from_json(n) for n in _normalization(plans, conf, len(channels), folder)),
             crop_to_nonzero=any(bool(x) for x in conf.get("use_mask_for_norm", [])),
             orientation="as-is",  # nnU-Net's non-reorienting readers keep the file's voxel order
+            resampling=_resampling(conf),
         ),
         inference=InferenceDefaults(
             patch_size=_patch_size(_to_ours([int(p) for p in conf["patch_size"]], axes)),
@@ -216,7 +245,7 @@ def convert_nnunet(folder: Path, model_id: str, *, folds: Optional[Sequence[Unio
             imported_from={"trainer_folder": folder.name, "configuration": config_name,
                            "folds": [d.name for d in fold_dirs], "checkpoint": checkpoint,
                            "checkpoint_sha256": digests, "mirror_axes": mirrors,
-                           "trainer": ", ".join(sorted(t for t in trainers if t)) or None},
+                           "trainer": ", ".join(sorted(t for t in trainers if t)) or trainer_name},
         ),
     )
     return Bundle.create(spec, state_dicts)
@@ -234,18 +263,14 @@ def with_grn_norm(config, grn_norm: Optional[str]):
 
 
 def load_checkpoint(path: Path):
-    """torch.load with weights_only=True; numpy scalars and dtypes are the only extra types allowed."""
+    """torch.load with weights_only=True; numpy arrays, scalars and dtypes are the only extra types allowed."""
     import pickle
 
-    import numpy as np
     import torch
 
-    allowed = [np.dtype]
-    core = getattr(np, "_core", None) or np.core
-    allowed += [core.multiarray.scalar, (core.multiarray.scalar, "numpy.core.multiarray.scalar")]
-    dtypes = getattr(np, "dtypes", None)
-    if dtypes is not None:
-        allowed += [getattr(dtypes, n) for n in dir(dtypes) if n.endswith("DType") and n[0].isupper()]
+    from mednextv2.safe_pickle import numpy_safe_globals
+
+    allowed = numpy_safe_globals()
     _check_checkpoint_size(path)
     safe = getattr(torch.serialization, "safe_globals", None)
     try:
@@ -336,6 +361,23 @@ def _common_mirror_axes(per_fold: Mapping[str, List[int]]) -> List[int]:
         log.warning("the folds allow different mirror axes (%s); mirroring only on the axes all allow: %s",
                     dict(per_fold), common)
     return common
+
+
+def _resampling(conf: Mapping) -> Resampling:
+    """The plan's spline orders for images and probabilities (nnU-Net's defaults where it has none)."""
+    def order(key: str, default: int) -> ResampleOrder:
+        kwargs = conf.get(key) or {}
+        try:
+            result = ResampleOrder(int(kwargs.get("order", default)), int(kwargs.get("order_z", 0)),
+                                   kwargs.get("force_separate_z"))
+        except (TypeError, ValueError, AttributeError) as e:
+            raise InputError(f"plans: {key} must hold integer 'order' and 'order_z', got {kwargs!r}") from e
+        if result.order not in (0, 1, 3) or result.order_z not in (0, 1, 3):
+            raise InputError(f"plans: {key} asks for spline order {result.order}/{result.order_z}; "
+                             "orders 0, 1 and 3 are supported")
+        return result
+
+    return Resampling(order("resampling_fn_data_kwargs", 3), order("resampling_fn_probabilities_kwargs", 1))
 
 
 def _to_ours(values: Sequence, axes: Sequence[int]) -> list:
