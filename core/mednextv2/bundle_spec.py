@@ -159,17 +159,29 @@ class ResampleOrder:
 @dataclass(frozen=True)
 class Resampling:
     """How images go to the network grid (`data`) and class probabilities come back (`probabilities`).
-    Absent from a bundle = linear everywhere (mednextv2's own bundles); nnU-Net imports carry the plan's."""
+    Absent from a bundle = linear everywhere (mednextv2's own bundles); nnU-Net imports carry the plan's.
+    `normalize_first` False: resample the raw image, then normalize (nnU-Net v1's order; v2 and
+    mednextv2 normalize first). The CT clip does not commute with a cubic spline's overshoot.
+    `softmax_first` True: the class scores go back to the input grid as softmax probabilities
+    (nnU-Net v1's export), not as logits (nnU-Net v2 and mednextv2)."""
 
     data: ResampleOrder
     probabilities: ResampleOrder
+    normalize_first: bool = True
+    softmax_first: bool = False
 
     @classmethod
     def from_json(cls, d: Mapping[str, Any]) -> "Resampling":
-        return cls(ResampleOrder.from_json(d["data"]), ResampleOrder.from_json(d["probabilities"]))
+        return cls(ResampleOrder.from_json(d["data"]), ResampleOrder.from_json(d["probabilities"]),
+                   bool(d.get("normalize_first", True)), bool(d.get("softmax_first", False)))
 
     def to_json(self) -> Dict[str, Any]:
-        return {"data": self.data.to_json(), "probabilities": self.probabilities.to_json()}
+        out = {"data": self.data.to_json(), "probabilities": self.probabilities.to_json()}
+        if not self.normalize_first:
+            out["normalize_first"] = False
+        if self.softmax_first:
+            out["softmax_first"] = True
+        return out
 
 
 @dataclass(frozen=True)

@@ -377,7 +377,9 @@ def _resampling(conf: Mapping) -> Resampling:
                              "orders 0, 1 and 3 are supported")
         return result
 
-    return Resampling(order("resampling_fn_data_kwargs", 3), order("resampling_fn_probabilities_kwargs", 1))
+    return Resampling(order("resampling_fn_data_kwargs", 3), order("resampling_fn_probabilities_kwargs", 1),
+                      normalize_first=bool(conf.get("normalize_first", True)),
+                      softmax_first=bool(conf.get("softmax_first", False)))
 
 
 def _to_ours(values: Sequence, axes: Sequence[int]) -> list:

@@ -89,6 +89,8 @@ def read_v1(folder: Path, configuration: Optional[str], dataset_json: Optional[P
                                                "order_z": int(export.get("interpolation_order_z", 0)),
                                                "force_separate_z": export.get("force_separate_z")},
     }
+    conf["normalize_first"] = False  # v1's GenericPreprocessor resamples, then normalizes
+    conf["softmax_first"] = True  # v1's export resamples softmax probabilities, v2's resamples logits
     v2_plans = {"dataset_name": task_name(folder), "image_reader_writer": "SimpleITKIO",
                 "transpose_forward": [int(t) for t in plans.get("transpose_forward", [0, 1, 2])],
                 "configurations": {name: conf}, "foreground_intensity_properties_per_channel": stats}
