@@ -126,3 +126,17 @@ def test_grn_norm_option_reaches_the_bundle_and_network(tmp_path, official, home
     with pytest.raises(InputError, match="--grn-norm must be one of mean, sum"):
         import_model(folder, grn_norm="max", model_id="bad")
     assert json.loads((home / "models" / "summed" / "model.json").read_text())["network"]["grn_norm"] == "sum"
+
+
+def test_v2_import_records_the_plans_resampling_orders(tmp_path, official, home):
+    from mednextv2.bundle import ResampleOrder, Resampling
+
+    folder = write_results(tmp_path, {0: official["weights"]})
+    spec = load_bundle(import_model(folder)).spec
+    # plans_json: data order 3 / order_z 0, probabilities order 1 / order_z 0 (nnU-Net's defaults)
+    assert spec.preprocessing.resampling == Resampling(ResampleOrder(3, 0, None), ResampleOrder(1, 0, None))
+    plans = plans_json()
+    plans["configurations"]["3d_fullres"]["resampling_fn_data_kwargs"]["order"] = 5
+    other = write_results(tmp_path / "other", {0: official["weights"]}, plans=plans)
+    with pytest.raises(InputError, match=r"spline order 5 \(order_z 0\); mednextv2 reproduces order 1 or 3 with order_z 0"):
+        import_model(other, model_id="order5")

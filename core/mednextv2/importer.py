@@ -365,19 +365,19 @@ def _common_mirror_axes(per_fold: Mapping[str, List[int]]) -> List[int]:
 
 def _resampling(conf: Mapping) -> Resampling:
     """The plan's spline orders for images and probabilities (nnU-Net's defaults where it has none)."""
-    def order(key: str, default: int) -> ResampleOrder:
+    def order(key: str, default: int, orders: Sequence[int]) -> ResampleOrder:
         kwargs = conf.get(key) or {}
         try:
             result = ResampleOrder(int(kwargs.get("order", default)), int(kwargs.get("order_z", 0)),
                                    kwargs.get("force_separate_z"))
         except (TypeError, ValueError, AttributeError) as e:
             raise InputError(f"plans: {key} must hold integer 'order' and 'order_z', got {kwargs!r}") from e
-        if result.order not in (0, 1, 3) or result.order_z not in (0, 1, 3):
-            raise InputError(f"plans: {key} asks for spline order {result.order}/{result.order_z}; "
-                             "orders 0, 1 and 3 are supported")
+        if result.order not in orders or result.order_z != 0:
+            raise InputError(f"plans: {key} asks for spline order {result.order} (order_z {result.order_z}); "
+                             f"mednextv2 reproduces order {' or '.join(map(str, orders))} with order_z 0 (nnU-Net's defaults)")
         return result
 
-    return Resampling(order("resampling_fn_data_kwargs", 3), order("resampling_fn_probabilities_kwargs", 1),
+    return Resampling(order("resampling_fn_data_kwargs", 3, (1, 3)), order("resampling_fn_probabilities_kwargs", 1, (1,)),
                       normalize_first=bool(conf.get("normalize_first", True)),
                       softmax_first=bool(conf.get("softmax_first", False)))
 
