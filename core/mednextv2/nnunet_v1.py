@@ -11,11 +11,10 @@ same kind of bundle. v1 reads images with SimpleITK (our z, y, x) and applies tr
 """
 from __future__ import annotations
 
-import json
 import logging
 import re
 from pathlib import Path
-from typing import Any, Dict, List, Mapping, Optional, Tuple
+from typing import Any, List, Mapping, Optional, Tuple
 
 from mednextv2.errors import InputError
 from mednextv2.safe_pickle import load_data_pickle
@@ -125,17 +124,12 @@ def _indexed(value: Any, where: Path, key: str) -> List[Any]:
 
 def _dataset(folder: Path, given: Optional[Path], modalities: List[Any], n_labels: int) -> dict:
     """Label and channel names: --dataset-json, else a dataset.json in or beside the folder, else label_1..n."""
+    from mednextv2.importer import _read_json
+
     candidates = [Path(given).expanduser()] if given else [folder / "dataset.json", folder.parent / "dataset.json"]
     for path in candidates:
         if path.is_file() or given:
-            try:
-                data = json.loads(path.read_text(encoding="utf-8"))
-            except FileNotFoundError as e:
-                raise InputError(f"--dataset-json {path}: no such file") from e
-            except (OSError, ValueError) as e:
-                raise InputError(f"{path} is not valid JSON: {e}") from e
-            if not isinstance(data, dict):
-                raise InputError(f"{path}: expected a JSON object")
+            data = _read_json(path)
             data.setdefault("modality", {str(i): str(m) for i, m in enumerate(modalities)})
             return data
     labels = {"background": 0, **{f"label_{i}": i for i in range(1, n_labels + 1)}}
