@@ -29,7 +29,7 @@ sys.path.insert(0, str(HERE.parent))
 
 from bench_segment_engines import CT_NORM, DATA, banded, nnunet_plans  # noqa: E402
 
-CASES = {
+CASES = {  # the image, its channel name, the plan's target spacing
     "lung": (DATA / "ct-lung" / "lung1_image.nrrd", "CT", (5.0, 1.5, 1.5)),
     "brain": (DATA / "mr-brain-lesion" / "brain1_image.nrrd", "T1", (6.5, 1.2, 1.2)),
 }
@@ -47,17 +47,20 @@ def results_folder(root: Path, case: str, modality: str, target, shape_zyx) -> P
 
     config = MedNeXtConfig(in_channels=1, n_channels=4, n_classes=4, exp_r=2, kernel_size=3, block_counts=[1] * 9,
                            grn=True, deep_supervision=False)
-    norm = CT_NORM if modality == "CT" else {"scheme": "zscore"}
     model = MedNeXt(config)
     randomised(model, seed=0)
     if modality == "CT":
         banded(model, CT_NORM)
     else:  # z-scored MR: bands over -2..2 standard deviations
         banded(model, {"clip": [-2.0, 2.0], "mean": 0.0, "std": 1.0})
-    bundle = Bundle.create(bundle_spec(config, patch=(32, 128, 128), target_spacing=target, normalization=[norm]),
+    # nnunet_plans writes CT statistics; an MR plan then switches to z-scoring, which ignores them
+    bundle = Bundle.create(bundle_spec(config, patch=(32, 128, 128), target_spacing=target, normalization=[CT_NORM]),
                            [model.state_dict()])
-    plans, dataset = nnunet_plans(bundle, shape_zyx) if modality == "CT" else _mr_plans(bundle, shape_zyx)
+    plans, dataset = nnunet_plans(bundle, shape_zyx)
     conf = plans["configurations"]["3d_fullres"]
+    if modality != "CT":
+        conf["normalization_schemes"] = ["ZScoreNormalization"]
+        dataset["channel_names"] = {"0": modality}
     conf["resampling_fn_data_kwargs"] = dict(DEFAULT_DATA)
     conf["resampling_fn_seg_kwargs"] = dict(DEFAULT_PROBABILITIES, is_seg=True)
     conf["resampling_fn_probabilities_kwargs"] = dict(DEFAULT_PROBABILITIES)
@@ -68,13 +71,6 @@ def results_folder(root: Path, case: str, modality: str, target, shape_zyx) -> P
     torch.save({"network_weights": model.state_dict(), "trainer_name": "nnUNetTrainer_MedNeXt",
                 "inference_allowed_mirroring_axes": (0, 1, 2)}, folder / "fold_0" / "checkpoint_final.pth")
     return folder
-
-
-def _mr_plans(bundle, shape_zyx):
-    plans, dataset = nnunet_plans(bundle, shape_zyx)
-    plans["configurations"]["3d_fullres"]["normalization_schemes"] = ["ZScoreNormalization"]
-    dataset["channel_names"] = {"0": "T1"}
-    return plans, dataset
 
 
 def predict_nnunet(folder: Path, image_path: Path) -> np.ndarray:
@@ -110,7 +106,8 @@ def main() -> None:
     results = {}
     with tempfile.TemporaryDirectory() as tmp:
         os.environ["MEDNEXTV2_HOME"] = str(Path(tmp) / "home")
-        for case, (image_path, modality, target) in CASES.items():
+        for case in sys.argv[1:] or CASES:
+            image_path, modality, target = CASES[case]
             image = sitk.ReadImage(str(image_path))
             folder = results_folder(Path(tmp), case, modality, target, sitk.GetArrayFromImage(image).shape)
             model_dir = import_model(folder, model_id=f"agree-{case}")

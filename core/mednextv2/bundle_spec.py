@@ -191,6 +191,9 @@ class PreprocessingPlan:
     crop_to_nonzero: bool = False
     orientation: str = "LPS"  # "LPS": permute/flip array axes to the nearest LPS order first; or "as-is"
     resampling: Optional[Resampling] = None  # None: linear everywhere
+    # z-score over the non-zero voxels only; None: when cropping (mednextv2's bundles). nnU-Net
+    # crops every image but takes the mask only where its plan's use_mask_for_norm says so.
+    use_mask_for_norm: Optional[bool] = None
 
     def __post_init__(self) -> None:
         _set(self, target_spacing=_tuple(self.target_spacing, float), normalization=tuple(self.normalization),
@@ -201,7 +204,8 @@ class PreprocessingPlan:
         resampling = d.get("resampling")
         return cls(d.get("target_spacing"), tuple(Normalization.from_json(n) for n in d["normalization"]),
                    bool(d.get("crop_to_nonzero", False)), d.get("orientation", "LPS"),
-                   Resampling.from_json(resampling) if resampling is not None else None)
+                   Resampling.from_json(resampling) if resampling is not None else None,
+                   None if d.get("use_mask_for_norm") is None else bool(d["use_mask_for_norm"]))
 
     def to_json(self) -> Dict[str, Any]:
         out = {"axis_order": "zyx", "orientation": self.orientation,
@@ -209,6 +213,8 @@ class PreprocessingPlan:
                "crop_to_nonzero": self.crop_to_nonzero, "normalization": [n.to_json() for n in self.normalization]}
         if self.resampling is not None:
             out["resampling"] = self.resampling.to_json()
+        if self.use_mask_for_norm is not None:
+            out["use_mask_for_norm"] = self.use_mask_for_norm
         return out
 
 

@@ -229,7 +229,8 @@ def convert_results(folder: Path, model_id: str, dataset: Mapping, plans: Mappin
         preprocessing=PreprocessingPlan(
             target_spacing=_to_ours([float(s) for s in conf["spacing"]], axes),
             normalization=tuple(Normalization.from_json(n) for n in _normalization(plans, conf, len(channels), folder)),
-            crop_to_nonzero=any(bool(x) for x in conf.get("use_mask_for_norm", [])),
+            crop_to_nonzero=True,  # nnU-Net crops every image to its non-zero box (and predicts background outside)
+            use_mask_for_norm=any(bool(x) for x in conf.get("use_mask_for_norm", [])),
             orientation="as-is",  # nnU-Net's non-reorienting readers keep the file's voxel order
             resampling=_resampling(conf),
         ),

@@ -347,7 +347,8 @@ def preprocess(images: Sequence[sitk.Image], plan: PreprocessingPlan,
     data = np.stack([orient_array(sitk.GetArrayViewFromImage(im), permutation, flips) for im in images])
     bbox = nonzero_bbox(data) if plan.crop_to_nonzero else tuple((0, n) for n in data.shape[1:])
     data = np.ascontiguousarray(data[(slice(None),) + tuple(slice(a, b) for a, b in bbox)], dtype=np.float32)
-    mask = np.any(data != 0, axis=0) if plan.crop_to_nonzero else None
+    use_mask = plan.crop_to_nonzero if plan.use_mask_for_norm is None else plan.use_mask_for_norm
+    mask = np.any(data != 0, axis=0) if use_mask else None
     normalize_first = plan.resampling is None or plan.resampling.normalize_first
     if normalize_first:
         for c, norm in enumerate(plan.normalization):
