@@ -330,7 +330,7 @@ def test_unknown_inputs_to_import(tmp_path):
     with pytest.raises(InputError, match="no such file or folder"):
         import_model(tmp_path / "nothing")
     (tmp_path / "empty").mkdir()
-    with pytest.raises(InputError, match="neither a model bundle.*nor an nnU-Net v2 results folder"):
+    with pytest.raises(InputError, match="neither a model bundle.*nor an nnU-Net results folder"):
         import_model(tmp_path / "empty")
     with pytest.raises(InputError, match="neither a folder nor a zip"):
         import_model(_write(tmp_path / "model.pth", b"junk"))
