@@ -23,6 +23,7 @@ from mednextv2.train import checkpoint
 from http_test_server import catalog_entry, catalog_json
 from segment_fixtures import threshold_bundle
 from test_import_nnunet import home  # noqa: F401  (autouse: a fresh model cache per test)
+from test_train_parts import breast_dataset  # noqa: F401
 
 
 @pytest.fixture(scope="module")
@@ -141,6 +142,16 @@ def test_non_finite_numbers_in_a_catalog_are_refused():
         with pytest.raises(InputError, match="not valid JSON|finite"):
             parse_catalog(json.dumps(doc).replace('"@@"', bad), "cat.json")
     assert parse_catalog(json.dumps(doc).replace('"@@"', "4.5"), "cat.json")[0].min_gpu_memory_gb == 4.5
+
+
+@pytest.mark.parametrize("spacing", [["nan", "1", "1"], ["inf", "1", "1"], ["0", "1", "1"]])
+def test_train_with_non_finite_spacing_is_exit_2(tmp_path, breast_dataset, capsys, spacing):
+    out = tmp_path / "model"
+    rc = main(["train", str(breast_dataset), "-o", str(out), "--spacing", *spacing, "--device", "cpu",
+               "--progress", "none", "--epochs", "1", "--iterations", "1", "--work-dir", str(tmp_path / "work")])
+    err = capsys.readouterr().err
+    assert rc == 2 and "--spacing must be three finite sizes > 0" in err and "Traceback" not in err
+    assert not out.exists()
 
 
 # ---------------------------------------------------------------- row 10: one id rule

@@ -53,6 +53,7 @@ def test_importer_bundle_round_trips(tmp_path, fixtures_dir):
     bundle = convert_nnunet(write_results(tmp_path, {0: weights, 1: weights}), "liver")
     loaded = _round_trip(bundle, tmp_path)
     assert loaded.spec.network.grn_norm == "mean" and loaded.spec.provenance.imported_from["folds"] == ["fold_0", "fold_1"]
+    assert loaded.preprocessing.resampling == NNUNET_RESAMPLING  # the plan's: cubic data, linear probabilities
 
 
 def test_trained_bundle_round_trips_and_names_no_path(tmp_path):

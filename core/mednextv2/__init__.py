@@ -14,6 +14,7 @@ _EXPORTS = {
     "upkern": "mednextv2.network",
     "load_bundle": "mednextv2.bundle",
     "Bundle": "mednextv2.bundle",
+    "BundleSpec": "mednextv2.bundle_spec",
     "segment": "mednextv2.segment",
 }
 

@@ -114,7 +114,9 @@ def replace_folder(new: PathLike, target: PathLike) -> Path:
         if old is not None and not target.exists():
             os.replace(old, target)
         raise
-    if old is not None:
+    if old is not None and old.is_symlink():
+        old.unlink()
+    elif old is not None:
         shutil.rmtree(old, ignore_errors=True)
     return target
 

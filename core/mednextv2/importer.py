@@ -364,13 +364,21 @@ def _common_mirror_axes(per_fold: Mapping[str, List[int]]) -> List[int]:
     return common
 
 
-def _resampling(conf: Mapping) -> Resampling:
-    """The plan's spline orders for images and probabilities (nnU-Net's defaults where it has none)."""
+def _resampling(conf: Mapping) -> Optional[Resampling]:
+    """The plan's spline orders for images and probabilities (nnU-Net's defaults where it has none),
+    when it uses nnU-Net's standard resampling function; else None (linear)."""
+    for kind in ("data", "probabilities"):
+        if conf.get(f"resampling_fn_{kind}", "resample_data_or_seg_to_shape") != "resample_data_or_seg_to_shape":
+            log.warning("plans: resampling_fn_%s %r is not nnU-Net's standard one; using linear resampling",
+                        kind, conf.get(f"resampling_fn_{kind}"))
+            return None
+
     def order(key: str, default: int, orders: Sequence[int]) -> ResampleOrder:
         kwargs = conf.get(key) or {}
         try:
+            force = kwargs.get("force_separate_z")
             result = ResampleOrder(int(kwargs.get("order", default)), int(kwargs.get("order_z", 0)),
-                                   kwargs.get("force_separate_z"))
+                                   None if force is None else bool(force))
         except (TypeError, ValueError, AttributeError) as e:
             raise InputError(f"plans: {key} must hold integer 'order' and 'order_z', got {kwargs!r}") from e
         if result.order not in orders or result.order_z != 0:

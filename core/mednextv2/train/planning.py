@@ -7,6 +7,7 @@ the label head changes: labels whose names match the base model reuse its head r
 from __future__ import annotations
 
 import logging
+import math
 import re
 from dataclasses import asdict, dataclass, field, replace
 from typing import Dict, List, Optional, Sequence, Tuple
@@ -150,7 +151,7 @@ def plan_from_scratch(fp: Fingerprint, labels: Dict[int, str], channel_modalitie
                       device_type: str, spacing: Optional[Sequence[float]] = None,
                       patch: Optional[Sequence[int]] = None, voxel_budget: Optional[int] = None,
                       batch_size: int = 2) -> Plan:
-    spacing = tuple(float(s) for s in spacing) if spacing else target_spacing(fp)
+    spacing = _check_spacing(spacing) if spacing else target_spacing(fp)
     crop = bool(np.median([np.prod(n) / np.prod(s) for n, s in zip(fp.nonzero_sizes, fp.sizes)]) <= CROP_GAIN)
     sizes = np.array(fp.nonzero_sizes if crop else fp.sizes, dtype=float)
     physical = sizes * np.array(fp.spacings)
@@ -181,7 +182,7 @@ def plan_from_base(base: BundleSpec, labels: Dict[int, str], n_channels: int,
         log.warning("--spacing overrides the base model's target spacing %s", pre.target_spacing)
     network = base.network.config(n_classes=len(specs) + 1, deep_supervision=True)
     return Plan(network=network.to_dict(),
-                target_spacing=_spacing_or_none(spacing or pre.target_spacing),
+                target_spacing=_check_spacing(spacing) if spacing else pre.target_spacing,
                 patch_size=_check_patch(patch) if patch else inf.patch_size, batch_size=batch_size,
                 crop_to_nonzero=pre.crop_to_nonzero,
                 normalization=tuple(n.to_json() for n in pre.normalization),
@@ -192,6 +193,14 @@ def plan_from_base(base: BundleSpec, labels: Dict[int, str], n_channels: int,
 
 def _spacing_or_none(spacing) -> Optional[Tuple[float, float, float]]:
     return None if spacing is None else tuple(float(s) for s in spacing)
+
+
+def _check_spacing(spacing: Sequence[float]) -> Tuple[float, float, float]:
+    """A given --spacing: three finite sizes > 0 (NaN used to reach the resampler as a traceback)."""
+    values = tuple(float(s) for s in spacing)
+    if len(values) != 3 or not all(math.isfinite(s) and s > 0 for s in values):
+        raise InputError(f"--spacing must be three finite sizes > 0 in mm (z y x), got {list(values)}")
+    return values
 
 
 def _check_patch(patch: Sequence[int]) -> Tuple[int, int, int]:
