@@ -272,7 +272,7 @@ def test_missing_final_checkpoint_points_to_the_option(tmp_path, official):
     with pytest.raises(InputError, match=r"no fold_\*/checkpoint_final.pth.*checkpoint_best.pth.*--checkpoint"):
         import_model(folder)
     assert load_bundle(import_model(folder, checkpoint="checkpoint_best.pth")).weights == ("fold_0.safetensors",)
-    with pytest.raises(InputError, match="no checkpoint_best.pth in fold_3"):
+    with pytest.raises(InputError, match="no fold named .fold_3."):
         import_model(folder, folds=[3], checkpoint="checkpoint_best.pth")
 
 
@@ -330,7 +330,7 @@ def test_unknown_inputs_to_import(tmp_path):
     with pytest.raises(InputError, match="no such file or folder"):
         import_model(tmp_path / "nothing")
     (tmp_path / "empty").mkdir()
-    with pytest.raises(InputError, match="neither a model bundle.*nor an nnU-Net v2 results folder"):
+    with pytest.raises(InputError, match="neither a model bundle.*nor an nnU-Net results folder"):
         import_model(tmp_path / "empty")
     with pytest.raises(InputError, match="neither a folder nor a zip"):
         import_model(_write(tmp_path / "model.pth", b"junk"))

@@ -151,15 +151,19 @@ def test_bad_inputs_raise_clear_value_errors():
 
 def test_bad_checkpoints_raise_clear_value_errors():
     sd = MedNeXt(SMALL).state_dict()
-    with pytest.raises(ValueError, match="stem.weight"):
+    with pytest.raises(ValueError, match="unexpected entry 'encoder.weight'"):  # names no MedNeXt has: refused first
         from_official_state_dict({"encoder.weight": torch.zeros(3)})
+    with pytest.raises(ValueError, match="stem.weight"):
+        from_official_state_dict({"out_0.conv_out.weight": torch.zeros(4, 2, 1, 1, 1)})
     with pytest.raises(ValueError, match="state dict"):
         from_official_state_dict([1, 2, 3])
     broken = dict(sd)
     broken["enc_block_1.0.conv3.weight"] = torch.zeros(12, 7, 1, 1, 1)
     with pytest.raises(ValueError, match="wrong shapes.*enc_block_1.0.conv3.weight"):
         from_official_state_dict(broken)
-    extra = dict(sd, **{"decoder.extra.weight": torch.zeros(2)})
+    with pytest.raises(ValueError, match="unexpected entry 'decoder.extra.weight'"):
+        from_official_state_dict(dict(sd, **{"decoder.extra.weight": torch.zeros(2)}))
+    extra = dict(sd, **{"stem.grn_gamma": torch.zeros(2)})  # a MedNeXt-like name this network lacks
     with pytest.raises(ValueError, match="unexpected keys"):
         from_official_state_dict(extra)
     partial = {k: v for k, v in sd.items() if not k.startswith("out_3")}

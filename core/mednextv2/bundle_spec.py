@@ -159,17 +159,29 @@ class ResampleOrder:
 @dataclass(frozen=True)
 class Resampling:
     """How images go to the network grid (`data`) and class probabilities come back (`probabilities`).
-    Absent from a bundle = linear everywhere (mednextv2's own bundles); nnU-Net imports carry the plan's."""
+    Absent from a bundle = linear everywhere (mednextv2's own bundles); nnU-Net imports carry the plan's.
+    `normalize_first` False: resample the raw image, then normalize (nnU-Net v1's order; v2 and
+    mednextv2 normalize first). The CT clip does not commute with a cubic spline's overshoot.
+    `softmax_first` True: the class scores go back to the input grid as softmax probabilities
+    (nnU-Net v1's export), not as logits (nnU-Net v2 and mednextv2)."""
 
     data: ResampleOrder
     probabilities: ResampleOrder
+    normalize_first: bool = True
+    softmax_first: bool = False
 
     @classmethod
     def from_json(cls, d: Mapping[str, Any]) -> "Resampling":
-        return cls(ResampleOrder.from_json(d["data"]), ResampleOrder.from_json(d["probabilities"]))
+        return cls(ResampleOrder.from_json(d["data"]), ResampleOrder.from_json(d["probabilities"]),
+                   bool(d.get("normalize_first", True)), bool(d.get("softmax_first", False)))
 
     def to_json(self) -> Dict[str, Any]:
-        return {"data": self.data.to_json(), "probabilities": self.probabilities.to_json()}
+        out = {"data": self.data.to_json(), "probabilities": self.probabilities.to_json()}
+        if not self.normalize_first:
+            out["normalize_first"] = False
+        if self.softmax_first:
+            out["softmax_first"] = True
+        return out
 
 
 @dataclass(frozen=True)
@@ -179,6 +191,9 @@ class PreprocessingPlan:
     crop_to_nonzero: bool = False
     orientation: str = "LPS"  # "LPS": permute/flip array axes to the nearest LPS order first; or "as-is"
     resampling: Optional[Resampling] = None  # None: linear everywhere
+    # z-score over the non-zero voxels only; None: when cropping (mednextv2's bundles). nnU-Net
+    # crops every image but takes the mask only where its plan's use_mask_for_norm says so.
+    use_mask_for_norm: Optional[bool] = None
 
     def __post_init__(self) -> None:
         _set(self, target_spacing=_tuple(self.target_spacing, float), normalization=tuple(self.normalization),
@@ -189,7 +204,8 @@ class PreprocessingPlan:
         resampling = d.get("resampling")
         return cls(d.get("target_spacing"), tuple(Normalization.from_json(n) for n in d["normalization"]),
                    bool(d.get("crop_to_nonzero", False)), d.get("orientation", "LPS"),
-                   Resampling.from_json(resampling) if resampling is not None else None)
+                   Resampling.from_json(resampling) if resampling is not None else None,
+                   None if d.get("use_mask_for_norm") is None else bool(d["use_mask_for_norm"]))
 
     def to_json(self) -> Dict[str, Any]:
         out = {"axis_order": "zyx", "orientation": self.orientation,
@@ -197,6 +213,8 @@ class PreprocessingPlan:
                "crop_to_nonzero": self.crop_to_nonzero, "normalization": [n.to_json() for n in self.normalization]}
         if self.resampling is not None:
             out["resampling"] = self.resampling.to_json()
+        if self.use_mask_for_norm is not None:
+            out["use_mask_for_norm"] = self.use_mask_for_norm
         return out
 
 

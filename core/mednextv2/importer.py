@@ -22,13 +22,18 @@ from mednextv2.atomic import sha256_file
 from mednextv2.bundle import (MODEL_JSON, Bundle, BundleSpec, Channel, InferenceDefaults, Label, NetworkSpec,
                               Normalization, PreprocessingPlan, Provenance, ResampleOrder, Resampling, load_bundle)
 from mednextv2.bundle_spec import strip_absolute_paths
-from mednextv2.cache import ModelCache, check_model_id
+from mednextv2.cache import ModelCache, check_model_id, format_size
 from mednextv2.errors import InputError
+from mednextv2.nnunet_v1 import convert_nnunet_v1, default_id_name, is_v1_results
 from mednextv2.safezip import safe_extract_zip
 
 log = logging.getLogger(__name__)
 
 NNUNET_CHECKPOINT = "checkpoint_final.pth"
+# A MedNeXt-v2 width-2 checkpoint with deep supervision and its optimizer state holds ~2,000 tensors;
+# a flood of 200k empty ones took torch.load minutes and GBs before anything could look at it.
+MAX_CHECKPOINT_RECORDS = 20_000
+MAX_CHECKPOINT_PICKLE_BYTES = 64 << 20
 _PALETTE = [(128, 174, 128), (241, 214, 145), (177, 122, 101), (111, 184, 210), (216, 101, 79),
             (221, 130, 101), (144, 238, 144), (192, 104, 88), (220, 245, 20), (78, 63, 0),
             (255, 250, 220), (230, 220, 70), (200, 200, 235), (250, 250, 210), (244, 214, 49)]
@@ -38,7 +43,8 @@ _READER_AXES = {"SimpleITKIO": (0, 1, 2), "NibabelIO": (2, 1, 0)}
 
 # ---------------------------------------------------------------- what a folder holds
 def find_model_root(folder: Path, configuration: Optional[str] = None, max_depth: int = 3) -> Tuple[str, Path]:
-    """("bundle", folder with model.json) or ("nnunet", folder with plans.json + dataset.json).
+    """("bundle", folder with model.json), ("nnunet", folder with plans.json + dataset.json) or
+    ("nnunet-v1", folder with plans.pkl + fold_*).
 
     An nnU-Net export zip may hold several `<Trainer>__<Plans>__<configuration>` folders;
     `configuration` picks one."""
@@ -50,14 +56,17 @@ def find_model_root(folder: Path, configuration: Optional[str] = None, max_depth
                 found.append(("bundle", path))
             elif (path / "plans.json").is_file() and (path / "dataset.json").is_file():
                 found.append(("nnunet", path))
+            elif is_v1_results(path):
+                found.append(("nnunet-v1", path))
         if found:
             break
         level = [p for path in level for p in sorted(path.iterdir()) if p.is_dir() and not p.name.startswith(".")]
     if len(found) > 1 and configuration:
         found = [(k, p) for k, p in found if k == "nnunet" and _configuration_from_folder(p) == configuration] or found
     if not found:
-        raise InputError(f"{folder} holds neither a model bundle (model.json) nor an nnU-Net v2 results folder "
-                         "(plans.json + dataset.json + fold_*/checkpoint_final.pth)")
+        raise InputError(f"{folder} holds neither a model bundle (model.json) nor an nnU-Net results folder (v2: "
+                         "plans.json + dataset.json + fold_*/checkpoint_final.pth; v1: plans.pkl + "
+                         "fold_*/model_final_checkpoint.model)")
     if len(found) > 1:
         listed = "\n  ".join(str(p) for _, p in found)
         raise InputError(f"{folder} holds several models; import one of them (or pick an nnU-Net configuration "
@@ -68,10 +77,14 @@ def find_model_root(folder: Path, configuration: Optional[str] = None, max_depth
 # ---------------------------------------------------------------- public entry points
 def import_model(path: Union[str, Path], cache: Optional[ModelCache] = None, *, model_id: Optional[str] = None,
                  folds: Optional[Sequence[Union[int, str]]] = None, configuration: Optional[str] = None,
-                 checkpoint: str = NNUNET_CHECKPOINT, replace: bool = False, progress=None) -> Path:
-    """Import a bundle (folder or zip) or an nnU-Net v2 results folder or zip into the cache.
+                 checkpoint: Optional[str] = None, grn_norm: Optional[str] = None,
+                 dataset_json: Optional[Union[str, Path]] = None, replace: bool = False, progress=None) -> Path:
+    """Import a bundle (folder or zip) or an nnU-Net v2 or v1 results folder or zip into the cache.
 
-    Returns the installed bundle folder, usable as `-m <id>`."""
+    `dataset_json`: label names for an nnU-Net v1 folder (which has none), from its raw dataset.json.
+
+    `grn_norm` ("mean" or "sum"): GRN's normaliser for an nnU-Net import (default "mean", the
+    official MedNeXt code); see docs/models.md. Returns the installed bundle folder, usable as `-m <id>`."""
     source = Path(path).expanduser()
     if not source.exists():
         raise InputError(f"cannot import {source}: no such file or folder")
@@ -79,8 +92,9 @@ def import_model(path: Union[str, Path], cache: Optional[ModelCache] = None, *, 
     if model_id is not None:
         check_model_id(model_id)
     with cache.staging("import") as stage:
-        staged, final_id, details = _stage_model(source, stage, model_id, dict(folds=folds, configuration=configuration,
-                                                                              checkpoint=checkpoint), progress)
+        options = dict(folds=folds, configuration=configuration, checkpoint=checkpoint, grn_norm=grn_norm,
+                       dataset_json=dataset_json)
+        staged, final_id, details = _stage_model(source, stage, model_id, options, progress)
         info = {"source": "import", "origin": str(source.resolve()), **details}
         with cache.lock(final_id):
             if cache.is_installed(final_id) and not replace:
@@ -116,16 +130,26 @@ def _stage_model(source: Path, stage: Path, model_id: Optional[str], options: Ma
     if expect is not None and kind != expect:
         raise InputError(f"{source}: expected a {expect} archive, found a {kind} ({found.name})")
     if kind == "bundle":
+        if options.get("grn_norm"):
+            raise InputError(f"{found}: --grn-norm applies to nnU-Net results; a bundle sets network.grn_norm in its {MODEL_JSON}")
         bundle = load_bundle(found)
         final_id = model_id or bundle.id
         check_model_id(final_id)
         bundle = Bundle(spec=strip_absolute_paths(bundle.spec.replace(id=final_id)), source=bundle.source)
         details = {"format": "bundle"}
+    elif kind == "nnunet-v1":
+        final_id = model_id or _id_from_name(default_id_name(found), options.get("configuration"))
+        check_model_id(final_id)
+        bundle = convert_nnunet_v1(found, final_id, folds=options.get("folds"), configuration=options.get("configuration"),
+                                   checkpoint=options.get("checkpoint"), grn_norm=options.get("grn_norm"),
+                                   dataset_json=options.get("dataset_json"), progress=progress)
+        details = {"format": "nnunet-v1", **bundle.spec.provenance.imported_from}
     else:
         final_id = model_id or default_nnunet_id(found, options.get("configuration"))
         check_model_id(final_id)
         bundle = convert_nnunet(found, final_id, folds=options.get("folds"), configuration=options.get("configuration"),
-                                checkpoint=options.get("checkpoint") or NNUNET_CHECKPOINT, progress=progress)
+                                checkpoint=options.get("checkpoint") or NNUNET_CHECKPOINT,
+                                grn_norm=options.get("grn_norm"), progress=progress)
         details = {"format": "nnunet", **bundle.spec.provenance.imported_from}
     staged = stage / "bundle"
     bundle.save(staged)
@@ -138,17 +162,31 @@ def default_nnunet_id(folder: Path, configuration: Optional[str] = None) -> str:
     dataset = _read_json(folder / "dataset.json")
     plans = _read_json(folder / "plans.json")
     name = str(plans.get("dataset_name") or dataset.get("name") or folder.parent.name)
-    config = configuration or _configuration_from_folder(folder) or "3d_fullres"
+    return _id_from_name(name, configuration or _configuration_from_folder(folder))
+
+
+def _id_from_name(name: str, config: Optional[str]) -> str:
+    config = config or "3d_fullres"
     base = re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-") or "nnunet-model"
     suffix = "" if config == "3d_fullres" else "-" + re.sub(r"[^a-z0-9]+", "-", config.lower()).strip("-")
     return (base[: 64 - len(suffix)] + suffix).strip("-")
 
 
 def convert_nnunet(folder: Path, model_id: str, *, folds: Optional[Sequence[Union[int, str]]] = None,
-                   configuration: Optional[str] = None, checkpoint: str = NNUNET_CHECKPOINT, progress=None) -> Bundle:
+                   configuration: Optional[str] = None, checkpoint: str = NNUNET_CHECKPOINT,
+                   grn_norm: Optional[str] = None, progress=None) -> Bundle:
     """An in-memory bundle from an nnU-Net v2 results folder whose network is a MedNeXt."""
-    dataset = _read_json(folder / "dataset.json")
-    plans = _read_json(folder / "plans.json")
+    return convert_results(folder, model_id, _read_json(folder / "dataset.json"), _read_json(folder / "plans.json"),
+                           folds=folds, configuration=configuration, checkpoint=checkpoint, grn_norm=grn_norm,
+                           progress=progress)
+
+
+def convert_results(folder: Path, model_id: str, dataset: Mapping, plans: Mapping, *,
+                    folds: Optional[Sequence[Union[int, str]]] = None, configuration: Optional[str] = None,
+                    checkpoint: str = NNUNET_CHECKPOINT, grn_norm: Optional[str] = None, progress=None,
+                    source: str = "nnU-Net v2", trainer_name: Optional[str] = None) -> Bundle:
+    """A bundle from nnU-Net results given as v2's dataset.json and plans.json contents
+    (nnunet_v1.py translates a v1 folder's plans.pkl into that form)."""
     config_name = configuration or _configuration_from_folder(folder) or _default_configuration(plans, folder)
     conf = _resolve_configuration(plans, config_name, folder)
     labels = _labels(dataset, folder)
@@ -158,7 +196,7 @@ def convert_nnunet(folder: Path, model_id: str, *, folds: Optional[Sequence[Unio
 
     import torch
 
-    state_dicts, config, digests = [], None, {}
+    state_dicts, config, digests, mirrors, trainers = [], None, {}, {}, set()
     for i, fold_dir in enumerate(fold_dirs):
         if progress:
             progress("import", i / len(fold_dirs), f"reading {fold_dir.name}/{checkpoint}")
@@ -171,16 +209,18 @@ def convert_nnunet(folder: Path, model_id: str, *, folds: Optional[Sequence[Unio
         config = fold_config
         state_dicts.append(_permute_spatial(state, axes, torch))
         digests[fold_dir.name] = sha256_file(path)
-        mirror = ckpt.get("inference_allowed_mirroring_axes", (0, 1, 2)) if isinstance(ckpt, dict) else (0, 1, 2)
+        mirrors[fold_dir.name] = _fold_mirror_axes(ckpt, axes, path)
+        trainers.add(ckpt.get("trainer_name") if isinstance(ckpt, dict) else None)
     if progress:
         progress("import", 1.0, f"read {len(fold_dirs)} fold(s)")
     _check_counts(config, labels, channels, folder)
+    config = with_grn_norm(config, grn_norm)
 
     spec = BundleSpec(
         id=model_id,
         title=str(dataset.get("name") or plans.get("dataset_name") or model_id),
         description=(str(dataset.get("description", "")).strip() + " " if dataset.get("description") else "")
-        + f"Imported from nnU-Net v2 results {folder.name} ({config_name}, {len(fold_dirs)} fold(s)).",
+        + f"Imported from {source} results {folder.name} ({config_name}, {len(fold_dirs)} fold(s)).",
         license=str(dataset.get("licence") or dataset.get("license")) if dataset.get("licence") or dataset.get("license") else None,
         network=NetworkSpec.from_config(config),
         weights=tuple(f"{d.name}.safetensors" for d in fold_dirs),
@@ -189,14 +229,15 @@ def convert_nnunet(folder: Path, model_id: str, *, folds: Optional[Sequence[Unio
         preprocessing=PreprocessingPlan(
             target_spacing=_to_ours([float(s) for s in conf["spacing"]], axes),
             normalization=tuple(Normalization.from_json(n) for n in _normalization(plans, conf, len(channels), folder)),
-            crop_to_nonzero=any(bool(x) for x in conf.get("use_mask_for_norm", [])),
+            crop_to_nonzero=True,  # nnU-Net crops every image to its non-zero box (and predicts background outside)
+            use_mask_for_norm=any(bool(x) for x in conf.get("use_mask_for_norm", [])),
             orientation="as-is",  # nnU-Net's non-reorienting readers keep the file's voxel order
             resampling=_resampling(conf),
         ),
         inference=InferenceDefaults(
             patch_size=_patch_size(_to_ours([int(p) for p in conf["patch_size"]], axes)),
             step=0.5,
-            mirror_axes=sorted(axes[int(a)] for a in (mirror or ())),
+            mirror_axes=_common_mirror_axes(mirrors),
         ),
         provenance=Provenance(
             base_model=None,
@@ -204,42 +245,34 @@ def convert_nnunet(folder: Path, model_id: str, *, folds: Optional[Sequence[Unio
             date=datetime.date.today().isoformat(),
             imported_from={"trainer_folder": folder.name, "configuration": config_name,
                            "folds": [d.name for d in fold_dirs], "checkpoint": checkpoint,
-                           "checkpoint_sha256": digests,
-                           "trainer": ckpt.get("trainer_name") if isinstance(ckpt, dict) else None},
+                           "checkpoint_sha256": digests, "mirror_axes": mirrors,
+                           "trainer": ", ".join(sorted(t for t in trainers if t)) or trainer_name},
         ),
     )
     return Bundle.create(strip_absolute_paths(spec), state_dicts)  # dataset.json text may name local paths
 
 
-def _resampling(conf: Mapping) -> Optional[Resampling]:
-    """The plan's resampling orders for images and probabilities (nnU-Net: cubic data, linear
-    probabilities), when it uses nnU-Net's standard resampling function; else None (linear)."""
-    orders = {}
-    for kind in ("data", "probabilities"):
-        if conf.get(f"resampling_fn_{kind}", "resample_data_or_seg_to_shape") != "resample_data_or_seg_to_shape":
-            log.warning("plans.json: resampling_fn_%s %r is not nnU-Net's standard one; using linear resampling",
-                        kind, conf.get(f"resampling_fn_{kind}"))
-            return None
-        kwargs = conf.get(f"resampling_fn_{kind}_kwargs") or {}
-        force = kwargs.get("force_separate_z")
-        orders[kind] = ResampleOrder(int(kwargs.get("order", 3 if kind == "data" else 1)), int(kwargs.get("order_z", 0)),
-                                     None if force is None else bool(force))
-    return Resampling(orders["data"], orders["probabilities"])
+def with_grn_norm(config, grn_norm: Optional[str]):
+    """The config with GRN's normaliser; checkpoints cannot tell "mean" from "sum", so the user says."""
+    if grn_norm is None:
+        return config
+    from mednextv2.network.config import GRN_NORMS
+
+    if grn_norm not in GRN_NORMS:
+        raise InputError(f"--grn-norm must be one of {', '.join(GRN_NORMS)}, got {grn_norm!r}")
+    return config.replace(grn_norm=grn_norm)
 
 
 def load_checkpoint(path: Path):
-    """torch.load with weights_only=True; numpy scalars and dtypes are the only extra types allowed."""
+    """torch.load with weights_only=True; numpy arrays, scalars and dtypes are the only extra types allowed."""
     import pickle
 
-    import numpy as np
     import torch
 
-    allowed = [np.dtype]
-    core = getattr(np, "_core", None) or np.core
-    allowed += [core.multiarray.scalar, (core.multiarray.scalar, "numpy.core.multiarray.scalar")]
-    dtypes = getattr(np, "dtypes", None)
-    if dtypes is not None:
-        allowed += [getattr(dtypes, n) for n in dir(dtypes) if n.endswith("DType") and n[0].isupper()]
+    from mednextv2.safe_pickle import numpy_safe_globals
+
+    allowed = numpy_safe_globals()
+    _check_checkpoint_size(path)
     safe = getattr(torch.serialization, "safe_globals", None)
     try:
         if safe is not None:
@@ -256,6 +289,27 @@ def load_checkpoint(path: Path):
     except (RuntimeError, EOFError, OSError, ValueError) as e:
         raise InputError(f"{path} is not a readable PyTorch checkpoint (truncated or corrupt?): "
                          f"{str(e).strip().splitlines()[0] if str(e).strip() else repr(e)}") from e
+
+
+def _check_checkpoint_size(path: Path) -> None:
+    """Refuse a checkpoint with more tensors or a larger pickle than any MedNeXt's, before unpickling it.
+
+    torch.save writes a zip with one record per tensor storage plus `data.pkl`; counting the
+    records reads only the zip's directory."""
+    try:
+        if not zipfile.is_zipfile(path):
+            return  # the legacy (pre-1.6) format: torch.load's weights-only reader is the only check
+        with zipfile.ZipFile(path) as zf:
+            records = zf.infolist()
+    except (zipfile.BadZipFile, OSError, ValueError) as e:
+        raise InputError(f"{path} is not a readable PyTorch checkpoint (truncated or corrupt?): {e}") from e
+    if len(records) > MAX_CHECKPOINT_RECORDS:
+        raise InputError(f"{path} holds {len(records)} records, more than the {MAX_CHECKPOINT_RECORDS} any MedNeXt "
+                         "checkpoint needs: refusing to load it")
+    pickled = sum(r.file_size for r in records if r.filename.endswith(".pkl"))
+    if pickled > MAX_CHECKPOINT_PICKLE_BYTES:
+        raise InputError(f"{path}: its pickled structure is {format_size(pickled)}, more than the "
+                         f"{format_size(MAX_CHECKPOINT_PICKLE_BYTES)} any MedNeXt checkpoint needs: refusing to load it")
 
 
 def _mednext_state(ckpt, path: Path):
@@ -283,6 +337,58 @@ def _permute_spatial(state: Dict, axes: Sequence[int], torch) -> Dict:
     inverse = [int(i) for i in sorted(range(3), key=lambda i: axes[i])]
     order = (0, 1) + tuple(2 + i for i in inverse)
     return {k: v.permute(*order).contiguous() if v.dim() == 5 else v for k, v in state.items()}
+
+
+def _fold_mirror_axes(ckpt, axes: Sequence[int], path: Path) -> List[int]:
+    """The axes (ours, z y x) this fold's trainer allowed mirroring on; nnU-Net's default is all three."""
+    raw = ckpt.get("inference_allowed_mirroring_axes", (0, 1, 2)) if isinstance(ckpt, Mapping) else (0, 1, 2)
+    try:
+        network_axes = [int(a) for a in (raw or ())]
+    except (TypeError, ValueError) as e:
+        raise InputError(f"{path}: inference_allowed_mirroring_axes must be a list of axes 0..2, got {raw!r}") from e
+    if any(a not in (0, 1, 2) for a in network_axes):
+        raise InputError(f"{path}: inference_allowed_mirroring_axes must be axes 0..2, got {raw!r}")
+    return sorted(axes[a] for a in set(network_axes))
+
+
+def _common_mirror_axes(per_fold: Mapping[str, List[int]]) -> List[int]:
+    """The ensemble's test-time mirroring: the axes every fold allows.
+
+    A bundle mirrors all its folds alike; mirroring a fold on an axis its trainer kept out
+    (anatomy that is not left-right symmetric, say) would blur its predictions, so an axis only
+    some folds allow is left out, and each fold's own axes are recorded in the provenance."""
+    common = sorted(set.intersection(*(set(a) for a in per_fold.values())))
+    if any(sorted(a) != common for a in per_fold.values()):
+        log.warning("the folds allow different mirror axes (%s); mirroring only on the axes all allow: %s",
+                    dict(per_fold), common)
+    return common
+
+
+def _resampling(conf: Mapping) -> Optional[Resampling]:
+    """The plan's spline orders for images and probabilities (nnU-Net's defaults where it has none),
+    when it uses nnU-Net's standard resampling function; else None (linear)."""
+    for kind in ("data", "probabilities"):
+        if conf.get(f"resampling_fn_{kind}", "resample_data_or_seg_to_shape") != "resample_data_or_seg_to_shape":
+            log.warning("plans: resampling_fn_%s %r is not nnU-Net's standard one; using linear resampling",
+                        kind, conf.get(f"resampling_fn_{kind}"))
+            return None
+
+    def order(key: str, default: int, orders: Sequence[int]) -> ResampleOrder:
+        kwargs = conf.get(key) or {}
+        try:
+            force = kwargs.get("force_separate_z")
+            result = ResampleOrder(int(kwargs.get("order", default)), int(kwargs.get("order_z", 0)),
+                                   None if force is None else bool(force))
+        except (TypeError, ValueError, AttributeError) as e:
+            raise InputError(f"plans: {key} must hold integer 'order' and 'order_z', got {kwargs!r}") from e
+        if result.order not in orders or result.order_z != 0:
+            raise InputError(f"plans: {key} asks for spline order {result.order} (order_z {result.order_z}); "
+                             f"mednextv2 reproduces order {' or '.join(map(str, orders))} with order_z 0 (nnU-Net's defaults)")
+        return result
+
+    return Resampling(order("resampling_fn_data_kwargs", 3, (1, 3)), order("resampling_fn_probabilities_kwargs", 1, (1,)),
+                      normalize_first=bool(conf.get("normalize_first", True)),
+                      softmax_first=bool(conf.get("softmax_first", False)))
 
 
 def _to_ours(values: Sequence, axes: Sequence[int]) -> list:
@@ -408,19 +514,26 @@ def _normalization(plans: Mapping, conf: Mapping, n_channels: int, folder: Path)
 
 
 def _fold_dirs(folder: Path, folds, checkpoint: str) -> List[Path]:
-    if not re.match(r"^[A-Za-z0-9_.-]+\.pth$", checkpoint):
+    """The fold folders to import. A fold is a name (0, "0", "all" or "fold_0") matched against the
+    folder's own fold_* children, never a path: "--fold 0/../../x" must not reach outside."""
+    if not re.match(r"^[A-Za-z0-9_.-]+\.(pth|model)$", checkpoint):
         raise InputError(f"checkpoint must be a file name like checkpoint_final.pth, got {checkpoint!r}")
     available = sorted((p for p in folder.glob("fold_*") if p.is_dir()), key=lambda p: p.name)
     if folds:
-        wanted = [folder / f"fold_{f}" for f in folds]
-        missing = [p.name for p in wanted if not (p / checkpoint).is_file()]
+        by_name = {p.name: p for p in available}
+        names = [str(f) if str(f).startswith("fold_") else f"fold_{f}" for f in folds]
+        unknown = [n for n in names if n not in by_name]
+        if unknown:
+            raise InputError(f"{folder}: no fold named {', '.join(repr(n) for n in unknown)}; folds are names of "
+                             f"its fold_* folders: {[p.name for p in available] or 'none'}")
+        missing = [n for n in names if not (by_name[n] / checkpoint).is_file()]
         if missing:
             raise InputError(f"{folder}: no {checkpoint} in {', '.join(missing)}; folds present: "
                              f"{[p.name for p in available] or 'none'}")
-        return wanted
+        return [by_name[n] for n in names]
     chosen = [p for p in available if (p / checkpoint).is_file()]
     if not chosen:
-        others = sorted({c.name for p in available for c in p.glob('*.pth')})
+        others = sorted({c.name for p in available for c in [*p.glob('*.pth'), *p.glob('*.model')]})
         hint = f"; checkpoints present: {others} (choose one with --checkpoint)" if others else ""
         raise InputError(f"{folder}: no fold_*/{checkpoint} found{hint}")
     return chosen

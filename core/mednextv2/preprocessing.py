@@ -5,8 +5,9 @@ Stages, in order, each recorded in a frozen `GridRecord` so that `to_input_grid`
    same, see `orient_array`), so a model sees the same anatomy whatever the file's direction;
 2. crop to the non-zero box (when the plan says so);
 3. normalize per channel (CT: clip + training mean/std; MR: per-image z-score);
-4. resample to the target spacing. Separable linear interpolation; when the spacing is
-   anisotropic (largest/smallest > 3, as nnU-Net decides it) the slice axis uses nearest
+4. resample to the target spacing. Separable linear interpolation, or the cubic spline of
+   nnU-Net when the bundle's `preprocessing.resampling` asks for order 3 (imported nnU-Net
+   models); when the spacing is anisotropic (`anisotropic_axis`) the slice axis uses nearest
    neighbour, so slices are never blended across 5 mm gaps.
 
 Inverse: the class scores (logits) are resampled back in slabs along axis 0 and reduced to the
@@ -46,6 +47,7 @@ class GridRecord:
     network_spacing: Tuple[float, float, float]
     network_shape: Shape                  # shape fed to the sliding window
     nearest_axis: Optional[int]           # axis resampled with nearest neighbour (anisotropic data)
+    softmax_first: bool = False           # scores go back as softmax probabilities (nnU-Net v1), not logits
 
     @property
     def oriented_shape(self) -> Shape:
@@ -136,12 +138,63 @@ def network_shape_for(shape: Shape, spacing: Sequence[float], target: Optional[S
     return tuple(max(1, int(round(n * s / t))) for n, s, t in zip(shape, spacing, target))
 
 
-def slice_axis_if_anisotropic(spacing: Sequence[float], target: Optional[Sequence[float]]) -> Optional[int]:
-    """The axis to resample with nearest neighbour, following nnU-Net's rule (ratio > 3 on either)."""
+def anisotropic_axis(spacing: Sequence[float]) -> Optional[int]:
+    """The slice axis of an anisotropic spacing, or None when the spacing is not anisotropic.
+
+    This is nnU-Net's rule (`get_do_separate_z` and `get_lowres_axis` in its resampling code, v1
+    and v2 alike): a spacing is anisotropic when its largest value is more than 3 times its
+    smallest, and its slice axis is the one axis with the largest value; when two axes share the
+    largest value there is no single slice axis and nnU-Net resamples all axes together. Our
+    resampling, the planner's target spacing and the training augmentation all ask this one
+    function, so they agree on which axis holds the thick slices. (nnU-Net's planner compares
+    with 3x the second-largest spacing instead; the two differ only when the two fine axes differ
+    from each other by a large factor, which scans do not.)"""
+    values = [float(v) for v in spacing]
+    if max(values) <= ANISOTROPY_RATIO * min(values):
+        return None
+    coarse = [a for a, v in enumerate(values) if v == max(values)]
+    return coarse[0] if len(coarse) == 1 else None
+
+
+def slice_axis_if_anisotropic(spacing: Sequence[float], target: Optional[Sequence[float]],
+                              force_separate: Optional[bool] = None) -> Optional[int]:
+    """The axis resampled on its own (nearest neighbour), as nnU-Net decides it: the input
+    spacing's slice axis if it is anisotropic, else the target's. `force_separate` (a plan's
+    `force_separate_z`): False never, True always the input's coarsest axis."""
+    if force_separate is False:
+        return None
+    if force_separate:
+        return int(np.argmax(spacing))
     for s in (spacing, target):
-        if s is not None and max(s) / min(s) > ANISOTROPY_RATIO:
-            return int(np.argmax(s))
+        if s is not None and max(s) > ANISOTROPY_RATIO * min(s):
+            return anisotropic_axis(s)
     return None
+
+
+def resample_spline(data: np.ndarray, out_shape: Shape, separate_axis: Optional[int], order: int = 3,
+                    order_z: int = 0) -> np.ndarray:
+    """(C, z, y, x) -> out_shape with a B-spline of `order`, computed as nnU-Net computes it for
+    image data: skimage's resize (scipy.ndimage.zoom, grid mode, edge values extended) in float64,
+    slice by slice when `separate_axis` is set, that axis then resampled with nearest neighbour
+    (order_z 0) or linearly (order_z 1)."""
+    from scipy import ndimage
+
+    def zoom(x: np.ndarray, shape: Sequence[int]) -> np.ndarray:
+        if tuple(x.shape) == tuple(shape):
+            return x
+        factors = [1.0 / f for f in np.divide(x.shape, shape)]  # as skimage.transform.resize computes them
+        return ndimage.zoom(x, factors, order=order, mode="nearest", grid_mode=True)
+
+    out = np.empty((data.shape[0],) + tuple(out_shape), dtype=np.float32)
+    for c in range(data.shape[0]):
+        x = data[c].astype(np.float64)
+        if separate_axis is None:
+            out[c] = zoom(x, out_shape)
+            continue
+        plane = [n for a, n in enumerate(out_shape) if a != separate_axis]
+        slices = np.stack([zoom(p, plane) for p in np.moveaxis(x, separate_axis, 0)], axis=separate_axis)
+        out[c] = _resample_axis(torch.from_numpy(slices), separate_axis, out_shape[separate_axis], order_z == 0).numpy()
+    return out
 
 
 def _axis_weights(n_in: int, n_out: int, nearest: bool, device=None):
@@ -294,17 +347,29 @@ def preprocess(images: Sequence[sitk.Image], plan: PreprocessingPlan,
     data = np.stack([orient_array(sitk.GetArrayViewFromImage(im), permutation, flips) for im in images])
     bbox = nonzero_bbox(data) if plan.crop_to_nonzero else tuple((0, n) for n in data.shape[1:])
     data = np.ascontiguousarray(data[(slice(None),) + tuple(slice(a, b) for a, b in bbox)], dtype=np.float32)
-    mask = np.any(data != 0, axis=0) if plan.crop_to_nonzero else None
-    for c, norm in enumerate(plan.normalization):
-        normalize_channel(data[c], norm, mask)
+    use_mask = plan.crop_to_nonzero if plan.use_mask_for_norm is None else plan.use_mask_for_norm
+    mask = np.any(data != 0, axis=0) if use_mask else None
+    normalize_first = plan.resampling is None or plan.resampling.normalize_first
+    if normalize_first:
+        for c, norm in enumerate(plan.normalization):
+            normalize_channel(data[c], norm, mask)
 
     target = tuple(target_spacing) if target_spacing is not None else plan.target_spacing
     net_shape = network_shape_for(data.shape[1:], oriented_spacing, target)
-    nearest_axis = slice_axis_if_anisotropic(oriented_spacing, target)
+    orders = plan.resampling.data if plan.resampling is not None else None  # None: our own bundles, linear
+    nearest_axis = slice_axis_if_anisotropic(oriented_spacing, target, orders.force_separate_z if orders else None)
     if net_shape != data.shape[1:]:
-        data = resample(torch.from_numpy(data), net_shape, nearest_axis).numpy()
+        if orders is not None and orders.order == 3:
+            data = resample_spline(data, net_shape, nearest_axis, orders.order, orders.order_z)
+        else:
+            data = resample(torch.from_numpy(data), net_shape, nearest_axis).numpy()
+    if not normalize_first:  # nnU-Net v1: normalize on the network grid
+        mask = None if mask is None else _nearest(mask, net_shape)
+        for c, norm in enumerate(plan.normalization):
+            normalize_channel(data[c], norm, mask)
     net_spacing = tuple(float(target[a]) if target else oriented_spacing[a] for a in range(3))
-    record = GridRecord(input_shape, permutation, flips, oriented_spacing, bbox, net_spacing, net_shape, nearest_axis)
+    record = GridRecord(input_shape, permutation, flips, oriented_spacing, bbox, net_spacing, net_shape, nearest_axis,
+                        plan.resampling is not None and plan.resampling.softmax_first)
     log.debug("preprocessed %s -> %s (spacing %s -> %s)", input_shape, net_shape, oriented_spacing, net_spacing)
     return Preprocessed(np.ascontiguousarray(data), record)
 
@@ -313,6 +378,8 @@ def to_input_grid(scores: torch.Tensor, record: GridRecord) -> np.ndarray:
     """Class scores (K, *network_shape) -> label array (z, y, x) on the input image's voxel grid."""
     if tuple(scores.shape[1:]) != record.network_shape:
         raise ValueError(f"prediction shape {tuple(scores.shape[1:])} != network grid {record.network_shape}")
+    if record.softmax_first:
+        scores = torch.softmax(scores.float(), dim=0)
     cropped = resample_argmax(scores, record.cropped_shape, record.nearest_axis)
     labels = np.zeros(record.oriented_shape, dtype=cropped.dtype)
     labels[tuple(slice(a, b) for a, b in record.bbox)] = cropped

@@ -32,13 +32,19 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p = sub.add_parser("download", help="download, verify and install a catalog model")
     p.add_argument("id")
     p.add_argument("--force", action="store_true", help="download again even if this version is installed")
-    p = sub.add_parser("import", help="install a local bundle or nnU-Net v2 results folder/zip (no internet needed)")
-    p.add_argument("path", help="bundle folder or zip, or nnU-Net v2 results folder or zip")
+    p = sub.add_parser("import", help="install a local bundle or nnU-Net v2/v1 results folder/zip (no internet needed)")
+    p.add_argument("path", help="bundle folder or zip, or nnU-Net v2 or v1 results folder or zip")
     p.add_argument("--id", dest="model_id", help="model id to install it as (default: from the bundle or dataset name)")
     p.add_argument("--fold", dest="folds", action="append", metavar="FOLD",
                    help="nnU-Net: use only this fold (repeatable; default: every fold found, as an ensemble)")
     p.add_argument("--configuration", help="nnU-Net: plans configuration (default: from the folder name, else 3d_fullres)")
-    p.add_argument("--checkpoint", default="checkpoint_final.pth", help="nnU-Net: checkpoint file name in each fold")
+    p.add_argument("--checkpoint", help="nnU-Net: checkpoint file name in each fold (default: checkpoint_final.pth "
+                   "for v2, model_final_checkpoint.model for v1)")
+    p.add_argument("--grn-norm", choices=["mean", "sum"],
+                   help="nnU-Net: GRN normaliser the network was trained with: mean over channels (official "
+                        "MedNeXt code, the default) or sum (the seed paper); see docs/models.md")
+    p.add_argument("--dataset-json", metavar="PATH",
+                   help="nnU-Net v1: the raw dataset's dataset.json, for label names (v1 results folders have none)")
     p.add_argument("--replace", action="store_true", help="replace an installed model with the same id")
     p = sub.add_parser("remove", help="delete an installed model")
     p.add_argument("id")
@@ -136,7 +142,9 @@ def _import(args, cache) -> int:
 
     folds = [int(f) if str(f).isdigit() else f for f in args.folds] if args.folds else None
     path = import_model(args.path, cache, model_id=args.model_id, folds=folds, configuration=args.configuration,
-                        checkpoint=args.checkpoint, replace=args.replace, progress=make_progress(args.progress))
+                        checkpoint=args.checkpoint, grn_norm=args.grn_norm, dataset_json=args.dataset_json,
+                        replace=args.replace,
+                        progress=make_progress(args.progress))
     print(f"installed {path.name} in {path}; use it with: mednextv2 segment ... -m {path.name}", file=sys.stderr)
     print(path)
     return 0

@@ -5,6 +5,7 @@ from dataclasses import asdict, dataclass, field, fields
 from typing import Dict, List, Sequence, Union
 
 N_STAGES = 9  # enc0..enc3, bottleneck, dec3..dec0
+GRN_NORMS = ("mean", "sum")
 
 # name -> (base channels, block counts, expansion ratios); sizes from ../shared/docs/mednext-v2.md
 _V2_PATTERN = [3, 4, 8, 8, 8, 8, 8, 4, 3]
@@ -42,6 +43,9 @@ class MedNeXtConfig:
     kernel_size: int = 3
     block_counts: List[int] = field(default_factory=lambda: list(_V2_PATTERN))
     grn: bool = True
+    # GRN's normaliser: "mean" over channels (the official code) or "sum" (the seed paper's formula).
+    # Checkpoint shapes cannot tell them apart; they differ by a factor of C in the learned gamma.
+    grn_norm: str = "mean"
     deep_supervision: bool = True
 
     def __post_init__(self) -> None:
@@ -58,6 +62,8 @@ class MedNeXtConfig:
         if min(self.exp_r) < 1 or min(self.block_counts) < 1:
             raise ValueError("MedNeXtConfig.exp_r and block_counts must be >= 1 in every stage")
         object.__setattr__(self, "grn", bool(self.grn))
+        if self.grn_norm not in GRN_NORMS:
+            raise ValueError(f"MedNeXtConfig.grn_norm must be one of {list(GRN_NORMS)}, got {self.grn_norm!r}")
         object.__setattr__(self, "deep_supervision", bool(self.deep_supervision))
 
     @classmethod

@@ -97,6 +97,16 @@ def pad_start(x: torch.Tensor) -> torch.Tensor:
     return out
 
 
+def grn_scale(g: torch.Tensor, gamma: torch.Tensor, norm: str) -> torch.Tensor:
+    """1 + gamma * N(g), with g the per-channel L2 norms on the last axis.
+
+    N(g) = g / (mean_j g_j + eps) in the official code ("mean"), g / (sum_j g_j + eps) in the
+    seed paper ("sum"); gamma * (h * N) + h = h * (1 + gamma * N), which the callers fold into
+    the compression."""
+    denominator = g.sum(dim=-1, keepdim=True) if norm == "sum" else g.mean(dim=-1, keepdim=True)
+    return 1.0 + gamma * (g / (denominator + GRN_EPS))
+
+
 class MedNeXtBlock(nn.Module):
     """Depthwise conv -> GroupNorm -> 1x1x1 expand -> GELU -> [GRN] -> 1x1x1 compress, plus a residual.
 
@@ -107,10 +117,13 @@ class MedNeXtBlock(nn.Module):
     """
 
     def __init__(self, in_channels: int, out_channels: int, exp_r: int, kernel_size: int,
-                 grn: bool, resample: Optional[str] = None) -> None:
+                 grn: bool, resample: Optional[str] = None, grn_norm: str = "mean") -> None:
         super().__init__()
         if resample not in (None, "down", "up"):
             raise ValueError(f"resample must be None, 'down' or 'up', got {resample!r}")
+        if grn_norm not in ("mean", "sum"):
+            raise ValueError(f"grn_norm must be 'mean' or 'sum', got {grn_norm!r}")
+        self.grn_norm = grn_norm
         self.resample = resample
         hidden = exp_r * in_channels
         padding = kernel_size // 2
@@ -136,7 +149,7 @@ class MedNeXtBlock(nn.Module):
         if not self.grn:
             return self.conv3(h)
         g = spatial_l2(h)
-        scale = 1.0 + self.grn_gamma.view(1, -1) * (g / (g.mean(dim=1, keepdim=True) + GRN_EPS))
+        scale = grn_scale(g, self.grn_gamma.view(1, -1), self.grn_norm)
         weight = self.conv3.weight
         bias = self.conv3.bias + weight.flatten(1) @ self.grn_beta.view(-1)
         scaled = weight.unsqueeze(0) * scale.to(weight.dtype)[:, None, :, None, None, None]
@@ -179,7 +192,7 @@ class MedNeXtBlock(nn.Module):
                     kept.append(part)
                 sumsq += torch.mul(part, part, out=squares[: e - s]).sum(0)
             g = sumsq.sqrt()
-            scale = 1.0 + self.grn_gamma.view(-1) * (g / (g.mean() + GRN_EPS))
+            scale = grn_scale(g, self.grn_gamma.view(-1), self.grn_norm)
             b3 = b3 + w3 @ self.grn_beta.view(-1)
             w3 = w3 * scale
         w3 = w3.contiguous()

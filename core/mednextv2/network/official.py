@@ -12,6 +12,10 @@ from .model import STAGES, MedNeXt
 
 _PREFIXES = ("module.", "_orig_mod.")
 _IGNORED = ("dummy_tensor",)  # the official class's checkpointing workaround; carries no weights
+# Every name a MedNeXt parameter can have (blocks hold conv1..3, norm, res_conv, grn_gamma/beta).
+_KEY = re.compile(r"(stem|out_[0-4]\.conv_out|(?:(?:enc_block_[0-3]|bottleneck|dec_block_[0-3])\.\d{1,4}|(?:down|up)_[0-3])"
+                  r"(?:\.(?:conv[123]|norm|res_conv))?)\.(?:weight|bias|grn_gamma|grn_beta)\Z")
+MAX_KEYS = 20_000  # a v2-width2 network has ~600 tensors; block counts in the thousands are not a MedNeXt
 
 
 def _tensor_dict(obj) -> Dict[str, torch.Tensor]:
@@ -24,6 +28,8 @@ def _tensor_dict(obj) -> Dict[str, torch.Tensor]:
     if not isinstance(obj, Mapping) or not obj:
         raise ValueError("not a MedNeXt checkpoint: expected a state dict, or a checkpoint dict with "
                          f"'network_weights' (nnU-Net v2) or 'state_dict' (nnU-Net v1), got {type(obj).__name__}")
+    if len(obj) > MAX_KEYS:
+        raise ValueError(f"not a MedNeXt checkpoint: {len(obj)} entries, more than the {MAX_KEYS} any MedNeXt has")
     out = {}
     for key, value in obj.items():
         if not isinstance(key, str) or not torch.is_tensor(value):
@@ -34,8 +40,11 @@ def _tensor_dict(obj) -> Dict[str, torch.Tensor]:
             for prefix in _PREFIXES:
                 if key.startswith(prefix):
                     key, changed = key[len(prefix):], True
-        if key not in _IGNORED:
-            out[key] = value
+        if key in _IGNORED:
+            continue
+        if not _KEY.match(key):
+            raise ValueError(f"not a MedNeXt checkpoint: unexpected entry {key[:80]!r}")
+        out[key] = value
     return out
 
 

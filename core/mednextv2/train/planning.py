@@ -16,12 +16,12 @@ import numpy as np
 
 from mednextv2.bundle_spec import BundleSpec, InferenceDefaults, Label, Normalization, PreprocessingPlan, Resampling
 from mednextv2.errors import InputError
+from mednextv2.preprocessing import anisotropic_axis
 from mednextv2.network import DIVISOR, MedNeXtConfig
 from mednextv2.train.fingerprint import Fingerprint
 
 log = logging.getLogger(__name__)
 
-ANISOTROPY_RATIO = 3.0  # nnU-Net: beyond this, the coarse axis uses the 10th percentile spacing
 CROP_GAIN = 0.75  # crop to non-zero when that keeps at most 3/4 of the voxels (nnU-Net's rule)
 # Patch voxel budgets where memory cannot be measured: CPU time, not memory, is the limit there.
 VOXEL_BUDGET = {"cpu": 64 ** 3, "mps": 96 ** 3}
@@ -84,8 +84,8 @@ class Plan:
 def target_spacing(fp: Fingerprint) -> Tuple[float, float, float]:
     spacings = np.array(fp.spacings)
     target = np.median(spacings, axis=0)
-    coarse = int(np.argmax(target))
-    if target[coarse] > ANISOTROPY_RATIO * np.delete(target, coarse).max():
+    coarse = anisotropic_axis(target)
+    if coarse is not None:  # nnU-Net: the coarse axis uses the 10th percentile spacing
         target[coarse] = np.percentile(spacings[:, coarse], 10)
     return tuple(float(s) for s in target)
 

@@ -20,6 +20,7 @@ from mednextv2.devices import autocast_dtype, resolve_device
 from mednextv2.errors import Cancelled, InputError
 from mednextv2.atomic import write_bytes
 from mednextv2.network import MedNeXt
+from mednextv2.preprocessing import anisotropic_axis
 from mednextv2.progress import make_progress, null_progress
 from mednextv2.train import checkpoint, distributed, output
 from mednextv2.train.augment import AugmentConfig
@@ -201,12 +202,7 @@ def run_training(options: TrainOptions) -> TrainResult:
 
 def _thick_slice_axis(spacing: Sequence[float]) -> Optional[int]:
     """Rotate only in-plane when slices are > 3x thicker than the in-plane spacing (nnU-Net's dummy 2D)."""
-    if spacing is None:
-        return None
-    spacing = list(spacing)
-    axis = int(np.argmax(spacing))
-    others = [s for i, s in enumerate(spacing) if i != axis]
-    return axis if spacing[axis] > 3 * max(others) else None
+    return None if spacing is None else anisotropic_axis(spacing)
 
 
 def _export(options, plan, work, state, best_row, dice, train_cases, val_cases, ctx, device) -> Path:
