@@ -19,7 +19,7 @@ from mednextv2.bundle import load_bundle
 from mednextv2.cli import main
 from mednextv2.errors import InputError
 from mednextv2.importer import import_model
-from mednextv2.segment import segment
+from mednextv2.segmentation import segment
 
 FIXTURE = Path(__file__).resolve().parent / "fixtures" / "nnunet-v1"
 RESULTS = FIXTURE / "nnUNet" / "3d_fullres" / "Task501_LungTiny"

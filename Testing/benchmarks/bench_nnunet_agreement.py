@@ -101,7 +101,7 @@ def main() -> None:
 
     torch.set_num_threads(1)
     from mednextv2.importer import import_model
-    from mednextv2.segment import segment
+    from mednextv2.segmentation import segment
 
     results = {}
     with tempfile.TemporaryDirectory() as tmp:

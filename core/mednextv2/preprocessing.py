@@ -177,7 +177,11 @@ def resample_spline(data: np.ndarray, out_shape: Shape, separate_axis: Optional[
     image data: skimage's resize (scipy.ndimage.zoom, grid mode, edge values extended) in float64,
     slice by slice when `separate_axis` is set, that axis then resampled with nearest neighbour
     (order_z 0) or linearly (order_z 1)."""
-    from scipy import ndimage
+    try:
+        from scipy import ndimage  # only imported nnU-Net models need it: not a runtime dependency
+    except ImportError as e:
+        raise InputError("this model was imported from nnU-Net and resamples with nnU-Net's cubic spline, "
+                         "which needs scipy: install it with `pip install scipy` (3D Slicer ships it)") from e
 
     def zoom(x: np.ndarray, shape: Sequence[int]) -> np.ndarray:
         if tuple(x.shape) == tuple(shape):

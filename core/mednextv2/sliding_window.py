@@ -25,7 +25,7 @@ import numpy as np
 import torch
 
 from mednextv2.devices import autocast_dtype, resolve_device
-from mednextv2.errors import InputError, ResourceError
+from mednextv2.errors import ResourceError
 from mednextv2.tiles import tile_grid, tile_starts  # noqa: F401  (tile_starts: re-exported)
 
 log = logging.getLogger(__name__)
