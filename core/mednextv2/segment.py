@@ -40,6 +40,7 @@ class SegmentOptions:
     structures: Optional[Tuple[str, ...]] = None  # keep only these label names
     largest_component: bool = False   # keep each label's largest connected component
     tile_batch: Optional[int] = None  # tiles per forward pass; None: per device default
+    threads: Optional[int] = None     # CPU threads; None: the cores free now (mednextv2.threads)
     progress: Callable[..., None] = field(default=null_progress, compare=False)
 
 
@@ -82,7 +83,7 @@ class Segmenter:
         device = resolve_device(opts.device)
         self.predictor = SlidingWindowPredictor(self.bundle.build_models("cpu"), self.bundle.n_classes,
                                                 inference.patch_size, step, mirror, device,
-                                                opts.tile_batch, progress=opts.progress)
+                                                opts.tile_batch, progress=opts.progress, threads=opts.threads)
         log.info("model %s: %d fold(s), %d class(es), device %s, TTA %s, step %.2f%s", self.bundle.id,
                  len(self.bundle.weights), self.bundle.n_classes, device, "on" if mirror else "off", step,
                  ", fast mode" if opts.fast else "")

@@ -1,0 +1,116 @@
+"""How many CPU threads torch gets: the cores that are free now, not the cores that exist.
+
+With more threads than free cores, every parallel op waits at torch's thread barrier for a
+thread whose core is busy elsewhere (Slicer rendering, a browser, a second engine). The network
+issues hundreds of ops per forward, so those waits add up: on a 2-core machine beside a 2-thread
+torch process, v2-base at 64^3 took 8x longer with 2 threads than with 1 (issue 13). One
+policy for every engine entry point: an explicit count is kept; otherwise the free cores are
+estimated from /proc/stat (CPU time used by other processes since the last look) and torch's
+thread count follows them, re-checked at most once per RECHECK_S while inference runs.
+"""
+from __future__ import annotations
+
+import os
+import time
+from typing import Optional, Tuple
+
+import torch
+
+from mednextv2.errors import InputError
+
+RECHECK_S = 2.0  # between re-estimates while tiles run; a tile takes 0.2-5 s on a CPU
+FIRST_SAMPLE_S = 0.2  # the first estimate watches the machine this long
+BUSY_MARGIN = 0.35  # a core counts as free when at most this fraction of it is used by others
+
+
+def available_cores() -> int:
+    """Cores this process may run on (affinity, cgroup CPU sets), not the machine's total."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):  # not Linux
+        return max(1, os.cpu_count() or 1)
+
+
+def _machine_busy() -> Optional[Tuple[float, float]]:
+    """(busy, total) CPU seconds of the whole machine since boot from /proc/stat; None where absent."""
+    try:
+        with open("/proc/stat", encoding="ascii") as f:
+            fields = [float(v) for v in f.readline().split()[1:]]
+    except (OSError, ValueError):
+        return None
+    hz = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+    idle = fields[3] + (fields[4] if len(fields) > 4 else 0.0)  # idle + iowait
+    total = sum(fields[:8])  # guest time is already in user
+    return (total - idle) / hz, total / hz
+
+
+def _own_cpu() -> float:
+    t = os.times()
+    return t.user + t.system
+
+
+class CoreWatch:
+    """Free cores from the machine's CPU use minus this process's own, between two looks."""
+
+    def __init__(self) -> None:
+        self._last = self._look()
+
+    @staticmethod
+    def _look():
+        return time.monotonic(), _machine_busy(), _own_cpu()
+
+    def free_cores(self) -> Optional[float]:
+        """Cores not used by other processes since the previous call; None without /proc/stat."""
+        now = self._look()
+        (t0, m0, own0), (t1, m1, own1) = self._last, now
+        self._last = now
+        if m0 is None or m1 is None or t1 - t0 < 0.05:
+            return None
+        wall = t1 - t0
+        others = max(0.0, (m1[0] - m0[0]) - (own1 - own0)) / wall
+        return max(0.0, available_cores() - others)
+
+
+def threads_for(free: Optional[float], cores: int) -> int:
+    """Thread count for `free` cores (None: unknown, use them all): a core used by others more
+    than BUSY_MARGIN of the time is left to them."""
+    if free is None:
+        return cores
+    return max(1, min(cores, int(free + BUSY_MARGIN)))
+
+
+def check_threads(threads: Optional[int], option: str = "--threads") -> Optional[int]:
+    if threads is not None and (isinstance(threads, bool) or int(threads) != threads or threads < 1):
+        raise InputError(f"{option} must be a whole number of at least 1, got {threads!r}")
+    return threads
+
+
+class ThreadPolicy:
+    """torch's intra-op thread count for an engine run: fixed (`threads`), or following the free cores.
+
+    Call `update()` before each unit of work (a tile batch); it is cheap and re-estimates only
+    every RECHECK_S.
+    """
+
+    def __init__(self, threads: Optional[int] = None) -> None:
+        self.fixed = check_threads(threads)
+        self.cores = available_cores()
+        self._watch: Optional[CoreWatch] = None
+        self._checked = 0.0
+
+    def update(self) -> int:
+        if self.fixed is not None:
+            n = self.fixed
+        else:
+            now = time.monotonic()
+            if self._watch is None:
+                self._watch = CoreWatch()
+                time.sleep(FIRST_SAMPLE_S)
+            elif now - self._checked < RECHECK_S:
+                return torch.get_num_threads()
+            self._checked = time.monotonic()
+            n = threads_for(self._watch.free_cores(), self.cores)
+        if n != torch.get_num_threads():
+            torch.set_num_threads(n)
+        return n
+
