@@ -14,8 +14,6 @@ import os
 import time
 from typing import Optional, Tuple
 
-import torch
-
 from mednextv2.errors import InputError
 
 RECHECK_S = 2.0  # between re-estimates while tiles run; a tile takes 0.2-5 s on a CPU
@@ -79,6 +77,15 @@ def threads_for(free: Optional[float], cores: int) -> int:
     return max(1, min(cores, int(free + BUSY_MARGIN)))
 
 
+def _env_threads() -> Optional[int]:
+    """OMP_NUM_THREADS, where the user (or a parent process) set it: a ceiling for the policy."""
+    try:
+        value = int(os.environ.get("OMP_NUM_THREADS", ""))
+    except ValueError:
+        return None
+    return value if value >= 1 else None
+
+
 def check_threads(threads: Optional[int], option: str = "--threads") -> Optional[int]:
     if threads is not None and (isinstance(threads, bool) or int(threads) != threads or threads < 1):
         raise InputError(f"{option} must be a whole number of at least 1, got {threads!r}")
@@ -94,11 +101,13 @@ class ThreadPolicy:
 
     def __init__(self, threads: Optional[int] = None) -> None:
         self.fixed = check_threads(threads)
-        self.cores = available_cores()
+        self.cores = min(available_cores(), _env_threads() or available_cores())
         self._watch: Optional[CoreWatch] = None
         self._checked = 0.0
 
     def update(self) -> int:
+        import torch  # here, so that option checking does not load torch
+
         if self.fixed is not None:
             n = self.fixed
         else:

@@ -54,8 +54,7 @@ def add_parser(subparsers) -> None:
     p.add_argument("--elastic", action="store_true", help="add elastic deformation to the augmentation")
     p.add_argument("--work-dir", help="folder for cache, checkpoints and metrics (default OUTPUT.training)")
     p.add_argument("--title", help="model title written into the bundle")
-    p.add_argument("--threads", type=int, help="CPU threads for torch (default: torch's choice; 1 is often "
-                                               "faster on a busy machine)")
+    p.add_argument("--threads", type=int, help="CPU threads for torch (default: the cores free now)")
     p.set_defaults(func=run)
 
 
@@ -69,24 +68,12 @@ def options_from_args(args):
         val_fraction=args.val_fraction, val_cases=tuple(args.val_cases), val_every=args.val_every,
         resume=args.resume, seed=args.seed, progress=args.progress, lr=args.lr,
         encoder_lr_scale=args.encoder_lr_scale, checkpointing=args.checkpointing, precision=args.precision,
-        elastic=args.elastic, work_dir=args.work_dir, title=args.title)
-
-
-def set_threads(threads) -> None:
-    if threads is not None:
-        import torch
-
-        if threads < 1:
-            from mednextv2.errors import InputError
-
-            raise InputError(f"--threads must be at least 1, got {threads}")
-        torch.set_num_threads(threads)
+        elastic=args.elastic, work_dir=args.work_dir, title=args.title, threads=args.threads)
 
 
 def run(args) -> int:
     from mednextv2.train import run_training
 
-    set_threads(args.threads)
     result = run_training(options_from_args(args))
     if result.bundle is not None:
         dice = ", ".join(f"{k} {v:.3f}" for k, v in result.dice.items() if v is not None) or "no validation"

@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Optional, Tuple
 
 from mednextv2.errors import InputError
+from mednextv2.threads import check_threads
 
 DEFAULT_EPOCHS = 100
 ITERATIONS_PER_EPOCH = {"cuda": 250, "mps": 100, "cpu": 50}  # nnU-Net's 250 where a GPU makes it cheap
@@ -38,6 +39,7 @@ class TrainOptions:
     grad_clip: float = 12.0
     work_dir: Optional[str] = None
     title: Optional[str] = None
+    threads: Optional[int] = None  # CPU threads for torch; None: the cores free now (mednextv2.threads)
 
     def __post_init__(self) -> None:
         if self.minutes is not None and self.minutes <= 0:
@@ -58,6 +60,7 @@ class TrainOptions:
             raise InputError("give --base (fine-tune a model) or --preset (train from scratch), not both")
         if self.precision not in ("auto", "fp32"):
             raise InputError(f"--precision must be auto or fp32, got {self.precision!r}")
+        check_threads(self.threads)
         if self.lr <= 0:
             raise InputError(f"--lr must be positive, got {self.lr}")
 
