@@ -7,7 +7,8 @@ the Dice reached per CPU minute against the previous release of the loop.
 
 --curve builds a small nnU-Net raw dataset from the posterior 60% of the 1 mm MR template (as-is,
 rotated 12 degrees and resampled to 1.3 mm, intensity-rescaled), trains v2-tiny from scratch with
-`mednextv2 train --minutes M` once per budget and per loop ("new": this tree; "old": the tree at
+`mednextv2 train DATASET --preset v2-tiny --minutes M` with every other option at its default, as a
+user would run it, once per budget and per loop ("new": this tree; "old": the tree at
 --old-commit, exported with `git archive` into a temporary folder), and segments the held-out
 anterior 40% (as-is, and a rotated, rescaled copy standing in for another subject) with the
 current `mednextv2 segment --no-tta`, so only the training loop differs. It prints grey/white
@@ -266,7 +267,7 @@ def dice_curve(minutes, old_commit: str, engines) -> list:
                 run = tmp / f"{engine}_{m}"
                 started = time.monotonic()
                 done = _engine(cores[engine], "train", str(raw), "-o", str(run / "model"), "--preset", "v2-tiny",
-                               "--minutes", str(m), "--val-fraction", "0", "--device", "cpu", "--progress", "none",
+                               "--minutes", str(m), "--device", "cpu", "--progress", "none",
                                timeout=m * 60 * 3 + 600)
                 seconds = time.monotonic() - started
                 if done.returncode:
@@ -274,6 +275,7 @@ def dice_curve(minutes, old_commit: str, engines) -> list:
                 row = {"engine": engine, "budget_min": m, "wall_s": round(seconds, 1),
                        "dice": _dice(run / "model", cases, run)}
                 print(json.dumps(row), flush=True)
+                row["log_tail"] = done.stderr.splitlines()[-15:]  # epochs and timings, for the JSON only
                 rows.append(row)
     print("\n| budget | loop | wall s | held-out grey | held-out white | other grey | other white |\n|---|---|---|---|---|---|---|")
     for r in rows:

@@ -18,6 +18,7 @@ from mednextv2.errors import InputError
 
 RECHECK_S = 2.0  # between re-estimates while tiles run; a tile takes 0.2-5 s on a CPU
 FIRST_SAMPLE_S = 0.2  # the first estimate watches the machine this long
+MIN_WINDOW_S = 0.1  # /proc/stat counts in 10 ms ticks: shorter windows are noise
 BUSY_MARGIN = 0.35  # a core counts as free when at most this fraction of it is used by others
 
 
@@ -52,6 +53,7 @@ class CoreWatch:
 
     def __init__(self) -> None:
         self._last = self._look()
+        self._free: Optional[float] = None
 
     @staticmethod
     def _look():
@@ -61,12 +63,14 @@ class CoreWatch:
         """Cores not used by other processes since the previous call; None without /proc/stat."""
         now = self._look()
         (t0, m0, own0), (t1, m1, own1) = self._last, now
-        self._last = now
-        if m0 is None or m1 is None or t1 - t0 < 0.05:
+        if m0 is None or m1 is None:
             return None
-        wall = t1 - t0
-        others = max(0.0, (m1[0] - m0[0]) - (own1 - own0)) / wall
-        return max(0.0, available_cores() - others)
+        if t1 - t0 < MIN_WINDOW_S:  # too short to tell: the last estimate stands, the window grows
+            return self._free
+        self._last = now
+        others = max(0.0, (m1[0] - m0[0]) - (own1 - own0)) / (t1 - t0)
+        self._free = max(0.0, available_cores() - others)
+        return self._free
 
 
 def threads_for(free: Optional[float], cores: int) -> int:
@@ -92,6 +96,18 @@ def check_threads(threads: Optional[int], option: str = "--threads") -> Optional
     return threads
 
 
+_WATCH: Optional[CoreWatch] = None
+
+
+def _process_watch() -> CoreWatch:
+    """One watch per process, so that every predictor after the first starts with a fresh estimate."""
+    global _WATCH
+    if _WATCH is None:
+        _WATCH = CoreWatch()
+        time.sleep(FIRST_SAMPLE_S)
+    return _WATCH
+
+
 class ThreadPolicy:
     """torch's intra-op thread count for an engine run: fixed (`threads`), or following the free cores.
 
@@ -102,8 +118,7 @@ class ThreadPolicy:
     def __init__(self, threads: Optional[int] = None) -> None:
         self.fixed = check_threads(threads)
         self.cores = min(available_cores(), _env_threads() or available_cores())
-        self._watch: Optional[CoreWatch] = None
-        self._checked = 0.0
+        self._checked = -RECHECK_S
 
     def update(self) -> int:
         import torch  # here, so that option checking does not load torch
@@ -111,14 +126,10 @@ class ThreadPolicy:
         if self.fixed is not None:
             n = self.fixed
         else:
-            now = time.monotonic()
-            if self._watch is None:
-                self._watch = CoreWatch()
-                time.sleep(FIRST_SAMPLE_S)
-            elif now - self._checked < RECHECK_S:
+            if time.monotonic() - self._checked < RECHECK_S:
                 return torch.get_num_threads()
             self._checked = time.monotonic()
-            n = threads_for(self._watch.free_cores(), self.cores)
+            n = threads_for(_process_watch().free_cores(), self.cores)
         if n != torch.get_num_threads():
             torch.set_num_threads(n)
         return n
