@@ -83,3 +83,5 @@ def test_epoch_record_keeps_the_metrics_csv_columns():
     assert row["dice_grey"] == 0.6 and row["dice_white"] is None and row["mean_dice"] == 0.6
     assert "dice" not in row and row["progress"] == 0.4
     assert EpochRecord.from_dict(asdict(record)) == record
+    old_row = {k: v for k, v in row.items() if k != "progress"}  # as checkpoints before EpochRecord held it
+    assert EpochRecord.from_dict(old_row) == EpochRecord(**dict(asdict(record), progress=0.0))

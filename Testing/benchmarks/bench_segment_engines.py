@@ -580,9 +580,10 @@ def main() -> None:
 
     os.environ[BASELINE_NET_ENV] = args.baseline_network  # the children read it
     machine = {"platform": platform.platform(), "cpus": os.cpu_count(), "torch": torch.__version__,
-               "python": platform.python_version(), "threads": args.threads, "load_at_start": os.getloadavg(),
+               "python": platform.python_version(), "load_at_start": os.getloadavg(),
+               "threads": "each engine's default" if args.under_load else args.threads,
                "baseline_network": args.baseline_network}
-    print(f"{machine['platform']}, {machine['cpus']} CPUs, torch {machine['torch']}, {args.threads} torch thread(s)"
+    print(f"{machine['platform']}, {machine['cpus']} CPUs, torch {machine['torch']}, {machine['threads']} torch thread(s)"
           f" per engine, load {machine['load_at_start'][0]:.1f}, baselines run the {args.baseline_network} network")
     with tempfile.TemporaryDirectory() as tmp:
         work = args.workdir or Path(tmp)

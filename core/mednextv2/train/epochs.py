@@ -46,6 +46,11 @@ class EpochRecord:
 
     @classmethod
     def from_dict(cls, data: dict) -> "EpochRecord":
+        data = dict(data)
+        if "dice" not in data:  # a checkpoint from before EpochRecord held flat metrics.csv rows
+            data["dice"] = {k[len(DICE_PREFIX):]: data.pop(k) for k in list(data) if k.startswith(DICE_PREFIX)}
+            data.pop("mean_dice", None)
+            data.setdefault("progress", 0.0)
         return cls(**data)
 
 
