@@ -266,9 +266,15 @@ def dice_curve(minutes, old_commit: str, engines) -> list:
             for engine in engines:
                 run = tmp / f"{engine}_{m}"
                 started = time.monotonic()
-                done = _engine(cores[engine], "train", str(raw), "-o", str(run / "model"), "--preset", "v2-tiny",
-                               "--minutes", str(m), "--device", "cpu", "--progress", "none",
-                               timeout=m * 60 * 3 + 600)
+                limit = m * 60 * 3 + 300
+                try:
+                    done = _engine(cores[engine], "train", str(raw), "-o", str(run / "model"), "--preset", "v2-tiny",
+                                   "--minutes", str(m), "--device", "cpu", "--progress", "none", timeout=limit)
+                except subprocess.TimeoutExpired:  # a budget overrun this large is a result, not a crash
+                    row = {"engine": engine, "budget_min": m, "wall_s": None, "timed_out_after_s": limit, "dice": None}
+                    print(json.dumps(row), flush=True)
+                    rows.append(row)
+                    continue
                 seconds = time.monotonic() - started
                 if done.returncode:
                     raise RuntimeError(f"{engine} training failed: {done.stderr[-3000:]}")
@@ -280,6 +286,9 @@ def dice_curve(minutes, old_commit: str, engines) -> list:
     print("\n| budget | loop | wall s | held-out grey | held-out white | other grey | other white |\n|---|---|---|---|---|---|---|")
     for r in rows:
         d = r["dice"]
+        if d is None:
+            print(f"| {r['budget_min']} min | {r['engine']} | > {r['timed_out_after_s']:.0f} (stopped) | - | - | - | - |")
+            continue
         print(f"| {r['budget_min']} min | {r['engine']} | {r['wall_s']:.0f} | {d['heldout']['grey matter']:.3f} | "
               f"{d['heldout']['white matter']:.3f} | {d['heldout_other']['grey matter']:.3f} | "
               f"{d['heldout_other']['white matter']:.3f} |")
