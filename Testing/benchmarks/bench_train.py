@@ -12,8 +12,9 @@ user would run it, once per budget and per loop ("new": this tree; "old": the tr
 --old-commit, exported with `git archive` into a temporary folder), and segments the held-out
 anterior 40% (as-is, and a rotated, rescaled copy standing in for another subject) with the
 current `mednextv2 segment --no-tta`, so only the training loop differs. It prints grey/white
-matter Dice and the wall time each run really took. Time: about 2.3 x the sum of --minutes
-(defaults: ~35 min on an idle 2-core CPU).
+matter Dice and the wall time each run really took. Time: each run is its budget plus caching and
+two segmentations (~1-2 min), and the old loop overruns its budget (issue 13: 179 s for 1 min);
+defaults: ~45-50 min on an idle 2-core CPU. `--minutes 2 --engines new` is a ~5 min check.
     VENV/bin/python Testing/benchmarks/bench_train.py        # + batchgeneratorsv2 ratio (a venv that has it)
     python Testing/benchmarks/bench_train.py --gpu           # + v2-base 128^3 batch 2 on CUDA
 
