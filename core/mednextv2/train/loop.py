@@ -342,6 +342,9 @@ class Trainer:
         with self._signals():
             if self.budget is not None:
                 self.budget.begin_training()
+                left = self.budget.train_end() - time.monotonic()
+                log.info("time budget: %.0f s used before training, %.0f s of training, %.0f s kept for the final "
+                         "validation and the bundle", self.elapsed, max(left, 0.0), self.budget.reserve())
             while not self._done():
                 if self.state.epoch_started_s is None:
                     self.state.epoch_started_s = self.elapsed
