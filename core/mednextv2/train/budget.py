@@ -26,9 +26,9 @@ class Budget:
         self.train_start: Optional[float] = None
         self.val_cost: Optional[float] = None  # seconds of the last validation
 
-    def begin_training(self, now: Optional[float] = None) -> None:
-        if self.train_start is None:
-            self.train_start = time.monotonic() if now is None else now
+    def begin_training(self, at: Optional[float] = None) -> None:
+        """Training starts (or started, after a resume) at monotonic time `at` (default now)."""
+        self.train_start = time.monotonic() if at is None else at
 
     def resume(self, elapsed_s: float) -> None:
         """After --resume the budget counts on from the interrupted run's elapsed time."""

@@ -72,6 +72,7 @@ class LoopState:
     history: List[EpochRecord] = field(default_factory=list)
     stopped_by: Optional[str] = None
     epoch_started_s: Optional[float] = None  # elapsed_s when the epoch under way began
+    train_started_s: Optional[float] = None  # elapsed_s when training began (the budget schedule's zero)
 
 
 @dataclass
@@ -341,7 +342,10 @@ class Trainer:
         self.net.train()
         with self._signals():
             if self.budget is not None:
-                self.budget.begin_training()
+                if self.state.train_started_s is None:
+                    self.state.train_started_s = self.elapsed
+                # After --resume the schedule continues where it was, not from a new warm-up.
+                self.budget.begin_training(self._clock_start + self.state.train_started_s)
                 left = self.budget.train_end() - time.monotonic()
                 log.info("time budget: %.0f s used before training, %.0f s of training, %.0f s kept for the final "
                          "validation and the bundle", self.elapsed, max(left, 0.0), self.budget.reserve())
