@@ -13,8 +13,9 @@ script starts itself in a child process (a 1-thread and a 2-thread torch process
 and a second engine: our forward in a loop under the engine's thread policy). "ours" runs under
 the engine's thread policy (mednextv2.threads.ThreadPolicy, the free cores), "plain" with torch's
 default thread count, as its users would run it. Time: about (2 + 2 * repeats) forwards of each
-implementation per row; on an idle 2-core machine ~6 min at 64^3 and ~45 min at 128^3 with
---repeats 2.
+implementation per row (plus one of each for the output check); on an idle 2-core machine with
+--repeats 2, about 4 min at 64^3 and 20-25 min at 128^3 (the plain code takes 42 s per 128^3
+forward idle, 2-3x that beside a competitor).
 """
 from __future__ import annotations
 
