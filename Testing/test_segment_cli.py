@@ -124,6 +124,7 @@ def _bad_cases(tmp_path: Path, model_dir: Path, good: Path):
     cases["bundle with missing weights"] = ([str(good), "-m", str(broken), "-o", out], "weights.safetensors")
     cases["unknown structure"] = ([str(good), "-m", str(model_dir), "-o", out, "--structures", "liver"], "unknown structure")
     cases["bad step"] = ([str(good), "-m", str(model_dir), "-o", out, "--step", "0"], "--step")
+    cases["bad threads"] = ([str(good), "-m", str(model_dir), "-o", out, "--threads", "0"], "--threads")
     return cases
 
 

@@ -37,12 +37,11 @@ def trained(data_dir, tmp_path_factory):
     dataset, test_image, test_label = split_scan(folder / "data", tissue / "icbm152_2009a_t1.nii.gz",
                                                  tissue / "icbm152_2009a_tissue.nii.gz", list_heldout=True)
     threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # small tensors: one thread beats two on a shared 2-core machine
-    try:
+    try:  # small tensors: one thread beats two on a shared 2-core machine
         result = run_training(TrainOptions(
             dataset=str(dataset), output=str(folder / "model"), preset="v2-tiny", epochs=3, iterations=40,
             spacing=(2.0, 2.0, 2.0), patch=(32, 32, 32), device="cpu", val_cases=("anterior",), lr=3e-3,
-            progress="none", seed=0))
+            progress="none", seed=0, threads=1))
     finally:
         torch.set_num_threads(threads)
     return folder, result, test_image, test_label
@@ -50,7 +49,7 @@ def trained(data_dir, tmp_path_factory):
 
 def test_loss_falls_and_heldout_dice_clears_threshold(trained):
     folder, result, _, _ = trained
-    losses = [row["train_loss"] for row in result.history]
+    losses = [row.train_loss for row in result.history]
     assert len(losses) == 3 and result.epochs == 3
     assert losses[-1] < 0.8 * losses[0], losses
     assert set(result.dice) == {"grey matter", "white matter"}

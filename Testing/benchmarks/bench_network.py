@@ -1,11 +1,21 @@
 """Network speed: ours against a plain literal implementation of the spec, same weights and input.
 
     python Testing/benchmarks/bench_network.py [--sizes 64 128] [--repeats 3] [--json out.json]
+    python Testing/benchmarks/bench_network.py --under-load [--sizes 64 128] [--repeats 2]
 
 Runs the two alternately in one process (so background load hits both alike), prints medians,
 the speed-up ratio, the largest output difference, one-time costs (first call) separately, and
 op-by-op timings of each trick at the first stage's shape. On CUDA it also times v2-base at 128^3,
 batch 2, under bf16 autocast, and one training step with and without activation checkpointing.
+
+`--under-load` runs the network comparison four times: idle, then beside each competitor this
+script starts itself in a child process (a 1-thread and a 2-thread torch process doing matmuls,
+and a second engine: our forward in a loop under the engine's thread policy). "ours" runs under
+the engine's thread policy (mednextv2.threads.ThreadPolicy, the free cores), "plain" with torch's
+default thread count, as its users would run it. Time: about (2 + 2 * repeats) forwards of each
+implementation per row (plus one of each for the output check); on an idle 2-core machine with
+--repeats 2, about 4 min at 64^3 and 20-25 min at 128^3 (the plain code takes 42 s per 128^3
+forward idle, 2-3x that beside a competitor).
 """
 from __future__ import annotations
 
@@ -13,6 +23,7 @@ import argparse
 import json
 import platform
 import statistics
+import subprocess
 import sys
 import time
 from functools import partial
@@ -27,6 +38,13 @@ from plain_mednext import PlainMedNeXt  # noqa: E402
 from mednextv2.network import MedNeXt, MedNeXtConfig  # noqa: E402
 from mednextv2.network import layers  # noqa: E402
 from mednextv2.network.layers import MedNeXtBlock  # noqa: E402
+from mednextv2.threads import ThreadPolicy, available_cores  # noqa: E402
+
+COMPETITORS = {  # name -> arguments of this script's --competitor child
+    "matmul 1 thread": ["matmul", "1"],
+    "matmul 2 threads": ["matmul", "2"],
+    "second engine": ["engine", "0"],
+}
 
 
 def randomised(model: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
@@ -72,6 +90,69 @@ def network_cpu(size: int, repeats: int):
     row["max_abs_diff"] = diff
     print(f"{'':42s} max |ours - plain| = {diff:.2e}")
     return row
+
+
+def run_competitor(kind: str, threads: int) -> None:
+    """The load beside the measurement, until killed: torch matmuls, or our forward in a loop."""
+    if kind == "matmul":
+        torch.set_num_threads(threads)
+        a = torch.randn(1024, 1024)
+        while True:
+            a @ a
+    net = randomised(MedNeXt(MedNeXtConfig.preset("v2-base", in_channels=1, n_classes=3))).eval()
+    x = torch.randn(1, 1, 64, 64, 64)
+    policy = ThreadPolicy()  # what a second `mednextv2 segment` does: follow the free cores
+    with torch.inference_mode():
+        while True:
+            policy.update()
+            net(x)
+
+
+def under_load(sizes, repeats: int):
+    """ours (engine thread policy) vs plain (torch's default threads), idle and beside each competitor."""
+    cores = available_cores()
+    policy = ThreadPolicy()
+    rows = []
+    for size in sizes:
+        cfg = MedNeXtConfig.preset("v2-base", in_channels=1, n_classes=3, deep_supervision=False)
+        ours = randomised(MedNeXt(cfg)).eval()
+        plain = PlainMedNeXt(cfg).eval()
+        plain.load_state_dict(ours.state_dict())
+        x = torch.randn(1, 1, size, size, size, generator=torch.Generator().manual_seed(1))
+        threads_used = []
+
+        def run_plain():
+            torch.set_num_threads(cores)
+            return plain(x)
+
+        def run_ours():
+            threads_used.append(policy.update())
+            return ours(x)
+
+        with torch.inference_mode():
+            diff = (run_ours() - run_plain()).abs().max().item()
+            print(f"v2-base {size}^3: max |ours - plain| = {diff:.2e}", flush=True)
+            for name, child in [("idle", None)] + list(COMPETITORS.items()):
+                proc = None
+                if child:
+                    proc = subprocess.Popen([sys.executable, __file__, "--competitor", *child])
+                    time.sleep(3)  # let it start and import torch
+                try:
+                    threads_used.clear()
+                    row = compare(f"{size}^3 beside {name}", run_plain, run_ours, repeats)
+                finally:
+                    if proc:
+                        proc.kill()
+                        proc.wait()
+                row.update(size=size, load=name, max_abs_diff=diff, ours_threads=sorted(set(threads_used)),
+                           plain_threads=cores)
+                print(f"{'':42s} ours ran with {row['ours_threads']} thread(s), plain with {cores}", flush=True)
+                rows.append(row)
+    print("\n| size | beside | plain s | ours s | ratio | ours threads |\n|---|---|---|---|---|---|")
+    for r in rows:
+        print(f"| {r['size']}^3 | {r['load']} | {r['plain_s']:.2f} | {r['ours_s']:.2f} | {r['ratio']:.2f}x | "
+              f"{r['ours_threads']} |")
+    return rows
 
 
 def with_fusion(enabled: bool, net: torch.nn.Module, x: torch.Tensor):
@@ -158,7 +239,17 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--no-ops", action="store_true")
     parser.add_argument("--json", type=Path)
+    parser.add_argument("--under-load", action="store_true", help="idle and beside each competitor (see above)")
+    parser.add_argument("--competitor", nargs=2, help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.competitor:
+        run_competitor(args.competitor[0], int(args.competitor[1]))
+        return
+    if args.under_load:
+        rows = under_load(args.sizes, args.repeats)
+        if args.json:
+            args.json.write_text(json.dumps(rows, indent=1))
+        return
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {platform.processor() or platform.machine()}")
     rows = [] if args.no_ops else ops_cpu(args.repeats)
     rows += [network_cpu(size, args.repeats) for size in args.sizes]

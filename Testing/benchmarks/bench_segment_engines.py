@@ -42,7 +42,12 @@ Run (with the venv's python, which sees the system torch and the editable mednex
 
     .venv-bench/bin/python Testing/benchmarks/bench_segment_engines.py [--cases lung synthetic44]
         [--engines ours nnunet monai] [--threads 1] [--repeats 1] [--synthetic-size 512 512 300]
-        [--json out.json]
+        [--json out.json] [--under-load]
+
+`--under-load` runs every case idle and then beside each competitor of bench_network.py (a
+1-thread and a 2-thread torch process doing matmuls, a second engine), which it starts itself;
+each engine then runs with its own default thread setting (ours: the free cores,
+mednextv2.threads; nnU-Net and MONAI: torch's default, every core), as their users would.
 """
 from __future__ import annotations
 
@@ -379,7 +384,8 @@ def child(engine: str, bundle_dir: Path, image_path: Path, out_dir: Path, thread
     started_imports = time.monotonic()
     import torch
 
-    torch.set_num_threads(threads)
+    if threads:  # 0: the engine's own default
+        torch.set_num_threads(threads)
     if engine == "nnunet":
         import nnunetv2.inference.predict_from_raw_data  # noqa: F401
     elif engine == "monai":
@@ -400,9 +406,10 @@ def child(engine: str, bundle_dir: Path, image_path: Path, out_dir: Path, thread
 
 # ---------------------------------------------------------------- parent
 def run_child(engine: str, bundle_dir: Path, image_path: Path, out_dir: Path, threads: int) -> dict:
-    env = dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads),
-               nnUNet_def_n_proc=str(threads),  # nnU-Net's export otherwise sets 8 torch threads
+    env = dict(os.environ, nnUNet_def_n_proc=str(threads or os.cpu_count()),  # its export otherwise sets 8 threads
                nnUNet_raw=str(out_dir), nnUNet_preprocessed=str(out_dir), nnUNet_results=str(out_dir))
+    if threads:  # 0: each engine's own default
+        env.update(OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
     cmd = [sys.executable, __file__, "--child", engine, "--bundle", str(bundle_dir), "--image", str(image_path),
            "--out-dir", str(out_dir), "--threads", str(threads)]
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
@@ -490,6 +497,31 @@ def summarize(info: dict) -> dict:
     return ratios
 
 
+def loads(under_load: bool):
+    """(name, bench_network.py --competitor arguments or None) per load condition."""
+    if not under_load:
+        return [("as found", None)]
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from bench_network import COMPETITORS
+
+    return [("idle", None)] + list(COMPETITORS.items())
+
+
+def start_competitor(args: Optional[List[str]]):
+    if not args:
+        return None
+    proc = subprocess.Popen([sys.executable, str(Path(__file__).resolve().parent / "bench_network.py"),
+                             "--competitor", *args])
+    time.sleep(3)  # started and busy
+    return proc
+
+
+def stop_competitor(proc) -> None:
+    if proc is not None:
+        proc.kill()
+        proc.wait()
+
+
 def print_summary(all_cases: List[dict]) -> None:
     print("\nengine   case         seconds  (read+prep  predict  to input grid  export)  peak RSS MiB"
           "  on input grid  identical to ours")
@@ -497,14 +529,14 @@ def print_summary(all_cases: List[dict]) -> None:
         for engine, r in info["engines"].items():
             st = r["stage_seconds"]
             same = f"{100 * r['identical_voxels']:.3f}%" if "identical_voxels" in r else "-"
-            print(f"{engine:8s} {info['case']:12s} {r['seconds']:7.1f}  ({st.get('read', 0) + st.get('preprocess', 0):10.1f}"
+            print(f"{engine:8s} {info['case'] + ' ' + info.get('load', ''):12s} {r['seconds']:7.1f}  ({st.get('read', 0) + st.get('preprocess', 0):10.1f}"
                   f" {st.get('predict', 0):8.1f} {st.get('to input grid', 0):14.1f} {st.get('export', 0):7.1f})"
                   f" {r['peak_rss_mib']:13.0f} {str(r['on_input_grid']):>14s}  {same:>16s}")
     print("\nratios (goals: nnU-Net time / ours >= 2; our peak RSS / nnU-Net's <= 0.5 on the 44-class case;"
           " identical >= 99.9%)")
     for info in all_cases:
         for engine, q in info["ratios"].items():
-            print(f"  {info['case']:12s} vs {engine:7s} time {q['time_ratio_them_over_ours']:5.2f}x   "
+            print(f"  {info['case'] + ' ' + info.get('load', ''):12s} vs {engine:7s} time {q['time_ratio_them_over_ours']:5.2f}x   "
                   f"peak RSS ours/them {q['peak_rss_ratio_ours_over_them']:5.2f}   "
                   f"identical {q['identical_voxels_pct']:.3f}%")
 
@@ -525,6 +557,8 @@ def main() -> None:
     parser.add_argument("--baseline-network", choices=("ours", "plain"), default="ours",
                         help="network class inside nnU-Net and MONAI: ours (pipelines alone compared) or the plain "
                              "literal implementation (each engine with its own network code)")
+    parser.add_argument("--under-load", action="store_true",
+                        help="idle and beside each competitor of bench_network.py; engines use their default threads")
     parser.add_argument("--child", choices=ENGINES, help=argparse.SUPPRESS)
     parser.add_argument("--bundle", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--image", type=Path, help=argparse.SUPPRESS)
@@ -546,9 +580,10 @@ def main() -> None:
 
     os.environ[BASELINE_NET_ENV] = args.baseline_network  # the children read it
     machine = {"platform": platform.platform(), "cpus": os.cpu_count(), "torch": torch.__version__,
-               "python": platform.python_version(), "threads": args.threads, "load_at_start": os.getloadavg(),
+               "python": platform.python_version(), "load_at_start": os.getloadavg(),
+               "threads": "each engine's default" if args.under_load else args.threads,
                "baseline_network": args.baseline_network}
-    print(f"{machine['platform']}, {machine['cpus']} CPUs, torch {machine['torch']}, {args.threads} torch thread(s)"
+    print(f"{machine['platform']}, {machine['cpus']} CPUs, torch {machine['torch']}, {machine['threads']} torch thread(s)"
           f" per engine, load {machine['load_at_start'][0]:.1f}, baselines run the {args.baseline_network} network")
     with tempfile.TemporaryDirectory() as tmp:
         work = args.workdir or Path(tmp)
@@ -563,9 +598,15 @@ def main() -> None:
                 image_path = work / f"synthetic_{'x'.join(map(str, size))}.nrrd"
                 if not image_path.exists():
                     synthetic_ct(size, image_path)
-            info = run_case(case, image_path, args.engines, args.threads, work, args.repeats)
-            info["ratios"] = summarize(info)
-            all_cases.append(info)
+            for load, competitor in loads(args.under_load):
+                proc = start_competitor(competitor)
+                try:
+                    info = run_case(case, image_path, args.engines, 0 if args.under_load else args.threads, work,
+                                    args.repeats)
+                finally:
+                    stop_competitor(proc)
+                info.update(load=load, ratios=summarize(info))
+                all_cases.append(info)
     print_summary(all_cases)
     if args.json:
         args.json.write_text(json.dumps({"machine": machine, "cases": all_cases}, indent=2) + "\n")

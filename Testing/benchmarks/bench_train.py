@@ -1,7 +1,20 @@
 """Training benchmark: step rate and peak memory, data-pipeline throughput against the step rate,
-and against batchgeneratorsv2's nnU-Net default augmentation on the same CPU.
+and against batchgeneratorsv2's nnU-Net default augmentation on the same CPU; and with --curve,
+the Dice reached per CPU minute against the previous release of the loop.
 
     python Testing/benchmarks/bench_train.py                 # CPU: v2-tiny steps + pipeline
+    python Testing/benchmarks/bench_train.py --curve [--minutes 2 4 8] [--old-commit ce68d00] [--json out.json]
+
+--curve builds a small nnU-Net raw dataset from the posterior 60% of the 1 mm MR template (as-is,
+rotated 12 degrees and resampled to 1.3 mm, intensity-rescaled), trains v2-tiny from scratch with
+`mednextv2 train DATASET --preset v2-tiny --minutes M` with every other option at its default, as a
+user would run it, once per budget and per loop ("new": this tree; "old": the tree at
+--old-commit, exported with `git archive` into a temporary folder), and segments the held-out
+anterior 40% (as-is, and a rotated, rescaled copy standing in for another subject) with the
+current `mednextv2 segment --no-tta`, so only the training loop differs. It prints grey/white
+matter Dice and the wall time each run really took. Time: each run is its budget plus caching and
+two segmentations (~1-2 min), and the old loop overruns its budget (issue 13: 179 s for 1 min);
+defaults: ~45-50 min on an idle 2-core CPU. `--minutes 2 --engines new` is a ~5 min check.
     VENV/bin/python Testing/benchmarks/bench_train.py        # + batchgeneratorsv2 ratio (a venv that has it)
     python Testing/benchmarks/bench_train.py --gpu           # + v2-base 128^3 batch 2 on CUDA
 
@@ -158,13 +171,148 @@ def bench_pipeline(patch: int, batch: int, seconds: float) -> dict:
         return out
 
 
+# ---------------------------------------------------------------- Dice per CPU minute
+def _rotated(image, degrees: float, spacing: float, label: bool):
+    import SimpleITK as sitk
+
+    centre = image.TransformContinuousIndexToPhysicalPoint([(s - 1) / 2 for s in image.GetSize()])
+    rotation = sitk.Euler3DTransform(centre, 0.0, 0.0, degrees * 3.141592653589793 / 180)
+    size = [int(round(n * s / spacing)) for n, s in zip(image.GetSize(), image.GetSpacing())]
+    return sitk.Resample(image, size, rotation, sitk.sitkNearestNeighbor if label else sitk.sitkLinear,
+                         image.GetOrigin(), [spacing] * 3, image.GetDirection(), 0, image.GetPixelID())
+
+
+def _rescaled(image, scale: float, gamma: float):
+    import numpy as np
+    import SimpleITK as sitk
+
+    array = sitk.GetArrayFromImage(image).astype(np.float32)
+    top = float(array.max()) or 1.0
+    out = sitk.GetImageFromArray((np.clip(array / top, 0, None) ** gamma * top * scale).astype(np.float32))
+    out.CopyInformation(image)
+    return out
+
+
+def build_curve_dataset(folder: Path):
+    """nnU-Net raw dataset of template copies (posterior part) and held-out (image, label) pairs (anterior)."""
+    import SimpleITK as sitk
+
+    from mednextv2.train.demo import LABELS, split_scan
+
+    tissue = DATA / "mr-brain-tissue"
+    _, test_image, test_label = split_scan(folder / "split", tissue / "icbm152_2009a_t1.nii.gz",
+                                           tissue / "icbm152_2009a_tissue.nii.gz")
+    image = sitk.ReadImage(str(folder / "split" / "posterior_image.nii.gz"), sitk.sitkFloat32)
+    label = sitk.ReadImage(str(folder / "split" / "posterior_label.nii.gz"))
+    raw = folder / "Dataset001_Template"
+    (raw / "imagesTr").mkdir(parents=True)
+    (raw / "labelsTr").mkdir()
+    copies = {"asis": (image, label), "rotated": (_rotated(image, 12, 1.3, False), _rotated(label, 12, 1.3, True)),
+              "rescaled": (_rescaled(image, 0.6, 1.3), label)}
+    for name, (img, lab) in copies.items():
+        sitk.WriteImage(img, str(raw / "imagesTr" / f"{name}_0000.nii.gz"), True)
+        sitk.WriteImage(lab, str(raw / "labelsTr" / f"{name}.nii.gz"), True)
+    (raw / "dataset.json").write_text(json.dumps({
+        "channel_names": {"0": "MR"}, "labels": {"background": 0, **{v: k for k, v in LABELS.items()}},
+        "numTraining": len(copies), "file_ending": ".nii.gz"}))
+    held_image, held_label = sitk.ReadImage(str(test_image), sitk.sitkFloat32), sitk.ReadImage(str(test_label))
+    other = folder / "heldout_other_image.nii.gz", folder / "heldout_other_label.nii.gz"
+    sitk.WriteImage(_rescaled(_rotated(held_image, -9, 1.1, False), 1.4, 0.8), str(other[0]), True)
+    sitk.WriteImage(_rotated(held_label, -9, 1.1, True), str(other[1]), True)
+    return raw, {"heldout": (test_image, test_label), "heldout_other": other}
+
+
+def _old_tree(commit: str, folder: Path) -> Path:
+    """The package as it was at `commit`, from git, without touching any worktree."""
+    archive = subprocess.run(["git", "-C", str(REPO), "archive", commit, "core"], capture_output=True, check=True).stdout
+    folder.mkdir(parents=True)
+    subprocess.run(["tar", "-x", "-C", str(folder)], input=archive, check=True)
+    return folder / "core"
+
+
+def _engine(core: Path, *args: str, timeout: float) -> subprocess.CompletedProcess:
+    env = dict(os.environ, PYTHONPATH=str(core))
+    return subprocess.run([sys.executable, "-m", "mednextv2", *args], env=env, capture_output=True, text=True,
+                          timeout=timeout)
+
+
+def _dice(bundle: Path, cases: dict, folder: Path) -> dict:
+    import SimpleITK as sitk
+
+    from mednextv2.train.demo import LABELS
+    from mednextv2.train.validate import dice_per_class
+
+    out = {}
+    for name, (image, label) in cases.items():
+        pred = folder / f"{name}_pred.nii.gz"
+        done = _engine(REPO / "core", "segment", str(image), "-m", str(bundle), "-o", str(pred), "--no-tta",
+                       "--device", "cpu", "--progress", "none", timeout=1800)
+        if done.returncode:
+            raise RuntimeError(f"segment failed: {done.stderr[-2000:]}")
+        scores = dice_per_class(sitk.GetArrayFromImage(sitk.ReadImage(str(pred))),
+                                sitk.GetArrayFromImage(sitk.ReadImage(str(label))), len(LABELS) + 1)
+        out[name] = {LABELS[v]: round(scores[v - 1], 4) for v in LABELS}
+    return out
+
+
+def dice_curve(minutes, old_commit: str, engines) -> list:
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        raw, cases = build_curve_dataset(tmp / "data")
+        cores = {"new": REPO / "core"}
+        if "old" in engines:
+            cores["old"] = _old_tree(old_commit, tmp / "old")
+        for m in minutes:
+            for engine in engines:
+                run = tmp / f"{engine}_{m}"
+                started = time.monotonic()
+                limit = m * 60 * 3 + 300
+                try:
+                    done = _engine(cores[engine], "train", str(raw), "-o", str(run / "model"), "--preset", "v2-tiny",
+                                   "--minutes", str(m), "--device", "cpu", "--progress", "none", timeout=limit)
+                except subprocess.TimeoutExpired:  # a budget overrun this large is a result, not a crash
+                    row = {"engine": engine, "budget_min": m, "wall_s": None, "timed_out_after_s": limit, "dice": None}
+                    print(json.dumps(row), flush=True)
+                    rows.append(row)
+                    continue
+                seconds = time.monotonic() - started
+                if done.returncode:
+                    raise RuntimeError(f"{engine} training failed: {done.stderr[-3000:]}")
+                row = {"engine": engine, "budget_min": m, "wall_s": round(seconds, 1),
+                       "dice": _dice(run / "model", cases, run)}
+                print(json.dumps(row), flush=True)
+                row["log_tail"] = done.stderr.splitlines()[-15:]  # epochs and timings, for the JSON only
+                rows.append(row)
+    print("\n| budget | loop | wall s | held-out grey | held-out white | other grey | other white |\n|---|---|---|---|---|---|---|")
+    for r in rows:
+        d = r["dice"]
+        if d is None:
+            print(f"| {r['budget_min']} min | {r['engine']} | > {r['timed_out_after_s']:.0f} (stopped) | - | - | - | - |")
+            continue
+        print(f"| {r['budget_min']} min | {r['engine']} | {r['wall_s']:.0f} | {d['heldout']['grey matter']:.3f} | "
+              f"{d['heldout']['white matter']:.3f} | {d['heldout_other']['grey matter']:.3f} | "
+              f"{d['heldout_other']['white matter']:.3f} |")
+    return rows
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     parser.add_argument("--seconds", type=float, default=10.0, help="time per measurement")
     parser.add_argument("--gpu", action="store_true", help="also v2-base at 128^3, batch 2, on CUDA")
     parser.add_argument("--child", help=argparse.SUPPRESS)
+    parser.add_argument("--curve", action="store_true", help="Dice per CPU minute, this loop against --old-commit's")
+    parser.add_argument("--minutes", type=float, nargs="+", default=[2, 4, 8], help="budgets for --curve")
+    parser.add_argument("--old-commit", default="ce68d00", help="the previous release of the loop (--curve)")
+    parser.add_argument("--engines", nargs="+", default=["new", "old"], choices=("new", "old"))
+    parser.add_argument("--json", type=Path, help="--curve: write the rows here")
     args = parser.parse_args()
+    if args.curve:
+        rows = dice_curve(args.minutes, args.old_commit, args.engines)
+        if args.json:
+            args.json.write_text(json.dumps(rows, indent=1))
+        return
     import torch
 
     if args.threads:

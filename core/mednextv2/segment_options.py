@@ -13,6 +13,7 @@ from typing import Callable, Optional, Tuple
 
 from mednextv2.errors import InputError
 from mednextv2.progress import null_progress
+from mednextv2.threads import check_threads
 
 DEVICES = ("auto", "cuda", "mps", "cpu")
 _DEVICE = re.compile(r"(auto|cpu|mps|cuda(:\d+)?)\Z")
@@ -41,6 +42,7 @@ class SegmentOptions:
     structures: Optional[Tuple[str, ...]] = None  # keep only these label names
     largest_component: bool = False   # keep each label's largest connected component
     tile_batch: Optional[int] = None  # tiles per forward pass; None: per device default
+    threads: Optional[int] = None     # CPU threads for torch; None: the cores free now (mednextv2.threads)
     progress: Callable[..., None] = field(default=null_progress, compare=False)
 
     def __post_init__(self) -> None:
@@ -58,5 +60,6 @@ class SegmentOptions:
         if self.tile_batch is not None and (isinstance(self.tile_batch, bool) or int(self.tile_batch) != self.tile_batch
                                             or self.tile_batch < 1):
             raise InputError(f"--tile-batch must be a whole number of at least 1, got {self.tile_batch}")
+        check_threads(self.threads)
         if not callable(self.progress):
             raise InputError(f"progress must be a callable, got {self.progress!r}")

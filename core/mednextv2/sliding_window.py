@@ -27,6 +27,7 @@ import torch
 from mednextv2.devices import autocast_dtype, resolve_device
 from mednextv2.errors import ResourceError
 from mednextv2.tiles import tile_grid, tile_starts  # noqa: F401  (tile_starts: re-exported)
+from mednextv2.threads import ThreadPolicy
 
 log = logging.getLogger(__name__)
 
@@ -181,7 +182,8 @@ class SlidingWindowPredictor:
 
     def __init__(self, models: Sequence[torch.nn.Module], n_classes: int, patch_size: Sequence[int],
                  step: float = 0.5, mirror_axes: Sequence[int] = (), device: Union[str, torch.device] = "auto",
-                 tile_batch: Optional[int] = None, amp: bool = True, progress: Optional[Progress] = None) -> None:
+                 tile_batch: Optional[int] = None, amp: bool = True, progress: Optional[Progress] = None,
+                 threads: Optional[int] = None) -> None:
         if not models:
             raise ValueError("at least one model is needed")
         self.models = list(models)
@@ -193,6 +195,7 @@ class SlidingWindowPredictor:
         self.tile_batch = int(tile_batch or DEFAULT_TILE_BATCH.get(self.device.type, 1))
         self.amp = amp
         self.progress = progress
+        self.threads = ThreadPolicy(threads)  # CPU only: torch's thread count follows the free cores
 
     def predict(self, data: Union[np.ndarray, torch.Tensor]) -> torch.Tensor:
         """(C, z, y, x) float input -> (K, z, y, x) float16 Gaussian-weighted mean logits on the CPU."""
@@ -248,6 +251,8 @@ class SlidingWindowPredictor:
             batch = tiles[first:first + state.tile_batch]
             windows = [tuple(slice(s, s + p) for s, p in zip(corner, self.patch)) for corner in batch]
             x = torch.stack([padded[(slice(None),) + w] for w in windows])
+            if state.compute.type == "cpu":
+                self.threads.update()
             logits = self._predict_tiles(x, state.compute).mul_(gauss_compute).to(state.accumulate)
             for i, w in enumerate(windows):
                 window = acc[(slice(None),) + w]

@@ -16,16 +16,13 @@ def add_parser(subparsers) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--tta", action="store_true", help="mirroring test-time augmentation when segmenting (8x slower)")
     p.add_argument("--progress", choices=MODES, default="bar")
-    p.add_argument("--threads", type=int, help="CPU threads for torch (default: torch's choice; 1 is often "
-                                               "faster on a busy machine)")
+    p.add_argument("--threads", type=int, help="CPU threads for torch (default: the cores free now)")
     p.set_defaults(func=run)
 
 
 def run(args) -> int:
-    from mednextv2.cli.train import set_threads
     from mednextv2.train.demo import run_demo
 
-    set_threads(args.threads)
     run_demo(Path(args.output), minutes=args.minutes, device=args.device, progress=args.progress, seed=args.seed,
-             tta=args.tta)
+             tta=args.tta, threads=args.threads)
     return 0

@@ -42,6 +42,8 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--structures", nargs="+", metavar="NAME", default=None, help="keep only these structures")
     p.add_argument("--largest-component", action="store_true", help="keep each structure's largest component")
     p.add_argument("--tile-batch", type=int, default=None, metavar="N", help="tiles per forward pass")
+    p.add_argument("--threads", type=int, default=None, metavar="N",
+                   help="CPU threads (default: the cores free when tiles run, re-checked as the load changes)")
     p.add_argument("--format", default="seg.nrrd", choices=("seg.nrrd", "nii.gz", "nrrd", "mha"),
                    help="output file type in batch mode (default seg.nrrd)")
     p.add_argument("--progress", default="bar", choices=("bar", "json", "none"),
@@ -61,7 +63,8 @@ def run(args: argparse.Namespace) -> int:
 
     options = SegmentOptions(device=args.device, tta=args.tta, step=args.step, fast=args.fast,
                              structures=args.structures, largest_component=args.largest_component,
-                             tile_batch=args.tile_batch, progress=make_progress(args.progress))
+                             tile_batch=args.tile_batch, threads=args.threads,
+                             progress=make_progress(args.progress))
     if _is_batch(args.inputs):
         written = segment_folder(args.inputs[0], args.model, args.output, "." + args.format, options)
         log.info("segmented %d case(s) into %s", len(written), args.output)

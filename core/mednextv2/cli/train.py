@@ -26,9 +26,6 @@ def add_parser(subparsers) -> None:
     p = subparsers.add_parser("train", help="fine-tune or train a model on labeled volumes",
                               description=__doc__, epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_dataclass_arguments(p, TrainOptions)  # every option is a TrainOptions field
-    # Process setting, not part of the run's options (issue 13 moves it into TrainOptions).
-    p.add_argument("--threads", type=int, help="CPU threads for torch (default: torch's choice; 1 is often "
-                                               "faster on a busy machine)")
     p.set_defaults(func=run)
 
 
@@ -38,21 +35,9 @@ def options_from_args(args):
     return dataclass_from_args(TrainOptions, args)
 
 
-def set_threads(threads) -> None:
-    if threads is not None:
-        import torch
-
-        if threads < 1:
-            from mednextv2.errors import InputError
-
-            raise InputError(f"--threads must be at least 1, got {threads}")
-        torch.set_num_threads(threads)
-
-
 def run(args) -> int:
     from mednextv2.train import run_training
 
-    set_threads(args.threads)
     result = run_training(options_from_args(args))
     if result.bundle is not None:
         dice = ", ".join(f"{k} {v:.3f}" for k, v in result.dice.items() if v is not None) or "no validation"

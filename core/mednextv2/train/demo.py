@@ -13,7 +13,7 @@ import logging
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Dict, Tuple
+from typing import Callable, Dict, Optional, Tuple
 
 import numpy as np
 import SimpleITK as sitk
@@ -112,7 +112,7 @@ def write_overlay(image: sitk.Image, prediction: sitk.Image, reference: sitk.Ima
 
 
 def run_demo(out_dir: Path, minutes: float = 5.0, device: str = "auto", progress: str = "bar", seed: int = 0,
-             tta: bool = False, echo: Callable[[str], None] = print) -> DemoResult:
+             tta: bool = False, echo: Callable[[str], None] = print, threads: Optional[int] = None) -> DemoResult:
     from mednextv2.segmentation import segment
 
     if minutes <= 0:
@@ -130,11 +130,11 @@ def run_demo(out_dir: Path, minutes: float = 5.0, device: str = "auto", progress
     result = run_training(TrainOptions(
         dataset=str(dataset), output=str(bundle_path), preset="v2-tiny", minutes=minutes, patch=DEMO_PATCH,
         device=device, val_fraction=0.0, seed=seed, progress=progress, lr=DEMO_LR,
-        work_dir=str(out_dir / "training"), title="Brain tissue (MR T1), mednextv2 demo"))
+        work_dir=str(out_dir / "training"), title="Brain tissue (MR T1), mednextv2 demo", threads=threads))
     times["train"] = time.monotonic() - t1
     t2 = time.monotonic()
     prediction = segment(str(test_image), str(result.bundle), device=device, tta=tta,
-                         progress=make_progress("none"))
+                         progress=make_progress("none"), threads=threads)
     times["segment"] = time.monotonic() - t2
     reference = sitk.ReadImage(str(test_label))
     pred_arr, ref_arr = sitk.GetArrayViewFromImage(prediction), sitk.GetArrayViewFromImage(reference)

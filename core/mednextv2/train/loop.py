@@ -1,8 +1,9 @@
 """The training loop: epochs of augmented patches, validation, checkpoints, and every way to stop.
 
-Parts are injected (model, optimizer, loss, batch source, validation cases), the loop owns only
-the order of things and the robustness rules of issue 5: a checkpoint every epoch, a time
-budget, NaN/Inf steps skipped with a lower learning rate, SIGINT/SIGTERM saving before exit.
+Parts are injected (`TrainerParts`: model, optimizer, loss, batch source, validation cases), the
+loop owns only the order of things and the robustness rules of issue 5: a checkpoint every epoch,
+a time budget that is kept (budget.py), NaN/Inf steps skipped with a lower learning rate,
+SIGINT/SIGTERM saving before exit. What each epoch writes is up to its handlers (epochs.py).
 """
 from __future__ import annotations
 
@@ -23,12 +24,15 @@ from torch import nn
 
 from mednextv2.errors import MedNeXtError
 from mednextv2 import stop_request
-from mednextv2.train import checkpoint, curves, distributed
+from mednextv2.threads import ThreadPolicy
+from mednextv2.train import checkpoint, distributed
 from mednextv2.train.augment import AugmentConfig, augment
+from mednextv2.train.budget import Budget
 from mednextv2.train.cache import CachedCase
+from mednextv2.train.epochs import EpochHandler, EpochRecord, default_handlers
 from mednextv2.train.optim import lr_factor, set_lr
 from mednextv2.train.sampler import Prefetcher
-from mednextv2.train.validate import nanmean, validate
+from mednextv2.train.validate import validate
 
 log = logging.getLogger(__name__)
 
@@ -66,33 +70,57 @@ class LoopState:
     loss_sum: float = 0.0
     loss_count: int = 0
     wait_s: float = 0.0  # time spent waiting for batches in the epoch under way
-    history: List[dict] = field(default_factory=list)
+    history: List[EpochRecord] = field(default_factory=list)
     stopped_by: Optional[str] = None
+    epoch_started_s: Optional[float] = None  # elapsed_s when the epoch under way began
+    train_started_s: Optional[float] = None  # elapsed_s when training began (the budget schedule's zero)
+
+
+@dataclass
+class TrainerParts:
+    """Everything the loop works with, built by run.py (or a test)."""
+    model: nn.Module
+    net: nn.Module  # the DDP-wrapped model, or the model itself
+    optimizer: torch.optim.Optimizer
+    loss_fn: nn.Module
+    batches: Prefetcher
+    cfg: LoopConfig
+    ctx: distributed.DistContext
+    device: torch.device
+    val_cases: Sequence[CachedCase]
+    label_names: Sequence[str]
+    work: Path
+    report: Callable[..., None]
+    seed: int = 0
+    started: Optional[float] = None  # monotonic start of the run: the budget covers planning too
+    threads: Optional[ThreadPolicy] = None  # CPU: torch's thread count follows the free cores
 
 
 class Trainer:
-    def __init__(self, model: nn.Module, net: nn.Module, optimizer: torch.optim.Optimizer, loss_fn: nn.Module,
-                 batches: Prefetcher, cfg: LoopConfig, ctx: distributed.DistContext, device: torch.device,
-                 val_cases: Sequence[CachedCase], label_names: Sequence[str], work: Path,
-                 report: Callable[..., None], seed: int = 0, started: Optional[float] = None) -> None:
-        self.model, self.net = model, net  # net: DDP-wrapped model (or the model itself)
-        self.optimizer, self.loss_fn, self.batches = optimizer, loss_fn, batches
-        self.cfg, self.ctx, self.device = cfg, ctx, device
-        self.val_cases, self.label_names = list(val_cases), list(label_names)
-        self.work, self.report = work, report
+    def __init__(self, parts: TrainerParts, handlers: Optional[Sequence[EpochHandler]] = None) -> None:
+        p = parts
+        self.model, self.net = p.model, p.net
+        self.optimizer, self.loss_fn, self.batches = p.optimizer, p.loss_fn, p.batches
+        self.cfg, self.ctx, self.device = p.cfg, p.ctx, p.device
+        self.val_cases, self.label_names = list(p.val_cases), list(p.label_names)
+        self.work, self.report = p.work, p.report
+        self.threads = p.threads if p.device.type == "cpu" else None
+        self.handlers = list(default_handlers() if handlers is None else handlers)
         self.state = LoopState()
-        self.gen = torch.Generator(device=device)
-        self.gen.manual_seed(seed * 1000 + ctx.rank)
-        self.scaler = _grad_scaler() if cfg.amp_dtype == torch.float16 else None  # fp16 only; bf16 needs none
+        self.gen = torch.Generator(device=p.device)
+        self.gen.manual_seed(p.seed * 1000 + p.ctx.rank)
+        self.scaler = _grad_scaler() if p.cfg.amp_dtype == torch.float16 else None  # fp16 only; bf16 needs none
         self._stop_signal: Optional[str] = None
         self._last_report = 0.0
-        self._clock_start = time.monotonic() if started is None else started  # the budget covers planning too
+        self._clock_start = time.monotonic() if p.started is None else p.started
+        self.budget = Budget(p.cfg.minutes, self._clock_start) if p.cfg.minutes else None
         self._time_up = False  # set from the step's all-rank flag, so every rank agrees
+        self._epoch_cut = False  # likewise: the epoch's share of the budget is used
         self._val_cost, self._last_val_at = 0.0, time.monotonic()
 
     # ---- checkpoints ------------------------------------------------------------------
     def state_dict(self) -> dict:
-        s = asdict(self.state)
+        s = asdict(self.state)  # history records become dicts
         s["sampler_rng"] = self.batches.sampler.rng.bit_generator.state
         return {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
                 "augment_rng": self.gen.get_state(), "state_json": json.dumps(s)}
@@ -105,11 +133,14 @@ class Trainer:
         rng_state = s.pop("sampler_rng")
         if self.ctx.rank == 0:  # other ranks keep their own streams
             self.batches.sampler.rng.bit_generator.state = rng_state
+        s["history"] = [EpochRecord.from_dict(r) for r in s["history"]]
         self.state = LoopState(**s)
         self.state.stopped_by = None
         self._clock_start = time.monotonic() - self.state.elapsed_s
+        if self.budget is not None:
+            self.budget.resume(self.state.elapsed_s)
 
-    def _save_latest(self) -> None:
+    def save_latest(self) -> None:
         if self.ctx.is_main:
             checkpoint.save_atomic(self.state_dict(), self.work / checkpoint.LATEST)
 
@@ -119,11 +150,12 @@ class Trainer:
         return time.monotonic() - self._clock_start
 
     def fraction(self) -> float:
+        """How far training is, 0..1: the learning-rate schedule's clock (the budget's, or epochs')."""
         parts = []
         if self.cfg.epochs:
             parts.append((self.state.epoch + self.state.iteration / self.cfg.iterations) / self.cfg.epochs)
-        if self.cfg.minutes:
-            parts.append(self.elapsed / (self.cfg.minutes * 60))
+        if self.budget is not None:
+            parts.append(self.budget.progress())
         return min(1.0, max(parts))
 
     def _out_of_time(self) -> bool:
@@ -132,11 +164,27 @@ class Trainer:
     def _done(self) -> bool:
         return (self.cfg.epochs is not None and self.state.epoch >= self.cfg.epochs) or self._out_of_time()
 
+    def _epoch_full(self) -> bool:
+        """The epoch under way is over: its iterations are done, or (under a budget) its share of the time
+        (decided in the step's all-rank flags, so every rank ends the epoch at the same step)."""
+        return self.state.iteration >= self.cfg.iterations or self._epoch_cut
+
+    def _epoch_time_used(self) -> bool:
+        s = self.state
+        if self.budget is None or s.epoch_started_s is None:
+            return False
+        return self.elapsed - s.epoch_started_s >= self.budget.epoch_seconds()
+
     def _eta(self) -> Optional[float]:
+        if self.budget is not None:
+            by_budget = self.budget.eta()
+            if not self.cfg.epochs:
+                return by_budget
         f = self.fraction()
-        if self.cfg.minutes and not self.cfg.epochs:
-            return max(0.0, self.cfg.minutes * 60 - self.elapsed)
-        return self.elapsed * (1 - f) / f if f > 0 else None
+        by_epochs = self.elapsed * (1 - f) / f if f > 0 else None
+        if self.budget is not None and by_epochs is not None:
+            return min(by_budget, by_epochs)
+        return by_epochs
 
     # ---- one step -----------------------------------------------------------------------
     def _step(self) -> Optional[float]:
@@ -146,6 +194,8 @@ class Trainer:
         image = torch.as_tensor(batch.image).to(self.device, non_blocking=True)
         label = torch.as_tensor(batch.label).to(self.device, non_blocking=True)
         image, label = augment(image, label, self.cfg.patch, self.cfg.augment, self.gen)
+        if self.threads is not None:
+            self.threads.update()
         lr = self.cfg.lr * lr_factor(self.fraction()) * self.state.lr_scale
         set_lr(self.optimizer, lr)
         self.optimizer.zero_grad(set_to_none=True)
@@ -155,10 +205,12 @@ class Trainer:
         loss = self.loss_fn(outputs, label)
         bad = not bool(torch.isfinite(loss).item())
         # One collective for all ranks' flags, so every rank stops or skips at the same step.
-        over = bool(self.cfg.minutes) and self.elapsed >= self.cfg.minutes * 60
+        over = self.budget is not None and self.budget.out_of_time()
         self._stop_signal = self._stop_signal or stop_request.reason()  # the Slicer modules' Cancel
-        bad, stop, over = distributed.any_flag(self.ctx, bad, self._stop_signal is not None, over, device=self.device)
+        bad, stop, over, cut = distributed.any_flag(self.ctx, bad, self._stop_signal is not None, over,
+                                                    self._epoch_time_used(), device=self.device)
         self._time_up = self._time_up or over
+        self._epoch_cut = cut
         if stop:
             self._stop_signal = self._stop_signal or "SIGTERM (another rank)"
             return None
@@ -203,30 +255,34 @@ class Trainer:
             return
         self._last_report = now
         s = self.state
-        last = s.history[-1] if s.history else {}
+        last = s.history[-1] if s.history else None
         # Right after an epoch the running sums are reset: report that epoch's mean loss.
-        mean_loss = s.loss_sum / s.loss_count if s.loss_count else last.get("train_loss")
-        dice = {k[len("dice_"):]: v for k, v in last.items() if k.startswith("dice_")}
+        mean_loss = s.loss_sum / s.loss_count if s.loss_count else (last.train_loss if last else None)
+        dice = dict(last.dice) if last else {}
         lr = self.optimizer.param_groups[0]["lr"]
         # Between epochs (iteration 0 after one finished) the line is about the epoch just completed.
         epoch = s.epoch if (s.iteration == 0 and s.history) else s.epoch + 1
         message = f"epoch {epoch} it {s.iteration or self.cfg.iterations}/{self.cfg.iterations}"
         if mean_loss is not None:
             message += f" loss {mean_loss:.4f}"
-        if dice:
-            message += f" val dice {nanmean(list(dice.values())):.3f}"
+        if dice and last.mean_dice is not None:
+            message += f" val dice {last.mean_dice:.3f}"
         self.report("train", self.fraction(), message, eta_s=self._eta(), epoch=epoch, iteration=s.iteration or self.cfg.iterations,
                     loss=mean_loss if loss is None else loss, dice=dice or None, lr=lr, epochs_done=s.epoch,
-                    dice_epoch=last.get("epoch") if dice else None, epochs=self.cfg.epochs)
+                    dice_epoch=last.epoch if dice else None, epochs=self.cfg.epochs)
 
     def _validate(self, final: bool) -> Dict[str, float]:
         dice: Dict[str, float] = {}
         if self.ctx.is_main and self.val_cases and self._validation_due(final):
             self.report("validate", 0.0, f"{len(self.val_cases)} held-out case(s)")
             started = time.monotonic()
+            # Under a budget, validation runs on windows around each case's foreground, so its cost
+            # is bounded by the patch size, not by the scan's.
             dice = validate(self.model, self.val_cases, len(self.label_names) + 1, self.cfg.patch, self.device,
-                            self.label_names)
+                            self.label_names, windows=self.budget is not None)
             self._val_cost = time.monotonic() - started
+            if self.budget is not None:
+                self.budget.val_cost = self._val_cost
             self._last_val_at = time.monotonic()
         return distributed.broadcast_object(self.ctx, dice)
 
@@ -235,6 +291,8 @@ class Trainer:
             return True
         if self.cfg.val_every is not None:
             return (self.state.epoch + 1) % self.cfg.val_every == 0
+        if self.budget is not None and time.monotonic() + self._val_cost > self.budget.train_end():
+            return False  # the final validation comes soon and must still fit
         # Whole-volume validation of big CT cases can cost more than an epoch on a CPU: keep it
         # under ~20% of the time by waiting until training since the last one took 4x its cost.
         return time.monotonic() - self._last_val_at >= 4 * self._val_cost
@@ -243,27 +301,26 @@ class Trainer:
         s = self.state
         train_loss = distributed.mean(self.ctx, s.loss_sum / max(s.loss_count, 1), self.device)
         dice = self._validate(final)
-        row = {"epoch": s.epoch + 1, "iterations": s.iteration, "train_loss": round(train_loss, 6),
-               "lr": self.optimizer.param_groups[0]["lr"], "time_s": round(self.elapsed, 1),
-               "data_wait_s": round(s.wait_s, 2)}
-        row.update({f"dice_{name}": (None if math.isnan(v) else round(v, 4)) for name, v in dice.items()})
-        mean_dice = nanmean(list(dice.values())) if dice else float("nan")
-        row["mean_dice"] = None if math.isnan(mean_dice) else round(mean_dice, 4)
-        s.history.append(row)
+        record = EpochRecord(epoch=s.epoch + 1, iterations=s.iteration, train_loss=round(train_loss, 6),
+                             lr=self.optimizer.param_groups[0]["lr"], time_s=round(self.elapsed, 1),
+                             data_wait_s=round(s.wait_s, 2), progress=round(self.fraction(), 4),
+                             dice={name: (None if math.isnan(v) else round(v, 4)) for name, v in dice.items()})
+        s.history.append(record)
         s.epoch += 1
         s.iteration, s.loss_sum, s.loss_count, s.wait_s = 0, 0.0, 0, 0.0
         s.elapsed_s = self.elapsed
+        s.epoch_started_s = None
+        self._epoch_cut = False
         # No validation cases: the latest model is the best one. Epochs without validation (--val-every) never win.
-        score = mean_dice if dice else (float("nan") if self.val_cases else float(s.epoch))
+        mean = record.mean_dice
+        score = (float("nan") if mean is None else mean) if dice else (float("nan") if self.val_cases else float(s.epoch))
+        improved = not math.isnan(score) and score > s.best_score
+        if improved:
+            s.best_score, s.best_epoch = score, s.epoch
         if self.ctx.is_main:
-            if not math.isnan(score) and score > s.best_score:
-                s.best_score, s.best_epoch = score, s.epoch
-                checkpoint.save_atomic({"model": self.model.state_dict()}, self.work / checkpoint.BEST)
-            self._save_latest()
-            curves.write_csv(s.history, self.work / "metrics.csv")
-            curves.write_png(s.history, self.work / "training_curve.png")
-        log.info("epoch %d: loss %.4f, val Dice %s, %.0f s", s.epoch, train_loss,
-                 {k: round(v, 3) for k, v in dice.items()} or "-", self.elapsed)
+            for handler in self.handlers:
+                handler(self, record, improved)
+        log.info("epoch %d: loss %.4f, val Dice %s, %.0f s", s.epoch, train_loss, record.dice or "-", self.elapsed)
         self._report_iteration(None, force=True)
 
     @contextmanager
@@ -286,8 +343,18 @@ class Trainer:
         """Train until the epochs or minutes run out, or a signal arrives (state.stopped_by is set)."""
         self.net.train()
         with self._signals():
+            if self.budget is not None:
+                if self.state.train_started_s is None:
+                    self.state.train_started_s = self.elapsed
+                # After --resume the schedule continues where it was, not from a new warm-up.
+                self.budget.begin_training(self._clock_start + self.state.train_started_s)
+                left = self.budget.train_end() - time.monotonic()
+                log.info("time budget: %.0f s used before training, %.0f s of training, %.0f s kept for the final "
+                         "validation and the bundle", self.elapsed, max(left, 0.0), self.budget.reserve())
             while not self._done():
-                while self.state.iteration < self.cfg.iterations:
+                if self.state.epoch_started_s is None:
+                    self.state.epoch_started_s = self.elapsed
+                while not self._epoch_full():
                     loss = self._step()
                     if self._stop_signal is not None:
                         break
@@ -302,7 +369,7 @@ class Trainer:
                 if self._stop_signal is not None:
                     self.state.stopped_by = self._stop_signal
                     self.state.elapsed_s = self.elapsed
-                    self._save_latest()  # mid-epoch: --resume continues this very epoch
+                    self.save_latest()  # mid-epoch: --resume continues this very epoch
                     return self.state
                 self._end_epoch(final=self._out_of_time() or (self.cfg.epochs is not None
                                                                and self.state.epoch + 1 >= self.cfg.epochs))

@@ -7,6 +7,7 @@ from typing import Any, Dict, Optional, Tuple
 
 from mednextv2.errors import InputError
 from mednextv2.progress import MODES
+from mednextv2.threads import check_threads
 
 DEFAULT_EPOCHS = 100
 ITERATIONS_PER_EPOCH = {"cuda": 250, "mps": 100, "cpu": 50}  # nnU-Net's 250 where a GPU makes it cheap
@@ -60,6 +61,8 @@ class TrainOptions:
     work_dir: Optional[str] = field(default=None, metadata=cli(
         "folder for cache, checkpoints and metrics (default OUTPUT.training)"))
     title: Optional[str] = field(default=None, metadata=cli("model title written into the bundle"))
+    threads: Optional[int] = field(default=None, metadata=cli(
+        "CPU threads for torch (default: the cores free now, re-checked while training)"))
 
     def __post_init__(self) -> None:
         if self.minutes is not None and self.minutes <= 0:
@@ -88,6 +91,7 @@ class TrainOptions:
 
             if self.preset not in PRESETS:
                 raise InputError(f"--preset {self.preset!r}: no such architecture; choose one of {', '.join(PRESETS)}")
+        check_threads(self.threads)
         if self.lr <= 0:
             raise InputError(f"--lr must be positive, got {self.lr}")
 

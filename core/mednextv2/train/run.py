@@ -22,13 +22,15 @@ from mednextv2.atomic import write_bytes
 from mednextv2.network import MedNeXt
 from mednextv2.preprocessing import anisotropic_axis
 from mednextv2.progress import make_progress, null_progress
-from mednextv2.train import checkpoint, distributed, output
+from mednextv2.threads import ThreadPolicy
+from mednextv2.train import checkpoint, distributed, epochs, output
 from mednextv2.train.augment import AugmentConfig
 from mednextv2.train.cache import build_cache
 from mednextv2.train.datasets import Case, discover_dataset
 from mednextv2.train.fingerprint import make_fingerprint
 from mednextv2.train.finetune import init_from_base
-from mednextv2.train.loop import LoopConfig, Trainer, load_best, seed_everything
+from mednextv2.train.epochs import EpochRecord
+from mednextv2.train.loop import LoopConfig, Trainer, TrainerParts, load_best, seed_everything
 from mednextv2.train.loss import DiceCELoss
 from mednextv2.train.memory import cuda_voxel_budget
 from mednextv2.train.optim import make_optimizer
@@ -48,7 +50,7 @@ class TrainResult:
     epochs: int
     best_epoch: int
     dice: Dict[str, float]
-    history: Tuple[dict, ...]
+    history: Tuple[EpochRecord, ...]
     seconds: float
 
 
@@ -140,6 +142,8 @@ def run_training(options: TrainOptions) -> TrainResult:
     started = time.monotonic()
     ctx = distributed.from_environment()
     device = _device_for(options, ctx)
+    threads = ThreadPolicy(options.threads)
+    threads.update()  # before planning and caching, which use torch too
     distributed.init(ctx, device)
     report = make_progress(options.progress) if ctx.is_main else null_progress
     work = options.work_path
@@ -175,18 +179,18 @@ def run_training(options: TrainOptions) -> TrainResult:
                          amp_dtype=autocast_dtype(device) if options.precision == "auto" else None,
                          augment=AugmentConfig(in_plane_axis=nearest, mirror_axes=plan.mirror_axes,
                                                p_elastic=0.2 if options.elastic else 0.0))
-        trainer = Trainer(model, net, optimizer, DiceCELoss(), prefetch, cfg, ctx, device,
-                          [cached[c.name] for c in val_cases], [s.name for s in plan.labels], work, report, options.seed,
-                          started=started)
+        trainer = Trainer(TrainerParts(model, net, optimizer, DiceCELoss(), prefetch, cfg, ctx, device,
+                                       [cached[c.name] for c in val_cases], [s.name for s in plan.labels], work, report,
+                                       seed=options.seed, started=started, threads=threads))
         if options.resume:
             trainer.load_state_dict(checkpoint.load(work / checkpoint.LATEST))
             log.info("resuming after epoch %d, iteration %d", trainer.state.epoch, trainer.state.iteration)
         state = trainer.run()
         bundle = None
-        best_row = next((r for r in state.history if r["epoch"] == state.best_epoch), {})
-        dice = {k[len("dice_"):]: v for k, v in best_row.items() if k.startswith("dice_")}
+        best = epochs.find(state.history, state.best_epoch)
+        dice = dict(best.dice) if best else {}
         if ctx.is_main and state.epoch > 0:
-            bundle = _export(options, plan, work, state, best_row, dice, train_cases, val_cases, ctx, device)
+            bundle = _export(options, plan, work, state, best, train_cases, val_cases, ctx, device)
         distributed.barrier(ctx)
         if state.stopped_by:
             raise Cancelled(f"training stopped by {state.stopped_by} at epoch {state.epoch + 1}, iteration "
@@ -205,9 +209,9 @@ def _thick_slice_axis(spacing: Sequence[float]) -> Optional[int]:
     return None if spacing is None else anisotropic_axis(spacing)
 
 
-def _export(options, plan, work, state, best_row, dice, train_cases, val_cases, ctx, device) -> Path:
-    metrics = {"dice": {k: v for k, v in dice.items()},
-               "mean_dice": best_row.get("mean_dice"), "epoch": state.best_epoch,
+def _export(options, plan, work, state, best, train_cases, val_cases, ctx, device) -> Path:
+    metrics = {"dice": dict(best.dice) if best else {},
+               "mean_dice": best.mean_dice if best else None, "epoch": state.best_epoch,
                "validation_cases": [c.name for c in val_cases]}
     cases = [*train_cases, *val_cases]
     source = Path(options.dataset).resolve()  # a folder, or its dataset.json
@@ -215,7 +219,7 @@ def _export(options, plan, work, state, best_row, dice, train_cases, val_cases, 
                 "dataset_sha256": output.dataset_digest(cases),
                 "n_train_cases": len(train_cases),
                 "preset": plan.extra.get("preset"), "epochs": state.epoch,
-                "iterations_per_epoch": state.history[-1]["iterations"] if state.history else None,
+                "iterations_per_epoch": state.history[-1].iterations if state.history else None,
                 "patch_size": list(plan.patch_size), "batch_size": plan.batch_size, "world_size": ctx.world_size,
                 "device": device.type, "lr": options.lr, "seconds": round(state.elapsed_s, 1),
                 "skipped_steps": state.skipped_steps}

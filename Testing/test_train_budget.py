@@ -1,0 +1,87 @@
+"""`--minutes M` is kept: the whole run (checks, plan, cache, training, final validation, bundle)
+ends within max(1.1 M, M + 0.5) minutes, spends most of it training, and the learning-rate
+schedule (warm-up, poly decay) completes inside the budget. Real data: the MR tissue map."""
+from __future__ import annotations
+
+import csv
+from dataclasses import asdict
+import time
+
+import pytest
+
+from mednextv2.bundle import load_bundle
+from mednextv2.train import TrainOptions, run_training
+from mednextv2.train.demo import split_scan
+from mednextv2.train.optim import lr_factor
+
+
+def _allowed_s(minutes: float) -> float:
+    return max(1.1 * minutes * 60, minutes * 60 + 30)
+
+
+def _train(tmp_path, data_dir, minutes: float, spacing, patch):
+    tissue = data_dir / "mr-brain-tissue"
+    dataset, _, _ = split_scan(tmp_path / "data", tissue / "icbm152_2009a_t1.nii.gz",
+                               tissue / "icbm152_2009a_tissue.nii.gz", list_heldout=True)
+    started = time.monotonic()
+    result = run_training(TrainOptions(
+        dataset=str(dataset), output=str(tmp_path / "model"), preset="v2-tiny", minutes=minutes, spacing=spacing,
+        patch=patch, device="cpu", val_cases=("anterior",), lr=3e-3, progress="none", seed=0))
+    return result, time.monotonic() - started
+
+
+def _check(result, seconds: float, minutes: float) -> list:
+    assert seconds <= _allowed_s(minutes), f"{seconds:.0f} s for a {minutes} min budget"
+    assert seconds >= 0.75 * minutes * 60, f"only {seconds:.0f} s of a {minutes} min budget used"
+    with open(result.bundle / "metrics.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) >= 3, rows  # epochs are cut to a share of the budget
+    last = rows[-1]
+    assert float(last["progress"]) >= 0.95, last  # the schedule ran to its end
+    assert float(last["lr"]) <= 3e-3 * lr_factor(0.9) + 1e-9, last  # decayed, not stopped halfway
+    assert last["mean_dice"], last  # the final epoch was validated
+    assert load_bundle(result.bundle).spec["provenance"]["training"]["epochs"] == len(rows)
+    return rows
+
+
+@pytest.mark.slow
+def test_one_minute_budget_is_kept(tmp_path, data_dir):
+    result, seconds = _train(tmp_path, data_dir, 1.0, (2.0, 2.0, 2.0), (32, 32, 32))
+    _check(result, seconds, 1.0)
+
+
+@pytest.mark.slow
+def test_three_minute_budget_is_kept_with_full_resolution_validation_cases(tmp_path, data_dir):
+    """1 mm: a whole-volume validation of the held-out part would take minutes on a CPU; windows keep it bounded."""
+    result, seconds = _train(tmp_path, data_dir, 3.0, None, (64, 64, 64))
+    rows = _check(result, seconds, 3.0)
+    assert sum(1 for r in rows if r["mean_dice"]) >= 2, rows
+
+
+def test_budget_schedule_runs_over_the_training_time_left():
+    from mednextv2.train.budget import EPOCHS_PER_BUDGET, EXPORT_RESERVE_S, Budget
+
+    budget = Budget(2.0, started=1000.0)  # a 120 s budget; planning took 20 s
+    budget.begin_training(1020.0)
+    end = budget.train_end()
+    assert 1020.0 < end < 1120.0 - EXPORT_RESERVE_S  # room kept for the final validation and the bundle
+    assert budget.progress(1020.0) == 0.0 and budget.progress(end) == 1.0
+    assert budget.progress(1020.0 + (end - 1020.0) / 2) == pytest.approx(0.5)
+    assert budget.epoch_seconds() == pytest.approx((1120.0 - EXPORT_RESERVE_S - 1020.0) / EPOCHS_PER_BUDGET)
+    budget.val_cost = 4.0  # measured: the reserve follows the real cost
+    assert budget.train_end() == pytest.approx(1120.0 - EXPORT_RESERVE_S - 1.5 * 4.0)
+    assert not budget.out_of_time(1100.0) and budget.out_of_time(1107.0)
+    assert budget.eta(1100.0) == pytest.approx(20.0)  # the whole run's end, bundle included
+
+
+def test_epoch_record_keeps_the_metrics_csv_columns():
+    from mednextv2.train.epochs import EpochRecord
+
+    record = EpochRecord(epoch=2, iterations=7, train_loss=0.5, lr=1e-3, time_s=12.0, data_wait_s=0.1, progress=0.4,
+                         dice={"grey": 0.6, "white": None})
+    row = record.csv_row()
+    assert row["dice_grey"] == 0.6 and row["dice_white"] is None and row["mean_dice"] == 0.6
+    assert "dice" not in row and row["progress"] == 0.4
+    assert EpochRecord.from_dict(asdict(record)) == record
+    old_row = {k: v for k, v in row.items() if k != "progress"}  # as checkpoints before EpochRecord held it
+    assert EpochRecord.from_dict(old_row) == EpochRecord(**dict(asdict(record), progress=0.0))
