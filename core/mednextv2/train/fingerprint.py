@@ -52,7 +52,8 @@ def make_fingerprint(data: ValidatedDataset, seed: int = 0) -> Fingerprint:
         itk_images = [read_image(p) for p in case.images]
         permutation, flips = nearest_lps_axes(itk_images[0].GetDirection())
         images = [orient_array(sitk.GetArrayViewFromImage(im), permutation, flips).astype(np.float32) for im in itk_images]
-        label = orient_array(sitk.GetArrayViewFromImage(sitk.ReadImage(str(case.label))), permutation, flips)
+        # A copy: a view of a temporary image outlives its pixels (a crash seen in the test suite).
+        label = orient_array(sitk.GetArrayFromImage(read_image(case.label, allow_constant=True)), permutation, flips)
         raw_spacing = tuple(reversed(itk_images[0].GetSpacing()))
         spacings.append(tuple(float(raw_spacing[p]) for p in permutation))
         sizes.append(tuple(int(s) for s in images[0].shape))
