@@ -40,7 +40,7 @@ def _check(result, seconds: float, minutes: float) -> list:
     assert float(last["progress"]) >= 0.95, last  # the schedule ran to its end
     assert float(last["lr"]) <= 3e-3 * lr_factor(0.9) + 1e-9, last  # decayed, not stopped halfway
     assert last["mean_dice"], last  # the final epoch was validated
-    assert load_bundle(result.bundle).spec["provenance"]["training"]["epochs"] == len(rows)
+    assert load_bundle(result.bundle).spec.to_json()["provenance"]["training"]["epochs"] == len(rows)
     return rows
 
 

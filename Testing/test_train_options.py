@@ -42,8 +42,7 @@ def test_every_flag_maps_onto_its_field():
         dataset="DS", output="OUT", base="m", minutes=2.5, epochs=3, iterations=7, patch=(16, 32, 48),
         spacing=(2.0, 1.5, 1.0), batch_size=4, device="cpu", val_cases=("a", "b"), val_every=2, resume=True, seed=5,
         progress="json", lr=0.01, encoder_lr_scale=0.5, checkpointing=True, precision="fp32", elastic=True,
-        work_dir="W", title="T")
-    assert args.threads == 2
+        work_dir="W", title="T", threads=2)
     defaults = dataclass_from_args(TrainOptions, _train_args(["DS", "--output", "OUT"]))
     assert defaults == TrainOptions(dataset="DS", output="OUT")
 
