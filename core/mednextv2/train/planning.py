@@ -14,7 +14,8 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from mednextv2.bundle_spec import BundleSpec, InferenceDefaults, Label, Normalization, PreprocessingPlan, Resampling
+from mednextv2.bundle_spec import (BundleSpec, InferenceDefaults, Label, Normalization, PreprocessingPlan, Resampling,
+                                   default_color)
 from mednextv2.errors import InputError
 from mednextv2.preprocessing import anisotropic_axis
 from mednextv2.network import DIVISOR, MedNeXtConfig
@@ -26,8 +27,6 @@ CROP_GAIN = 0.75  # crop to non-zero when that keeps at most 3/4 of the voxels (
 # Patch voxel budgets where memory cannot be measured: CPU time, not memory, is the limit there.
 VOXEL_BUDGET = {"cpu": 64 ** 3, "mps": 96 ** 3}
 MAX_PATCH = 192  # the paper's fine-tuning context
-PALETTE = [(128, 174, 128), (241, 214, 145), (177, 122, 101), (111, 184, 210), (216, 101, 79),
-           (221, 130, 101), (144, 238, 144), (192, 104, 88), (220, 245, 20), (78, 63, 0)]
 
 
 @dataclass(frozen=True)
@@ -132,14 +131,14 @@ def map_labels(dataset_labels: Dict[int, str], base_labels: Sequence[dict] = ())
     """Dataset labels in value order; each one named like a base label keeps that label's head row."""
     base_by_name = {_norm_name(b["name"]): (row, b) for row, b in enumerate(base_labels, start=1)}
     specs = []
-    for i, (value, name) in enumerate(sorted(dataset_labels.items())):
+    for value, name in sorted(dataset_labels.items()):
         hit = base_by_name.get(_norm_name(name))
         if hit:
             row, base = hit
-            specs.append(LabelSpec(value, name, tuple(base.get("color", PALETTE[i % len(PALETTE)])),
+            specs.append(LabelSpec(value, name, tuple(base.get("color", default_color(value))),
                                    base.get("terminology"), row))
         else:
-            specs.append(LabelSpec(value, name, PALETTE[i % len(PALETTE)]))
+            specs.append(LabelSpec(value, name, default_color(value)))
     if base_labels:
         reused = [s.name for s in specs if s.base_row]
         log.info("labels reusing the base model's head rows: %s; new: %s", reused or "none",
