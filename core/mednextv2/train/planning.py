@@ -156,7 +156,7 @@ def plan_from_scratch(fp: Fingerprint, labels: Dict[int, str], channel_modalitie
     physical = sizes * np.array(fp.spacings)
     median_shape = np.median(physical, axis=0) / np.array(spacing)
     budget = voxel_budget or VOXEL_BUDGET.get(device_type, 128 ** 3)
-    patch = _check_patch(patch) if patch else fit_patch(median_shape, spacing, budget)
+    patch = check_patch(patch) if patch else fit_patch(median_shape, spacing, budget)
     modalities = [guess_modality(m, s) for m, s in zip(list(channel_modalities) + [""] * len(fp.channels), fp.channels)]
     specs = map_labels(labels)
     cfg = MedNeXtConfig.preset(preset, in_channels=len(fp.channels), n_classes=len(specs) + 1)
@@ -182,7 +182,7 @@ def plan_from_base(base: BundleSpec, labels: Dict[int, str], n_channels: int,
     network = base.network.config(n_classes=len(specs) + 1, deep_supervision=True)
     return Plan(network=network.to_dict(),
                 target_spacing=_check_spacing(spacing) if spacing else pre.target_spacing,
-                patch_size=_check_patch(patch) if patch else inf.patch_size, batch_size=batch_size,
+                patch_size=check_patch(patch) if patch else inf.patch_size, batch_size=batch_size,
                 crop_to_nonzero=pre.crop_to_nonzero,
                 normalization=tuple(n.to_json() for n in pre.normalization),
                 channels=tuple(c.to_json() for c in base.channels), labels=specs,
@@ -202,10 +202,19 @@ def _check_spacing(spacing: Sequence[float]) -> Tuple[float, float, float]:
     return values
 
 
-def _check_patch(patch: Sequence[int]) -> Tuple[int, int, int]:
+def check_patch(patch: Sequence[int]) -> Tuple[int, int, int]:
+    """A patch size the network can train on (z, y, x); InputError naming --patch otherwise.
+
+    Sizes are multiples of DIVISOR (the four stride-2 downsamplings), and the bottleneck must
+    keep more than one voxel: GroupNorm over a single value per channel has nothing to normalize
+    (PyTorch refuses it with batch size 1, and it zeroes every feature otherwise)."""
     patch = tuple(int(p) for p in patch)
     if len(patch) != 3 or any(p < DIVISOR or p % DIVISOR for p in patch):
         raise InputError(f"--patch must be three sizes divisible by {DIVISOR} (z y x), got {list(patch)}")
+    if all(p == DIVISOR for p in patch):
+        raise InputError(f"--patch {' '.join(map(str, patch))} is too small for the network: it needs at least "
+                         f"{2 * DIVISOR} on one axis (e.g. {2 * DIVISOR} {DIVISOR} {DIVISOR}), so that its bottleneck "
+                         f"(the patch / {DIVISOR}) keeps more than one voxel")
     return patch
 
 
