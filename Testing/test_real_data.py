@@ -77,3 +77,29 @@ def test_official_fixtures_ship_in_the_repository(fixtures_dir, tmp_path):
     assert needed | {"manifest.json"} == set(sums)  # every file used, nothing else
     with pytest.raises(FileNotFoundError, match="MEDNEXTV2_FIXTURES"):
         real_data.fixtures_dir({"MEDNEXTV2_FIXTURES": str(tmp_path)})
+
+
+BENCHMARK_PROBE = """
+import sys
+from pathlib import Path
+sys.path[:0] = {paths!r}
+import real_data
+real_data.data_dir = lambda: Path({sentinel!r})
+import bench_segment_engines, bench_segment_fast, bench_train, bench_nnunet_agreement
+print([str(m.DATA) for m in (bench_segment_engines, bench_segment_fast, bench_train)])
+print(str(bench_nnunet_agreement.CASES["lung"][0]))
+"""
+
+
+def test_benchmarks_find_the_data_as_the_tests_do(tmp_path):
+    """No benchmark computes its own ../shared/data: on a fresh clone they use the same cache."""
+    import subprocess
+    import sys
+    testing = Path(real_data.__file__).resolve().parent
+    sentinel = str(tmp_path / "data")
+    paths = [str(testing), str(testing / "benchmarks"), str(real_data.REPO / "core")]
+    out = subprocess.run([sys.executable, "-c", BENCHMARK_PROBE.format(paths=paths, sentinel=sentinel)],
+                         capture_output=True, text=True, timeout=180)
+    assert out.returncode == 0, out.stderr[-3000:]
+    lines = out.stdout.strip().splitlines()
+    assert lines[-2] == repr([sentinel] * 3) and lines[-1] == f"{sentinel}/ct-lung/lung1_image.nrrd"

@@ -55,12 +55,69 @@ def test_models_commands_parse(action, extra, expected):
     (SegmentChoices(model="m", device="gpu"), "device"),
     (SegmentChoices(model="m", step=0.0), "step"),
     (SegmentChoices(model="m", step=1.5), "step"),
+    (SegmentChoices(model="m", step=0.05), r"--step must be in \[0.1, 1\]"),  # the engine's rule, not (0, 1]
     (SegmentChoices(model="m", structures=("--fast",)), "structure"),
     (SegmentChoices(model="m", structures=(" ",)), "structure"),
 ])
 def test_invalid_options_are_rejected_with_the_option_named(options, message):
     with pytest.raises(ParameterError, match=message):
         build_segment_command("py", ["a.nrrd"], "o.seg.nrrd", options)
+
+
+class _Combo:
+    def __init__(self, data):
+        self.currentData = data
+
+    def findData(self, data):
+        return 0 if data == self.currentData else -1
+
+    def setCurrentIndex(self, index):
+        pass
+
+
+class _Item:
+    def __init__(self, text):
+        self._text = text
+
+    def text(self):
+        return self._text
+
+    def checkState(self):
+        return "checked"
+
+
+class _List:
+    count = 1
+
+    def item(self, i):
+        return _Item("lesion")
+
+
+def test_the_panels_options_carry_a_saved_step_to_the_command(tmp_path, monkeypatch):
+    """The panel has no step control: a scene saved with step 0.25 must still run with --step 0.25.
+
+    Only the panel's two methods run here (the Qt panel itself needs Slicer): on stand-in widgets
+    and a `qt` module that has just what they touch."""
+    import types
+
+    import slicer_stubs
+    slicer_stubs.install(str(tmp_path / "slicer-temp"))
+    fake_qt = types.ModuleType("qt")
+    fake_qt.Qt = types.SimpleNamespace(Checked="checked", Unchecked="unchecked")
+    monkeypatch.setitem(sys.modules, "qt", fake_qt)
+    try:
+        from MedNeXtV2SegmentLib.widget import SegmentPanel
+        panel = types.SimpleNamespace(fillStructures=lambda selected: None, ui=types.SimpleNamespace(
+            modelSelector=_Combo("lung"), deviceSelector=_Combo("cpu"), ttaCheckBox=types.SimpleNamespace(checked=False),
+            fastCheckBox=types.SimpleNamespace(checked=False), structuresList=_List()))
+        SegmentPanel.setOptions(panel, SegmentChoices(model="lung", device="cpu", tta=False, step=0.25))
+        options = SegmentPanel.options(panel)
+    finally:
+        sys.modules.pop("MedNeXtV2SegmentLib.widget", None)
+        slicer_stubs.uninstall()
+    assert options == SegmentChoices(model="lung", device="cpu", tta=False, step=0.25)
+    args = parse(build_segment_command("py", ["a.nrrd"], "o.seg.nrrd", options))
+    assert args.step == 0.25
 
 
 def test_no_input_is_rejected():

@@ -158,6 +158,16 @@ def test_resume_state_round_trip_and_discovery(tmp_path):
         state.with_progress(status="paused")
 
 
+def test_state_file_gets_the_users_usual_mode(tmp_path):
+    """Written by mednextv2.atomic: mkstemp's private 0600 must not survive the rename."""
+    from mednextv2.atomic import default_mode
+    settings = TrainSettings(model_name="Liver")
+    state = TrainState(dataset="d", output_bundle="m", settings=settings)
+    path = save_state(tmp_path, state)
+    assert path.stat().st_mode & 0o777 == default_mode(0o666) != 0o600
+    assert [p.name for p in tmp_path.iterdir()] == [STATE_FILE]
+
+
 def test_each_training_job_folder_is_created_new(tmp_path):
     (tmp_path / "liver").mkdir()
     (tmp_path / "liver" / "thesis.txt").write_text("keep", encoding="utf-8")

@@ -131,6 +131,33 @@ def test_existing_dataset_is_kept_unless_overwriting(staged_cases, tmp_path):
     assert not (root / "keep.txt").exists() and (root / "labelsTr" / "breast.nrrd").exists()
 
 
+def test_dataset_folder_gets_the_users_usual_mode(staged_cases, tmp_path):
+    """Built under a fresh name by mednextv2.atomic: mkdtemp's private 0700 must not survive the rename."""
+    import os
+    from mednextv2.atomic import default_mode
+    root = tmp_path / "dataset"
+    with DatasetWriter(root, _labels(), "MR") as writer:
+        image, label, names = staged_cases["breast"]
+        writer.add_case("breast", image, label, names, value_by_segment(_labels()))
+        writer.finish()
+    assert root.stat().st_mode & 0o777 == default_mode(0o777) and default_mode(0o777) != 0o700
+    assert [p.name for p in tmp_path.iterdir() if p.name != "stage"] == ["dataset"]
+
+
+def test_a_folder_that_appears_during_the_export_is_not_replaced(staged_cases, tmp_path):
+    """Never delete what we did not create: the folder was free when the export began."""
+    root = tmp_path / "dataset"
+    with pytest.raises(DatasetExportError, match="appeared during the export"):
+        with DatasetWriter(root, _labels(), "MR") as writer:
+            image, label, names = staged_cases["breast"]
+            writer.add_case("breast", image, label, names, value_by_segment(_labels()))
+            root.mkdir()
+            (root / "theirs.txt").write_text("x")
+            writer.finish()
+    assert [p.name for p in root.iterdir()] == ["theirs.txt"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["dataset", "stage"], "the partial folder is removed"
+
+
 def test_remap_rejects_values_without_a_segment_name():
     with pytest.raises(DatasetExportError, match="values up to 3 but only 2"):
         remap_labels(np.array([[0, 1, 3]]), ["a", "b"], {"a": 1, "b": 2})

@@ -17,6 +17,7 @@ import SimpleITK as sitk
 
 from mednextv2.cli import build_parser, main
 from mednextv2.cli.dataclass_args import add_dataclass_arguments, dataclass_from_args
+from mednextv2.errors import InputError
 from mednextv2.network import PRESETS
 from mednextv2.train.datasets import discover_dataset
 from mednextv2.train.options import TrainOptions, cli
@@ -80,6 +81,19 @@ def test_unknown_preset_is_exit_2_naming_the_valid_ones(tmp_path, data_dir, caps
     err = capsys.readouterr().err
     assert rc == 2 and "v9-huge" in err and all(name in err for name in PRESETS)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_patch_too_small_for_the_network_is_exit_2_before_any_work(tmp_path, data_dir, capsys):
+    """16^3 leaves a 1x1x1 bottleneck: GroupNorm's 'Expected more than 1 value per channel' traceback before."""
+    rc = main(["train", str(data_dir / "mr-breast"), "-o", str(tmp_path / "model"), "--preset", "v2-tiny",
+               "--patch", "16", "16", "16", "--batch-size", "1", "--epochs", "1", "--iterations", "1",
+               "--device", "cpu", "--progress", "none", "--threads", "1"])
+    err = capsys.readouterr().err
+    assert rc == 2 and "--patch 16 16 16" in err and "at least 32 on one axis" in err and "Traceback" not in err
+    assert list(tmp_path.iterdir()) == []
+    assert TrainOptions(dataset="d", output="o", patch=[32, 16, 16]).patch == (32, 16, 16)
+    with pytest.raises(InputError, match="divisible by 16"):
+        TrainOptions(dataset="d", output="o", patch=(24, 32, 32))
 
 
 @pytest.fixture()

@@ -167,6 +167,15 @@ def test_label_mapping_reuses_base_head_rows():
     assert torch.equal(model.stem.weight, base.stem.weight)
 
 
+def test_new_labels_get_the_bundles_default_colours():
+    """One palette (bundle_spec.default_color) for trained and imported models: 12 labels, 12 colours."""
+    from mednextv2.bundle_spec import PALETTE, default_color
+    specs = map_labels({v: f"structure {v}" for v in range(1, 13)})
+    assert [s.color for s in specs] == [default_color(v) for v in range(1, 13)] == list(PALETTE[:12])
+    assert len({s.color for s in specs}) == 12
+    assert default_color(len(PALETTE) + 1) == PALETTE[0]
+
+
 def test_finetune_keeps_the_base_plan_and_runs(breast_dataset, tmp_path):
     cfg = MedNeXtConfig.preset("v2-tiny", n_classes=2, deep_supervision=False)
     spec = {"id": "base-ct", "title": "base", "network": cfg.to_dict(),

@@ -19,7 +19,7 @@ from typing import Callable, Optional, Tuple, TypeVar
 logger = logging.getLogger(__name__)
 T = TypeVar("T")
 
-DEVICES = ("auto", "cuda", "mps", "cpu")
+DEVICES = ("auto", "cuda", "mps", "cpu")  # the panel's choices (the engine also takes cuda:N)
 
 
 class ParameterError(ValueError):
@@ -38,13 +38,18 @@ class SegmentChoices:
     def validated(self) -> "SegmentChoices":
         if not self.model.strip():
             raise ParameterError("No model selected: pick a model from the list, or import one.")
+        # The engine's own checks (torch-free), so the panel refuses exactly what the engine would.
+        # Imported here, not at the top: command.py imports this file before use_shipped_engine().
+        from mednextv2.errors import InputError
+        from mednextv2.segment_options import SegmentOptions
+
         if self.device not in DEVICES:
             raise ParameterError(f"device must be one of {', '.join(DEVICES)}, got {self.device!r}")
-        if self.step is not None and not (0.0 < float(self.step) <= 1.0):
-            raise ParameterError(f"step must be in (0, 1], got {self.step}")
-        for name in self.structures:
-            if not name.strip() or name.startswith("-"):
-                raise ParameterError(f"structure names must be non-empty and not start with '-', got {name!r}")
+        try:
+            SegmentOptions(device=self.device, tta=self.tta, step=self.step, fast=self.fast,
+                           structures=self.structures or None)
+        except InputError as e:
+            raise ParameterError(str(e)) from None
         return self
 
     def validated_fields(self) -> "SegmentChoices":

@@ -42,6 +42,7 @@ class SegmentPanel:
         self.segmentAfterDownload = False
         self.runModelId, self.runPasses = "", 0  # passes per tile of a CPU run (its rate is measured)
         self.wantedModel = ""  # a model to select once the (asynchronous) model list arrives
+        self.step: Optional[float] = None  # no control on the panel: a saved scene's step is kept as it is
         self.cancelButton = None
         self.dependenciesReady = False
         self.channelSelectors = [self.ui.inputVolumeSelector]
@@ -81,11 +82,12 @@ class SegmentPanel:
         checked = [it.text() for it in items if it.checkState() == qt.Qt.Checked]
         return SegmentChoices(model=self.ui.modelSelector.currentData or "",
                               device=self.ui.deviceSelector.currentData or "auto",
-                              tta=self.ui.ttaCheckBox.checked, fast=self.ui.fastCheckBox.checked,
+                              tta=self.ui.ttaCheckBox.checked, fast=self.ui.fastCheckBox.checked, step=self.step,
                               structures=() if len(checked) == len(items) else tuple(checked))
 
     def setOptions(self, options: SegmentChoices) -> None:
         self.wantedModel = options.model  # selected once the (asynchronous) model list arrives
+        self.step = options.step
         index = self.ui.modelSelector.findData(options.model)
         if index >= 0:
             self.ui.modelSelector.setCurrentIndex(index)

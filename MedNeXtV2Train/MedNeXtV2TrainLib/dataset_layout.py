@@ -16,12 +16,12 @@ import logging
 import os
 import re
 import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Dict, List, Sequence, Union
 
 import numpy as np
+from mednextv2.atomic import default_mode, replace_folder, temporary_sibling
 
 from MedNeXtV2TrainLib.label_table import DatasetLabel
 
@@ -94,13 +94,15 @@ class DatasetWriter:
     def __init__(self, root: Path, labels: Sequence[DatasetLabel], channel_name: str, title: str = "",
                  overwrite: bool = False) -> None:
         self.root = Path(root)
+        self.overwrite = overwrite
         if self.root.exists() and not overwrite:
             raise DatasetExportError(f"dataset folder {self.root} already exists; choose another or allow overwriting")
         self.labels = list(labels)
         self.channel_name = channel_name
         self.title = title
         self.root.parent.mkdir(parents=True, exist_ok=True)
-        self.work = Path(tempfile.mkdtemp(prefix=f".{self.root.name}.partial-", dir=self.root.parent))
+        self.work = temporary_sibling(self.root, "partial")
+        self.work.mkdir(mode=default_mode(0o777))  # not mkdtemp: its 0700 would survive the rename
         (self.work / "imagesTr").mkdir()
         (self.work / "labelsTr").mkdir()
         self.cases: List[WrittenCase] = []
@@ -154,11 +156,10 @@ class DatasetWriter:
         if not self.cases:
             raise DatasetExportError("no case was written; add at least two cases")
         (self.work / "dataset.json").write_text(json.dumps(self.dataset_json(), indent=2))
-        if self.root.exists():
-            old = self.root.with_name(f".{self.root.name}.old-{os.getpid()}")
-            os.replace(self.root, old)
-            shutil.rmtree(old, ignore_errors=True)
-        os.replace(self.work, self.root)
+        if self.root.exists() and not self.overwrite:
+            # it appeared while the cases were written: not ours to replace
+            raise DatasetExportError(f"dataset folder {self.root} appeared during the export; choose another folder")
+        replace_folder(self.work, self.root)
         logger.info("wrote %d training cases to %s", len(self.cases), self.root)
         return self.root
 

@@ -13,11 +13,11 @@ from __future__ import annotations
 import datetime
 import json
 import logging
-import os
-import tempfile
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import List, Optional, Tuple
+
+from mednextv2.atomic import write_bytes  # torch-free: safe at Slicer start
 
 from MedNeXtV2TrainLib.settings import TrainSettings
 
@@ -84,14 +84,7 @@ def save_state(job_dir: Path, state: TrainState) -> Path:
     job_dir = Path(job_dir)
     job_dir.mkdir(parents=True, exist_ok=True)
     target = job_dir / STATE_FILE
-    fd, tmp = tempfile.mkstemp(prefix=f".{STATE_FILE}.", dir=job_dir)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(state.to_dict(), f, indent=2)
-        os.replace(tmp, target)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    write_bytes(target, json.dumps(state.to_dict(), indent=2).encode("utf-8"))
     return target
 
 

@@ -18,7 +18,7 @@ Each engine runs in its own child process (fresh peak RSS: VmHWM); a sampler thr
 the wall time and the largest RSS seen in each stage. The parent reads all outputs back and
 counts the voxels labelled as ours. Timings exclude the library imports (reported apart).
 
-Cases: `lung` (../shared/data/ct-lung/lung1_image.nrrd, 512x512x48 at 0.57x0.57x5 mm, v2-tiny,
+Cases: `lung` (<real data>/ct-lung/lung1_image.nrrd, 512x512x48 at 0.57x0.57x5 mm, v2-tiny,
 2 classes) and `synthetic44` (a generated 512x512x300 CT, 0.8x0.8x1.5 mm, a very small
 MedNeXt with a 44-class head). The networks are small so that a case fits a few minutes per
 engine on a 2-core CPU; the network costs the same in every engine (one tile per forward),
@@ -67,7 +67,10 @@ from typing import Callable, Dict, List, Optional, Tuple
 import numpy as np
 
 ENGINES = ("ours", "nnunet", "monai")
-DATA = Path(os.environ.get("MEDNEXTV2_DATA", Path(__file__).resolve().parents[3] / "shared" / "data"))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # Testing/ for real_data
+from real_data import data_dir  # noqa: E402
+
+DATA = data_dir()  # MEDNEXTV2_DATA, ../shared/data, else the per-user cache (built once)
 BASELINE_NET_ENV = "MEDNEXTV2_BENCH_BASELINE_NET"
 CT_NORM = {"scheme": "ct", "clip": [-1000.0, 500.0], "mean": -300.0, "std": 400.0}
 
@@ -575,7 +578,7 @@ def main() -> None:
         raise SystemExit(f"{', '.join(missing)} not importable by {sys.executable}: run this with the benchmark "
                          "venv's python (install notes at the top of this file), or leave those engines out")
     if "lung" in args.cases and not args.lung.is_file():
-        raise SystemExit(f"lung CT not found: {args.lung} (set MEDNEXTV2_DATA to the shared data folder)")
+        raise SystemExit(f"lung CT not found: {args.lung} (set MEDNEXTV2_DATA to a real data folder)")
     import torch
 
     os.environ[BASELINE_NET_ENV] = args.baseline_network  # the children read it

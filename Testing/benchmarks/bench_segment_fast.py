@@ -1,7 +1,8 @@
 """What `--fast` costs in accuracy (and buys in time), measured on a really trained model.
 
 Trains a small MedNeXt for a few minutes on the real brain-tissue task (grey/white matter,
-../shared/data/mr-brain-tissue, 1 mm) at the bundle's target spacing, then segments the image
+mr-brain-tissue in the real data found as by the tests, Testing/real_data.py; 1 mm) at the bundle's
+target spacing, then segments the image
 with the normal and the --fast settings, side by side in this process, and prints Dice per
 class against the reference labels and the time of each. Both runs use TTA off so only the
 grid differs. The model is trained and evaluated on the one subject available (the comparison
@@ -12,7 +13,6 @@ is between the two modes of the same model, not a generalisation estimate).
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 import tempfile
 import time
@@ -29,8 +29,9 @@ from mednextv2 import segment  # noqa: E402
 from mednextv2.bundle import Bundle  # noqa: E402
 from mednextv2.network import MedNeXt, MedNeXtConfig  # noqa: E402
 from mednextv2.preprocessing import labels_to_network_grid, preprocess  # noqa: E402
+from real_data import data_dir  # noqa: E402
 
-DATA = Path(os.environ.get("MEDNEXTV2_DATA", Path(__file__).resolve().parents[3] / "shared" / "data"))
+DATA = data_dir()  # MEDNEXTV2_DATA, ../shared/data, else the per-user cache (built once)
 PATCH = (32, 32, 32)
 
 

@@ -20,7 +20,7 @@ defaults: ~45-50 min on an idle 2-core CPU. `--minutes 2 --engines new` is a ~5 
 
 batchgeneratorsv2 is never a dependency: install it in a separate venv made with
 `python -m venv --system-site-packages` so it cannot replace torch. Each step configuration runs
-in a child process so that its peak RSS is its own. Needs MEDNEXTV2_DATA (default ../shared/data).
+in a child process so that its peak RSS is its own. Real data as the tests find them (Testing/real_data.py).
 """
 from __future__ import annotations
 
@@ -36,7 +36,10 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO / "core"))
-DATA = Path(os.environ.get("MEDNEXTV2_DATA", REPO.parent / "shared" / "data"))
+sys.path.insert(0, str(REPO / "Testing"))
+from real_data import data_dir  # noqa: E402
+
+DATA = data_dir()  # MEDNEXTV2_DATA, ../shared/data, else the per-user cache (built once)
 
 
 def _rate(fn, seconds: float, warmup: int = 2) -> float:

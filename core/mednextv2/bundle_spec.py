@@ -83,6 +83,18 @@ class NetworkSpec:
         return MedNeXtConfig.from_dict(values)
 
 
+# Colours of labels that bring none (an nnU-Net dataset, a new training label): Slicer's
+# GenericAnatomyColors start, so a model's first structures look as they do in Slicer's own tables.
+PALETTE = ((128, 174, 128), (241, 214, 145), (177, 122, 101), (111, 184, 210), (216, 101, 79),
+           (221, 130, 101), (144, 238, 144), (192, 104, 88), (220, 245, 20), (78, 63, 0),
+           (255, 250, 220), (230, 220, 70), (200, 200, 235), (250, 250, 210), (244, 214, 49))
+
+
+def default_color(value: int) -> Tuple[int, int, int]:
+    """The colour of label value `value` (1, 2, ...) when it has none of its own."""
+    return PALETTE[(value - 1) % len(PALETTE)]
+
+
 @dataclass(frozen=True)
 class Label:
     value: int  # head channel 1..n_classes-1

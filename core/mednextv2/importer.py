@@ -21,7 +21,7 @@ from typing import Dict, List, Mapping, Optional, Sequence, Tuple, Union
 from mednextv2.atomic import sha256_file
 from mednextv2.bundle import (MODEL_JSON, Bundle, BundleSpec, Channel, InferenceDefaults, Label, NetworkSpec,
                               Normalization, PreprocessingPlan, Provenance, ResampleOrder, Resampling, load_bundle)
-from mednextv2.bundle_spec import strip_absolute_paths
+from mednextv2.bundle_spec import default_color, strip_absolute_paths
 from mednextv2.cache import ModelCache, check_model_id, format_size
 from mednextv2.errors import InputError
 from mednextv2.nnunet_v1 import convert_nnunet_v1, default_id_name, is_v1_results
@@ -34,9 +34,6 @@ NNUNET_CHECKPOINT = "checkpoint_final.pth"
 # a flood of 200k empty ones took torch.load minutes and GBs before anything could look at it.
 MAX_CHECKPOINT_RECORDS = 20_000
 MAX_CHECKPOINT_PICKLE_BYTES = 64 << 20
-_PALETTE = [(128, 174, 128), (241, 214, 145), (177, 122, 101), (111, 184, 210), (216, 101, 79),
-            (221, 130, 101), (144, 238, 144), (192, 104, 88), (220, 245, 20), (78, 63, 0),
-            (255, 250, 220), (230, 220, 70), (200, 200, 235), (250, 250, 210), (244, 214, 49)]
 # nnU-Net readers that keep the file's voxel order; the value maps their array axes to ours (z, y, x).
 _READER_AXES = {"SimpleITKIO": (0, 1, 2), "NibabelIO": (2, 1, 0)}
 
@@ -224,7 +221,7 @@ def convert_results(folder: Path, model_id: str, dataset: Mapping, plans: Mappin
         license=str(dataset.get("licence") or dataset.get("license")) if dataset.get("licence") or dataset.get("license") else None,
         network=NetworkSpec.from_config(config),
         weights=tuple(f"{d.name}.safetensors" for d in fold_dirs),
-        labels=tuple(Label(value, name, _PALETTE[(value - 1) % len(_PALETTE)]) for name, value in labels),
+        labels=tuple(Label(value, name, default_color(value)) for name, value in labels),
         channels=tuple(Channel(name, "CT" if "CT" in name.upper() else "MR") for name in channels),
         preprocessing=PreprocessingPlan(
             target_spacing=_to_ours([float(s) for s in conf["spacing"]], axes),

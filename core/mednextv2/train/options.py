@@ -94,6 +94,10 @@ class TrainOptions:
         check_threads(self.threads)
         if self.lr <= 0:
             raise InputError(f"--lr must be positive, got {self.lr}")
+        if self.patch is not None:
+            from mednextv2.train.planning import check_patch  # torch: only when a patch is given
+
+            object.__setattr__(self, "patch", check_patch(self.patch))  # before hours of preprocessing
 
     @property
     def work_path(self) -> Path:

@@ -14,7 +14,8 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from mednextv2.bundle_spec import BundleSpec, InferenceDefaults, Label, Normalization, PreprocessingPlan, Resampling
+from mednextv2.bundle_spec import (BundleSpec, InferenceDefaults, Label, Normalization, PreprocessingPlan, Resampling,
+                                   default_color)
 from mednextv2.errors import InputError
 from mednextv2.preprocessing import anisotropic_axis
 from mednextv2.network import DIVISOR, MedNeXtConfig
@@ -26,8 +27,6 @@ CROP_GAIN = 0.75  # crop to non-zero when that keeps at most 3/4 of the voxels (
 # Patch voxel budgets where memory cannot be measured: CPU time, not memory, is the limit there.
 VOXEL_BUDGET = {"cpu": 64 ** 3, "mps": 96 ** 3}
 MAX_PATCH = 192  # the paper's fine-tuning context
-PALETTE = [(128, 174, 128), (241, 214, 145), (177, 122, 101), (111, 184, 210), (216, 101, 79),
-           (221, 130, 101), (144, 238, 144), (192, 104, 88), (220, 245, 20), (78, 63, 0)]
 
 
 @dataclass(frozen=True)
@@ -132,14 +131,14 @@ def map_labels(dataset_labels: Dict[int, str], base_labels: Sequence[dict] = ())
     """Dataset labels in value order; each one named like a base label keeps that label's head row."""
     base_by_name = {_norm_name(b["name"]): (row, b) for row, b in enumerate(base_labels, start=1)}
     specs = []
-    for i, (value, name) in enumerate(sorted(dataset_labels.items())):
+    for value, name in sorted(dataset_labels.items()):
         hit = base_by_name.get(_norm_name(name))
         if hit:
             row, base = hit
-            specs.append(LabelSpec(value, name, tuple(base.get("color", PALETTE[i % len(PALETTE)])),
+            specs.append(LabelSpec(value, name, tuple(base.get("color", default_color(value))),
                                    base.get("terminology"), row))
         else:
-            specs.append(LabelSpec(value, name, PALETTE[i % len(PALETTE)]))
+            specs.append(LabelSpec(value, name, default_color(value)))
     if base_labels:
         reused = [s.name for s in specs if s.base_row]
         log.info("labels reusing the base model's head rows: %s; new: %s", reused or "none",
@@ -157,7 +156,7 @@ def plan_from_scratch(fp: Fingerprint, labels: Dict[int, str], channel_modalitie
     physical = sizes * np.array(fp.spacings)
     median_shape = np.median(physical, axis=0) / np.array(spacing)
     budget = voxel_budget or VOXEL_BUDGET.get(device_type, 128 ** 3)
-    patch = _check_patch(patch) if patch else fit_patch(median_shape, spacing, budget)
+    patch = check_patch(patch) if patch else fit_patch(median_shape, spacing, budget)
     modalities = [guess_modality(m, s) for m, s in zip(list(channel_modalities) + [""] * len(fp.channels), fp.channels)]
     specs = map_labels(labels)
     cfg = MedNeXtConfig.preset(preset, in_channels=len(fp.channels), n_classes=len(specs) + 1)
@@ -183,7 +182,7 @@ def plan_from_base(base: BundleSpec, labels: Dict[int, str], n_channels: int,
     network = base.network.config(n_classes=len(specs) + 1, deep_supervision=True)
     return Plan(network=network.to_dict(),
                 target_spacing=_check_spacing(spacing) if spacing else pre.target_spacing,
-                patch_size=_check_patch(patch) if patch else inf.patch_size, batch_size=batch_size,
+                patch_size=check_patch(patch) if patch else inf.patch_size, batch_size=batch_size,
                 crop_to_nonzero=pre.crop_to_nonzero,
                 normalization=tuple(n.to_json() for n in pre.normalization),
                 channels=tuple(c.to_json() for c in base.channels), labels=specs,
@@ -203,10 +202,19 @@ def _check_spacing(spacing: Sequence[float]) -> Tuple[float, float, float]:
     return values
 
 
-def _check_patch(patch: Sequence[int]) -> Tuple[int, int, int]:
+def check_patch(patch: Sequence[int]) -> Tuple[int, int, int]:
+    """A patch size the network can train on (z, y, x); InputError naming --patch otherwise.
+
+    Sizes are multiples of DIVISOR (the four stride-2 downsamplings), and the bottleneck must
+    keep more than one voxel: GroupNorm over a single value per channel has nothing to normalize
+    (PyTorch refuses it with batch size 1, and it zeroes every feature otherwise)."""
     patch = tuple(int(p) for p in patch)
     if len(patch) != 3 or any(p < DIVISOR or p % DIVISOR for p in patch):
         raise InputError(f"--patch must be three sizes divisible by {DIVISOR} (z y x), got {list(patch)}")
+    if all(p == DIVISOR for p in patch):
+        raise InputError(f"--patch {' '.join(map(str, patch))} is too small for the network: it needs at least "
+                         f"{2 * DIVISOR} on one axis (e.g. {2 * DIVISOR} {DIVISOR} {DIVISOR}), so that its bottleneck "
+                         f"(the patch / {DIVISOR}) keeps more than one voxel")
     return patch
 
 
