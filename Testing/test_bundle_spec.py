@@ -95,7 +95,7 @@ def test_every_optional_field_round_trips_through_folder_and_zip(tmp_path):
         network=NetworkSpec.from_config(tiny_config()),
         labels=(Label(1, "structure1", (1, 2, 3)),), channels=(Channel("T1", "MR"),),
         preprocessing=PreprocessingPlan(None, (Normalization("none"),), True, "as-is", NNUNET_RESAMPLING),
-        inference=InferenceDefaults((16, 32, 48), 0.25, (), (4.0, 3.0, 3.0)),
+        inference=InferenceDefaults((16, 32, 48), 0.25, (), (4.0, 3.0, 3.0), "nnunet"),
         provenance=Provenance("base", "data", {"dice": {"a": 0.5}}, "2026-01-01", {"epochs": 2}, {"folds": [0]},
                               {"custom": [1, 2]}))
     bundle = Bundle.create(spec, [threshold_bundle().load_state_dicts()[0]])
@@ -116,6 +116,18 @@ def test_grn_norm_defaults_to_mean_and_sum_is_stored(tmp_path):
     assert BundleSpec.from_json(doc).network.grn_norm == "sum"
     doc["network"]["grn_norm"] = "max"
     with pytest.raises(InputError, match=r"network.grn_norm: must be one of \['mean', 'sum'\]"):
+        BundleSpec.from_json(doc)
+
+
+def test_importance_map_is_ours_unless_recorded_and_validated(tmp_path):
+    path = threshold_bundle().save(tmp_path / "m")
+    doc = json.loads((path / "model.json").read_text())
+    assert "importance_map" not in doc["inference"]  # our own bundles: unchanged files, our map
+    assert load_bundle(path).inference.importance_map == "mednextv2"
+    doc["inference"]["importance_map"] = "nnunet"
+    assert BundleSpec.from_json(doc).inference.importance_map == "nnunet"
+    doc["inference"]["importance_map"] = "flat"
+    with pytest.raises(InputError, match=r"inference.importance_map: must be one of \['mednextv2', 'nnunet'\]"):
         BundleSpec.from_json(doc)
 
 

@@ -134,6 +134,7 @@ def test_ensemble_import_gives_the_official_logits(tmp_path, official, home):
     assert spec["preprocessing"]["orientation"] == "as-is"
     assert spec["preprocessing"]["normalization"] == [{"scheme": "ct", "clip": [-958.0, 1187.0], "mean": 84.5, "std": 211.3}]
     assert spec["inference"]["patch_size"] == [32, 32, 32] and spec["inference"]["mirror_axes"] == [0, 1, 2]
+    assert spec["inference"]["importance_map"] == "nnunet"  # tiles stitched as nnU-Net's predictor does
     assert spec["network"]["n_classes"] == 3 and spec["network"]["deep_supervision"] is False
     assert spec["license"] == "CC-BY-SA 4.0"
     assert spec["provenance"]["imported_from"]["trainer"] == TRAINER
@@ -163,7 +164,8 @@ def test_imported_model_segments_like_the_directly_loaded_network(tmp_path, offi
     labels = segment(image, "breast-f1", device="cpu", tta=False)  # `-m ID` goes through resolve_model
 
     pre = preprocessing.preprocess([image], bundle.preprocessing)
-    predictor = SlidingWindowPredictor([direct(official["perturbed"])], 3, (32, 32, 32), 0.5, (), torch.device("cpu"))
+    predictor = SlidingWindowPredictor([direct(official["perturbed"])], 3, (32, 32, 32), 0.5, (), torch.device("cpu"),
+                                       importance_map="nnunet")  # what the import recorded
     expected = preprocessing.to_input_grid(predictor.predict(pre.data), pre.record)
     got = sitk.GetArrayFromImage(labels)
     assert got.shape == expected.shape == sitk.GetArrayFromImage(image).shape

@@ -52,6 +52,7 @@ def test_v1_folder_segments_like_the_official_network(tmp_path, home, capsys):
     resampling = spec.preprocessing.resampling
     assert (resampling.data.order, resampling.data.order_z, resampling.probabilities.order) == (3, 0, 1)
     assert resampling.normalize_first is False and resampling.softmax_first is True
+    assert spec.inference.importance_map == "nnunet"
     assert spec.provenance.imported_from["trainer"] == "nnUNetTrainerV2_MedNeXt_S_kernel3"
     assert "/" not in json.dumps(spec.provenance.to_json())  # names, never paths
 

@@ -61,14 +61,15 @@ def test_own_bundles_stay_linear_and_imported_ones_use_the_plans_spline(lung_cro
     assert np.abs(cubic.data - linear.data).mean() < 0.05  # ... of the same image
     # order_z 0: the slices are resampled one by one in-plane and never blended with each other
     from scipy import ndimage
-    one_slice = ndimage.zoom(normalized[0, 5].astype(np.float64), (61 / 96, 61 / 96), order=3, mode="nearest",
-                             grid_mode=True)
-    np.testing.assert_allclose(cubic.data[0, 5], one_slice, atol=1e-5)
+    plane = normalized[0, 5].astype(np.float64)
+    one_slice = ndimage.zoom(plane, (61 / 96, 61 / 96), order=3, mode="nearest", grid_mode=True)
+    np.testing.assert_allclose(cubic.data[0, 5], one_slice.clip(plane.min(), plane.max()), atol=1e-5)
 
     # nnU-Net v1 order: resample the raw image, then normalise (the CT clip acts after the spline)
     v1 = preprocessing.preprocess([lung_crop], _plan(Resampling(ResampleOrder(3, 0), ResampleOrder(1, 0),
                                                                 normalize_first=False)))
     spline_raw = ndimage.zoom(raw[0, 5].astype(np.float64), (61 / 96, 61 / 96), order=3, mode="nearest", grid_mode=True)
+    spline_raw = spline_raw.clip(raw[0, 5].min(), raw[0, 5].max())
     expected_v1 = preprocessing.normalize_channel(spline_raw.astype(np.float32), CT[0], None)
     np.testing.assert_allclose(v1.data[0, 5], expected_v1, atol=1e-5)
     assert not np.allclose(v1.data, cubic.data, atol=1e-3)
@@ -87,3 +88,19 @@ def test_softmax_first_changes_only_how_scores_go_back(lung_crop):
     expected = preprocessing.to_input_grid(torch.softmax(logits, 0), plain.record)
     np.testing.assert_array_equal(by_softmax, expected)
     assert (by_logits != by_softmax).any()
+
+
+def test_cubic_spline_overshoot_is_clipped_per_resize_as_skimage_does(lung_crop):
+    """nnU-Net resizes with skimage (clip=True): the spline's overshoot at sharp edges is cut to the
+    range of what each resize call got, i.e. of each slice when slices are resampled separately."""
+    from scipy import ndimage
+
+    raw = sitk.GetArrayFromImage(lung_crop).astype(np.float32)
+    data = preprocessing.normalize_channel(raw, CT[0], None)[None, 5:7].copy()  # CT clip: flat plateaus, sharp edges
+    data[0, 1] *= 0.25  # the second slice has its own range
+    out = preprocessing.resample_spline(data, (2, 61, 61), separate_axis=0, order=3, order_z=0)
+    for z in range(2):
+        plane = data[0, z].astype(np.float64)
+        raw_spline = ndimage.zoom(plane, [61 / 96, 61 / 96], order=3, mode="nearest", grid_mode=True)
+        assert raw_spline.min() < plane.min() or raw_spline.max() > plane.max()  # the spline overshoots here
+        np.testing.assert_allclose(out[0, z], np.clip(raw_spline, plane.min(), plane.max()), rtol=1e-6, atol=1e-5)

@@ -321,8 +321,8 @@ class SegmentPanel:
         self.begin(run, cancelText, button)
 
     def onImport(self) -> None:
-        box = qt.QMessageBox(qt.QMessageBox.Question, "Import model", "Import a model from a folder (bundle or "
-                             "nnU-Net v2 results folder) or from a zipped bundle?", qt.QMessageBox.Cancel,
+        box = qt.QMessageBox(qt.QMessageBox.Question, "Import model", "Import a model from a folder (a bundle, or an "
+                             "nnU-Net v1 or v2 trainer folder or a folder above it) or from a zipped bundle?", qt.QMessageBox.Cancel,
                              slicer.util.mainWindow())
         folderButton = box.addButton("Folder...", qt.QMessageBox.AcceptRole)
         zipButton = box.addButton("Zip file...", qt.QMessageBox.AcceptRole)

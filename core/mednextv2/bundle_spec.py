@@ -236,6 +236,9 @@ class InferenceDefaults:
     step: float = 0.5
     mirror_axes: Tuple[int, ...] = (0, 1, 2)
     fast_spacing: Optional[Tuple[float, float, float]] = None
+    # The sliding window's Gaussian weights: "mednextv2" (ours) or "nnunet" (nnU-Net's own map, which
+    # nnU-Net imports record so that they stitch tiles as nnU-Net does). Absent from JSON = ours.
+    importance_map: str = "mednextv2"
 
     def __post_init__(self) -> None:
         _set(self, patch_size=_tuple(self.patch_size, int), step=float(self.step),
@@ -243,12 +246,15 @@ class InferenceDefaults:
 
     @classmethod
     def from_json(cls, d: Mapping[str, Any]) -> "InferenceDefaults":
-        return cls(d["patch_size"], d.get("step", 0.5), d.get("mirror_axes", (0, 1, 2)), d.get("fast_spacing"))
+        return cls(d["patch_size"], d.get("step", 0.5), d.get("mirror_axes", (0, 1, 2)), d.get("fast_spacing"),
+                   d.get("importance_map", "mednextv2"))
 
     def to_json(self) -> Dict[str, Any]:
         out = {"patch_size": list(self.patch_size), "step": self.step, "mirror_axes": list(self.mirror_axes)}
         if self.fast_spacing is not None:
             out["fast_spacing"] = list(self.fast_spacing)
+        if self.importance_map != "mednextv2":
+            out["importance_map"] = self.importance_map
         return out
 
 

@@ -235,6 +235,7 @@ def convert_results(folder: Path, model_id: str, dataset: Mapping, plans: Mappin
             patch_size=_patch_size(_to_ours([int(p) for p in conf["patch_size"]], axes)),
             step=0.5,
             mirror_axes=_common_mirror_axes(mirrors),
+            importance_map="nnunet",  # stitch tiles with nnU-Net's own Gaussian, as its predictor does
         ),
         provenance=Provenance(
             base_model=None,

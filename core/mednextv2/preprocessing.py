@@ -174,7 +174,8 @@ def slice_axis_if_anisotropic(spacing: Sequence[float], target: Optional[Sequenc
 def resample_spline(data: np.ndarray, out_shape: Shape, separate_axis: Optional[int], order: int = 3,
                     order_z: int = 0) -> np.ndarray:
     """(C, z, y, x) -> out_shape with a B-spline of `order`, computed as nnU-Net computes it for
-    image data: skimage's resize (scipy.ndimage.zoom, grid mode, edge values extended) in float64,
+    image data: skimage's resize (scipy.ndimage.zoom, grid mode, edge values extended, clipped to
+    the input's range) in float64,
     slice by slice when `separate_axis` is set, that axis then resampled with nearest neighbour
     (order_z 0) or linearly (order_z 1)."""
     try:
@@ -187,7 +188,10 @@ def resample_spline(data: np.ndarray, out_shape: Shape, separate_axis: Optional[
         if tuple(x.shape) == tuple(shape):
             return x
         factors = [1.0 / f for f in np.divide(x.shape, shape)]  # as skimage.transform.resize computes them
-        return ndimage.zoom(x, factors, order=order, mode="nearest", grid_mode=True)
+        out = ndimage.zoom(x, factors, order=order, mode="nearest", grid_mode=True)
+        # skimage's resize clips to the range of what it was given (clip=True, nnU-Net keeps the
+        # default): the spline's overshoot at edges is cut per call, i.e. per slice when separate
+        return np.clip(out, x.min(), x.max(), out=out)
 
     out = np.empty((data.shape[0],) + tuple(out_shape), dtype=np.float32)
     for c in range(data.shape[0]):

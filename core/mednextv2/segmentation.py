@@ -71,7 +71,8 @@ class Segmenter:
         device = resolve_device(opts.device)
         self.predictor = SlidingWindowPredictor(self.bundle.build_models("cpu"), self.bundle.n_classes,
                                                 inference.patch_size, step, mirror, device,
-                                                opts.tile_batch, progress=self._report, threads=opts.threads)
+                                                opts.tile_batch, progress=self._report, threads=opts.threads,
+                                                importance_map=inference.importance_map)
         log.info("model %s: %d fold(s), %d class(es), device %s, TTA %s, step %.2f%s", self.bundle.id,
                  len(self.bundle.weights), self.bundle.n_classes, device, "on" if mirror else "off", step,
                  ", fast mode" if opts.fast else "")

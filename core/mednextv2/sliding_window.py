@@ -106,8 +106,14 @@ def check_tile_plan(plan: TilePlan, patch: Sequence[int], step: float) -> None:
 
 
 @lru_cache(maxsize=8)
-def gaussian_importance(patch: Tuple[int, int, int], sigma_scale: float = GAUSSIAN_SIGMA_SCALE) -> torch.Tensor:
-    """Gaussian weight map with max 1, floored at GAUSSIAN_FLOOR (no 0/0 or underflow at tile corners)."""
+def gaussian_importance(patch: Tuple[int, int, int], sigma_scale: float = GAUSSIAN_SIGMA_SCALE,
+                        kind: str = "mednextv2") -> torch.Tensor:
+    """Gaussian weight map: ours ("mednextv2"), or nnU-Net's ("nnunet", for imported nnU-Net models)."""
+    if kind == "nnunet":
+        return _nnunet_importance(patch, sigma_scale)
+    if kind != "mednextv2":
+        raise ValueError(f"unknown importance map {kind!r}")
+    # Ours: centred between the two middle voxels (symmetric), max 1, floored at GAUSSIAN_FLOOR.
     axes = []
     for p in patch:
         c = (p - 1) / 2.0
@@ -117,6 +123,24 @@ def gaussian_importance(patch: Tuple[int, int, int], sigma_scale: float = GAUSSI
     # Floor at 1e-3: corner weights of ~1e-10 underflow in the float16 accumulator (smallest
     # subnormal 6e-8) while the float32 weight sum keeps them, which would zero corner voxels.
     return (g / g.max()).clamp_(min=GAUSSIAN_FLOOR).float()
+
+
+def _nnunet_importance(patch: Tuple[int, int, int], sigma_scale: float) -> torch.Tensor:
+    """nnU-Net v2's map (sliding_window_prediction.compute_gaussian), value for value: scipy's
+    gaussian_filter of a delta at p//2 (mode constant) is the truncated kernel (radius
+    int(4 sigma + 0.5)) around p//2, zero beyond; scaled to max 10, stored as float16, zeros
+    replaced by the smallest non-zero value. Its own near-ties are decided by this map, so an
+    imported model must stitch with it to give nnU-Net's labels (docs/benchmarks-segment.md)."""
+    axes = []
+    for p in patch:
+        sigma = p * sigma_scale
+        radius = int(4.0 * sigma + 0.5)  # scipy.ndimage's default truncate=4.0
+        d = torch.arange(p, dtype=torch.float64) - p // 2
+        axes.append(torch.where(d.abs() <= radius, torch.exp(-0.5 * (d / sigma) ** 2), torch.zeros_like(d)))
+    g = axes[0][:, None, None] * axes[1][None, :, None] * axes[2][None, None, :]
+    g = (g * (10.0 / g.max())).half()
+    g[g == 0] = g[g != 0].min()
+    return g.float()
 
 
 def pad_to_patch(data: torch.Tensor, patch: Sequence[int]) -> Tuple[torch.Tensor, Tuple[slice, ...]]:
@@ -183,7 +207,7 @@ class SlidingWindowPredictor:
     def __init__(self, models: Sequence[torch.nn.Module], n_classes: int, patch_size: Sequence[int],
                  step: float = 0.5, mirror_axes: Sequence[int] = (), device: Union[str, torch.device] = "auto",
                  tile_batch: Optional[int] = None, amp: bool = True, progress: Optional[Progress] = None,
-                 threads: Optional[int] = None) -> None:
+                 threads: Optional[int] = None, importance_map: str = "mednextv2") -> None:
         if not models:
             raise ValueError("at least one model is needed")
         self.models = list(models)
@@ -196,6 +220,7 @@ class SlidingWindowPredictor:
         self.amp = amp
         self.progress = progress
         self.threads = ThreadPolicy(threads)  # CPU only: torch's thread count follows the free cores
+        self.importance_map = importance_map
 
     def predict(self, data: Union[np.ndarray, torch.Tensor]) -> torch.Tensor:
         """(C, z, y, x) float input -> (K, z, y, x) float16 Gaussian-weighted mean logits on the CPU."""
@@ -239,9 +264,11 @@ class SlidingWindowPredictor:
         log.info("tile plan: %d tiles (%s) at step %g, %d pass(es) each", plan.n_tiles,
                  " x ".join(map(str, plan.tiles_per_axis)), self.step, len(self.models) * len(self.mirrors))
         tiles = tile_grid(shape, self.patch, self.step)
-        gauss = gaussian_importance(self.patch)
+        gauss = gaussian_importance(self.patch, kind=self.importance_map)
         acc = torch.zeros((self.n_classes,) + shape, dtype=torch.float16, device=state.accumulate)
-        weight = torch.zeros(shape, dtype=torch.float32, device=state.accumulate)
+        # nnU-Net sums its weights in float16 as well; the same rounding decides the same near-ties
+        weight_dtype = torch.float16 if self.importance_map == "nnunet" else torch.float32
+        weight = torch.zeros(shape, dtype=weight_dtype, device=state.accumulate)
         gauss_acc, gauss_compute = gauss.to(state.accumulate), gauss.to(state.compute)
         for model in self.models:
             model.to(state.compute)
