@@ -72,6 +72,10 @@ def test_budget_schedule_runs_over_the_training_time_left():
     assert budget.train_end() == pytest.approx(1120.0 - EXPORT_RESERVE_S - 1.5 * 4.0)
     assert not budget.out_of_time(1100.0) and budget.out_of_time(1107.0)
     assert budget.eta(1100.0) == pytest.approx(20.0)  # the whole run's end, bundle included
+    # Without held-out cases (the demo) only the bundle's time is kept back: no final validation.
+    alone = Budget(2.0, started=1000.0, validates=False)
+    alone.begin_training(1020.0)
+    assert alone.train_end() == pytest.approx(1120.0 - EXPORT_RESERVE_S)
 
 
 def test_epoch_record_keeps_the_metrics_csv_columns():

@@ -19,8 +19,9 @@ VALIDATION_SAFETY = 1.5  # the final validation may take this much longer than t
 
 
 class Budget:
-    def __init__(self, minutes: float, started: Optional[float] = None) -> None:
+    def __init__(self, minutes: float, started: Optional[float] = None, validates: bool = True) -> None:
         self.seconds = float(minutes) * 60
+        self.validates = validates  # no held-out cases: nothing to keep time for but the bundle
         self.started = time.monotonic() if started is None else started
         self.deadline = self.started + self.seconds
         self.train_start: Optional[float] = None
@@ -38,7 +39,9 @@ class Budget:
 
     def reserve(self) -> float:
         """Seconds kept for the final validation and the bundle."""
-        if self.val_cost is not None:
+        if not self.validates:
+            final = 0.0
+        elif self.val_cost is not None:
             final = VALIDATION_SAFETY * self.val_cost
         else:
             start = self.train_start if self.train_start is not None else time.monotonic()

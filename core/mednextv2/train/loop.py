@@ -113,7 +113,7 @@ class Trainer:
         self._stop_signal: Optional[str] = None
         self._last_report = 0.0
         self._clock_start = time.monotonic() if p.started is None else p.started
-        self.budget = Budget(p.cfg.minutes, self._clock_start) if p.cfg.minutes else None
+        self.budget = Budget(p.cfg.minutes, self._clock_start, validates=bool(self.val_cases)) if p.cfg.minutes else None
         self._time_up = False  # set from the step's all-rank flag, so every rank agrees
         self._epoch_cut = False  # likewise: the epoch's share of the budget is used
         self._val_cost, self._last_val_at = 0.0, time.monotonic()
