@@ -131,6 +131,28 @@ def test_importance_map_is_ours_unless_recorded_and_validated(tmp_path):
         BundleSpec.from_json(doc)
 
 
+def test_fold_mirror_axes_round_trip_and_are_validated(tmp_path):
+    one = threshold_bundle().load_state_dicts()[0]
+    spec = threshold_bundle().spec
+    spec = spec.replace(weights=(), inference=InferenceDefaults(spec.inference.patch_size, mirror_axes=(0, 1, 2),
+                                                                fold_mirror_axes=((0, 2), (1,))))
+    loaded = _round_trip(Bundle.create(spec, [one, one]), tmp_path)
+    assert loaded.inference.fold_mirror_axes == ((0, 2), (1,))
+    assert loaded.inference.mirror_axes_per_fold(2) == ((0, 2), (1,))
+    # fine-tuning augments on the axes every fold mirrors
+    assert plan_from_base(loaded.spec, {1: "structure1"}, 1).mirror_axes == ()
+    doc = json.loads((tmp_path / "b" / "model.json").read_text())
+    assert doc["inference"]["fold_mirror_axes"] == [[0, 2], [1]]
+    assert "fold_mirror_axes" not in threshold_bundle().spec.to_json()["inference"]  # our own bundles omit it
+    assert threshold_bundle().inference.mirror_axes_per_fold(2) == ((0, 1, 2),) * 2
+    for change, message in (({"fold_mirror_axes": [[0, 2]]}, r"one axes list per weights file \(2\), got 1"),
+                            ({"fold_mirror_axes": [[0, 0], [1]]}, r"fold_mirror_axes\[0\]: axes must not repeat"),
+                            ({"fold_mirror_axes": [[0, 3], [1]]}, r"fold_mirror_axes\[0\]\[1\]: must be one of"),
+                            ({"mirror_axes": [0, 2]}, r"mirror_axes: must be the union of fold_mirror_axes \[0, 1, 2\]")):
+        with pytest.raises(InputError, match=message):
+            BundleSpec.from_json(dict(doc, inference=dict(doc["inference"], **change)))
+
+
 def test_resampling_is_validated():
     doc = fixture_spec(tiny_config())
     doc["preprocessing"]["resampling"] = NNUNET_RESAMPLING.to_json()
@@ -156,6 +178,7 @@ def _broken_documents():
         lambda d: d["labels"][0].update(color=[256, -1, "x", 0]), lambda d: d.update(id="Upper"),
         lambda d: d.update(id="evil\n"), lambda d: d.update(title=""), lambda d: d["channels"].append({"name": "x"}),
         lambda d: d["preprocessing"].update(target_spacing=[0, 1]), lambda d: d.update(weights=["a/b.pt"]),
+        lambda d: d["inference"].update(fold_mirror_axes=[[0, 5, 1, 2]]),
     ]
     for mutate in mutations:
         doc = copy.deepcopy(good)

@@ -134,6 +134,7 @@ def test_ensemble_import_gives_the_official_logits(tmp_path, official, home):
     assert spec["preprocessing"]["orientation"] == "as-is"
     assert spec["preprocessing"]["normalization"] == [{"scheme": "ct", "clip": [-958.0, 1187.0], "mean": 84.5, "std": 211.3}]
     assert spec["inference"]["patch_size"] == [32, 32, 32] and spec["inference"]["mirror_axes"] == [0, 1, 2]
+    assert "fold_mirror_axes" not in spec["inference"]  # the folds agree: every fold mirrors on mirror_axes
     assert spec["inference"]["importance_map"] == "nnunet"  # tiles stitched as nnU-Net's predictor does
     assert spec["network"]["n_classes"] == 3 and spec["network"]["deep_supervision"] is False
     assert spec["license"] == "CC-BY-SA 4.0"

@@ -15,6 +15,8 @@ from mednextv2.cli import main
 from mednextv2.errors import InputError
 from mednextv2.importer import import_model
 from mednextv2.network.layers import MedNeXtBlock
+from mednextv2.segmentation import Segmenter
+from mednextv2.sliding_window import mirror_combinations
 from test_import_nnunet import _assert_nothing_installed, checkpoint, home, official, plans_json, write_results  # noqa: F401
 
 
@@ -103,11 +105,15 @@ def test_each_fold_keeps_its_own_mirror_axes(tmp_path, official, home):
     last["inference_allowed_mirroring_axes"] = (0, 1, 2)
     last["trainer_name"] = "OtherTrainer"
     torch.save(last, folder / "fold_1" / "checkpoint_final.pth")
-    spec = load_bundle(import_model(folder)).spec
+    path = import_model(folder)
+    spec = load_bundle(path).spec
     imported = spec.provenance.imported_from
     assert imported["mirror_axes"] == {"fold_0": [0, 2], "fold_1": [0, 1, 2]}
-    # the last fold's axes no longer leak: the ensemble mirrors only where every fold allows it
-    assert list(spec.inference.mirror_axes) == [0, 2]
+    # each fold mirrors on its own axes at inference (as nnU-Net predicts); TTA refers to their union
+    assert spec.inference.fold_mirror_axes == ((0, 2), (0, 1, 2))
+    assert spec.inference.mirror_axes == (0, 1, 2)
+    assert Segmenter(path, device="cpu").predictor.mirrors == [
+        mirror_combinations((0, 2)), mirror_combinations((0, 1, 2))]
     assert imported["trainer"] == "OtherTrainer, nnUNetTrainer_MedNeXtV2_L_k3_GRN"
 
 

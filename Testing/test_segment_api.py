@@ -143,7 +143,7 @@ def test_fast_mode_uses_a_coarser_grid_without_tta_and_returns_the_input_grid():
     bundle = threshold_bundle((300.0, 800.0), target_spacing=(2.0, 1.0, 1.0), mirror_axes=(0, 1, 2))
     messages = []
     segmenter = Segmenter(bundle, device="cpu", fast=True, progress=lambda s, f, m="", **k: messages.append((s, m)))
-    assert segmenter.predictor.mirrors == [()]
+    assert segmenter.predictor.mirrors == [[()]]
     out = segmenter(image)
     assert ("preprocess", "network grid (7, 20, 20)") in messages
     assert out.GetSize() == image.GetSize() and out.GetSpacing() == image.GetSpacing()

@@ -11,7 +11,8 @@ from torch import nn
 from mednextv2.errors import ResourceError
 from mednextv2.sliding_window import (RunState, SlidingWindowPredictor, gaussian_importance, mirror_combinations,
                                       next_fallback, pad_to_patch, tile_grid, tile_starts)
-from segment_fixtures import one_torch_thread  # noqa: F401 (autouse)
+from mednextv2.network import MedNeXt
+from segment_fixtures import one_torch_thread, tiny_config  # noqa: F401 (autouse)
 
 
 class Pointwise(nn.Module):
@@ -198,3 +199,29 @@ def test_progress_reports_tiles_and_eta():
     assert [k["tiles_done"] for _, k in reports] == list(range(2, total + 1, 2)) + ([total] if total % 2 else [])
     assert reports[-1][0][1] == 1.0 and reports[-1][1]["eta_s"] == 0
     assert all(k["eta_s"] is not None and k["eta_s"] >= 0 for _, k in reports)
+
+
+def test_each_fold_mirrors_on_its_own_axes_then_folds_are_averaged():
+    """nnU-Net's ensemble: each fold's mean over its own mirrored passes, then the mean over folds."""
+    torch.manual_seed(0)
+    folds = [MedNeXt(tiny_config(n_classes=3)).eval() for _ in range(2)]
+    x = torch.randn(1, 16, 32, 32)  # one tile: the output is the tile's logits (float16)
+
+    def fold_mean(model, axes):
+        passes = [torch.flip(_logits_of(model, torch.flip(x, [a + 1 for a in c])), [a + 1 for a in c])
+                  for c in mirror_combinations(axes)]
+        return torch.stack(passes).mean(0)
+
+    def predict(axes):
+        return SlidingWindowPredictor(folds, 3, (16, 32, 32), mirror_axes=axes, device="cpu", amp=False).predict(x).float()
+
+    per_fold = [(0,), (1, 2)]  # 2 and 4 passes
+    expected = (fold_mean(folds[0], (0,)) + fold_mean(folds[1], (1, 2))) / 2
+    out = predict(per_fold)
+    assert torch.allclose(out, expected, atol=2e-3)
+    pooled = (2 * fold_mean(folds[0], (0,)) + 4 * fold_mean(folds[1], (1, 2))) / 6  # all 6 passes alike
+    assert (out - pooled).abs().max() > 50 * (out - expected).abs().max()
+    # equal axes per fold give exactly the single-list result
+    assert torch.equal(predict([(0, 2), (0, 2)]), predict((0, 2)))
+    with pytest.raises(ValueError, match="one per model"):
+        predict([(0,)])

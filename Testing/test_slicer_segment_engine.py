@@ -54,7 +54,7 @@ def test_segment_real_scan_through_the_runner(data_dir, bundle, tmp_path):
     predicted = [e for e in events if e.stage == "predict"]
     assert tile_count(scan.GetSize(), scan.GetSpacing(), spec.preprocessing.target_spacing,
                       spec.inference.patch_size, spec.inference.step) == predicted[-1].extra["tiles_total"]
-    passes = passes_per_tile(len(spec.weights), spec.inference.mirror_axes, tta=False)
+    passes = passes_per_tile(spec.inference.mirror_axes_per_fold(len(spec.weights)), tta=False)
     rates = [r for r in (seconds_per_pass(e, passes) for e in predicted) if r is not None]
     assert all(r > 0 for r in rates) and (rates or predicted[-1].extra["tiles_total"] <= 1)
 

@@ -154,7 +154,8 @@ def test_cpu_estimate_says_how_it_is_made():
     from MedNeXtV2SegmentLib.progress import ProgressEvent
     from MedNeXtV2SegmentLib.timing import cpu_estimate_text, passes_per_tile, seconds_per_pass, tile_count
 
-    assert passes_per_tile(1, (0, 1, 2), tta=True) == 8 and passes_per_tile(5, (0, 1, 2), tta=False) == 5
+    assert passes_per_tile([(0, 1, 2)], tta=True) == 8 and passes_per_tile([(0, 1, 2)] * 5, tta=False) == 5
+    assert passes_per_tile([(0, 2), (1,)], tta=True) == 4 + 2  # each fold its own mirror axes
     # 512 x 512 x 100 CT at 0.7 x 0.7 x 2.5 mm, model at 2.5 x 0.7 x 0.7 mm (z, y, x), 64 x 128 x 128 patch
     assert tile_count((512, 512, 100), (0.7, 0.7, 2.5), (2.5, 0.7, 0.7), (64, 128, 128), 0.5) == 3 * 7 * 7
     assert tile_count((10, 10, 10), (1, 1, 1), None, (16, 16, 16), 0.5) == 1

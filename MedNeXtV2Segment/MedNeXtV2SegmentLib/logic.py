@@ -276,7 +276,7 @@ class MedNeXtV2SegmentLogic(ScriptedLoadableModuleLogic):
         inference = bundle.inference
         tiles = tile_count(volumeNode.GetImageData().GetDimensions(), volumeNode.GetSpacing(),
                            bundle.preprocessing.target_spacing, inference.patch_size, inference.step)
-        return tiles, passes_per_tile(len(bundle.weights), inference.mirror_axes, tta)
+        return tiles, passes_per_tile(inference.mirror_axes_per_fold(len(bundle.weights)), tta)
 
     @staticmethod
     def volumeModality(volumeNode) -> str:

@@ -18,9 +18,10 @@ from .progress import ProgressEvent
 RATE_KEY = "MedNeXtV2/Segment/cpuSecondsPerPass/"  # + model id, in QSettings
 
 
-def passes_per_tile(folds: int, mirror_axes: Sequence[int], tta: bool) -> int:
-    """Network calls per tile: each fold, times each mirrored copy when TTA is on (as the engine)."""
-    return max(1, folds) * (2 ** len(mirror_axes) if tta else 1)
+def passes_per_tile(fold_mirror_axes: Sequence[Sequence[int]], tta: bool) -> int:
+    """Network calls per tile: each fold (given by its mirror axes, `InferenceDefaults.mirror_axes_per_fold`),
+    times its mirrored copies when TTA is on (as the engine)."""
+    return max(1, sum(2 ** len(axes) if tta else 1 for axes in fold_mirror_axes))
 
 
 def tile_count(size_ijk: Sequence[int], spacing_ijk: Sequence[float], target_spacing_zyx: Optional[Sequence[float]],

@@ -239,15 +239,24 @@ class InferenceDefaults:
     # The sliding window's Gaussian weights: "mednextv2" (ours) or "nnunet" (nnU-Net's own map, which
     # nnU-Net imports record so that they stitch tiles as nnU-Net does). Absent from JSON = ours.
     importance_map: str = "mednextv2"
+    # One axes list per `weights` entry, when the folds mirror differently (nnU-Net folds trained
+    # with different allowed axes); `mirror_axes` is then their union. None: every fold uses `mirror_axes`.
+    fold_mirror_axes: Optional[Tuple[Tuple[int, ...], ...]] = None
 
     def __post_init__(self) -> None:
         _set(self, patch_size=_tuple(self.patch_size, int), step=float(self.step),
-             mirror_axes=_tuple(self.mirror_axes, int), fast_spacing=_tuple(self.fast_spacing, float))
+             mirror_axes=_tuple(self.mirror_axes, int), fast_spacing=_tuple(self.fast_spacing, float),
+             fold_mirror_axes=None if self.fold_mirror_axes is None
+             else tuple(_tuple(a, int) for a in self.fold_mirror_axes))
+
+    def mirror_axes_per_fold(self, n_folds: int) -> Tuple[Tuple[int, ...], ...]:
+        """Each fold's test-time mirror axes, in `weights` order."""
+        return self.fold_mirror_axes if self.fold_mirror_axes is not None else (self.mirror_axes,) * n_folds
 
     @classmethod
     def from_json(cls, d: Mapping[str, Any]) -> "InferenceDefaults":
         return cls(d["patch_size"], d.get("step", 0.5), d.get("mirror_axes", (0, 1, 2)), d.get("fast_spacing"),
-                   d.get("importance_map", "mednextv2"))
+                   d.get("importance_map", "mednextv2"), d.get("fold_mirror_axes"))
 
     def to_json(self) -> Dict[str, Any]:
         out = {"patch_size": list(self.patch_size), "step": self.step, "mirror_axes": list(self.mirror_axes)}
@@ -255,6 +264,8 @@ class InferenceDefaults:
             out["fast_spacing"] = list(self.fast_spacing)
         if self.importance_map != "mednextv2":
             out["importance_map"] = self.importance_map
+        if self.fold_mirror_axes is not None:
+            out["fold_mirror_axes"] = [list(a) for a in self.fold_mirror_axes]
         return out
 
 
@@ -376,6 +387,23 @@ def _semantic_errors(spec: Mapping[str, Any]) -> List[str]:
         errors.append(f"inference.patch_size: each size must be divisible by 16 (4 downsamplings), got {patch}")
     if len(set(spec["weights"])) != len(spec["weights"]):
         errors.append("weights: file names must be unique")
+    errors += _fold_mirror_errors(spec["inference"], len(spec["weights"]))
+    return errors
+
+
+def _fold_mirror_errors(inference: Mapping[str, Any], n_weights: int) -> List[str]:
+    per_fold = inference.get("fold_mirror_axes")
+    if per_fold is None:
+        return []
+    errors = []
+    if len(per_fold) != n_weights:
+        errors.append(f"inference.fold_mirror_axes: needs one axes list per weights file ({n_weights}), got {len(per_fold)}")
+    errors += [f"inference.fold_mirror_axes[{i}]: axes must not repeat, got {axes}"
+               for i, axes in enumerate(per_fold) if len(set(axes)) != len(axes)]
+    union = sorted(set(a for axes in per_fold for a in axes))
+    if sorted(set(inference.get("mirror_axes", (0, 1, 2)))) != union:
+        errors.append(f"inference.mirror_axes: must be the union of fold_mirror_axes {union}, "
+                      f"got {inference.get('mirror_axes', [0, 1, 2])}")
     return errors
 
 

@@ -16,7 +16,7 @@ import logging
 import re
 import zipfile
 from pathlib import Path
-from typing import Dict, List, Mapping, Optional, Sequence, Tuple, Union
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 from mednextv2.atomic import sha256_file
 from mednextv2.bundle import (MODEL_JSON, Bundle, BundleSpec, Channel, InferenceDefaults, Label, NetworkSpec,
@@ -234,7 +234,7 @@ def convert_results(folder: Path, model_id: str, dataset: Mapping, plans: Mappin
         inference=InferenceDefaults(
             patch_size=_patch_size(_to_ours([int(p) for p in conf["patch_size"]], axes)),
             step=0.5,
-            mirror_axes=_common_mirror_axes(mirrors),
+            **_mirror_defaults(list(mirrors.values())),
             importance_map="nnunet",  # stitch tiles with nnU-Net's own Gaussian, as its predictor does
         ),
         provenance=Provenance(
@@ -349,17 +349,13 @@ def _fold_mirror_axes(ckpt, axes: Sequence[int], path: Path) -> List[int]:
     return sorted(axes[a] for a in set(network_axes))
 
 
-def _common_mirror_axes(per_fold: Mapping[str, List[int]]) -> List[int]:
-    """The ensemble's test-time mirroring: the axes every fold allows.
-
-    A bundle mirrors all its folds alike; mirroring a fold on an axis its trainer kept out
-    (anatomy that is not left-right symmetric, say) would blur its predictions, so an axis only
-    some folds allow is left out, and each fold's own axes are recorded in the provenance."""
-    common = sorted(set.intersection(*(set(a) for a in per_fold.values())))
-    if any(sorted(a) != common for a in per_fold.values()):
-        log.warning("the folds allow different mirror axes (%s); mirroring only on the axes all allow: %s",
-                    dict(per_fold), common)
-    return common
+def _mirror_defaults(per_fold: List[List[int]]) -> Dict[str, Any]:
+    """The bundle's test-time mirroring: each fold on the axes its own trainer allowed, as nnU-Net
+    predicts. Folds that agree need only `mirror_axes`; otherwise `fold_mirror_axes` lists each
+    fold's and `mirror_axes` is their union (what turning TTA on or off refers to)."""
+    if all(a == per_fold[0] for a in per_fold):
+        return {"mirror_axes": per_fold[0]}
+    return {"mirror_axes": sorted(set().union(*per_fold)), "fold_mirror_axes": per_fold}
 
 
 def _resampling(conf: Mapping) -> Optional[Resampling]:

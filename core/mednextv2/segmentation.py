@@ -67,14 +67,15 @@ class Segmenter:
             self.labels = postprocessing.select_structures(self.labels, opts.structures)
         inference = self.bundle.inference
         step = check_step(inference.step, f"model {self.bundle.id}: inference step") if opts.step is None else opts.step
-        mirror = inference.mirror_axes if (opts.tta and not opts.fast) else ()
+        tta = opts.tta and not opts.fast
+        mirror = inference.mirror_axes_per_fold(len(self.bundle.weights)) if tta else ()
         device = resolve_device(opts.device)
         self.predictor = SlidingWindowPredictor(self.bundle.build_models("cpu"), self.bundle.n_classes,
                                                 inference.patch_size, step, mirror, device,
                                                 opts.tile_batch, progress=self._report, threads=opts.threads,
                                                 importance_map=inference.importance_map)
         log.info("model %s: %d fold(s), %d class(es), device %s, TTA %s, step %.2f%s", self.bundle.id,
-                 len(self.bundle.weights), self.bundle.n_classes, device, "on" if mirror else "off", step,
+                 len(self.bundle.weights), self.bundle.n_classes, device, "on" if tta and inference.mirror_axes else "off", step,
                  ", fast mode" if opts.fast else "")
 
     def __call__(self, image_or_path: Union[ImageInput, Sequence[ImageInput]]) -> sitk.Image:

@@ -1,8 +1,8 @@
 """Gaussian-weighted sliding-window prediction over a whole volume, on CUDA, MPS or the CPU.
 
 Works with any module that takes (N, C, z, y, x) and returns logits (or a list whose first item
-is the full-resolution logits). Several folds are averaged, mirrored passes too, in logit space
-(as nnU-Net), and the Gaussian-weighted mean logits are returned.
+is the full-resolution logits). Each fold's mirrored passes (its own mirror axes) are averaged,
+then the folds, in logit space (as nnU-Net), and the Gaussian-weighted mean logits are returned.
 
 Memory bound of the accumulation: the class logits are accumulated in float16 and the
 Gaussian weight sum in float32, so the stitching buffers take (2 * K + 4) bytes per voxel of the
@@ -163,6 +163,17 @@ def mirror_combinations(mirror_axes: Sequence[int]) -> List[Tuple[int, ...]]:
     return [c for r in range(len(axes) + 1) for c in itertools.combinations(axes, r)]
 
 
+def _mirrors_per_model(mirror_axes: Union[Sequence[int], Sequence[Sequence[int]]],
+                       n_models: int) -> List[List[Tuple[int, ...]]]:
+    """Each model's mirror combinations: one axes list for all models, or one list per model."""
+    per_model = [a for a in mirror_axes if not isinstance(a, (int, np.integer))]
+    if not per_model:
+        return [mirror_combinations(mirror_axes)] * n_models
+    if len(per_model) != len(mirror_axes) or len(per_model) != n_models:
+        raise ValueError(f"mirror_axes: give one axes list for all models or one per model ({n_models}), got {mirror_axes!r}")
+    return [mirror_combinations(a) for a in per_model]
+
+
 # ---------------------------------------------------------------- out of memory
 _OOM_MESSAGES = ("out of memory", "not enough memory", "can't allocate memory")  # CUDA, MPS, CPU allocators
 
@@ -205,7 +216,8 @@ class SlidingWindowPredictor:
     """Predict class scores (mean logits) for a whole preprocessed volume, tile by tile."""
 
     def __init__(self, models: Sequence[torch.nn.Module], n_classes: int, patch_size: Sequence[int],
-                 step: float = 0.5, mirror_axes: Sequence[int] = (), device: Union[str, torch.device] = "auto",
+                 step: float = 0.5, mirror_axes: Union[Sequence[int], Sequence[Sequence[int]]] = (),
+                 device: Union[str, torch.device] = "auto",
                  tile_batch: Optional[int] = None, amp: bool = True, progress: Optional[Progress] = None,
                  threads: Optional[int] = None, importance_map: str = "mednextv2") -> None:
         if not models:
@@ -214,7 +226,7 @@ class SlidingWindowPredictor:
         self.n_classes = int(n_classes)
         self.patch = tuple(int(p) for p in patch_size)
         self.step = float(step)
-        self.mirrors = mirror_combinations(mirror_axes)
+        self.mirrors = _mirrors_per_model(mirror_axes, len(self.models))
         self.device = resolve_device(device)
         self.tile_batch = int(tile_batch or DEFAULT_TILE_BATCH.get(self.device.type, 1))
         self.amp = amp
@@ -262,7 +274,7 @@ class SlidingWindowPredictor:
         plan = plan_tiles(shape, self.patch, self.step, self.n_classes, state.accumulate.type == "cpu")
         check_tile_plan(plan, self.patch, self.step)
         log.info("tile plan: %d tiles (%s) at step %g, %d pass(es) each", plan.n_tiles,
-                 " x ".join(map(str, plan.tiles_per_axis)), self.step, len(self.models) * len(self.mirrors))
+                 " x ".join(map(str, plan.tiles_per_axis)), self.step, sum(map(len, self.mirrors)))
         tiles = tile_grid(shape, self.patch, self.step)
         gauss = gaussian_importance(self.patch, kind=self.importance_map)
         acc = torch.zeros((self.n_classes,) + shape, dtype=torch.float16, device=state.accumulate)
@@ -299,15 +311,19 @@ class SlidingWindowPredictor:
         return out
 
     def _predict_tiles(self, x: torch.Tensor, device: torch.device) -> torch.Tensor:
-        """Mean logits over folds and mirrored passes, (B, K, *patch) float32.
+        """Mean logits over folds of each fold's mean over its mirrored passes, (B, K, *patch) float32.
 
         Logits, not probabilities, are averaged, stitched and later interpolated, as nnU-Net
         does, so both give the same labels for the same network and preprocessing.
         """
         dtype = autocast_dtype(device) if self.amp else None
+        # Folds with as many passes each sum into one total divided once, the same float
+        # operations as before per-fold axes existed; otherwise each fold's mean is taken first.
+        same_count = len(set(map(len, self.mirrors))) == 1
         total = None
-        for model in self.models:
-            for axes in self.mirrors:
+        for model, mirrors in zip(self.models, self.mirrors):
+            fold = total if same_count else None
+            for axes in mirrors:
                 dims = tuple(a + 2 for a in axes)
                 inp = torch.flip(x, dims) if dims else x
                 with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
@@ -317,8 +333,13 @@ class SlidingWindowPredictor:
                 out = out.float()
                 if dims:
                     out = torch.flip(out, dims)
-                total = out if total is None else total.add_(out)
-        passes = len(self.models) * len(self.mirrors)
+                fold = out if fold is None else fold.add_(out)
+            if same_count:
+                total = fold
+            else:
+                fold.div_(len(mirrors))
+                total = fold if total is None else total.add_(fold)
+        passes = len(self.models) * (len(self.mirrors[0]) if same_count else 1)
         return total.div_(passes) if passes > 1 else total
 
     def _report(self, done: int, total: int, started: float) -> None:

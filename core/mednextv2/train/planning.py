@@ -180,13 +180,15 @@ def plan_from_base(base: BundleSpec, labels: Dict[int, str], n_channels: int,
     if spacing:
         log.warning("--spacing overrides the base model's target spacing %s", pre.target_spacing)
     network = base.network.config(n_classes=len(specs) + 1, deep_supervision=True)
+    # augment on the axes every fold mirrors (an nnU-Net import's folds may differ)
+    mirror_axes = tuple(sorted(set.intersection(*map(set, inf.mirror_axes_per_fold(max(1, len(base.weights)))))))
     return Plan(network=network.to_dict(),
                 target_spacing=_check_spacing(spacing) if spacing else pre.target_spacing,
                 patch_size=check_patch(patch) if patch else inf.patch_size, batch_size=batch_size,
                 crop_to_nonzero=pre.crop_to_nonzero,
                 normalization=tuple(n.to_json() for n in pre.normalization),
                 channels=tuple(c.to_json() for c in base.channels), labels=specs,
-                mirror_axes=inf.mirror_axes, base_model=base.id, orientation=pre.orientation,
+                mirror_axes=mirror_axes, base_model=base.id, orientation=pre.orientation,
                 resampling=pre.resampling.to_json() if pre.resampling else None)
 
 
