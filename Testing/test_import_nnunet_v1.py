@@ -12,6 +12,8 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 import torch
+
+from mednextv2.safe_pickle import numpy_safe_globals
 from safetensors.numpy import load_file
 
 from mednextv2 import preprocessing
@@ -109,7 +111,8 @@ def test_hostile_pickles_are_refused_before_any_code_runs(tmp_path, home, victim
     shutil.copytree(TRAINER, folder)
     marker = tmp_path / "pwned"
     if victim.endswith(".model"):
-        ckpt = torch.load(folder / victim, weights_only=False)  # our own fixture, trusted
+        with torch.serialization.safe_globals(numpy_safe_globals()):
+            ckpt = torch.load(folder / victim, weights_only=True)
         torch.save({**ckpt, "plot_stuff": _RunsCommand(marker)}, folder / victim)
         expected = r"weights_only=True.*Refusing to unpickle"
     else:
