@@ -12,8 +12,6 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 import torch
-
-from mednextv2.safe_pickle import numpy_safe_globals
 from safetensors.numpy import load_file
 
 from mednextv2 import preprocessing
@@ -21,6 +19,7 @@ from mednextv2.bundle import load_bundle
 from mednextv2.cli import main
 from mednextv2.errors import InputError
 from mednextv2.importer import import_model
+from mednextv2.safe_pickle import numpy_safe_globals
 from mednextv2.segmentation import segment
 
 FIXTURE = Path(__file__).resolve().parent / "fixtures" / "nnunet-v1"
