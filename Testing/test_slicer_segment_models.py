@@ -8,7 +8,8 @@ import pytest
 
 import slicer_segment_paths  # noqa: F401
 from MedNeXtV2SegmentLib.command import build_models_command, engine_environment
-from MedNeXtV2SegmentLib.models import (CatalogError, ModelChoice, describe_model, format_size, list_models,
+from engine_model_list import list_models
+from MedNeXtV2SegmentLib.models import (CatalogError, ModelChoice, describe_model, format_size,
                                         model_choice, parse_model_list, time_hint)
 from MedNeXtV2SegmentLib.process import EngineProcess
 from MedNeXtV2SegmentLib.tinybundle import make_tiny_bundle

@@ -26,7 +26,8 @@ def real_preview(work: Path) -> dict:
     import sys
 
     from MedNeXtV2SegmentLib.command import build_models_command, engine_environment
-    from MedNeXtV2SegmentLib.models import describe_model, list_models, time_hint
+    from engine_model_list import list_models
+    from MedNeXtV2SegmentLib.models import describe_model, time_hint
     from MedNeXtV2SegmentLib.process import EngineProcess
     from MedNeXtV2SegmentLib.tinybundle import make_tiny_bundle
 

@@ -15,7 +15,7 @@ import SimpleITK as sitk
 import slicer_train_paths  # noqa: E402,F401  (MedNeXtV2TrainLib, MedNeXtV2SegmentLib, mednextv2 on sys.path)
 
 from MedNeXtV2SegmentLib.command import build_models_command, engine_environment  # noqa: E402
-from MedNeXtV2SegmentLib.models import list_models  # noqa: E402
+from engine_model_list import list_models  # noqa: E402
 from MedNeXtV2SegmentLib.process import EngineProcess  # noqa: E402
 from MedNeXtV2TrainLib.dataset_layout import DatasetWriter  # noqa: E402
 from MedNeXtV2TrainLib.label_table import NEW, LabelChoice, dataset_labels, union_of_segments, value_by_segment  # noqa: E402

@@ -13,7 +13,6 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Dict, List, Mapping, Optional, Sequence, Tuple
 
-from .command import build_models_command
 from .labels import LabelTableError, load_bundle
 
 
@@ -160,17 +159,6 @@ def read_model_list(returncode: Optional[int], stdout: str, stderr_tail: str) ->
     if returncode != 0:
         raise CatalogError(f"`mednextv2 models list` failed (exit code {returncode}):\n{stderr_tail.strip()[-2000:]}")
     return parse_model_list(stdout)
-
-
-def list_models(python: str, env: Mapping[str, str], process_factory=None) -> List[ModelChoice]:
-    """Blocking: for scripts and tests only. The panels use `MedNeXtV2SegmentLogic.startModelList()`."""
-    from .process import EngineProcess
-
-    process = (process_factory or EngineProcess)(build_models_command(python, "list", "--json"), env=env).start()
-    process.wait()
-    lines = process.poll()
-    return read_model_list(process.returncode, "\n".join(l.text for l in lines if l.stream == "stdout"),
-                           "\n".join(process.stderr_tail))
 
 
 class ModelListCache:

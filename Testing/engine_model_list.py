@@ -1,0 +1,16 @@
+"""The engine's model list, read by waiting for a `mednextv2 models list --json` run: for tests
+only. The panels never wait on a process; they use `MedNeXtV2SegmentLogic.startModelList()`."""
+from typing import List, Mapping
+
+import slicer_segment_paths  # noqa: F401  (puts MedNeXtV2SegmentLib on sys.path)
+from MedNeXtV2SegmentLib.command import build_models_command
+from MedNeXtV2SegmentLib.models import ModelChoice, read_model_list
+from MedNeXtV2SegmentLib.process import EngineProcess
+
+
+def list_models(python: str, env: Mapping[str, str], process_factory=None) -> List[ModelChoice]:
+    process = (process_factory or EngineProcess)(build_models_command(python, "list", "--json"), env=env).start()
+    process.wait()
+    lines = process.poll()
+    return read_model_list(process.returncode, "\n".join(l.text for l in lines if l.stream == "stdout"),
+                           "\n".join(process.stderr_tail))
