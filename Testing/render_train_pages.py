@@ -103,9 +103,10 @@ def render_pages(out_dir: Path) -> Dict[str, Path]:
 
     root, find = _page(1)
     _table(find(QtWidgets.QTableWidget, "labelsTable"), [
-        ["Liver", QtGui.QColor(221, 130, 101), "4/4", ["Base: liver", "New label", "Leave out"], "liver"],
-        ["tumour", QtGui.QColor(255, 0, 0), "3/4", ["New label", "Leave out", "Base: liver"], "tumour"],
-        ["vessels", QtGui.QColor(0, 151, 206), "1/4", ["Leave out", "New label", "Base: liver"], "vessels"]])
+        # Trained from scratch: no MedNeXt-v2 weights are public, so the preview shows no base model
+        ["Liver", QtGui.QColor(221, 130, 101), "4/4", ["New label", "Leave out"], "liver"],
+        ["tumour", QtGui.QColor(255, 0, 0), "3/4", ["New label", "Leave out"], "tumour"],
+        ["vessels", QtGui.QColor(0, 151, 206), "1/4", ["Leave out", "New label"], "vessels"]])
     written["labels"] = render_png(root, out_dir / PAGE_FILES[1], previews={
         "stepLabel": "Step 2 of 5: Labels", "labelsSummaryLabel": "3 segment name(s) across 4 case(s).",
         "statusLabel": "Labels: 1 = liver, 2 = tumour"})
@@ -113,8 +114,8 @@ def render_pages(out_dir: Path) -> Dict[str, Path]:
     root, find = _page(2)
     written["settings"] = render_png(root, out_dir / PAGE_FILES[2], previews={
         "stepLabel": "Step 3 of 5: Base model & settings",
-        "baseModelComboBox": ["Abdomen organs (CT) - CT - 120.3 MB - downloaded", "Train from scratch"],
-        "baseModelInfoLabel": "Fine-tune Abdomen organs (CT): liver, spleen, kidneys.",
+        "baseModelComboBox": ["Train from scratch"],
+        "baseModelInfoLabel": "A new network of the chosen architecture, trained from random weights.",
         "architectureComboBox": ["v2-tiny", "v2-base", "v2-width2"],
         "presetComboBox": ["Quick (15 min)", "Standard (90 min)", "Thorough (300 epochs)"],
         "presetInfoLabel": "15 minutes; a first result on a laptop, good for checking the labels",

@@ -29,7 +29,9 @@ def test_presets_set_budget_and_patch():
     quick, thorough = get_preset("quick"), get_preset("thorough")
     assert quick.minutes and quick.epochs is None and thorough.epochs and thorough.minutes is None
     for preset in PRESETS.values():
-        assert check_patch_size(preset.patch_size) == preset.patch_size
+        assert preset.patch_size is None or check_patch_size(preset.patch_size) == preset.patch_size
+    # Quick leaves the patch to the engine's plan, which knows the device (small on a CPU).
+    assert quick.patch_size is None and TrainSettings().with_preset("quick").patch_size is None
     s = TrainSettings().with_preset("standard")
     assert (s.preset, s.minutes, s.epochs, s.patch_size) == ("standard", 90, None, (96, 96, 96))
     with pytest.raises(ValueError, match="unknown training preset 'fast'"):
@@ -42,7 +44,7 @@ def test_command_from_scratch_with_time_budget():
     s = TrainSettings(model_name="Liver tumour", architecture="v2-tiny", device="cpu", val_fraction=0.25).with_preset("quick")
     cmd = train_command("/slicer/bin/PythonSlicer", s, "/jobs/x/dataset", "/jobs/x/model")
     assert cmd == ["/slicer/bin/PythonSlicer", "-m", "mednextv2", "train", "/jobs/x/dataset", "-o", "/jobs/x/model",
-                   "--preset", "v2-tiny", "--minutes", "15", "--patch", "64", "64", "64",
+                   "--preset", "v2-tiny", "--minutes", "15",
                    "--device", "cpu", "--val-fraction", "0.25", "--title", "Liver tumour", "--progress", "json"]
 
 
@@ -59,7 +61,7 @@ def test_the_engines_own_parser_accepts_the_command(settings, resume):
     assert (args.command, args.dataset, args.output, args.progress, args.resume) == ("train", "/d", "/o", "json", resume)
     assert (args.base, args.preset) == ((settings.base_model, None) if settings.base_model else (None, settings.architecture))
     assert (args.minutes, args.epochs, args.iterations) == (settings.minutes, settings.epochs, settings.iterations)
-    assert tuple(args.patch) == settings.patch_size and args.device == settings.device
+    assert (None if args.patch is None else tuple(args.patch)) == settings.patch_size and args.device == settings.device
     assert args.val_fraction == settings.val_fraction and args.title == settings.model_name
 
 

@@ -94,3 +94,26 @@ def test_every_page_renders(tmp_path):
     for path in written.values():
         image = QtGui.QImage(str(path))
         assert image.width() >= 400 and image.height() >= 400, path
+
+
+def test_patch_boxes_offer_auto_which_leaves_the_patch_to_the_engine(wizard, monkeypatch):
+    import sys
+    import types
+    from unittest import mock
+
+    monkeypatch.setitem(sys.modules, "qt", mock.MagicMock())  # the page file's import only
+    from MedNeXtV2TrainLib.settings_page import SettingsPage
+
+    for axis in "ZYX":
+        box = wizard.findChild(QtWidgets.QSpinBox, f"patch{axis}SpinBox")
+        box.setValue(0)
+        assert (box.minimum(), box.singleStep(), box.text()) == (0, 16, "auto")
+        box.setValue(48)
+        assert box.text() == "48"
+
+    def page(z, y, x):  # PythonQt reads a spin box's value as a property
+        boxes = {f"patch{a}SpinBox": types.SimpleNamespace(value=v) for a, v in zip("ZYX", (z, y, x))}
+        return types.SimpleNamespace(ui=types.SimpleNamespace(**boxes))
+
+    assert SettingsPage._patch(page(32, 48, 64)) == (32, 48, 64)
+    assert SettingsPage._patch(page(0, 0, 0)) is None and SettingsPage._patch(page(32, 0, 32)) is None

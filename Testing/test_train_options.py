@@ -134,6 +134,24 @@ def test_random_split_keeps_background_only_cases_in_training(dataset):
     assert val == [] and len(train) == 2
 
 
+def test_default_split_holds_cases_out_only_from_five_labeled_cases_up(dataset, caplog):
+    from dataclasses import replace
+
+    cases = discover_dataset(str(dataset)).cases  # a, c, empty
+    with caplog.at_level(logging.WARNING):
+        train, val = split_cases(cases, (), None, 0, background_only=("empty",))
+    assert val == [] and len(train) == 3  # 2 labeled cases: both are trained on
+    assert "2 case(s) with foreground: all are trained on" in caplog.text
+    many = [replace(cases[0], name=f"case{i}") for i in range(10)]
+    train, val = split_cases(many[:5], (), None, 0)
+    assert (len(train), len(val)) == (4, 1)
+    train, val = split_cases(many, (), None, 0)
+    assert (len(train), len(val)) == (8, 2)  # the default 20 %
+    # An explicit fraction or case list is the user's choice, however few cases there are.
+    assert [c.name for c in split_cases(cases, ("a",), None, 0)[1]] == ["a"]
+    assert len(split_cases(cases, (), 0.34, 0, background_only=("empty",))[1]) == 1
+
+
 def test_a_background_only_training_case_is_trained_on(dataset, tmp_path):  # row 16, the warned case
     assert main(["train", str(dataset), "-o", str(tmp_path / "model"), "--val-fraction", "0.34", *TINY]) == 0
     assert (tmp_path / "model.training" / "cache" / "empty_label.npy").exists()

@@ -66,7 +66,8 @@ def test_planning_follows_the_fingerprint(breast_cache, data_dir, tmp_path):
     pre = ct_plan.preprocessing_plan()
     assert pre.normalization == (Normalization("ct", tuple(norm["clip"]), norm["mean"], norm["std"]),)
     assert pre.target_spacing == tuple(ct_plan.target_spacing) and pre.orientation == ct_plan.orientation
-    assert int(np.prod(ct_plan.patch_size)) <= 64 ** 3 and all(p % 16 == 0 for p in ct_plan.patch_size)
+    # CPU: at most 32^3 voxels, which learned most per CPU minute (bench_train --curve)
+    assert int(np.prod(ct_plan.patch_size)) <= 32 ** 3 and all(p % 16 == 0 for p in ct_plan.patch_size)
 
 
 def test_fit_patch_shrinks_the_longest_physical_axis_first():

@@ -19,7 +19,7 @@ class TrainingPreset:
     title: str
     minutes: Optional[int]
     epochs: Optional[int]
-    patch_size: Tuple[int, int, int]  # (z, y, x)
+    patch_size: Optional[Tuple[int, int, int]]  # (z, y, x); None: the engine's plan for the device
     description: str
 
     def budget_text(self) -> str:
@@ -29,7 +29,9 @@ class TrainingPreset:
 
 
 PRESETS: Dict[str, TrainingPreset] = {p.name: p for p in (
-    TrainingPreset("quick", "Quick", minutes=15, epochs=None, patch_size=(64, 64, 64),
+    # Quick leaves the patch to the engine: 32^3 on a CPU, where small patches learn most per minute,
+    # and as large as the GPU's memory allows on CUDA.
+    TrainingPreset("quick", "Quick", minutes=15, epochs=None, patch_size=None,
                    description="15 minutes; a first result on a laptop, good for checking the labels"),
     TrainingPreset("standard", "Standard", minutes=90, epochs=None, patch_size=(96, 96, 96),
                    description="90 minutes; a useful fine-tune on a GPU"),

@@ -65,8 +65,13 @@ class SettingsPage:
             architecture=self.ui.architectureComboBox.currentText, modality=self.ui.modalityComboBox.currentText,
             preset=self.ui.presetComboBox.currentData or "quick",
             minutes=self.ui.minutesSpinBox.value if byTime else None, epochs=None if byTime else self.ui.epochsSpinBox.value,
-            patch_size=(self.ui.patchZSpinBox.value, self.ui.patchYSpinBox.value, self.ui.patchXSpinBox.value),
+            patch_size=self._patch(),
             device=self.ui.deviceComboBox.currentText, val_fraction=round(self.ui.valFractionSpinBox.value, 3))
+
+    def _patch(self):
+        """The three spin boxes; any one at "auto" (0) leaves the patch to the engine's plan."""
+        sides = (self.ui.patchZSpinBox.value, self.ui.patchYSpinBox.value, self.ui.patchXSpinBox.value)
+        return None if 0 in sides else sides
 
     def setSettings(self, s: TrainSettings) -> None:
         self.ui.modelNameEdit.text = s.model_name
@@ -85,8 +90,8 @@ class SettingsPage:
             self.ui.minutesSpinBox.value = s.minutes
         if s.epochs is not None:
             self.ui.epochsSpinBox.value = s.epochs
-        if s.patch_size is not None:
-            self.ui.patchZSpinBox.value, self.ui.patchYSpinBox.value, self.ui.patchXSpinBox.value = s.patch_size
+        # 0 is each spin box's minimum, shown as its special value "auto" (the .ui sets both)
+        self.ui.patchZSpinBox.value, self.ui.patchYSpinBox.value, self.ui.patchXSpinBox.value = s.patch_size or (0, 0, 0)
         self.ui.deviceComboBox.setCurrentIndex(max(0, self.ui.deviceComboBox.findText(s.device)))
         self.ui.valFractionSpinBox.value = s.val_fraction
 

@@ -42,7 +42,8 @@ class TrainOptions:
         "target spacing in mm (default: the dataset median, or the base model's)", metavar=("Z", "Y", "X")))
     batch_size: int = field(default=2, metadata=cli("patches per step (default 2)"))
     device: str = field(default="auto", metadata=cli("auto, cuda, mps or cpu"))
-    val_fraction: float = field(default=0.2, metadata=cli("fraction of cases held out (default 0.2)", group="val"))
+    val_fraction: Optional[float] = field(default=None, metadata=cli(  # None: run.DEFAULT_VAL_FRACTION, see split_cases
+        "fraction of cases held out (default 0.2 from 5 cases with foreground up; fewer are all trained on)", group="val"))
     val_cases: Tuple[str, ...] = field(default=(), metadata=cli(
         "case names held out for validation", group="val", metavar="NAME"))
     val_every: Optional[int] = field(default=None, metadata=cli(  # None: when training since the last took 4x its cost
@@ -71,7 +72,7 @@ class TrainOptions:
             raise InputError(f"--epochs must be at least 1, got {self.epochs}")
         if self.iterations is not None and self.iterations < 1:
             raise InputError(f"--iterations must be at least 1, got {self.iterations}")
-        if not 0 <= self.val_fraction < 1:
+        if self.val_fraction is not None and not 0 <= self.val_fraction < 1:
             raise InputError(f"--val-fraction must be in [0, 1), got {self.val_fraction}")
         if self.val_every is not None and self.val_every < 1:
             raise InputError(f"--val-every must be at least 1, got {self.val_every}")
