@@ -11,9 +11,13 @@ rotated 12 degrees and resampled to 1.3 mm, intensity-rescaled), trains v2-tiny 
 user would run it, once per budget and per loop ("new": this tree; "old": the tree at
 --old-commit, exported with `git archive` into a temporary folder), and segments the held-out
 anterior 40% (as-is, and a rotated, rescaled copy standing in for another subject) with the
-current `mednextv2 segment --no-tta`, so only the training loop differs. It prints grey/white
-matter Dice and the wall time each run really took. Time: each run is its budget plus caching and
-two segmentations (~1-2 min), and the old loop overruns its budget (issue 13: 179 s for 1 min);
+current `mednextv2 segment --no-tta`, so only the training loop differs, and a third copy of the
+anterior part standing in for another subject (a smooth random B-spline deformation of about 3 mm,
+a multiplicative bias field of +-20 % and Gaussian noise at 3 % of the maximum: anatomy, coil and
+scanner differ from one template). It prints grey/white matter Dice and the wall time each run
+really took. `--train-args="--patch 48 48 48"` adds options to the new loop's command (tuning).
+Time: each run is its budget plus caching and three segmentations (~1-2 min), and the old loop
+overruns its budget (issue 13: 179 s for 1 min);
 defaults: ~45-50 min on an idle 2-core CPU. `--minutes 2 --engines new` is a ~5 min check.
     VENV/bin/python Testing/benchmarks/bench_train.py        # + batchgeneratorsv2 ratio (a venv that has it)
     python Testing/benchmarks/bench_train.py --gpu           # + v2-base 128^3 batch 2 on CUDA
@@ -196,6 +200,25 @@ def _rescaled(image, scale: float, gamma: float):
     return out
 
 
+def _subject_like(image, label, seed: int = 1):
+    """The template deformed, bias-field modulated and noisy: a stand-in for another subject's scan."""
+    import numpy as np
+    import SimpleITK as sitk
+
+    rng = np.random.default_rng(seed)
+    warp = sitk.BSplineTransformInitializer(image, [4, 4, 4], 3)
+    warp.SetParameters(tuple(rng.normal(0, 2.0, len(warp.GetParameters()))))
+    image = sitk.Resample(image, image, warp, sitk.sitkLinear, 0.0)
+    label = sitk.Resample(label, label, warp, sitk.sitkNearestNeighbor, 0)
+    array = sitk.GetArrayFromImage(image)
+    z, y, x = np.meshgrid(*[np.linspace(-1, 1, n) for n in array.shape], indexing="ij")
+    bias = np.exp(0.2 * (0.7 * x + 0.5 * y - 0.6 * z + 0.4 * x * y))
+    noisy = array * bias + rng.normal(0, 0.03 * float(array.max()), array.shape) * (array > 0)
+    out = sitk.GetImageFromArray(noisy.astype(np.float32))
+    out.CopyInformation(image)
+    return out, label
+
+
 def build_curve_dataset(folder: Path):
     """nnU-Net raw dataset of template copies (posterior part) and held-out (image, label) pairs (anterior)."""
     import SimpleITK as sitk
@@ -222,7 +245,10 @@ def build_curve_dataset(folder: Path):
     other = folder / "heldout_other_image.nii.gz", folder / "heldout_other_label.nii.gz"
     sitk.WriteImage(_rescaled(_rotated(held_image, -9, 1.1, False), 1.4, 0.8), str(other[0]), True)
     sitk.WriteImage(_rotated(held_label, -9, 1.1, True), str(other[1]), True)
-    return raw, {"heldout": (test_image, test_label), "heldout_other": other}
+    subject = folder / "heldout_subject_image.nii.gz", folder / "heldout_subject_label.nii.gz"
+    for image, path in zip(_subject_like(held_image, held_label), subject):
+        sitk.WriteImage(image, str(path), True)
+    return raw, {"heldout": (test_image, test_label), "heldout_other": other, "heldout_subject": subject}
 
 
 def _old_tree(commit: str, folder: Path) -> Path:
@@ -258,7 +284,7 @@ def _dice(bundle: Path, cases: dict, folder: Path) -> dict:
     return out
 
 
-def dice_curve(minutes, old_commit: str, engines) -> list:
+def dice_curve(minutes, old_commit: str, engines, train_args=()) -> list:
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
@@ -273,7 +299,8 @@ def dice_curve(minutes, old_commit: str, engines) -> list:
                 limit = m * 60 * 3 + 300
                 try:
                     done = _engine(cores[engine], "train", str(raw), "-o", str(run / "model"), "--preset", "v2-tiny",
-                                   "--minutes", str(m), "--device", "cpu", "--progress", "none", timeout=limit)
+                                   "--minutes", str(m), "--device", "cpu", "--progress", "none",
+                                   *(train_args if engine == "new" else ()), timeout=limit)
                 except subprocess.TimeoutExpired:  # a budget overrun this large is a result, not a crash
                     row = {"engine": engine, "budget_min": m, "wall_s": None, "timed_out_after_s": limit, "dice": None}
                     print(json.dumps(row), flush=True)
@@ -287,15 +314,17 @@ def dice_curve(minutes, old_commit: str, engines) -> list:
                 print(json.dumps(row), flush=True)
                 row["log_tail"] = done.stderr.splitlines()[-15:]  # epochs and timings, for the JSON only
                 rows.append(row)
-    print("\n| budget | loop | wall s | held-out grey | held-out white | other grey | other white |\n|---|---|---|---|---|---|---|")
+    print("\n| budget | loop | wall s | held-out grey | held-out white | other grey | other white | subject-like grey "
+          "| subject-like white |\n|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         d = r["dice"]
         if d is None:
-            print(f"| {r['budget_min']} min | {r['engine']} | > {r['timed_out_after_s']:.0f} (stopped) | - | - | - | - |")
+            print(f"| {r['budget_min']} min | {r['engine']} | > {r['timed_out_after_s']:.0f} (stopped) | - | - | - | - | - | - |")
             continue
         print(f"| {r['budget_min']} min | {r['engine']} | {r['wall_s']:.0f} | {d['heldout']['grey matter']:.3f} | "
               f"{d['heldout']['white matter']:.3f} | {d['heldout_other']['grey matter']:.3f} | "
-              f"{d['heldout_other']['white matter']:.3f} |")
+              f"{d['heldout_other']['white matter']:.3f} | {d['heldout_subject']['grey matter']:.3f} | "
+              f"{d['heldout_subject']['white matter']:.3f} |")
     return rows
 
 
@@ -310,9 +339,10 @@ def main() -> None:
     parser.add_argument("--old-commit", default="ce68d00", help="the previous release of the loop (--curve)")
     parser.add_argument("--engines", nargs="+", default=["new", "old"], choices=("new", "old"))
     parser.add_argument("--json", type=Path, help="--curve: write the rows here")
+    parser.add_argument("--train-args", default="", help='--curve: more `train` options for the new loop, as --train-args="--patch 48 48 48"')
     args = parser.parse_args()
     if args.curve:
-        rows = dice_curve(args.minutes, args.old_commit, args.engines)
+        rows = dice_curve(args.minutes, args.old_commit, args.engines, args.train_args.split())
         if args.json:
             args.json.write_text(json.dumps(rows, indent=1))
         return
