@@ -2,6 +2,7 @@
 
     python Testing/benchmarks/bench_network.py [--sizes 64 128] [--repeats 3] [--json out.json]
     python Testing/benchmarks/bench_network.py --under-load [--sizes 64 128] [--repeats 2]
+    python Testing/benchmarks/bench_network.py --chunks 1024 4096 16384 [--sizes 64] [--repeats 3]
 
 Runs the two alternately in one process (so background load hits both alike), prints medians,
 the speed-up ratio, the largest output difference, one-time costs (first call) separately, and
@@ -155,6 +156,35 @@ def under_load(sizes, repeats: int):
     return rows
 
 
+def chunk_sizes(sizes, chunks, repeats: int):
+    """Our forward with each layers.CHUNK_VOXELS in turn (the cache-blocking knob), and the plain code,
+    alternating in one process: what this host's caches favour."""
+    rows = []
+    for size in sizes:
+        cfg = MedNeXtConfig.preset("v2-base", in_channels=1, n_classes=3, deep_supervision=False)
+        ours = randomised(MedNeXt(cfg)).eval()
+        plain = PlainMedNeXt(cfg).eval()
+        plain.load_state_dict(ours.state_dict())
+        x = torch.randn(1, 1, size, size, size, generator=torch.Generator().manual_seed(1))
+        default, times = layers.CHUNK_VOXELS, {c: [] for c in ["plain", *chunks]}
+        try:
+            with torch.inference_mode():
+                for _ in range(repeats + 1):  # the first round warms up and is dropped
+                    for c in chunks:
+                        layers.CHUNK_VOXELS = c
+                        times[c].append(timed(lambda: ours(x)))
+                    times["plain"].append(timed(lambda: plain(x)))
+        finally:
+            layers.CHUNK_VOXELS = default
+        plain_s = statistics.median(times["plain"][1:])
+        for c in chunks:
+            ours_s = statistics.median(times[c][1:])
+            rows.append({"size": size, "chunk_voxels": c, "plain_s": plain_s, "ours_s": ours_s, "ratio": plain_s / ours_s})
+            print(f"{size}^3 chunk {c:6d} voxels{' (default)' if c == default else '':10s} ours {ours_s:6.3f} s   "
+                  f"plain {plain_s:6.3f} s   ratio {plain_s / ours_s:5.2f}x", flush=True)
+    return rows
+
+
 def with_fusion(enabled: bool, net: torch.nn.Module, x: torch.Tensor):
     saved = layers.fused_available
     layers.fused_available = lambda: enabled
@@ -240,10 +270,16 @@ def main() -> None:
     parser.add_argument("--no-ops", action="store_true")
     parser.add_argument("--json", type=Path)
     parser.add_argument("--under-load", action="store_true", help="idle and beside each competitor (see above)")
+    parser.add_argument("--chunks", type=int, nargs="+", help="compare these CHUNK_VOXELS values (see chunk_sizes)")
     parser.add_argument("--competitor", nargs=2, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.competitor:
         run_competitor(args.competitor[0], int(args.competitor[1]))
+        return
+    if args.chunks:
+        rows = chunk_sizes(args.sizes, args.chunks, args.repeats)
+        if args.json:
+            args.json.write_text(json.dumps(rows, indent=1))
         return
     if args.under_load:
         rows = under_load(args.sizes, args.repeats)
