@@ -79,12 +79,17 @@ def compare(label, plain_fn, ours_fn, repeats, sync=lambda: None):
     return row
 
 
-def network_cpu(size: int, repeats: int):
+def v2_base_pair(size: int):
+    """Ours and the plain implementation of v2-base with the same random weights, and a size^3 input."""
     cfg = MedNeXtConfig.preset("v2-base", in_channels=1, n_classes=3, deep_supervision=False)
     ours = randomised(MedNeXt(cfg)).eval()
     plain = PlainMedNeXt(cfg).eval()
     plain.load_state_dict(ours.state_dict())
-    x = torch.randn(1, 1, size, size, size, generator=torch.Generator().manual_seed(1))
+    return ours, plain, torch.randn(1, 1, size, size, size, generator=torch.Generator().manual_seed(1))
+
+
+def network_cpu(size: int, repeats: int):
+    ours, plain, x = v2_base_pair(size)
     with torch.inference_mode():
         diff = (ours(x) - plain(x)).abs().max().item()
         row = compare(f"v2-base forward {size}^3 fp32 CPU", lambda: plain(x), lambda: ours(x), repeats)
@@ -115,11 +120,7 @@ def under_load(sizes, repeats: int):
     policy = ThreadPolicy()
     rows = []
     for size in sizes:
-        cfg = MedNeXtConfig.preset("v2-base", in_channels=1, n_classes=3, deep_supervision=False)
-        ours = randomised(MedNeXt(cfg)).eval()
-        plain = PlainMedNeXt(cfg).eval()
-        plain.load_state_dict(ours.state_dict())
-        x = torch.randn(1, 1, size, size, size, generator=torch.Generator().manual_seed(1))
+        ours, plain, x = v2_base_pair(size)
         threads_used = []
 
         def run_plain():
@@ -161,11 +162,7 @@ def chunk_sizes(sizes, chunks, repeats: int):
     alternating in one process: what this host's caches favour."""
     rows = []
     for size in sizes:
-        cfg = MedNeXtConfig.preset("v2-base", in_channels=1, n_classes=3, deep_supervision=False)
-        ours = randomised(MedNeXt(cfg)).eval()
-        plain = PlainMedNeXt(cfg).eval()
-        plain.load_state_dict(ours.state_dict())
-        x = torch.randn(1, 1, size, size, size, generator=torch.Generator().manual_seed(1))
+        ours, plain, x = v2_base_pair(size)
         default, times = layers.CHUNK_VOXELS, {c: [] for c in ["plain", *chunks]}
         try:
             with torch.inference_mode():
