@@ -65,6 +65,11 @@ def test_the_engines_own_parser_accepts_the_command(settings, resume):
     assert args.val_fraction == settings.val_fraction and args.title == settings.model_name
 
 
+def test_default_settings_leave_patch_and_split_to_the_engine():
+    cmd = train_command("py", TrainSettings(device="cpu"), "d", "o")
+    assert "--patch" not in cmd and "--val-fraction" not in cmd  # the engine's plan and split rule
+
+
 def test_command_fine_tune_with_epochs_and_resume():
     s = replace(TrainSettings(base_model="abdomen-ct", seed=3).with_preset("thorough"), patch_size=None)
     cmd = train_command("py", s, "d", "o", resume=True)

@@ -117,3 +117,23 @@ def test_patch_boxes_offer_auto_which_leaves_the_patch_to_the_engine(wizard, mon
 
     assert SettingsPage._patch(page(32, 48, 64)) == (32, 48, 64)
     assert SettingsPage._patch(page(0, 0, 0)) is None and SettingsPage._patch(page(32, 0, 32)) is None
+
+
+def test_validation_box_offers_auto_which_leaves_the_split_to_the_engine(wizard, monkeypatch):
+    import sys
+    import types
+    from unittest import mock
+
+    monkeypatch.setitem(sys.modules, "qt", mock.MagicMock())  # the page file's import only
+    from MedNeXtV2TrainLib.settings_page import AUTO_VAL_FRACTION, SettingsPage
+
+    box = wizard.findChild(QtWidgets.QDoubleSpinBox, "valFractionSpinBox")
+    assert box.value() == box.minimum() == AUTO_VAL_FRACTION and box.text() == "auto"  # the default
+    box.setValue(0.0)
+    assert box.text() == "0.00"  # 0 stays a real choice: hold nothing out
+
+    def page(value):
+        return types.SimpleNamespace(ui=types.SimpleNamespace(valFractionSpinBox=types.SimpleNamespace(value=value)))
+
+    assert SettingsPage._val_fraction(page(AUTO_VAL_FRACTION)) is None
+    assert SettingsPage._val_fraction(page(0.0)) == 0.0 and SettingsPage._val_fraction(page(0.25)) == 0.25

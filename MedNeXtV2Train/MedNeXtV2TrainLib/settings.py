@@ -30,7 +30,7 @@ class TrainSettings:
     iterations: Optional[int] = None        # per epoch; None: the engine's default for the device
     patch_size: Optional[Tuple[int, int, int]] = get_preset(DEFAULT_PRESET).patch_size
     device: str = "auto"
-    val_fraction: float = 0.2
+    val_fraction: Optional[float] = None   # None: the engine's rule (20% held out from 5 labeled cases up)
     seed: Optional[int] = None
 
     @property
@@ -67,7 +67,7 @@ class TrainSettings:
                 found.append(f"Patch size: {e}.")
         if self.device not in DEVICES:
             found.append(f"Device {self.device!r} is not one of {', '.join(DEVICES)}.")
-        if not 0.0 <= self.val_fraction < 1.0:
+        if self.val_fraction is not None and not 0.0 <= self.val_fraction < 1.0:
             found.append(f"The validation fraction must be in [0, 1), got {self.val_fraction}.")
         return found
 

@@ -9,6 +9,9 @@ from MedNeXtV2TrainLib.presets import PRESETS
 from MedNeXtV2TrainLib.settings import ARCHITECTURES, TrainSettings
 
 
+AUTO_VAL_FRACTION = -0.05  # the validation box's minimum and special value "auto" (the .ui sets both)
+
+
 class SettingsPage:
     def __init__(self, wizard) -> None:
         self.wizard, self.ui, self.logic, self.say = wizard, wizard.ui, wizard.logic, wizard.say
@@ -66,12 +69,17 @@ class SettingsPage:
             preset=self.ui.presetComboBox.currentData or "quick",
             minutes=self.ui.minutesSpinBox.value if byTime else None, epochs=None if byTime else self.ui.epochsSpinBox.value,
             patch_size=self._patch(),
-            device=self.ui.deviceComboBox.currentText, val_fraction=round(self.ui.valFractionSpinBox.value, 3))
+            device=self.ui.deviceComboBox.currentText, val_fraction=self._val_fraction())
 
     def _patch(self):
         """The three spin boxes; any one at "auto" (0) leaves the patch to the engine's plan."""
         sides = (self.ui.patchZSpinBox.value, self.ui.patchYSpinBox.value, self.ui.patchXSpinBox.value)
         return None if 0 in sides else sides
+
+    def _val_fraction(self):
+        """The box's value; its minimum, shown as "auto", leaves the split to the engine's rule."""
+        value = self.ui.valFractionSpinBox.value
+        return None if value < 0 else round(value, 3)
 
     def setSettings(self, s: TrainSettings) -> None:
         self.ui.modelNameEdit.text = s.model_name
@@ -93,7 +101,7 @@ class SettingsPage:
         # 0 is each spin box's minimum, shown as its special value "auto" (the .ui sets both)
         self.ui.patchZSpinBox.value, self.ui.patchYSpinBox.value, self.ui.patchXSpinBox.value = s.patch_size or (0, 0, 0)
         self.ui.deviceComboBox.setCurrentIndex(max(0, self.ui.deviceComboBox.findText(s.device)))
-        self.ui.valFractionSpinBox.value = s.val_fraction
+        self.ui.valFractionSpinBox.value = AUTO_VAL_FRACTION if s.val_fraction is None else s.val_fraction
 
     def onBrowseJobsFolder(self) -> None:
         folder = qt.QFileDialog.getExistingDirectory(None, "Training folder", self.ui.jobsFolderEdit.text)

@@ -30,7 +30,9 @@ def train_arguments(settings: TrainSettings, dataset: str, output_bundle: str, r
         args += ["--iterations", str(settings.iterations)]
     if settings.patch_size is not None:
         args += ["--patch"] + [str(side) for side in settings.patch_size]
-    args += ["--device", settings.device, "--val-fraction", f"{settings.val_fraction:g}"]
+    args += ["--device", settings.device]
+    if settings.val_fraction is not None:
+        args += ["--val-fraction", f"{settings.val_fraction:g}"]
     if settings.seed is not None:
         args += ["--seed", str(settings.seed)]
     args += ["--title", settings.model_name.strip()]
