@@ -96,14 +96,22 @@ def test_every_page_renders(tmp_path):
         assert image.width() >= 400 and image.height() >= 400, path
 
 
-def test_patch_boxes_offer_auto_which_leaves_the_patch_to_the_engine(wizard, monkeypatch):
+@pytest.fixture
+def settings_page(monkeypatch):
+    """The settings page module, imported with a stand-in `qt` (its import only; the tests call no Qt)."""
     import sys
-    import types
     from unittest import mock
 
-    monkeypatch.setitem(sys.modules, "qt", mock.MagicMock())  # the page file's import only
-    from MedNeXtV2TrainLib.settings_page import SettingsPage
+    monkeypatch.setitem(sys.modules, "qt", mock.MagicMock())
+    from MedNeXtV2TrainLib import settings_page
 
+    return settings_page
+
+
+def test_patch_boxes_offer_auto_which_leaves_the_patch_to_the_engine(wizard, settings_page):
+    import types
+
+    SettingsPage = settings_page.SettingsPage
     for axis in "ZYX":
         box = wizard.findChild(QtWidgets.QSpinBox, f"patch{axis}SpinBox")
         box.setValue(0)
@@ -119,14 +127,10 @@ def test_patch_boxes_offer_auto_which_leaves_the_patch_to_the_engine(wizard, mon
     assert SettingsPage._patch(page(0, 0, 0)) is None and SettingsPage._patch(page(32, 0, 32)) is None
 
 
-def test_validation_box_offers_auto_which_leaves_the_split_to_the_engine(wizard, monkeypatch):
-    import sys
+def test_validation_box_offers_auto_which_leaves_the_split_to_the_engine(wizard, settings_page):
     import types
-    from unittest import mock
 
-    monkeypatch.setitem(sys.modules, "qt", mock.MagicMock())  # the page file's import only
-    from MedNeXtV2TrainLib.settings_page import AUTO_VAL_FRACTION, SettingsPage
-
+    AUTO_VAL_FRACTION, SettingsPage = settings_page.AUTO_VAL_FRACTION, settings_page.SettingsPage
     box = wizard.findChild(QtWidgets.QDoubleSpinBox, "valFractionSpinBox")
     assert box.value() == box.minimum() == AUTO_VAL_FRACTION and box.text() == "auto"  # the default
     box.setValue(0.0)

@@ -27,8 +27,10 @@ import statistics
 import subprocess
 import sys
 import time
+from contextlib import contextmanager
 from functools import partial
 from pathlib import Path
+from typing import List, Optional
 
 import torch
 import torch.nn.functional as F
@@ -114,6 +116,21 @@ def run_competitor(kind: str, threads: int) -> None:
             net(x)
 
 
+@contextmanager
+def competing(child: Optional[List[str]]):
+    """A competitor (this script's --competitor arguments) running for the duration; None: nothing."""
+    if not child:
+        yield
+        return
+    proc = subprocess.Popen([sys.executable, __file__, "--competitor", *child])
+    time.sleep(3)  # let it start and import torch
+    try:
+        yield
+    finally:
+        proc.kill()
+        proc.wait()
+
+
 def under_load(sizes, repeats: int):
     """ours (engine thread policy) vs plain (torch's default threads), idle and beside each competitor."""
     cores = available_cores()
@@ -135,17 +152,9 @@ def under_load(sizes, repeats: int):
             diff = (run_ours() - run_plain()).abs().max().item()
             print(f"v2-base {size}^3: max |ours - plain| = {diff:.2e}", flush=True)
             for name, child in [("idle", None)] + list(COMPETITORS.items()):
-                proc = None
-                if child:
-                    proc = subprocess.Popen([sys.executable, __file__, "--competitor", *child])
-                    time.sleep(3)  # let it start and import torch
-                try:
+                with competing(child):
                     threads_used.clear()
                     row = compare(f"{size}^3 beside {name}", run_plain, run_ours, repeats)
-                finally:
-                    if proc:
-                        proc.kill()
-                        proc.wait()
                 row.update(size=size, load=name, max_abs_diff=diff, ours_threads=sorted(set(threads_used)),
                            plain_threads=cores)
                 print(f"{'':42s} ours ran with {row['ours_threads']} thread(s), plain with {cores}", flush=True)

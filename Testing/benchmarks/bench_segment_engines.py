@@ -52,6 +52,7 @@ mednextv2.threads; nnU-Net and MONAI: torch's default, every core), as their use
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import platform
@@ -501,28 +502,13 @@ def summarize(info: dict) -> dict:
 
 
 def loads(under_load: bool):
-    """(name, bench_network.py --competitor arguments or None) per load condition."""
+    """(name, a context manager running that load) per load condition: bench_network.py's competitors."""
     if not under_load:
-        return [("as found", None)]
+        return [("as found", contextlib.nullcontext())]
     sys.path.insert(0, str(Path(__file__).resolve().parent))
-    from bench_network import COMPETITORS
+    from bench_network import COMPETITORS, competing
 
-    return [("idle", None)] + list(COMPETITORS.items())
-
-
-def start_competitor(args: Optional[List[str]]):
-    if not args:
-        return None
-    proc = subprocess.Popen([sys.executable, str(Path(__file__).resolve().parent / "bench_network.py"),
-                             "--competitor", *args])
-    time.sleep(3)  # started and busy
-    return proc
-
-
-def stop_competitor(proc) -> None:
-    if proc is not None:
-        proc.kill()
-        proc.wait()
+    return [("idle", contextlib.nullcontext())] + [(name, competing(child)) for name, child in COMPETITORS.items()]
 
 
 def print_summary(all_cases: List[dict]) -> None:
@@ -601,13 +587,10 @@ def main() -> None:
                 image_path = work / f"synthetic_{'x'.join(map(str, size))}.nrrd"
                 if not image_path.exists():
                     synthetic_ct(size, image_path)
-            for load, competitor in loads(args.under_load):
-                proc = start_competitor(competitor)
-                try:
+            for load, running in loads(args.under_load):
+                with running:
                     info = run_case(case, image_path, args.engines, 0 if args.under_load else args.threads, work,
                                     args.repeats)
-                finally:
-                    stop_competitor(proc)
                 info.update(load=load, ratios=summarize(info))
                 all_cases.append(info)
     print_summary(all_cases)

@@ -9,12 +9,12 @@ the Dice reached per CPU minute against the previous release of the loop.
 rotated 12 degrees and resampled to 1.3 mm, intensity-rescaled), trains v2-tiny from scratch with
 `mednextv2 train DATASET --preset v2-tiny --minutes M` with every other option at its default, as a
 user would run it, once per budget and per loop ("new": this tree; "old": the tree at
---old-commit, exported with `git archive` into a temporary folder), and segments the held-out
-anterior 40% (as-is, and a rotated, rescaled copy standing in for another subject) with the
-current `mednextv2 segment --no-tta`, so only the training loop differs, and a third copy of the
-anterior part standing in for another subject (a smooth random B-spline deformation of about 3 mm,
-a multiplicative bias field of +-20 % and Gaussian noise at 3 % of the maximum: anatomy, coil and
-scanner differ from one template). It prints grey/white matter Dice and the wall time each run
+--old-commit, exported with `git archive` into a temporary folder), and segments three copies of
+the held-out anterior 40% with the current `mednextv2 segment --no-tta`, so only the training loop
+differs: as-is; rotated 9 degrees, 1.1 mm and rescaled ("other"); and "subject-like", a stand-in
+for another subject (a smooth random B-spline deformation of about 3 mm, a multiplicative bias
+field of +-20 % and Gaussian noise at 3 % of the maximum: anatomy, coil and scanner differ from
+one template). It prints grey/white matter Dice and the wall time each run
 really took. `--train-args="--patch 48 48 48"` adds options to the new loop's command (tuning).
 Time: each run is its budget plus caching and three segmentations (~1-2 min), and the old loop
 overruns its budget (issue 13: 179 s for 1 min);

@@ -12,7 +12,6 @@ and writes everything to one JSON file. Without CUDA it stops at once with exit 
 from __future__ import annotations
 
 import json
-import os
 import platform
 import sys
 import tempfile
@@ -23,7 +22,9 @@ HERE = Path(__file__).resolve().parent
 REPO = HERE.parents[1]
 sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(REPO / "Testing"))
-DATA = Path(os.environ.get("MEDNEXTV2_DATA", REPO.parent / "shared" / "data"))
+from real_data import data_dir  # noqa: E402
+
+DATA = data_dir()  # MEDNEXTV2_DATA, ../shared/data, else the per-user cache (built once)
 
 
 def segment_ct(repeats: int = 1) -> list:
@@ -36,7 +37,7 @@ def segment_ct(repeats: int = 1) -> list:
 
     image = DATA / "ct-lung" / "lung1_image.nrrd"
     if not image.is_file():
-        raise SystemExit(f"gpu_check: {image} not found; set MEDNEXTV2_DATA to the test data folder")
+        raise SystemExit(f"gpu_check: {image} not found in the real data folder {DATA}")
     config = MedNeXtConfig.preset("v2-base", in_channels=1, n_classes=3, deep_supervision=False)
     spec = bundle_spec(config, patch=(64, 128, 128), target_spacing=(2.5, 0.8, 0.8), mirror_axes=(0, 1, 2))
     bundle = Bundle.create(spec, [MedNeXt(config).state_dict()])

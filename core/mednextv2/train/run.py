@@ -224,9 +224,9 @@ def _thick_slice_axis(spacing: Sequence[float]) -> Optional[int]:
     return None if spacing is None else anisotropic_axis(spacing)
 
 
-def _export(options, plan, work, state, best, train_cases, val_cases, ctx, device) -> Path:
-    metrics = {"dice": dict(best.dice) if best else {},
-               "mean_dice": best.mean_dice if best else None, "epoch": state.best_epoch,
+def _export(options, plan, work, state, best_record, train_cases, val_cases, ctx, device) -> Path:
+    metrics = {"dice": dict(best_record.dice) if best_record else {},
+               "mean_dice": best_record.mean_dice if best_record else None, "epoch": state.best_epoch,
                "validation_cases": [c.name for c in val_cases]}
     cases = [*train_cases, *val_cases]
     source = Path(options.dataset).resolve()  # a folder, or its dataset.json
@@ -238,7 +238,6 @@ def _export(options, plan, work, state, best, train_cases, val_cases, ctx, devic
                 "patch_size": list(plan.patch_size), "batch_size": plan.batch_size, "world_size": ctx.world_size,
                 "device": device.type, "lr": options.lr, "seconds": round(state.elapsed_s, 1),
                 "skipped_steps": state.skipped_steps}
-    best = load_best(work)
-    path = output.write_bundle(Path(options.output), plan, best, metrics, training, options.title)
+    path = output.write_bundle(Path(options.output), plan, load_best(work), metrics, training, options.title)
     output.attach_reports(path, work)
     return path
