@@ -4,16 +4,19 @@
     python Testing/benchmarks/bench_network.py --under-load [--sizes 64 128] [--repeats 2]
     python Testing/benchmarks/bench_network.py --chunks 1024 4096 16384 [--sizes 64] [--repeats 3]
 
-Runs the two alternately in one process (so background load hits both alike), prints medians,
-the speed-up ratio, the largest output difference, one-time costs (first call) separately, and
-op-by-op timings of each trick at the first stage's shape. On CUDA it also times v2-base at 128^3,
-batch 2, under bf16 autocast, and one training step with and without activation checkpointing.
+The whole-network rows run each implementation in a child process of its own, set up as it
+runs for real: ours as an engine process (the engine's thread policy and memory setting,
+mednextv2.threads and mednextv2.process_memory), the plain code as its users would run it (torch's
+defaults). The two take turns, one forward each, so background load hits both alike. It prints
+medians, the speed-up ratio, the largest output difference and one-time costs (first call)
+apart, and, for context, the plain code given the engine's memory setting too. The op-by-op rows
+(each trick at the first stage's shape) and --chunks run in this process. On CUDA it also times
+v2-base at 128^3, batch 2, under bf16 autocast, and one training step with and without
+activation checkpointing.
 
 `--under-load` runs the network comparison four times: idle, then beside each competitor this
 script starts itself in a child process (a 1-thread and a 2-thread torch process doing matmuls,
-and a second engine: our forward in a loop under the engine's thread policy). "ours" runs under
-the engine's thread policy (mednextv2.threads.ThreadPolicy, the free cores), "plain" with torch's
-default thread count, as its users would run it. Time: about (2 + 2 * repeats) forwards of each
+and a second engine: our forward in a loop, set up as an engine process). Time: about (2 + 2 * repeats) forwards of each
 implementation per row (plus one of each for the output check); on an idle 2-core machine with
 --repeats 2, about 4 min at 64^3 and 20-25 min at 128^3 (the plain code takes 42 s per 128^3
 forward idle, 2-3x that beside a competitor).
@@ -26,6 +29,7 @@ import platform
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from contextlib import contextmanager
 from functools import partial
@@ -41,7 +45,8 @@ from plain_mednext import PlainMedNeXt  # noqa: E402
 from mednextv2.network import MedNeXt, MedNeXtConfig  # noqa: E402
 from mednextv2.network import layers  # noqa: E402
 from mednextv2.network.layers import MedNeXtBlock  # noqa: E402
-from mednextv2.threads import ThreadPolicy, available_cores  # noqa: E402
+from mednextv2.process_memory import keep_freed_memory  # noqa: E402
+from mednextv2.threads import FIRST_SAMPLE_S, CoreWatch, ThreadPolicy, threads_for  # noqa: E402
 
 COMPETITORS = {  # name -> arguments of this script's --competitor child
     "matmul 1 thread": ["matmul", "1"],
@@ -68,11 +73,16 @@ def timed(fn, sync=lambda: None) -> float:
 
 
 def compare(label, plain_fn, ours_fn, repeats, sync=lambda: None):
-    first = {"plain": timed(plain_fn, sync), "ours": timed(ours_fn, sync)}
+    return summarize(label, lambda: timed(plain_fn, sync), lambda: timed(ours_fn, sync), repeats)
+
+
+def summarize(label, time_plain, time_ours, repeats):
+    """Alternate the two timers (each returns the seconds of one call); medians, first calls apart."""
+    first = {"plain": time_plain(), "ours": time_ours()}
     times = {"plain": [], "ours": []}
     for _ in range(repeats):
-        times["plain"].append(timed(plain_fn, sync))
-        times["ours"].append(timed(ours_fn, sync))
+        times["plain"].append(time_plain())
+        times["ours"].append(time_ours())
     med = {k: statistics.median(v) for k, v in times.items()}
     row = {"case": label, "plain_s": med["plain"], "ours_s": med["ours"], "ratio": med["plain"] / med["ours"],
            "first_call_plain_s": first["plain"], "first_call_ours_s": first["ours"]}
@@ -90,13 +100,96 @@ def v2_base_pair(size: int):
     return ours, plain, torch.randn(1, 1, size, size, size, generator=torch.Generator().manual_seed(1))
 
 
-def network_cpu(size: int, repeats: int):
+def serve_forwards(impl: str, size: int) -> None:
+    """The --worker child: one implementation in a process of its own, set up as it runs for real.
+
+    "ours": an engine process (mednextv2.process_memory, the engine's thread policy); "plain" and
+    "plain-kept-memory": torch's defaults, the latter with the engine's memory setting too (to
+    show what that setting alone is worth). One command per stdin line: "run" answers the seconds
+    of one forward and the thread count; "save PATH" writes the output; end of input ends it.
+    """
     ours, plain, x = v2_base_pair(size)
+    if impl in ("ours", "plain-kept-memory"):
+        keep_freed_memory()
+    net = ours if impl == "ours" else plain
     with torch.inference_mode():
-        diff = (ours(x) - plain(x)).abs().max().item()
-        row = compare(f"v2-base forward {size}^3 fp32 CPU", lambda: plain(x), lambda: ours(x), repeats)
-    row["max_abs_diff"] = diff
-    print(f"{'':42s} max |ours - plain| = {diff:.2e}")
+        for line in sys.stdin:
+            command, _, arg = line.strip().partition(" ")
+            if command == "run":
+                threads = engine_threads_now() if impl == "ours" else torch.get_num_threads()
+                print(f"{timed(lambda: net(x)):.6f} {threads}", flush=True)
+            elif command == "save":
+                torch.save(net(x), arg)
+                print("saved", flush=True)
+
+
+def engine_threads_now() -> int:
+    """The engine's thread rule (threads.threads_for) applied to the machine as it is now.
+
+    ThreadPolicy would judge from the time since its last look, which here includes the other
+    worker's turn: a load that an engine running alone never sees beside it."""
+    watch = CoreWatch()
+    time.sleep(FIRST_SAMPLE_S)
+    n = threads_for(watch.free_cores(), ThreadPolicy().cores)
+    torch.set_num_threads(n)
+    return n
+
+
+class ForwardWorker:
+    """The parent's handle on a serve_forwards child; `threads` collects the counts it reported."""
+
+    def __init__(self, impl: str, size: int) -> None:
+        self.proc = subprocess.Popen([sys.executable, __file__, "--worker", impl, str(size)],
+                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        self.threads: List[int] = []
+
+    def _ask(self, command: str) -> str:
+        self.proc.stdin.write(command + "\n")
+        self.proc.stdin.flush()
+        answer = self.proc.stdout.readline()
+        if not answer:
+            raise RuntimeError(f"forward worker {self.proc.args[3:]} died (exit {self.proc.wait()})")
+        return answer
+
+    def forward(self) -> float:
+        seconds, threads = self._ask("run").split()
+        self.threads.append(int(threads))
+        return float(seconds)
+
+    def output(self, folder: Path) -> torch.Tensor:
+        path = folder / f"{self.proc.pid}.pt"
+        self._ask(f"save {path}")
+        return torch.load(path, weights_only=True)
+
+    def close(self) -> None:
+        self.proc.stdin.close()  # its command loop ends
+        self.proc.wait()
+
+
+@contextmanager
+def forward_workers(size: int, *impls: str):
+    workers = [ForwardWorker(impl, size) for impl in impls]
+    try:
+        yield workers
+    finally:
+        for w in workers:
+            w.close()
+
+
+def max_difference(a: ForwardWorker, b: ForwardWorker) -> float:
+    with tempfile.TemporaryDirectory() as folder:
+        return (a.output(Path(folder)) - b.output(Path(folder))).abs().max().item()
+
+
+def network_cpu(size: int, repeats: int):
+    """Ours in an engine process against the plain code in a default one, taking turns."""
+    with forward_workers(size, "plain", "ours", "plain-kept-memory") as (plain, ours, plain_kept):
+        diff = max_difference(ours, plain)
+        row = summarize(f"v2-base forward {size}^3 fp32 CPU", plain.forward, ours.forward, repeats)
+        kept = statistics.median(plain_kept.forward() for _ in range(repeats + 1))
+    row.update(max_abs_diff=diff, plain_kept_memory_s=kept)
+    print(f"{'':42s} max |ours - plain| = {diff:.2e}; the plain code with the engine's memory setting: "
+          f"{kept * 1e3:.1f} ms ({kept / row['ours_s']:.2f}x ours)")
     return row
 
 
@@ -110,6 +203,7 @@ def run_competitor(kind: str, threads: int) -> None:
     net = randomised(MedNeXt(MedNeXtConfig.preset("v2-base", in_channels=1, n_classes=3))).eval()
     x = torch.randn(1, 1, 64, 64, 64)
     policy = ThreadPolicy()  # what a second `mednextv2 segment` does: follow the free cores
+    keep_freed_memory()
     with torch.inference_mode():
         while True:
             policy.update()
@@ -132,32 +226,20 @@ def competing(child: Optional[List[str]]):
 
 
 def under_load(sizes, repeats: int):
-    """ours (engine thread policy) vs plain (torch's default threads), idle and beside each competitor."""
-    cores = available_cores()
-    policy = ThreadPolicy()
+    """ours (an engine process) vs plain (a default process), idle and beside each competitor."""
     rows = []
     for size in sizes:
-        ours, plain, x = v2_base_pair(size)
-        threads_used = []
-
-        def run_plain():
-            torch.set_num_threads(cores)
-            return plain(x)
-
-        def run_ours():
-            threads_used.append(policy.update())
-            return ours(x)
-
-        with torch.inference_mode():
-            diff = (run_ours() - run_plain()).abs().max().item()
+        with forward_workers(size, "plain", "ours") as (plain, ours):
+            diff = max_difference(ours, plain)
             print(f"v2-base {size}^3: max |ours - plain| = {diff:.2e}", flush=True)
             for name, child in [("idle", None)] + list(COMPETITORS.items()):
                 with competing(child):
-                    threads_used.clear()
-                    row = compare(f"{size}^3 beside {name}", run_plain, run_ours, repeats)
-                row.update(size=size, load=name, max_abs_diff=diff, ours_threads=sorted(set(threads_used)),
-                           plain_threads=cores)
-                print(f"{'':42s} ours ran with {row['ours_threads']} thread(s), plain with {cores}", flush=True)
+                    ours.threads.clear()
+                    plain.threads.clear()
+                    row = summarize(f"{size}^3 beside {name}", plain.forward, ours.forward, repeats)
+                row.update(size=size, load=name, max_abs_diff=diff, ours_threads=sorted(set(ours.threads)),
+                           plain_threads=sorted(set(plain.threads)))
+                print(f"{'':42s} ours ran with {row['ours_threads']} thread(s), plain with {row['plain_threads']}", flush=True)
                 rows.append(row)
     print("\n| size | beside | plain s | ours s | ratio | ours threads |\n|---|---|---|---|---|---|")
     for r in rows:
@@ -278,7 +360,11 @@ def main() -> None:
     parser.add_argument("--under-load", action="store_true", help="idle and beside each competitor (see above)")
     parser.add_argument("--chunks", type=int, nargs="+", help="compare these CHUNK_VOXELS values (see chunk_sizes)")
     parser.add_argument("--competitor", nargs=2, help=argparse.SUPPRESS)
+    parser.add_argument("--worker", nargs=2, help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.worker:
+        serve_forwards(args.worker[0], int(args.worker[1]))
+        return
     if args.competitor:
         run_competitor(args.competitor[0], int(args.competitor[1]))
         return

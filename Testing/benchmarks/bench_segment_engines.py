@@ -4,7 +4,8 @@ Same device (CPU), same network object class and weights (a small MedNeXt from
 mednextv2.network; random weights, seed 0, plus an intensity term so that labels follow the
 anatomy: see `banded`), same input file, step 0.5, TTA off:
 - ours:   `Segmenter(bundle).segment_to_file(input, out.seg.nrrd)` (read, orient, normalize,
-          resample, sliding window, back to the input grid, .seg.nrrd export);
+          resample, sliding window, back to the input grid, .seg.nrrd export), in a process
+          set up as the `mednextv2` command sets up its own (mednextv2.process_memory);
 - nnunet: nnU-Net's own SimpleITKIO reader, then `nnUNetPredictor.predict_single_npy_array`
           with a plans/dataset json built here to match our preprocessing (CTNormalization with
           the bundle's clip/mean/std; linear resampling, order 1, instead of nnU-Net's default
@@ -238,8 +239,10 @@ class StageMonitor:
 
 
 def run_ours(bundle_dir: Path, image_path: Path, out_dir: Path, mon: StageMonitor) -> Path:
+    from mednextv2.process_memory import keep_freed_memory
     from mednextv2.segmentation import Segmenter
 
+    keep_freed_memory()  # what the `mednextv2` command does first in its process
     # The pipeline reports each stage's start (fraction 0) except the sliding window, which
     # reports after each tile: it starts when preprocessing reports its end.
     starts = {("preprocess", 0.0): "preprocess", ("preprocess", 1.0): "predict",

@@ -14,6 +14,7 @@ from typing import List, Optional
 
 from mednextv2 import __version__
 from mednextv2.errors import Cancelled, MedNeXtError
+from mednextv2.process_memory import keep_freed_memory
 
 # name -> module under mednextv2.cli; each defines add_parser(subparsers) and run(args) -> int
 COMMANDS = ("segment", "models", "train", "demo")
@@ -47,6 +48,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
+    keep_freed_memory()  # this process is an engine: reuse freed tensors' pages (process_memory.py)
     # SIGTERM (Slicer's Cancel, a scheduler) must unwind like Ctrl-C so temp files are removed.
     signal.signal(signal.SIGTERM, _raise_cancelled)
     try:
