@@ -7,7 +7,10 @@ paid again in page faults: the kernel maps and zeroes every 4 KiB page. With bot
 1 GiB, on the 2-core CI machine (issue 13): a v2-base 64^3 forward went from 73k page faults to
 none and was 5-7% faster, a v2-tiny 64^3 training step 13-16% faster, and segmenting the lung CT
 8% faster at the same peak memory. The price: freed memory stays with the process until it
-exits (1.3 GiB resident after a v2-base 64^3 forward instead of 1.0). Resident memory settles
+exits (1.3 GiB resident after a v2-base 64^3 forward instead of 1.0), and where large arrays of
+many sizes come and go the peak grows: the 44-class 512x512x300 case (bench_segment_engines.py)
+took 26.0 s and 1643 MiB at peak, against 28.7 s and 1452 MiB by default (128 MiB thresholds:
+28.5 s, 1483 MiB; 256 MiB: 27.9 s, 1593 MiB). Resident memory settles
 after the first forwards and training steps (Testing/test_process_memory.py; the demo's stayed
 flat at 0.65 GiB), but glibc before 2.38 cannot give a freed block back to an aligned request of
 exactly its size, so a loop that allocated nothing but one large size could grow. Transparent
