@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import ast
+import types
 from pathlib import Path
 
 import pytest
@@ -109,8 +110,6 @@ def settings_page(monkeypatch):
 
 
 def test_patch_boxes_offer_auto_which_leaves_the_patch_to_the_engine(wizard, settings_page):
-    import types
-
     SettingsPage = settings_page.SettingsPage
     for axis in "ZYX":
         box = wizard.findChild(QtWidgets.QSpinBox, f"patch{axis}SpinBox")
@@ -128,8 +127,6 @@ def test_patch_boxes_offer_auto_which_leaves_the_patch_to_the_engine(wizard, set
 
 
 def test_validation_box_offers_auto_which_leaves_the_split_to_the_engine(wizard, settings_page):
-    import types
-
     AUTO_VAL_FRACTION, SettingsPage = settings_page.AUTO_VAL_FRACTION, settings_page.SettingsPage
     box = wizard.findChild(QtWidgets.QDoubleSpinBox, "valFractionSpinBox")
     assert box.value() == box.minimum() == AUTO_VAL_FRACTION and box.text() == "auto"  # the default

@@ -22,7 +22,6 @@ importing the library leaves the host application's allocator as it is.
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import sys
 
 # Blocks up to this size come from the heap and, once freed, stay there for the next tensor.
@@ -33,14 +32,13 @@ _M_TRIM_THRESHOLD = -1  # glibc's mallopt parameter numbers (malloc.h)
 _M_MMAP_THRESHOLD = -3
 
 
-def keep_freed_memory(keep_bytes: int = KEEP_BYTES) -> bool:
-    """Raise glibc's mmap and trim thresholds to `keep_bytes`; False (and no change) elsewhere."""
+def keep_freed_memory() -> bool:
+    """Raise glibc's mmap and trim thresholds to KEEP_BYTES; False (and no change) elsewhere."""
     if not sys.platform.startswith("linux"):
         return False
     try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        mallopt = libc.mallopt
+        mallopt = ctypes.CDLL(None).mallopt  # the C library this process already runs on
     except (OSError, AttributeError):  # not glibc (musl has no mallopt)
         return False
     mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
-    return bool(mallopt(_M_MMAP_THRESHOLD, keep_bytes)) and bool(mallopt(_M_TRIM_THRESHOLD, keep_bytes))
+    return bool(mallopt(_M_MMAP_THRESHOLD, KEEP_BYTES)) and bool(mallopt(_M_TRIM_THRESHOLD, KEEP_BYTES))
