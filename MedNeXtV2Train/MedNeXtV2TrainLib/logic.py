@@ -91,10 +91,6 @@ class MedNeXtV2TrainLogic(ScriptedLoadableModuleLogic):
         union = union_of_segments([[(name, color) for _, name, color in segs] for segs in segmentsByCase.values()])
         return check_cases(facts, [s.name for s in union]), union, segmentsByCase
 
-    # -- models --------------------------------------------------------------------------------
-    def models(self) -> List[ModelChoice]:
-        return self.segmentLogic.refreshModels()
-
     # -- dataset -------------------------------------------------------------------------------
     @staticmethod
     def exportDataset(cases, labels: Sequence[DatasetLabel], channelName: str, datasetDir: Path,
