@@ -185,3 +185,48 @@ def test_options_are_saved_in_the_parameter_node(slicer):
     assert logic.loadOptions() == options
     node = slicer.mrmlScene.GetSingletonNode("MedNeXtV2Segment", "vtkMRMLScriptedModuleNode")
     assert node is logic.getParameterNode() and node.GetParameter("SegmentOptions") == options.to_json()
+
+
+def save_as_the_save_dialog_does(node, folder):
+    """Slicer's Save dialog on one node with a new folder chosen (v5.6.2 to main):
+    qSlicerSaveDataDialogPrivate::nodeFileInfo keeps an existing storage node's directory and
+    only renames the file after the node; a node without one gets a default storage node and
+    the chosen folder. qSlicerCoreIOManager::saveNodes then creates missing folders, and the
+    node writer writes through the storage node. Returns the file written."""
+    import os
+    from pathlib import Path
+
+    safe_name = "".join(c if c not in '\\/:*?"<>|' else "_" for c in node.GetName())
+    storage = node.GetStorageNode()
+    if storage is None:
+        assert node.AddDefaultStorageNode()
+        storage = node.GetStorageNode()
+        storage.SetFileName(str(Path(folder) / (safe_name + "." + storage.GetDefaultWriteFileExtension())))
+    elif storage.GetFileName():
+        storage.SetFileName(str(Path(storage.GetFileName()).parent / (safe_name + storage.GetSupportedFileExtension())))
+    else:
+        storage.SetFileName(str(Path(folder) / (safe_name + "." + storage.GetDefaultWriteFileExtension())))
+    written = Path(storage.GetFileName())
+    os.makedirs(written.parent, exist_ok=True)
+    assert storage.WriteData(node)
+    return written
+
+
+def test_result_keeps_no_file_name_in_the_run_folder(slicer, volume, bundle, tmp_path):
+    """The run folder is deleted after loading: a result still naming a file there would be saved
+    into the temp folder by Slicer's Save dialog, and lost at the next temp cleanup."""
+    from pathlib import Path
+
+    logic, _ = make_logic()
+    node = logic.segment(volume, str(bundle), tta=False)
+    temp = Path(slicer.app.temporaryPath).resolve()
+    storage = node.GetStorageNode()
+    if storage is not None and storage.GetFileName():
+        assert temp not in Path(storage.GetFileName()).resolve().parents, storage.GetFileName()
+    assert node.GetModifiedSinceRead(), "the Save dialog must tick the result"
+
+    written = save_as_the_save_dialog_does(node, tmp_path / "my study")
+    assert written.resolve().parent == (tmp_path / "my study").resolve() and written.is_file()
+    assert [p for p in temp.rglob("*") if p.is_file()] == [], "nothing is written into the temp folder"
+    reloaded = slicer.util.loadSegmentation(str(written))
+    assert [s.GetName() for s in segments(reloaded)] == ["lesion", "tissue"]

@@ -232,6 +232,7 @@ class MedNeXtV2SegmentLogic(ScriptedLoadableModuleLogic):
             run.outputNode.GetSegmentation().DeepCopy(loaded.GetSegmentation())
             self._removeWithParts(loaded)
             node = run.outputNode
+        self.forgetRunFile(node, run.paths.work_dir)
         # The file it was read from is deleted with the run folder: without this, Slicer's Save
         # dialog lists the result as "Not Modified" and leaves it unticked.
         node.StorableModified()
@@ -241,6 +242,25 @@ class MedNeXtV2SegmentLogic(ScriptedLoadableModuleLogic):
         node.SetAndObserveTransformNodeID(volumeNode.GetTransformNodeID())
         self._placeInStudy(node, volumeNode)
         return node
+
+    @staticmethod
+    def forgetRunFile(node, runFolder: Path) -> None:
+        """Drop a loaded node's storage node when its file lies in a run folder (deleted after the run).
+
+        Slicer's Save dialog keeps the directory of a node's existing file name and the IO manager
+        re-creates missing folders, so the result would be saved into the temp folder, and the saved
+        scene would lose it at the next temp cleanup. Without a storage node the dialog makes a
+        default one in the folder the user saves to."""
+        storage = node.GetStorageNode()
+        fileName = storage.GetFileName() if storage is not None else None
+        if not fileName:
+            return
+        folder, file = Path(runFolder).resolve(), Path(fileName).resolve()
+        if folder != file and folder not in file.parents:
+            return
+        node.SetAndObserveStorageNodeID(None)
+        if storage.GetScene() is not None:
+            storage.GetScene().RemoveNode(storage)
 
     @staticmethod
     def _removeWithParts(node) -> None:
