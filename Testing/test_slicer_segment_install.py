@@ -183,8 +183,10 @@ def test_require_is_the_check_both_logics_make(fake_slicer, monkeypatch, forget_
 
     started = []
     missing = InstallLogic(find_spec=lambda name: None if name == "torch" else object())
-    segment = MedNeXtV2SegmentLogic(processFactory=lambda *a: started.append(a), python="py", installLogic=missing)
-    train = MedNeXtV2TrainLogic(segmentLogic=segment, runnerFactory=lambda *a, **k: started.append(a))
+    from MedNeXtV2SegmentLib.engine_client import EngineClient
+
+    engine = EngineClient(python="py", installLogic=missing, processFactory=lambda *a: started.append(a))
+    segment, train = MedNeXtV2SegmentLogic(engine), MedNeXtV2TrainLogic(engine)
     with pytest.raises(InstallError, match=r"torch>=2\.1"):
         train.startTraining(Path("job"))
     with pytest.raises(InstallError, match=r"torch>=2\.1"):

@@ -60,17 +60,18 @@ def slicer(tmp_path):
 
 
 def make_logic(mode="ok"):
+    from MedNeXtV2SegmentLib.engine_client import EngineClient
     from MedNeXtV2SegmentLib.logic import MedNeXtV2SegmentLogic
 
     launched = []
 
-    def factory(args, env):
+    def factory(args, env, cwd):
         launched.append(list(args))
         assert args[1:4] == ["-m", "mednextv2", "segment"]
         script = f"MODE = {mode!r}\n" + FAKE_ENGINE
-        return EngineProcess([sys.executable, "-c", script, *args[1:]], env=env)
+        return EngineProcess([sys.executable, "-c", script, *args[1:]], env=env, cwd=cwd)
 
-    return MedNeXtV2SegmentLogic(processFactory=factory, python="PythonSlicer"), launched
+    return MedNeXtV2SegmentLogic(EngineClient(python="PythonSlicer", processFactory=factory)), launched
 
 
 @pytest.fixture

@@ -46,7 +46,8 @@ LISTING = ('import json, time; time.sleep(0.5); '
 
 def test_the_panels_list_models_without_blocking_and_share_one_cache(engine_env, monkeypatch, forget_new_modules):
     """Issue 12 defect 2: module entry ran `subprocess.run(... models list, timeout=60)` on the GUI
-    thread. Now it is an engine run the panel's timer polls, and the list is cached for both modules."""
+    thread. Now the engine client both logics share reads it in the background (its timer polls),
+    and the list is cached for both modules."""
     import time
     import types
 
@@ -54,8 +55,9 @@ def test_the_panels_list_models_without_blocking_and_share_one_cache(engine_env,
     sls.ScriptedLoadableModuleLogic = type("ScriptedLoadableModuleLogic", (), {"__init__": lambda self: None})
     monkeypatch.setitem(sys.modules, "slicer.ScriptedLoadableModule", sls)
     monkeypatch.setitem(sys.modules, "slicer", sys.modules.get("slicer") or types.ModuleType("slicer"))
+    from MedNeXtV2SegmentLib.engine_client import EngineClient
     from MedNeXtV2SegmentLib.logic import MedNeXtV2SegmentLogic
-    from MedNeXtV2SegmentLib.models import MODEL_LIST
+    from MedNeXtV2SegmentLib.models import ModelListCache
 
     def no_blocking_run(*args, **kwargs):
         raise AssertionError("subprocess.run would block Slicer's GUI thread")
@@ -63,26 +65,28 @@ def test_the_panels_list_models_without_blocking_and_share_one_cache(engine_env,
     monkeypatch.setattr(subprocess, "run", no_blocking_run)
     launched = []
 
-    def factory(args, env):
+    def factory(args, env, cwd):
         launched.append(args)
         assert args[-3:] == ["models", "--progress", "json", "list", "--json"][-3:]
-        return EngineProcess([sys.executable, "-c", LISTING], env=env)
+        return EngineProcess([sys.executable, "-c", LISTING], env=env, cwd=cwd)
 
-    MODEL_LIST.clear()
-    logic = MedNeXtV2SegmentLogic(processFactory=factory, python="PythonSlicer")
+    engine = EngineClient(python="PythonSlicer", processFactory=factory, modelList=ModelListCache())
+    logic = MedNeXtV2SegmentLogic(engine)
+    heard = []
+    engine.addModelListListener(heard.append)
     started = time.monotonic()
-    run = logic.startModelList()
+    assert engine.loadModels()
     assert time.monotonic() - started < 0.4, "starting the list must not wait for it"
-    assert logic.models == [] and not logic.poll(run)
+    assert logic.models == [] and not engine.pollModels()
     deadline = time.monotonic() + 30
-    while not logic.poll(run):
+    while not engine.pollModels():  # the client's timer ticks
         assert time.monotonic() < deadline
         time.sleep(0.05)
-    assert [c.id for c in logic.finish(run)] == ["lung"]
-    other = MedNeXtV2SegmentLogic(processFactory=factory, python="PythonSlicer")  # the Train wizard's
+    assert heard == [None] and [c.id for c in logic.models] == ["lung"]
+    other = MedNeXtV2SegmentLogic(engine)  # the Train wizard's
     assert [c.id for c in other.models] == ["lung"] and other.model("lung").modality == "CT"
+    assert not engine.loadModels(), "cached: no second read"
     assert len(launched) == 1
-    MODEL_LIST.clear()
 
 
 def test_catalog_rows():

@@ -15,6 +15,7 @@ import SimpleITK as sitk
 import slicer_train_paths  # noqa: E402,F401  (MedNeXtV2TrainLib, MedNeXtV2SegmentLib, mednextv2 on sys.path)
 
 from MedNeXtV2SegmentLib.command import build_models_command, engine_environment  # noqa: E402
+from MedNeXtV2SegmentLib.engine_client import EngineClient  # noqa: E402
 from engine_model_list import list_models  # noqa: E402
 from MedNeXtV2SegmentLib.process import EngineProcess  # noqa: E402
 from MedNeXtV2TrainLib.dataset_layout import DatasetWriter  # noqa: E402
@@ -56,7 +57,7 @@ def test_wizard_trains_registers_and_lists_a_real_model(data_dir, tmp_path):
                              epochs=2, iterations=2, patch_size=(16, 32, 32), device="cpu", val_fraction=0.34, seed=1)
     state = TrainState(dataset=str(job / "dataset"), output_bundle=str(job / job.name), settings=settings)
     env = engine_environment(dict(__import__("os").environ, MEDNEXTV2_HOME=str(tmp_path / "home")))
-    run = TrainingRun(job, state, sys.executable, env=env)
+    run = TrainingRun(job, state, EngineClient(python=sys.executable, baseEnv=env))
     start = time.monotonic()
     run.start()
     seen = []

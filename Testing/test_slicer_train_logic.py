@@ -41,7 +41,7 @@ def test_slicer_facing_modules_import_and_expose_what_slicer_looks_up(slicer_fac
 def test_settings_live_in_the_parameter_node(slicer_facing):
     from MedNeXtV2TrainLib.settings import TrainSettings
 
-    logic = slicer_facing["MedNeXtV2TrainLib.logic"].MedNeXtV2TrainLogic(segmentLogic=mock.MagicMock())
+    logic = slicer_facing["MedNeXtV2TrainLib.logic"].MedNeXtV2TrainLogic()
     assert logic.loadSettings() == TrainSettings()  # nothing saved yet: defaults
     chosen = TrainSettings(model_name="Kidney", base_model="abdomen-ct", device="cuda").with_preset("standard")
     logic.saveSettings(chosen)

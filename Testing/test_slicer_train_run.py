@@ -17,6 +17,7 @@ import pytest
 
 import slicer_train_paths  # noqa: E402,F401  (MedNeXtV2TrainLib, MedNeXtV2SegmentLib, mednextv2 on sys.path)
 
+from MedNeXtV2SegmentLib.engine_client import EngineClient  # noqa: E402
 from MedNeXtV2TrainLib.resume_state import TrainState, load_state  # noqa: E402
 from MedNeXtV2TrainLib.settings import TrainSettings  # noqa: E402
 from MedNeXtV2TrainLib.training_run import TrainingRun  # noqa: E402
@@ -75,7 +76,7 @@ def _run(tmp_path, fake_python, dataset_name):
     job = tmp_path / "job"
     settings = TrainSettings(model_name="Lesion", device="cpu").with_preset("quick")
     state = TrainState(dataset=str(tmp_path / dataset_name), output_bundle=str(job / "model"), settings=settings)
-    return TrainingRun(job, state, fake_python, cancel_grace_s=10)
+    return TrainingRun(job, state, EngineClient(python=fake_python), cancel_grace_s=10)
 
 
 def test_run_reports_progress_curves_and_finishes(tmp_path, fake_python):
@@ -117,7 +118,7 @@ def test_cancel_saves_a_checkpoint_and_resume_continues(tmp_path, fake_python):
     # After a restart the wizard rebuilds the run from the state file alone.
     # (the stand-in reads its epoch count from the dataset name: this time it stops at 8)
     resumed = TrainingRun(run.job_dir, replace(load_state(run.job_dir), dataset=str(tmp_path / "epochs8")),
-                          run.python, cancel_grace_s=10)
+                          run.engine, cancel_grace_s=10)
     resumed.start(resume=True)
     seen = []
     assert resumed.wait(timeout=30, on_update=lambda r: seen.extend(r.updates)) == "finished"

@@ -11,19 +11,18 @@ import logging
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, List, Optional, Sequence, Tuple
+from typing import List, Optional, Sequence, Tuple
 
 import slicer
 from slicer.ScriptedLoadableModule import ScriptedLoadableModuleLogic
 
-from .command import (build_models_command, build_segment_command, device_probe_command, engine_environment,
-                      engine_threads, find_slicer_python)
-from .install import InstallLogic
+from .command import build_models_command, build_segment_command, device_probe_command, engine_threads
+from .engine_client import EngineClient, EngineRunner, shared_client
 from .labels import LabelEntry, load_bundle, selected_label_table
-from .models import MODEL_LIST, ModelChoice, models_by_id, read_model_list
+from .models import ModelChoice, models_by_id
 from .parameters import SegmentChoices
 from .paths import RunPaths, make_run_paths, output_segmentation_name
-from .process import EngineProcess, ExitCode
+from .process import ExitCode
 from .timing import passes_per_tile, tile_count
 from .progress import ProgressEvent, parse_progress_line
 
@@ -47,8 +46,8 @@ class EngineError(RuntimeError):
 class EngineRun:
     """One engine process (segment, download or import) and what is needed to finish it."""
 
-    process: EngineProcess
-    kind: str  # "segment" | "download" | "import" | "list" | "probe"
+    process: EngineRunner
+    kind: str  # "segment" | "download" | "import" | "probe"
     paths: Optional[RunPaths] = None
     volumeNode: object = None
     outputNode: object = None
@@ -56,19 +55,21 @@ class EngineRun:
     title: str = ""
     lastProgress: Optional[ProgressEvent] = None
     log: List[str] = field(default_factory=list)
-    stdout: List[str] = field(default_factory=list)  # what `models list --json` prints
-
-
-ProcessFactory = Callable[[Sequence[str], dict], EngineProcess]
+    stdout: List[str] = field(default_factory=list)  # what the GPU check prints
 
 
 class MedNeXtV2SegmentLogic(ScriptedLoadableModuleLogic):
-    def __init__(self, processFactory: Optional[ProcessFactory] = None, python: Optional[str] = None,
-                 installLogic: Optional[InstallLogic] = None) -> None:
+    def __init__(self, engine: Optional[EngineClient] = None) -> None:
         ScriptedLoadableModuleLogic.__init__(self)
-        self.installLogic = installLogic or InstallLogic()  # both modules' one install step
-        self.processFactory = processFactory or (lambda args, env: EngineProcess(args, env=env))
-        self.python = python or find_slicer_python()
+        self.engine = engine or shared_client()  # shared with the Train module
+
+    @property
+    def installLogic(self):
+        return self.engine.installLogic
+
+    @property
+    def python(self) -> str:
+        return self.engine.python
 
     # -- settings --------------------------------------------------------------------------
     def loadOptions(self) -> SegmentChoices:
@@ -80,22 +81,28 @@ class MedNeXtV2SegmentLogic(ScriptedLoadableModuleLogic):
     # -- models ----------------------------------------------------------------------------
     @property
     def models(self) -> List[ModelChoice]:
-        """The cached list (shared with the Train module); empty until a list run has finished."""
-        return MODEL_LIST.choices or []
-
-    def startModelList(self) -> EngineRun:
-        """`mednextv2 models list --json` as an engine run: poll it, then `finish()` caches the list."""
-        args = build_models_command(self.python, "list", "--json")
-        return EngineRun(self.processFactory(args, engine_environment()).start(), kind="list", title="model list")
+        """The engine client's cached list (shared with the Train module); empty until it is read."""
+        return self.engine.models
 
     def startDeviceProbe(self) -> EngineRun:
-        """Does the engine's torch see a CUDA GPU? `finish()` stores the answer in MODEL_LIST.cuda."""
-        return EngineRun(self.processFactory(device_probe_command(self.python), engine_environment()).start(),
-                         kind="probe", title="GPU check")
+        """Does the engine's torch see a CUDA GPU? `finish()` stores the answer in the model list's `cuda`."""
+        return EngineRun(self.engine.start(device_probe_command(self.python)), kind="probe", title="GPU check")
 
     def refreshModels(self) -> List[ModelChoice]:
-        """Blocking refresh, for scripts and the self-test (events keep flowing); panels use startModelList."""
-        return self._wait(self.startModelList(), None, None)
+        """Blocking refresh, for scripts and the self-test (events keep flowing); panels call
+        `engine.loadModels()` and listen for the list."""
+        errors: List[Exception] = []
+        self.engine.addModelListListener(errors.append)
+        try:
+            self.engine.loadModels(force=True)
+            while not self.engine.pollModels():
+                slicer.app.processEvents()
+                time.sleep(0.05)
+        finally:
+            self.engine.removeModelListListener(errors.append)
+        if errors and errors[-1] is not None:
+            raise errors[-1]
+        return self.models
 
     def model(self, modelId: str) -> Optional[ModelChoice]:
         return models_by_id(self.models).get(modelId)
@@ -103,12 +110,12 @@ class MedNeXtV2SegmentLogic(ScriptedLoadableModuleLogic):
     def startModelAction(self, action: str, argument: str) -> EngineRun:
         """Download a catalog model (`action='download'`) or import a bundle / nnU-Net folder ('import')."""
         args = build_models_command(self.python, action, argument)
-        return EngineRun(self.processFactory(args, engine_environment()).start(), kind=action, title=argument)
+        return EngineRun(self.engine.start(args), kind=action, title=argument)
 
     def bundlePath(self, modelIdOrPath: str) -> Path:
         """Local bundle for a catalog id (downloaded) or a path given directly."""
         if Path(modelIdOrPath).exists():
-            return Path(modelIdOrPath)
+            return Path(modelIdOrPath).resolve()  # the engine runs in its own folder
         choice = self.model(modelIdOrPath) or models_by_id(self.refreshModels()).get(modelIdOrPath)
         if choice is None:
             raise EngineError(f"Model '{modelIdOrPath}' is not in the catalog. Pick one from the list or import it.")
@@ -136,7 +143,7 @@ class MedNeXtV2SegmentLogic(ScriptedLoadableModuleLogic):
                 self._exportVolume(volumeNode, path)
             args = build_segment_command(self.python, paths.inputs, paths.output,
                                          options.with_changes(model=str(bundlePath)), threads=engine_threads())
-            process = self.processFactory(args, engine_environment()).start()
+            process = self.engine.start(args)
         except Exception:
             paths.remove()
             raise
@@ -147,7 +154,7 @@ class MedNeXtV2SegmentLogic(ScriptedLoadableModuleLogic):
         finished = run.process.finished  # read before draining, so no line is left behind
         for line in run.process.poll():
             event = parse_progress_line(line.text) if line.stream == "stdout" else None
-            if event is None and line.stream == "stdout" and run.kind in ("list", "probe"):
+            if event is None and line.stream == "stdout" and run.kind == "probe":
                 run.stdout.append(line.text)
             elif event is not None:
                 run.lastProgress = event
@@ -167,11 +174,9 @@ class MedNeXtV2SegmentLogic(ScriptedLoadableModuleLogic):
     def finish(self, run: EngineRun):
         """Load the result (segment runs) or raise EngineError with the engine's own words."""
         code = run.process.returncode
-        if run.kind == "list":  # CatalogError carries the engine's own message
-            return MODEL_LIST.set(read_model_list(code, "\n".join(run.stdout), "\n".join(run.process.stderr_tail)))
         if run.kind == "probe":
-            MODEL_LIST.cuda = code == ExitCode.OK and '"cuda": true' in "".join(run.stdout)
-            return MODEL_LIST.cuda
+            self.engine.modelList.cuda = code == ExitCode.OK and '"cuda": true' in "".join(run.stdout)
+            return self.engine.modelList.cuda
         if code != ExitCode.OK:
             tail = "\n".join(run.process.stderr_tail)
             if code == ExitCode.CANCELLED:
@@ -182,7 +187,7 @@ class MedNeXtV2SegmentLogic(ScriptedLoadableModuleLogic):
             where = f"\nInput and output files are kept in {kept}" if kept else ""
             raise EngineError(f"The engine {ExitCode.describe(code)} (exit code {code}).{where}", code, tail, kept)
         if run.kind != "segment":
-            MODEL_LIST.clear()  # a download or import changed the list
+            self.engine.modelsChanged()  # a download or import changed the list: every panel reads it again
             return None
         try:
             node = self._loadResult(run)

@@ -3,7 +3,8 @@
 The catalog (core/mednextv2/catalog.py, `mednextv2 models ...`) is owned by the engine. The panel
 only asks `mednextv2 models list --json` (an engine run like any other: never on the GUI thread)
 and reads a few fields, tolerating the ones it does not know, so a newer catalog never breaks an
-older panel. The list is cached for both modules (`MODEL_LIST`). Download and import run through the same
+older panel. The list is cached for both modules (`MODEL_LIST`, read by the shared engine client,
+engine_client.py). Download and import run through the same
 process runner as a segmentation (with progress and Cancel).
 """
 from __future__ import annotations

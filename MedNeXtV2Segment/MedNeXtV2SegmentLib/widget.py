@@ -16,8 +16,7 @@ import slicer
 
 from .install import InstallError
 from .logic import EngineError, EngineRun, MedNeXtV2SegmentLogic
-from .models import (MODEL_LIST, CatalogError, channel_prompts, describe_model, format_size, models_for_modality,
-                     time_hint)
+from .models import CatalogError, channel_prompts, describe_model, format_size, models_for_modality, time_hint
 from .parameters import SegmentChoices
 from .preferences import Preferences
 from .progress import ProgressEvent, format_duration, format_progress
@@ -35,10 +34,11 @@ class SegmentPanel:
         self.ui = slicer.util.childWidgetVariables(uiWidget)
         uiWidget.setMRMLScene(slicer.mrmlScene)
         self.logic = logic or MedNeXtV2SegmentLogic()
-        self.installLogic = self.logic.installLogic  # the one install step (shared with Train)
+        self.engine = self.logic.engine  # install step, model list: shared with Train
+        self.installLogic = self.engine.installLogic
         self.preferences = Preferences(settings if settings is not None else qt.QSettings())
         self.run: Optional[EngineRun] = None
-        self.background: List[EngineRun] = []  # model list, GPU check: polled, never waited for
+        self.background: List[EngineRun] = []  # the GPU check: polled, never waited for
         self.segmentAfterDownload = False
         self.runModelId, self.runPasses = "", 0  # passes per tile of a CPU run (its rate is measured)
         self.wantedModel = ""  # a model to select once the (asynchronous) model list arrives
@@ -64,6 +64,7 @@ class SegmentPanel:
         self.ui.fastCheckBox.connect("toggled(bool)", self.updateHints)
         self.ui.inputVolumeSelector.connect("currentNodeChanged(vtkMRMLNode*)", self.onInputChanged)
         self.ui.outputSegmentationSelector.connect("currentNodeChanged(vtkMRMLNode*)", self.onOutputChanged)
+        self.engine.addModelListListener(self.onModelList)
         saved = self.logic.loadOptions()  # the scene's choices win over the user's habits
         self.setOptions(saved if saved.model else self.preferences.load())
         self.refreshModels()
@@ -71,6 +72,7 @@ class SegmentPanel:
     def cleanup(self) -> None:
         self.timer.stop()
         self.backgroundTimer.stop()
+        self.engine.removeModelListListener(self.onModelList)
         for run in [self.run] + self.background:
             if run is not None:
                 run.process.cancel(grace_s=0.0)  # the module is going away: no one polls after this
@@ -105,13 +107,39 @@ class SegmentPanel:
             self.ui.modelInfoLabel.text = "MedNeXtV2 needs a few Python packages first: press Install dependencies."
             self.updateButtons()
             return
-        if MODEL_LIST.cuda is None and not any(r.kind == "probe" for r in self.background):
+        if self.engine.modelList.cuda is None and not any(r.kind == "probe" for r in self.background):
             self.startBackground(self.logic.startDeviceProbe)
-        if MODEL_LIST.choices is not None and not force:
-            self.fillModels()
-        elif not any(r.kind == "list" for r in self.background):
+        try:
+            loading = self.engine.loadModels(force)
+        except RuntimeError as e:  # the engine's Python cannot start: say so, keep the panel usable
+            self.ui.modelInfoLabel.text = f"MedNeXtV2 engine unavailable: {e}"
+            return
+        if loading:
             self.ui.modelInfoLabel.text = "Reading the model list..."
-            self.startBackground(self.logic.startModelList)
+        else:
+            self.fillModels()
+
+    def selectModel(self, modelId: str) -> None:
+        """Select `modelId` in the model list: now if it is listed, else as soon as the list that
+        holds it arrives (the Train module calls this for a model it has just registered)."""
+        self.wantedModel = modelId
+        index = self.ui.modelSelector.findData(modelId)
+        if index >= 0:
+            self.wantedModel = ""
+            self.ui.modelSelector.setCurrentIndex(index)
+
+    def onModelList(self, error) -> None:
+        """The engine client read the model list (after a Refresh, a download, an import or a
+        model registered by Train): show it, or why it could not be read."""
+        if error is not None:
+            self.ui.modelInfoLabel.text = f"Model list unavailable: {error}"
+            self.appendLog(str(error))
+            self.segmentAfterDownload = False
+            return
+        self.fillModels()
+        if self.segmentAfterDownload and self.run is None:
+            self.segmentAfterDownload = False
+            self.onApply()
 
     def startBackground(self, start) -> None:
         try:
@@ -127,17 +155,9 @@ class SegmentPanel:
             try:
                 self.logic.finish(run)
             except (CatalogError, EngineError) as e:
-                self.ui.modelInfoLabel.text = f"Model list unavailable: {e}"
-                self.appendLog(str(e))
-                self.segmentAfterDownload = False
+                self.appendLog(f"GPU check failed: {e}")
                 continue
-            if run.kind == "list":
-                self.fillModels()
-                if self.segmentAfterDownload:
-                    self.segmentAfterDownload = False
-                    self.onApply()
-            else:
-                self.updateHints()
+            self.updateHints()
         if not self.background:
             self.backgroundTimer.stop()
 
@@ -164,7 +184,7 @@ class SegmentPanel:
         return self.logic.volumeModality(volume) if volume is not None else ""
 
     def onInputChanged(self, node=None) -> None:
-        if MODEL_LIST.choices is not None:
+        if self.engine.modelList.choices is not None:
             self.fillModels()  # the modality filter and the CPU estimate depend on the input
         self.updateHints()
         self.updateButtons()
@@ -219,11 +239,11 @@ class SegmentPanel:
 
     def onCpu(self) -> bool:
         device = self.ui.deviceSelector.currentData or "auto"
-        return device == "cpu" or (device in ("auto", "cuda") and MODEL_LIST.cuda is False)
+        return device == "cpu" or (device in ("auto", "cuda") and self.engine.modelList.cuda is False)
 
     def updateHints(self, *unused) -> None:
         choice, volume, tta = self.currentModel(), self.ui.inputVolumeSelector.currentNode(), self.ui.ttaCheckBox.checked
-        hint = time_hint(choice, self.ui.deviceSelector.currentData or "auto", tta, MODEL_LIST.cuda)
+        hint = time_hint(choice, self.ui.deviceSelector.currentData or "auto", tta, self.engine.modelList.cuda)
         if self.onCpu() and choice is not None and choice.cpu_s is None and choice.path and volume is not None:
             try:  # no catalog timing: estimate from this input's tiles and this computer's measured rate
                 tiles, passes = self.logic.cpuWork(volume, Path(choice.path), tta and not self.ui.fastCheckBox.checked)
@@ -374,8 +394,9 @@ class SegmentPanel:
             self.ui.show3DButton.setSegmentationNode(node)
             self.end(f"Done in {elapsed}: {node.GetSegmentation().GetNumberOfSegments()} segments in '{node.GetName()}'.")
         else:
+            # finish() had the engine client read the list again: onModelList shows it, then
+            # segments when this download came from Segment.
             self.end(f"Model {run.kind} finished in {elapsed}.")
-            self.refreshModels(force=True)  # then segments, when this download came from Segment
 
     def end(self, status: str) -> None:
         self.run = None

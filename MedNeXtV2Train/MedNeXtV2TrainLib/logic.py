@@ -2,8 +2,8 @@
 
 Works without the GUI (the self-test and scripts call `checkCases`, `createJob`, `startTraining`
 and `TrainingRun.wait()`). Never opens dialogs: it raises, and the widget decides what to show.
-Engine runs, the model list and `models import` go through the Segment module's logic and
-process runner, so both modules start and stop the engine the same way.
+Engine runs, the model list and `models import` go through the engine client both modules share
+(MedNeXtV2SegmentLib/engine_client.py), so they start and stop the engine the same way.
 """
 from __future__ import annotations
 
@@ -15,7 +15,8 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 from slicer.ScriptedLoadableModule import ScriptedLoadableModuleLogic
 
-from MedNeXtV2SegmentLib.command import engine_environment, engine_threads
+from MedNeXtV2SegmentLib.command import engine_threads
+from MedNeXtV2SegmentLib.engine_client import EngineClient
 from MedNeXtV2SegmentLib.logic import MedNeXtV2SegmentLogic
 from MedNeXtV2SegmentLib.models import ModelChoice
 from MedNeXtV2SegmentLib.parameters import from_saved
@@ -25,7 +26,7 @@ from MedNeXtV2TrainLib.label_table import BaseLabel, DatasetLabel, SegmentLabel,
 from MedNeXtV2TrainLib.pairing import PairingResult, pair_cases
 from MedNeXtV2TrainLib.resume_state import TrainState, find_resumable, load_state, new_job_dir, save_state
 from MedNeXtV2TrainLib.settings import TrainSettings
-from MedNeXtV2TrainLib.training_run import RunnerFactory, TrainingRun
+from MedNeXtV2TrainLib.training_run import TrainingRun
 
 logger = logging.getLogger(__name__)
 DATASET_FOLDER = "dataset"
@@ -55,11 +56,10 @@ def check_apart(jobsRoot: Path, datasetDir: Path) -> None:
 
 
 class MedNeXtV2TrainLogic(ScriptedLoadableModuleLogic):
-    def __init__(self, segmentLogic: Optional[MedNeXtV2SegmentLogic] = None,
-                 runnerFactory: Optional[RunnerFactory] = None) -> None:
+    def __init__(self, engine: Optional[EngineClient] = None) -> None:
         ScriptedLoadableModuleLogic.__init__(self)
-        self.segmentLogic = segmentLogic or MedNeXtV2SegmentLogic()
-        self.runnerFactory = runnerFactory
+        self.segmentLogic = MedNeXtV2SegmentLogic(engine)  # downloads, imports: as the Segment panel does
+        self.engine = self.segmentLogic.engine  # the client both modules share
 
     # -- settings: kept in the scene's parameter node, so a saved scene reopens with them ------
     def loadSettings(self) -> TrainSettings:
@@ -124,9 +124,11 @@ class MedNeXtV2TrainLogic(ScriptedLoadableModuleLogic):
         the model id from it, and the catalog needs a new id for every trained model. A failed
         export removes the job folder again: nothing half-made is left to resume.
         """
+        jobsRoot = Path(jobsRoot).resolve()  # the engine runs in its own folder: no relative paths
+        datasetDir = Path(datasetDir).resolve() if datasetDir is not None else None
         if datasetDir is not None:
-            check_apart(Path(jobsRoot), Path(datasetDir))
-        jobDir = new_job_dir(Path(jobsRoot), settings.model_id)
+            check_apart(jobsRoot, datasetDir)
+        jobDir = new_job_dir(jobsRoot, settings.model_id)
         dataset = Path(datasetDir) if datasetDir else jobDir / DATASET_FOLDER
         if datasetDir is None:
             try:
@@ -139,11 +141,9 @@ class MedNeXtV2TrainLogic(ScriptedLoadableModuleLogic):
         return jobDir, state
 
     def startTraining(self, jobDir: Path, state: Optional[TrainState] = None, resume: bool = False) -> TrainingRun:
-        self.segmentLogic.installLogic.require()  # the panel ran installLogic.ensure() before
+        self.engine.installLogic.require()  # the panel ran installLogic.ensure() before
         state = state or load_state(jobDir)
-        factory = {} if self.runnerFactory is None else {"runner_factory": self.runnerFactory}
-        run = TrainingRun(Path(jobDir), state, self.segmentLogic.python, env=engine_environment(),
-                          threads=engine_threads(), **factory)
+        run = TrainingRun(Path(jobDir), state, self.engine, threads=engine_threads())
         run.start(resume=resume)
         return run
 
@@ -158,6 +158,11 @@ class MedNeXtV2TrainLogic(ScriptedLoadableModuleLogic):
 
     def pollRegistration(self, run, onLog=None) -> bool:
         return self.segmentLogic.poll(run, onLog=onLog)
+
+    def finishRegistration(self, run) -> None:
+        """EngineError with the engine's words if the import failed; else the shared model list is
+        read again, so the new model appears in the Segment panel without a Refresh."""
+        self.segmentLogic.finish(run)
 
     @staticmethod
     def markRegistered(jobDir: Path, modelId: str) -> TrainState:

@@ -1,12 +1,13 @@
 """The wizard's last two pages: a training run with live progress and curves, then the new model.
 
 The engine runs as a child process; a 500 ms timer drains its output, so Slicer stays usable.
-Registration (`mednextv2 models import`) runs the same way, through the Segment module's logic.
+Registration (`mednextv2 models import`) runs the same way, through the Segment module's logic;
+once it has finished, the shared engine client reads the model list again, so the Segment panel
+lists the new model without a Refresh.
 """
 from __future__ import annotations
 
 import logging
-from dataclasses import replace
 from pathlib import Path
 from typing import Callable, Dict, Optional, Tuple
 
@@ -144,22 +145,21 @@ class RunPages:
         if not self.logic.pollRegistration(self.registration):
             return
         self.registrationTimer.stop()
-        code = self.registration.process.returncode
-        if code == 0:
-            self.logic.markRegistered(self.run.job_dir, self.trained.id)
-            self.ui.registerStatusLabel.text = f"Registered as '{self.trained.id}'."
-        else:
-            tail = "\n".join(list(self.registration.process.stderr_tail)[-5:])
-            self.ui.registerStatusLabel.text = f"Registration failed (exit code {code}): {tail}"
-        self.registration = None
+        registration, self.registration = self.registration, None
+        try:
+            self.logic.finishRegistration(registration)
+        except RuntimeError as e:  # EngineError: the engine's exit code; its last words follow
+            tail = "\n".join(list(registration.process.stderr_tail)[-5:])
+            self.ui.registerStatusLabel.text = f"Registration failed: {e} {tail}".strip()
+            return
+        self.logic.markRegistered(self.run.job_dir, self.trained.id)
+        self.ui.registerStatusLabel.text = f"Registered as '{self.trained.id}'."
 
     def onSegmentWithModel(self) -> None:
         if self.trained is None:
             return
         slicer.util.selectModule("MedNeXtV2Segment")
-        panel = slicer.util.getModuleWidget("MedNeXtV2Segment").panel
-        panel.setOptions(replace(panel.options(), model=self.trained.id))  # selected when the list arrives
-        panel.refreshModels(force=True)
+        slicer.util.getModuleWidget("MedNeXtV2Segment").panel.selectModel(self.trained.id)
 
     def onOpenModelFolder(self) -> None:
         if self.trained is not None:

@@ -1,8 +1,8 @@
 """One `mednextv2 train` run as a child process: progress, curves, the job's state file, cancel.
 
 Plain Python (no Qt, no Slicer): the widget calls `poll()` from a timer, the self-test and
-scripts call `wait()`. The process runner is the Segment module's `EngineProcess`; tests may
-pass any factory that builds an object with the same few members (`EngineRunner`).
+scripts call `wait()`. The process is started by the engine client both modules share
+(MedNeXtV2SegmentLib/engine_client.py), where tests inject their process factory.
 Cancel asks the engine to stop through its stop file (it saves a checkpoint and exits with 130)
 and returns at once; `poll()`, driven by the panel's timer, force-stops only after the grace period.
 """
@@ -12,9 +12,10 @@ import collections
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Deque, List, Mapping, Optional, Protocol, Sequence
+from typing import Callable, Deque, List, Optional
 
-from MedNeXtV2SegmentLib.process import EngineProcess, ExitCode, OutputLine
+from MedNeXtV2SegmentLib.engine_client import EngineClient, EngineRunner
+from MedNeXtV2SegmentLib.process import ExitCode
 from MedNeXtV2TrainLib.resume_state import TrainState, save_state
 from MedNeXtV2TrainLib.train_command import train_command
 from MedNeXtV2TrainLib.train_progress import TrainingUpdate, parse_training_line
@@ -23,21 +24,6 @@ from MedNeXtV2TrainLib.training_curves import TrainingCurves
 logger = logging.getLogger(__name__)
 # Saving a checkpoint of a large model to a slow disk can take a minute; only then force-kill.
 CANCEL_GRACE_S = 120.0
-
-
-class EngineRunner(Protocol):
-    stderr_tail: Sequence[str]
-
-    def start(self) -> "EngineRunner": ...
-    def poll(self) -> List[OutputLine]: ...
-    def cancel(self, grace_s: float = 10.0) -> None: ...
-    @property
-    def finished(self) -> bool: ...
-    @property
-    def returncode(self) -> Optional[int]: ...
-
-
-RunnerFactory = Callable[..., EngineRunner]
 
 
 @dataclass
@@ -49,14 +35,11 @@ class PollResult:
 
 
 class TrainingRun:
-    def __init__(self, job_dir: Path, state: TrainState, python: str, env: Optional[Mapping[str, str]] = None,
-                 runner_factory: RunnerFactory = EngineProcess, cancel_grace_s: float = CANCEL_GRACE_S,
+    def __init__(self, job_dir: Path, state: TrainState, engine: EngineClient, cancel_grace_s: float = CANCEL_GRACE_S,
                  threads: Optional[int] = None) -> None:
         self.job_dir = Path(job_dir)
         self.state = state
-        self.python = python
-        self.env = env
-        self.runner_factory = runner_factory
+        self.engine = engine
         self.cancel_grace_s = cancel_grace_s
         self.threads = threads  # engine threads; None: the engine's default
         self.curves = TrainingCurves()
@@ -68,11 +51,11 @@ class TrainingRun:
     def start(self, resume: bool = False) -> None:
         if self.process is not None:
             raise RuntimeError("this training run was already started")
-        command = train_command(self.python, self.state.settings, self.state.dataset, self.state.output_bundle, resume,
+        command = train_command(self.engine.python, self.state.settings, self.state.dataset, self.state.output_bundle, resume,
                                 threads=self.threads)
         self._save(status="running", message="")
         try:
-            self.process = self.runner_factory(command, env=self.env).start()
+            self.process = self.engine.start(command)
         except (OSError, RuntimeError) as e:
             self._save(status="failed", message=str(e))
             raise

@@ -15,7 +15,6 @@ import qt
 import slicer
 
 from MedNeXtV2SegmentLib.install import InstallError
-from MedNeXtV2SegmentLib.models import MODEL_LIST, CatalogError
 from MedNeXtV2TrainLib.cases_page import CasesPage
 from MedNeXtV2TrainLib.labels_page import LabelsPage
 from MedNeXtV2TrainLib.logic import MedNeXtV2TrainLogic, default_jobs_root
@@ -39,10 +38,8 @@ class TrainWizard:
         self.segmentsByCase = {}
         self.labels = []
         self.folderDataset = None
-        self.listRun = None
-        self.listTimer = qt.QTimer()
-        self.listTimer.setInterval(200)
-        self.listTimer.connect("timeout()", self.onListTimer)
+        self.wantedBaseModel = ""
+        self.logic.engine.addModelListListener(self.onModelList)
         self.casesPage = CasesPage(self)
         self.labelsPage = LabelsPage(self)
         self.settingsPage = SettingsPage(self)
@@ -59,9 +56,7 @@ class TrainWizard:
         self.goTo(CASES)
 
     def cleanup(self) -> None:
-        self.listTimer.stop()
-        if self.listRun is not None:
-            self.listRun.process.cancel(grace_s=0.0)
+        self.logic.engine.removeModelListListener(self.onModelList)
         self.runPages.cleanup()
 
     # -- navigation ----------------------------------------------------------------------------
@@ -104,39 +99,30 @@ class TrainWizard:
     def ensureInstalled(self) -> bool:
         """The Segment module's install step, before the first engine run of this module too."""
         try:
-            return self.logic.segmentLogic.installLogic.ensure(askConfirmation=True)
+            return self.logic.engine.installLogic.ensure(askConfirmation=True)
         except InstallError as e:
             slicer.util.errorDisplay(str(e), detailedText=e.details)
             return False
 
     def refreshModels(self, force: bool = False, wanted: str = "") -> None:
-        """Base models from the list both modules share; read in the background when asked."""
-        segmentLogic = self.logic.segmentLogic
-        if MODEL_LIST.choices is not None and not force:
-            self.settingsPage.fillModels(segmentLogic.models, wanted)
-            return
-        self.settingsPage.fillModels(segmentLogic.models, wanted)  # "Train from scratch" works meanwhile
-        if self.listRun is not None or not segmentLogic.installLogic.plan().empty:
+        """Base models from the list both modules share (the engine client reads it in the
+        background; `onModelList` fills the selector when it arrives)."""
+        engine = self.logic.engine
+        self.wantedBaseModel = wanted or self.wantedBaseModel
+        self.settingsPage.fillModels(engine.models, self.wantedBaseModel)  # "Train from scratch" works meanwhile
+        if not engine.installLogic.plan().empty:
             return
         try:
-            self.listRun = segmentLogic.startModelList()
+            engine.loadModels(force)
         except RuntimeError as e:
             self.ui.baseModelInfoLabel.text = f"Model list unavailable ({e}); you can still train from scratch."
-            return
-        self.listTimer.start()
 
-    def onListTimer(self) -> None:
-        segmentLogic = self.logic.segmentLogic
-        if not segmentLogic.poll(self.listRun):
+    def onModelList(self, error) -> None:
+        if error is not None:
+            self.ui.baseModelInfoLabel.text = f"Model list unavailable ({error}); you can still train from scratch."
             return
-        self.listTimer.stop()
-        run, self.listRun = self.listRun, None
-        try:
-            segmentLogic.finish(run)
-        except (CatalogError, RuntimeError) as e:
-            self.ui.baseModelInfoLabel.text = f"Model list unavailable ({e}); you can still train from scratch."
-            return
-        self.settingsPage.fillModels(segmentLogic.models)
+        self.settingsPage.fillModels(self.logic.engine.models, self.wantedBaseModel)
+        self.wantedBaseModel = ""
 
     # -- page 4: train -------------------------------------------------------------------------
     def refreshResumable(self) -> None:
