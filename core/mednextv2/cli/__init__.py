@@ -14,6 +14,7 @@ from typing import List, Optional
 
 from mednextv2 import __version__
 from mednextv2.errors import Cancelled, MedNeXtError
+from mednextv2.output_streams import tolerate_lost_reader
 from mednextv2.process_memory import keep_freed_memory
 
 # name -> module under mednextv2.cli; each defines add_parser(subparsers) and run(args) -> int
@@ -43,6 +44,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Optional[List[str]] = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    tolerate_lost_reader()  # Slicer may exit while training: the stop file, not a dead pipe, ends the run
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
     if not getattr(args, "func", None):
