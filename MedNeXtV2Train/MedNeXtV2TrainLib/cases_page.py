@@ -5,7 +5,7 @@ dataset folder. Scene changes are merged into the table (pairing.merge_pairs), n
 """
 from __future__ import annotations
 
-from typing import List, Optional
+from typing import Callable, List, Optional
 
 import qt
 import slicer
@@ -25,7 +25,7 @@ class CasesPage:
         self.ui.autoPairButton.connect("clicked(bool)", self.fillCasesFromScene)
         self.ui.addCaseButton.connect("clicked(bool)", lambda: self.addCaseRow("", None, None))
         self.ui.removeCaseButton.connect("clicked(bool)", self.onRemoveCase)
-        self.ui.checkCasesButton.connect("clicked(bool)", self.checkCases)
+        self.ui.checkCasesButton.connect("clicked(bool)", lambda: self.checkCases())
         self.ui.casesTable.horizontalHeader().setSectionResizeMode(qt.QHeaderView.ResizeToContents)
 
     def fromFolder(self) -> bool:
@@ -123,15 +123,28 @@ class CasesPage:
                                    slicer.mrmlScene.GetNodeByID(segmentationId)))
         return cases
 
-    def checkCases(self) -> bool:
+    def checkCases(self, onReady: Optional[Callable[[], None]] = None) -> None:
+        """Check the ticked cases, one per timer tick (Slicer stays responsive; the button becomes
+        Cancel meanwhile); `onReady()` once they pass."""
+        if self.wizard.caseWork is not None:  # the button reads "Cancel check" meanwhile
+            self.wizard.cancelCaseWork()
+            return
         if self.fromFolder():
-            return self.fillCasesFromFolder()
+            if self.fillCasesFromFolder() and onReady is not None:
+                onReady()
+            return
         try:
             self.wizard.cases = self.sceneCases()
-            with slicer.util.tryWithErrorDisplay("Checking the cases failed.", waitCursor=True):
-                problems, self.wizard.union, self.wizard.segmentsByCase = self.logic.checkCases(self.wizard.cases)
-        except (ValueError, RuntimeError) as e:
-            return self.say(str(e))
+        except ValueError as e:
+            self.say(str(e))
+            return
+        self.ui.checkCasesButton.text = "Cancel check"
+        self.wizard.runCaseSteps(self.logic.checkCaseSteps(self.wizard.cases), "Checking",
+                                 lambda result: self.showProblems(result, onReady),
+                                 onEnd=lambda: setattr(self.ui.checkCasesButton, "text", "Check cases"))
+
+    def showProblems(self, result, onReady: Optional[Callable[[], None]] = None) -> None:
+        problems, self.wizard.union, self.wizard.segmentsByCase = result
         table = self.ui.casesTable
         for row in range(table.rowCount):
             if table.item(row, USE).checkState() != qt.Qt.Checked:
@@ -142,6 +155,8 @@ class CasesPage:
             table.item(row, CHECK).setText("error" if has_errors(own) else "warning" if own else "ok")
         self.ui.caseProblemsText.setPlainText("\n".join(f"[{p.severity}] {p}" for p in problems) or "All cases look fine.")
         if has_errors(problems):
-            return self.say("Fix the errors listed under the table (or untick those cases) first.")
+            self.say("Fix the errors listed under the table (or untick those cases) first.")
+            return
         self.say(f"{len(self.wizard.cases)} cases ready.", error=False)
-        return True
+        if onReady is not None:
+            onReady()

@@ -21,6 +21,7 @@ from MedNeXtV2SegmentLib.logic import MedNeXtV2SegmentLogic
 from MedNeXtV2SegmentLib.models import ModelChoice
 from MedNeXtV2SegmentLib.parameters import from_saved
 from MedNeXtV2TrainLib.case_checks import CaseFacts, Problem, check_cases
+from MedNeXtV2TrainLib.case_steps import CaseStep, Steps, run_steps
 from MedNeXtV2TrainLib.dataset_layout import DatasetWriter, safe_case_ids
 from MedNeXtV2TrainLib.label_table import BaseLabel, DatasetLabel, SegmentLabel, union_of_segments, value_by_segment
 from MedNeXtV2TrainLib.pairing import PairingResult, pair_cases
@@ -77,14 +78,21 @@ class MedNeXtV2TrainLogic(ScriptedLoadableModuleLogic):
 
         return pair_cases(*scene_records())
 
-    @staticmethod
-    def checkCases(cases) -> Tuple[List[Problem], List[SegmentLabel], Dict[str, list]]:
+    @classmethod
+    def checkCases(cls, cases) -> Tuple[List[Problem], List[SegmentLabel], Dict[str, list]]:
         """(problems, union of segments, segments per case name) for SceneCase objects."""
+        return run_steps(cls.checkCaseSteps(cases))
+
+    @staticmethod
+    def checkCaseSteps(cases) -> "Steps[Tuple[List[Problem], List[SegmentLabel], Dict[str, list]]]":
+        """`checkCases` one case per step (case_steps.py), for the panel's timer."""
         from MedNeXtV2TrainLib.scene_cases import case_facts
 
         facts: List[CaseFacts] = []
         segmentsByCase: Dict[str, list] = {}
-        for case in cases:
+        cases = list(cases)
+        for index, case in enumerate(cases):
+            yield CaseStep(index, len(cases), case.name)
             caseFacts, segments = case_facts(case)
             facts.append(caseFacts)
             segmentsByCase[case.name] = segments
@@ -92,10 +100,16 @@ class MedNeXtV2TrainLogic(ScriptedLoadableModuleLogic):
         return check_cases(facts, [s.name for s in union]), union, segmentsByCase
 
     # -- dataset -------------------------------------------------------------------------------
-    @staticmethod
-    def exportDataset(cases, labels: Sequence[DatasetLabel], channelName: str, datasetDir: Path,
+    @classmethod
+    def exportDataset(cls, cases, labels: Sequence[DatasetLabel], channelName: str, datasetDir: Path,
                       onCase: Optional[Callable[[int, int, str], None]] = None) -> Path:
-        """Write the cases as an nnU-Net raw dataset; values follow `labels` in every case.
+        """`exportDatasetSteps` in a row; `onCase(index, total, name)` before each case."""
+        return run_steps(cls.exportDatasetSteps(cases, labels, channelName, datasetDir),
+                         None if onCase is None else lambda step: onCase(step.index, step.total, step.name))
+
+    @staticmethod
+    def exportDatasetSteps(cases, labels: Sequence[DatasetLabel], channelName: str, datasetDir: Path) -> "Steps[Path]":
+        """Write the cases as an nnU-Net raw dataset, one case per step; values follow `labels` in every case.
 
         Segments are exported in dataset-value order, not each segmentation's own order: where
         segments overlap, the later one wins, so the higher dataset value must win in every case
@@ -104,11 +118,12 @@ class MedNeXtV2TrainLogic(ScriptedLoadableModuleLogic):
         from MedNeXtV2TrainLib.scene_cases import case_images, segments_of
 
         values = value_by_segment(labels)
+        cases = list(cases)
         ids = safe_case_ids([case.name for case in cases])
+        # Closing the generator mid-way (Cancel) exits this block: the partial folder is removed.
         with DatasetWriter(Path(datasetDir), labels, channelName, title=Path(datasetDir).parent.name) as writer:
             for index, (caseId, case) in enumerate(zip(ids, cases)):
-                if onCase:
-                    onCase(index, len(cases), case.name)
+                yield CaseStep(index, len(cases), case.name)
                 segments = sorted(segments_of(case.segmentation), key=lambda s: values.get(s[1], 0))
                 image, label = case_images(case, [s[0] for s in segments])
                 writer.add_case(caseId, image, label, [s[1] for s in segments], values)
@@ -118,11 +133,19 @@ class MedNeXtV2TrainLogic(ScriptedLoadableModuleLogic):
     @classmethod
     def createJob(cls, settings: TrainSettings, jobsRoot: Path, cases=None, labels: Sequence[DatasetLabel] = (),
                   datasetDir: Optional[Path] = None, onCase=None) -> Tuple[Path, TrainState]:
-        """A new job folder with its dataset: the scene `cases` exported into it, or `datasetDir` as is.
+        """`createJobSteps` in a row; `onCase(index, total, name)` before each case is written."""
+        return run_steps(cls.createJobSteps(settings, jobsRoot, cases, labels, datasetDir),
+                         None if onCase is None else lambda step: onCase(step.index, step.total, step.name))
+
+    @classmethod
+    def createJobSteps(cls, settings: TrainSettings, jobsRoot: Path, cases=None, labels: Sequence[DatasetLabel] = (),
+                       datasetDir: Optional[Path] = None) -> "Steps[Tuple[Path, TrainState]]":
+        """A new job folder with its dataset: the scene `cases` exported into it (one case per step),
+        or `datasetDir` as is.
 
         The bundle folder is named after the job (unique under the root) because the engine takes
         the model id from it, and the catalog needs a new id for every trained model. A failed
-        export removes the job folder again: nothing half-made is left to resume.
+        export removes the job folder again: nothing half-made is left to resume; neither does a Cancel (closing the generator).
         """
         jobsRoot = Path(jobsRoot).resolve()  # the engine runs in its own folder: no relative paths
         datasetDir = Path(datasetDir).resolve() if datasetDir is not None else None
@@ -132,8 +155,8 @@ class MedNeXtV2TrainLogic(ScriptedLoadableModuleLogic):
         dataset = Path(datasetDir) if datasetDir else jobDir / DATASET_FOLDER
         if datasetDir is None:
             try:
-                cls.exportDataset(cases, labels, settings.modality, dataset, onCase)
-            except BaseException:
+                yield from cls.exportDatasetSteps(cases, labels, settings.modality, dataset)
+            except BaseException:  # GeneratorExit too: a cancelled export leaves no job
                 shutil.rmtree(jobDir, ignore_errors=True)
                 raise
         state = TrainState(dataset=str(dataset), output_bundle=str(jobDir / jobDir.name), settings=settings)

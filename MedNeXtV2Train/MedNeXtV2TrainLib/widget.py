@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import List, Optional
+from typing import Callable, List, Optional
 
 import qt
 import slicer
 
 from MedNeXtV2SegmentLib.install import InstallError
+from MedNeXtV2TrainLib.case_steps import SteppedWork
 from MedNeXtV2TrainLib.cases_page import CasesPage
 from MedNeXtV2TrainLib.labels_page import LabelsPage
 from MedNeXtV2TrainLib.logic import MedNeXtV2TrainLogic, default_jobs_root
@@ -39,11 +40,14 @@ class TrainWizard:
         self.labels = []
         self.folderDataset = None
         self.wantedBaseModel = ""
+        self.caseWork: Optional[SteppedWork] = None  # cases being checked or written, one per timer tick
+        self.caseWorkEnd: Optional[Callable[[], None]] = None
         self.logic.engine.addModelListListener(self.onModelList)
         self.casesPage = CasesPage(self)
         self.labelsPage = LabelsPage(self)
         self.settingsPage = SettingsPage(self)
         self.runPages = RunPages(self.ui, self.logic, self.say, self.onRunChanged)
+        self.ui.cancelButton.connect("clicked(bool)", self.cancelCaseWork)  # also stops writing cases
         self.ui.backButton.connect("clicked(bool)", lambda: self.goTo(self.ui.wizardStack.currentIndex - 1))
         self.ui.nextButton.connect("clicked(bool)", self.onNext)
         self.ui.startButton.connect("clicked(bool)", self.onStart)
@@ -56,6 +60,7 @@ class TrainWizard:
         self.goTo(CASES)
 
     def cleanup(self) -> None:
+        self.cancelCaseWork()
         self.logic.engine.removeModelListListener(self.onModelList)
         self.runPages.cleanup()
 
@@ -70,7 +75,7 @@ class TrainWizard:
 
     @property
     def busy(self) -> bool:
-        return self.runPages.busy
+        return self.runPages.busy or self.caseWork is not None
 
     def fromFolder(self) -> bool:
         return self.casesPage.fromFolder()
@@ -80,12 +85,13 @@ class TrainWizard:
 
     def onNext(self) -> None:
         page = self.ui.wizardStack.currentIndex
-        checks = {CASES: self.casesPage.checkCases, LABELS: self.labelsPage.checkLabels,
+        if page == CASES:  # checked one case per timer tick: the page moves on when they pass
+            self.casesPage.checkCases(onReady=lambda: (self.labelsPage.fillLabels(), self.goTo(CASES + 1)))
+            return
+        checks = {LABELS: self.labelsPage.checkLabels,
                   SETTINGS: self.settingsPage.checkSettings,
                   TRAIN: lambda: self.runPages.trained is not None or self.say("Train a model first (or resume one).")}
         if checks.get(page, lambda: True)():
-            if page == CASES:
-                self.labelsPage.fillLabels()
             self.goTo(page + 1)
 
     def say(self, text: str, error: bool = True) -> bool:
@@ -94,6 +100,41 @@ class TrainWizard:
         if error:
             logger.warning(text)
         return False
+
+    # -- cases checked or written without freezing Slicer ---------------------------------------
+    def runCaseSteps(self, steps, verb: str, onDone: Callable[[object], None],
+                     onEnd: Optional[Callable[[], None]] = None) -> None:
+        """Run a logic generator (case_steps.py) one case per timer tick on the main thread, where
+        MRML work belongs: Slicer processes events between cases, the status line says
+        '<verb> case i/n: name', and Cancel (cancelCaseWork) stops it, its files removed."""
+        self.caseWorkEnd = onEnd
+
+        def done(result) -> None:
+            self.endCaseWork()
+            onDone(result)
+
+        def failed(error: Exception) -> None:
+            self.endCaseWork()
+            self.say(f"{verb} the cases failed: {error}")
+            if not isinstance(error, (OSError, RuntimeError, ValueError)):  # not a case's own problem
+                slicer.util.errorDisplay(f"{verb} the cases failed: {error}")
+
+        self.caseWork = SteppedWork(steps, qt.QTimer(), lambda step: self.say(step.text(verb) + "...", error=False),
+                                    done, failed).start()
+        self.goTo(self.ui.wizardStack.currentIndex)  # Back and Next wait meanwhile
+
+    def cancelCaseWork(self) -> None:
+        if self.caseWork is None:
+            return
+        self.caseWork.cancel()  # the generator's cleanup has run when this returns
+        self.endCaseWork()
+        self.say("Cancelled: no case was kept.", error=False)
+
+    def endCaseWork(self) -> None:
+        self.caseWork, end, self.caseWorkEnd = None, self.caseWorkEnd, None
+        if end is not None:
+            end()
+        self.goTo(self.ui.wizardStack.currentIndex)
 
     # -- the engine: one install step, the shared model list -----------------------------------
     def ensureInstalled(self) -> bool:
@@ -133,14 +174,22 @@ class TrainWizard:
             return
         if not self.ensureInstalled():
             return
+        if self.caseWork is not None:
+            return
         settings = self.settingsPage.settings()
         self.logic.saveSettings(settings)
         folder = Path(self.ui.folderPathEdit.text) if self.casesPage.fromFolder() else None
+        steps = self.logic.createJobSteps(settings, Path(self.ui.jobsFolderEdit.text), self.cases, self.labels,
+                                          datasetDir=folder)
+        self.ui.startButton.enabled, self.ui.cancelButton.enabled = False, True
+
+        def restoreButtons() -> None:
+            self.ui.startButton.enabled, self.ui.cancelButton.enabled = True, False
+
+        self.runCaseSteps(steps, "Writing", lambda job: self.startJob(*job), onEnd=restoreButtons)
+
+    def startJob(self, jobDir: Path, state) -> None:
         try:
-            with slicer.util.tryWithErrorDisplay("Writing the training cases failed.", waitCursor=True):
-                jobDir, state = self.logic.createJob(
-                    settings, Path(self.ui.jobsFolderEdit.text), self.cases, self.labels, datasetDir=folder,
-                    onCase=lambda i, n, name: self.say(f"Writing case {i + 1}/{n}: {name}", error=False))
             self.runPages.begin(self.logic.startTraining(jobDir, state), colors={l.name: l.color for l in self.labels})
         except (SettingsError, OSError, RuntimeError, ValueError) as e:
             self.say(f"Training could not start: {e}")

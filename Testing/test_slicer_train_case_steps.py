@@ -1,0 +1,130 @@
+"""The Train module checks and writes scene cases one case per timer tick, on real MRML (slicer-core).
+
+MRML work stays on the main thread, so the wizard cannot move it to a worker; instead the logic
+offers it as steps (MedNeXtV2TrainLib/case_steps.py) and the panel's timer runs one per tick.
+Between two ticks Slicer processes its events: no stall is longer than one case. The timer is a
+stand-in (a Qt object); the cases, the logic and the files it writes are real."""
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import pytest
+
+import slicer_stubs
+import slicer_train_paths  # noqa: F401  (MedNeXtV2TrainLib, MedNeXtV2SegmentLib, core on sys.path)
+from test_slicer_train_mrml import scene_cases
+
+
+class Timer:
+    """qt.QTimer's part that SteppedWork uses; `tick()` is one timeout()."""
+
+    def __init__(self):
+        self.slot, self.active, self.interval = None, False, None
+
+    def setInterval(self, ms):
+        self.interval = ms
+
+    def connect(self, signal, slot):
+        assert signal == "timeout()"
+        self.slot = slot
+
+    def start(self):
+        self.active = True
+
+    def stop(self):
+        self.active = False
+
+    def tick(self):
+        assert self.active, "a stopped timer does not fire"
+        started = time.perf_counter()
+        self.slot()
+        return time.perf_counter() - started
+
+
+@pytest.fixture
+def slicer(tmp_path):
+    yield slicer_stubs.install(str(tmp_path / "slicer-temp"))
+    slicer_stubs.uninstall()
+
+
+def written_images(jobsRoot: Path):
+    return sorted(p.name for p in jobsRoot.rglob("imagesTr/*") if p.is_file())
+
+
+def labels_for(cases):
+    from MedNeXtV2TrainLib.label_table import dataset_labels, default_choices
+    from MedNeXtV2TrainLib.logic import MedNeXtV2TrainLogic
+
+    _, union, _ = MedNeXtV2TrainLogic.checkCases(cases)
+    return dataset_labels(union, default_choices(union, []), [])
+
+
+def test_writing_handles_one_case_per_tick_and_reports_each(slicer, data_dir, tmp_path):
+    from MedNeXtV2TrainLib.case_steps import SteppedWork
+    from MedNeXtV2TrainLib.logic import MedNeXtV2TrainLogic
+    from MedNeXtV2TrainLib.settings import TrainSettings
+
+    cases = scene_cases(slicer, data_dir, tmp_path)
+    labels, jobsRoot = labels_for(cases), tmp_path / "jobs"
+    shown, done, timer = [], [], Timer()
+    steps = MedNeXtV2TrainLogic.createJobSteps(TrainSettings(model_name="Steps", modality="MR"), jobsRoot, cases, labels)
+    work = SteppedWork(steps, timer, lambda step: shown.append(step.text("Writing")), done.append,
+                       lambda e: pytest.fail(f"writing failed: {e}")).start()
+    assert timer.interval == 0 and timer.active and written_images(jobsRoot) == []  # nothing before the first tick
+    counts, stalls = [], []
+    while work.running:
+        stalls.append(timer.tick())
+        counts.append(len(written_images(jobsRoot)))
+    assert shown == ["Writing case 1/3: Breast", "Writing case 2/3: Brain", "Writing case 3/3: Breast again"]
+    # tick 1 makes the job folder; each later tick writes exactly one case
+    assert counts == [0, 1, 2, 3] and not timer.active
+    jobDir, state = done[0]
+    assert Path(state.dataset) == jobDir / "dataset" and (jobDir / "dataset" / "dataset.json").is_file()
+    print("longest GUI-thread stall per tick (s):", [round(s, 3) for s in stalls])
+
+
+def test_cancel_stops_writing_and_keeps_no_job(slicer, data_dir, tmp_path):
+    from MedNeXtV2TrainLib.case_steps import SteppedWork
+    from MedNeXtV2TrainLib.logic import MedNeXtV2TrainLogic
+    from MedNeXtV2TrainLib.settings import TrainSettings
+
+    cases = scene_cases(slicer, data_dir, tmp_path)
+    labels, jobsRoot = labels_for(cases), tmp_path / "jobs"
+    outcome, timer = [], Timer()
+    steps = MedNeXtV2TrainLogic.createJobSteps(TrainSettings(model_name="Steps", modality="MR"), jobsRoot, cases, labels)
+    work = SteppedWork(steps, timer, lambda step: None, outcome.append, outcome.append).start()
+    timer.tick()
+    timer.tick()
+    assert len(written_images(jobsRoot)) == 1
+    work.cancel()
+    assert not work.running and not timer.active
+    assert list(jobsRoot.iterdir()) == [], "a cancelled export leaves no job folder and no partial dataset"
+    work.onTick()  # a timeout already queued when Cancel was pressed does nothing
+    assert outcome == []
+
+
+def test_checking_handles_one_case_per_tick(slicer, data_dir, tmp_path):
+    from MedNeXtV2TrainLib.case_steps import SteppedWork
+    from MedNeXtV2TrainLib.logic import MedNeXtV2TrainLogic
+
+    cases = scene_cases(slicer, data_dir, tmp_path)
+    checked, shown, done, timer = [], [], [], Timer()
+    import MedNeXtV2TrainLib.scene_cases as scene_module
+
+    real_case_facts = scene_module.case_facts
+    scene_module.case_facts = lambda case: (checked.append(case.name), real_case_facts(case))[1]
+    try:
+        work = SteppedWork(MedNeXtV2TrainLogic.checkCaseSteps(cases), timer,
+                           lambda step: shown.append(step.text("Checking")), done.append, pytest.fail).start()
+        per_tick = []
+        while work.running:
+            before = len(checked)
+            timer.tick()
+            per_tick.append(len(checked) - before)
+    finally:
+        scene_module.case_facts = real_case_facts
+    assert per_tick == [0, 1, 1, 1] and shown[0] == "Checking case 1/3: Breast"
+    problems, union, _ = done[0]
+    assert [s.name for s in union] == ["lesion", "tissue"]
+    assert (problems, union) == MedNeXtV2TrainLogic.checkCases(cases)[:2], "the same answer as the blocking check"
