@@ -81,7 +81,7 @@ def test_writing_handles_one_case_per_tick_and_reports_each(slicer, data_dir, tm
     assert counts == [0, 1, 2, 3] and not timer.active
     jobDir, state = done[0]
     assert Path(state.dataset) == jobDir / "dataset" and (jobDir / "dataset" / "dataset.json").is_file()
-    print("longest GUI-thread stall per tick (s):", [round(s, 3) for s in stalls])
+    print("GUI-thread time per tick (s):", [round(s, 3) for s in stalls])
 
 
 def test_cancel_stops_writing_and_keeps_no_job(slicer, data_dir, tmp_path):
@@ -128,3 +128,81 @@ def test_checking_handles_one_case_per_tick(slicer, data_dir, tmp_path):
     problems, union, _ = done[0]
     assert [s.name for s in union] == ["lesion", "tissue"]
     assert (problems, union) == MedNeXtV2TrainLogic.checkCases(cases)[:2], "the same answer as the blocking check"
+
+
+def test_the_wizard_runs_check_and_write_from_its_timer_with_cancel(slicer, data_dir, tmp_path, monkeypatch):
+    """The wizard's own wiring: Next on the Cases page checks from a timer and moves on when the
+    cases pass; its button is Cancel meanwhile; Start writes from a timer, Cancel removes the job.
+    Qt is a stand-in (`qt` a mock whose QTimer is the Timer above, the .ui's widgets mocks); the
+    scene, the logic and the files are real."""
+    import sys
+    from unittest import mock
+
+    qt = mock.MagicMock()
+    timers = []
+    qt.QTimer = lambda: timers.append(Timer()) or timers[-1]
+    monkeypatch.setitem(sys.modules, "qt", qt)
+    for name in [n for n in sys.modules if n.startswith("MedNeXtV2TrainLib.") and n.endswith(("widget", "_page", "run_pages"))]:
+        monkeypatch.delitem(sys.modules, name)
+    from MedNeXtV2SegmentLib.engine_client import EngineClient
+    from MedNeXtV2SegmentLib.models import ModelListCache
+    from MedNeXtV2TrainLib import cases_page, labels_page, settings_page
+    from MedNeXtV2TrainLib.label_table import dataset_labels, default_choices
+    from MedNeXtV2TrainLib.logic import MedNeXtV2TrainLogic
+    from MedNeXtV2TrainLib.settings import TrainSettings
+    from MedNeXtV2TrainLib.widget import LABELS, TrainWizard
+
+    cases = scene_cases(slicer, data_dir, tmp_path)
+    ui = mock.MagicMock()
+    ui.wizardStack.currentIndex, ui.resumeComboBox.count, ui.sourceFolderRadio.checked = 0, 0, False
+    ui.wizardStack.setCurrentIndex.side_effect = lambda i: setattr(ui.wizardStack, "currentIndex", i)
+    monkeypatch.setattr(slicer.util, "childWidgetVariables", lambda widget: ui, raising=False)
+    monkeypatch.setattr(settings_page.SettingsPage, "setSettings", lambda self, settings: None)
+    monkeypatch.setattr(settings_page.SettingsPage, "fillModels", lambda self, models, wanted="": None)
+    monkeypatch.setattr(cases_page.CasesPage, "fillCasesFromScene", lambda self: None)
+    monkeypatch.setattr(cases_page.CasesPage, "sceneCases", lambda self: cases)  # the table's ticked rows
+    filled = []
+    monkeypatch.setattr(labels_page.LabelsPage, "fillLabels", lambda self: filled.append(True))
+    wizard = TrainWizard(object(), MedNeXtV2TrainLogic(EngineClient(python=sys.executable, modelList=ModelListCache())))
+    ui.jobsFolderEdit.text = str(tmp_path / "jobs")
+
+    def tick_until_done():
+        statuses = []
+        while wizard.caseWork is not None:
+            wizard.caseWork.timer.tick()
+            statuses.append(ui.statusLabel.text)
+        return statuses
+
+    wizard.onNext()
+    assert wizard.busy and ui.checkCasesButton.text == "Cancel check" and ui.nextButton.enabled is False
+    assert tick_until_done()[:3] == ["Checking case 1/3: Breast...", "Checking case 2/3: Brain...",
+                                     "Checking case 3/3: Breast again..."]
+    assert ui.wizardStack.currentIndex == LABELS and filled and ui.checkCasesButton.text == "Check cases"
+
+    ui.wizardStack.currentIndex = 0
+    wizard.onNext()
+    wizard.caseWork.timer.tick()
+    wizard.casesPage.checkCases()  # the button, now "Cancel check"
+    assert wizard.caseWork is None and ui.wizardStack.currentIndex == 0 and ui.statusLabel.text.startswith("Cancelled")
+
+    wizard.labels = dataset_labels(wizard.union, default_choices(wizard.union, []), [])
+    monkeypatch.setattr(wizard.settingsPage, "checkSettings", lambda: True)
+    monkeypatch.setattr(wizard.settingsPage, "settings", lambda: TrainSettings(model_name="Steps", modality="MR"))
+    monkeypatch.setattr(wizard.labelsPage, "checkLabels", lambda: True)
+    monkeypatch.setattr(wizard, "ensureInstalled", lambda: True)
+    started = []
+    monkeypatch.setattr(wizard, "startJob", lambda jobDir, state: started.append(jobDir))
+    wizard.onStart()
+    assert (ui.startButton.enabled, ui.cancelButton.enabled) == (False, True)
+    assert tick_until_done() == ["Writing case 1/3: Breast...", "Writing case 2/3: Brain...",
+                                 "Writing case 3/3: Breast again...", "Writing case 3/3: Breast again..."]
+    assert started == [tmp_path / "jobs" / "steps"] and (started[0] / "dataset" / "dataset.json").is_file()
+    assert (ui.startButton.enabled, ui.cancelButton.enabled) == (True, False)
+
+    wizard.onStart()
+    wizard.caseWork.timer.tick()
+    wizard.caseWork.timer.tick()
+    assert len(written_images(tmp_path / "jobs" / "steps-2")) == 1
+    wizard.cancelCaseWork()  # the Train page's Cancel button
+    assert sorted(p.name for p in (tmp_path / "jobs").iterdir()) == ["steps"], "the cancelled job is gone"
+    assert started == [tmp_path / "jobs" / "steps"] and ui.statusLabel.text.startswith("Cancelled")
