@@ -1,7 +1,8 @@
 """Command lines and environment for running `mednextv2` with Slicer's Python.
 
-The engine is started as `<python> -m mednextv2 ...` with the folder of the engine that ships
-with these modules first on PYTHONPATH: the extension's qt-scripted-modules folder when installed
+The engine is started as `<python> -m mednextv2 ...` in the folder of the engine that ships with
+these modules (engine_client.py: `-m` puts the working directory first on the child's sys.path;
+the folder is also on its PYTHONPATH): the extension's qt-scripted-modules folder when installed
 (the top-level CMakeLists.txt copies core/mednextv2 there), or core/ in a source checkout. It is
 found from this file's location, never from `import mednextv2`: Slicer *appends* module paths
 to sys.path, so a `mednextv2` pip-installed into Slicer's site-packages would otherwise win.

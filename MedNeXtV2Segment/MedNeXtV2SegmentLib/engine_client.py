@@ -17,7 +17,6 @@ engine process is started the same way:
 from __future__ import annotations
 
 import logging
-import os
 from pathlib import Path
 from typing import Callable, Dict, List, Mapping, Optional, Protocol, Sequence
 
@@ -94,10 +93,6 @@ class EngineClient:
         """The cached list; empty until a list run has finished."""
         return self.modelList.choices or []
 
-    @property
-    def loadingModels(self) -> bool:
-        return self._listRun is not None
-
     def addModelListListener(self, listener: ModelListListener) -> None:
         """`listener(error)` runs after each list read: error None (the list is in `models`) or the CatalogError."""
         if listener not in self._listeners:
@@ -156,13 +151,6 @@ class EngineClient:
             error = e
         self._tell(error)
         return True
-
-    def cancelModelList(self) -> None:
-        if self._listRun is not None:
-            self._listRun.cancel(grace_s=0.0)
-            self._listRun = None
-        if self._timer is not None:
-            self._timer.stop()
 
     def _pollTimer(self):
         if self._timer is None:
