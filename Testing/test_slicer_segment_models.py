@@ -37,7 +37,7 @@ def test_import_then_list_through_the_real_cli(tmp_path, engine_env):
 def test_list_failure_carries_the_engine_message(engine_env):
     failing = [sys.executable, "-c", "import sys; print('mednextv2: error: catalog broken', file=sys.stderr); sys.exit(2)"]
     with pytest.raises(CatalogError, match="catalog broken"):
-        list_models("py", engine_env, process_factory=lambda args, env: EngineProcess(failing, env=env))
+        list_models("py", engine_env, process_factory=lambda args, env, cwd: EngineProcess(failing, env=env, cwd=cwd))
 
 
 LISTING = ('import json, time; time.sleep(0.5); '
