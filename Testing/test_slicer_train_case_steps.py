@@ -130,7 +130,25 @@ def test_checking_handles_one_case_per_tick(slicer, data_dir, tmp_path):
     assert (problems, union) == MedNeXtV2TrainLogic.checkCases(cases)[:2], "the same answer as the blocking check"
 
 
-def test_the_wizard_runs_check_and_write_from_its_timer_with_cancel(slicer, data_dir, tmp_path, monkeypatch):
+@pytest.fixture
+def panel_modules_on_a_qt_mock(monkeypatch):
+    """The wizard's files imported on a `qt` mock for one test, and forgotten after it."""
+    import sys
+    from unittest import mock
+
+    before = set(sys.modules)
+    qt = mock.MagicMock()
+    monkeypatch.setitem(sys.modules, "qt", qt)
+    for name in [n for n in sys.modules if n.startswith("MedNeXtV2TrainLib.") and n.endswith(("widget", "_page", "run_pages"))]:
+        monkeypatch.delitem(sys.modules, name)
+    yield qt
+    for name in set(sys.modules) - before:
+        if name.startswith("MedNeXtV2"):
+            del sys.modules[name]
+
+
+def test_the_wizard_runs_check_and_write_from_its_timer_with_cancel(slicer, data_dir, tmp_path, monkeypatch,
+                                                                   panel_modules_on_a_qt_mock):
     """The wizard's own wiring: Next on the Cases page checks from a timer and moves on when the
     cases pass; its button is Cancel meanwhile; Start writes from a timer, Cancel removes the job.
     Qt is a stand-in (`qt` a mock whose QTimer is the Timer above, the .ui's widgets mocks); the
@@ -138,12 +156,8 @@ def test_the_wizard_runs_check_and_write_from_its_timer_with_cancel(slicer, data
     import sys
     from unittest import mock
 
-    qt = mock.MagicMock()
     timers = []
-    qt.QTimer = lambda: timers.append(Timer()) or timers[-1]
-    monkeypatch.setitem(sys.modules, "qt", qt)
-    for name in [n for n in sys.modules if n.startswith("MedNeXtV2TrainLib.") and n.endswith(("widget", "_page", "run_pages"))]:
-        monkeypatch.delitem(sys.modules, name)
+    panel_modules_on_a_qt_mock.QTimer = lambda: timers.append(Timer()) or timers[-1]
     from MedNeXtV2SegmentLib.engine_client import EngineClient
     from MedNeXtV2SegmentLib.models import ModelListCache
     from MedNeXtV2TrainLib import cases_page, labels_page, settings_page
