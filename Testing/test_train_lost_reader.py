@@ -69,5 +69,30 @@ def test_training_survives_closed_pipes_stops_at_the_stop_file_and_resumes(tmp_p
     done = subprocess.run(_command(dataset, output, 1, "--resume"), capture_output=True, text=True,
                           env=_env(stop), timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
-    assert "resum" in done.stderr.lower(), done.stderr[-2000:]
+    assert f"resuming after epoch {state['epoch']}, iteration {state['iteration']}" in done.stderr, done.stderr[-2000:]
     assert (output / "model.json").is_file()
+
+
+def test_a_closed_pipe_is_swallowed_and_other_write_errors_are_not():
+    import errno
+    import io
+
+    from mednextv2.output_streams import ReaderTolerantStream
+
+    read_end, write_end = os.pipe()
+    stream = ReaderTolerantStream(io.TextIOWrapper(io.FileIO(write_end, "w"), line_buffering=True))
+    stream.write("first line\n")
+    assert os.read(read_end, 100) == b"first line\n"
+    os.close(read_end)  # the reader has gone
+    for _ in range(3):
+        stream.write('{"stage": "train"}\n')
+        stream.flush()
+    assert stream.reader_lost
+    stream.close()
+
+    class FullDisk(io.StringIO):
+        def write(self, text):
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+    with pytest.raises(OSError, match="No space left"):
+        ReaderTolerantStream(FullDisk()).write("x")
