@@ -60,15 +60,13 @@ ModelListListener = Callable[[Optional[Exception]], None]
 class EngineClient:
     def __init__(self, python: Optional[str] = None, installLogic: Optional[InstallLogic] = None,
                  processFactory: Optional[ProcessFactory] = None, packageDir: Optional[Path] = None,
-                 baseEnv: Optional[Mapping[str, str]] = None, modelList: Optional[ModelListCache] = None,
-                 timerFactory: Optional[Callable[[], object]] = None) -> None:
+                 baseEnv: Optional[Mapping[str, str]] = None, modelList: Optional[ModelListCache] = None) -> None:
         self.python = python or find_slicer_python()
         self.installLogic = installLogic or InstallLogic()
         self.processFactory: ProcessFactory = processFactory or engine_process
         self.packageDir = Path(packageDir) if packageDir is not None else engine_package_dir()
         self.baseEnv = baseEnv  # None: Slicer's own environment at each start
         self.modelList = modelList if modelList is not None else MODEL_LIST
-        self.timerFactory = timerFactory
         self._listeners: List[ModelListListener] = []
         self._listRun: Optional[EngineRunner] = None
         self._listStdout: List[str] = []
@@ -154,17 +152,13 @@ class EngineClient:
 
     def _pollTimer(self):
         if self._timer is None:
-            if self.timerFactory is not None:
-                self._timer = self.timerFactory()
-            else:
-                try:
-                    import qt
-                except ImportError:  # outside Slicer: the caller polls
-                    return None
-                self._timer = qt.QTimer()
-                self._timer.setInterval(200)
-            if self._timer is not None:
-                self._timer.connect("timeout()", self.pollModels)
+            try:
+                import qt
+            except ImportError:  # outside Slicer: the caller polls
+                return None
+            self._timer = qt.QTimer()
+            self._timer.setInterval(200)
+            self._timer.connect("timeout()", self.pollModels)
         return self._timer
 
 
