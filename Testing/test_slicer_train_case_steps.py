@@ -160,7 +160,7 @@ def test_the_wizard_runs_check_and_write_from_its_timer_with_cancel(slicer, data
     panel_modules_on_a_qt_mock.QTimer = lambda: timers.append(Timer()) or timers[-1]
     from MedNeXtV2SegmentLib.engine_client import EngineClient
     from MedNeXtV2SegmentLib.models import ModelListCache
-    from MedNeXtV2TrainLib import cases_page, labels_page, settings_page
+    from MedNeXtV2TrainLib import widget
     from MedNeXtV2TrainLib.label_table import dataset_labels, default_choices
     from MedNeXtV2TrainLib.logic import MedNeXtV2TrainLogic
     from MedNeXtV2TrainLib.settings import TrainSettings
@@ -170,13 +170,14 @@ def test_the_wizard_runs_check_and_write_from_its_timer_with_cancel(slicer, data
     ui = mock.MagicMock()
     ui.wizardStack.currentIndex, ui.resumeComboBox.count, ui.sourceFolderRadio.checked = 0, 0, False
     ui.wizardStack.setCurrentIndex.side_effect = lambda i: setattr(ui.wizardStack, "currentIndex", i)
-    monkeypatch.setattr(slicer.util, "childWidgetVariables", lambda widget: ui, raising=False)
-    monkeypatch.setattr(settings_page.SettingsPage, "setSettings", lambda self, settings: None)
-    monkeypatch.setattr(settings_page.SettingsPage, "fillModels", lambda self, models, wanted="": None)
-    monkeypatch.setattr(cases_page.CasesPage, "fillCasesFromScene", lambda self: None)
-    monkeypatch.setattr(cases_page.CasesPage, "sceneCases", lambda self: cases)  # the table's ticked rows
+    # the page classes as the wizard's module has them (the package may still hold an older import)
+    monkeypatch.setattr(slicer.util, "childWidgetVariables", lambda uiWidget: ui, raising=False)
+    monkeypatch.setattr(widget.SettingsPage, "setSettings", lambda self, settings: None)
+    monkeypatch.setattr(widget.SettingsPage, "fillModels", lambda self, models, wanted="": None)
+    monkeypatch.setattr(widget.CasesPage, "fillCasesFromScene", lambda self: None)
+    monkeypatch.setattr(widget.CasesPage, "sceneCases", lambda self: cases)  # the table's ticked rows
     filled = []
-    monkeypatch.setattr(labels_page.LabelsPage, "fillLabels", lambda self: filled.append(True))
+    monkeypatch.setattr(widget.LabelsPage, "fillLabels", lambda self: filled.append(True))
     wizard = TrainWizard(object(), MedNeXtV2TrainLogic(EngineClient(python=sys.executable, modelList=ModelListCache())))
     ui.jobsFolderEdit.text = str(tmp_path / "jobs")
 
