@@ -54,6 +54,7 @@ class MedNeXtV2TrainWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.wizard = TrainWizard(uiWidget)
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndImportEvent, self.onSceneChanged)
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndCloseEvent, self.onSceneChanged)
+        self.addObserver(slicer.mrmlScene, slicer.mrmlScene.StartCloseEvent, self.onSceneStartClose)
 
     def enter(self):
         # Volumes or segmentations may have been added since the panel was last shown: merged into
@@ -65,6 +66,11 @@ class MedNeXtV2TrainWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     def onSceneChanged(self, caller, event):
         self.enter()
+
+    def onSceneStartClose(self, caller, event):
+        # Closing the scene removes the nodes that cases being checked or written are read from.
+        if self.wizard is not None:
+            self.wizard.cancelCaseWork()
 
     def cleanup(self):
         self.removeObservers()
