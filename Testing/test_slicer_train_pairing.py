@@ -10,6 +10,7 @@ from MedNeXtV2TrainLib.case_checks import ERROR, WARNING, CaseFacts, Geometry, c
 from MedNeXtV2TrainLib.label_table import (BASE, IGNORE, NEW, BaseLabel, LabelChoice, dataset_labels,  # noqa: E402
                                            default_choices, union_of_segments, value_by_segment)
 from MedNeXtV2TrainLib.pairing import NodeRecord, case_stem, pair_cases  # noqa: E402
+from mednextv2.train.options import MIN_CASES_TO_HOLD_OUT  # noqa: E402
 
 
 def test_case_stem_drops_role_words():
@@ -86,9 +87,17 @@ def test_case_checks_report_every_problem_by_case():
     assert not has_errors(check_cases([facts[0], facts[7]], ["liver", "tumor"]))
 
 
-def test_case_checks_need_two_distinct_cases():
+def test_case_checks_follow_the_engine_one_case_is_enough():
+    # The engine trains on every case below MIN_CASES_TO_HOLD_OUT (train/run.split_cases): the
+    # wizard must not refuse what the engine does, only say what a second case would add.
     problems = check_cases([CaseFacts("a", GRID, {"x": 1})], ["x"])
-    assert has_errors(problems) and "at least 2 cases" in problems[-1].message
+    assert not has_errors(problems)
+    assert [(p.case, p.severity) for p in problems] == [("dataset", WARNING)]
+    assert "no held-out Dice" in problems[0].message and "second case adds variety" in problems[0].message
+    assert f"from {MIN_CASES_TO_HOLD_OUT} cases on" in problems[0].message
+    assert not any(p.case == "dataset" for p in check_cases([CaseFacts(n, GRID, {"x": 1}) for n in "ab"], ["x"]))
+    problems = check_cases([], ["x"])
+    assert has_errors(problems) and "at least one case" in problems[0].message
     problems = check_cases([CaseFacts("a", GRID, {"x": 1}), CaseFacts("a", GRID, {"x": 1})], ["x"])
     assert any("two cases have this name" in p.message for p in problems)
 

@@ -10,7 +10,7 @@ from typing import List, Optional
 import qt
 import slicer
 
-from MedNeXtV2TrainLib.case_checks import has_errors
+from MedNeXtV2TrainLib.case_checks import has_errors, one_case_note
 from MedNeXtV2TrainLib.pairing import CaseRow, merge_pairs
 from MedNeXtV2TrainLib.scene_cases import SceneCase
 
@@ -65,9 +65,10 @@ class CasesPage:
                 item = qt.QTableWidgetItem(text)
                 item.setFlags(qt.Qt.ItemIsEnabled)
                 self.ui.casesTable.setItem(row, column, item)
-        self.ui.caseProblemsText.setPlainText(f"{len(self.wizard.folderDataset.cases)} case(s); the engine checks every "
-                                              "file before training starts.")
-        return len(self.wizard.folderDataset.cases) >= 2 or self.say("The folder needs at least 2 cases.")
+        count = len(self.wizard.folderDataset.cases)
+        note = f"\n[warning] {one_case_note()}" if count == 1 else ""
+        self.ui.caseProblemsText.setPlainText(f"{count} case(s); the engine checks every file before training starts.{note}")
+        return count >= 1 or self.say("The folder has no case.")
 
     def fillCasesFromScene(self) -> None:
         """Merge the scene's pairs into the table: rows the user made, edited or unticked stay."""
