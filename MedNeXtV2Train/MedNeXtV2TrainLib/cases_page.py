@@ -11,7 +11,7 @@ import qt
 import slicer
 
 from MedNeXtV2TrainLib.case_checks import has_errors, one_case_note
-from MedNeXtV2TrainLib.pairing import CaseRow, merge_pairs
+from MedNeXtV2TrainLib.pairing import CaseRow, merge_pairs, row_of_pair
 from MedNeXtV2TrainLib.scene_cases import SceneCase
 
 USE, CASE, VOLUME, SEGMENTATION, CHECK = range(5)
@@ -105,6 +105,20 @@ class CasesPage:
             combo.setCurrentIndex(max(0, combo.findData(selected)) if selected else -1)
             table.setCellWidget(row, column, combo)
         table.setItem(row, CHECK, qt.QTableWidgetItem(reason))
+
+    def useCase(self, volumeNode, segmentationNode) -> str:
+        """Tick the row pairing these two nodes, adding one if the scene pairing has none; its case name."""
+        self.fillCasesFromScene()
+        table = self.ui.casesTable
+        rows = [CaseRow(table.cellWidget(r, VOLUME).currentData, table.cellWidget(r, SEGMENTATION).currentData)
+                for r in range(table.rowCount)]
+        row = row_of_pair(rows, volumeNode.GetID(), segmentationNode.GetID())
+        if row is None:
+            self.addCaseRow(volumeNode.GetName(), volumeNode.GetID(), segmentationNode.GetID(), "from Segment")
+            row = table.rowCount - 1
+        table.item(row, USE).setCheckState(qt.Qt.Checked)
+        table.selectRow(row)
+        return table.item(row, CASE).text()
 
     def onRemoveCase(self) -> None:
         rows = sorted({index.row() for index in self.ui.casesTable.selectedIndexes()}, reverse=True)

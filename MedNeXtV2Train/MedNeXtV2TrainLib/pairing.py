@@ -97,6 +97,12 @@ class CaseRow:
     used: bool = True
 
 
+def row_of_pair(rows: Sequence[CaseRow], volume_id: str, segmentation_id: str) -> Optional[int]:
+    """The first row pairing exactly this volume with this segmentation, ticked or not; None if none does."""
+    return next((i for i, row in enumerate(rows)
+                 if row.volume_id == volume_id and row.segmentation_id == segmentation_id), None)
+
+
 def merge_pairs(rows: Sequence[CaseRow], pairs: Sequence[CasePair], exists) -> Tuple[List[int], List[CasePair]]:
     """(rows to remove, pairs to add) when the scene changed: the table is merged, never rebuilt.
 

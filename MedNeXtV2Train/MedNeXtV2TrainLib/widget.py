@@ -21,6 +21,7 @@ from MedNeXtV2TrainLib.labels_page import LabelsPage
 from MedNeXtV2TrainLib.logic import MedNeXtV2TrainLogic, default_jobs_root
 from MedNeXtV2TrainLib.run_pages import RunPages
 from MedNeXtV2TrainLib.scene_cases import SceneCase
+from MedNeXtV2TrainLib.settings import TrainSettings
 from MedNeXtV2TrainLib.settings_page import SettingsPage
 from MedNeXtV2TrainLib.train_command import SettingsError
 
@@ -40,6 +41,7 @@ class TrainWizard:
         self.labels = []
         self.folderDataset = None
         self.listRun = None
+        self.wantedBaseModel = ""  # selected once a model list being read arrives
         self.listTimer = qt.QTimer()
         self.listTimer.setInterval(200)
         self.listTimer.connect("timeout()", self.onListTimer)
@@ -116,6 +118,7 @@ class TrainWizard:
             self.settingsPage.fillModels(segmentLogic.models, wanted)
             return
         self.settingsPage.fillModels(segmentLogic.models, wanted)  # "Train from scratch" works meanwhile
+        self.wantedBaseModel = wanted or self.wantedBaseModel
         if self.listRun is not None or not segmentLogic.installLogic.plan().empty:
             return
         try:
@@ -136,7 +139,26 @@ class TrainWizard:
         except (CatalogError, RuntimeError) as e:
             self.ui.baseModelInfoLabel.text = f"Model list unavailable ({e}); you can still train from scratch."
             return
-        self.settingsPage.fillModels(segmentLogic.models)
+        wanted, self.wantedBaseModel = self.wantedBaseModel, ""
+        self.settingsPage.fillModels(segmentLogic.models, wanted)
+
+    def improveModel(self, volumeNode, segmentationNode, baseModelId: str) -> None:
+        """Fine-tune `baseModelId` on this volume and segmentation (a result the user corrected):
+        the case is ticked in the table (added when the scene pairing missed it), the model becomes
+        the base, and the wizard opens at its first page. Other cases keep their ticks."""
+        if self.busy:
+            self.say("A training run is in progress: let it finish or cancel it first.")
+            return
+        if self.fromFolder():
+            self.ui.sourceSceneRadio.checked = True  # the table is refilled from the scene
+        caseName = self.casesPage.useCase(volumeNode, segmentationNode)
+        base = self.logic.segmentLogic.model(baseModelId)
+        if self.ui.modelNameEdit.text.strip() in ("", TrainSettings().model_name) and base is not None:
+            self.ui.modelNameEdit.text = f"{base.title} improved"
+        self.refreshModels(wanted=baseModelId)  # selected now, or once the list being read arrives
+        self.goTo(CASES)
+        self.say(f"Case '{caseName}' is ticked and '{base.title if base else baseModelId}' is the base model. "
+                 "One case is enough; press Next to check it.", error=False)
 
     # -- page 4: train -------------------------------------------------------------------------
     def refreshResumable(self) -> None:
