@@ -158,5 +158,5 @@ class CasesPage:
         self.ui.caseProblemsText.setPlainText("\n".join(f"[{p.severity}] {p}" for p in problems) or "All cases look fine.")
         if has_errors(problems):
             return self.say("Fix the errors listed under the table (or untick those cases) first.")
-        self.say(f"{len(self.wizard.cases)} cases ready.", error=False)
+        self.say(f"{len(self.wizard.cases)} case(s) ready.", error=False)
         return True
