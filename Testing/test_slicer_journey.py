@@ -22,6 +22,7 @@ from urllib.parse import unquote
 
 import numpy as np
 import pytest
+import SimpleITK as sitk
 
 import slicer_stubs
 import slicer_train_paths  # noqa: F401  (MedNeXtV2TrainLib, MedNeXtV2SegmentLib, mednextv2 on sys.path)
@@ -213,6 +214,14 @@ def test_segment_correct_retrain_segment_again_save_and_reload(scene, data_dir, 
                              epochs=None, patch_size=None, device="cpu", seed=1)
     jobsRoot = tmp_path / "training"
     jobDir, state = trainLogic.createJob(settings, jobsRoot, cases, labels)
+    # the correction is what the model learns: the exported label map is the corrected segmentation
+    exported = sitk.GetArrayFromImage(sitk.ReadImage(str(Path(state.dataset) / "labelsTr" / "breast1.nrrd")))
+    value = {label.name: label.value for label in labels}
+    expected = np.zeros(exported.shape, np.uint8)
+    for name in sorted(corrected, key=value.get):  # the higher value wins where segments overlap
+        expected[corrected[name]] = value[name]
+    assert set(ids) == set(corrected)
+    np.testing.assert_array_equal(exported, expected)
     run = trainLogic.startTraining(jobDir, state)
     started = time.monotonic()
     assert run.wait(timeout=TRAIN_TIMEOUT_S) == "finished", run.outcome() + "\n" + "\n".join(run.log)
