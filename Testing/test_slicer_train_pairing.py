@@ -9,7 +9,7 @@ import slicer_train_paths  # noqa: E402,F401  (MedNeXtV2TrainLib, MedNeXtV2Segme
 from MedNeXtV2TrainLib.case_checks import ERROR, WARNING, CaseFacts, Geometry, check_cases, has_errors  # noqa: E402
 from MedNeXtV2TrainLib.label_table import (BASE, IGNORE, NEW, BaseLabel, LabelChoice, dataset_labels,  # noqa: E402
                                            default_choices, union_of_segments, value_by_segment)
-from MedNeXtV2TrainLib.pairing import CaseRow, NodeRecord, case_stem, pair_cases, row_of_pair  # noqa: E402
+from MedNeXtV2TrainLib.pairing import CaseRow, NodeRecord, case_stem, pair_cases, row_for_case  # noqa: E402
 from mednextv2.train.options import MIN_CASES_TO_HOLD_OUT  # noqa: E402
 
 
@@ -102,11 +102,12 @@ def test_case_checks_follow_the_engine_one_case_is_enough():
     assert any("two cases have this name" in p.message for p in problems)
 
 
-def test_row_of_pair_finds_the_exact_pair_ticked_or_not():
+def test_row_for_an_improve_case_reuses_the_volume_row_and_leaves_its_twins_out():
     rows = [CaseRow("v1", "s2"), CaseRow("v1", "s1", used=False), CaseRow("v2", "s1"), CaseRow("v1", "s1")]
-    assert row_of_pair(rows, "v1", "s1") == 1  # the first, even unticked: the action ticks it
-    assert row_of_pair(rows, "v2", "s2") is None
-    assert row_of_pair([], "v1", "s1") is None
+    assert row_for_case(rows, "v1", "s1") == (1, [0, 3])  # the exact pair, even unticked; other v1 rows out
+    assert row_for_case(rows, "v2", "s9") == (2, [])      # the volume's row takes the new segmentation
+    assert row_for_case(rows, "v3", "s1") == (None, [])   # a new row
+    assert row_for_case([], "v1", "s1") == (None, [])
 
 
 BASE_LABELS = [BaseLabel(1, "liver", (221, 130, 101)), BaseLabel(2, "spleen", (157, 108, 162)), BaseLabel(3, "left kidney")]

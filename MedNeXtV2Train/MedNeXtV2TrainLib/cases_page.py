@@ -11,7 +11,7 @@ import qt
 import slicer
 
 from MedNeXtV2TrainLib.case_checks import has_errors, one_case_note
-from MedNeXtV2TrainLib.pairing import CaseRow, merge_pairs, row_of_pair
+from MedNeXtV2TrainLib.pairing import CaseRow, merge_pairs, row_for_case
 from MedNeXtV2TrainLib.scene_cases import SceneCase
 
 USE, CASE, VOLUME, SEGMENTATION, CHECK = range(5)
@@ -107,15 +107,21 @@ class CasesPage:
         table.setItem(row, CHECK, qt.QTableWidgetItem(reason))
 
     def useCase(self, volumeNode, segmentationNode) -> str:
-        """Tick the row pairing these two nodes, adding one if the scene pairing has none; its case name."""
+        """Make (volume, segmentation) a ticked case (pairing.row_for_case); returns its case name."""
         self.fillCasesFromScene()
         table = self.ui.casesTable
         rows = [CaseRow(table.cellWidget(r, VOLUME).currentData, table.cellWidget(r, SEGMENTATION).currentData)
                 for r in range(table.rowCount)]
-        row = row_of_pair(rows, volumeNode.GetID(), segmentationNode.GetID())
+        row, others = row_for_case(rows, volumeNode.GetID(), segmentationNode.GetID())
         if row is None:
             self.addCaseRow(volumeNode.GetName(), volumeNode.GetID(), segmentationNode.GetID(), "from Segment")
             row = table.rowCount - 1
+        combo = table.cellWidget(row, SEGMENTATION)
+        if combo.findData(segmentationNode.GetID()) < 0:  # made after the row's list was filled
+            combo.addItem(segmentationNode.GetName(), segmentationNode.GetID())
+        combo.setCurrentIndex(combo.findData(segmentationNode.GetID()))
+        for other in others:
+            table.item(other, USE).setCheckState(qt.Qt.Unchecked)
         table.item(row, USE).setCheckState(qt.Qt.Checked)
         table.selectRow(row)
         return table.item(row, CASE).text()

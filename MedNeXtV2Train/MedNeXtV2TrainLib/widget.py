@@ -144,8 +144,8 @@ class TrainWizard:
 
     def improveModel(self, volumeNode, segmentationNode, baseModelId: str) -> None:
         """Fine-tune `baseModelId` on this volume and segmentation (a result the user corrected):
-        the case is ticked in the table (added when the scene pairing missed it), the model becomes
-        the base, and the wizard opens at its first page. Other cases keep their ticks."""
+        the case is ticked in the table (CasesPage.useCase), the model becomes the base, and the
+        wizard opens at its first page. Cases of other volumes keep their ticks."""
         if self.busy:
             self.say("A training run is in progress: let it finish or cancel it first.")
             return
