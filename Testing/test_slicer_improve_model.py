@@ -57,3 +57,68 @@ def test_improve_opens_train_with_the_result_and_its_model(modules, data_dir, mo
     assert panel.improvableResult() is None
     panel.onImproveModel()
     assert len(calls) == 2
+
+
+def pythonqt_style_qt():
+    """The `qt` members the cases page uses, from real Qt (PySide6), read the way PythonQt reads
+    them in Slicer: `table.rowCount` and `combo.currentData` are properties there, methods here."""
+    import types
+
+    from qt_ui_helpers import QtCore, QtWidgets
+
+    QtWidgets.QApplication.instance() or QtWidgets.QApplication([])
+
+    class QComboBox(QtWidgets.QComboBox):
+        currentData = property(lambda self: QtWidgets.QComboBox.currentData(self))
+
+    class QTableWidget(QtWidgets.QTableWidget):
+        rowCount = property(lambda self: QtWidgets.QTableWidget.rowCount(self))
+
+    return types.SimpleNamespace(QComboBox=QComboBox, QTableWidget=QTableWidget, Qt=QtCore.Qt,
+                                 QTableWidgetItem=QtWidgets.QTableWidgetItem)
+
+
+def test_the_case_table_takes_the_corrected_result(tmp_path, data_dir, monkeypatch):
+    """CasesPage.useCase on a real Qt table and real MRML nodes: the volume's row takes the new
+    result (made after the table was filled), no second row of that volume, other cases untouched."""
+    import types
+
+    qt = pythonqt_style_qt()
+    before = set(sys.modules)
+    slicer = slicer_stubs.install(str(tmp_path / "slicer-temp"))
+    monkeypatch.setitem(sys.modules, "qt", qt)
+    try:
+        from MedNeXtV2TrainLib.cases_page import CASE, SEGMENTATION, USE, CasesPage
+        from MedNeXtV2TrainLib.logic import MedNeXtV2TrainLogic
+
+        def segmentation(name, volume):
+            node = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLSegmentationNode", name)
+            node.SetReferenceImageGeometryParameterFromVolumeNode(volume)
+            return node
+
+        breast = slicer_stubs.load_volume(data_dir / "mr-breast" / "breast1_image.nrrd", "breast1")
+        brain = slicer_stubs.load_volume(data_dir / "mr-brain-lesion" / "brain1_image.nrrd", "brain1")
+        old, brainLesion = segmentation("breast1 old", breast), segmentation("brain1 lesion", brain)
+        page = CasesPage.__new__(CasesPage)  # __init__ only connects the page's buttons
+        page.wizard, page.logic, page.say = types.SimpleNamespace(), MedNeXtV2TrainLogic, lambda *a, **k: False
+        page.ui = types.SimpleNamespace(casesTable=qt.QTableWidget(0, 5))
+        page.fillCasesFromScene()
+        table = page.ui.casesTable
+        assert [c.segmentation for c in page.sceneCases()] == [old, brainLesion]
+        table.item(1, USE).setCheckState(qt.Qt.Unchecked)  # the user left brain1 out
+
+        corrected = segmentation("breast1 - Breast", breast)  # the Segment run's result, corrected
+        assert page.useCase(breast, corrected) == "breast1"
+        assert table.rowCount == 2 and table.cellWidget(0, SEGMENTATION).currentData == corrected.GetID()
+        assert [(c.name, c.volume, c.segmentation) for c in page.sceneCases()] == [("breast1", breast, corrected)]
+
+        third = slicer_stubs.load_volume(data_dir / "mr-breast" / "breast1_image.nrrd", "scan3")
+        result = segmentation("scan3 - Breast", third)
+        table.item(1, USE).setCheckState(qt.Qt.Checked)
+        assert page.useCase(third, result) == "scan3"  # a new row (or the pairing's), ticked
+        assert [c.segmentation for c in page.sceneCases()] == [corrected, brainLesion, result]
+        assert [table.item(r, CASE).text() for r in range(table.rowCount)] == ["breast1", "brain1", "scan3"]
+    finally:
+        slicer_stubs.uninstall()
+        for name in set(sys.modules) - before:
+            del sys.modules[name]
