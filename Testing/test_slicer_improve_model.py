@@ -122,3 +122,86 @@ def test_the_case_table_takes_the_corrected_result(tmp_path, data_dir, monkeypat
         slicer_stubs.uninstall()
         for name in set(sys.modules) - before:
             del sys.modules[name]
+
+
+def test_wizard_opens_with_the_case_and_the_model_as_base(tmp_path, data_dir, monkeypatch):
+    """TrainWizard.improveModel with the real cases and settings pages on real Qt widgets (read
+    PythonQt's way), real MRML nodes and the real engine's model list: the base model is selected at
+    once when the list is cached, and when the list is still being read, once it arrives."""
+    import time
+    import types
+
+    qt = pythonqt_style_qt()
+    monkeypatch.setenv("MEDNEXTV2_HOME", str(tmp_path / "home"))
+    before = set(sys.modules)
+    slicer = slicer_stubs.install(str(tmp_path / "slicer-temp"))
+    monkeypatch.setitem(sys.modules, "qt", qt)
+    try:
+        from MedNeXtV2SegmentLib.logic import MedNeXtV2SegmentLogic
+        from MedNeXtV2SegmentLib.models import MODEL_LIST
+        from MedNeXtV2SegmentLib.tinybundle import make_tiny_bundle
+        from MedNeXtV2TrainLib.cases_page import CasesPage
+        from MedNeXtV2TrainLib.logic import MedNeXtV2TrainLogic
+        from MedNeXtV2TrainLib.settings_page import SettingsPage
+        from MedNeXtV2TrainLib.widget import CASES, TrainWizard
+
+        segmentLogic = MedNeXtV2SegmentLogic(python=sys.executable)
+        run = segmentLogic.startModelAction("import", str(make_tiny_bundle(tmp_path / "bundles")))  # Import button
+        while not segmentLogic.poll(run):
+            time.sleep(0.1)
+        segmentLogic.finish(run)
+        MODEL_LIST.clear()
+
+        def combo(*items):
+            box = qt.QComboBox()
+            for item in items:
+                box.addItem(item)
+            return box
+
+        field = types.SimpleNamespace
+        wizard = TrainWizard.__new__(TrainWizard)  # __init__ connects signals and reads the saved settings
+        wizard.ui = field(casesTable=qt.QTableWidget(0, 5), sourceSceneRadio=field(checked=True),
+                          sourceFolderRadio=field(checked=False), modelNameEdit=field(text="My model"),
+                          baseModelComboBox=qt.QComboBox(), architectureComboBox=field(enabled=True),
+                          baseModelInfoLabel=field(text=""), modalityComboBox=combo("CT", "MR", "other"),
+                          wizardStack=field(setCurrentIndex=lambda index: setattr(wizard, "page", index)),
+                          stepLabel=field(text=""), backButton=field(enabled=True),
+                          nextButton=field(enabled=True, text=""), statusLabel=field(text=""))
+        wizard.logic = MedNeXtV2TrainLogic(segmentLogic=segmentLogic)
+        wizard.models, wizard.union, wizard.wantedBaseModel = [], [], ""
+        wizard.runPages = field(busy=False)
+        wizard.listRun, wizard.listTimer = None, field(start=lambda: None, stop=lambda: None)
+        wizard.casesPage, wizard.settingsPage = CasesPage.__new__(CasesPage), SettingsPage.__new__(SettingsPage)
+        for page in (wizard.casesPage, wizard.settingsPage):
+            page.wizard, page.ui, page.logic, page.say = wizard, wizard.ui, wizard.logic, wizard.say
+
+        volume = slicer_stubs.load_volume(data_dir / "mr-breast" / "breast1_image.nrrd", "breast1")
+        result = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLSegmentationNode", "breast1 - Self-test tiny model")
+        result.SetReferenceImageGeometryParameterFromVolumeNode(volume)
+
+        # The list is still being read (the panel was just opened): selected when it arrives.
+        wizard.listRun = segmentLogic.startModelList()
+        wizard.improveModel(volume, result, "selftest-tiny")
+        assert wizard.ui.baseModelComboBox.currentData == ""  # "Train from scratch" until then
+        while wizard.listRun is not None:
+            wizard.onListTimer()
+            time.sleep(0.1)
+        assert wizard.ui.baseModelComboBox.currentData == "selftest-tiny"
+        assert wizard.page == CASES and "'breast1' is ticked" in wizard.ui.statusLabel.text
+        assert wizard.ui.modelNameEdit.text == "selftest-tiny improved"  # the title was not known yet
+        assert [(c.volume, c.segmentation) for c in wizard.casesPage.sceneCases()] == [(volume, result)]
+
+        # Cached list, another base chosen meanwhile: Improve selects the result's model again.
+        wizard.ui.baseModelComboBox.setCurrentIndex(0)
+        wizard.ui.modelNameEdit.text = "My model"
+        wizard.improveModel(volume, result, "selftest-tiny")
+        assert wizard.ui.modelNameEdit.text == "Self-test tiny model improved"
+        assert wizard.ui.baseModelComboBox.currentData == "selftest-tiny" and wizard.wantedBaseModel == ""
+        assert wizard.ui.casesTable.rowCount == 1
+    finally:
+        from MedNeXtV2SegmentLib.models import MODEL_LIST
+
+        MODEL_LIST.clear()
+        slicer_stubs.uninstall()
+        for name in set(sys.modules) - before:
+            del sys.modules[name]

@@ -152,12 +152,13 @@ class TrainWizard:
         if self.fromFolder():
             self.ui.sourceSceneRadio.checked = True  # the table is refilled from the scene
         caseName = self.casesPage.useCase(volumeNode, segmentationNode)
-        base = self.logic.segmentLogic.model(baseModelId)
-        if self.ui.modelNameEdit.text.strip() in ("", TrainSettings().model_name) and base is not None:
-            self.ui.modelNameEdit.text = f"{base.title} improved"
+        base = self.logic.segmentLogic.model(baseModelId)  # None while the model list is being read
+        title = base.title if base is not None else baseModelId
+        if self.ui.modelNameEdit.text.strip() in ("", TrainSettings().model_name):
+            self.ui.modelNameEdit.text = f"{title} improved"
         self.refreshModels(wanted=baseModelId)  # selected now, or once the list being read arrives
         self.goTo(CASES)
-        self.say(f"Case '{caseName}' is ticked and '{base.title if base else baseModelId}' is the base model. "
+        self.say(f"Case '{caseName}' is ticked and '{title}' is the base model. "
                  "One case is enough; press Next to check it.", error=False)
 
     # -- page 4: train -------------------------------------------------------------------------
