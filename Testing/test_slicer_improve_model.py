@@ -1,9 +1,10 @@
 """"Improve this model": the Segment panel hands its last result and the model that made it to the
-Train module, through the Train module widget's public `improveModel`, on Slicer's real core.
+Train module through the Train module widget's public `improveModel`; the wizard ticks that case
+and selects that base model. On Slicer's real core (scene, nodes, module classes, engine model list).
 
-The panels themselves need Slicer's Qt (PythonQt), so `qt` is a mock for the widget files' imports
-and the two slicer.util calls that need Slicer's module manager (selectModule, getModuleWidget)
-are recorded; the nodes, the scene and the module classes are the real ones.
+The panels need Slicer's Qt (PythonQt). The hand-over test mocks `qt` and records the two
+slicer.util calls that need Slicer's module manager; the wizard tests run the real cases and
+settings pages on real Qt widgets (PySide6), read the way PythonQt reads them (`pythonqt_style_qt`).
 """
 from __future__ import annotations
 
