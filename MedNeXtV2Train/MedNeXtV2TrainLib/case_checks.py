@@ -131,11 +131,12 @@ def check_cases(cases: Sequence[CaseFacts], all_segment_names: Sequence[str]) ->
 
 def one_case_note() -> str:
     """The engine trains on one case (train/run.split_cases); what a second would add."""
-    from mednextv2.train.options import MIN_CASES_TO_HOLD_OUT  # torch-free
+    from mednextv2.train.options import DEFAULT_VAL_FRACTION, MIN_CASES_TO_HOLD_OUT  # torch-free
 
     return ("one case: the model trains on it and holds nothing out, so it gets no held-out Dice. A second case "
-            "adds variety the model learns from (another patient, scanner or contrast); with a validation share "
-            f"set on the settings page, or from {MIN_CASES_TO_HOLD_OUT} cases on, some are held out and scored")
+            "adds variety the model learns from (another patient, scanner or contrast) and lets a validation "
+            f"share (settings page) hold one out for a Dice score; from {MIN_CASES_TO_HOLD_OUT} cases on, "
+            f"{DEFAULT_VAL_FRACTION:.0%} are held out by default")
 
 
 def has_errors(problems: Sequence[Problem]) -> bool:

@@ -54,8 +54,6 @@ class TrainResult:
     seconds: float
 
 
-
-
 def split_cases(cases: Sequence[Case], val_names: Sequence[str], fraction: Optional[float], seed: int,
                 background_only: Sequence[str] = ()) -> Tuple[List[Case], List[Case]]:
     """Training and held-out cases: `val_names` if given, else `fraction` of them (None: the default rule)."""
