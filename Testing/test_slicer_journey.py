@@ -109,8 +109,9 @@ def save_scene_as_slicer_does(slicer, folder: Path) -> Path:
         storage = node.GetStorageNode()
         if storage is None:
             continue  # stored in the .mrml itself
-        # forceFileNameValidCharacters, then the format's extension (the existing one, or the default)
-        stem = re.sub(r'[\\/:*?"<>|]', "_", node.GetName())
+        # qSlicerCoreIOManager::forceFileNameValidCharacters (drops other characters, strips spaces),
+        # then the format's extension (the existing one, or the default)
+        stem = re.sub(r"[^A-Za-z0-9 \-_.()$!~#'%^{}]", "", node.GetName()).strip()
         extension = storage.GetSupportedFileExtension() if storage.GetFileName() else ""
         extension = extension or "." + storage.GetDefaultWriteFileExtension()
         storage.SetFileName(str(folder / f"{stem}{extension}"))
