@@ -64,6 +64,11 @@ class MedNeXtV2TrainWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self.wizard.refreshResumable()
             self.wizard.refreshModels()
 
+    def improveModel(self, volumeNode, segmentationNode, baseModelId: str) -> None:
+        """Public entry of the Segment panel's "Improve this model": this volume and its (corrected)
+        segmentation as a training case, `baseModelId` as the base model (TrainWizard.improveModel)."""
+        self.wizard.improveModel(volumeNode, segmentationNode, baseModelId)
+
     def onSceneChanged(self, caller, event):
         self.enter()
 

@@ -75,6 +75,13 @@ def test_widget_types_match_how_the_code_uses_them():
     assert widget.findChild(QtWidgets.QCheckBox, "ttaCheckBox").isChecked()
 
 
+def test_improve_button_waits_for_a_result():
+    """"Improve this model" acts on the last result: off until a run has made one (widget.updateButtons)."""
+    button = load_ui(UI).findChild(QtWidgets.QPushButton, "improveModelButton")
+    assert button is not None and not button.isEnabled()
+    assert button.text() == "Improve this model..." and "correct" in button.toolTip()
+
+
 def test_mrml_selectors_have_node_types_and_a_scene_connection():
     root = ET.parse(UI).getroot()
     selectors = {w.get("name"): w for w in root.iter("widget") if w.get("class") == "qMRMLNodeComboBox"}

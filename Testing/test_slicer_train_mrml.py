@@ -135,3 +135,30 @@ def test_scene_cases_export_to_one_label_table_and_train_accepts_them(slicer, da
     from mednextv2.bundle import load_bundle
 
     assert {label.name: label.value for label in load_bundle(out).labels} == value
+
+
+def test_one_scene_case_is_enough_to_train(slicer, data_dir, tmp_path, monkeypatch):
+    """The wizard's checks pass one case, as the engine trains on one (train/run.split_cases): the
+    module's export and its own training run give a model, with nothing held out."""
+    from mednextv2.bundle import load_bundle
+    from MedNeXtV2SegmentLib.logic import MedNeXtV2SegmentLogic
+    from MedNeXtV2TrainLib.label_table import dataset_labels, default_choices
+    from MedNeXtV2TrainLib.logic import MedNeXtV2TrainLogic
+    from MedNeXtV2TrainLib.scene_cases import SceneCase
+    from MedNeXtV2TrainLib.settings import TrainSettings
+
+    monkeypatch.setenv("MEDNEXTV2_HOME", str(tmp_path / "home"))
+    breast = slicer_stubs.load_volume(data_dir / "mr-breast" / "breast1_image.nrrd", "Breast")
+    lesion = slicer.util.arrayFromVolume(slicer_stubs.load_volume(data_dir / "mr-breast" / "breast1_label.nrrd", "label")) > 0
+    cases = [SceneCase("Breast", breast, add_segmentation(slicer, "Breast", breast, [("lesion", lesion)]))]
+    logic = MedNeXtV2TrainLogic(segmentLogic=MedNeXtV2SegmentLogic(python=sys.executable))
+    problems, union, _ = logic.checkCases(cases)
+    assert [(p.case, p.severity) for p in problems] == [("dataset", "warning")], problems
+    settings = TrainSettings(model_name="One case", modality="MR", minutes=None, epochs=1, iterations=1,
+                             patch_size=(32, 32, 32), device="cpu", seed=1)
+    jobDir, state = logic.createJob(settings, tmp_path / "jobs", cases, dataset_labels(union, default_choices(union, []), []))
+    run = logic.startTraining(jobDir, state)
+    assert run.wait(timeout=600) == "finished", run.outcome() + "\n" + "\n".join(run.log)
+    bundle = load_bundle(state.output_bundle)
+    assert [label.name for label in bundle.labels] == ["lesion"]
+    assert not bundle.spec.provenance.metrics.get("validation_cases"), "one case: nothing held out"

@@ -9,7 +9,8 @@ import slicer_train_paths  # noqa: E402,F401  (MedNeXtV2TrainLib, MedNeXtV2Segme
 from MedNeXtV2TrainLib.case_checks import ERROR, WARNING, CaseFacts, Geometry, check_cases, has_errors  # noqa: E402
 from MedNeXtV2TrainLib.label_table import (BASE, IGNORE, NEW, BaseLabel, LabelChoice, dataset_labels,  # noqa: E402
                                            default_choices, union_of_segments, value_by_segment)
-from MedNeXtV2TrainLib.pairing import NodeRecord, case_stem, pair_cases  # noqa: E402
+from MedNeXtV2TrainLib.pairing import CaseRow, NodeRecord, case_stem, pair_cases, row_for_case  # noqa: E402
+from mednextv2.train.options import MIN_CASES_TO_HOLD_OUT  # noqa: E402
 
 
 def test_case_stem_drops_role_words():
@@ -86,11 +87,27 @@ def test_case_checks_report_every_problem_by_case():
     assert not has_errors(check_cases([facts[0], facts[7]], ["liver", "tumor"]))
 
 
-def test_case_checks_need_two_distinct_cases():
+def test_case_checks_follow_the_engine_one_case_is_enough():
+    # The engine trains on every case below MIN_CASES_TO_HOLD_OUT (train/run.split_cases): the
+    # wizard must not refuse what the engine does, only say what a second case would add.
     problems = check_cases([CaseFacts("a", GRID, {"x": 1})], ["x"])
-    assert has_errors(problems) and "at least 2 cases" in problems[-1].message
+    assert not has_errors(problems)
+    assert [(p.case, p.severity) for p in problems] == [("dataset", WARNING)]
+    assert "no held-out Dice" in problems[0].message and "second case adds variety" in problems[0].message
+    assert f"from {MIN_CASES_TO_HOLD_OUT} cases on" in problems[0].message
+    assert not any(p.case == "dataset" for p in check_cases([CaseFacts(n, GRID, {"x": 1}) for n in "ab"], ["x"]))
+    problems = check_cases([], ["x"])
+    assert has_errors(problems) and "at least one case" in problems[0].message
     problems = check_cases([CaseFacts("a", GRID, {"x": 1}), CaseFacts("a", GRID, {"x": 1})], ["x"])
     assert any("two cases have this name" in p.message for p in problems)
+
+
+def test_row_for_an_improve_case_reuses_the_volume_row_and_leaves_its_twins_out():
+    rows = [CaseRow("v1", "s2"), CaseRow("v1", "s1", used=False), CaseRow("v2", "s1"), CaseRow("v1", "s1")]
+    assert row_for_case(rows, "v1", "s1") == (1, [0, 3])  # the exact pair, even unticked; other v1 rows out
+    assert row_for_case(rows, "v2", "s9") == (2, [])      # the volume's row takes the new segmentation
+    assert row_for_case(rows, "v3", "s1") == (None, [])   # a new row
+    assert row_for_case([], "v1", "s1") == (None, [])
 
 
 BASE_LABELS = [BaseLabel(1, "liver", (221, 130, 101)), BaseLabel(2, "spleen", (157, 108, 162)), BaseLabel(3, "left kidney")]

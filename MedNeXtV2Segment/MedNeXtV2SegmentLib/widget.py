@@ -42,6 +42,7 @@ class SegmentPanel:
         self.segmentAfterDownload = False
         self.runModelId, self.runPasses = "", 0  # passes per tile of a CPU run (its rate is measured)
         self.wantedModel = ""  # a model to select once the (asynchronous) model list arrives
+        self.lastResult = None  # (volume, segmentation, model id) of the last run: what "Improve this model" trains on
         self.step: Optional[float] = None  # no control on the panel: a saved scene's step is kept as it is
         self.cancelButton = None
         self.dependenciesReady = False
@@ -57,6 +58,7 @@ class SegmentPanel:
         self.ui.applyButton.connect("clicked(bool)", self.onApply)
         self.ui.downloadModelButton.connect("clicked(bool)", self.onDownload)
         self.ui.importModelButton.connect("clicked(bool)", self.onImport)
+        self.ui.improveModelButton.connect("clicked(bool)", self.onImproveModel)
         self.ui.refreshModelsButton.connect("clicked(bool)", lambda: self.refreshModels(force=True))
         self.ui.modelSelector.connect("currentIndexChanged(int)", self.onModelChanged)
         self.ui.deviceSelector.connect("currentIndexChanged(int)", self.updateHints)
@@ -253,6 +255,7 @@ class SegmentPanel:
         self.ui.deviceHintLabel.text = hint
 
     def updateButtons(self, *unused) -> None:
+        self.ui.improveModelButton.enabled = self.run is None and self.improvableResult() is not None
         buttons = (self.ui.applyButton, self.ui.downloadModelButton, self.ui.importModelButton)
         if self.run is not None:  # only the Cancel of the running action stays usable
             for button in buttons:
@@ -356,6 +359,26 @@ class SegmentPanel:
         if path:
             self.startModelAction("import", path, "Cancel import", self.ui.applyButton)
 
+    def improvableResult(self):
+        """The last run's (volume, segmentation, model id) while both nodes are still in the scene."""
+        if self.lastResult is None:
+            return None
+        volume, segmentation, modelId = self.lastResult
+        if any(slicer.mrmlScene.GetNodeByID(node.GetID() or "") is not node for node in (volume, segmentation)):
+            return None
+        return self.lastResult
+
+    def onImproveModel(self) -> None:
+        """The result, as the user corrected it, becomes a training case for the model that made it:
+        the Train module opens with this volume and segmentation as a case and the model as its base."""
+        result = self.improvableResult()
+        if result is None:
+            self.updateButtons()
+            return
+        volume, segmentation, modelId = result
+        slicer.util.selectModule("MedNeXtV2Train")
+        slicer.util.getModuleWidget("MedNeXtV2Train").improveModel(volume, segmentation, modelId)
+
     def begin(self, run: EngineRun, cancelText: str, button) -> None:
         self.run, self.cancelButton = run, button
         self.updateButtons()
@@ -392,6 +415,7 @@ class SegmentPanel:
         if run.kind == "segment":
             # The selector stays as it was: a second run must not overwrite this result unasked.
             self.ui.show3DButton.setSegmentationNode(node)
+            self.lastResult = (run.volumeNode, node, self.runModelId)
             self.end(f"Done in {elapsed}: {node.GetSegmentation().GetNumberOfSegments()} segments in '{node.GetName()}'.")
         else:
             # finish() had the engine client read the list again: onModelList shows it, then

@@ -115,17 +115,28 @@ def check_case(facts: CaseFacts, all_segment_names: Sequence[str]) -> List[Probl
 
 
 def check_cases(cases: Sequence[CaseFacts], all_segment_names: Sequence[str]) -> List[Problem]:
-    """Every problem of every case, plus dataset-level ones (too few cases, duplicate names)."""
+    """Every problem of every case, plus dataset-level ones (no case, one case, duplicate names)."""
     found: List[Problem] = []
     for facts in cases:
         found.extend(check_case(facts, all_segment_names))
     names = [c.case for c in cases]
     for name in sorted({n for n in names if names.count(n) > 1}):
         found.append(Problem(name, ERROR, "two cases have this name; rename one"))
-    if len(cases) < 2:
-        found.append(Problem("dataset", ERROR, f"training needs at least 2 cases (one to train, one to validate), "
-                                               f"got {len(cases)}"))
+    if not cases:
+        found.append(Problem("dataset", ERROR, "no case to train on: tick at least one case"))
+    elif len(cases) == 1:
+        found.append(Problem("dataset", WARNING, one_case_note()))
     return found
+
+
+def one_case_note() -> str:
+    """The engine trains on one case (train/run.split_cases); what a second would add."""
+    from mednextv2.train.options import DEFAULT_VAL_FRACTION, MIN_CASES_TO_HOLD_OUT  # torch-free
+
+    return ("one case: the model trains on it and holds nothing out, so it gets no held-out Dice. A second case "
+            "adds variety the model learns from (another patient, scanner or contrast) and lets a validation "
+            f"share (settings page) hold one out for a Dice score; from {MIN_CASES_TO_HOLD_OUT} cases on, "
+            f"{DEFAULT_VAL_FRACTION:.0%} are held out by default")
 
 
 def has_errors(problems: Sequence[Problem]) -> bool:

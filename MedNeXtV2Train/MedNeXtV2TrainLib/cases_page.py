@@ -10,8 +10,8 @@ from typing import Callable, List, Optional
 import qt
 import slicer
 
-from MedNeXtV2TrainLib.case_checks import has_errors
-from MedNeXtV2TrainLib.pairing import CaseRow, merge_pairs
+from MedNeXtV2TrainLib.case_checks import has_errors, one_case_note
+from MedNeXtV2TrainLib.pairing import CaseRow, merge_pairs, row_for_case
 from MedNeXtV2TrainLib.scene_cases import SceneCase
 
 USE, CASE, VOLUME, SEGMENTATION, CHECK = range(5)
@@ -65,9 +65,10 @@ class CasesPage:
                 item = qt.QTableWidgetItem(text)
                 item.setFlags(qt.Qt.ItemIsEnabled)
                 self.ui.casesTable.setItem(row, column, item)
-        self.ui.caseProblemsText.setPlainText(f"{len(self.wizard.folderDataset.cases)} case(s); the engine checks every "
-                                              "file before training starts.")
-        return len(self.wizard.folderDataset.cases) >= 2 or self.say("The folder needs at least 2 cases.")
+        count = len(self.wizard.folderDataset.cases)
+        note = f"\n[warning] {one_case_note()}" if count == 1 else ""
+        self.ui.caseProblemsText.setPlainText(f"{count} case(s); the engine checks every file before training starts.{note}")
+        return count >= 1 or self.say("The folder has no case.")
 
     def fillCasesFromScene(self) -> None:
         """Merge the scene's pairs into the table: rows the user made, edited or unticked stay."""
@@ -104,6 +105,26 @@ class CasesPage:
             combo.setCurrentIndex(max(0, combo.findData(selected)) if selected else -1)
             table.setCellWidget(row, column, combo)
         table.setItem(row, CHECK, qt.QTableWidgetItem(reason))
+
+    def useCase(self, volumeNode, segmentationNode) -> str:
+        """Make (volume, segmentation) a ticked case (pairing.row_for_case); returns its case name."""
+        self.fillCasesFromScene()
+        table = self.ui.casesTable
+        rows = [CaseRow(table.cellWidget(r, VOLUME).currentData, table.cellWidget(r, SEGMENTATION).currentData)
+                for r in range(table.rowCount)]
+        row, others = row_for_case(rows, volumeNode.GetID(), segmentationNode.GetID())
+        if row is None:
+            self.addCaseRow(volumeNode.GetName(), volumeNode.GetID(), segmentationNode.GetID(), "from Segment")
+            row = table.rowCount - 1
+        combo = table.cellWidget(row, SEGMENTATION)
+        if combo.findData(segmentationNode.GetID()) < 0:  # made after the row's list was filled
+            combo.addItem(segmentationNode.GetName(), segmentationNode.GetID())
+        combo.setCurrentIndex(combo.findData(segmentationNode.GetID()))
+        for other in others:
+            table.item(other, USE).setCheckState(qt.Qt.Unchecked)
+        table.item(row, USE).setCheckState(qt.Qt.Checked)
+        table.selectRow(row)
+        return table.item(row, CASE).text()
 
     def onRemoveCase(self) -> None:
         rows = sorted({index.row() for index in self.ui.casesTable.selectedIndexes()}, reverse=True)
@@ -157,6 +178,6 @@ class CasesPage:
         if has_errors(problems):
             self.say("Fix the errors listed under the table (or untick those cases) first.")
             return
-        self.say(f"{len(self.wizard.cases)} cases ready.", error=False)
+        self.say(f"{len(self.wizard.cases)} case(s) ready.", error=False)
         if onReady is not None:
             onReady()

@@ -154,7 +154,7 @@ class DatasetWriter:
 
     def finish(self) -> Path:
         if not self.cases:
-            raise DatasetExportError("no case was written; add at least two cases")
+            raise DatasetExportError("no case was written; add at least one case")
         (self.work / "dataset.json").write_text(json.dumps(self.dataset_json(), indent=2))
         if self.root.exists() and not self.overwrite:
             # it appeared while the cases were written: not ours to replace

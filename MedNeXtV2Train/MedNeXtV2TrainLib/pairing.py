@@ -97,6 +97,17 @@ class CaseRow:
     used: bool = True
 
 
+def row_for_case(rows: Sequence[CaseRow], volume_id: str, segmentation_id: str) -> Tuple[Optional[int], List[int]]:
+    """Where a given (volume, segmentation) case goes in the table: the row pairing exactly these two,
+    else the first row of this volume (its segmentation is then replaced), else None (a new row);
+    and the other rows of this volume, which must be left out: one volume with two segmentations
+    would teach the network two answers for the same voxels."""
+    same_volume = [i for i, row in enumerate(rows) if row.volume_id == volume_id]
+    exact = [i for i in same_volume if rows[i].segmentation_id == segmentation_id]
+    row = (exact or same_volume or [None])[0]
+    return row, [i for i in same_volume if i != row]
+
+
 def merge_pairs(rows: Sequence[CaseRow], pairs: Sequence[CasePair], exists) -> Tuple[List[int], List[CasePair]]:
     """(rows to remove, pairs to add) when the scene changed: the table is merged, never rebuilt.
 

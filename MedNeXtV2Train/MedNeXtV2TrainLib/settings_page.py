@@ -31,7 +31,7 @@ class SettingsPage:
     def fillModels(self, models, wanted: str = "") -> None:
         """The base-model choices: the shared cached list (read in the background by the wizard)."""
         combo = self.ui.baseModelComboBox
-        current = combo.currentData or wanted
+        current = wanted or combo.currentData
         self.wizard.models = list(models)
         combo.blockSignals(True)
         combo.clear()

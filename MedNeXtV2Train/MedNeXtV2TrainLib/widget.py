@@ -21,6 +21,7 @@ from MedNeXtV2TrainLib.labels_page import LabelsPage
 from MedNeXtV2TrainLib.logic import MedNeXtV2TrainLogic, default_jobs_root
 from MedNeXtV2TrainLib.run_pages import RunPages
 from MedNeXtV2TrainLib.scene_cases import SceneCase
+from MedNeXtV2TrainLib.settings import TrainSettings
 from MedNeXtV2TrainLib.settings_page import SettingsPage
 from MedNeXtV2TrainLib.train_command import SettingsError
 
@@ -164,6 +165,25 @@ class TrainWizard:
             return
         self.settingsPage.fillModels(self.logic.engine.models, self.wantedBaseModel)
         self.wantedBaseModel = ""
+
+    def improveModel(self, volumeNode, segmentationNode, baseModelId: str) -> None:
+        """Fine-tune `baseModelId` on this volume and segmentation (a result the user corrected):
+        the case is ticked in the table (CasesPage.useCase), the model becomes the base, and the
+        wizard opens at its first page. Cases of other volumes keep their ticks."""
+        if self.busy:
+            self.say("A training run is in progress: let it finish or cancel it first.")
+            return
+        if self.fromFolder():
+            self.ui.sourceSceneRadio.checked = True  # the table is refilled from the scene
+        caseName = self.casesPage.useCase(volumeNode, segmentationNode)
+        base = self.logic.segmentLogic.model(baseModelId)  # None while the model list is being read
+        title = base.title if base is not None else baseModelId
+        if self.ui.modelNameEdit.text.strip() in ("", TrainSettings().model_name):
+            self.ui.modelNameEdit.text = f"{title} improved"
+        self.refreshModels(wanted=baseModelId)  # selected now, or once the list being read arrives
+        self.goTo(CASES)
+        self.say(f"Case '{caseName}' is ticked and '{title}' is the base model. "
+                 "One case is enough; press Next to check it.", error=False)
 
     # -- page 4: train -------------------------------------------------------------------------
     def refreshResumable(self) -> None:

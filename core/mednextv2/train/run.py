@@ -34,7 +34,7 @@ from mednextv2.train.loop import LoopConfig, Trainer, TrainerParts, load_best, s
 from mednextv2.train.loss import DiceCELoss
 from mednextv2.train.memory import cuda_voxel_budget
 from mednextv2.train.optim import make_optimizer
-from mednextv2.train.options import ITERATIONS_PER_EPOCH, TrainOptions
+from mednextv2.train.options import DEFAULT_VAL_FRACTION, ITERATIONS_PER_EPOCH, MIN_CASES_TO_HOLD_OUT, TrainOptions
 from mednextv2.train.planning import Plan, plan_from_base, plan_from_dict, plan_from_scratch, plan_to_dict
 from mednextv2.train.sampler import PatchSampler, Prefetcher
 from mednextv2.train.validation import validate_dataset
@@ -52,13 +52,6 @@ class TrainResult:
     dice: Dict[str, float]
     history: Tuple[EpochRecord, ...]
     seconds: float
-
-
-DEFAULT_VAL_FRACTION = 0.2
-# Below this many cases with foreground the default holds none out: a held-out case would take a
-# quarter or more of the data (with 3 copies of one template, training on all 3 reached a higher
-# held-out Dice in 8 CPU minutes than training on 2 and validating on 1; README, bench_train).
-MIN_CASES_TO_HOLD_OUT = 5
 
 
 def split_cases(cases: Sequence[Case], val_names: Sequence[str], fraction: Optional[float], seed: int,
