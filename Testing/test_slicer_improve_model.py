@@ -29,8 +29,9 @@ def modules(tmp_path, monkeypatch):
         yield slicer, SegmentPanel, MedNeXtV2TrainWidget
     finally:
         slicer_stubs.uninstall()
-        for name in set(sys.modules) - before:
-            del sys.modules[name]
+        for name in set(sys.modules) - before:  # nothing built on the qt stand-in outlives the test
+            if name.startswith("MedNeXtV2"):  # (torch, if imported here first, cannot be re-imported)
+                del sys.modules[name]
 
 
 def test_improve_opens_train_with_the_result_and_its_model(modules, data_dir, monkeypatch):
@@ -61,8 +62,9 @@ def test_improve_opens_train_with_the_result_and_its_model(modules, data_dir, mo
 
 
 def pythonqt_style_qt():
-    """The `qt` members the cases page uses, from real Qt (PySide6), read the way PythonQt reads
-    them in Slicer: `table.rowCount` and `combo.currentData` are properties there, methods here."""
+    """The `qt` members the cases page and the engine client use, from real Qt (PySide6), read the
+    way PythonQt reads them in Slicer: `table.rowCount` and `combo.currentData` are properties there,
+    methods here; a signal is connected by its signature (`timer.connect("timeout()", slot)`)."""
     import types
 
     from qt_ui_helpers import QtCore, QtWidgets
@@ -75,8 +77,12 @@ def pythonqt_style_qt():
     class QTableWidget(QtWidgets.QTableWidget):
         rowCount = property(lambda self: QtWidgets.QTableWidget.rowCount(self))
 
+    class QTimer(QtCore.QTimer):
+        def connect(self, signal, slot):
+            getattr(self, signal.split("(")[0]).connect(slot)
+
     return types.SimpleNamespace(QComboBox=QComboBox, QTableWidget=QTableWidget, Qt=QtCore.Qt,
-                                 QTableWidgetItem=QtWidgets.QTableWidgetItem)
+                                 QTableWidgetItem=QtWidgets.QTableWidgetItem, QTimer=QTimer)
 
 
 def test_the_case_table_takes_the_corrected_result(tmp_path, data_dir, monkeypatch):
@@ -121,8 +127,9 @@ def test_the_case_table_takes_the_corrected_result(tmp_path, data_dir, monkeypat
         assert [table.item(r, CASE).text() for r in range(table.rowCount)] == ["breast1", "brain1", "scan3"]
     finally:
         slicer_stubs.uninstall()
-        for name in set(sys.modules) - before:
-            del sys.modules[name]
+        for name in set(sys.modules) - before:  # nothing built on the qt stand-in outlives the test
+            if name.startswith("MedNeXtV2"):  # (torch, if imported here first, cannot be re-imported)
+                del sys.modules[name]
 
 
 def test_wizard_opens_with_the_case_and_the_model_as_base(tmp_path, data_dir, monkeypatch):
@@ -138,20 +145,21 @@ def test_wizard_opens_with_the_case_and_the_model_as_base(tmp_path, data_dir, mo
     slicer = slicer_stubs.install(str(tmp_path / "slicer-temp"))
     monkeypatch.setitem(sys.modules, "qt", qt)
     try:
-        from MedNeXtV2SegmentLib.logic import MedNeXtV2SegmentLogic
-        from MedNeXtV2SegmentLib.models import MODEL_LIST
+        from MedNeXtV2SegmentLib.engine_client import EngineClient
+        from MedNeXtV2SegmentLib.models import ModelListCache
         from MedNeXtV2SegmentLib.tinybundle import make_tiny_bundle
         from MedNeXtV2TrainLib.cases_page import CasesPage
         from MedNeXtV2TrainLib.logic import MedNeXtV2TrainLogic
         from MedNeXtV2TrainLib.settings_page import SettingsPage
         from MedNeXtV2TrainLib.widget import CASES, TrainWizard
 
-        segmentLogic = MedNeXtV2SegmentLogic(python=sys.executable)
+        engine = EngineClient(python=sys.executable, modelList=ModelListCache())
+        logic = MedNeXtV2TrainLogic(engine)
+        segmentLogic = logic.segmentLogic
         run = segmentLogic.startModelAction("import", str(make_tiny_bundle(tmp_path / "bundles")))  # Import button
         while not segmentLogic.poll(run):
             time.sleep(0.1)
-        segmentLogic.finish(run)
-        MODEL_LIST.clear()
+        segmentLogic.finish(run)  # the list is read again in the background: still being read
 
         def combo(*items):
             box = qt.QComboBox()
@@ -168,10 +176,10 @@ def test_wizard_opens_with_the_case_and_the_model_as_base(tmp_path, data_dir, mo
                           wizardStack=field(setCurrentIndex=lambda index: setattr(wizard, "page", index)),
                           stepLabel=field(text=""), backButton=field(enabled=True),
                           nextButton=field(enabled=True, text=""), statusLabel=field(text=""))
-        wizard.logic = MedNeXtV2TrainLogic(segmentLogic=segmentLogic)
+        wizard.logic = logic
         wizard.models, wizard.union, wizard.wantedBaseModel = [], [], ""
-        wizard.runPages = field(busy=False)
-        wizard.listRun, wizard.listTimer = None, field(start=lambda: None, stop=lambda: None)
+        wizard.runPages, wizard.caseWork = field(busy=False), None
+        engine.addModelListListener(wizard.onModelList)  # as TrainWizard.__init__ does
         wizard.casesPage, wizard.settingsPage = CasesPage.__new__(CasesPage), SettingsPage.__new__(SettingsPage)
         for page in (wizard.casesPage, wizard.settingsPage):
             page.wizard, page.ui, page.logic, page.say = wizard, wizard.ui, wizard.logic, wizard.say
@@ -180,12 +188,11 @@ def test_wizard_opens_with_the_case_and_the_model_as_base(tmp_path, data_dir, mo
         result = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLSegmentationNode", "breast1 - Self-test tiny model")
         result.SetReferenceImageGeometryParameterFromVolumeNode(volume)
 
-        # The list is still being read (the panel was just opened): selected when it arrives.
-        wizard.listRun = segmentLogic.startModelList()
+        # The list is still being read (the import changed it): selected when it arrives.
+        assert engine.models == [] and engine.loadModels()  # True: a read is under way
         wizard.improveModel(volume, result, "selftest-tiny")
         assert wizard.ui.baseModelComboBox.currentData == ""  # "Train from scratch" until then
-        while wizard.listRun is not None:
-            wizard.onListTimer()
+        while not engine.pollModels():  # what the engine client's timer does (no event loop runs here)
             time.sleep(0.1)
         assert wizard.ui.baseModelComboBox.currentData == "selftest-tiny"
         assert wizard.page == CASES and "'breast1' is ticked" in wizard.ui.statusLabel.text
@@ -200,9 +207,7 @@ def test_wizard_opens_with_the_case_and_the_model_as_base(tmp_path, data_dir, mo
         assert wizard.ui.baseModelComboBox.currentData == "selftest-tiny" and wizard.wantedBaseModel == ""
         assert wizard.ui.casesTable.rowCount == 1
     finally:
-        from MedNeXtV2SegmentLib.models import MODEL_LIST
-
-        MODEL_LIST.clear()
         slicer_stubs.uninstall()
-        for name in set(sys.modules) - before:
-            del sys.modules[name]
+        for name in set(sys.modules) - before:  # nothing built on the qt stand-in outlives the test
+            if name.startswith("MedNeXtV2"):  # (torch, if imported here first, cannot be re-imported)
+                del sys.modules[name]

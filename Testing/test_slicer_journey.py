@@ -43,13 +43,9 @@ def scene(tmp_path, monkeypatch):
     monkeypatch.delenv("MEDNEXTV2_CATALOGS", raising=False)
     before = set(sys.modules)
     slicer = slicer_stubs.install(str(tmp_path / "slicer-temp"))
-    from MedNeXtV2SegmentLib.models import MODEL_LIST
-
-    MODEL_LIST.clear()
     try:
         yield slicer
     finally:
-        MODEL_LIST.clear()
         slicer_stubs.uninstall()
         for name in set(sys.modules) - before:
             if name.startswith(("MedNeXtV2SegmentLib", "MedNeXtV2TrainLib")):
@@ -65,14 +61,18 @@ def drive(logic, run):
     return logic.finish(run)
 
 
-def panel_model_ids(segmentLogic) -> set:
-    """The ids the Segment panel lists when shown, without its Refresh button: the shared cached
-    list, or, when none is cached, the list it then reads itself (SegmentPanel.refreshModels(force=False))."""
-    from MedNeXtV2SegmentLib.models import MODEL_LIST
-
-    if MODEL_LIST.choices is None:
-        drive(segmentLogic, segmentLogic.startModelList())
-    return {choice.id for choice in segmentLogic.models}
+def panel_model_ids(engine, heard: list) -> set:
+    """The ids the Segment panel lists when shown, without its Refresh button: it asks the shared
+    engine client for the list (SegmentPanel.refreshModels(force=False): read only when none is cached
+    or a read is under way) and shows what its listener is told (onModelList). Here the client's poll
+    timer is driven by hand; `heard` collects what the listener was told."""
+    engine.loadModels()
+    deadline = time.monotonic() + ENGINE_TIMEOUT_S
+    while not engine.pollModels():
+        assert time.monotonic() < deadline, "the model list was not read"
+        time.sleep(0.1)
+    assert None in heard and all(error is None for error in heard), heard
+    return {choice.id for choice in engine.models}
 
 
 def segments_by_name(node) -> dict:
@@ -137,15 +137,19 @@ def test_segment_correct_retrain_segment_again_save_and_reload(scene, data_dir, 
     from safetensors.torch import load_file
 
     slicer = scene
+    from MedNeXtV2SegmentLib.engine_client import EngineClient
     from MedNeXtV2SegmentLib.logic import MedNeXtV2SegmentLogic
+    from MedNeXtV2SegmentLib.models import ModelListCache
     from MedNeXtV2TrainLib.label_table import dataset_labels, default_choices
     from MedNeXtV2TrainLib.logic import MedNeXtV2TrainLogic, base_labels
     from MedNeXtV2TrainLib.scene_cases import SceneCase
     from MedNeXtV2TrainLib.settings import TrainSettings
     from MedNeXtV2TrainLib.trained_model import read_trained_model
 
-    segmentLogic = MedNeXtV2SegmentLogic(python=sys.executable)
-    trainLogic = MedNeXtV2TrainLogic(segmentLogic=segmentLogic)
+    engine = EngineClient(python=sys.executable, modelList=ModelListCache())  # the client both modules share
+    segmentLogic, trainLogic = MedNeXtV2SegmentLogic(engine), MedNeXtV2TrainLogic(engine)
+    heard = []
+    engine.addModelListListener(heard.append)  # the Segment panel's onModelList
     temp = Path(slicer.app.temporaryPath)
 
     # 1. A real MR scan, loaded by Slicer's Volumes logic.
@@ -160,16 +164,16 @@ def test_segment_correct_retrain_segment_again_save_and_reload(scene, data_dir, 
     nnunet = write_results(tmp_path / "nnUNet_results",
                            {0: load_file(str(fixtures_dir / f"{CASE}.weights.safetensors"))},
                            plans=plans_json(schemes=("ZScoreNormalization",), spacing=(2.1, 3.0, 3.0)), dataset=dataset)
-    before = panel_model_ids(segmentLogic)
+    before = panel_model_ids(engine, heard)
     drive(segmentLogic, segmentLogic.startModelAction("import", str(nnunet)))
-    imported = panel_model_ids(segmentLogic) - before
+    imported = panel_model_ids(engine, heard) - before
     assert len(imported) == 1, imported
     importedId = imported.pop()
     assert segmentLogic.model(importedId).labels == ("gland", "lesion")
 
     first = segmentLogic.segment(breast, importedId, device="cpu", tta=False)
     assert set(segments_by_name(first)) <= {"gland", "lesion"} and segments_by_name(first)
-    # [a1: defect 1] a loaded result is not tied to the run folder it was read from
+    # a loaded result is not tied to the run folder it was read from (deleted after the run)
     assert first.GetStorageNode() is None or not inside(first.GetStorageNode().GetFileName(), temp), \
         first.GetStorageNode().GetFileName()
 
@@ -233,8 +237,8 @@ def test_segment_correct_retrain_segment_again_save_and_reload(scene, data_dir, 
 
     assert load_bundle(trained.path).spec.provenance.base_model == importedId
 
-    # Register it as the Finish page does: TrainLogic.startRegistration, polled to the end.
-    listed_before = panel_model_ids(segmentLogic)
+    # Register it as the Finish page does: TrainLogic.startRegistration, polled to the end, finished.
+    listed_before = panel_model_ids(engine, heard)
     assert trained.id not in listed_before
     registration = trainLogic.startRegistration(trained.path)
     deadline = time.monotonic() + ENGINE_TIMEOUT_S
@@ -242,16 +246,18 @@ def test_segment_correct_retrain_segment_again_save_and_reload(scene, data_dir, 
         assert time.monotonic() < deadline, "registration did not finish"
         time.sleep(0.1)
     assert registration.process.returncode == 0, "\n".join(registration.process.stderr_tail)
+    trainLogic.finishRegistration(registration)
     trainLogic.markRegistered(jobDir, trained.id)
-    # [a1: defect 9] the Segment list shows the new model without Refresh: the registration
-    # must not leave the shared list as it was before the model existed.
-    assert trained.id in panel_model_ids(segmentLogic)
+    # The Segment list shows the new model without Refresh: the registration must not leave the
+    # shared list as it was before the model existed.
+    heard.clear()
+    assert trained.id in panel_model_ids(engine, heard)
 
     # Segment again, with the new model.
     second = segmentLogic.segment(breast, trained.id, device="cpu", tta=False)
     assert second is not first and segments_by_name(second) and trained.title in second.GetName()
     assert set(segments_by_name(second)) <= {"gland", "lesion"}
-    # [a1: defect 1] as above
+    # not tied to its run folder either
     assert second.GetStorageNode() is None or not inside(second.GetStorageNode().GetFileName(), temp)
     assert not any(temp.iterdir()), f"run folders left behind: {sorted(p.name for p in temp.iterdir())}"
 

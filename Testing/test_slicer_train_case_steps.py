@@ -153,6 +153,7 @@ def test_the_wizard_runs_check_and_write_from_its_timer_with_cancel(slicer, data
     cases pass; its button is Cancel meanwhile; Start writes from a timer, Cancel removes the job.
     Qt is a stand-in (`qt` a mock whose QTimer is the Timer above, the .ui's widgets mocks); the
     scene, the logic and the files are real."""
+    import importlib
     import sys
     from unittest import mock
 
@@ -160,7 +161,9 @@ def test_the_wizard_runs_check_and_write_from_its_timer_with_cancel(slicer, data
     panel_modules_on_a_qt_mock.QTimer = lambda: timers.append(Timer()) or timers[-1]
     from MedNeXtV2SegmentLib.engine_client import EngineClient
     from MedNeXtV2SegmentLib.models import ModelListCache
-    from MedNeXtV2TrainLib import widget
+    # the wizard's module as sys.modules has it: the package's `widget` attribute may still be an
+    # import another test has forgotten
+    widget = importlib.import_module("MedNeXtV2TrainLib.widget")
     from MedNeXtV2TrainLib.label_table import dataset_labels, default_choices
     from MedNeXtV2TrainLib.logic import MedNeXtV2TrainLogic
     from MedNeXtV2TrainLib.settings import TrainSettings

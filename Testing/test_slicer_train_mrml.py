@@ -141,7 +141,7 @@ def test_one_scene_case_is_enough_to_train(slicer, data_dir, tmp_path, monkeypat
     """The wizard's checks pass one case, as the engine trains on one (train/run.split_cases): the
     module's export and its own training run give a model, with nothing held out."""
     from mednextv2.bundle import load_bundle
-    from MedNeXtV2SegmentLib.logic import MedNeXtV2SegmentLogic
+    from MedNeXtV2SegmentLib.engine_client import EngineClient
     from MedNeXtV2TrainLib.label_table import dataset_labels, default_choices
     from MedNeXtV2TrainLib.logic import MedNeXtV2TrainLogic
     from MedNeXtV2TrainLib.scene_cases import SceneCase
@@ -151,7 +151,7 @@ def test_one_scene_case_is_enough_to_train(slicer, data_dir, tmp_path, monkeypat
     breast = slicer_stubs.load_volume(data_dir / "mr-breast" / "breast1_image.nrrd", "Breast")
     lesion = slicer.util.arrayFromVolume(slicer_stubs.load_volume(data_dir / "mr-breast" / "breast1_label.nrrd", "label")) > 0
     cases = [SceneCase("Breast", breast, add_segmentation(slicer, "Breast", breast, [("lesion", lesion)]))]
-    logic = MedNeXtV2TrainLogic(segmentLogic=MedNeXtV2SegmentLogic(python=sys.executable))
+    logic = MedNeXtV2TrainLogic(EngineClient(python=sys.executable))
     problems, union, _ = logic.checkCases(cases)
     assert [(p.case, p.severity) for p in problems] == [("dataset", "warning")], problems
     settings = TrainSettings(model_name="One case", modality="MR", minutes=None, epochs=1, iterations=1,

@@ -152,6 +152,8 @@ class TrainWizard:
         engine = self.logic.engine
         self.wantedBaseModel = wanted or self.wantedBaseModel
         self.settingsPage.fillModels(engine.models, self.wantedBaseModel)  # "Train from scratch" works meanwhile
+        if any(model.id == self.wantedBaseModel for model in engine.models):
+            self.wantedBaseModel = ""  # selected: a later list must not take the user's choice back
         if not engine.installLogic.plan().empty:
             return
         try:
