@@ -135,7 +135,8 @@ def test_the_case_table_takes_the_corrected_result(tmp_path, data_dir, monkeypat
 def test_wizard_opens_with_the_case_and_the_model_as_base(tmp_path, data_dir, monkeypatch):
     """TrainWizard.improveModel with the real cases and settings pages on real Qt widgets (read
     PythonQt's way), real MRML nodes and the real engine's model list: the base model is selected at
-    once when the list is cached, and when the list is still being read, once it arrives."""
+    once when the list is cached, and when the list is still being read, once it arrives; a list read
+    later keeps the base the user chose after that."""
     import time
     import types
 
@@ -206,6 +207,13 @@ def test_wizard_opens_with_the_case_and_the_model_as_base(tmp_path, data_dir, mo
         assert wizard.ui.modelNameEdit.text == "Self-test tiny model improved"
         assert wizard.ui.baseModelComboBox.currentData == "selftest-tiny" and wizard.wantedBaseModel == ""
         assert wizard.ui.casesTable.rowCount == 1
+
+        # The user then picks another base; a list read later (a model added meanwhile) keeps that choice.
+        wizard.ui.baseModelComboBox.setCurrentIndex(0)
+        engine.modelsChanged()
+        while not engine.pollModels():
+            time.sleep(0.1)
+        assert wizard.ui.baseModelComboBox.currentData == ""
     finally:
         slicer_stubs.uninstall()
         for name in set(sys.modules) - before:  # nothing built on the qt stand-in outlives the test
