@@ -113,8 +113,8 @@ def torch_platform_problem(system: str, machine: str, numpy_version: str, torch_
         return ""
     return (f"MedNeXtV2 cannot run in this Slicer on an Intel Mac: this Slicer ships numpy {numpy_version}, and "
             f"the newest PyTorch for Intel Macs, {INTEL_MAC_NEWEST_TORCH}, is built for numpy 1 (every run would "
-            "fail with \"Numpy is not available\"), so nothing was installed. What works: Slicer 5.8 on this Mac "
-            "(it ships numpy 1.26), or this Slicer on a Mac with Apple Silicon, on Windows or on Linux.")
+            "fail with \"Numpy is not available\"), so nothing was installed. What works: Slicer 5.8 or 5.6 on this "
+            "Mac (they ship numpy 1.26), or this Slicer on a Mac with Apple Silicon, on Windows or on Linux.")
 
 
 def plan_install(find_spec: Callable = importlib.util.find_spec,
