@@ -11,7 +11,7 @@ from MedNeXtV2SegmentLib.install import (PIP_PACKAGES, SLICER_BUNDLED, InstallPl
 def test_plan_lists_only_what_is_missing():
     present = {"torch", "nrrd"}
     plan = plan_install(lambda name: object() if name in present else None)
-    assert plan == InstallPlan(torch=False, pip=("safetensors>=0.4",))
+    assert (plan.torch, plan.pip, plan.old_torch, plan.blocker) == (False, ("safetensors>=0.4",), "", "")
     everything = plan_install(lambda name: None)
     assert everything.torch and everything.pip == ("pynrrd>=1.0", "safetensors>=0.4")
     assert plan_install(lambda name: object()).empty
@@ -150,10 +150,37 @@ def test_torch_goes_through_pytorchutils(fake_slicer, monkeypatch):
             return object()
 
     installed = {"nrrd", "safetensors"}
+    slicer_5_8 = {"numpy": "1.26.4", "torch": "2.8.0"}.get
     monkeypatch.setitem(sys.modules, "PyTorchUtils", types.SimpleNamespace(PyTorchUtilsLogic=PyTorchUtilsLogic))
-    assert InstallLogic(find_spec=lambda name: object() if name in installed else None).ensure() is True
+    assert InstallLogic(find_spec=lambda name: object() if name in installed else None,
+                        version_of=slicer_5_8).ensure() is True
     assert seen == {"askConfirmation": False, "requirement": ">=2.1"}  # we asked once already
     assert fake_slicer.pip == [] and "torch>=2.1" in fake_slicer.confirm[0]
+
+
+def test_numpy_2_needs_a_torch_built_for_it(fake_slicer, monkeypatch):
+    """torch 2.2 and older are built against numpy 1: with Slicer 5.10+'s numpy 2 every run fails
+    ("Numpy is not available", seen with 2.1.2 and 2.2.2), so there an old torch is an upgrade."""
+    linux = lambda: ("Linux", "x86_64")  # noqa: E731
+    versions = {"numpy": "2.0.2", "torch": "2.2.2+cu121"}
+    plan = plan_install(lambda name: object(), versions.get, linux)
+    assert plan.torch and plan.old_torch == "2.2.2+cu121" and plan.requirement == ">=2.3"
+    assert "torch>=2.3: upgrade from the installed 2.2.2+cu121" in confirmation_text(plan)
+    assert plan_install(lambda name: object(), {"numpy": "1.26.4", "torch": "2.2.2"}.get, linux).empty
+    assert plan_install(lambda name: object(), {"numpy": "2.4.6", "torch": "2.13.0"}.get, linux).empty
+
+    seen = []
+
+    class PyTorchUtilsLogic:
+        def installTorch(self, askConfirmation=False, forceComputationBackend=None, torchVersionRequirement=None,
+                         torchvisionVersionRequirement=None):
+            seen.append(torchVersionRequirement)
+            versions["torch"] = "2.13.0"
+            return object()
+
+    monkeypatch.setitem(sys.modules, "PyTorchUtils", types.SimpleNamespace(PyTorchUtilsLogic=PyTorchUtilsLogic))
+    assert InstallLogic(lambda name: object(), versions.get, linux).ensure() is True
+    assert seen == [">=2.3"]
 
 
 def test_an_old_torch_is_an_upgrade_not_a_pass(fake_slicer, monkeypatch):
@@ -196,9 +223,9 @@ def test_require_is_the_check_both_logics_make(fake_slicer, monkeypatch, forget_
     missing = InstallLogic(find_spec=lambda name: None if name == "torch" else object())
     segment = MedNeXtV2SegmentLogic(processFactory=lambda *a: started.append(a), python="py", installLogic=missing)
     train = MedNeXtV2TrainLogic(segmentLogic=segment, runnerFactory=lambda *a, **k: started.append(a))
-    with pytest.raises(InstallError, match=r"torch>=2\.1"):
+    with pytest.raises(InstallError, match=r"torch>=2\.[13]"):
         train.startTraining(Path("job"))
-    with pytest.raises(InstallError, match=r"torch>=2\.1"):
+    with pytest.raises(InstallError, match=r"torch>=2\.[13]"):
         segment.start(object(), None)
     assert started == []
 

@@ -30,7 +30,11 @@ from typing import Callable, Tuple
 
 logger = logging.getLogger(__name__)
 
+# The oldest torch the engine tests pass with (2.1.2, with numpy 1: Slicer 5.6 and 5.8).
 TORCH_REQUIREMENT = ">=2.1"
+# With numpy 2 (Slicer 5.10+) a torch built against numpy 1 (2.2 and older) cannot convert arrays
+# ("Numpy is not available"); 2.3 is the oldest that works there.
+TORCH_REQUIREMENT_NUMPY2 = ">=2.3"
 # pip name -> (import name, requirement): the engine's runtime deps that Slicer does not ship
 PIP_PACKAGES = {"pynrrd": ("nrrd", ">=1.0"), "safetensors": ("safetensors", ">=0.4")}
 # Shipped with Slicer: never installed, upgraded or downgraded by this extension.
@@ -56,6 +60,7 @@ class InstallPlan:
     torch: bool  # install (or upgrade) torch through PyTorchUtils
     pip: Tuple[str, ...]  # requirement strings for pip_install
     old_torch: str = ""  # the installed torch version when it is too old (an upgrade, not an install)
+    requirement: str = TORCH_REQUIREMENT  # the torch this Slicer's numpy needs (torch_requirement)
     blocker: str = ""  # why no torch that works can be installed on this platform (then nothing is tried)
 
     @property
@@ -90,6 +95,12 @@ def _installed_version(name: str) -> str:
         return ""
 
 
+def torch_requirement(numpy_version: str) -> str:
+    """The torch requirement for the numpy that Slicer ships ('' when unknown: numpy 1's)."""
+    major = version_tuple(numpy_version)[:1]
+    return TORCH_REQUIREMENT_NUMPY2 if major and major[0] >= 2 else TORCH_REQUIREMENT
+
+
 def this_platform() -> Tuple[str, str]:
     """('Darwin', 'x86_64'): the operating system and the machine Slicer's Python runs on."""
     return platform.system(), platform.machine()
@@ -105,12 +116,12 @@ def torch_platform_problem(system: str, machine: str, numpy_version: str, torch_
         return ""
     if torch_version and version_tuple(torch_version) > version_tuple(INTEL_MAC_NEWEST_TORCH):
         return ""
-    if not meets_requirement(INTEL_MAC_NEWEST_TORCH):
-        return (f"MedNeXtV2 needs torch{TORCH_REQUIREMENT}, and the newest PyTorch for Intel Macs is "
-                f"{INTEL_MAC_NEWEST_TORCH}. What works: a Mac with Apple Silicon, or Windows or Linux.")
-    numpy_major = version_tuple(numpy_version)[:1]
-    if not numpy_major or numpy_major[0] < 2:
+    requirement = torch_requirement(numpy_version)
+    if meets_requirement(INTEL_MAC_NEWEST_TORCH, requirement):
         return ""
+    if requirement != TORCH_REQUIREMENT_NUMPY2:
+        return (f"MedNeXtV2 needs torch{requirement}, and the newest PyTorch for Intel Macs is "
+                f"{INTEL_MAC_NEWEST_TORCH}. What works: a Mac with Apple Silicon, or Windows or Linux.")
     return (f"MedNeXtV2 cannot run in this Slicer on an Intel Mac: this Slicer ships numpy {numpy_version}, and "
             f"the newest PyTorch for Intel Macs, {INTEL_MAC_NEWEST_TORCH}, is built for numpy 1 (every run would "
             "fail with \"Numpy is not available\"), so nothing was installed. What works: Slicer 5.8 or 5.6 on this "
@@ -124,13 +135,15 @@ def plan_install(find_spec: Callable = importlib.util.find_spec,
     package metadata, so torch is never imported into Slicer's process just to check it."""
     missing = tuple(f"{pip_name}{req}" for pip_name, (module, req) in PIP_PACKAGES.items() if find_spec(module) is None)
     version = (version_of("torch") or "") if find_spec("torch") is not None else ""
-    blocker = torch_platform_problem(*platform_of(), version_of("numpy") or "", version or "")
+    numpy_version = version_of("numpy") or ""
+    requirement = torch_requirement(numpy_version)
+    blocker = torch_platform_problem(*platform_of(), numpy_version, version)
     if blocker:
-        return InstallPlan(torch=False, pip=missing, blocker=blocker)
+        return InstallPlan(torch=False, pip=missing, blocker=blocker, requirement=requirement)
     if find_spec("torch") is None:
-        return InstallPlan(torch=True, pip=missing)
-    old = bool(version) and not meets_requirement(version)
-    return InstallPlan(torch=old, pip=missing, old_torch=version if old else "")
+        return InstallPlan(torch=True, pip=missing, requirement=requirement)
+    old = bool(version) and not meets_requirement(version, requirement)
+    return InstallPlan(torch=old, pip=missing, old_torch=version if old else "", requirement=requirement)
 
 
 def protected_constraints(version_of: Callable[[str], str] = importlib.metadata.version) -> str:
@@ -147,10 +160,10 @@ def protected_constraints(version_of: Callable[[str], str] = importlib.metadata.
 def confirmation_text(plan: InstallPlan) -> str:
     items = []
     if plan.old_torch:
-        items.append(f"torch{TORCH_REQUIREMENT}: upgrade from the installed {plan.old_torch}, which is too old "
+        items.append(f"torch{plan.requirement}: upgrade from the installed {plan.old_torch}, which is too old "
                      "(through the PyTorch extension; restart Slicer afterwards if another module already uses torch)")
     elif plan.torch:
-        items.append(f"torch{TORCH_REQUIREMENT} (through the PyTorch extension, several GB for the GPU build)")
+        items.append(f"torch{plan.requirement} (through the PyTorch extension, several GB for the GPU build)")
     items.extend(plan.pip)
     return ("MedNeXtV2 needs these Python packages, which are not installed (or too old) yet:\n\n  - "
             + "\n  - ".join(items)
@@ -229,12 +242,12 @@ class InstallLogic:
         elif plan.pip:
             self._pipInstall(plan.pip)
         if plan.torch:
-            self._installTorch()
+            self._installTorch(plan.requirement)
         importlib.invalidate_caches()
         still = self.plan()
         if not still.empty:
             raise InstallError("Installation finished but these packages still cannot be imported: "
-                               + ", ".join(([f"torch{TORCH_REQUIREMENT}"] if still.torch else []) + list(still.pip))
+                               + ", ".join(([f"torch{still.requirement}"] if still.torch else []) + list(still.pip))
                                + ". Restart Slicer and try again.")
         return True
 
@@ -261,7 +274,7 @@ class InstallLogic:
                 return False
         return True
 
-    def _installTorch(self) -> None:
+    def _installTorch(self, requirement: str) -> None:
         import slicer
 
         try:
@@ -273,7 +286,7 @@ class InstallLogic:
         with self._busy("Installing PyTorch (this can take several minutes)..."), self._capture() as out:
             try:
                 torch = PyTorchUtils.PyTorchUtilsLogic().installTorch(askConfirmation=False,
-                                                                      torchVersionRequirement=TORCH_REQUIREMENT)
+                                                                      torchVersionRequirement=requirement)
             except Exception as e:
                 raise InstallError(f"Installing PyTorch failed: {e}", self._tail(out)) from e
         if torch is None:
