@@ -30,11 +30,10 @@ from typing import Callable, Tuple
 
 logger = logging.getLogger(__name__)
 
-# The oldest torch the engine tests pass with (2.1.2, with numpy 1: Slicer 5.6 and 5.8).
-TORCH_REQUIREMENT = ">=2.1"
-# With numpy 2 (Slicer 5.10+) a torch built against numpy 1 (2.2 and older) cannot convert arrays
-# ("Numpy is not available"); 2.3 is the oldest that works there.
-TORCH_REQUIREMENT_NUMPY2 = ">=2.3"
+# The oldest torch the engine tests pass with. Older ones cannot read nnU-Net checkpoints safely
+# (their numpy scalars need torch.serialization.safe_globals, new in 2.5), and 2.2 and older are
+# built against numpy 1, which fails with the numpy 2 of Slicer 5.10+ ("Numpy is not available").
+TORCH_REQUIREMENT = ">=2.5"
 # pip name -> (import name, requirement): the engine's runtime deps that Slicer does not ship
 PIP_PACKAGES = {"pynrrd": ("nrrd", ">=1.0"), "safetensors": ("safetensors", ">=0.4")}
 # Shipped with Slicer: never installed, upgraded or downgraded by this extension.
@@ -60,7 +59,6 @@ class InstallPlan:
     torch: bool  # install (or upgrade) torch through PyTorchUtils
     pip: Tuple[str, ...]  # requirement strings for pip_install
     old_torch: str = ""  # the installed torch version when it is too old (an upgrade, not an install)
-    requirement: str = TORCH_REQUIREMENT  # the torch this Slicer's numpy needs (torch_requirement)
     blocker: str = ""  # why no torch that works can be installed on this platform (then nothing is tried)
 
     @property
@@ -95,12 +93,6 @@ def _installed_version(name: str) -> str:
         return ""
 
 
-def torch_requirement(numpy_version: str) -> str:
-    """The torch requirement for the numpy that Slicer ships ('' when unknown: numpy 1's)."""
-    major = version_tuple(numpy_version)[:1]
-    return TORCH_REQUIREMENT_NUMPY2 if major and major[0] >= 2 else TORCH_REQUIREMENT
-
-
 def this_platform() -> Tuple[str, str]:
     """('Darwin', 'x86_64'): the operating system and the machine Slicer's Python runs on."""
     return platform.system(), platform.machine()
@@ -109,23 +101,21 @@ def this_platform() -> Tuple[str, str]:
 def torch_platform_problem(system: str, machine: str, numpy_version: str, torch_version: str = "") -> str:
     """Why no usable torch exists for this Slicer on this platform, or "".
 
-    PyPI's last torch for Intel Macs is 2.2.2, built against numpy 1: with the numpy 2 that Slicer
-    5.10+ ships, installing "succeeds" and every run then fails with "Numpy is not available".
-    A torch newer than that (built from source) is left alone."""
+    PyPI's last torch for Intel Macs is 2.2.2: older than TORCH_REQUIREMENT, and built against
+    numpy 1, so with the numpy 2 of Slicer 5.10+ every run would fail with "Numpy is not available".
+    A torch newer than that (built from source) is left to the version check."""
     if system != "Darwin" or machine not in ("x86_64", "AMD64", "i386"):
         return ""
     if torch_version and version_tuple(torch_version) > version_tuple(INTEL_MAC_NEWEST_TORCH):
         return ""
-    requirement = torch_requirement(numpy_version)
-    if meets_requirement(INTEL_MAC_NEWEST_TORCH, requirement):
+    if meets_requirement(INTEL_MAC_NEWEST_TORCH):
         return ""
-    if requirement != TORCH_REQUIREMENT_NUMPY2:
-        return (f"MedNeXtV2 needs torch{requirement}, and the newest PyTorch for Intel Macs is "
-                f"{INTEL_MAC_NEWEST_TORCH}. What works: a Mac with Apple Silicon, or Windows or Linux.")
-    return (f"MedNeXtV2 cannot run in this Slicer on an Intel Mac: this Slicer ships numpy {numpy_version}, and "
-            f"the newest PyTorch for Intel Macs, {INTEL_MAC_NEWEST_TORCH}, is built for numpy 1 (every run would "
-            "fail with \"Numpy is not available\"), so nothing was installed. What works: Slicer 5.8 or 5.6 on this "
-            "Mac (they ship numpy 1.26), or this Slicer on a Mac with Apple Silicon, on Windows or on Linux.")
+    numpy_major = version_tuple(numpy_version)[:1]
+    numpy_2 = (f", and it is built for numpy 1 while this Slicer ships numpy {numpy_version}"
+               if numpy_major and numpy_major[0] >= 2 else "")
+    return (f"MedNeXtV2 cannot run on an Intel Mac: it needs torch{TORCH_REQUIREMENT}, and the newest PyTorch "
+            f"for Intel Macs is {INTEL_MAC_NEWEST_TORCH}{numpy_2}. Nothing was installed. What works: Slicer on a "
+            "Mac with Apple Silicon, on Windows or on Linux.")
 
 
 def plan_install(find_spec: Callable = importlib.util.find_spec,
@@ -135,15 +125,13 @@ def plan_install(find_spec: Callable = importlib.util.find_spec,
     package metadata, so torch is never imported into Slicer's process just to check it."""
     missing = tuple(f"{pip_name}{req}" for pip_name, (module, req) in PIP_PACKAGES.items() if find_spec(module) is None)
     version = (version_of("torch") or "") if find_spec("torch") is not None else ""
-    numpy_version = version_of("numpy") or ""
-    requirement = torch_requirement(numpy_version)
-    blocker = torch_platform_problem(*platform_of(), numpy_version, version)
+    blocker = torch_platform_problem(*platform_of(), version_of("numpy") or "", version)
     if blocker:
-        return InstallPlan(torch=False, pip=missing, blocker=blocker, requirement=requirement)
+        return InstallPlan(torch=False, pip=missing, blocker=blocker)
     if find_spec("torch") is None:
-        return InstallPlan(torch=True, pip=missing, requirement=requirement)
-    old = bool(version) and not meets_requirement(version, requirement)
-    return InstallPlan(torch=old, pip=missing, old_torch=version if old else "", requirement=requirement)
+        return InstallPlan(torch=True, pip=missing)
+    old = bool(version) and not meets_requirement(version)
+    return InstallPlan(torch=old, pip=missing, old_torch=version if old else "")
 
 
 def protected_constraints(version_of: Callable[[str], str] = importlib.metadata.version) -> str:
@@ -160,10 +148,10 @@ def protected_constraints(version_of: Callable[[str], str] = importlib.metadata.
 def confirmation_text(plan: InstallPlan) -> str:
     items = []
     if plan.old_torch:
-        items.append(f"torch{plan.requirement}: upgrade from the installed {plan.old_torch}, which is too old "
+        items.append(f"torch{TORCH_REQUIREMENT}: upgrade from the installed {plan.old_torch}, which is too old "
                      "(through the PyTorch extension; restart Slicer afterwards if another module already uses torch)")
     elif plan.torch:
-        items.append(f"torch{plan.requirement} (through the PyTorch extension, several GB for the GPU build)")
+        items.append(f"torch{TORCH_REQUIREMENT} (through the PyTorch extension, several GB for the GPU build)")
     items.extend(plan.pip)
     return ("MedNeXtV2 needs these Python packages, which are not installed (or too old) yet:\n\n  - "
             + "\n  - ".join(items)
@@ -242,12 +230,12 @@ class InstallLogic:
         elif plan.pip:
             self._pipInstall(plan.pip)
         if plan.torch:
-            self._installTorch(plan.requirement)
+            self._installTorch()
         importlib.invalidate_caches()
         still = self.plan()
         if not still.empty:
             raise InstallError("Installation finished but these packages still cannot be imported: "
-                               + ", ".join(([f"torch{still.requirement}"] if still.torch else []) + list(still.pip))
+                               + ", ".join(([f"torch{TORCH_REQUIREMENT}"] if still.torch else []) + list(still.pip))
                                + ". Restart Slicer and try again.")
         return True
 
@@ -274,7 +262,7 @@ class InstallLogic:
                 return False
         return True
 
-    def _installTorch(self, requirement: str) -> None:
+    def _installTorch(self) -> None:
         import slicer
 
         try:
@@ -286,7 +274,7 @@ class InstallLogic:
         with self._busy("Installing PyTorch (this can take several minutes)..."), self._capture() as out:
             try:
                 torch = PyTorchUtils.PyTorchUtilsLogic().installTorch(askConfirmation=False,
-                                                                      torchVersionRequirement=requirement)
+                                                                      torchVersionRequirement=TORCH_REQUIREMENT)
             except Exception as e:
                 raise InstallError(f"Installing PyTorch failed: {e}", self._tail(out)) from e
         if torch is None:
