@@ -39,7 +39,7 @@ def test_constraints_skip_missing_packages():
 
 def test_the_question_lists_every_package():
     text = confirmation_text(InstallPlan(torch=True, pip=("pynrrd>=1.0", "safetensors>=0.4")))
-    for item in ("torch>=2.5", "PyTorch extension", "pynrrd>=1.0", "safetensors>=0.4", "numpy, SimpleITK and requests"):
+    for item in ("torch>=2.6", "PyTorch extension", "pynrrd>=1.0", "safetensors>=0.4", "numpy, SimpleITK and requests"):
         assert item in text
 
 
@@ -154,19 +154,19 @@ def test_torch_goes_through_pytorchutils(fake_slicer, monkeypatch):
     monkeypatch.setitem(sys.modules, "PyTorchUtils", types.SimpleNamespace(PyTorchUtilsLogic=PyTorchUtilsLogic))
     assert InstallLogic(find_spec=lambda name: object() if name in installed else None,
                         version_of=slicer_5_8).ensure() is True
-    assert seen == {"askConfirmation": False, "requirement": ">=2.5"}  # we asked once already
-    assert fake_slicer.pip == [] and "torch>=2.5" in fake_slicer.confirm[0]
+    assert seen == {"askConfirmation": False, "requirement": ">=2.6"}  # we asked once already
+    assert fake_slicer.pip == [] and "torch>=2.6" in fake_slicer.confirm[0]
 
 
 def test_a_torch_older_than_the_tested_minimum_is_an_upgrade(fake_slicer, monkeypatch):
-    """The engine tests fail with torch 2.1.2, 2.2.2 and 2.3.1 (nnU-Net checkpoints need
-    torch.serialization.safe_globals; 2.2 and older also fail on numpy 2) and pass with 2.5.1."""
+    """The engine tests fail with torch 2.1.2, 2.2.2, 2.3.1 and 2.5.1 (nnU-Net checkpoints need
+    torch.serialization.safe_globals as in 2.6; 2.2 and older also fail on numpy 2) and pass with 2.6.0."""
     linux = lambda: ("Linux", "x86_64")  # noqa: E731
-    versions = {"numpy": "2.0.2", "torch": "2.3.1+cu121"}
+    versions = {"numpy": "2.0.2", "torch": "2.5.1+cu124"}
     plan = plan_install(lambda name: object(), versions.get, linux)
-    assert plan.torch and plan.old_torch == "2.3.1+cu121"
-    assert "torch>=2.5: upgrade from the installed 2.3.1+cu121" in confirmation_text(plan)
-    assert plan_install(lambda name: object(), {"numpy": "1.26.4", "torch": "2.5.1"}.get, linux).empty
+    assert plan.torch and plan.old_torch == "2.5.1+cu124"
+    assert "torch>=2.6: upgrade from the installed 2.5.1+cu124" in confirmation_text(plan)
+    assert plan_install(lambda name: object(), {"numpy": "1.26.4", "torch": "2.6.0"}.get, linux).empty
     assert plan_install(lambda name: object(), {"numpy": "2.4.6", "torch": "2.13.0"}.get, linux).empty
 
 
@@ -175,7 +175,7 @@ def test_an_old_torch_is_an_upgrade_not_a_pass(fake_slicer, monkeypatch):
     from MedNeXtV2SegmentLib.install import meets_requirement, version_tuple
 
     assert version_tuple("2.1.0+cu118") == (2, 1, 0) and version_tuple("2.0.0rc1") == (2, 0, 0)
-    assert meets_requirement("2.13.0+cpu") and meets_requirement("2.5") and not meets_requirement("2.4.1")
+    assert meets_requirement("2.13.0+cpu") and meets_requirement("2.6") and not meets_requirement("2.5.1")
     everything_found = lambda name: object()  # noqa: E731
     versions = {"torch": "1.13.1+cu117"}
     plan = plan_install(everything_found, versions.get)
@@ -185,7 +185,7 @@ def test_an_old_torch_is_an_upgrade_not_a_pass(fake_slicer, monkeypatch):
 
     class PyTorchUtilsLogic:
         def installTorch(self, askConfirmation=False, forceComputationBackend=None, torchVersionRequirement=None):
-            versions["torch"] = "2.8.0"  # what pip's "torch>=2.5" does to an old torch
+            versions["torch"] = "2.8.0"  # what pip's "torch>=2.6" does to an old torch
             return object()
 
     monkeypatch.setitem(sys.modules, "PyTorchUtils", types.SimpleNamespace(PyTorchUtilsLogic=PyTorchUtilsLogic))
@@ -210,9 +210,9 @@ def test_require_is_the_check_both_logics_make(fake_slicer, monkeypatch, forget_
     missing = InstallLogic(find_spec=lambda name: None if name == "torch" else object())
     segment = MedNeXtV2SegmentLogic(processFactory=lambda *a: started.append(a), python="py", installLogic=missing)
     train = MedNeXtV2TrainLogic(segmentLogic=segment, runnerFactory=lambda *a, **k: started.append(a))
-    with pytest.raises(InstallError, match=r"torch>=2\.5"):
+    with pytest.raises(InstallError, match=r"torch>=2\.6"):
         train.startTraining(Path("job"))
-    with pytest.raises(InstallError, match=r"torch>=2\.5"):
+    with pytest.raises(InstallError, match=r"torch>=2\.6"):
         segment.start(object(), None)
     assert started == []
 
@@ -231,7 +231,7 @@ def test_intel_mac_is_refused_before_anything_is_installed(fake_slicer, monkeypa
         with pytest.raises(InstallError) as info:
             call()
         message = str(info.value)
-        assert "Intel Mac" in message and "torch>=2.5" in message and "2.2.2" in message
+        assert "Intel Mac" in message and "torch>=2.6" in message and "2.2.2" in message
         assert ("numpy 2.0.2" in message) == numpy_.startswith("2")  # the second reason, where it holds
         assert "Apple Silicon" in message and "Windows" in message  # what works instead
     assert fake_slicer.confirm == [] and fake_slicer.pip == [] and torch_calls == []

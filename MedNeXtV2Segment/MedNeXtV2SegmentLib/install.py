@@ -31,9 +31,9 @@ from typing import Callable, Tuple
 logger = logging.getLogger(__name__)
 
 # The oldest torch the engine tests pass with. Older ones cannot read nnU-Net checkpoints safely
-# (their numpy scalars need torch.serialization.safe_globals, new in 2.5), and 2.2 and older are
-# built against numpy 1, which fails with the numpy 2 of Slicer 5.10+ ("Numpy is not available").
-TORCH_REQUIREMENT = ">=2.5"
+# (their numpy scalars need torch.serialization.safe_globals with the (object, name) entries of 2.6),
+# and 2.2 and older are built against numpy 1, which fails with the numpy 2 of Slicer 5.10+.
+TORCH_REQUIREMENT = ">=2.6"
 # pip name -> (import name, requirement): the engine's runtime deps that Slicer does not ship
 PIP_PACKAGES = {"pynrrd": ("nrrd", ">=1.0"), "safetensors": ("safetensors", ">=0.4")}
 # Shipped with Slicer: never installed, upgraded or downgraded by this extension.
