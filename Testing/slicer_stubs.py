@@ -310,3 +310,70 @@ def assert_on_volume_grid(image, volumeNode, what: str) -> None:
     directions = np.array(image.GetDirection()).reshape(3, 3) * np.array(image.GetSpacing())[None, :]
     np.testing.assert_allclose(directions, ijkToLPS[:3, :3], atol=1e-5, err_msg=what)
     np.testing.assert_allclose(image.GetOrigin(), ijkToLPS[:3, 3], atol=1e-4, err_msg=what)
+
+
+# -- slicer.packaging (Slicer 5.12+): absent from the wheel -----------------------------------------
+class Packaging:
+    """`slicer.packaging` as in Slicer v5.12.3 (Base/Python/slicer/packaging.py): `pip_check`,
+    `pip_ensure` and `pip_install` with its signatures and its decisions, in its order:
+
+    - pip_ensure: only unsatisfied requirements go on; in testing mode (`slicer.app.testingEnabled()`)
+      with `skip_in_testing` (default True) it installs nothing and returns None; `prompt_install`
+      asks with `slicer.util.confirmOkCancelDisplay` and raises RuntimeError when declined; then
+      `pip_install(..., blocking=True, show_progress=show_progress, requester=requester)`.
+    - pip_install: in testing mode a plain blocking pip; else, with show_progress and blocking, its
+      own modal progress dialog and, when pip fails, its own `slicer.util.errorDisplay` with pip's
+      log before raising CalledProcessError(returncode, "pip install").
+
+    `pip(args) -> (returncode, lines)` stands in for the `python -m pip install` child process;
+    `installed` (name -> version) is what `importlib.metadata` would report."""
+
+    def __init__(self, pip, installed: dict) -> None:
+        self.pip, self.installed = pip, installed
+        self.progress_dialogs, self.error_dialogs, self.prompts = [], [], []
+
+    def pip_check(self, req) -> bool:
+        from packaging.requirements import Requirement
+
+        reqs = [Requirement(r) if isinstance(r, str) else r for r in (req if isinstance(req, list) else [req])]
+        return all(r.name in self.installed and self.installed[r.name] in r.specifier for r in reqs)
+
+    def pip_ensure(self, requirements, constraints=None, skip_packages=None, prompt_install: bool = True,
+                   prompt_restart: bool = True, requester=None, skip_in_testing: bool = True,
+                   show_progress: bool = True):
+        import slicer
+
+        reqs = requirements if isinstance(requirements, list) else str(requirements).split()
+        missing = [str(r) for r in reqs if not self.pip_check(str(r))]
+        if not missing:
+            return None
+        if skip_in_testing and slicer.app.testingEnabled():
+            return None
+        if prompt_install:
+            self.prompts.append(missing)
+            if not slicer.util.confirmOkCancelDisplay("Python packages need to be installed.", requester,
+                                                      detailedText="\n".join(missing)):
+                raise RuntimeError("User declined package installation")
+        return self.pip_install(missing, constraints=constraints, skip_packages=skip_packages, blocking=True,
+                                show_progress=show_progress, requester=requester)
+
+    def pip_install(self, requirements, constraints=None, no_deps_requirements=None, skip_packages=None,
+                    blocking: bool = True, show_progress: bool = True, requester=None, parent=None,
+                    logCallback=None, completedCallback=None):
+        import subprocess
+
+        import slicer
+
+        args = ["install"] + (requirements.split() if isinstance(requirements, str) else list(requirements))
+        if constraints is not None:
+            args += ["-c", str(constraints)]
+        dialog = show_progress and blocking and not slicer.app.testingEnabled()
+        if dialog:
+            self.progress_dialogs.append(requester)
+        returncode, lines = self.pip(args)
+        if returncode != 0:
+            if dialog:
+                self.error_dialogs.append("\n".join(lines))
+                slicer.util.errorDisplay("Package installation failed.", detailedText="\n".join(lines))
+            raise subprocess.CalledProcessError(returncode, "pip install")
+        return None

@@ -53,3 +53,38 @@ def test_train_selftest(slicer_for_selftest):
 
     run_selftest("MedNeXtV2Train", "MedNeXtV2TrainTest")
     assert slicer.mrmlScene.GetNumberOfNodesByClass("vtkMRMLSegmentationNode") == 4  # 3 cases + the result
+
+
+def selftest_problems(moduleName: str, testName: str) -> str:
+    module = __import__(moduleName)
+    result = unittest.TestResult()
+    unittest.FunctionTestCase(getattr(module, testName)().runTest).run(result)
+    return "\n".join(text for _, text in result.errors + result.failures)
+
+
+@pytest.mark.parametrize("moduleName, testName", [("MedNeXtV2Segment", "MedNeXtV2SegmentTest"),
+                                                  ("MedNeXtV2Train", "MedNeXtV2TrainTest")])
+def test_selftest_never_installs_torch_silently(slicer_for_selftest, monkeypatch, moduleName, testName):
+    """Reload and Test (or ctest on a build server) without torch: no multi-GB download unasked.
+    In testing mode it stops with a message naming what is missing; in a running Slicer it asks,
+    and a "no" stops it with a message too."""
+    import slicer
+    from MedNeXtV2SegmentLib.install import InstallLogic, InstallPlan
+
+    installs, questions = [], []
+    monkeypatch.setattr(InstallLogic, "plan", lambda self: InstallPlan(torch=True, pip=()))
+    monkeypatch.setitem(sys.modules, "PyTorchUtils", mock.MagicMock(
+        PyTorchUtilsLogic=lambda: mock.MagicMock(installTorch=lambda **k: installs.append(k))))
+    monkeypatch.setattr(slicer.util, "confirmOkCancelDisplay",
+                        lambda text, *a, **k: questions.append(text) or False, raising=False)
+    monkeypatch.setattr(slicer.util, "pip_install", lambda *a, **k: installs.append(a), raising=False)
+
+    problems = selftest_problems(moduleName, testName)  # the stand-in app runs in testing mode, as ctest does
+    assert "testing mode" in problems and "torch>=" in problems
+    assert installs == [] and questions == []
+
+    monkeypatch.setattr(slicer.app, "testingEnabled", lambda: False)  # Reload and Test in a running Slicer
+    problems = selftest_problems(moduleName, testName)
+    assert len(questions) == 1 and "torch>=" in questions[0]
+    assert "self-test needs PyTorch" in problems and "were not installed" in problems
+    assert installs == []

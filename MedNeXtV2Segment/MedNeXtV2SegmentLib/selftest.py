@@ -43,7 +43,7 @@ class MedNeXtV2SegmentTest(ScriptedLoadableModuleTest):
         from MedNeXtV2SegmentLib.install import InstallLogic
 
         slicer.mrmlScene.Clear()
-        InstallLogic().ensure(askConfirmation=False)  # torch is needed to build the tiny bundle
+        InstallLogic().ensureForSelfTest()  # torch builds the tiny bundle; asked, never installed silently
         self.tempDir = tempfile.TemporaryDirectory(prefix="MedNeXtV2SegmentTest-")
         self.bundle = make_tiny_bundle(Path(self.tempDir.name))
 

@@ -58,7 +58,10 @@ def make_case(name: str, seed: int, study):
 
 class MedNeXtV2TrainTest(ScriptedLoadableModuleTest):
     def setUp(self):
+        from MedNeXtV2SegmentLib.install import InstallLogic
+
         slicer.mrmlScene.Clear()
+        InstallLogic().ensureForSelfTest()  # the engine trains with torch: asked, never installed silently
         self.workDir = Path(tempfile.mkdtemp(prefix="MedNeXtV2TrainTest-"))
 
     def tearDown(self):
