@@ -169,6 +169,33 @@ def test_https_catalog_may_list_http_model_urls_but_not_redirect_to_http(tmp_pat
     assert _http_warnings(caplog) == []
 
 
+def test_catalog_redirect_chain_through_plain_http_is_refused_at_the_http_hop(tmp_path, tiny, monkeypatch, caplog):
+    # https -> http -> https: the final URL is https, but the plain-http hop could have chosen the catalog.
+    tls, cert = self_signed_tls(tmp_path)
+    monkeypatch.setenv("REQUESTS_CA_BUNDLE", str(cert))
+    with FileServer(tls=tls) as secure, FileServer() as plain:
+        text = catalog_json([catalog_entry("tiny-ct", tiny, [secure.url("/tiny.zip")])]).encode()
+        secure.add("/catalog.json", text)
+        plain.add("/hop.json", b"", location=secure.url("/catalog.json"))
+        secure.add("/start.json", b"", location=plain.url("/hop.json"))
+        catalog = load_catalog(ModelCache.open(), [secure.url("/start.json")])
+        assert plain.requests_for("/hop.json") == []  # refused before the plain-http request is sent
+        assert secure.requests_for("/catalog.json") == []
+    assert "tiny-ct" not in catalog and len(catalog.problems) == 1
+    assert re.search(r"start\.json redirected to plain http \(http://127\.0\.0\.1:\d+/hop\.json\); refused",
+                     catalog.problems[0])
+
+
+def test_model_download_redirect_to_another_scheme_is_refused(tmp_path, tiny, monkeypatch):
+    from mednextv2.download import DownloadSettings, download_verified
+
+    with FileServer() as server:
+        server.add("/m.zip", b"", location="ftp://127.0.0.1/m.zip")
+        with pytest.raises(InputError, match=r"m\.zip redirected to ftp \(ftp://127\.0\.0\.1/m\.zip\); refused"):
+            download_verified([server.url("/m.zip")], tmp_path / "m.zip.part", "0" * 64, len(tiny),
+                              settings=DownloadSettings(retries=0, backoff=0.01))
+
+
 def test_user_catalog_over_http_download_and_resolve(tmp_path, tiny, monkeypatch, capsys):
     home = tmp_path / "home"
     monkeypatch.setenv("MEDNEXTV2_ALLOW_HTTP", "1")  # plain http only with the opt-in (previous test)

@@ -20,7 +20,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator, Optional, Sequence, TypeVar
-from urllib.parse import urlsplit
+from urllib.parse import urljoin, urlsplit
 
 import requests
 import urllib3
@@ -67,6 +67,24 @@ def check_url(url: str) -> str:
     if parts.scheme not in ("http", "https") or not parts.netloc:
         raise InputError(f"only http:// and https:// URLs are accepted, got {url!r}")
     return url
+
+
+def _redirect_guard(https_only: bool) -> Callable[..., None]:
+    """A `requests` response hook that checks each redirect's target before it is followed: every
+    hop stays http(s), and with `https_only` (catalogs) https, so no plain-http hop can choose the content."""
+
+    def check_hop(response, *args, **kwargs) -> None:
+        if not response.is_redirect:
+            return
+        target = urljoin(response.url, response.headers.get("location", ""))
+        scheme = urlsplit(target).scheme.lower()
+        if scheme not in ("http", "https") or (https_only and scheme != "https"):
+            response.close()
+            raise InputError(f"{response.url} redirected to {'plain http' if scheme == 'http' else scheme or 'a relative URL'} "
+                             f"({target}); refused, because its content must come over "
+                             f"{'https' if https_only else 'http(s)'}")
+
+    return check_hop
 
 
 def new_session() -> requests.Session:
@@ -215,6 +233,7 @@ def _fetch_once(session, url, part, size, settings, progress) -> None:
         headers["Range"] = f"bytes={have}-"
     try:
         response = session.get(url, stream=True, headers=headers, allow_redirects=True,
+                               hooks={"response": _redirect_guard(https_only=False)},
                                timeout=(settings.connect_timeout, settings.read_timeout))
     except requests.exceptions.RequestException as e:
         _raise_network_error(e, url, settings)
@@ -343,7 +362,8 @@ def fetch_bytes(url: str, max_bytes: int, *, settings: DownloadSettings = Downlo
 
 def _fetch_small(session, url, max_bytes, settings, https_only) -> bytes:
     try:
-        response = session.get(url, stream=True, timeout=(settings.connect_timeout, settings.read_timeout))
+        response = session.get(url, stream=True, hooks={"response": _redirect_guard(https_only)},
+                               timeout=(settings.connect_timeout, settings.read_timeout))
     except requests.exceptions.RequestException as e:
         _raise_network_error(e, url, settings)
     with response:
