@@ -196,6 +196,23 @@ def test_model_download_redirect_to_another_scheme_is_refused(tmp_path, tiny, mo
                               settings=DownloadSettings(retries=0, backoff=0.01))
 
 
+def test_models_list_and_info_print_only_printable_text(tmp_path, tiny, capsys):
+    # A catalog (any user catalog, maybe remote) must not drive the terminal: clear the screen and claim success.
+    spoof = "\x1b[2J\x1b[Hall models verified\x9b31m\u202e"
+    entry = catalog_entry("tiny-ct", tiny, ["https://example.org/m.zip"], title=spoof,
+                          license="MIT\x07", citation="cite\r\x1b[1Aover")
+    entry["labels"][0]["name"] = "tumor\x1b]0;owned\x07"
+    (tmp_path / "catalog.json").write_text(catalog_json([entry]), encoding="utf-8")
+    code, out, err = run_cli(capsys, "models", "--catalog", str(tmp_path / "catalog.json"), "list")
+    assert code == 0 and "?[2J?[Hall models verified?31m?" in out
+    code, info, _ = run_cli(capsys, "models", "--catalog", str(tmp_path / "catalog.json"), "info", "tiny-ct")
+    assert code == 0 and "1=tumor?]0;owned?" in info and "cite??[1Aover" in info
+    for text in (out, err, info):
+        assert all(c.isprintable() or c == "\n" for c in text), repr(text)
+    code, out, _ = run_cli(capsys, "models", "--catalog", str(tmp_path / "catalog.json"), "list", "--json")
+    assert json.loads(out)["models"][0]["title"] == spoof and "\x1b" not in out  # JSON escapes, keeps the text
+
+
 def test_user_catalog_over_http_download_and_resolve(tmp_path, tiny, monkeypatch, capsys):
     home = tmp_path / "home"
     monkeypatch.setenv("MEDNEXTV2_ALLOW_HTTP", "1")  # plain http only with the opt-in (previous test)

@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import math
 import re
+import unicodedata
 from functools import lru_cache
 from importlib import resources
 from typing import Any, List, Mapping, Optional, Union
@@ -35,6 +36,26 @@ def model_id_problem(model_id: Any) -> Optional[str]:
     if model_id.split(".")[0] in _WINDOWS_RESERVED:
         return f"invalid model id {model_id!r}: reserved file name on Windows"
     return None
+
+
+# ---------------------------------------------------------------- text from untrusted documents
+# Control characters and line separators: a label name with one could forge a field of a
+# .seg.nrrd header; on a terminal, escape sequences can rewrite what was printed before.
+_LINE_OR_CONTROL = frozenset({"Cc", "Zl", "Zp"})
+_UNPRINTABLE = _LINE_OR_CONTROL | {"Cf", "Cs"}  # Cf: bidi overrides can reorder what a line shows
+
+
+def control_characters(text: str) -> List[str]:
+    """The control characters and line separators in `text`, as escapes (`'\\n'`), in order."""
+    return [ascii(c)[1:-1] for c in text if not c.isprintable() and unicodedata.category(c) in _LINE_OR_CONTROL]
+
+
+def printable(text: Any) -> str:
+    """`text` as one line a terminal shows as written: each unprintable character becomes '?'."""
+    text = str(text)
+    if text.isascii() and text.isprintable():
+        return text
+    return "".join("?" if unicodedata.category(c) in _UNPRINTABLE else c for c in text)
 
 
 # ---------------------------------------------------------------- strict JSON
