@@ -213,6 +213,31 @@ def test_models_list_and_info_print_only_printable_text(tmp_path, tiny, capsys):
     assert json.loads(out)["models"][0]["title"] == spoof and "\x1b" not in out  # JSON escapes, keeps the text
 
 
+def test_download_refuses_to_replace_an_imported_model_without_replace(tmp_path, tiny, monkeypatch, capsys):
+    from http_test_server import tiny_bundle_zip
+
+    home = tmp_path / "home"
+    mine = tiny_bundle_zip(tmp_path / "mine.zip", seed=7)  # the user's own model, under the catalog's id
+    code, _, _ = run_cli(capsys, "models", "import", str(tmp_path / "mine.zip"), "--id", "tiny-ct")
+    assert code == 0
+    before = {p.name: p.read_bytes() for p in (home / "models" / "tiny-ct").iterdir()}
+    monkeypatch.setenv("MEDNEXTV2_ALLOW_HTTP", "1")
+    with FileServer() as server:
+        server.add("/tiny.zip", tiny)
+        server.add("/catalog.json", catalog_json([catalog_entry("tiny-ct", tiny, [server.url("/tiny.zip")])]).encode())
+        catalog = server.url("/catalog.json")
+        code, out, err = run_cli(capsys, "models", "--catalog", catalog, "download", "tiny-ct")
+        assert code == 2 and out == "" and server.requests_for("/tiny.zip") == []
+        assert re.search(r"'tiny-ct' is already installed in .*tiny-ct \(imported from .*mine\.zip\), not downloaded "
+                         r"from a catalog.*--replace", err)
+        assert {p.name: p.read_bytes() for p in (home / "models" / "tiny-ct").iterdir()} == before
+        code, _, _ = run_cli(capsys, "models", "--catalog", catalog, "download", "tiny-ct", "--force")
+        assert code == 2  # --force re-downloads a catalog model; it does not replace the user's own
+        code, out, _ = run_cli(capsys, "models", "--catalog", catalog, "download", "tiny-ct", "--replace")
+        assert code == 0 and ModelCache.open().install_info("tiny-ct")["source"] == "catalog"
+    assert mine != tiny
+
+
 def test_user_catalog_over_http_download_and_resolve(tmp_path, tiny, monkeypatch, capsys):
     home = tmp_path / "home"
     monkeypatch.setenv("MEDNEXTV2_ALLOW_HTTP", "1")  # plain http only with the opt-in (previous test)

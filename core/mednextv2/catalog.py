@@ -189,8 +189,10 @@ def _read_remote(url: str, cache: ModelCache, settings, *, https_only: bool) -> 
 
 
 def download_model(entry: CatalogEntry, cache: Optional[ModelCache] = None, *, progress=None,
-                   settings=None, force: bool = False) -> Path:
+                   settings=None, force: bool = False, replace: bool = False) -> Path:
     """Download, verify and install one catalog model; a no-op when that version is installed.
+    A model with the same id that did not come from a catalog (imported, or placed by hand) is
+    replaced only with `replace`: it may exist nowhere else.
 
     Holds the model's lock throughout, so a second process waits and then finds it installed."""
     from mednextv2.download import DownloadSettings, download_verified
@@ -204,6 +206,7 @@ def download_model(entry: CatalogEntry, cache: Optional[ModelCache] = None, *, p
         if not force and cache.is_installed(entry.id) and cache.install_info(entry.id).get("sha256") == entry.sha256:
             log.info("model %s %s is already installed", entry.id, entry.version)
             return cache.model_dir(entry.id)
+        _refuse_replacing_own_model(cache, entry.id, replace)
         part = cache.downloads_dir / f"{entry.id}-{entry.sha256[:16]}.zip.part"
         archive = download_verified(entry.urls, part, entry.sha256, entry.size, progress=progress,
                                     settings=settings or DownloadSettings())
@@ -214,6 +217,18 @@ def download_model(entry: CatalogEntry, cache: Optional[ModelCache] = None, *, p
                                    info=info, progress=progress)
         finally:
             archive.unlink(missing_ok=True)
+
+
+def _refuse_replacing_own_model(cache: ModelCache, model_id: str, replace: bool) -> None:
+    if replace or not cache.is_installed(model_id):
+        return
+    info = cache.install_info(model_id)
+    if info.get("source") == "catalog":
+        return  # another version of the same catalog model: an update
+    how = f"imported from {info.get('origin')}" if info.get("source") == "import" else "placed there by hand"
+    raise InputError(f"a model with id {model_id!r} is already installed in {cache.model_dir(model_id)} ({how}), "
+                     "not downloaded from a catalog; downloading would replace it. Remove it first "
+                     f"(mednextv2 models remove {model_id}), or replace it with --replace")
 
 
 def resolve_model(model_ref: Union[str, os.PathLike], *, cache: Optional[ModelCache] = None,

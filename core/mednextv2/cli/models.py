@@ -33,6 +33,8 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p = sub.add_parser("download", help="download, verify and install a catalog model")
     p.add_argument("id")
     p.add_argument("--force", action="store_true", help="download again even if this version is installed")
+    p.add_argument("--replace", action="store_true",
+                   help="replace an installed model with the same id that was imported, not downloaded")
     p = sub.add_parser("import", help="install a local bundle or nnU-Net v2/v1 results folder/zip (no internet needed)")
     p.add_argument("path", help="bundle folder or zip, or nnU-Net v2 or v1 results folder or zip")
     p.add_argument("--id", dest="model_id", help="model id to install it as (default: from the bundle or dataset name)")
@@ -139,7 +141,8 @@ def _download(args, cache) -> int:
     from mednextv2.catalog import download_model, load_catalog
 
     entry = load_catalog(cache, args.catalog).get(args.id)
-    path = download_model(entry, cache, progress=make_progress(args.progress), force=args.force)
+    path = download_model(entry, cache, progress=make_progress(args.progress), force=args.force,
+                          replace=args.replace)
     print(path)
     return 0
 
