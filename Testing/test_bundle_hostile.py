@@ -5,18 +5,26 @@ message naming the file, and no file the engine did not write is ever deleted.""
 from __future__ import annotations
 
 import json
+import os
+import re
+import shutil
+import tracemalloc
+import zipfile
 from pathlib import Path
 
 import numpy as np
 import pytest
 import SimpleITK as sitk
+import torch
+from safetensors.torch import load_file, save_file
 
-from mednextv2.bundle import Label, load_bundle
+from mednextv2.bundle import Label, foreign_entries, load_bundle
 from mednextv2.cli import main
 from mednextv2.errors import InputError
 from mednextv2.export import write_seg_nrrd
 from segment_fixtures import make_image, threshold_bundle
 from test_import_nnunet import home  # noqa: F401  (autouse: a fresh model cache per test)
+from test_train_promise import _hashes, _train, dataset  # noqa: F401
 
 HOSTILE_NAMES = ["metal\nSegment0_LabelValue:=2", "tumour\ndata file: ../secret.txt", "blank\n\nline",
                  "back\\slash\\n", "carriage\rreturn", "escape\x1b[2J", "line\u2028separator"]
@@ -68,3 +76,112 @@ def test_seg_nrrd_header_escapes_what_nrrd_cannot_hold(tmp_path):
     assert names[4:] == ["carriage return", "escape [2J", "line separator"]
     header = path.read_bytes().split(b"\n\n", 1)[0].decode("utf-8")
     assert "\ndata file" not in header and "\nSegment0_LabelValue:=2" not in header
+
+
+# ---------------------------------------------------------------- zip entries
+def test_segment_refuses_a_zip_with_one_bomb_entry_behind_an_acceptable_overall_ratio(tmp_path, data_dir, capsys):
+    folder = threshold_bundle().save(tmp_path / "m")
+    archive = tmp_path / "bomb.zip"
+    with zipfile.ZipFile(archive, "w", zipfile.ZIP_DEFLATED) as zf:
+        zf.write(folder / "model.json", "model.json")
+        zf.writestr("weights.safetensors", b"\0" * (64 << 20))  # ~64 KB packed: 1000x
+        zf.writestr(zipfile.ZipInfo("notes.bin"), os.urandom(1 << 20))  # stored: the overall ratio stays ~60x
+    out = tmp_path / "out.seg.nrrd"
+    code = main(["segment", str(data_dir / "ct-lung" / "lung1_image.nrrd"), "-m", str(archive), "-o", str(out),
+                 "--device", "cpu", "--no-tta", "--progress", "none"])
+    err = capsys.readouterr().err
+    assert code == 2 and not out.exists()
+    assert re.search(r"bomb\.zip: entry 'weights\.safetensors' unpacks to \d+x its size \(64\.0 MB\): refusing a "
+                     r"likely zip bomb", err), err
+
+
+def test_zip_bundle_weights_are_streamed_not_read_whole_into_memory(tmp_path):
+    folder = threshold_bundle().save(tmp_path / "m")
+    state = load_file(str(folder / "weights.safetensors"))
+    padding = torch.rand(8 << 20)  # 32 MiB that no compression shrinks
+    save_file({**state, "padding": padding}, str(folder / "weights.safetensors"))
+    archive = tmp_path / "m.zip"
+    with zipfile.ZipFile(archive, "w", zipfile.ZIP_DEFLATED) as zf:
+        for f in sorted(folder.iterdir()):
+            zf.write(f, f.name)
+    bundle = load_bundle(archive)
+    tracemalloc.start()
+    try:
+        loaded = bundle.load_state_dicts()[0]
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert torch.equal(loaded["padding"], padding) and loaded.keys() == {*state, "padding"}
+    assert peak < 12 << 20, f"{peak / 2 ** 20:.1f} MiB of Python objects for a 32 MiB entry"
+    copy = bundle.save(tmp_path / "copy")  # a zip bundle saved as a folder: the same bytes
+    with zipfile.ZipFile(archive) as zf:
+        assert (copy / "weights.safetensors").read_bytes() == zf.read("weights.safetensors")
+
+
+# ---------------------------------------------------------------- train -o: a bundle by content, never the base
+def _users_bundle_like_folder(folder: Path, weights_name: str = "notes.txt") -> dict:
+    """A folder of the user's files beside a model.json that names them (anyone can write one)."""
+    folder.mkdir()
+    (folder / "notes.txt").write_text("my notes\n", encoding="utf-8")
+    (folder / "results.csv").write_text("case,dice\n1,0.9\n", encoding="utf-8")
+    (folder / "model.json").write_text(json.dumps({"weights": ["notes.txt", "results.csv"]}), encoding="utf-8")
+    return _hashes(folder)
+
+
+def test_train_refuses_a_folder_whose_model_json_is_forged(dataset, tmp_path, capsys):
+    before = _users_bundle_like_folder(tmp_path / "results")
+    assert _train(dataset, tmp_path / "results") == 2
+    err = capsys.readouterr().err
+    assert re.search(r"results holds files that are not a model bundle's \(model\.json \(not a valid "
+                     r"model\.json: .*\), notes\.txt, results\.csv\)", err), err
+    assert _hashes(tmp_path / "results") == before and not (tmp_path / "results.training").exists()
+
+
+def test_bundle_content_rule_names_the_first_foreign_file(tmp_path):
+    engine = threshold_bundle().save(tmp_path / "engine")
+    assert foreign_entries(engine) == []
+    # A valid model.json beside weights that are not its network's: the user's own other model.
+    other = threshold_bundle(thresholds_hu=(100.0, 300.0)).save(tmp_path / "other")
+    shutil.copyfile(other / "weights.safetensors", engine / "weights.safetensors")
+    assert re.fullmatch(r"weights\.safetensors \(its tensors are not the recorded network's \(first difference: .*\)\)",
+                        foreign_entries(engine)[0])
+    (engine / "weights.safetensors").write_bytes(b"my spreadsheet")
+    assert foreign_entries(engine)[0].startswith("weights.safetensors (not a valid safetensors file")
+    shutil.copyfile(other / "weights.safetensors", engine / "weights.safetensors")
+    shutil.copyfile(other / "model.json", engine / "model.json")
+    (engine / "metrics.csv").write_text("case,dice\n1,0.9\n", encoding="utf-8")
+    assert foreign_entries(engine) == ["metrics.csv (not a training report)"]
+    (engine / "metrics.csv").unlink()
+    (engine / "sub").mkdir()
+    assert foreign_entries(engine) == ["sub"]
+    (engine / "sub").rmdir()
+    _rewrite_model_json(engine, lambda doc: doc.update(format_version=2))
+    assert foreign_entries(engine)[0].startswith("model.json (not a valid model.json: format_version")
+    assert foreign_entries(engine)[1:] == ["weights.safetensors"]
+
+
+def test_train_refuses_a_zip_holding_a_forged_model_json(dataset, tmp_path, capsys):
+    _users_bundle_like_folder(tmp_path / "results")
+    archive = tmp_path / "results.zip"
+    with zipfile.ZipFile(archive, "w") as zf:
+        for f in sorted((tmp_path / "results").iterdir()):
+            zf.write(f, f.name)
+    data = archive.read_bytes()
+    assert _train(dataset, archive) == 2
+    assert "results.zip exists and is not a model bundle zip" in capsys.readouterr().err
+    assert archive.read_bytes() == data
+
+
+@pytest.mark.parametrize("form", ["folder", "zip", "installed id"])
+def test_train_refuses_an_output_that_is_the_base_model(dataset, tmp_path, home, form, capsys):  # noqa: F811
+    base = threshold_bundle().save(tmp_path / ("base.zip" if form == "zip" else "base"))
+    ref, output = str(base), base
+    if form == "installed id":
+        assert main(["models", "import", str(base), "--id", "my-base"]) == 0
+        ref, output = "my-base", home / "models" / "my-base"
+    before = _hashes(output) if output.is_dir() else output.read_bytes()
+    capsys.readouterr()
+    assert main(["train", str(dataset), "-o", str(output), "--base", ref, "--epochs", "1", "--iterations", "1",
+                 "--device", "cpu", "--progress", "none"]) == 2
+    assert f"is the base model --base {ref}" in capsys.readouterr().err
+    assert (_hashes(output) if output.is_dir() else output.read_bytes()) == before

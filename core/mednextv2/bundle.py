@@ -9,21 +9,24 @@ A zip is read through `safezip.checked_zip`, the same checks as `models import`.
 """
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import logging
 import os
 import re
+import shutil
+import tempfile
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
+from typing import Any, Dict, Iterator, List, Mapping, Optional, Sequence, Tuple, Union
 
 from mednextv2 import atomic
 from mednextv2.bundle_spec import (MODEL_JSON, BundleSpec, Channel, InferenceDefaults, Label, NetworkSpec,
                                    Normalization, PreprocessingPlan, Provenance, Resampling, ResampleOrder,
                                    validate_model_json)
-from mednextv2.errors import InputError
+from mednextv2.errors import InputError, ResourceError
 from mednextv2.safezip import checked_zip
 from mednextv2.validation import load_schema, loads_strict, schema_errors
 
@@ -40,17 +43,18 @@ _DS_HEAD = re.compile(r"^out_[1-9]\.")
 
 
 # ---------------------------------------------------------------- weights sources
-def _read_state_dict(data: bytes, name: str, where: str) -> Dict[str, Any]:
+def _read_state_dict(path: Path, name: str, where: str) -> Dict[str, Any]:
+    """The tensors of weights file `path` (named `name` in the bundle), read from the file, never unpickled."""
     import torch
 
     if name.endswith(".safetensors"):
-        from safetensors.torch import load as load_safetensors
+        from safetensors.torch import load_file
         try:
-            return load_safetensors(data)
+            return load_file(str(path))
         except Exception as e:  # safetensors raises its own error types for corrupt headers
             raise InputError(f"{where}: weights file {name} is not a valid safetensors file ({e})") from e
     try:
-        obj = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+        obj = torch.load(str(path), map_location="cpu", weights_only=True)
     except Exception as e:  # UnpicklingError for anything beyond plain tensors and containers
         raise InputError(f"{where}: weights file {name} cannot be loaded safely (weights_only=True): {e}. "
                          "Convert it to safetensors.") from e
@@ -138,31 +142,40 @@ class Bundle:
         return self.spec.inference
 
     # ---- weights
-    def _raw_weights(self) -> List[Tuple[str, bytes]]:
+    @contextlib.contextmanager
+    def _weight_files(self) -> Iterator[List[Tuple[str, Path]]]:
+        """(name, file) per weights file: the bundle folder's own files, or a zip's entries streamed
+        into a temporary folder, so no entry is ever held whole in memory."""
         if self.source is None:
             raise InputError("bundle has no source folder and no in-memory weights")
-        out = []
         if self.source.is_dir():
+            out = []
             for name in self.weights:
                 path = self.source / name
                 if not path.is_file():
                     raise InputError(f"{self.source / MODEL_JSON}: weights file {name} is missing from the bundle folder")
-                out.append((name, path.read_bytes()))
-            return out
-        with checked_zip(self.source) as zf:
+                out.append((name, path))
+            yield out
+            return
+        with checked_zip(self.source) as zf, tempfile.TemporaryDirectory(prefix="mednextv2-weights-") as tmp:
             prefix = _zip_prefix(list(zf.entries), str(self.source))
-            for name in self.weights:
+            out = []
+            for i, name in enumerate(self.weights):
+                if prefix + name not in zf.entries:
+                    raise InputError(f"{self.source}: weights file {name} is missing from the zip")
                 try:
-                    out.append((name, zf.read(prefix + name)))
-                except KeyError as e:
-                    raise InputError(f"{self.source}: weights file {name} is missing from the zip") from e
-        return out
+                    out.append((name, zf.extract(prefix + name, Path(tmp) / f"fold{i}{Path(name).suffix}")))
+                except OSError as e:
+                    raise ResourceError(f"cannot unpack weights file {name} of {self.source} into {tmp}: "
+                                        f"{e.strerror or e}") from e
+            yield out
 
     def load_state_dicts(self) -> List[Mapping[str, Any]]:
         """One state dict per fold, on the CPU."""
         if self._state_dicts is not None:
             return list(self._state_dicts)
-        return [_read_state_dict(data, name, self._where()) for name, data in self._raw_weights()]
+        with self._weight_files() as files:
+            return [_read_state_dict(path, name, self._where()) for name, path in files]
 
     def build_models(self, device: Any = "cpu") -> List[Any]:
         """One MedNeXt per fold, weights loaded strictly, eval mode, deep supervision off, on `device`."""
@@ -196,11 +209,11 @@ class Bundle:
         """Write the bundle to a folder, or to a zip when `path` ends in .zip; atomically (temp + rename)."""
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
-        files = self._files_to_write()
         if path.suffix.lower() == ".zip":
-            with atomic.atomic_path(path) as tmp, open(tmp, "xb") as f, zipfile.ZipFile(f, "w", zipfile.ZIP_STORED) as zf:
+            with self._files_to_write() as files, atomic.atomic_path(path) as tmp, open(tmp, "xb") as f, \
+                    zipfile.ZipFile(f, "w", zipfile.ZIP_STORED) as zf:
                 for name, data in files:
-                    zf.writestr(name, data)
+                    zf.write(data, name) if isinstance(data, Path) else zf.writestr(name, data)
         else:
             if path.exists() and not path.is_dir():
                 raise InputError(f"cannot save bundle: {path} exists and is not a folder")
@@ -210,16 +223,21 @@ class Bundle:
                 raise InputError(f"cannot save bundle: {path} holds files that are not a model bundle's "
                                  f"({', '.join(foreign[:3])}{', ...' if len(foreign) > 3 else ''}); "
                                  "choose a new or empty folder")
-            with atomic.atomic_folder(path) as tmp:
+            with self._files_to_write() as files, atomic.atomic_folder(path) as tmp:
                 for name, data in files:
-                    (tmp / name).write_bytes(data)
+                    shutil.copyfile(data, tmp / name) if isinstance(data, Path) else (tmp / name).write_bytes(data)
         log.debug("saved model bundle %s to %s", self.id, path)
         return path
 
-    def _files_to_write(self) -> List[Tuple[str, bytes]]:
-        files = [(MODEL_JSON, (json.dumps(self.spec.to_json(), indent=2, allow_nan=False) + "\n").encode("utf-8"))]
+    @contextlib.contextmanager
+    def _files_to_write(self) -> Iterator[List[Tuple[str, Union[bytes, Path]]]]:
+        """(name, bytes or a file to copy) per file of the bundle."""
+        files: List[Tuple[str, Union[bytes, Path]]] = [
+            (MODEL_JSON, (json.dumps(self.spec.to_json(), indent=2, allow_nan=False) + "\n").encode("utf-8"))]
         if self._state_dicts is None:
-            return files + self._raw_weights()
+            with self._weight_files() as weights:
+                yield files + list(weights)
+            return
         import torch
         from safetensors.torch import save as save_safetensors
 
@@ -233,7 +251,7 @@ class Bundle:
                 torch.save(tensors, buf)
                 data = buf.getvalue()
             files.append((name, data))
-        return files
+        yield files
 
 
 def default_weight_names(n_folds: int) -> Tuple[str, ...]:
@@ -241,15 +259,81 @@ def default_weight_names(n_folds: int) -> Tuple[str, ...]:
 
 
 def foreign_entries(folder: Path) -> List[str]:
-    """Entries of an existing folder that are not a bundle's own files (model.json, the weights
-    it lists, the training reports): all of them when it has no readable model.json."""
+    """What stops `folder` from being replaced as a bundle the engine wrote, first foreign file
+    first ("name (why)" where the name alone does not say): empty for an empty folder or a bundle.
+
+    A name or a model.json can be made by anyone, so the rule rests on content: model.json must be
+    a valid spec of this format version, every entry a regular file a bundle holds (model.json,
+    its weights, the training reports), each weights file valid safetensors whose tensor names
+    and shapes are the recorded network's."""
+    names = sorted(os.listdir(folder))
+    if not names:
+        return []
+    manifest = folder / MODEL_JSON
     try:
-        manifest = folder / MODEL_JSON
-        weights = loads_strict(manifest.read_bytes(), str(manifest))["weights"]
-        own = {MODEL_JSON, *BUNDLE_REPORTS, *(w for w in weights if isinstance(w, str))}
-    except (OSError, ValueError, KeyError, TypeError):
-        own = set()
-    return [n for n in sorted(os.listdir(folder)) if n not in own or not (folder / n).is_file()]
+        if manifest.is_symlink() or not manifest.is_file():
+            raise InputError("no model.json")
+        if manifest.stat().st_size > MAX_MODEL_JSON_BYTES:
+            raise InputError(f"larger than {MAX_MODEL_JSON_BYTES >> 20} MB")
+        spec = BundleSpec.from_json(loads_strict(manifest.read_bytes(), str(manifest)), str(manifest))
+    except (InputError, OSError, RecursionError) as e:
+        if not manifest.exists():
+            return names
+        why = str(e).strip().splitlines()
+        return [f"{MODEL_JSON} (not a valid model.json: {why[-1].strip() if why else e})"] + \
+            [n for n in names if n != MODEL_JSON]
+    foreign = []
+    for name in names:
+        path = folder / name
+        if name not in {MODEL_JSON, *BUNDLE_REPORTS, *spec.weights} or path.is_symlink() or not path.is_file():
+            foreign.append(name)
+        elif name in spec.weights:
+            problem = _weights_problem(path, spec.network)
+            if problem:
+                foreign.append(f"{name} ({problem})")
+        elif name in BUNDLE_REPORTS and not _is_report(path):
+            foreign.append(f"{name} (not a training report)")
+    return foreign
+
+
+def _weights_problem(path: Path, network: NetworkSpec) -> Optional[str]:
+    """Why `path` is not the weights of `network` as a bundle holds them (safetensors, the
+    network's tensor names and shapes without the deep-supervision heads), or None."""
+    if not path.name.endswith(".safetensors"):
+        return "not a safetensors file"
+    try:
+        from safetensors import safe_open
+
+        with safe_open(str(path), framework="pt") as f:  # reads the header only; checks it spans the file
+            found = {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}
+    except Exception as e:  # safetensors raises its own error types for a corrupt header
+        return f"not a valid safetensors file: {e}"
+    try:
+        expected = network_tensor_shapes(network)
+    except (TypeError, ValueError, KeyError) as e:
+        return f"the recorded network cannot be built: {e}"
+    if found != expected:
+        odd = sorted(set(found) ^ set(expected)) or sorted(k for k in found if found[k] != expected[k])
+        return f"its tensors are not the recorded network's (first difference: {odd[0]})"
+    return None
+
+
+def network_tensor_shapes(network: NetworkSpec) -> Dict[str, Tuple[int, ...]]:
+    """Name -> shape of every tensor of the network's inference weights; built on the meta device,
+    so no memory is allocated."""
+    import torch
+
+    from mednextv2.network import MedNeXt
+
+    with torch.device("meta"):
+        model = MedNeXt(network.config(deep_supervision=False))
+    return {k: tuple(v.shape) for k, v in model.state_dict().items()}
+
+
+def _is_report(path: Path) -> bool:
+    with open(path, "rb") as f:
+        head = f.read(8)
+    return head == b"\x89PNG\r\n\x1a\n" if path.suffix == ".png" else head.startswith(b"epoch")
 
 
 # ---------------------------------------------------------------- loading

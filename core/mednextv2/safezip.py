@@ -1,9 +1,10 @@
 """Reading untrusted zip files: the one place that checks a zip before anything is read from it.
 
 `models import`, catalog downloads and `segment -m ZIP` all go through `checked_zip`: entry
-count, declared size and compression ratio (zip bombs), and entry names (absolute paths, `..`,
-links) are checked first; then every read is bounded by the bytes actually produced, so a zip
-whose headers lie cannot fill the memory or the disk. A corrupt zip (bad CRC, truncated data)
+count, declared size and compression ratio of the whole and of each entry (zip bombs), and entry
+names (absolute paths, `..`, links) are checked first; then every read is bounded by the bytes
+actually produced, so a zip whose headers lie cannot fill the memory or the disk. Entries are
+streamed: only small ones (model.json) are ever read whole into memory. A corrupt zip (bad CRC, truncated data)
 is an InputError naming the file, never a traceback.
 """
 from __future__ import annotations
@@ -37,6 +38,13 @@ class CheckedZip:
     def read(self, name: str, limit: Optional[int] = None) -> bytes:
         """The bytes of entry `name` (KeyError if absent), at most `limit` (default: the archive limit)."""
         return b"".join(self.stream(name, limit))
+
+    def extract(self, name: str, target: Path, limit: Optional[int] = None) -> Path:
+        """Stream entry `name` into the new file `target`."""
+        with open(target, "wb") as out:
+            for block in self.stream(name, limit):
+                out.write(block)
+        return target
 
     def stream(self, name: str, limit: Optional[int] = None) -> Iterator[bytes]:
         member = self.entries[name]
@@ -75,6 +83,12 @@ def checked_zip(archive: Path, *, max_bytes: int = MAX_ARCHIVE_BYTES,
         packed = max(sum(m.compress_size for m in members), 1)
         if declared > 1 << 20 and declared / packed > MAX_COMPRESSION_RATIO:
             raise InputError(f"{archive} unpacks to {declared / packed:.0f}x its size: refusing a likely zip bomb")
+        # Per entry too: one bomb entry hides behind incompressible neighbours in the overall ratio.
+        for m in members:
+            ratio = m.file_size / max(m.compress_size, 1)
+            if m.file_size > 1 << 20 and ratio > MAX_COMPRESSION_RATIO:
+                raise InputError(f"{archive}: entry {m.filename!r} unpacks to {ratio:.0f}x its size "
+                                 f"({format_size(m.file_size)}): refusing a likely zip bomb")
         yield CheckedZip(zf, archive, max_bytes)
 
 
@@ -91,10 +105,8 @@ def safe_extract_zip(archive: Path, dest: Path, *, max_bytes: int = MAX_ARCHIVE_
                 target.mkdir(parents=True, exist_ok=True)
                 continue
             target.parent.mkdir(parents=True, exist_ok=True)
-            with open(target, "wb") as out:
-                for block in checked.stream(name, max_bytes - written):
-                    written += len(block)
-                    out.write(block)
+            checked.extract(name, target, max_bytes - written)
+            written += target.stat().st_size
 
 
 def _safe_member_path(member: zipfile.ZipInfo, archive: Path) -> PurePosixPath:

@@ -10,18 +10,19 @@ import hashlib
 import logging
 import os
 import re
-import zipfile
+import tempfile
 from pathlib import Path
-from typing import Dict, Mapping, Optional, Sequence
+from typing import Dict, List, Mapping, Optional, Sequence
 
 import torch
 
 from mednextv2 import __version__
 from mednextv2.atomic import copy_file, sha256_file
-from mednextv2.bundle import (BUNDLE_REPORTS, MODEL_JSON, Bundle, BundleSpec, Channel, NetworkSpec, Provenance,
+from mednextv2.bundle import (BUNDLE_REPORTS, Bundle, BundleSpec, Channel, NetworkSpec, Provenance,
                               foreign_entries)
 from mednextv2.errors import InputError
 from mednextv2.output_guard import same_path
+from mednextv2.safezip import safe_extract_zip
 from mednextv2.train import checkpoint
 from mednextv2.train.planning import Plan
 from mednextv2.validation import model_id_problem
@@ -44,16 +45,25 @@ def _inside(path: Path, folder: Path) -> bool:
     return path == folder or folder in path.parents
 
 
-def check_destinations(output: Path, work: Path, dataset: Path) -> None:
-    """Before any work: -o is missing, empty, or a bundle the engine wrote; the work folder holds
-    only the engine's files; neither is, holds or lies in the dataset. Nothing the engine did not
-    create is ever replaced (docs/promise.md)."""
+def check_destinations(output: Path, work: Path, dataset: Path, base: Optional[str] = None) -> None:
+    """Before any work: -o is missing, empty, or a bundle the engine wrote (by content,
+    `bundle.foreign_entries`); the work folder holds only the engine's files; neither is, holds or
+    lies in the dataset or the base model. Nothing the engine did not create is ever replaced,
+    and no input is (docs/promise.md)."""
     if same_path(output, dataset) or _inside(dataset, output) or _inside(output, dataset):
         raise InputError(f"-o {output} and the dataset {dataset} must be separate (the bundle replaces its "
                          "folder); give a new folder for the model outside the dataset")
+    base_path = _base_path(base) if base else None
+    if base_path is not None and (same_path(output, base_path) or _inside(base_path, output)
+                                  or _inside(output, base_path)):
+        raise InputError(f"-o {output} is the base model --base {base} ({base_path}), an input that the new "
+                         "bundle would replace; give a new folder or file name for the model")
     if output.suffix.lower() == ".zip":
-        if output.exists() and not _is_bundle_zip(output):
-            raise InputError(f"-o {output} exists and is not a model bundle zip; give a new file name")
+        if output.exists():
+            foreign = _zip_foreign_entries(output)
+            if foreign:
+                raise InputError(f"-o {output} exists and is not a model bundle zip an earlier `train` wrote "
+                                 f"(first foreign entry: {foreign[0]}); give a new file name")
     elif output.exists():
         if not output.is_dir():
             raise InputError(f"-o {output} exists and is not a folder; give a new folder for the model")
@@ -74,12 +84,24 @@ def check_destinations(output: Path, work: Path, dataset: Path) -> None:
         raise InputError(f"work folder {work} exists and is not a folder; give another --work-dir")
 
 
-def _is_bundle_zip(path: Path) -> bool:
+def _base_path(base: str) -> Optional[Path]:
+    """Where the --base model lies: its path, or its folder in the model cache for a model id."""
+    path = Path(base).expanduser()
+    if path.exists() or model_id_problem(base) is not None:
+        return path
+    from mednextv2.cache import ModelCache
+
+    return ModelCache.open().model_dir(base)
+
+
+def _zip_foreign_entries(path: Path) -> List[str]:
+    """`bundle.foreign_entries` of a bundle zip (entries at its root, as `train` writes them)."""
     try:
-        with zipfile.ZipFile(path) as zf:
-            return any(n == MODEL_JSON or n.endswith("/" + MODEL_JSON) for n in zf.namelist())
-    except (OSError, zipfile.BadZipFile):
-        return False
+        with tempfile.TemporaryDirectory(prefix="mednextv2-check-") as tmp:
+            safe_extract_zip(path, Path(tmp))
+            return foreign_entries(Path(tmp))
+    except InputError as e:
+        return [f"{path.name} ({str(e).splitlines()[0]})"]
 
 
 def bundle_id(output: Path) -> str:

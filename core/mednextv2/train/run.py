@@ -164,7 +164,7 @@ def run_training(options: TrainOptions) -> TrainResult:
     work = options.work_path
     prefetch = None
     try:
-        output.check_destinations(Path(options.output), work, Path(options.dataset))
+        output.check_destinations(Path(options.output), work, Path(options.dataset), options.base)
         work.mkdir(parents=True, exist_ok=True)
         data = validate_dataset(discover_dataset(options.dataset))
         train_cases, val_cases = split_cases(data.dataset.cases, options.val_cases, options.val_fraction, options.seed,
