@@ -8,6 +8,8 @@ import json
 import os
 import re
 import shutil
+import subprocess
+import sys
 import tracemalloc
 import zipfile
 from pathlib import Path
@@ -19,6 +21,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from mednextv2.bundle import Label, foreign_entries, load_bundle
+from mednextv2.cache import ModelCache
 from mednextv2.cli import main
 from mednextv2.errors import InputError
 from mednextv2.export import write_seg_nrrd
@@ -26,6 +29,7 @@ from segment_fixtures import make_image, threshold_bundle
 from test_import_nnunet import home  # noqa: F401  (autouse: a fresh model cache per test)
 from test_train_promise import _hashes, _train, dataset  # noqa: F401
 
+REPO = Path(__file__).resolve().parents[1]
 HOSTILE_NAMES = ["metal\nSegment0_LabelValue:=2", "tumour\ndata file: ../secret.txt", "blank\n\nline",
                  "back\\slash\\n", "carriage\rreturn", "escape\x1b[2J", "line\u2028separator"]
 
@@ -185,3 +189,114 @@ def test_train_refuses_an_output_that_is_the_base_model(dataset, tmp_path, home,
                  "--device", "cpu", "--progress", "none"]) == 2
     assert f"is the base model --base {ref}" in capsys.readouterr().err
     assert (_hashes(output) if output.is_dir() else output.read_bytes()) == before
+
+
+# ---------------------------------------------------------------- a folder swap cut short by a kill
+# Runs a command in a child process that dies (os._exit, as from SIGKILL: no cleanup runs) at one
+# step of the folder swap: "aside" before the old folder is moved aside, "in" before the new one
+# is moved in, "delete" before the old one is deleted.
+_KILLED = r"""
+import os, shutil, sys
+from pathlib import Path
+step, name, argv = sys.argv[1], sys.argv[2], sys.argv[3:]
+real_replace, real_rmtree = os.replace, shutil.rmtree
+def ours(path, end):
+    return Path(path).name.startswith("." + name + ".") and Path(path).name.endswith(end)
+def replace(a, b):
+    if (step == "aside" and ours(b, ".old")) or (step == "in" and Path(b).name == name):
+        os._exit(137)
+    return real_replace(a, b)
+def rmtree(path, *args, **kwargs):
+    if step == "delete" and ours(path, ".old"):
+        os._exit(137)
+    return real_rmtree(path, *args, **kwargs)
+os.replace, shutil.rmtree = replace, rmtree
+if argv[0] == "save":
+    sys.path.insert(0, os.path.join(os.getcwd(), "Testing"))
+    from segment_fixtures import threshold_bundle
+    threshold_bundle(thresholds_hu=(float(argv[2]),)).save(argv[1])
+    sys.exit(0)
+from mednextv2.cli import main
+sys.exit(main(argv))
+"""
+
+
+def _killed_at(step: str, name: str, *argv) -> None:
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(REPO / "core"), os.environ.get("PYTHONPATH", "")]))
+    done = subprocess.run([sys.executable, "-c", _KILLED, step, name, *map(str, argv)], cwd=REPO, env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 137, done.stderr
+
+
+def _leftovers(folder: Path) -> list:
+    return sorted(p.name for p in folder.iterdir() if p.name.startswith("."))
+
+
+def _weights(folder: Path) -> bytes:
+    return (folder / "weights.safetensors").read_bytes()
+
+
+def test_models_list_completes_an_install_killed_mid_swap(tmp_path, home, capsys, caplog):  # noqa: F811
+    old = threshold_bundle(thresholds_hu=(100.0,)).save(tmp_path / "old")
+    new = threshold_bundle(thresholds_hu=(500.0,)).save(tmp_path / "new")
+    assert main(["models", "import", str(old), "--id", "mine"]) == 0
+    _killed_at("in", "mine", "models", "import", new, "--id", "mine", "--replace")
+    models = home / "models"
+    assert not (models / "mine").exists()  # on the code before, the model was gone for good from here
+    assert [n.split(".")[-1] for n in _leftovers(models)] == sorted(["new", "old", "swap"])
+    capsys.readouterr()
+    assert main(["models", "list"]) == 0
+    assert re.search(r"^mine ", capsys.readouterr().out, re.M)
+    assert "mine: completed an interrupted replacement; mine is the new version" in caplog.text
+    assert _weights(models / "mine") == _weights(new) and _leftovers(models) == []
+    assert [m.id for m in ModelCache.open().installed()] == ["mine"]
+
+
+def test_an_incomplete_new_model_is_undone_and_the_old_one_put_back(tmp_path, home, caplog):  # noqa: F811
+    old = threshold_bundle(thresholds_hu=(100.0,)).save(tmp_path / "old")
+    new = threshold_bundle(thresholds_hu=(500.0,)).save(tmp_path / "new")
+    assert main(["models", "import", str(old), "--id", "mine"]) == 0
+    _killed_at("in", "mine", "models", "import", new, "--id", "mine", "--replace")
+    models = home / "models"
+    incoming = next(p for p in models.iterdir() if p.name.endswith(".new"))
+    (incoming / "weights.safetensors").write_bytes(b"cut short")  # as if the disk lost its tail
+    assert ModelCache.open().is_installed("mine")  # any use of the id finds the swap
+    assert "mine: undid an interrupted replacement; the new version was incomplete, the previous one is back" \
+        in caplog.text
+    assert _weights(models / "mine") == _weights(old) and _leftovers(models) == []
+
+
+@pytest.mark.parametrize("step, said", [
+    ("aside", "an interrupted replacement had not started; kept model and deleted the unfinished new version"),
+    ("delete", "an interrupted replacement had finished; deleted the previous version left in"),
+])
+def test_a_bundle_save_killed_before_or_after_the_swap_is_cleaned_up(tmp_path, step, said, caplog):
+    from mednextv2.train.output import recover_interrupted_swap
+
+    target = threshold_bundle(thresholds_hu=(100.0,)).save(tmp_path / "model")
+    first = _weights(target)
+    _killed_at(step, "model", "save", target, 500.0)
+    assert len(_leftovers(tmp_path)) == 2
+    recover_interrupted_swap(target)
+    assert said in caplog.text and _leftovers(tmp_path) == []
+    assert (_weights(target) == first) == (step == "aside") and load_bundle(target).id == "known-threshold"
+
+
+def test_a_swap_in_progress_in_a_live_process_is_left_alone(tmp_path):
+    from mednextv2 import atomic
+
+    target = threshold_bundle().save(tmp_path / "model")
+    with atomic.atomic_folder(target) as tmp:
+        (tmp / "model.json").write_text("{}", encoding="utf-8")
+        assert atomic.recover_swaps(target, lambda p: True) == []
+        assert tmp.is_dir() and len(_leftovers(tmp_path)) == 2
+    assert _leftovers(tmp_path) == [] and (target / "model.json").read_text(encoding="utf-8") == "{}"
+
+
+def test_train_finishes_a_swap_its_killed_predecessor_left(dataset, tmp_path, caplog):  # noqa: F811
+    target = threshold_bundle(thresholds_hu=(100.0,)).save(tmp_path / "model")
+    _killed_at("in", "model", "save", target, 500.0)
+    assert not target.exists()
+    assert _train(dataset, target, "--threads", "1") == 0
+    assert "model: completed an interrupted replacement; model is the new version" in caplog.text
+    assert _leftovers(tmp_path) == [] and load_bundle(target).spec.provenance.training["epochs"] == 1

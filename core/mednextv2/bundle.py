@@ -296,6 +296,18 @@ def foreign_entries(folder: Path) -> List[str]:
     return foreign
 
 
+def is_complete_bundle(folder: Path, allowed: Sequence[str] = ()) -> bool:
+    """`folder` is a whole bundle the engine wrote: nothing foreign (`foreign_entries`, less the
+    names in `allowed`) and every weights file present."""
+    if not (folder / MODEL_JSON).is_file() or [f for f in foreign_entries(folder) if f not in allowed]:
+        return False
+    try:
+        load_bundle(folder)
+    except InputError:
+        return False
+    return True
+
+
 def _weights_problem(path: Path, network: NetworkSpec) -> Optional[str]:
     """Why `path` is not the weights of `network` as a bundle holds them (safetensors, the
     network's tensor names and shapes without the deep-supervision heads), or None."""

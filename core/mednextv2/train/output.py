@@ -17,9 +17,9 @@ from typing import Dict, List, Mapping, Optional, Sequence
 import torch
 
 from mednextv2 import __version__
-from mednextv2.atomic import copy_file, sha256_file
+from mednextv2.atomic import copy_file, recover_swaps, sha256_file
 from mednextv2.bundle import (BUNDLE_REPORTS, Bundle, BundleSpec, Channel, NetworkSpec, Provenance,
-                              foreign_entries)
+                              foreign_entries, is_complete_bundle)
 from mednextv2.errors import InputError
 from mednextv2.output_guard import same_path
 from mednextv2.safezip import safe_extract_zip
@@ -43,6 +43,12 @@ def _listing(names) -> str:
 def _inside(path: Path, folder: Path) -> bool:
     path, folder = path.resolve(), folder.resolve()
     return path == folder or folder in path.parents
+
+
+def recover_interrupted_swap(output: Path) -> None:
+    """Finish or undo the bundle folder swap of a run killed while it replaced -o (logged)."""
+    if output.suffix.lower() != ".zip":
+        recover_swaps(output, is_complete_bundle)
 
 
 def check_destinations(output: Path, work: Path, dataset: Path, base: Optional[str] = None) -> None:

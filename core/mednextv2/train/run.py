@@ -164,6 +164,7 @@ def run_training(options: TrainOptions) -> TrainResult:
     work = options.work_path
     prefetch = None
     try:
+        output.recover_interrupted_swap(Path(options.output))
         output.check_destinations(Path(options.output), work, Path(options.dataset), options.base)
         work.mkdir(parents=True, exist_ok=True)
         data = validate_dataset(discover_dataset(options.dataset))
