@@ -103,8 +103,9 @@ def atomic_folder(path: PathLike) -> Iterator[Path]:
         swap.commit()
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
-        swap.end()
         raise
+    finally:
+        swap.end()
 
 
 def replace_folder(new: PathLike, target: PathLike) -> Path:
@@ -117,15 +118,14 @@ def replace_folder(new: PathLike, target: PathLike) -> Path:
     swap = _Swap.begin(target)
     try:
         os.replace(new, swap.incoming)
-    except BaseException:
+        try:
+            swap.commit()
+        except BaseException:
+            if swap.incoming.exists() and not new.exists():
+                os.replace(swap.incoming, new)  # the caller cleans up its own folder
+            raise
+    finally:
         swap.end()
-        raise
-    try:
-        swap.commit()
-    except BaseException:
-        if swap.incoming.exists() and not new.exists():
-            os.replace(swap.incoming, new)  # the caller cleans up its own folder
-        raise
     return target
 
 
@@ -158,7 +158,8 @@ class _Swap:
         return cls(target, token, fd)
 
     def commit(self) -> None:
-        """Move the old folder aside, the new one in, then delete the old one and the journal."""
+        """Move the old folder aside, the new one in, then delete the old one; the caller ends the
+        swap (`end`) after it, or after cleaning up a failure."""
         moved = False
         if self.target.exists() or self.target.is_symlink():
             os.replace(self.target, self.old)
@@ -168,10 +169,8 @@ class _Swap:
         except BaseException:
             if moved and not self.target.exists():
                 os.replace(self.old, self.target)
-            self.end()
             raise
         _delete(self.old)
-        self.end()
 
     def end(self) -> None:
         if self.fd >= 0:
@@ -214,41 +213,49 @@ def _recover(swap: _Swap, complete: Callable[[Path], bool]) -> Optional[str]:
     from mednextv2.cache import _try_lock
 
     try:
-        fd = os.open(swap.journal, os.O_RDWR)
+        swap.fd = os.open(swap.journal, os.O_RDWR)
     except OSError:
         return None  # finished meanwhile
-    swap.fd = fd
     try:
-        if not _try_lock(fd):
+        if not _try_lock(swap.fd):
             return None  # its process is alive and still swapping
-        if os.read(fd, len(_SWAP_MARK) + 1) not in (_SWAP_MARK, b""):
+        if os.read(swap.fd, len(_SWAP_MARK) + 1) not in (_SWAP_MARK, b""):
             return None  # not a journal of ours: leave it and its siblings alone
-        target, new, old = swap.target, swap.incoming, swap.old
-        if target.exists() or target.is_symlink():
-            if old.exists() or old.is_symlink():
-                _delete(old)
-                said = f"{target}: an interrupted replacement had finished; deleted the previous version left in {old.name}"
-            elif new.exists():
-                _delete(new)
-                said = f"{target}: an interrupted replacement had not started; kept {target.name} and deleted the unfinished new version"
-            else:
-                said = None
-        elif new.is_dir() and complete(new):
-            os.replace(new, target)
-            _delete(old)
-            said = f"{target}: completed an interrupted replacement; {target.name} is the new version"
-        elif old.exists() or old.is_symlink():
-            os.replace(old, target)
-            _delete(new)
-            said = f"{target}: undid an interrupted replacement; the new version was incomplete, the previous one is back"
-        else:
-            _delete(new)
-            said = f"{target}: deleted an incomplete new version left by an interrupted run" if new.exists() else None
+        try:
+            said = _finish_or_undo(swap.target, swap.incoming, swap.old, complete)
+        except OSError as e:
+            log.warning("%s: cannot finish or undo an interrupted replacement (%s); left as it is", swap.target, e)
+            return None
         swap.end()
         return said
     finally:
         if swap.fd >= 0:
             os.close(swap.fd)
+
+
+def _finish_or_undo(target: Path, new: Path, old: Path, complete: Callable[[Path], bool]) -> Optional[str]:
+    if target.exists() or target.is_symlink():
+        if old.exists() or old.is_symlink():  # killed after the new folder was moved in
+            _delete(old)
+            return f"{target}: an interrupted replacement had finished; deleted the previous version left in {old.name}"
+        if new.exists():  # killed while the new folder was written, or before the old one was moved aside
+            _delete(new)
+            return (f"{target}: an interrupted replacement had not started; kept {target.name} and deleted the "
+                    "unfinished new version")
+        return None
+    if new.is_dir() and complete(new):
+        os.replace(new, target)
+        _delete(old)
+        return f"{target}: completed an interrupted replacement; {target.name} is the new version"
+    if old.exists() or old.is_symlink():
+        os.replace(old, target)
+        _delete(new)
+        return (f"{target}: undid an interrupted replacement; the new version was incomplete, the previous one "
+                "is back")
+    if new.exists():
+        _delete(new)
+        return f"{target}: deleted an incomplete new version left by an interrupted run"
+    return None
 
 
 def _delete(path: Path) -> None:

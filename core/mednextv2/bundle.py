@@ -157,18 +157,23 @@ class Bundle:
                 out.append((name, path))
             yield out
             return
-        with checked_zip(self.source) as zf, tempfile.TemporaryDirectory(prefix="mednextv2-weights-") as tmp:
-            prefix = _zip_prefix(list(zf.entries), str(self.source))
-            out = []
-            for i, name in enumerate(self.weights):
-                if prefix + name not in zf.entries:
-                    raise InputError(f"{self.source}: weights file {name} is missing from the zip")
-                try:
-                    out.append((name, zf.extract(prefix + name, Path(tmp) / f"fold{i}{Path(name).suffix}")))
-                except OSError as e:
-                    raise ResourceError(f"cannot unpack weights file {name} of {self.source} into {tmp}: "
-                                        f"{e.strerror or e}") from e
+        tmp = Path(tempfile.mkdtemp(prefix="mednextv2-weights-"))
+        try:
+            with checked_zip(self.source) as zf:
+                prefix = _zip_prefix(list(zf.entries), str(self.source))
+                out = []
+                for i, name in enumerate(self.weights):
+                    if prefix + name not in zf.entries:
+                        raise InputError(f"{self.source}: weights file {name} is missing from the zip")
+                    try:
+                        out.append((name, zf.extract(prefix + name, tmp / f"fold{i}{Path(name).suffix}")))
+                    except OSError as e:
+                        raise ResourceError(f"cannot unpack weights file {name} of {self.source} into {tmp}: "
+                                            f"{e.strerror or e}") from e
             yield out
+        finally:
+            # Windows keeps a memory-mapped file from being deleted: a leftover there beats an error.
+            shutil.rmtree(tmp, ignore_errors=True)
 
     def load_state_dicts(self) -> List[Mapping[str, Any]]:
         """One state dict per fold, on the CPU."""

@@ -80,9 +80,9 @@ def _redirect_guard(https_only: bool) -> Callable[..., None]:
         scheme = urlsplit(target).scheme.lower()
         if scheme not in ("http", "https") or (https_only and scheme != "https"):
             response.close()
-            raise InputError(f"{response.url} redirected to {'plain http' if scheme == 'http' else scheme or 'a relative URL'} "
-                             f"({target}); refused, because its content must come over "
-                             f"{'https' if https_only else 'http(s)'}")
+            where = "plain http" if scheme == "http" else scheme or "a URL without a scheme"
+            raise InputError(f"{response.url} redirected to {where} ({target}); refused, because its content must "
+                             f"come over {'https' if https_only else 'http(s)'}")
 
     return check_hop
 

@@ -80,7 +80,8 @@ def _list(args, cache) -> int:
     width = max(len(r["id"]) for r in rows)
     print(f"{'ID':<{width}}  {'VERSION':<10} {'SIZE':>9}  {'INSTALLED':<13} TITLE")
     for r in rows:
-        _say(f"{r['id']:<{width}}  {r['version'] or '-':<10} {format_size(r['size']):>9}  {r['installed']:<13} {r['title']}")
+        _say(f"{r['id']:<{width}}  {r['version'] or '-':<10} {format_size(r['size']):>9}  {r['installed']:<13} "
+             f"{r['title']}")
     return 0
 
 
