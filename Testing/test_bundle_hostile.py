@@ -300,3 +300,25 @@ def test_train_finishes_a_swap_its_killed_predecessor_left(dataset, tmp_path, ca
     assert _train(dataset, target, "--threads", "1") == 0
     assert "model: completed an interrupted replacement; model is the new version" in caplog.text
     assert _leftovers(tmp_path) == [] and load_bundle(target).spec.provenance.training["epochs"] == 1
+
+
+def test_a_failed_swap_leaves_the_old_folder_and_no_journal(tmp_path, monkeypatch):
+    from mednextv2 import atomic
+
+    target, new = tmp_path / "model", tmp_path / "staged"
+    target.mkdir()
+    (target / "old.txt").write_text("old", encoding="utf-8")
+    new.mkdir()
+    (new / "new.txt").write_text("new", encoding="utf-8")
+    real = os.replace
+
+    def refuse_moving_in(a, b):
+        if Path(b) == target and Path(a).name.endswith(".new"):
+            raise PermissionError(13, "Permission denied", str(b))
+        return real(a, b)
+
+    monkeypatch.setattr(atomic.os, "replace", refuse_moving_in)
+    with pytest.raises(PermissionError):
+        atomic.replace_folder(new, target)
+    assert (target / "old.txt").read_text(encoding="utf-8") == "old" and (new / "new.txt").is_file()
+    assert _leftovers(tmp_path) == []
