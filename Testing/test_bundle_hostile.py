@@ -115,7 +115,8 @@ def test_zip_bundle_weights_are_streamed_not_read_whole_into_memory(tmp_path):
         peak = tracemalloc.get_traced_memory()[1]
     finally:
         tracemalloc.stop()
-    assert torch.equal(loaded["padding"], padding) and loaded.keys() == {*state, "padding"}
+    assert loaded.keys() == {*state, "padding"} and torch.equal(loaded["padding"], padding)
+    assert all(torch.equal(loaded[k], v) and loaded[k].dtype == v.dtype for k, v in state.items())
     assert peak < 12 << 20, f"{peak / 2 ** 20:.1f} MiB of Python objects for a 32 MiB entry"
     copy = bundle.save(tmp_path / "copy")  # a zip bundle saved as a folder: the same bytes
     with zipfile.ZipFile(archive) as zf:
@@ -322,3 +323,20 @@ def test_a_failed_swap_leaves_the_old_folder_and_no_journal(tmp_path, monkeypatc
         atomic.replace_folder(new, target)
     assert (target / "old.txt").read_text(encoding="utf-8") == "old" and (new / "new.txt").is_file()
     assert _leftovers(tmp_path) == []
+
+
+@pytest.mark.parametrize("damage, why", [
+    (lambda data: data[:-10], r"ends early|bytes beyond"),
+    (lambda data: data + b"\0" * 8, r"8 bytes beyond the last tensor"),
+    (lambda data: (10 ** 9).to_bytes(8, "little") + data[8:], r"a header of 1000000000 bytes"),
+    (lambda data: data[:8] + data[8:].replace(b'"F32"', b'"F99"', 1), r"header entry 'F99'"),
+])
+def test_a_damaged_safetensors_entry_in_a_zip_is_refused_by_name(tmp_path, damage, why):
+    folder = threshold_bundle().save(tmp_path / "m")
+    archive = tmp_path / "m.zip"
+    with zipfile.ZipFile(archive, "w", zipfile.ZIP_DEFLATED) as zf:
+        zf.write(folder / "model.json", "model.json")
+        zf.writestr("weights.safetensors", damage((folder / "weights.safetensors").read_bytes()))
+    with pytest.raises(InputError, match=r"m\.zip: weights file weights\.safetensors is not a valid safetensors file "
+                                         r"\(.*(" + why + ")"):
+        load_bundle(archive).build_models()

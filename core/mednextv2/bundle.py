@@ -20,7 +20,7 @@ import tempfile
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, Iterator, List, Mapping, Optional, Sequence, Tuple, Union
+from typing import IO, Any, Dict, Iterator, List, Mapping, Optional, Sequence, Tuple, Union
 
 from mednextv2 import atomic
 from mednextv2.bundle_spec import (MODEL_JSON, BundleSpec, Channel, InferenceDefaults, Label, NetworkSpec,
@@ -64,6 +64,60 @@ def _read_state_dict(path: Path, name: str, where: str) -> Dict[str, Any]:
     if not isinstance(obj, dict):
         raise InputError(f"{where}: weights file {name} does not hold a state dict")
     return obj
+
+
+# safetensors dtypes (https://github.com/huggingface/safetensors, format.md) a MedNeXt state dict can hold
+_SAFETENSORS_DTYPES = {"F64": "float64", "F32": "float32", "F16": "float16", "BF16": "bfloat16", "I64": "int64",
+                       "I32": "int32", "I16": "int16", "I8": "int8", "U8": "uint8", "BOOL": "bool"}
+_MAX_SAFETENSORS_HEADER = 100 * 1024 ** 2  # the library's own limit
+
+
+def _stream_safetensors(src: IO[bytes], size: int, name: str, where: str) -> Dict[str, Any]:
+    """The tensors of a safetensors stream of `size` bytes (a zip entry), read straight into
+    each tensor's memory: no copy of the file is ever held, in memory or on disk."""
+    import torch
+
+    def bad(why: str) -> InputError:
+        return InputError(f"{where}: weights file {name} is not a valid safetensors file ({why})")
+
+    def read_into(buffer: memoryview) -> None:
+        done = 0
+        while done < len(buffer):
+            got = src.readinto(buffer[done:done + (1 << 20)])  # a zip entry's readinto reads len(buffer) into a copy
+            if not got:
+                raise bad("the file ends early")
+            done += got
+
+    head = bytearray(8)
+    read_into(memoryview(head))
+    length = int.from_bytes(head, "little")
+    if length > min(size - 8, _MAX_SAFETENSORS_HEADER):
+        raise bad(f"a header of {length} bytes in a file of {size}")
+    text = bytearray(length)
+    read_into(memoryview(text))
+    header = loads_strict(bytes(text), f"{where}: {name} header")
+    if not isinstance(header, dict):
+        raise bad("the header is not a JSON object")
+    tensors, offset = {}, 0
+    entries = [(k, v) for k, v in header.items() if k != "__metadata__"]
+    try:
+        entries.sort(key=lambda kv: kv[1]["data_offsets"][0])
+        for key, info in entries:
+            dtype = getattr(torch, _SAFETENSORS_DTYPES[info["dtype"]])
+            shape = [int(d) for d in info["shape"]]
+            start, end = (int(v) for v in info["data_offsets"])
+            tensor = torch.empty(shape, dtype=dtype)
+            if start != offset or end - start != tensor.numel() * tensor.element_size():
+                raise bad(f"tensor {key!r} has offsets {start}..{end}, expected {offset}.."
+                          f"{offset + tensor.numel() * tensor.element_size()}")
+            if tensor.numel():
+                read_into(memoryview(tensor.view(-1).view(torch.uint8).numpy()))
+            tensors[key], offset = tensor, end
+    except (KeyError, TypeError, ValueError, RuntimeError) as e:  # a field missing or of the wrong kind
+        raise bad(f"header entry {e}") from e
+    if 8 + length + offset != size:
+        raise bad(f"{size - 8 - length - offset} bytes beyond the last tensor")
+    return tensors
 
 
 def _zip_prefix(names: Sequence[str], where: str) -> str:
@@ -172,13 +226,22 @@ class Bundle:
                                             f"{e.strerror or e}") from e
             yield out
         finally:
-            # Windows keeps a memory-mapped file from being deleted: a leftover there beats an error.
             shutil.rmtree(tmp, ignore_errors=True)
 
     def load_state_dicts(self) -> List[Mapping[str, Any]]:
         """One state dict per fold, on the CPU."""
         if self._state_dicts is not None:
             return list(self._state_dicts)
+        if self.source is not None and not self.source.is_dir() and all(w.endswith(".safetensors") for w in self.weights):
+            with checked_zip(self.source) as zf:
+                prefix = _zip_prefix(list(zf.entries), str(self.source))
+                out = []
+                for name in self.weights:
+                    if prefix + name not in zf.entries:
+                        raise InputError(f"{self.source}: weights file {name} is missing from the zip")
+                    with zf.open(prefix + name) as src:
+                        out.append(_stream_safetensors(src, zf.entries[prefix + name].file_size, name, self._where()))
+                return out
         with self._weight_files() as files:
             return [_read_state_dict(path, name, self._where()) for name, path in files]
 

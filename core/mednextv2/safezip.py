@@ -15,7 +15,7 @@ import stat
 import zipfile
 import zlib
 from pathlib import Path, PurePosixPath
-from typing import Dict, Iterator, Optional
+from typing import IO, Dict, Iterator, Optional
 
 from mednextv2.cache import format_size, require_free_space
 from mednextv2.errors import InputError
@@ -45,6 +45,20 @@ class CheckedZip:
             for block in self.stream(name, limit):
                 out.write(block)
         return target
+
+    @contextlib.contextmanager
+    def open(self, name: str, limit: Optional[int] = None) -> Iterator[IO[bytes]]:
+        """Entry `name` as a file to read from (at most its checked declared size; KeyError if absent)."""
+        member = self.entries[name]
+        limit = self.max_bytes if limit is None else limit
+        if member.file_size > limit:
+            raise InputError(f"{self.archive}: entry {name} is {format_size(member.file_size)}, "
+                             f"more than the {format_size(limit)} allowed")
+        try:
+            with self.zf.open(member) as src:
+                yield src
+        except _CORRUPT as e:
+            raise InputError(f"{self.archive} is corrupt (entry {name}: {e}); download or copy it again") from e
 
     def stream(self, name: str, limit: Optional[int] = None) -> Iterator[bytes]:
         member = self.entries[name]
