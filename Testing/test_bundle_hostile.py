@@ -340,3 +340,12 @@ def test_a_damaged_safetensors_entry_in_a_zip_is_refused_by_name(tmp_path, damag
     with pytest.raises(InputError, match=r"m\.zip: weights file weights\.safetensors is not a valid safetensors file "
                                          r"\(.*(" + why + ")"):
         load_bundle(archive).build_models()
+
+
+def test_segment_finds_a_bundle_folder_whose_swap_a_killed_run_left(tmp_path, caplog):
+    from mednextv2.catalog import resolve_model
+
+    target = threshold_bundle(thresholds_hu=(100.0,)).save(tmp_path / "model")
+    _killed_at("in", "model", "save", target, 500.0)
+    assert resolve_model(str(target)) == target.resolve()
+    assert "model: completed an interrupted replacement" in caplog.text and _leftovers(tmp_path) == []

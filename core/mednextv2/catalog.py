@@ -237,6 +237,11 @@ def resolve_model(model_ref: Union[str, os.PathLike], *, cache: Optional[ModelCa
     id (downloaded first when `download`). Anything else is an InputError saying what exists."""
     ref = os.fspath(model_ref)
     path = Path(ref).expanduser()
+    if not path.exists() and path.suffix.lower() != ".zip" and (os.sep in ref or "/" in ref):
+        from mednextv2.atomic import recover_swaps
+        from mednextv2.bundle import is_complete_bundle
+
+        recover_swaps(path, is_complete_bundle)  # a bundle folder whose swap a killed `train` left half-done
     if path.exists():
         if path.is_dir() and not (path / "model.json").is_file():
             raise InputError(f"{path} is a folder without model.json. An nnU-Net results folder must be imported "
