@@ -349,3 +349,18 @@ def test_segment_finds_a_bundle_folder_whose_swap_a_killed_run_left(tmp_path, ca
     _killed_at("in", "model", "save", target, 500.0)
     assert resolve_model(str(target)) == target.resolve()
     assert "model: completed an interrupted replacement" in caplog.text and _leftovers(tmp_path) == []
+
+
+def test_a_zip_bundle_whose_weights_bytes_changed_is_refused_by_its_crc(tmp_path):
+    folder = threshold_bundle().save(tmp_path / "m")
+    archive = tmp_path / "m.zip"
+    with zipfile.ZipFile(archive, "w", zipfile.ZIP_STORED) as zf:
+        zf.write(folder / "model.json", "model.json")
+        zf.write(folder / "weights.safetensors", "weights.safetensors")
+    data = bytearray(archive.read_bytes())
+    weights = (folder / "weights.safetensors").read_bytes()
+    at = bytes(data).index(weights) + len(weights) - 4  # inside the last tensor: header and sizes stay valid
+    data[at] ^= 0xFF
+    archive.write_bytes(bytes(data))
+    with pytest.raises(InputError, match=r"m\.zip is corrupt \(entry weights\.safetensors: .*CRC"):
+        load_bundle(archive).load_state_dicts()
