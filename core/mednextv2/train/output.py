@@ -90,7 +90,7 @@ def check_destinations(output: Path, work: Path, dataset: Path, base: Optional[s
         raise InputError(f"work folder {work} exists and is not a folder; give another --work-dir")
 
 
-def _base_path(base: str) -> Optional[Path]:
+def _base_path(base: str) -> Path:
     """Where the --base model lies: its path, or its folder in the model cache for a model id."""
     path = Path(base).expanduser()
     if path.exists() or model_id_problem(base) is not None:
