@@ -136,6 +136,7 @@ def replace_folder(new: PathLike, target: PathLike) -> Path:
 # own name, never from its content, so a journal can only ever point at its own siblings.
 _SWAP_MARK = b'{"mednextv2": "folder swap", "version": 1}\n'
 _SWAP_RE = re.compile(r"^\.(?P<name>.+)\.(?P<token>[0-9a-f]{12})\.swap$")
+_EARLIER_RE = re.compile(r"^\.(.+)\.[0-9a-f]{12}\.(old|tmp)$")  # an earlier version's swap, without a journal
 
 
 class _Swap:
@@ -189,23 +190,37 @@ def recover_swaps(target: PathLike, complete: Callable[[Path], bool]) -> List[st
         names = os.listdir(target.parent)
     except OSError:
         return found
+    journals = set()
     for name in sorted(names):
         match = _SWAP_RE.match(name)
         if match and match["name"] == target.name:
+            journals.add(match["token"])
             said = _recover(_Swap(target, match["token"], -1), complete)
             if said:
                 log.warning("%s", said)
                 found.append(said)
+    suffix = _suffix(target)
+    stem = target.name[:-len(suffix)] if suffix else target.name
+    earlier = re.compile(rf"^\.{re.escape(stem)}\.([0-9a-f]{{12}})\.(old|tmp){re.escape(suffix)}$")
+    for name in sorted(names):
+        match = earlier.match(name)
+        if match and match[1] not in journals:  # no journal: its name is all there is to go by
+            said = (f"{target.parent / name}: the {'previous' if match[2] == 'old' else 'unfinished new'} version "
+                    f"of {target.name}, left by an interrupted run of an earlier mednextv2; not touched: check "
+                    "it, then delete it or rename it back")
+            log.warning("%s", said)
+            found.append(said)
     return found
 
 
 def recover_swaps_in(folder: PathLike, complete: Callable[[Path], bool]) -> List[str]:
-    """`recover_swaps` for every folder in `folder` that has a swap journal."""
+    """`recover_swaps` for every folder in `folder` that has a swap journal or an earlier version's leftover."""
     try:
         names = os.listdir(folder)
     except OSError:
         return []
-    targets = sorted({m["name"] for m in map(_SWAP_RE.match, names) if m})
+    targets = sorted({m["name"] for m in map(_SWAP_RE.match, names) if m}
+                     | {m[1] for m in map(_EARLIER_RE.match, names) if m})
     return [said for name in targets for said in recover_swaps(Path(folder) / name, complete)]
 
 
