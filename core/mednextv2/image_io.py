@@ -108,11 +108,12 @@ def read_image(path: PathLike, allow_constant: bool = False) -> sitk.Image:
     """A validated 3D scalar image with its origin, spacing and direction (a label map may be
     constant: background only)."""
     path = Path(path)
-    if not path.exists():
-        raise InputError(f"input image {path} does not exist")
+    check_input_path(path)
     if path.is_dir():
         image = _read_dicom_folder(path)
     else:
+        if path.name.lower().endswith((".nhdr", ".mhd")):
+            _check_data_files(path)
         if path.name.lower().endswith((".nii", ".nii.gz")):
             check_nifti_file(path)  # spacing and length, which ITK does not check
         try:
@@ -122,6 +123,49 @@ def read_image(path: PathLike, allow_constant: bool = False) -> sitk.Image:
     image = _drop_trailing_unit_dimension(image)
     validate_image(image, str(path), allow_constant)
     return image
+
+
+def check_input_path(path: PathLike) -> Path:
+    """An image file or DICOM folder that exists; never a FIFO, socket or device (reading one
+    blocks forever or never ends)."""
+    path = Path(path)
+    if not path.exists():
+        raise InputError(f"input image {path} does not exist")
+    if not (path.is_file() or path.is_dir()):
+        raise InputError(f"input image {path} is not a regular file (a pipe, socket or device); give an image "
+                         f"file ({', '.join(IMAGE_SUFFIXES)}) or a DICOM folder")
+    return path
+
+
+# A detached header names its voxel file: NRRD `data file: NAME` (or `datafile:`), MetaImage
+# `ElementDataFile = NAME`. LIST, LOCAL and printf-style patterns name no single file.
+_DATA_FILE_FIELDS = (("data file:", ".nhdr"), ("datafile:", ".nhdr"), ("elementdatafile", ".mhd"))
+
+
+def _check_data_files(header: Path) -> None:
+    """ITK says only "File cannot be read" when a .nhdr/.mhd's data file is missing: name it."""
+    try:
+        with open(header, "rb") as f:
+            text = f.read(1 << 16).decode("latin-1")
+    except OSError as e:
+        raise InputError(f"{header}: cannot read the header ({e.strerror})") from e
+    for line in text.splitlines():
+        stripped = line.strip()
+        if not stripped and header.suffix.lower() == ".nhdr":
+            return  # the end of a NRRD header
+        lowered = stripped.lower()
+        for field, suffix in _DATA_FILE_FIELDS:
+            if header.suffix.lower() != suffix or not lowered.startswith(field):
+                continue
+            value = stripped[len(field):].lstrip(" =:").strip()
+            if not value or value.upper() in ("LIST", "LOCAL") or "%" in value or " " in value:
+                return
+            data = Path(value) if Path(value).is_absolute() else header.parent / value
+            if not data.is_file():
+                raise InputError(f"{header}: its data file {data} (named in the header as {value!r}) "
+                                 f"{'is not a regular file' if data.exists() else 'does not exist'}; keep the "
+                                 "header and its data file together")
+            return
 
 
 def _drop_trailing_unit_dimension(image: sitk.Image) -> sitk.Image:
