@@ -59,7 +59,7 @@ def _is_batch(inputs) -> bool:
 
 
 def run(args: argparse.Namespace) -> int:
-    from mednextv2.segmentation import Segmenter, segment_folder
+    from mednextv2.segmentation import Segmenter, read_case, segment_folder
 
     options = SegmentOptions(device=args.device, tta=args.tta, step=args.step, fast=args.fast,
                              structures=args.structures, largest_component=args.largest_component,
@@ -72,12 +72,13 @@ def run(args: argparse.Namespace) -> int:
     output = Path(args.output)
     if output.is_dir():
         raise InputError(f"output {output} is a folder; give a file name (.seg.nrrd, .nii.gz, .nrrd)")
-    # Check everything cheap before loading the model: output type and folder, then the inputs.
+    # Every refusal before the model loads (or downloads): output type and folder, then the inputs.
     from mednextv2 import export
     export.output_kind(output)
     image_io.check_output_writable(output)
     refuse_writing_over_inputs(export.result_files(output), args.inputs)
+    case = read_case(args.inputs)
     segmenter = Segmenter(args.model, options)
-    segmenter.segment_to_file(list(args.inputs), output)
+    segmenter.segment_to_file(case, output)
     log.info("wrote %s", output)
     return 0
