@@ -105,3 +105,23 @@ def test_the_bundle_swap_itself_never_deletes_a_foreign_file(users_folder):
     with pytest.raises(InputError, match="thesis.txt"):
         threshold_bundle().save(users_folder)
     assert _hashes(users_folder) == before
+
+
+def test_train_refusals_leave_no_work_folder_behind(dataset, tmp_path, capsys):
+    """A refusal writes nothing: not even an empty OUTPUT.training folder."""
+    bad_label = tmp_path / "bad"
+    bad_label.mkdir()
+    shutil.copyfile(dataset / "breast1_image.nrrd", bad_label / "breast1_image.nrrd")
+    (bad_label / "breast1_label.nrrd").write_bytes(b"NRRD0004\nnot a label\n")
+    refusals = [(tmp_path / "no-such-dataset", []), (dataset, ["--val-cases", "nobody"]), (bad_label, []),
+                (dataset, ["--val-fraction", "1"])]
+    for i, (source, extra) in enumerate(refusals):
+        out = tmp_path / f"model{i}"
+        assert _train(source, out, *extra) == 2, (source, extra)
+        assert "Traceback" not in capsys.readouterr().err
+        assert not out.exists() and not out.with_name(out.name + ".training").exists(), (source, extra)
+    # A work folder that was there before the refusal stays.
+    kept = tmp_path / "model-kept.training"
+    kept.mkdir()
+    assert _train(dataset, tmp_path / "model-kept", "--val-cases", "nobody") == 2
+    assert kept.is_dir()

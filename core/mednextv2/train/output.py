@@ -10,6 +10,7 @@ import hashlib
 import logging
 import os
 import re
+import shutil
 import zipfile
 from pathlib import Path
 from typing import Dict, Mapping, Optional, Sequence
@@ -72,6 +73,15 @@ def check_destinations(output: Path, work: Path, dataset: Path) -> None:
                              "give another --work-dir")
     elif work.exists():
         raise InputError(f"work folder {work} exists and is not a folder; give another --work-dir")
+
+
+def discard_unused_work(work: Path) -> None:
+    """After a refusal, remove the work folder this run created while it holds no checkpoint
+    (only the plan and the cache, both rebuilt from the dataset): a refusal writes nothing."""
+    if not work.is_dir() or any((work / name).exists() for name in (checkpoint.LATEST, checkpoint.BEST)):
+        return
+    if all(n in ("plan.json", "cache") or _WORK_TEMPORARY.match(n) for n in os.listdir(work)):
+        shutil.rmtree(work, ignore_errors=True)
 
 
 def _is_bundle_zip(path: Path) -> bool:

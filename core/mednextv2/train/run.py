@@ -163,6 +163,7 @@ def run_training(options: TrainOptions) -> TrainResult:
     report = make_progress(options.progress) if ctx.is_main else null_progress
     work = options.work_path
     prefetch = None
+    new_work = not work.exists()
     try:
         output.check_destinations(Path(options.output), work, Path(options.dataset))
         work.mkdir(parents=True, exist_ok=True)
@@ -213,6 +214,10 @@ def run_training(options: TrainOptions) -> TrainResult:
                             + (f"; the best model so far is in {bundle}" if bundle else ""))
         report("done", 1.0, f"model bundle {bundle}" if bundle else "done")
         return TrainResult(bundle, state.epoch, state.best_epoch, dice, tuple(state.history), time.monotonic() - started)
+    except InputError:
+        if new_work and ctx.is_main:
+            output.discard_unused_work(work)
+        raise
     finally:
         if prefetch is not None:
             prefetch.close()
