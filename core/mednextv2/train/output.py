@@ -118,10 +118,8 @@ def bundle_spec(output: Path, plan: Plan, metrics: dict, training: dict, title: 
     """The model.json of a trained model. `training["dataset"]` is the dataset's folder name."""
     return BundleSpec(
         id=bundle_id(output),
-        title=title or f"MedNeXt-v2 fine-tuned: {', '.join(s.name for s in plan.labels)}",
-        description=(f"Trained with `mednextv2 train` on {training['n_train_cases']} case(s) of "
-                     f"{training['dataset']}" + (f", starting from {plan.base_model}" if plan.base_model else "")
-                     + f"; validation Dice {metrics.get('dice', {})}."),
+        title=title or _title(plan),
+        description=_description(plan, metrics, training),
         network=NetworkSpec.from_json(dict(plan.network, deep_supervision=False)),
         labels=plan.bundle_labels(),
         channels=tuple(Channel.from_json(c) for c in plan.channels),
@@ -130,6 +128,27 @@ def bundle_spec(output: Path, plan: Plan, metrics: dict, training: dict, title: 
         provenance=Provenance(base_model=plan.base_model, training_data=training["dataset"], metrics=metrics,
                               date=datetime.date.today().isoformat(), training=dict(training, mednextv2=__version__)),
     )
+
+
+def _title(plan: Plan) -> str:
+    how = f"fine-tuned from {plan.base_model}" if plan.base_model else "trained from scratch"
+    return f"MedNeXt-v2 {how}: {', '.join(s.name for s in plan.labels)}"
+
+
+def _description(plan: Plan, metrics: dict, training: dict) -> str:
+    """What is true of this model: how it started, on what, and its validation (or that it had none)."""
+    start = f"fine-tuned from {plan.base_model}" if plan.base_model else \
+        f"trained from scratch ({training.get('preset') or 'planned network'})"
+    dice = metrics.get("dice") or {}
+    if dice:
+        scores = ", ".join(f"{name} {value:.3f}" if value is not None else f"{name} undefined"
+                           for name, value in dice.items())
+        held_out = len(metrics.get("validation_cases") or ())
+        validation = f"validation Dice on {held_out} held-out case(s): {scores}"
+    else:
+        validation = "no held-out validation (every case was trained on), so no Dice is recorded"
+    return (f"{start[0].upper()}{start[1:]} with `mednextv2 train` on {training['n_train_cases']} case(s) of "
+            f"{training['dataset']}; {validation}.")
 
 
 def write_bundle(output: Path, plan: Plan, state: Mapping[str, torch.Tensor], metrics: dict,
