@@ -234,10 +234,27 @@ def check_output_writable(path: PathLike) -> Path:
         raise InputError(f"output {path} is a folder; give a file name")
     if not folder.exists():
         raise InputError(f"output folder {folder} does not exist")
+    check_can_create_files(folder, f"output {path}")
+    return path
+
+
+# Kernel file systems: they exist, but no file can be made in them.
+_VIRTUAL_ROOTS = ("/proc", "/sys", "/dev")
+
+
+def check_can_create_files(folder: PathLike, what: str) -> None:
+    """InputError naming `what` (the option and the path the user gave) unless a file can be
+    created in `folder`, or in its nearest existing parent when it is still to be made."""
+    existing = Path(folder)
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    virtual = next((root for root in _VIRTUAL_ROOTS if str(existing.resolve()).startswith(root)
+                    and str(existing.resolve())[len(root):][:1] in ("", "/")), None)
     try:  # os.access says yes to root even on read-only mounts: probe with a real file
-        fd, probe = tempfile.mkstemp(prefix=".mednextv2-probe-", dir=folder)
+        fd, probe = tempfile.mkstemp(prefix=".mednextv2-probe-", dir=existing)
         os.close(fd)
         os.unlink(probe)
     except OSError as e:
-        raise InputError(f"output folder {folder} is not writable ({e.strerror})") from e
-    return path
+        kind = f"{virtual} is the kernel's virtual file system, not a disk" if virtual else e.strerror
+        raise InputError(f"{what}: the output folder {existing} is not writable ({kind}); give a path in a "
+                         "folder on a disk that you can write to") from e

@@ -22,6 +22,7 @@ from mednextv2.atomic import copy_file, sha256_file
 from mednextv2.bundle import (BUNDLE_REPORTS, MODEL_JSON, Bundle, BundleSpec, Channel, NetworkSpec, Provenance,
                               foreign_entries)
 from mednextv2.errors import InputError
+from mednextv2.image_io import check_can_create_files
 from mednextv2.output_guard import same_path
 from mednextv2.train import checkpoint
 from mednextv2.train.planning import Plan
@@ -62,6 +63,8 @@ def check_destinations(output: Path, work: Path, dataset: Path) -> None:
         if foreign:
             raise InputError(f"-o {output} holds files that are not a model bundle's ({_listing(foreign)}); "
                              "give a new or empty folder, or a bundle folder an earlier `train` wrote")
+    check_can_create_files(output.parent, f"-o {output}")
+    check_can_create_files(work.parent, f"work folder {work}")
     if _inside(work, output) or _inside(output, work):
         raise InputError(f"work folder {work} and -o {output} must be separate folders")
     if _inside(work, dataset) or _inside(dataset, work):
