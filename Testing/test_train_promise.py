@@ -120,6 +120,9 @@ def test_train_refusals_leave_no_work_folder_behind(dataset, tmp_path, capsys):
         assert _train(source, out, *extra) == 2, (source, extra)
         assert "Traceback" not in capsys.readouterr().err
         assert not out.exists() and not out.with_name(out.name + ".training").exists(), (source, extra)
+    # Parent folders the run would have made for the work folder are not left behind either.
+    assert _train(dataset, tmp_path / "fresh" / "deeper" / "model", "--val-cases", "nobody") == 2
+    assert not (tmp_path / "fresh").exists()
     # A work folder that was there before the refusal stays.
     kept = tmp_path / "model-kept.training"
     kept.mkdir()

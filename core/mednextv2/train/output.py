@@ -78,13 +78,33 @@ def check_destinations(output: Path, work: Path, dataset: Path) -> None:
         raise InputError(f"work folder {work} exists and is not a folder; give another --work-dir")
 
 
-def discard_unused_work(work: Path) -> None:
-    """After a refusal, remove the work folder this run created while it holds no checkpoint
-    (only the plan and the cache, both rebuilt from the dataset): a refusal writes nothing."""
+def first_missing(path: Path) -> Optional[Path]:
+    """The outermost folder of `path` (itself included) that does not exist yet; None if it exists."""
+    missing = None
+    for folder in (path, *path.absolute().parents):
+        if folder.exists():
+            return missing
+        missing = folder
+    return missing
+
+
+def discard_unused_work(work: Path, created: Path) -> None:
+    """After a refusal, remove the work folder this run created (and the empty parents it made,
+    up to `created`) while it holds no checkpoint, only the plan and the cache, both rebuilt from
+    the dataset: a refusal writes nothing."""
     if not work.is_dir() or any((work / name).exists() for name in (checkpoint.LATEST, checkpoint.BEST)):
         return
-    if all(n in ("plan.json", "cache") or _WORK_TEMPORARY.match(n) for n in os.listdir(work)):
-        shutil.rmtree(work, ignore_errors=True)
+    if not all(n in ("plan.json", "cache") or _WORK_TEMPORARY.match(n) for n in os.listdir(work)):
+        return
+    shutil.rmtree(work, ignore_errors=True)
+    created = created.absolute()
+    for folder in work.absolute().parents:
+        if created != folder and created not in folder.parents:
+            break
+        try:
+            folder.rmdir()  # only when empty
+        except OSError:
+            break
 
 
 def _is_bundle_zip(path: Path) -> bool:

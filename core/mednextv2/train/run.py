@@ -17,7 +17,7 @@ import torch
 
 from mednextv2.bundle import Bundle, load_bundle
 from mednextv2.devices import autocast_dtype, resolve_device
-from mednextv2.errors import Cancelled, InputError
+from mednextv2.errors import Cancelled, InputError, ResourceError
 from mednextv2.atomic import write_bytes
 from mednextv2.network import MedNeXt
 from mednextv2.preprocessing import anisotropic_axis
@@ -163,7 +163,7 @@ def run_training(options: TrainOptions) -> TrainResult:
     report = make_progress(options.progress) if ctx.is_main else null_progress
     work = options.work_path
     prefetch = None
-    new_work = not work.exists()
+    created = output.first_missing(work)  # the work folder, or a parent of it, this run will create
     try:
         output.check_destinations(Path(options.output), work, Path(options.dataset))
         work.mkdir(parents=True, exist_ok=True)
@@ -214,9 +214,9 @@ def run_training(options: TrainOptions) -> TrainResult:
                             + (f"; the best model so far is in {bundle}" if bundle else ""))
         report("done", 1.0, f"model bundle {bundle}" if bundle else "done")
         return TrainResult(bundle, state.epoch, state.best_epoch, dice, tuple(state.history), time.monotonic() - started)
-    except InputError:
-        if new_work and ctx.is_main:
-            output.discard_unused_work(work)
+    except (InputError, ResourceError):
+        if created is not None and ctx.is_main:
+            output.discard_unused_work(work, created)
         raise
     finally:
         if prefetch is not None:
