@@ -143,6 +143,10 @@ def test_input_refusals_come_before_a_catalog_model_is_downloaded(tmp_path, scan
             # Two channels off one grid are refused before the download too.
             with pytest.raises(InputError, match="not on the grid"):
                 segment([str(scans / "breast.nrrd"), _shifted(scans / "breast.nrrd", tmp_path)], "tiny-ct")
+        # Batch mode: an output that would replace an input is refused before the download too.
+        rc = main(["segment", str(scans), "-m", "tiny-ct", "-o", str(scans), "--format", "nrrd", "--progress", "none"])
+        err = capsys.readouterr().err
+        assert rc == 2 and "is the input" in err, err
         assert server.requests_for("/tiny.zip") == []
     assert not (tmp_path / "home" / "models" / "tiny-ct").exists()
 

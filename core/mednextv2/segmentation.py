@@ -161,15 +161,16 @@ def segment(image_or_path: Union[ImageInput, Sequence[ImageInput]], model: Model
     return Segmenter(model, options)(case)
 
 
-def find_cases(folder: PathLike, n_channels: int) -> Dict[str, List[Path]]:
-    """Cases of a folder: each image file, or with several channels nnU-Net's CASE_0000, CASE_0001..."""
+def find_cases(folder: PathLike, n_channels: Optional[int]) -> Dict[str, List[Path]]:
+    """Cases of a folder: each image file, or with several channels nnU-Net's CASE_0000, CASE_0001...
+    `n_channels` None (the model is not loaded yet): as the file names say, channel counts unchecked."""
     folder = Path(folder)
     files = sorted(p for p in folder.iterdir() if image_io.is_image_file(p))
     cases: Dict[str, List[Path]] = {}
     for path in files:
         stem = path.name[: -len(export.known_suffix(path))] if export.known_suffix(path) else path.stem
         match = _CHANNEL_SUFFIX.match(stem)
-        if n_channels > 1 or match:
+        if (n_channels or 1) > 1 or match:
             if not match:
                 raise InputError(f"{path}: with a {n_channels}-channel model, name files CASE_0000, CASE_0001, ...")
             cases.setdefault(match.group("case"), []).append(path)
@@ -179,11 +180,17 @@ def find_cases(folder: PathLike, n_channels: int) -> Dict[str, List[Path]]:
         else:
             cases[stem] = [path]
     for case, paths in cases.items():
-        if len(paths) != n_channels:
+        if n_channels is not None and len(paths) != n_channels:
             raise InputError(f"case {case} in {folder}: {len(paths)} channel file(s), the model takes {n_channels}")
     if not cases:
         raise InputError(f"{folder}: no image files ({', '.join(image_io.IMAGE_SUFFIXES)}) to segment")
     return cases
+
+
+def _refuse_batch(cases: Dict[str, List[Path]], input_dir: PathLike, output_dir: Path, output_suffix: str) -> None:
+    """Outputs may share the input folder only where no written name is an input's name."""
+    refuse_writing_over_inputs([f for case in cases for f in export.result_files(output_dir / f"{case}{output_suffix}")],
+                               [input_dir])
 
 
 def segment_folder(input_dir: PathLike, model: ModelInput, output_dir: PathLike,
@@ -194,11 +201,10 @@ def segment_folder(input_dir: PathLike, model: ModelInput, output_dir: PathLike,
     if not output_dir.is_dir():
         raise InputError(f"output folder {output_dir} does not exist")
     image_io.check_output_writable(output_dir / f"probe{output_suffix}")
+    _refuse_batch(find_cases(input_dir, None), input_dir, output_dir, output_suffix)  # before the model loads
     segmenter = Segmenter(model, options, **kwargs)
     cases = find_cases(input_dir, segmenter.bundle.in_channels)
-    # Outputs may share the input folder only where no written name is an input's name.
-    refuse_writing_over_inputs([f for case in cases for f in export.result_files(output_dir / f"{case}{output_suffix}")],
-                               [input_dir])
+    _refuse_batch(cases, input_dir, output_dir, output_suffix)
     written = []
     for i, (case, paths) in enumerate(cases.items()):
         log.info("case %d/%d: %s", i + 1, len(cases), case)
