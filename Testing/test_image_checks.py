@@ -189,3 +189,12 @@ def test_a_detached_header_whose_data_file_is_missing_names_that_file(tmp_path, 
                      if line.lower().startswith(("data file:", "elementdatafile"))).split(":" if suffix == ".nhdr" else "=")[1].strip()
     (tmp_path / data_name).unlink()
     _segment_refuses(header, model_dir, capsys, f"its data file {tmp_path / data_name}", "does not exist")
+
+
+def test_a_fifo_in_a_training_dataset_is_named_not_read(tmp_path, breast):
+    import os
+
+    _write(breast[0], tmp_path / "case1_image.nrrd")
+    os.mkfifo(tmp_path / "case1_label.nrrd")  # nobody writes: opening it would block forever
+    with pytest.raises(InputError, match=r"case1_label\.nrrd is not a regular file"):
+        validate_dataset(discover_dataset(tmp_path))

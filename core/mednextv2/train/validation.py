@@ -97,7 +97,8 @@ def _check_case(case: Case, known: Dict[int, str]) -> Tuple[Optional[CaseInfo], 
     headers = []
     for path in (*case.images, case.label):
         if not path.is_file():
-            problems.append(f"file {path} does not exist")
+            problems.append(f"file {path} " + ("is not a regular file (a pipe, socket, device or folder)"
+                                               if path.exists() else "does not exist"))
             continue
         try:
             if path.name.lower().endswith((".nii", ".nii.gz")):
