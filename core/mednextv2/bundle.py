@@ -418,6 +418,23 @@ def _is_report(path: Path) -> bool:
 
 
 # ---------------------------------------------------------------- loading
+_WEIGHTS_SUFFIXES = (".safetensors", ".pt", ".pth", ".ckpt", ".model")
+
+
+def _check_bundle_file(path: Path) -> None:
+    """A file given as a model must be a bundle's .zip; say what a weights file or model.json is."""
+    expected = f"a model is a bundle folder (holding {MODEL_JSON} and its weights), that folder as a .zip, or a model id"
+    if not path.is_file():
+        raise InputError(f"model {path} is not a regular file or folder; {expected}")
+    if path.suffix.lower() == ".zip" or zipfile.is_zipfile(path):
+        return  # checked_zip says what is wrong with a zip
+    if path.name == MODEL_JSON or path.suffix.lower() in _WEIGHTS_SUFFIXES:
+        raise InputError(f"model {path} is one file of a bundle, not the bundle: give its folder {path.parent} "
+                         f"(if it holds {MODEL_JSON}), or import nnU-Net results with `mednextv2 models import`; "
+                         f"{expected}")
+    raise InputError(f"model {path} is neither a bundle folder nor a .zip of one; {expected}")
+
+
 def load_bundle(path: PathLike) -> Bundle:
     """Load and validate a bundle folder or zip. Weights are read lazily, but must be present."""
     path = Path(path)
@@ -432,6 +449,7 @@ def load_bundle(path: PathLike) -> Bundle:
         text = where.read_bytes()
         present = {p.name for p in path.iterdir()}
     else:
+        _check_bundle_file(path)
         where = path
         with checked_zip(path) as zf:
             prefix = _zip_prefix(list(zf.entries), str(path))

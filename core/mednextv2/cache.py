@@ -250,8 +250,9 @@ class ModelCache:
         return target
 
     def downloads_of(self, model_id: str) -> List[Path]:
-        """Partial or verified archives of this model in downloads/ (named <id>-<sha256[:16]>.zip[.part])."""
-        pattern = re.compile(rf"^{re.escape(model_id)}-[0-9a-f]{{16}}\.zip(\.part)?$")
+        """Partial or verified archives of this model in downloads/ (named <id>-<sha256[:16]>.zip[.part],
+        and the .part's `.validator`, which version of the file it holds)."""
+        pattern = re.compile(rf"^{re.escape(model_id)}-[0-9a-f]{{16}}\.zip(\.part(\.validator)?)?$")
         if not self.downloads_dir.is_dir():
             return []
         return [p for p in self.downloads_dir.iterdir() if pattern.match(p.name)]

@@ -25,7 +25,7 @@ from urllib.parse import urlsplit
 
 from mednextv2.cache import ModelCache, check_model_id, format_size
 from mednextv2.atomic import write_bytes
-from mednextv2.errors import InputError, MedNeXtError
+from mednextv2.errors import Cancelled, InputError, MedNeXtError, ResourceError
 from mednextv2.validation import load_schema, loads_strict, model_id_problem, schema_errors
 
 log = logging.getLogger(__name__)
@@ -208,15 +208,22 @@ def download_model(entry: CatalogEntry, cache: Optional[ModelCache] = None, *, p
             return cache.model_dir(entry.id)
         _refuse_replacing_own_model(cache, entry.id, replace)
         part = cache.downloads_dir / f"{entry.id}-{entry.sha256[:16]}.zip.part"
+        # Room for the download and for unpacking it (the unpacked files, then the bundle built from them).
         archive = download_verified(entry.urls, part, entry.sha256, entry.size, progress=progress,
-                                    settings=settings or DownloadSettings())
+                                    settings=settings or DownloadSettings(), then_needs=2 * entry.size)
+        info = {"source": "catalog", "catalog": entry.source, "version": entry.version,
+                "sha256": entry.sha256, "size": entry.size, "origin": entry.urls[0]}
         try:
-            info = {"source": "catalog", "catalog": entry.source, "version": entry.version,
-                    "sha256": entry.sha256, "size": entry.size, "origin": entry.urls[0]}
-            return install_archive(archive, cache, entry.id, kind=entry.archive, options=dict(entry.nnunet),
-                                   info=info, progress=progress)
-        finally:
+            installed = install_archive(archive, cache, entry.id, kind=entry.archive, options=dict(entry.nnunet),
+                                        info=info, progress=progress)
+        except (ResourceError, Cancelled, KeyboardInterrupt):
+            log.warning("the verified download %s is kept: the next attempt installs it without downloading", archive)
+            raise
+        except BaseException:
             archive.unlink(missing_ok=True)
+            raise
+        archive.unlink(missing_ok=True)
+        return installed
 
 
 def _refuse_replacing_own_model(cache: ModelCache, model_id: str, replace: bool) -> None:

@@ -15,6 +15,7 @@ from typing import List, Optional
 from mednextv2 import __version__
 from mednextv2.errors import Cancelled, MedNeXtError
 from mednextv2.process_memory import keep_freed_memory
+from mednextv2.progress import BarSafeLogHandler
 
 # name -> module under mednextv2.cli; each defines add_parser(subparsers) and run(args) -> int
 COMMANDS = ("segment", "models", "train", "demo")
@@ -44,7 +45,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
-                        format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+                        format="%(levelname)s %(name)s: %(message)s", handlers=[BarSafeLogHandler(sys.stderr)])
     if not getattr(args, "func", None):
         parser.print_help()
         return 2

@@ -5,6 +5,7 @@ import argparse
 import json
 import sys
 
+from mednextv2 import MODELS_DOC_URL
 from mednextv2.cache import ModelCache, format_size
 from mednextv2.errors import InputError
 from mednextv2.progress import MODES, make_progress
@@ -45,7 +46,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                    "for v2, model_final_checkpoint.model for v1)")
     p.add_argument("--grn-norm", choices=["mean", "sum"],
                    help="nnU-Net: GRN normaliser the network was trained with: mean over channels (official "
-                        "MedNeXt code, the default) or sum (the seed paper); see docs/models.md")
+                        f"MedNeXt code, the default) or sum (the seed paper); see {MODELS_DOC_URL}")
     p.add_argument("--dataset-json", metavar="PATH",
                    help="nnU-Net v1: the raw dataset's dataset.json, for label names (v1 results folders have none)")
     p.add_argument("--replace", action="store_true", help="replace an installed model with the same id")
@@ -75,7 +76,7 @@ def _list(args, cache) -> int:
         _say(f"warning: could not read catalog {problem}", file=sys.stderr)
     if not rows:
         print(f"No models in the catalog and none installed in {cache.models_dir}.\n"
-              "Import one with `mednextv2 models import PATH` (see docs/models.md).")
+              f"Import one with `mednextv2 models import PATH` (see {MODELS_DOC_URL}).")
         return 0
     width = max(len(r["id"]) for r in rows)
     print(f"{'ID':<{width}}  {'VERSION':<10} {'SIZE':>9}  {'INSTALLED':<13} TITLE")

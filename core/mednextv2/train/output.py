@@ -10,6 +10,7 @@ import hashlib
 import logging
 import os
 import re
+import shutil
 import tempfile
 from pathlib import Path
 from typing import Dict, List, Mapping, Optional, Sequence
@@ -21,6 +22,7 @@ from mednextv2.atomic import copy_file, recover_swaps, sha256_file
 from mednextv2.bundle import (BUNDLE_REPORTS, Bundle, BundleSpec, Channel, NetworkSpec, Provenance,
                               foreign_entries, is_complete_bundle)
 from mednextv2.errors import InputError
+from mednextv2.image_io import check_can_create_files
 from mednextv2.output_guard import same_path
 from mednextv2.safezip import safe_extract_zip
 from mednextv2.train import checkpoint
@@ -77,6 +79,8 @@ def check_destinations(output: Path, work: Path, dataset: Path, base: Optional[s
         if foreign:
             raise InputError(f"-o {output} holds files that are not a model bundle's ({_listing(foreign)}); "
                              "give a new or empty folder, or a bundle folder an earlier `train` wrote")
+    check_can_create_files(output.parent, f"-o {output}")
+    check_can_create_files(work.parent, f"work folder {work}")
     if _inside(work, output) or _inside(output, work):
         raise InputError(f"work folder {work} and -o {output} must be separate folders")
     if _inside(work, dataset) or _inside(dataset, work):
@@ -88,6 +92,35 @@ def check_destinations(output: Path, work: Path, dataset: Path, base: Optional[s
                              "give another --work-dir")
     elif work.exists():
         raise InputError(f"work folder {work} exists and is not a folder; give another --work-dir")
+
+
+def first_missing(path: Path) -> Optional[Path]:
+    """The outermost folder of `path` (itself included) that does not exist yet; None if it exists."""
+    missing = None
+    for folder in (path, *path.absolute().parents):
+        if folder.exists():
+            return missing
+        missing = folder
+    return missing
+
+
+def discard_unused_work(work: Path, created: Path) -> None:
+    """After a refusal, remove the work folder this run created (and the empty parents it made,
+    up to `created`) while it holds no checkpoint, only the plan and the cache, both rebuilt from
+    the dataset: a refusal writes nothing."""
+    if not work.is_dir() or any((work / name).exists() for name in (checkpoint.LATEST, checkpoint.BEST)):
+        return
+    if not all(n in ("plan.json", "cache") or _WORK_TEMPORARY.match(n) for n in os.listdir(work)):
+        return
+    shutil.rmtree(work, ignore_errors=True)
+    created = created.absolute()
+    for folder in work.absolute().parents:
+        if created != folder and created not in folder.parents:
+            break
+        try:
+            folder.rmdir()  # only when empty
+        except OSError:
+            break
 
 
 def _base_path(base: str) -> Path:
@@ -136,10 +169,8 @@ def bundle_spec(output: Path, plan: Plan, metrics: dict, training: dict, title: 
     """The model.json of a trained model. `training["dataset"]` is the dataset's folder name."""
     return BundleSpec(
         id=bundle_id(output),
-        title=title or f"MedNeXt-v2 fine-tuned: {', '.join(s.name for s in plan.labels)}",
-        description=(f"Trained with `mednextv2 train` on {training['n_train_cases']} case(s) of "
-                     f"{training['dataset']}" + (f", starting from {plan.base_model}" if plan.base_model else "")
-                     + f"; validation Dice {metrics.get('dice', {})}."),
+        title=title or _title(plan),
+        description=_description(plan, metrics, training),
         network=NetworkSpec.from_json(dict(plan.network, deep_supervision=False)),
         labels=plan.bundle_labels(),
         channels=tuple(Channel.from_json(c) for c in plan.channels),
@@ -148,6 +179,27 @@ def bundle_spec(output: Path, plan: Plan, metrics: dict, training: dict, title: 
         provenance=Provenance(base_model=plan.base_model, training_data=training["dataset"], metrics=metrics,
                               date=datetime.date.today().isoformat(), training=dict(training, mednextv2=__version__)),
     )
+
+
+def _title(plan: Plan) -> str:
+    how = f"fine-tuned from {plan.base_model}" if plan.base_model else "trained from scratch"
+    return f"MedNeXt-v2 {how}: {', '.join(s.name for s in plan.labels)}"
+
+
+def _description(plan: Plan, metrics: dict, training: dict) -> str:
+    """What is true of this model: how it started, on what, and its validation (or that it had none)."""
+    start = f"fine-tuned from {plan.base_model}" if plan.base_model else \
+        f"trained from scratch ({training.get('preset') or 'planned network'})"
+    dice = metrics.get("dice") or {}
+    if dice:
+        scores = ", ".join(f"{name} {value:.3f}" if value is not None else f"{name} undefined"
+                           for name, value in dice.items())
+        held_out = len(metrics.get("validation_cases") or ())
+        validation = f"validation Dice on {held_out} held-out case(s): {scores}"
+    else:
+        validation = "no held-out validation (every case was trained on), so no Dice is recorded"
+    return (f"{start[0].upper()}{start[1:]} with `mednextv2 train` on {training['n_train_cases']} case(s) of "
+            f"{training['dataset']}; {validation}.")
 
 
 def write_bundle(output: Path, plan: Plan, state: Mapping[str, torch.Tensor], metrics: dict,

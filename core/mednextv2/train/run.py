@@ -17,7 +17,7 @@ import torch
 
 from mednextv2.bundle import Bundle, load_bundle
 from mednextv2.devices import autocast_dtype, resolve_device
-from mednextv2.errors import Cancelled, InputError
+from mednextv2.errors import Cancelled, InputError, ResourceError
 from mednextv2.atomic import write_bytes
 from mednextv2.network import MedNeXt
 from mednextv2.preprocessing import anisotropic_axis
@@ -163,6 +163,7 @@ def run_training(options: TrainOptions) -> TrainResult:
     report = make_progress(options.progress) if ctx.is_main else null_progress
     work = options.work_path
     prefetch = None
+    created = output.first_missing(work)  # the work folder, or a parent of it, this run will create
     try:
         output.recover_interrupted_swap(Path(options.output))
         output.check_destinations(Path(options.output), work, Path(options.dataset), options.base)
@@ -214,6 +215,10 @@ def run_training(options: TrainOptions) -> TrainResult:
                             + (f"; the best model so far is in {bundle}" if bundle else ""))
         report("done", 1.0, f"model bundle {bundle}" if bundle else "done")
         return TrainResult(bundle, state.epoch, state.best_epoch, dice, tuple(state.history), time.monotonic() - started)
+    except (InputError, ResourceError):
+        if created is not None and ctx.is_main:
+            output.discard_unused_work(work, created)
+        raise
     finally:
         if prefetch is not None:
             prefetch.close()
