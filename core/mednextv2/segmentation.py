@@ -87,6 +87,8 @@ class Segmenter:
         for name, image in zip(names[1:], images[1:]):
             if not image_io.same_grid(images[0], image):
                 raise InputError(f"{name}: channel is not on the grid of {names[0]}")
+        for name, image in zip(names, images):
+            image_io.warn_if_label_map(image, name)
         try:
             return self._segment(images)
         except MemoryError as e:
