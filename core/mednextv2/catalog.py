@@ -14,7 +14,6 @@ the hash from a trusted catalog verifies their bytes.
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 import os
 from dataclasses import dataclass, field
@@ -267,8 +266,8 @@ def entries_with_status(catalog: Catalog, cache: ModelCache) -> List[dict]:
 
 def _bundle_title(path: Path) -> str:
     try:
-        return str(json.loads((path / "model.json").read_text(encoding="utf-8")).get("title", path.name))
-    except (OSError, ValueError):
+        return str(loads_strict((path / "model.json").read_bytes(), str(path)).get("title", path.name))
+    except (OSError, ValueError, AttributeError):
         return path.name
 
 

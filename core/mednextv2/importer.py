@@ -548,6 +548,8 @@ def _read_json(path: Path) -> dict:
         raise InputError(f"{path} is missing") from e
     except (OSError, ValueError) as e:
         raise InputError(f"{path} is not valid JSON: {e}") from e
+    except RecursionError as e:
+        raise InputError(f"{path} is not valid JSON: nested too deeply") from e
     if not isinstance(data, dict):
         raise InputError(f"{path}: expected a JSON object")
     return data
