@@ -70,3 +70,55 @@ def test_import_of_a_zip_holding_a_file_and_a_folder_of_one_name_is_refused(tmp_
     err = capsys.readouterr().err
     assert "'model/x' is a file and also the folder of 'model/x/y'" in err and "Traceback" not in err, err
     assert not (home / "models" / "clash").exists()
+
+
+def test_huge_sparse_weights_file_is_refused_from_its_header(tmp_path, data_dir, capsys):
+    bundle = threshold_bundle().save(tmp_path / "model")
+    weights = bundle / "weights.safetensors"
+    with open(weights, "r+b") as f:
+        f.truncate(20 * 1024 ** 3)  # 20 GB, sparse: the real tensors, then zeros that were never written
+    with pytest.raises(InputError, match=r"weights\.safetensors is 21474836480 bytes, but its header describes \d+: "
+                                         "the file is damaged"):
+        load_bundle(bundle).load_state_dicts()
+    rc = main(["segment", str(data_dir / "mr-breast" / "breast1_image.nrrd"), "-m", str(bundle),
+               "-o", str(tmp_path / "out.nrrd"), "--progress", "none"])
+    err = capsys.readouterr().err
+    assert rc == 2 and "its header describes" in err and "Traceback" not in err, err
+
+
+def _with_network(bundle, **network):
+    spec = json.loads((bundle / "model.json").read_text(encoding="utf-8"))
+    spec["network"].update(network)
+    (bundle / "model.json").write_text(json.dumps(spec), encoding="utf-8")
+    return bundle
+
+
+def test_weights_header_naming_tensors_the_network_lacks_is_refused_before_reading(tmp_path):
+    from safetensors.torch import save_file
+    import torch
+
+    bundle = threshold_bundle().save(tmp_path / "model")
+    save_file({"stem.conv.weight": torch.zeros(1), "huge": torch.zeros(4, 4)}, str(bundle / "weights.safetensors"))
+    with pytest.raises(InputError, match="does not fit the network config: it holds tensor 'huge'"):
+        load_bundle(bundle).build_models()
+
+
+def test_a_network_config_too_large_to_build_is_refused_before_building(tmp_path, data_dir, capsys):
+    bundle = _with_network(threshold_bundle().save(tmp_path / "model"), n_channels=4096)
+    with pytest.raises(InputError, match="describes .* billion parameters, more than the 4 billion any MedNeXt has"):
+        load_bundle(bundle).build_models()
+    rc = main(["segment", str(data_dir / "mr-breast" / "breast1_image.nrrd"), "-m", str(bundle),
+               "-o", str(tmp_path / "out.nrrd"), "--progress", "none"])
+    err = capsys.readouterr().err
+    assert rc == 2 and "billion parameters" in err and "Traceback" not in err, err
+
+
+def test_a_network_larger_than_the_memory_exits_3(tmp_path, data_dir, capsys, monkeypatch):
+    from mednextv2 import weights_check
+
+    monkeypatch.setattr(weights_check, "_physical_memory", lambda: 1024)  # a machine with 1 KiB
+    bundle = threshold_bundle().save(tmp_path / "model")
+    rc = main(["segment", str(data_dir / "mr-breast" / "breast1_image.nrrd"), "-m", str(bundle),
+               "-o", str(tmp_path / "out.nrrd"), "--progress", "none"])
+    err = capsys.readouterr().err
+    assert rc == 3 and "more than this machine's 0.0 GiB" in err and "Traceback" not in err, err

@@ -26,6 +26,7 @@ from mednextv2.bundle_spec import (MODEL_JSON, BundleSpec, Channel, InferenceDef
 from mednextv2.errors import InputError
 from mednextv2.safezip import checked_zip
 from mednextv2.validation import load_schema, loads_strict, schema_errors
+from mednextv2.weights_check import check_network_size, check_weights_file, expected_shapes, max_weights_bytes
 
 log = logging.getLogger(__name__)
 
@@ -142,16 +143,22 @@ class Bundle:
         if self.source is None:
             raise InputError("bundle has no source folder and no in-memory weights")
         out = []
+        shapes = self._expected_shapes()  # the sizes to expect, before a byte of weights is read
         if self.source.is_dir():
             for name in self.weights:
                 path = self.source / name
                 if not path.is_file():
                     raise InputError(f"{self.source / MODEL_JSON}: weights file {name} is missing from the bundle folder")
+                check_weights_file(path, shapes, self._where())
                 out.append((name, path.read_bytes()))
             return out
         with checked_zip(self.source) as zf:
             prefix = _zip_prefix(list(zf.entries), str(self.source))
             for name in self.weights:
+                member = zf.entries.get(prefix + name)
+                if member is not None and member.file_size > max_weights_bytes(shapes):
+                    raise InputError(f"{self.source}: weights file {name} is {member.file_size} bytes, far more than "
+                                     "the network config's parameters need")
                 try:
                     out.append((name, zf.read(prefix + name)))
                 except KeyError as e:
@@ -168,10 +175,9 @@ class Bundle:
         """One MedNeXt per fold, weights loaded strictly, eval mode, deep supervision off, on `device`."""
         from mednextv2.network import MedNeXt
 
-        try:
-            config = self.network.config()
-        except (TypeError, ValueError, KeyError) as e:
-            raise InputError(f"{self._where()}: network: {e}") from e
+        config = self._config()
+        if self._state_dicts is not None:  # weights read from a file were checked by _raw_weights
+            check_network_size(expected_shapes(config), len(self.weights), self._where())
         models = []
         for name, state in zip(self.weights, self.load_state_dicts()):
             model = MedNeXt(config)
@@ -185,6 +191,18 @@ class Bundle:
             model.set_deep_supervision(False)
             models.append(model.eval().to(device))
         return models
+
+    def _config(self) -> Any:
+        try:
+            return self.network.config()
+        except (TypeError, ValueError, KeyError) as e:
+            raise InputError(f"{self._where()}: network: {e}") from e
+
+    def _expected_shapes(self) -> Dict[str, Tuple[int, ...]]:
+        """The network's tensor shapes (built on the meta device: no memory), its size checked first."""
+        shapes = expected_shapes(self._config())
+        check_network_size(shapes, len(self.weights), self._where())
+        return shapes
 
     def _where(self) -> str:
         if self.source is None:
