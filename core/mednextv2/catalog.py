@@ -25,6 +25,7 @@ from urllib.parse import urlsplit
 from mednextv2.cache import ModelCache, check_model_id, format_size
 from mednextv2.atomic import write_bytes
 from mednextv2.errors import InputError, MedNeXtError
+from mednextv2.output_guard import resolved
 from mednextv2.validation import load_schema, loads_strict, model_id_problem, schema_errors
 
 log = logging.getLogger(__name__)
@@ -221,6 +222,7 @@ def resolve_model(model_ref: Union[str, os.PathLike], *, cache: Optional[ModelCa
     id (downloaded first when `download`). Anything else is an InputError saying what exists."""
     ref = os.fspath(model_ref)
     path = Path(ref).expanduser()
+    resolved(path, "model")  # a symbolic link loop is not "not found"
     if path.exists():
         if path.is_dir() and not (path / "model.json").is_file():
             raise InputError(f"{path} is a folder without model.json. An nnU-Net results folder must be imported "

@@ -21,7 +21,7 @@ from mednextv2.atomic import copy_file, sha256_file
 from mednextv2.bundle import (BUNDLE_REPORTS, MODEL_JSON, Bundle, BundleSpec, Channel, NetworkSpec, Provenance,
                               foreign_entries)
 from mednextv2.errors import InputError
-from mednextv2.output_guard import same_path
+from mednextv2.output_guard import resolved, same_path
 from mednextv2.train import checkpoint
 from mednextv2.train.planning import Plan
 from mednextv2.validation import model_id_problem
@@ -40,7 +40,7 @@ def _listing(names) -> str:
 
 
 def _inside(path: Path, folder: Path) -> bool:
-    path, folder = path.resolve(), folder.resolve()
+    path, folder = resolved(path), resolved(folder)
     return path == folder or folder in path.parents
 
 
@@ -48,6 +48,8 @@ def check_destinations(output: Path, work: Path, dataset: Path) -> None:
     """Before any work: -o is missing, empty, or a bundle the engine wrote; the work folder holds
     only the engine's files; neither is, holds or lies in the dataset. Nothing the engine did not
     create is ever replaced (docs/promise.md)."""
+    for what, path in (("-o", output), ("work folder", work), ("the dataset", dataset)):
+        resolved(path, what)
     if same_path(output, dataset) or _inside(dataset, output) or _inside(output, dataset):
         raise InputError(f"-o {output} and the dataset {dataset} must be separate (the bundle replaces its "
                          "folder); give a new folder for the model outside the dataset")
