@@ -62,3 +62,72 @@ def test_a_full_disk_while_the_bundle_is_written_exits_3(tmp_path, dataset, monk
     err = capsys.readouterr().err
     assert f"no space left to write {output}" in err and "Traceback" not in err, err
     assert not output.exists() and not [p for p in tmp_path.iterdir() if p.name.startswith(".model.")]
+
+
+def test_a_case_file_deleted_during_training_still_gives_the_bundle(tmp_path, dataset, monkeypatch, one_torch_thread):
+    from mednextv2.train import run as train_run
+    from mednextv2.train.datasets import discover_dataset
+    from mednextv2.train.output import dataset_digest
+
+    before = dataset_digest(discover_dataset(dataset).cases)
+    real_run = train_run.Trainer.run
+
+    def run_then_lose_the_label(trainer):
+        state = real_run(trainer)
+        (dataset / "breast1_label.nrrd").unlink()  # moved away while the last epoch ended
+        return state
+
+    monkeypatch.setattr(train_run.Trainer, "run", run_then_lose_the_label)
+    assert _train(dataset, tmp_path / "model") == 0
+    training = load_bundle(tmp_path / "model").spec.to_json()["provenance"]["training"]
+    assert training["dataset_sha256"] == before  # what was trained on
+
+
+def _add_case(dataset: Path, name: str) -> None:
+    for kind in ("image", "label"):
+        shutil.copyfile(dataset / f"breast1_{kind}.nrrd", dataset / f"{name}_{kind}.nrrd")
+
+
+def test_resume_refuses_a_dataset_that_changed(tmp_path, dataset, capsys, one_torch_thread):
+    assert _train(dataset, tmp_path / "model") == 0
+    _add_case(dataset, "breast2")
+    assert _train(dataset, tmp_path / "model", "--resume") == 2
+    err = capsys.readouterr().err
+    assert "--resume: the dataset changed since the interrupted run" in err and "case(s) added: breast2" in err, err
+    (dataset / "breast2_image.nrrd").unlink()
+    (dataset / "breast2_label.nrrd").unlink()
+    label = sitk.ReadImage(str(dataset / "breast1_label.nrrd"))
+    sitk.WriteImage(label * 2, str(dataset / "breast1_label.nrrd"))  # a new class where the old one was
+    assert _train(dataset, tmp_path / "model", "--resume") == 2
+    assert "the content of its image or label files differs" in capsys.readouterr().err
+
+
+def test_resume_refuses_a_changed_option_and_keeps_the_ones_left_out(tmp_path, dataset, capsys, caplog,
+                                                                     one_torch_thread):
+    _add_case(dataset, "breast2")
+    assert _train(dataset, tmp_path / "model", "--val-cases", "breast2", "--seed", "3") == 0
+    common = ["train", str(dataset), "-o", str(tmp_path / "model"), "--epochs", "1", "--device", "cpu",
+              "--progress", "none", "--threads", "1", "--resume"]
+    assert main(common + ["--patch", "32", "32", "32", "--preset", "v2-tiny"]) == 2
+    err = capsys.readouterr().err
+    assert "--patch [32, 32, 32] (the run started with [16, 32, 32])" in err and "--preset" not in err, err
+    with caplog.at_level("INFO"):
+        assert main(common) == 0
+    kept = [r.getMessage() for r in caplog.records if "--resume keeps" in r.getMessage()]
+    assert kept and all(f in kept[0] for f in ("--preset v2-tiny", "--patch [16, 32, 32]", "--val-cases ['breast2']",
+                                                 "--seed 3", "--iterations 1")), kept
+    metrics = load_bundle(tmp_path / "model").spec.to_json()["provenance"]["metrics"]
+    assert metrics["validation_cases"] == ["breast2"]
+
+
+def test_a_second_train_on_the_same_output_is_refused_while_the_first_runs(tmp_path, dataset, capsys):
+    from mednextv2.cache import FileLock
+    from mednextv2.train.output import WORK_LOCK
+
+    work = tmp_path / "model.training"
+    work.mkdir()
+    with FileLock(work / WORK_LOCK, timeout=0):  # what a running `train` holds (an OS lock)
+        assert _train(dataset, tmp_path / "model") == 2
+    err = capsys.readouterr().err
+    assert f"another `mednextv2 train` is running with the work folder {work}" in err, err
+    assert not (tmp_path / "model").exists() and sorted(p.name for p in work.iterdir()) == [WORK_LOCK]

@@ -31,7 +31,8 @@ log = logging.getLogger(__name__)
 DEEP_SUPERVISION_HEADS = ("out_1.", "out_2.", "out_3.", "out_4.")
 # What a work folder holds (run.PLAN_FILE, the checkpoints, the reports, the cache) and the
 # hidden temporaries of their atomic writes.
-WORK_ENTRIES = frozenset({"plan.json", checkpoint.LATEST, checkpoint.BEST, "cache", *BUNDLE_REPORTS})
+WORK_LOCK = ".train.lock"  # held by the run using the folder (run._lock_work_folder)
+WORK_ENTRIES = frozenset({"plan.json", checkpoint.LATEST, checkpoint.BEST, "cache", WORK_LOCK, *BUNDLE_REPORTS})
 _WORK_TEMPORARY = re.compile(r"^\.(plan|checkpoint_latest|checkpoint_best|metrics|training_curve)\..*tmp")
 
 
