@@ -7,6 +7,7 @@ from __future__ import annotations
 import builtins
 import errno
 import io
+import json
 import shutil
 from pathlib import Path
 
@@ -101,7 +102,25 @@ def test_resume_refuses_a_dataset_that_changed(tmp_path, dataset, capsys, one_to
     label = sitk.ReadImage(str(dataset / "breast1_label.nrrd"))
     sitk.WriteImage(label * 2, str(dataset / "breast1_label.nrrd"))  # a new class where the old one was
     assert _train(dataset, tmp_path / "model", "--resume") == 2
+    assert "labels were {1: 'label 1'}, now {2: 'label 2'}" in capsys.readouterr().err
+    sitk.WriteImage(label, str(dataset / "breast1_label.nrrd"))
+    (dataset / "breast1_image.nrrd").write_bytes((dataset / "breast1_image.nrrd").read_bytes()[:-2] + b"\0\1")
+    assert _train(dataset, tmp_path / "model", "--resume") == 2
     assert "the content of its image or label files differs" in capsys.readouterr().err
+
+
+def test_resume_refuses_renamed_labels(tmp_path, dataset, capsys, one_torch_thread):
+    listing = tmp_path / "cases.json"
+
+    def write(name):
+        listing.write_text(json.dumps({"labels": {"1": name}, "cases": [
+            {"image": str(dataset / "breast1_image.nrrd"), "label": str(dataset / "breast1_label.nrrd")}]}))
+
+    write("lesion")
+    assert _train(listing, tmp_path / "model") == 0
+    write("tumour")
+    assert _train(listing, tmp_path / "model", "--resume") == 2
+    assert "labels were {1: 'lesion'}, now {1: 'tumour'}" in capsys.readouterr().err
 
 
 def test_resume_refuses_a_changed_option_and_keeps_the_ones_left_out(tmp_path, dataset, capsys, caplog,

@@ -163,15 +163,17 @@ def resumed_options(options: TrainOptions, recorded: Dict) -> TrainOptions:
     return replace(options, **kept)
 
 
-def _check_same_dataset(plan: Plan, cases: Sequence[Case], digest: str, work: Path) -> None:
+def _check_same_dataset(plan: Plan, data, digest: str, work: Path) -> None:
     """--resume on a dataset that changed would train new classes as background under the old labels."""
     then = plan.extra.get("dataset_sha256")
-    if then is None or then == digest:
+    labels_then = {s.value: s.name for s in plan.labels}
+    if (then is None or then == digest) and labels_then == data.labels:
         return
-    before, now = set(plan.extra.get("cases", ())), {c.name for c in cases}
+    before, now = set(plan.extra.get("cases", ())), {c.name for c in data.dataset.cases}
     what = "; ".join(part for part in (
-        f"case(s) added: {', '.join(sorted(now - before))}" if now - before else "",
-        f"case(s) removed: {', '.join(sorted(before - now))}" if before - now else "") if part) \
+        f"case(s) added: {', '.join(sorted(now - before))}" if then and now - before else "",
+        f"case(s) removed: {', '.join(sorted(before - now))}" if then and before - now else "",
+        f"labels were {labels_then}, now {data.labels}" if labels_then != data.labels else "") if part) \
         or "the content of its image or label files differs"
     raise InputError(f"--resume: the dataset changed since the interrupted run in {work} started ({what}); "
                      "resuming would train on data the run's plan and labels do not describe. Restore the dataset "
@@ -182,7 +184,7 @@ def _load_or_make_plan(options: TrainOptions, data, device, ctx, work: Path, dig
     path = work / PLAN_FILE
     if options.resume:
         plan = _interrupted_plan(options, work)
-        _check_same_dataset(plan, data.dataset.cases, digest, work)
+        _check_same_dataset(plan, data, digest, work)
         return plan
     if (work / checkpoint.LATEST).exists():
         raise InputError(f"{work} holds the checkpoint of an earlier run: pass --resume to continue it, "
