@@ -17,6 +17,7 @@ import SimpleITK as sitk
 
 from mednextv2.errors import InputError
 from mednextv2.nifti import check_nifti_file, is_nifti_path
+from mednextv2.output_guard import resolved
 
 log = logging.getLogger(__name__)
 
@@ -109,6 +110,7 @@ def read_image(path: PathLike, allow_constant: bool = False) -> sitk.Image:
     constant: background only)."""
     path = Path(path)
     if not path.exists():
+        resolved(path, "input image")  # a symbolic link loop "exists" not either: say which it is
         raise InputError(f"input image {path} does not exist")
     if path.is_dir():
         image = _read_dicom_folder(path)
