@@ -42,3 +42,11 @@ def test_a_symbolic_link_loop_is_refused_naming_it(place, capsys, command, what)
     name, path = what.rsplit(" ", 1)
     assert rc == 2 and f"{name} {place / path} {LOOP}" in err and "Traceback" not in err, err
     assert not (place / "out.nrrd").exists() and not (place / "trained").exists()
+
+
+def test_the_python_api_names_a_loop_too(place):
+    from mednextv2.errors import InputError
+    from mednextv2.image_io import read_image
+
+    with pytest.raises(InputError, match=f"input image {place / 'a'} {LOOP}"):
+        read_image(place / "a")
