@@ -172,7 +172,7 @@ class Bundle:
         from mednextv2.network import MedNeXt
 
         config = self._config()
-        if self._state_dicts is not None:  # weights read from a file were checked by _raw_weights
+        if self._state_dicts is not None:  # in memory; weights from files are checked in _raw_weights
             check_network_size(expected_shapes(config), len(self.weights), self._where())
         models = []
         for name, state in zip(self.weights, self.load_state_dicts()):

@@ -110,7 +110,7 @@ def read_image(path: PathLike, allow_constant: bool = False) -> sitk.Image:
     constant: background only)."""
     path = Path(path)
     if not path.exists():
-        resolved(path, "input image")  # a symbolic link loop "exists" not either: say which it is
+        resolved(path, "input image")  # exists() is False for a symbolic link loop too: name the loop
         raise InputError(f"input image {path} does not exist")
     if path.is_dir():
         image = _read_dicom_folder(path)

@@ -136,7 +136,7 @@ def _start_over(work: Path) -> str:
     return f"to start over instead, delete {work} (or give another -o or --work-dir) and run without --resume"
 
 
-def _interrupted_plan(options: TrainOptions, work: Path) -> Plan:
+def _interrupted_plan(work: Path) -> Plan:
     path = work / PLAN_FILE
     if not path.exists() or not (work / checkpoint.LATEST).exists():
         raise InputError(f"--resume: no interrupted training in {work} (plan.json and {checkpoint.LATEST} are needed)")
@@ -183,7 +183,7 @@ def _check_same_dataset(plan: Plan, data, digest: str, work: Path) -> None:
 def _load_or_make_plan(options: TrainOptions, data, device, ctx, work: Path, digest: str) -> Plan:
     path = work / PLAN_FILE
     if options.resume:
-        plan = _interrupted_plan(options, work)
+        plan = _interrupted_plan(work)
         _check_same_dataset(plan, data, digest, work)
         return plan
     if (work / checkpoint.LATEST).exists():
@@ -234,7 +234,7 @@ def run_training(options: TrainOptions) -> TrainResult:
             _lock_work_folder(lock, options)
         data = validate_dataset(discover_dataset(options.dataset))
         if options.resume:
-            options = resumed_options(options, _interrupted_plan(options, work).extra.get("options", {}))
+            options = resumed_options(options, _interrupted_plan(work).extra.get("options", {}))
         train_cases, val_cases = split_cases(data.dataset.cases, options.val_cases, options.val_fraction, options.seed,
                                              data.background_only)
         # The dataset's content hash, taken now: the bundle records what was trained on even if a
