@@ -152,3 +152,31 @@ def test_a_second_train_on_the_same_output_is_refused_while_the_first_runs(tmp_p
     err = capsys.readouterr().err
     assert f"another `mednextv2 train` is running with the work folder {work}" in err, err
     assert not (tmp_path / "model").exists() and sorted(p.name for p in work.iterdir()) == [WORK_LOCK]
+
+
+def test_two_real_train_processes_on_one_output_only_one_runs(tmp_path, dataset, capsys):
+    import json as json_lines
+    import os
+    import subprocess
+    import sys
+
+    import mednextv2
+
+    env = dict(os.environ, OMP_NUM_THREADS="1",
+               PYTHONPATH=str(Path(mednextv2.__file__).resolve().parents[1]) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    first = subprocess.Popen([sys.executable, "-m", "mednextv2", "train", str(dataset), "-o", str(tmp_path / "model"),
+                              "--preset", "v2-tiny", "--epochs", "2", "--iterations", "10", "--patch", "16", "32", "32",
+                              "--device", "cpu", "--progress", "json", "--threads", "1"],
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    try:
+        for line in first.stdout:  # wait until the first run trains
+            if json_lines.loads(line).get("stage") == "train":
+                break
+        assert _train(dataset, tmp_path / "model") == 2
+        assert "another `mednextv2 train` is running with the work folder" in capsys.readouterr().err
+        first.stdout.read()
+        assert first.wait(timeout=300) == 0, first.stderr.read()[-2000:]
+    finally:
+        if first.poll() is None:
+            first.kill()
+    assert load_bundle(tmp_path / "model").spec.to_json()["provenance"]["training"]["epochs"] == 2
