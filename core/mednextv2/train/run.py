@@ -299,6 +299,9 @@ def _lock_work_folder(lock: FileLock, options: TrainOptions) -> None:
     except ResourceError as e:
         raise InputError(f"another `mednextv2 train` is running with the work folder {options.work_path} (-o "
                          f"{options.output}); wait for it to finish, or give another -o or --work-dir") from e
+    except OSError as e:
+        raise InputError(f"work folder {options.work_path} is not writable ({e.strerror}); give another -o or "
+                         "--work-dir") from e
 
 
 def _thick_slice_axis(spacing: Sequence[float]) -> Optional[int]:
