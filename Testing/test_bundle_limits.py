@@ -11,7 +11,7 @@ import pytest
 from mednextv2.bundle import load_bundle
 from mednextv2.cli import main
 from mednextv2.errors import InputError
-from segment_fixtures import one_torch_thread, threshold_bundle  # noqa: F401
+from segment_fixtures import threshold_bundle
 
 DEEP = 700
 
