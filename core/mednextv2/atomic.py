@@ -56,12 +56,17 @@ def atomic_path(path: PathLike) -> Iterator[Path]:
         os.replace(tmp, path)
     except OSError as e:
         _remove(tmp)
-        if e.errno in (errno.ENOSPC, errno.EDQUOT):
-            raise ResourceError(f"no space left to write {path}") from e
+        _raise_if_no_space(e, path)
         raise
     except BaseException:
         _remove(tmp)
         raise
+
+
+def _raise_if_no_space(error: OSError, path: Path) -> None:
+    """A full disk or quota is ResourceError (exit 3), not an OSError traceback."""
+    if error.errno in (errno.ENOSPC, errno.EDQUOT):
+        raise ResourceError(f"no space left to write {path}") from error
 
 
 def write_bytes(path: PathLike, data: bytes, *, fsync: bool = False) -> Path:
@@ -101,6 +106,10 @@ def atomic_folder(path: PathLike) -> Iterator[Path]:
         tmp.mkdir(mode=default_mode(0o777))
         yield tmp
         swap.commit()
+    except OSError as e:
+        shutil.rmtree(tmp, ignore_errors=True)
+        _raise_if_no_space(e, Path(path))
+        raise
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

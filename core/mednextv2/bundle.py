@@ -29,6 +29,8 @@ from mednextv2.bundle_spec import (MODEL_JSON, BundleSpec, Channel, InferenceDef
 from mednextv2.errors import InputError, ResourceError
 from mednextv2.safezip import checked_zip
 from mednextv2.validation import load_schema, loads_strict, schema_errors
+from mednextv2.weights_check import (Shapes, check_header, check_network_size, check_weights_file, expected_shapes,
+                                     max_weights_bytes, safetensors_shapes)
 
 log = logging.getLogger(__name__)
 
@@ -72,9 +74,11 @@ _SAFETENSORS_DTYPES = {"F64": "float64", "F32": "float32", "F16": "float16", "BF
 _MAX_SAFETENSORS_HEADER = 100 * 1024 ** 2  # the library's own limit
 
 
-def _stream_safetensors(src: IO[bytes], size: int, name: str, where: str) -> Dict[str, Any]:
+def _stream_safetensors(src: IO[bytes], size: int, name: str, where: str, shapes: Shapes) -> Dict[str, Any]:
     """The tensors of a safetensors stream of `size` bytes (a zip entry), read straight into
-    each tensor's memory: no copy of the file is ever held, in memory or on disk."""
+    each tensor's memory: no copy of the file is ever held, in memory or on disk. The header is
+    checked against the network's `shapes` (`weights_check.check_header`) before any tensor is
+    allocated."""
     import torch
 
     def bad(why: str) -> InputError:
@@ -96,8 +100,7 @@ def _stream_safetensors(src: IO[bytes], size: int, name: str, where: str) -> Dic
     text = bytearray(length)
     read_into(memoryview(text))
     header = loads_strict(bytes(text), f"{where}: {name} header")
-    if not isinstance(header, dict):
-        raise bad("the header is not a JSON object")
+    check_header(header, shapes, where, name)
     tensors, offset = {}, 0
     entries = [(k, v) for k, v in header.items() if k != "__metadata__"]
     try:
@@ -203,12 +206,14 @@ class Bundle:
         into a temporary folder, so no entry is ever held whole in memory."""
         if self.source is None:
             raise InputError("bundle has no source folder and no in-memory weights")
+        shapes = self._expected_shapes()  # the sizes to expect, before a byte of weights is read
         if self.source.is_dir():
             out = []
             for name in self.weights:
                 path = self.source / name
                 if not path.is_file():
                     raise InputError(f"{self.source / MODEL_JSON}: weights file {name} is missing from the bundle folder")
+                check_weights_file(path, shapes, self._where())
                 out.append((name, path))
             yield out
             return
@@ -217,14 +222,17 @@ class Bundle:
             with checked_zip(self.source) as zf:
                 prefix = _zip_prefix(list(zf.entries), str(self.source))
                 out = []
-                for i, name in enumerate(self.weights):
+                for name in self.weights:
                     if prefix + name not in zf.entries:
                         raise InputError(f"{self.source}: weights file {name} is missing from the zip")
-                    try:
-                        out.append((name, zf.extract(prefix + name, tmp / f"fold{i}{Path(name).suffix}")))
+                    target = tmp / name.replace("/", "_")  # the bundle's name: the checks' messages use it
+                    try:  # at most what the network's weights can take, whatever the zip's headers say
+                        zf.extract(prefix + name, target, max_weights_bytes(shapes))
                     except OSError as e:
                         raise ResourceError(f"cannot unpack weights file {name} of {self.source} into {tmp}: "
                                             f"{e.strerror or e}") from e
+                    check_weights_file(target, shapes, self._where())
+                    out.append((name, target))
             yield out
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
@@ -234,14 +242,16 @@ class Bundle:
         if self._state_dicts is not None:
             return list(self._state_dicts)
         if self.source is not None and not self.source.is_dir() and all(w.endswith(".safetensors") for w in self.weights):
+            shapes = self._expected_shapes()  # the sizes to expect, before a byte of weights is read
             with checked_zip(self.source) as zf:
                 prefix = _zip_prefix(list(zf.entries), str(self.source))
                 out = []
                 for name in self.weights:
                     if prefix + name not in zf.entries:
                         raise InputError(f"{self.source}: weights file {name} is missing from the zip")
-                    with zf.open(prefix + name) as src:
-                        out.append(_stream_safetensors(src, zf.entries[prefix + name].file_size, name, self._where()))
+                    with zf.open(prefix + name, max_weights_bytes(shapes)) as src:
+                        out.append(_stream_safetensors(src, zf.entries[prefix + name].file_size, name, self._where(),
+                                                       shapes))
                 return out
         with self._weight_files() as files:
             return [_read_state_dict(path, name, self._where()) for name, path in files]
@@ -250,10 +260,9 @@ class Bundle:
         """One MedNeXt per fold, weights loaded strictly, eval mode, deep supervision off, on `device`."""
         from mednextv2.network import MedNeXt
 
-        try:
-            config = self.network.config()
-        except (TypeError, ValueError, KeyError) as e:
-            raise InputError(f"{self._where()}: network: {e}") from e
+        config = self._config()
+        if self._state_dicts is not None:  # in memory; weights from files are checked before they are read
+            check_network_size(expected_shapes(config), len(self.weights), self._where())
         models = []
         for name, state in zip(self.weights, self.load_state_dicts()):
             model = MedNeXt(config)
@@ -267,6 +276,18 @@ class Bundle:
             model.set_deep_supervision(False)
             models.append(model.eval().to(device))
         return models
+
+    def _config(self) -> Any:
+        try:
+            return self.network.config()
+        except (TypeError, ValueError, KeyError) as e:
+            raise InputError(f"{self._where()}: network: {e}") from e
+
+    def _expected_shapes(self) -> Dict[str, Tuple[int, ...]]:
+        """The network's tensor shapes (built on the meta device: no memory), its size checked first."""
+        shapes = expected_shapes(self._config())
+        check_network_size(shapes, len(self.weights), self._where())
+        return shapes
 
     def _where(self) -> str:
         if self.source is None:
@@ -379,36 +400,23 @@ def is_complete_bundle(folder: Path, allowed: Sequence[str] = ()) -> bool:
 
 def _weights_problem(path: Path, network: NetworkSpec) -> Optional[str]:
     """Why `path` is not the weights of `network` as a bundle holds them (safetensors, the
-    network's tensor names and shapes without the deep-supervision heads), or None."""
+    network's tensor names and shapes without the deep-supervision heads), or None. Only the
+    header is read (`weights_check.safetensors_shapes`)."""
     if not path.name.endswith(".safetensors"):
         return "not a safetensors file"
     try:
-        from safetensors import safe_open
-
-        with safe_open(str(path), framework="pt") as f:  # reads the header only; checks it spans the file
-            found = {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}
-    except Exception as e:  # safetensors raises its own error types for a corrupt header
-        return f"not a valid safetensors file: {e}"
+        found = safetensors_shapes(path, str(path))
+    except InputError as e:
+        why = str(e).split(f"weights file {path.name} ", 1)[-1]
+        return why[3:] if why.startswith("is ") else why
     try:
-        expected = network_tensor_shapes(network)
+        expected = {k: v for k, v in expected_shapes(network.config()).items() if not _DS_HEAD.match(k)}
     except (TypeError, ValueError, KeyError) as e:
         return f"the recorded network cannot be built: {e}"
     if found != expected:
         odd = sorted(set(found) ^ set(expected)) or sorted(k for k in found if found[k] != expected[k])
         return f"its tensors are not the recorded network's (first difference: {odd[0]})"
     return None
-
-
-def network_tensor_shapes(network: NetworkSpec) -> Dict[str, Tuple[int, ...]]:
-    """Name -> shape of every tensor of the network's inference weights; built on the meta device,
-    so no memory is allocated."""
-    import torch
-
-    from mednextv2.network import MedNeXt
-
-    with torch.device("meta"):
-        model = MedNeXt(network.config(deep_supervision=False))
-    return {k: tuple(v.shape) for k, v in model.state_dict().items()}
 
 
 def _is_report(path: Path) -> bool:

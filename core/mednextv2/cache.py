@@ -190,7 +190,7 @@ class ModelCache:
             return {}
         try:
             data = json.loads(self.config_path.read_text(encoding="utf-8"))
-        except (OSError, ValueError) as e:
+        except (OSError, ValueError, RecursionError) as e:
             raise InputError(f"cannot read the config file {self.config_path}: {e}") from e
         if not isinstance(data, dict) or not isinstance(data.get("catalogs", []), list):
             raise InputError(f"{self.config_path} must be a JSON object like {{\"catalogs\": [\"https://...\"]}}")
@@ -215,7 +215,7 @@ class ModelCache:
         path = self.model_dir(model_id) / INSTALL_INFO
         try:
             return json.loads(path.read_text(encoding="utf-8"))
-        except (OSError, ValueError):
+        except (OSError, ValueError, RecursionError):
             return {}
 
     def install(self, staged: Path, model_id: str, info: dict) -> Path:

@@ -14,7 +14,6 @@ the hash from a trusted catalog verifies their bytes.
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 import os
 from dataclasses import dataclass, field
@@ -26,6 +25,7 @@ from urllib.parse import urlsplit
 from mednextv2.cache import ModelCache, check_model_id, format_size
 from mednextv2.atomic import write_bytes
 from mednextv2.errors import Cancelled, InputError, MedNeXtError, ResourceError
+from mednextv2.output_guard import resolved
 from mednextv2.validation import load_schema, loads_strict, model_id_problem, schema_errors
 
 log = logging.getLogger(__name__)
@@ -244,6 +244,7 @@ def resolve_model(model_ref: Union[str, os.PathLike], *, cache: Optional[ModelCa
     id (downloaded first when `download`). Anything else is an InputError saying what exists."""
     ref = os.fspath(model_ref)
     path = Path(ref).expanduser()
+    resolved(path, "model")  # a symbolic link loop is not "not found"
     if not path.exists() and path.suffix.lower() != ".zip" and (os.sep in ref or "/" in ref):
         from mednextv2.atomic import recover_swaps
         from mednextv2.bundle import is_complete_bundle
@@ -294,8 +295,8 @@ def entries_with_status(catalog: Catalog, cache: ModelCache) -> List[dict]:
 
 def _bundle_title(path: Path) -> str:
     try:
-        return str(json.loads((path / "model.json").read_text(encoding="utf-8")).get("title", path.name))
-    except (OSError, ValueError):
+        return str(loads_strict((path / "model.json").read_bytes(), str(path)).get("title", path.name))
+    except (OSError, ValueError, AttributeError):
         return path.name
 
 

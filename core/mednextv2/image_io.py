@@ -16,7 +16,8 @@ import numpy as np
 import SimpleITK as sitk
 
 from mednextv2.errors import InputError
-from mednextv2.nifti import check_nifti_file
+from mednextv2.nifti import check_nifti_file, is_nifti_path
+from mednextv2.output_guard import resolved
 
 log = logging.getLogger(__name__)
 
@@ -114,8 +115,8 @@ def read_image(path: PathLike, allow_constant: bool = False) -> sitk.Image:
     else:
         if path.name.lower().endswith((".nhdr", ".mhd")):
             _check_data_files(path)
-        if path.name.lower().endswith((".nii", ".nii.gz")):
-            check_nifti_file(path)  # spacing and length, which ITK does not check
+        if is_nifti_path(path):
+            check_nifti_file(path)  # spacing, length and NaN voxels, which ITK does not check
         try:
             image = sitk.ReadImage(str(path))
         except RuntimeError as e:
@@ -130,6 +131,7 @@ def check_input_path(path: PathLike) -> Path:
     blocks forever or never ends)."""
     path = Path(path)
     if not path.exists():
+        resolved(path, "input image")  # exists() is False for a symbolic link loop too: name the loop
         raise InputError(f"input image {path} does not exist")
     if not (path.is_file() or path.is_dir()):
         raise InputError(f"input image {path} is not a regular file (a pipe, socket or device); give an image "
@@ -204,6 +206,24 @@ def validate_image(image: sitk.Image, where: str, allow_constant: bool = False) 
                          f"{_FLOAT32_MAX:.4g} that 32-bit floats hold; rescale the image to its physical units first")
     if not allow_constant and low == high:
         raise InputError(f"{where}: the image is constant (every voxel is {array.flat[0]}); nothing to segment")
+
+
+# A scan has hundreds of distinct values or more; a label map a few small integers.
+LABEL_MAP_MAX_VALUES = 32
+_LABEL_MAP_SAMPLE = 100_000
+
+
+def warn_if_label_map(image: sitk.Image, where: str) -> None:
+    """Warn when the image to segment looks like a label map (at most LABEL_MAP_MAX_VALUES distinct
+    non-negative integers): segmenting a mask gives a meaningless result with exit 0."""
+    array = sitk.GetArrayViewFromImage(image).reshape(-1)
+    for values in (array[:: max(1, array.size // _LABEL_MAP_SAMPLE)], array):  # the sample first: cheap
+        distinct = np.unique(values)
+        if len(distinct) > LABEL_MAP_MAX_VALUES or distinct[0] < 0 or not np.all(distinct == np.round(distinct)):
+            return
+    log.warning("%s looks like a label map, not a scan: it holds only %d distinct integer values (%s). Segmenting it "
+                "gives a meaningless result; give the image the labels were drawn on", where, len(distinct),
+                ", ".join(str(v) for v in distinct[:8].tolist()) + (", ..." if len(distinct) > 8 else ""))
 
 
 def same_grid(a: sitk.Image, b: sitk.Image, tolerance: float = 1e-4) -> bool:

@@ -33,7 +33,16 @@ class CheckedZip:
         self.zf, self.archive, self.max_bytes = zf, archive, max_bytes
         self.entries: Dict[str, zipfile.ZipInfo] = {}
         for member in zf.infolist():
-            self.entries[str(_safe_member_path(member, archive))] = member
+            name = str(_safe_member_path(member, archive))
+            if name in self.entries:
+                raise InputError(f"{archive}: refusing a zip with two entries named {name!r}")
+            self.entries[name] = member
+        files = {n for n, m in self.entries.items() if not m.is_dir()}
+        for name in self.entries:
+            clash = next((str(p) for p in PurePosixPath(name).parents if str(p) in files), None)
+            if clash:  # it could not be unpacked: `clash` would be a file and a folder at once
+                raise InputError(f"{archive}: refusing a zip where {clash!r} is a file and also the folder of "
+                                 f"{name!r}")
 
     def read(self, name: str, limit: Optional[int] = None) -> bytes:
         """The bytes of entry `name` (KeyError if absent), at most `limit` (default: the archive limit)."""

@@ -69,6 +69,8 @@ def read_case(image_or_path: Union[ImageInput, Sequence[ImageInput], InputCase])
         if not image_io.same_grid(images[0], image):
             raise InputError(f"{name}: channel is not on the grid of {names[0]} (size, origin, spacing or "
                              "direction differ); resample the channels onto one grid first")
+    for name, image in zip(names, images):
+        image_io.warn_if_label_map(image, name)
     return InputCase(tuple(images), tuple(names), tuple(paths))
 
 

@@ -63,16 +63,37 @@ def _refuse_constant(name: str) -> Any:
     raise ValueError(f"{name} is not a valid JSON number")
 
 
+# model.json and catalogs are 4-6 levels deep; every reader of them recurses once per level.
+MAX_JSON_DEPTH = 64
+
+
 def loads_strict(text: Union[str, bytes], where: str) -> Any:
-    """json.loads refusing NaN/Infinity and non-finite numbers; InputError naming `where`."""
+    """json.loads refusing NaN/Infinity, non-finite numbers and nesting deeper than
+    MAX_JSON_DEPTH; InputError naming `where`."""
     try:
         data = json.loads(text, parse_constant=_refuse_constant)
     except (UnicodeDecodeError, ValueError) as e:  # JSONDecodeError is a ValueError
         raise InputError(f"{where}: not valid JSON ({e})") from e
+    except RecursionError as e:
+        raise InputError(f"{where}: not valid JSON (nested deeper than {MAX_JSON_DEPTH} levels)") from e
+    if json_depth(data) > MAX_JSON_DEPTH:
+        raise InputError(f"{where}: not valid JSON (nested deeper than {MAX_JSON_DEPTH} levels)")
     bad = non_finite_paths(data)
     if bad:
         raise InputError(f"{where}: numbers must be finite, got {', '.join(bad[:5])}")
     return data
+
+
+def json_depth(value: Any) -> int:
+    """How deeply lists and objects nest in `value` (a scalar: 0); iterative, so any depth is safe."""
+    deepest, stack = 0, [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        children = item.values() if isinstance(item, dict) else item if isinstance(item, list) else None
+        if children is not None:
+            deepest = max(deepest, depth)
+            stack.extend((child, depth + 1) for child in children)
+    return deepest
 
 
 def non_finite_paths(value: Any, path: str = "") -> List[str]:

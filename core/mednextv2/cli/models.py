@@ -9,7 +9,7 @@ from mednextv2 import MODELS_DOC_URL
 from mednextv2.cache import ModelCache, format_size
 from mednextv2.errors import InputError
 from mednextv2.progress import MODES, make_progress
-from mednextv2.validation import printable
+from mednextv2.validation import loads_strict, printable
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
@@ -102,7 +102,7 @@ def _info(args, cache) -> int:
     if cache.is_installed(args.id):
         path = cache.model_dir(args.id)
         info["installed"] = {**cache.install_info(args.id), "path": str(path),
-                             "model": json.loads((path / "model.json").read_text(encoding="utf-8"))}
+                             "model": loads_strict((path / "model.json").read_bytes(), str(path / "model.json"))}
     if len(info) == 1:
         catalog.get(args.id)  # raises the unknown-id error, listing what exists
     if args.json:

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from mednextv2 import image_io
 from mednextv2.errors import InputError
-from mednextv2.output_guard import refuse_writing_over_inputs
+from mednextv2.output_guard import refuse_writing_over_inputs, resolved
 from mednextv2.progress import make_progress
 from mednextv2.segment_options import DEVICES, SegmentOptions
 
@@ -67,6 +67,8 @@ def run(args: argparse.Namespace) -> int:
                              structures=args.structures, largest_component=args.largest_component,
                              tile_batch=args.tile_batch, threads=args.threads,
                              progress=make_progress(args.progress))
+    for what, path in [("input", p) for p in args.inputs] + [("output", args.output), ("model", args.model)]:
+        resolved(path, what)  # a symbolic link loop: said plainly, before anything else
     if _is_batch(args.inputs):
         written = segment_folder(args.inputs[0], args.model, args.output, "." + args.format, options)
         log.info("segmented %d case(s) into %s", len(written), args.output)

@@ -204,6 +204,8 @@ def _read_json(path: Path):
         return json.loads(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
         raise InputError(f"cannot read {path}: {e}") from e
+    except RecursionError as e:
+        raise InputError(f"cannot read {path}: JSON nested too deeply") from e
 
 
 def _from_json_list(path: Path) -> Dataset:

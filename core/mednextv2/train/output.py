@@ -23,7 +23,7 @@ from mednextv2.bundle import (BUNDLE_REPORTS, Bundle, BundleSpec, Channel, Netwo
                               foreign_entries, is_complete_bundle)
 from mednextv2.errors import InputError
 from mednextv2.image_io import check_can_create_files
-from mednextv2.output_guard import same_path
+from mednextv2.output_guard import resolved, same_path
 from mednextv2.safezip import safe_extract_zip
 from mednextv2.train import checkpoint
 from mednextv2.train.planning import Plan
@@ -34,7 +34,8 @@ log = logging.getLogger(__name__)
 DEEP_SUPERVISION_HEADS = ("out_1.", "out_2.", "out_3.", "out_4.")
 # What a work folder holds (run.PLAN_FILE, the checkpoints, the reports, the cache) and the
 # hidden temporaries of their atomic writes.
-WORK_ENTRIES = frozenset({"plan.json", checkpoint.LATEST, checkpoint.BEST, "cache", *BUNDLE_REPORTS})
+WORK_LOCK = ".train.lock"  # held by the run using the folder (run._lock_work_folder)
+WORK_ENTRIES = frozenset({"plan.json", checkpoint.LATEST, checkpoint.BEST, "cache", WORK_LOCK, *BUNDLE_REPORTS})
 _WORK_TEMPORARY = re.compile(r"^\.(plan|checkpoint_latest|checkpoint_best|metrics|training_curve)\..*tmp")
 
 
@@ -43,7 +44,7 @@ def _listing(names) -> str:
 
 
 def _inside(path: Path, folder: Path) -> bool:
-    path, folder = path.resolve(), folder.resolve()
+    path, folder = resolved(path), resolved(folder)
     return path == folder or folder in path.parents
 
 
@@ -58,6 +59,8 @@ def check_destinations(output: Path, work: Path, dataset: Path, base: Optional[s
     `bundle.foreign_entries`); the work folder holds only the engine's files; neither is, holds or
     lies in the dataset or the base model. Nothing the engine did not create is ever replaced,
     and no input is (docs/promise.md)."""
+    for what, path in (("-o", output), ("work folder", work), ("the dataset", dataset)):
+        resolved(path, what)
     if same_path(output, dataset) or _inside(dataset, output) or _inside(output, dataset):
         raise InputError(f"-o {output} and the dataset {dataset} must be separate (the bundle replaces its "
                          "folder); give a new folder for the model outside the dataset")
@@ -107,10 +110,10 @@ def first_missing(path: Path) -> Optional[Path]:
 def discard_unused_work(work: Path, created: Path) -> None:
     """After a refusal, remove the work folder this run created (and the empty parents it made,
     up to `created`) while it holds no checkpoint, only the plan and the cache, both rebuilt from
-    the dataset: a refusal writes nothing."""
+    the dataset, and the run's lock file (released by the caller first): a refusal writes nothing."""
     if not work.is_dir() or any((work / name).exists() for name in (checkpoint.LATEST, checkpoint.BEST)):
         return
-    if not all(n in ("plan.json", "cache") or _WORK_TEMPORARY.match(n) for n in os.listdir(work)):
+    if not all(n in ("plan.json", "cache", WORK_LOCK) or _WORK_TEMPORARY.match(n) for n in os.listdir(work)):
         return
     shutil.rmtree(work, ignore_errors=True)
     created = created.absolute()
@@ -126,6 +129,7 @@ def discard_unused_work(work: Path, created: Path) -> None:
 def _base_path(base: str) -> Path:
     """Where the --base model lies: its path, or its folder in the model cache for a model id."""
     path = Path(base).expanduser()
+    resolved(path, "model")  # a symbolic link loop is not "not found", nor a model id
     if path.exists() or model_id_problem(base) is not None:
         return path
     from mednextv2.cache import ModelCache

@@ -15,7 +15,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from mednextv2.errors import InputError
-from mednextv2.nifti import check_nifti_file
+from mednextv2.nifti import check_nifti_file, is_nifti_path
 from mednextv2.train.datasets import Case, Dataset
 
 log = logging.getLogger(__name__)
@@ -101,8 +101,8 @@ def _check_case(case: Case, known: Dict[int, str]) -> Tuple[Optional[CaseInfo], 
                                                if path.exists() else "does not exist"))
             continue
         try:
-            if path.name.lower().endswith((".nii", ".nii.gz")):
-                check_nifti_file(path)  # a truncated file or zero pixdim, which ITK's header read lets pass
+            if is_nifti_path(path):
+                check_nifti_file(path)  # a truncated file, zero pixdim or NaN voxels, which ITK lets pass
             headers.append((path, _header(path)))
         except InputError as e:
             problems.append(str(e))
