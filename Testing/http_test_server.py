@@ -8,6 +8,7 @@ what went through it, so a test can prove the proxy variables were honoured.
 """
 from __future__ import annotations
 
+import gzip
 import http.client
 import re
 import select
@@ -37,6 +38,9 @@ class Route:
     header_delay: float = 0.0         # seconds to wait before answering at all
     ranges: bool = True               # honour Range headers
     location: Optional[str] = None    # answer 302 Found, redirecting here
+    etag: Optional[str] = None        # send this ETag and honour If-Range against it ...
+    if_range: bool = True             # ... unless False: a server that answers the range regardless
+    gzip: bool = False                # send the body gzip-encoded (Content-Encoding), whatever was asked
     bytes_sent: int = 0               # body bytes sent over all requests
 
 
@@ -114,8 +118,13 @@ class FileServer:
                 if route.status is not None:
                     return self._error(route.status, "test status")
                 data = bytes(b ^ 0xFF for b in route.data) if route.corrupt else route.data
+                if route.gzip:
+                    data = gzip.compress(data)
                 start = 0
                 match = re.match(r"bytes=(\d+)-$", self.headers.get("Range", ""))
+                if_range = self.headers.get("If-Range")
+                if if_range is not None and if_range != route.etag and route.if_range:
+                    match = None  # the file changed since the part was fetched: send it whole (RFC 9110)
                 if match and route.ranges:
                     start = int(match.group(1))
                     if start >= len(data):
@@ -129,6 +138,10 @@ class FileServer:
                 else:
                     self.send_response(200)
                 self.send_header("Accept-Ranges", "bytes" if route.ranges else "none")
+                if route.etag is not None:
+                    self.send_header("ETag", route.etag)
+                if route.gzip:
+                    self.send_header("Content-Encoding", "gzip")
                 self.send_header("Content-Length", str(len(data) - start))
                 self.send_header("Content-Type", "application/octet-stream")
                 self.end_headers()

@@ -169,6 +169,75 @@ def test_https_catalog_may_list_http_model_urls_but_not_redirect_to_http(tmp_pat
     assert _http_warnings(caplog) == []
 
 
+def test_catalog_redirect_chain_through_plain_http_is_refused_at_the_http_hop(tmp_path, tiny, monkeypatch, caplog):
+    # https -> http -> https: the final URL is https, but the plain-http hop could have chosen the catalog.
+    tls, cert = self_signed_tls(tmp_path)
+    monkeypatch.setenv("REQUESTS_CA_BUNDLE", str(cert))
+    with FileServer(tls=tls) as secure, FileServer() as plain:
+        text = catalog_json([catalog_entry("tiny-ct", tiny, [secure.url("/tiny.zip")])]).encode()
+        secure.add("/catalog.json", text)
+        plain.add("/hop.json", b"", location=secure.url("/catalog.json"))
+        secure.add("/start.json", b"", location=plain.url("/hop.json"))
+        catalog = load_catalog(ModelCache.open(), [secure.url("/start.json")])
+        assert plain.requests_for("/hop.json") == []  # refused before the plain-http request is sent
+        assert secure.requests_for("/catalog.json") == []
+    assert "tiny-ct" not in catalog and len(catalog.problems) == 1
+    assert re.search(r"start\.json redirected to plain http \(http://127\.0\.0\.1:\d+/hop\.json\); refused",
+                     catalog.problems[0])
+
+
+def test_model_download_redirect_to_another_scheme_is_refused(tmp_path, tiny, monkeypatch):
+    from mednextv2.download import DownloadSettings, download_verified
+
+    with FileServer() as server:
+        server.add("/m.zip", b"", location="ftp://127.0.0.1/m.zip")
+        with pytest.raises(InputError, match=r"m\.zip redirected to ftp \(ftp://127\.0\.0\.1/m\.zip\); refused"):
+            download_verified([server.url("/m.zip")], tmp_path / "m.zip.part", "0" * 64, len(tiny),
+                              settings=DownloadSettings(retries=0, backoff=0.01))
+
+
+def test_models_list_and_info_print_only_printable_text(tmp_path, tiny, capsys):
+    # A catalog (any user catalog, maybe remote) must not drive the terminal: clear the screen and claim success.
+    spoof = "\x1b[2J\x1b[Hall models verified\x9b31m\u202e"
+    entry = catalog_entry("tiny-ct", tiny, ["https://example.org/m.zip"], title=spoof,
+                          license="MIT\x07", citation="cite\r\x1b[1Aover")
+    entry["labels"][0]["name"] = "tumor\x1b]0;owned\x07"
+    (tmp_path / "catalog.json").write_text(catalog_json([entry]), encoding="utf-8")
+    code, out, err = run_cli(capsys, "models", "--catalog", str(tmp_path / "catalog.json"), "list")
+    assert code == 0 and "?[2J?[Hall models verified?31m?" in out
+    code, info, _ = run_cli(capsys, "models", "--catalog", str(tmp_path / "catalog.json"), "info", "tiny-ct")
+    assert code == 0 and "1=tumor?]0;owned?" in info and "cite??[1Aover" in info
+    for text in (out, err, info):
+        assert all(c.isprintable() or c == "\n" for c in text), repr(text)
+    code, out, _ = run_cli(capsys, "models", "--catalog", str(tmp_path / "catalog.json"), "list", "--json")
+    assert json.loads(out)["models"][0]["title"] == spoof and "\x1b" not in out  # JSON escapes, keeps the text
+
+
+def test_download_refuses_to_replace_an_imported_model_without_replace(tmp_path, tiny, monkeypatch, capsys):
+    from http_test_server import tiny_bundle_zip
+
+    home = tmp_path / "home"
+    mine = tiny_bundle_zip(tmp_path / "mine.zip", seed=7)  # the user's own model, under the catalog's id
+    code, _, _ = run_cli(capsys, "models", "import", str(tmp_path / "mine.zip"), "--id", "tiny-ct")
+    assert code == 0
+    before = {p.name: p.read_bytes() for p in (home / "models" / "tiny-ct").iterdir()}
+    monkeypatch.setenv("MEDNEXTV2_ALLOW_HTTP", "1")
+    with FileServer() as server:
+        server.add("/tiny.zip", tiny)
+        server.add("/catalog.json", catalog_json([catalog_entry("tiny-ct", tiny, [server.url("/tiny.zip")])]).encode())
+        catalog = server.url("/catalog.json")
+        code, out, err = run_cli(capsys, "models", "--catalog", catalog, "download", "tiny-ct")
+        assert code == 2 and out == "" and server.requests_for("/tiny.zip") == []
+        assert re.search(r"'tiny-ct' is already installed in .*tiny-ct \(imported from .*mine\.zip\), not downloaded "
+                         r"from a catalog.*--replace", err)
+        assert {p.name: p.read_bytes() for p in (home / "models" / "tiny-ct").iterdir()} == before
+        code, _, _ = run_cli(capsys, "models", "--catalog", catalog, "download", "tiny-ct", "--force")
+        assert code == 2  # --force re-downloads a catalog model; it does not replace the user's own
+        code, out, _ = run_cli(capsys, "models", "--catalog", catalog, "download", "tiny-ct", "--replace")
+        assert code == 0 and ModelCache.open().install_info("tiny-ct")["source"] == "catalog"
+    assert mine != tiny
+
+
 def test_user_catalog_over_http_download_and_resolve(tmp_path, tiny, monkeypatch, capsys):
     home = tmp_path / "home"
     monkeypatch.setenv("MEDNEXTV2_ALLOW_HTTP", "1")  # plain http only with the opt-in (previous test)

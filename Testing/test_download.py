@@ -318,3 +318,82 @@ def test_two_processes_download_the_same_model(tmp_path):
     assert load_bundle(home / "models" / "tiny-ct").build_models("cpu")
     assert leftovers(home / "downloads") == [] and leftovers(home / "tmp") == []
     assert sorted(p.name for p in (home / "models").iterdir()) == ["tiny-ct"]
+
+
+def test_a_file_changed_between_a_cut_and_the_resume_restarts_cleanly(tmp_path, payload, caplog):
+    """If-Range with the first response's ETag: the changed file comes whole, never spliced onto the part."""
+    part = tmp_path / "m.bin.part"
+    with FileServer() as server:
+        server.add("/m.bin", payload, etag='"v1"', piece=16_384, delay=0.05)
+        cut = DownloadSettings(connect_timeout=2.0, read_timeout=2.0, retries=0, chunk_size=8192,
+                               min_rate=10e6, rate_window=0.3)  # given up as too slow: the part is kept
+        with pytest.raises(DownloadError, match="too slow"):
+            download_verified([server.url("/m.bin")], part, sha(payload), len(payload), settings=cut)
+        assert 0 < part.stat().st_size < len(payload)
+        changed = os.urandom(len(payload))  # a new version of the same size at the same URL
+        server.add("/m.bin", changed, etag='"v2"')
+        caplog.clear()
+        caplog.set_level("INFO", logger="mednextv2.download")
+        out = download_verified([server.url("/m.bin")], part, sha(changed), len(changed), settings=FAST)
+        log = server.requests_for("/m.bin")
+    assert out.read_bytes() == changed
+    assert log[-1].headers.get("If-Range") == '"v1"' and len(log) == 2  # the cut, then one whole download
+    assert "mismatch" not in caplog.text and "changed on the server" in caplog.text
+    assert leftovers(tmp_path) == ["m.bin"]
+
+
+def test_a_server_that_ignores_if_range_but_sends_another_etag_starts_over(tmp_path, payload, caplog):
+    caplog.set_level("INFO", logger="mednextv2.download")
+    part = tmp_path / "m.bin.part"
+    part.write_bytes(os.urandom(50_000))  # bytes of an older version
+    (tmp_path / "m.bin.part.validator").write_text('"old"', encoding="utf-8")
+    with FileServer() as server:
+        server.add("/m.bin", payload, etag='"new"', if_range=False)
+        out = download_verified([server.url("/m.bin")], part, sha(payload), len(payload), settings=FAST)
+        ranges = [r.headers.get("Range") for r in server.requests_for("/m.bin")]
+    assert out.read_bytes() == payload and ranges == ["bytes=50000-", None]
+    assert "mismatch" not in caplog.text  # never spliced: no checksum failure and retry
+
+
+def test_a_gzip_encoded_answer_with_a_content_length_is_not_taken_for_a_portal_page(tmp_path):
+    payload = bytes(range(256)) * 2000  # compresses: the encoded length differs from the file's size
+    with FileServer() as server:
+        server.add("/m.bin", payload, gzip=True, ranges=False)
+        out = download_verified([server.url("/m.bin")], tmp_path / "m.bin.part", sha(payload), len(payload),
+                                settings=FAST)
+    assert out.read_bytes() == payload
+
+
+def test_room_for_download_and_unpack_is_checked_up_front_and_a_verified_archive_is_kept(tmp_path, monkeypatch):
+    import mednextv2.cache as cache_module
+
+    home = tmp_path / "home"
+    cache = ModelCache.open(home)
+    data = tiny_bundle_zip(tmp_path / "tiny.zip")
+    real_free = cache_module.free_bytes
+    with FileServer() as server:
+        server.add("/tiny.zip", data)
+        entry = CatalogEntry.from_dict(catalog_entry("tiny-ct", data, [server.url("/tiny.zip")]), "test")
+        # Room for the download, not for unpacking it: refused before a byte is fetched.
+        monkeypatch.setattr(cache_module, "free_bytes", lambda folder: len(data) + (1 << 20) + len(data) // 2)
+        with pytest.raises(ResourceError, match="not enough disk space for the download .* and unpacking it"):
+            download_model(entry, cache, settings=FAST)
+        assert server.requests_for("/tiny.zip") == []
+        # Room runs out while unpacking (another program filled the disk): the verified archive stays ...
+        monkeypatch.setattr(cache_module, "free_bytes", real_free)
+        import mednextv2.importer as importer
+
+        def full_disk(*args, **kwargs):
+            raise ResourceError("not enough disk space for unpacking (test)")
+
+        monkeypatch.setattr(importer, "safe_extract_zip", full_disk)
+        with pytest.raises(ResourceError):
+            download_model(entry, cache, settings=FAST)
+        assert len(server.requests_for("/tiny.zip")) == 1
+        assert [p.name for p in cache.downloads_of("tiny-ct")] == [f"tiny-ct-{entry.sha256[:16]}.zip"]
+        # ... and the next attempt installs it without downloading again.
+        monkeypatch.undo()
+        monkeypatch.setenv("MEDNEXTV2_HOME", str(home))
+        path = download_model(entry, cache, settings=FAST)
+        assert len(server.requests_for("/tiny.zip")) == 1
+    assert load_bundle(path).id == "tiny-ct" and cache.downloads_of("tiny-ct") == []

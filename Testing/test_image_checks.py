@@ -151,3 +151,50 @@ def test_nifti_pixdim_zero_negative_or_nan_is_refused(tmp_path, breast, model_di
     packed.write_bytes(gzip.compress(bytes(header)))
     with pytest.raises(InputError, match=r"pixdim\.nii\.gz: the NIfTI header gives voxel spacing \(pixdim\)"):
         read_image(packed)
+
+
+def test_a_fifo_as_input_is_refused_not_read_forever(tmp_path, model_dir, capsys):
+    import os
+    import threading
+
+    fifo = tmp_path / "scan.nrrd"
+    os.mkfifo(fifo)
+
+    stop = threading.Event()
+
+    def feed():  # a writer, so that a reader opening the pipe (as often as it likes) gets bytes, never blocks
+        while not stop.is_set():
+            try:
+                with open(fifo, "wb") as f:
+                    f.write(b"NRRD0004\n")
+            except OSError:
+                pass
+
+    writer = threading.Thread(target=feed, daemon=True)
+    writer.start()
+    try:
+        _segment_refuses(fifo, model_dir, capsys, "is not a regular file (a pipe, socket or device)")
+    finally:
+        stop.set()
+        os.close(os.open(fifo, os.O_RDONLY | os.O_NONBLOCK))  # releases a writer waiting for a reader
+        writer.join(5)
+
+
+@pytest.mark.parametrize("suffix", [".nhdr", ".mhd"])
+def test_a_detached_header_whose_data_file_is_missing_names_that_file(tmp_path, breast, model_dir, capsys, suffix):
+    header = _write(breast[0], tmp_path / f"scan{suffix}")
+    assert read_image(header).GetSize() == (45, 120, 21)
+    text = header.read_text(encoding="latin-1")
+    data_name = next(line for line in text.splitlines()
+                     if line.lower().startswith(("data file:", "elementdatafile"))).split(":" if suffix == ".nhdr" else "=")[1].strip()
+    (tmp_path / data_name).unlink()
+    _segment_refuses(header, model_dir, capsys, f"its data file {tmp_path / data_name}", "does not exist")
+
+
+def test_a_fifo_in_a_training_dataset_is_named_not_read(tmp_path, breast):
+    import os
+
+    _write(breast[0], tmp_path / "case1_image.nrrd")
+    os.mkfifo(tmp_path / "case1_label.nrrd")  # nobody writes: opening it would block forever
+    with pytest.raises(InputError, match=r"case1_label\.nrrd is not a regular file"):
+        validate_dataset(discover_dataset(tmp_path))

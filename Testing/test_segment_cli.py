@@ -162,3 +162,25 @@ def test_sigterm_cancels_with_130_and_leaves_nothing(tmp_path, model_dir):
         proc.kill()
     assert rc == 130, proc.stderr.read()
     assert list(out.iterdir()) == []
+
+
+def test_odd_model_and_output_paths_say_what_was_given_and_what_is_expected(tmp_path, data_dir, capsys):
+    """A weights file or a model.json as -m, an output under /proc: messages a user can act on."""
+    from mednextv2.cli import main
+    from segment_fixtures import threshold_bundle
+
+    bundle = threshold_bundle((300.0,), names=["bone"]).save(tmp_path / "model")
+    image = data_dir / "mr-breast" / "breast1_image.nrrd"
+    weights = next(bundle.glob("*.safetensors"))
+    for given in (weights, bundle / "model.json"):
+        rc = main(["segment", str(image), "-m", str(given), "-o", str(tmp_path / "o.seg.nrrd"), "--progress", "none"])
+        err = capsys.readouterr().err
+        assert rc == 2 and f"model {given} is one file of a bundle" in err and f"give its folder {bundle}" in err, err
+        assert "zip" not in err.split(";")[0], err
+    rc = main(["segment", str(image), "-m", str(bundle), "-o", "/proc/result.seg.nrrd", "--progress", "none"])
+    err = capsys.readouterr().err
+    assert rc == 2 and "output /proc/result.seg.nrrd" in err and "virtual file system" in err, err
+    assert "No such file" not in err
+    rc = main(["train", str(data_dir / "mr-breast"), "-o", "/proc/my-model", "--progress", "none"])
+    err = capsys.readouterr().err
+    assert rc == 2 and "-o /proc/my-model" in err and "virtual file system" in err and "Traceback" not in err, err

@@ -117,3 +117,43 @@ def test_a_file_of_a_dicom_input_folder_is_an_input(tmp_path, data_dir):
     refuse_writing_over_inputs([tmp_path / "series" / "result.seg.nrrd"], [tmp_path / "series"])  # a new name: fine
     assert np.array_equal(sitk.GetArrayFromImage(sitk.ReadImage(str(tmp_path / "series" / "slice002.dcm"))),
                           sitk.GetArrayFromImage(image[:, :, 2:3]).astype(np.int16))
+
+
+def test_input_refusals_come_before_a_catalog_model_is_downloaded(tmp_path, scans, monkeypatch, capsys):
+    """A missing or unreadable input is refused before the model downloads (hundreds of MB in real life)."""
+    from http_test_server import FileServer, catalog_entry, catalog_json, tiny_bundle_zip
+    from mednextv2.segmentation import segment
+
+    monkeypatch.setenv("MEDNEXTV2_HOME", str(tmp_path / "home"))
+    data = tiny_bundle_zip(tmp_path / "tiny.zip")
+    broken = tmp_path / "broken.nii.gz"
+    broken.write_bytes(b"not an image")
+    with FileServer() as server:
+        server.add("/tiny.zip", data)
+        catalog = tmp_path / "catalog.json"
+        catalog.write_text(catalog_json([catalog_entry("tiny-ct", data, [server.url("/tiny.zip")])]))
+        monkeypatch.setenv("MEDNEXTV2_CATALOGS", str(catalog))
+        for given, needle in ((tmp_path / "missing.nii.gz", "does not exist"), (broken, "cannot read the image")):
+            out = tmp_path / "out.seg.nrrd"
+            rc = main(["segment", str(given), "-m", "tiny-ct", "-o", str(out), "--progress", "none"])
+            err = capsys.readouterr().err
+            assert rc == 2 and str(given) in err and needle in err, err
+            with pytest.raises(InputError, match=needle):
+                segment(str(given), "tiny-ct")
+            # Two channels off one grid are refused before the download too.
+            with pytest.raises(InputError, match="not on the grid"):
+                segment([str(scans / "breast.nrrd"), _shifted(scans / "breast.nrrd", tmp_path)], "tiny-ct")
+        # Batch mode: an output that would replace an input is refused before the download too.
+        rc = main(["segment", str(scans), "-m", "tiny-ct", "-o", str(scans), "--format", "nrrd", "--progress", "none"])
+        err = capsys.readouterr().err
+        assert rc == 2 and "is the input" in err, err
+        assert server.requests_for("/tiny.zip") == []
+    assert not (tmp_path / "home" / "models" / "tiny-ct").exists()
+
+
+def _shifted(path: Path, folder: Path) -> str:
+    image = sitk.ReadImage(str(path))
+    image.SetOrigin([o + 5.0 for o in image.GetOrigin()])
+    out = folder / "shifted.nrrd"
+    sitk.WriteImage(image, str(out))
+    return str(out)

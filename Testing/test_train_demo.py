@@ -59,3 +59,35 @@ def test_demo_runs_offline_and_writes_its_outputs(tmp_path):
     reference = sitk.ReadImage(str(out / "data" / "anterior_image.nii.gz"))
     prediction = sitk.ReadImage(str(seg))
     assert prediction.GetSize()[:3] == reference.GetSize()
+
+
+def _hashes(folder: Path) -> dict:
+    import hashlib
+
+    return {p.relative_to(folder).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def test_running_the_demo_twice_works_and_says_where(tmp_path):
+    """A second demo goes to a fresh numbered folder; an interrupted one is resumed; nothing of an
+    earlier demo is rewritten."""
+    out, said = tmp_path / "mednextv2-demo", []
+    first = demo.run_demo(out, minutes=0.1, device="cpu", progress="none", echo=said.append, threads=1)
+    assert first.bundle == out / "brain-tissue-model" and first.segmentation.parent == out
+    before = _hashes(out)
+    said.clear()
+    second = demo.run_demo(out, minutes=0.1, device="cpu", progress="none", echo=said.append, threads=1)
+    numbered = tmp_path / "mednextv2-demo-2"
+    assert second.bundle == numbered / "brain-tissue-model" and second.segmentation.is_file()
+    assert any(f"this demo writes to {numbered}" in line for line in said), said
+    assert _hashes(out) == before  # the first demo's split, model and results are untouched
+    # An interrupted demo (a checkpoint, no model yet) is resumed in its own folder, split kept.
+    import shutil
+
+    shutil.rmtree(numbered / "brain-tissue-model")
+    split = _hashes(numbered / "data")
+    said.clear()
+    third = demo.run_demo(out, minutes=0.1, device="cpu", progress="none", echo=said.append, threads=1)
+    assert third.bundle == numbered / "brain-tissue-model" and (third.bundle / "model.json").is_file()
+    assert any(f"resuming the interrupted demo in {numbered}" in line for line in said), said
+    assert _hashes(numbered / "data") == split

@@ -243,3 +243,52 @@ def test_training_curve_png_without_matplotlib(tmp_path, monkeypatch):
     assert (left == blue).all(axis=2).sum() > 50  # the loss line
     assert (right == red).all(axis=2).sum() == 0 and (right == blue).all(axis=2).sum() > 50  # one Dice line
     assert not list(tmp_path.glob(".*"))  # no temporary file left
+
+
+def test_training_curve_without_matplotlib_has_axes_ticks_labels_and_legend(tmp_path, monkeypatch, caplog):
+    """Slicer ships no matplotlib: the curve still reads (text in ink), and the note is logged once."""
+    import builtins
+
+    import SimpleITK as sitk
+
+    from mednextv2.train import curves
+
+    real_import = builtins.__import__
+
+    def no_matplotlib(name, *args, **kwargs):
+        if name.startswith("matplotlib"):
+            raise ImportError(name)
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", no_matplotlib)
+    monkeypatch.setattr(curves, "_said_no_matplotlib", False, raising=False)
+    caplog.set_level("INFO", logger="mednextv2.train.curves")
+    ink = (40, 40, 40)
+
+    def read(path):
+        png = sitk.GetArrayFromImage(sitk.ReadImage(str(path)))
+        half = png.shape[1] // 2
+        return png[:, :half], png[:, half:]
+
+    def inked(region) -> int:
+        return int((region == ink).all(axis=2).sum())
+
+    for epochs in (3, 12):  # one note for every epoch's redraw, not one per epoch
+        rows = [{"epoch": e, "train_loss": 1.5 / e} for e in range(1, epochs + 1)]
+        assert curves.write_png(rows, tmp_path / "no_validation.png")
+    assert caplog.text.count("matplotlib is not installed") == 1
+    loss, validation = read(tmp_path / "no_validation.png")
+    h, w = loss.shape[:2]
+    assert inked(loss[: h // 10]) > 100  # the title
+    assert inked(loss[:, : w // 10]) > 100  # y tick labels left of the axis
+    assert inked(loss[int(h * 0.86):]) > 100  # x tick labels and "epoch" below the axis
+    middle = validation[int(h * 0.35): int(h * 0.65), int(w * 0.2): int(w * 0.8)]
+    assert inked(middle) > 100  # "no validation cases", not an empty panel
+    rows = [{"epoch": e, "train_loss": 1.5 / e, "dice_grey matter": 0.1 * e, "dice_white matter": 0.05 * e}
+            for e in range(1, 6)]
+    assert curves.write_png(rows, tmp_path / "curve.png")
+    _, validation = read(tmp_path / "curve.png")
+    legend = validation[: h // 4, w // 2:]
+    assert inked(legend) > 100  # the label names ...
+    for colour in curves._PALETTE[:2]:  # ... beside a sample of each line
+        assert (legend == colour).all(axis=2).sum() > 20

@@ -105,3 +105,47 @@ def test_the_bundle_swap_itself_never_deletes_a_foreign_file(users_folder):
     with pytest.raises(InputError, match="thesis.txt"):
         threshold_bundle().save(users_folder)
     assert _hashes(users_folder) == before
+
+
+def test_train_refusals_leave_no_work_folder_behind(dataset, tmp_path, capsys):
+    """A refusal writes nothing: not even an empty OUTPUT.training folder."""
+    bad_label = tmp_path / "bad"
+    bad_label.mkdir()
+    shutil.copyfile(dataset / "breast1_image.nrrd", bad_label / "breast1_image.nrrd")
+    (bad_label / "breast1_label.nrrd").write_bytes(b"NRRD0004\nnot a label\n")
+    refusals = [(tmp_path / "no-such-dataset", []), (dataset, ["--val-cases", "nobody"]), (bad_label, []),
+                (dataset, ["--val-fraction", "1"])]
+    for i, (source, extra) in enumerate(refusals):
+        out = tmp_path / f"model{i}"
+        assert _train(source, out, *extra) == 2, (source, extra)
+        assert "Traceback" not in capsys.readouterr().err
+        assert not out.exists() and not out.with_name(out.name + ".training").exists(), (source, extra)
+    # Parent folders the run would have made for the work folder are not left behind either.
+    assert _train(dataset, tmp_path / "fresh" / "deeper" / "model", "--val-cases", "nobody") == 2
+    assert not (tmp_path / "fresh").exists()
+    # A work folder that was there before the refusal stays.
+    kept = tmp_path / "model-kept.training"
+    kept.mkdir()
+    assert _train(dataset, tmp_path / "model-kept", "--val-cases", "nobody") == 2
+    assert kept.is_dir()
+
+
+def test_a_model_trained_from_scratch_says_what_is_true(dataset, tmp_path):
+    """Title, label names and description of a from-scratch model without validation."""
+    from mednextv2 import export
+    from mednextv2.bundle import Label
+
+    # The label map came from `mednextv2 segment` (then corrected): its label table names value 1.
+    table = export.label_table([Label(value=1, name="lesion", color=(255, 0, 0))])
+    (dataset / "breast1_label.labels.json").write_text(__import__("json").dumps(table), encoding="utf-8")
+    assert _train(dataset, tmp_path / "model") == 0
+    spec = load_bundle(tmp_path / "model").spec
+    assert [lab.name for lab in spec.labels] == ["lesion"]
+    assert "fine-tuned" not in spec.title and "trained from scratch" in spec.title and "lesion" in spec.title
+    assert "{}" not in spec.description and "no held-out validation" in spec.description
+    assert "trained from scratch (v2-tiny)" in spec.description.lower() and "1 case(s) of dataset" in spec.description
+    # Names from a dataset.json beside the pairs, when the folder has one.
+    (dataset / "breast1_label.labels.json").unlink()
+    (dataset / "dataset.json").write_text('{"labels": {"background": 0, "tumour": 1}}', encoding="utf-8")
+    assert _train(dataset, tmp_path / "model2") == 0
+    assert [lab.name for lab in load_bundle(tmp_path / "model2").spec.labels] == ["tumour"]

@@ -6,6 +6,9 @@ progress format) before torch is installed.
 from importlib import import_module
 
 __version__ = "0.1.0"
+# Help texts and messages point here, not to docs/ files, which a pip-installed engine lacks.
+PROJECT_URL = "https://github.com/mednextv2/SlicerMedNeXtV2"
+MODELS_DOC_URL = f"{PROJECT_URL}/blob/main/docs/models.md"
 
 _EXPORTS = {
     "MedNeXtConfig": "mednextv2.network",
@@ -26,4 +29,4 @@ def __getattr__(name):
     raise AttributeError(f"module 'mednextv2' has no attribute {name!r}")
 
 
-__all__ = sorted(_EXPORTS) + ["__version__"]
+__all__ = sorted(_EXPORTS) + ["__version__", "PROJECT_URL", "MODELS_DOC_URL"]

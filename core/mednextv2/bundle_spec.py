@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 from mednextv2.errors import InputError
-from mednextv2.validation import load_schema, model_id_problem, non_finite_paths, schema_errors
+from mednextv2.validation import control_characters, load_schema, model_id_problem, non_finite_paths, schema_errors
 
 MODEL_JSON = "model.json"
 FORMAT_VERSION = 1
@@ -372,6 +372,7 @@ def _semantic_errors(spec: Mapping[str, Any]) -> List[str]:
     names = [lab["name"] for lab in spec["labels"]]
     if len(set(names)) != len(names):
         errors.append(f"labels: names must be unique, got {names}")
+    errors += _control_character_errors(spec)
     if len(spec["channels"]) != in_channels:
         errors.append(f"channels: network.in_channels is {in_channels} but {len(spec['channels'])} channel(s) are listed")
     norms = spec["preprocessing"]["normalization"]
@@ -389,6 +390,29 @@ def _semantic_errors(spec: Mapping[str, Any]) -> List[str]:
         errors.append("weights: file names must be unique")
     errors += _fold_mirror_errors(spec["inference"], len(spec["weights"]))
     return errors
+
+
+def _control_character_errors(spec: Mapping[str, Any]) -> List[str]:
+    """Label and channel texts go into file headers (.seg.nrrd) and onto screens: one line of
+    printable text each, so a name can never forge a header field or a terminal's output."""
+    texts = [(f"labels[{i}].name", lab["name"]) for i, lab in enumerate(spec["labels"])]
+    texts += [(f"labels[{i}].terminology.{key}", value)
+              for i, lab in enumerate(spec["labels"]) for key, value in _strings(lab.get("terminology") or {})]
+    texts += [(f"channels[{i}].name", ch["name"]) for i, ch in enumerate(spec["channels"])]
+    texts += [(key, spec[key]) for key in ("id", "title") if isinstance(spec.get(key), str)]
+    return [f"{where}: must be one line of printable text, got {value!r} (holds {', '.join(found[:3])})"
+            for where, value in texts if isinstance(value, str) for found in [control_characters(value)] if found]
+
+
+def _strings(value: Any, path: str = ""):
+    if isinstance(value, str):
+        yield path, value
+    elif isinstance(value, Mapping):
+        for k, v in value.items():
+            yield from _strings(v, f"{path}.{k}" if path else str(k))
+    elif isinstance(value, (list, tuple)):
+        for i, v in enumerate(value):
+            yield from _strings(v, f"{path}[{i}]")
 
 
 def _fold_mirror_errors(inference: Mapping[str, Any], n_weights: int) -> List[str]:

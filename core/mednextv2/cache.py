@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator, List, Optional
 
-from mednextv2.atomic import replace_folder
+from mednextv2.atomic import recover_swaps, recover_swaps_in, replace_folder
 from mednextv2.errors import InputError, ResourceError
 from mednextv2.validation import model_id_problem
 
@@ -190,7 +190,7 @@ class ModelCache:
             return {}
         try:
             data = json.loads(self.config_path.read_text(encoding="utf-8"))
-        except (OSError, ValueError) as e:
+        except (OSError, ValueError, RecursionError) as e:
             raise InputError(f"cannot read the config file {self.config_path}: {e}") from e
         if not isinstance(data, dict) or not isinstance(data.get("catalogs", []), list):
             raise InputError(f"{self.config_path} must be a JSON object like {{\"catalogs\": [\"https://...\"]}}")
@@ -198,11 +198,13 @@ class ModelCache:
 
     # -- models ----------------------------------------------------------------------------
     def is_installed(self, model_id: str) -> bool:
+        recover_swaps(self.model_dir(model_id), _complete_model)
         return (self.model_dir(model_id) / "model.json").is_file()
 
     def installed(self) -> List[InstalledModel]:
         if not self.models_dir.is_dir():
             return []
+        recover_swaps_in(self.models_dir, _complete_model)
         found = []
         for path in sorted(self.models_dir.iterdir()):
             if path.is_dir() and (path / "model.json").is_file() and model_id_problem(path.name) is None:
@@ -213,7 +215,7 @@ class ModelCache:
         path = self.model_dir(model_id) / INSTALL_INFO
         try:
             return json.loads(path.read_text(encoding="utf-8"))
-        except (OSError, ValueError):
+        except (OSError, ValueError, RecursionError):
             return {}
 
     def install(self, staged: Path, model_id: str, info: dict) -> Path:
@@ -226,6 +228,7 @@ class ModelCache:
         (staged / INSTALL_INFO).write_text(json.dumps(record, indent=2), encoding="utf-8")
         target = self.model_dir(model_id)
         target.parent.mkdir(parents=True, exist_ok=True)
+        recover_swaps(target, _complete_model)
         try:
             replace_folder(staged, target)
         except OSError as e:
@@ -247,11 +250,19 @@ class ModelCache:
         return target
 
     def downloads_of(self, model_id: str) -> List[Path]:
-        """Partial or verified archives of this model in downloads/ (named <id>-<sha256[:16]>.zip[.part])."""
-        pattern = re.compile(rf"^{re.escape(model_id)}-[0-9a-f]{{16}}\.zip(\.part)?$")
+        """Partial or verified archives of this model in downloads/ (named <id>-<sha256[:16]>.zip[.part],
+        and the .part's `.validator`, which version of the file it holds)."""
+        pattern = re.compile(rf"^{re.escape(model_id)}-[0-9a-f]{{16}}\.zip(\.part(\.validator)?)?$")
         if not self.downloads_dir.is_dir():
             return []
         return [p for p in self.downloads_dir.iterdir() if pattern.match(p.name)]
+
+
+def _complete_model(folder: Path) -> bool:
+    """An installed model folder is whole: a bundle the engine wrote, plus its install record."""
+    from mednextv2.bundle import is_complete_bundle
+
+    return is_complete_bundle(folder, allowed=(INSTALL_INFO,))
 
 
 def free_bytes(folder: Path) -> int:

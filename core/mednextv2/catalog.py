@@ -14,7 +14,6 @@ the hash from a trusted catalog verifies their bytes.
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 import os
 from dataclasses import dataclass, field
@@ -25,7 +24,8 @@ from urllib.parse import urlsplit
 
 from mednextv2.cache import ModelCache, check_model_id, format_size
 from mednextv2.atomic import write_bytes
-from mednextv2.errors import InputError, MedNeXtError
+from mednextv2.errors import Cancelled, InputError, MedNeXtError, ResourceError
+from mednextv2.output_guard import resolved
 from mednextv2.validation import load_schema, loads_strict, model_id_problem, schema_errors
 
 log = logging.getLogger(__name__)
@@ -189,8 +189,10 @@ def _read_remote(url: str, cache: ModelCache, settings, *, https_only: bool) -> 
 
 
 def download_model(entry: CatalogEntry, cache: Optional[ModelCache] = None, *, progress=None,
-                   settings=None, force: bool = False) -> Path:
+                   settings=None, force: bool = False, replace: bool = False) -> Path:
     """Download, verify and install one catalog model; a no-op when that version is installed.
+    A model with the same id that did not come from a catalog (imported, or placed by hand) is
+    replaced only with `replace`: it may exist nowhere else.
 
     Holds the model's lock throughout, so a second process waits and then finds it installed."""
     from mednextv2.download import DownloadSettings, download_verified
@@ -204,16 +206,36 @@ def download_model(entry: CatalogEntry, cache: Optional[ModelCache] = None, *, p
         if not force and cache.is_installed(entry.id) and cache.install_info(entry.id).get("sha256") == entry.sha256:
             log.info("model %s %s is already installed", entry.id, entry.version)
             return cache.model_dir(entry.id)
+        _refuse_replacing_own_model(cache, entry.id, replace)
         part = cache.downloads_dir / f"{entry.id}-{entry.sha256[:16]}.zip.part"
+        # Room for the download and for unpacking it (the unpacked files, then the bundle built from them).
         archive = download_verified(entry.urls, part, entry.sha256, entry.size, progress=progress,
-                                    settings=settings or DownloadSettings())
+                                    settings=settings or DownloadSettings(), then_needs=2 * entry.size)
+        info = {"source": "catalog", "catalog": entry.source, "version": entry.version,
+                "sha256": entry.sha256, "size": entry.size, "origin": entry.urls[0]}
         try:
-            info = {"source": "catalog", "catalog": entry.source, "version": entry.version,
-                    "sha256": entry.sha256, "size": entry.size, "origin": entry.urls[0]}
-            return install_archive(archive, cache, entry.id, kind=entry.archive, options=dict(entry.nnunet),
-                                   info=info, progress=progress)
-        finally:
+            installed = install_archive(archive, cache, entry.id, kind=entry.archive, options=dict(entry.nnunet),
+                                        info=info, progress=progress)
+        except (ResourceError, Cancelled, KeyboardInterrupt):
+            log.warning("the verified download %s is kept: the next attempt installs it without downloading", archive)
+            raise
+        except BaseException:
             archive.unlink(missing_ok=True)
+            raise
+        archive.unlink(missing_ok=True)
+        return installed
+
+
+def _refuse_replacing_own_model(cache: ModelCache, model_id: str, replace: bool) -> None:
+    if replace or not cache.is_installed(model_id):
+        return
+    info = cache.install_info(model_id)
+    if info.get("source") == "catalog":
+        return  # another version of the same catalog model: an update
+    how = f"imported from {info.get('origin')}" if info.get("source") == "import" else "placed there by hand"
+    raise InputError(f"a model with id {model_id!r} is already installed in {cache.model_dir(model_id)} ({how}), "
+                     "not downloaded from a catalog; downloading would replace it. Remove it first "
+                     f"(mednextv2 models remove {model_id}), or replace it with --replace")
 
 
 def resolve_model(model_ref: Union[str, os.PathLike], *, cache: Optional[ModelCache] = None,
@@ -222,6 +244,12 @@ def resolve_model(model_ref: Union[str, os.PathLike], *, cache: Optional[ModelCa
     id (downloaded first when `download`). Anything else is an InputError saying what exists."""
     ref = os.fspath(model_ref)
     path = Path(ref).expanduser()
+    resolved(path, "model")  # a symbolic link loop is not "not found"
+    if not path.exists() and path.suffix.lower() != ".zip" and (os.sep in ref or "/" in ref):
+        from mednextv2.atomic import recover_swaps
+        from mednextv2.bundle import is_complete_bundle
+
+        recover_swaps(path, is_complete_bundle)  # a bundle folder whose swap a killed `train` left half-done
     if path.exists():
         if path.is_dir() and not (path / "model.json").is_file():
             raise InputError(f"{path} is a folder without model.json. An nnU-Net results folder must be imported "
@@ -267,8 +295,8 @@ def entries_with_status(catalog: Catalog, cache: ModelCache) -> List[dict]:
 
 def _bundle_title(path: Path) -> str:
     try:
-        return str(json.loads((path / "model.json").read_text(encoding="utf-8")).get("title", path.name))
-    except (OSError, ValueError):
+        return str(loads_strict((path / "model.json").read_bytes(), str(path)).get("title", path.name))
+    except (OSError, ValueError, AttributeError):
         return path.name
 
 

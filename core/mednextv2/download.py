@@ -20,13 +20,13 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator, Optional, Sequence, TypeVar
-from urllib.parse import urlsplit
+from urllib.parse import urljoin, urlsplit
 
 import requests
 import urllib3
 
 from mednextv2 import __version__
-from mednextv2.atomic import sha256_file
+from mednextv2.atomic import sha256_file, write_bytes
 from mednextv2.cache import format_size, require_free_space
 from mednextv2.errors import InputError, MedNeXtError, ResourceError
 
@@ -67,6 +67,24 @@ def check_url(url: str) -> str:
     if parts.scheme not in ("http", "https") or not parts.netloc:
         raise InputError(f"only http:// and https:// URLs are accepted, got {url!r}")
     return url
+
+
+def _redirect_guard(https_only: bool) -> Callable[..., None]:
+    """A `requests` response hook that checks each redirect's target before it is followed: every
+    hop stays http(s), and with `https_only` (catalogs) https, so no plain-http hop can choose the content."""
+
+    def check_hop(response, *args, **kwargs) -> None:
+        if not response.is_redirect:
+            return
+        target = urljoin(response.url, response.headers.get("location", ""))
+        scheme = urlsplit(target).scheme.lower()
+        if scheme not in ("http", "https") or (https_only and scheme != "https"):
+            response.close()
+            where = "plain http" if scheme == "http" else scheme or "a URL without a scheme"
+            raise InputError(f"{response.url} redirected to {where} ({target}); refused, because its content must "
+                             f"come over {'https' if https_only else 'http(s)'}")
+
+    return check_hop
 
 
 def new_session() -> requests.Session:
@@ -126,11 +144,14 @@ def _read1_pieces(read1, size: int) -> Iterator[bytes]:
 def download_verified(urls: Sequence[str], part: Path, sha256: str, size: int, *,
                       progress: Optional[ProgressCallback] = None,
                       settings: DownloadSettings = DownloadSettings(),
-                      session: Optional[requests.Session] = None) -> Path:
+                      session: Optional[requests.Session] = None, then_needs: int = 0) -> Path:
     """Fetch `size` bytes with the given SHA-256 from the first URL that works.
 
     Bytes go to `part` (resumed if it exists); the verified file is renamed to `part` without
-    its `.part` suffix and that path is returned. The caller holds the cache lock."""
+    its `.part` suffix and that path is returned; a verified file already there is returned as
+    it is. `then_needs`: bytes the caller writes next beside it (unpacking), checked up front
+    with the download's, so a download never completes only to fail for room. The caller holds
+    the cache lock."""
     if not urls:
         raise InputError("no download URL given")
     for url in urls:
@@ -141,9 +162,16 @@ def download_verified(urls: Sequence[str], part: Path, sha256: str, size: int, *
         raise ValueError(f"partial download file must end with .part: {part}")
     final = part.with_suffix("")
     part.parent.mkdir(parents=True, exist_ok=True)
+    if final.is_file():  # verified by an earlier run that could not finish (no room to unpack)
+        if final.stat().st_size == size and sha256_file(final, progress) == sha256:
+            log.info("using the verified download %s from an earlier attempt", final)
+            require_free_space(part.parent, then_needs, f"unpacking {final.name}")
+            return final
+        final.unlink()
     session = session or new_session()
     have = part.stat().st_size if part.exists() else 0
-    require_free_space(part.parent, max(size - have, 0) + (1 << 20), f"the download into {part.parent}")
+    require_free_space(part.parent, max(size - have, 0) + (1 << 20) + then_needs,
+                       f"the download into {part.parent}" + (" and unpacking it" if then_needs else ""))
 
     resumed = have > 0
     last_error: Optional[Exception] = None
@@ -155,15 +183,16 @@ def download_verified(urls: Sequence[str], part: Path, sha256: str, size: int, *
                               received=lambda: part.stat().st_size if part.exists() else 0)
             except DownloadError as e:
                 if isinstance(e, ChecksumError):
-                    part.unlink(missing_ok=True)  # wrong bytes are never kept, not even for a resume
+                    _discard(part)  # wrong bytes are never kept, not even for a resume
                 last_error = e
                 log.warning("%s", e)
                 break
             digest = sha256_file(part, progress)
             if digest == sha256:
                 os.replace(part, final)
+                _discard(part)
                 return final
-            part.unlink()
+            _discard(part)
             last_error = ChecksumError(
                 f"checksum mismatch for {url}: expected SHA-256 {sha256}, got {digest}. The file was deleted. "
                 "The download was corrupted or the file on the server is not the one the catalog describes; "
@@ -199,7 +228,7 @@ def _fetch_resumable(session, url, part, size, settings, progress) -> None:
     try:
         _fetch_once(session, url, part, size, settings, progress)
     except _StartOver:
-        part.unlink(missing_ok=True)
+        _discard(part)
         # From byte 0 no Range is asked, so the server cannot ask to start over a second time.
         _fetch_once(session, url, part, size, settings, progress)
 
@@ -211,10 +240,14 @@ def _fetch_once(session, url, part, size, settings, progress) -> None:
     if have == size:
         return  # complete; the checksum decides
     headers = {"Accept-Encoding": "identity"}  # sizes and ranges refer to the raw bytes
+    validator = _read_validator(part) if have else None
     if have:
         headers["Range"] = f"bytes={have}-"
+        if validator:
+            headers["If-Range"] = validator  # a changed file comes whole (200), never spliced onto the part
     try:
         response = session.get(url, stream=True, headers=headers, allow_redirects=True,
+                               hooks={"response": _redirect_guard(https_only=False)},
                                timeout=(settings.connect_timeout, settings.read_timeout))
     except requests.exceptions.RequestException as e:
         _raise_network_error(e, url, settings)
@@ -224,18 +257,57 @@ def _fetch_once(session, url, part, size, settings, progress) -> None:
             raise _StartOver()
         if response.status_code >= 400:
             _raise_http_error(response, url)
+        # A server may encode the body anyway (gzip): then its lengths and ranges count encoded bytes.
+        encoded = response.headers.get("Content-Encoding", "identity").strip().lower() not in ("", "identity")
         if response.status_code == 206 and have:
+            if encoded or (validator and _validator(response) not in (None, validator)):
+                raise _StartOver()  # encoded ranges cannot continue decoded bytes; a changed file must not splice
             _check_content_range(response, url, have, size)
             mode = "ab"
         else:
             if have:
-                log.info("%s ignores HTTP Range; downloading from the start", urlsplit(url).netloc)
+                log.info("%s; downloading from the start", "the file changed on the server since the partial download"
+                         if validator else f"{urlsplit(url).netloc} ignores HTTP Range")
             have, mode = 0, "wb"
+            _write_validator(part, None if encoded else _validator(response))
             length = response.headers.get("Content-Length")
-            if length is not None and length.isdigit() and int(length) != size:
+            if length is not None and length.isdigit() and int(length) != size and not encoded:
                 raise ChecksumError(f"{url} is {format_size(int(length))} ({length} bytes) but the catalog says "
                                     f"{size} bytes: not the file the catalog describes (or a login/portal page)")
         _stream_to(response, part, mode, have, size, url, settings, progress)
+
+
+def _validator_path(part: Path) -> Path:
+    return part.with_name(part.name + ".validator")
+
+
+def _validator(response) -> Optional[str]:
+    """What identifies this version of the file for If-Range: a strong ETag, else Last-Modified."""
+    etag = response.headers.get("ETag", "").strip()
+    if etag and not etag.startswith("W/"):
+        return etag
+    return response.headers.get("Last-Modified", "").strip() or None
+
+
+def _read_validator(part: Path) -> Optional[str]:
+    try:
+        return _validator_path(part).read_text(encoding="utf-8").strip() or None
+    except OSError:
+        return None
+
+
+def _write_validator(part: Path, validator: Optional[str]) -> None:
+    path = _validator_path(part)
+    if validator and validator.isprintable() and len(validator) < 1024:
+        write_bytes(path, validator.encode("utf-8"))
+    else:
+        path.unlink(missing_ok=True)
+
+
+def _discard(part: Path) -> None:
+    """Delete a partial download and the record of which version of the file it holds."""
+    part.unlink(missing_ok=True)
+    _validator_path(part).unlink(missing_ok=True)
 
 
 def _stream_to(response, part, mode, have, size, url, settings, progress) -> None:
@@ -343,7 +415,8 @@ def fetch_bytes(url: str, max_bytes: int, *, settings: DownloadSettings = Downlo
 
 def _fetch_small(session, url, max_bytes, settings, https_only) -> bytes:
     try:
-        response = session.get(url, stream=True, timeout=(settings.connect_timeout, settings.read_timeout))
+        response = session.get(url, stream=True, hooks={"response": _redirect_guard(https_only)},
+                               timeout=(settings.connect_timeout, settings.read_timeout))
     except requests.exceptions.RequestException as e:
         _raise_network_error(e, url, settings)
     with response:

@@ -16,7 +16,8 @@ import numpy as np
 import SimpleITK as sitk
 
 from mednextv2.errors import InputError
-from mednextv2.nifti import check_nifti_file
+from mednextv2.nifti import check_nifti_file, is_nifti_path
+from mednextv2.output_guard import resolved
 
 log = logging.getLogger(__name__)
 
@@ -108,13 +109,14 @@ def read_image(path: PathLike, allow_constant: bool = False) -> sitk.Image:
     """A validated 3D scalar image with its origin, spacing and direction (a label map may be
     constant: background only)."""
     path = Path(path)
-    if not path.exists():
-        raise InputError(f"input image {path} does not exist")
+    check_input_path(path)
     if path.is_dir():
         image = _read_dicom_folder(path)
     else:
-        if path.name.lower().endswith((".nii", ".nii.gz")):
-            check_nifti_file(path)  # spacing and length, which ITK does not check
+        if path.name.lower().endswith((".nhdr", ".mhd")):
+            _check_data_files(path)
+        if is_nifti_path(path):
+            check_nifti_file(path)  # spacing, length and NaN voxels, which ITK does not check
         try:
             image = sitk.ReadImage(str(path))
         except RuntimeError as e:
@@ -122,6 +124,50 @@ def read_image(path: PathLike, allow_constant: bool = False) -> sitk.Image:
     image = _drop_trailing_unit_dimension(image)
     validate_image(image, str(path), allow_constant)
     return image
+
+
+def check_input_path(path: PathLike) -> Path:
+    """An image file or DICOM folder that exists; never a FIFO, socket or device (reading one
+    blocks forever or never ends)."""
+    path = Path(path)
+    if not path.exists():
+        resolved(path, "input image")  # exists() is False for a symbolic link loop too: name the loop
+        raise InputError(f"input image {path} does not exist")
+    if not (path.is_file() or path.is_dir()):
+        raise InputError(f"input image {path} is not a regular file (a pipe, socket or device); give an image "
+                         f"file ({', '.join(IMAGE_SUFFIXES)}) or a DICOM folder")
+    return path
+
+
+# A detached header names its voxel file: NRRD `data file: NAME` (or `datafile:`), MetaImage
+# `ElementDataFile = NAME`. LIST, LOCAL and printf-style patterns name no single file.
+_DATA_FILE_FIELDS = (("data file:", ".nhdr"), ("datafile:", ".nhdr"), ("elementdatafile", ".mhd"))
+
+
+def _check_data_files(header: Path) -> None:
+    """ITK says only "File cannot be read" when a .nhdr/.mhd's data file is missing: name it."""
+    try:
+        with open(header, "rb") as f:
+            text = f.read(1 << 16).decode("latin-1")
+    except OSError as e:
+        raise InputError(f"{header}: cannot read the header ({e.strerror})") from e
+    for line in text.splitlines():
+        stripped = line.strip()
+        if not stripped and header.suffix.lower() == ".nhdr":
+            return  # the end of a NRRD header
+        lowered = stripped.lower()
+        for field, suffix in _DATA_FILE_FIELDS:
+            if header.suffix.lower() != suffix or not lowered.startswith(field):
+                continue
+            value = stripped[len(field):].lstrip(" =:").strip()
+            if not value or value.upper() in ("LIST", "LOCAL") or "%" in value or " " in value:
+                return
+            data = Path(value) if Path(value).is_absolute() else header.parent / value
+            if not data.is_file():
+                raise InputError(f"{header}: its data file {data} (named in the header as {value!r}) "
+                                 f"{'is not a regular file' if data.exists() else 'does not exist'}; keep the "
+                                 "header and its data file together")
+            return
 
 
 def _drop_trailing_unit_dimension(image: sitk.Image) -> sitk.Image:
@@ -162,6 +208,24 @@ def validate_image(image: sitk.Image, where: str, allow_constant: bool = False) 
         raise InputError(f"{where}: the image is constant (every voxel is {array.flat[0]}); nothing to segment")
 
 
+# A scan has hundreds of distinct values or more; a label map a few small integers.
+LABEL_MAP_MAX_VALUES = 32
+_LABEL_MAP_SAMPLE = 100_000
+
+
+def warn_if_label_map(image: sitk.Image, where: str) -> None:
+    """Warn when the image to segment looks like a label map (at most LABEL_MAP_MAX_VALUES distinct
+    non-negative integers): segmenting a mask gives a meaningless result with exit 0."""
+    array = sitk.GetArrayViewFromImage(image).reshape(-1)
+    for values in (array[:: max(1, array.size // _LABEL_MAP_SAMPLE)], array):  # the sample first: cheap
+        distinct = np.unique(values)
+        if len(distinct) > LABEL_MAP_MAX_VALUES or distinct[0] < 0 or not np.all(distinct == np.round(distinct)):
+            return
+    log.warning("%s looks like a label map, not a scan: it holds only %d distinct integer values (%s). Segmenting it "
+                "gives a meaningless result; give the image the labels were drawn on", where, len(distinct),
+                ", ".join(str(v) for v in distinct[:8].tolist()) + (", ..." if len(distinct) > 8 else ""))
+
+
 def same_grid(a: sitk.Image, b: sitk.Image, tolerance: float = 1e-4) -> bool:
     """Same size, and origin/spacing/direction equal within `tolerance` (header float noise)."""
     return (a.GetSize() == b.GetSize()
@@ -190,10 +254,27 @@ def check_output_writable(path: PathLike) -> Path:
         raise InputError(f"output {path} is a folder; give a file name")
     if not folder.exists():
         raise InputError(f"output folder {folder} does not exist")
+    check_can_create_files(folder, f"output {path}")
+    return path
+
+
+# Kernel file systems: they exist, but no file can be made in them.
+_VIRTUAL_ROOTS = ("/proc", "/sys", "/dev")
+
+
+def check_can_create_files(folder: PathLike, what: str) -> None:
+    """InputError naming `what` (the option and the path the user gave) unless a file can be
+    created in `folder`, or in its nearest existing parent when it is still to be made."""
+    existing = Path(folder)
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    virtual = next((root for root in _VIRTUAL_ROOTS if str(existing.resolve()).startswith(root)
+                    and str(existing.resolve())[len(root):][:1] in ("", "/")), None)
     try:  # os.access says yes to root even on read-only mounts: probe with a real file
-        fd, probe = tempfile.mkstemp(prefix=".mednextv2-probe-", dir=folder)
+        fd, probe = tempfile.mkstemp(prefix=".mednextv2-probe-", dir=existing)
         os.close(fd)
         os.unlink(probe)
     except OSError as e:
-        raise InputError(f"output folder {folder} is not writable ({e.strerror})") from e
-    return path
+        kind = f"{virtual} is the kernel's virtual file system, not a disk" if virtual else e.strerror
+        raise InputError(f"{what}: the output folder {existing} is not writable ({kind}); give a path in a "
+                         "folder on a disk that you can write to") from e

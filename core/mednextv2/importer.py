@@ -24,6 +24,7 @@ from mednextv2.bundle import (MODEL_JSON, Bundle, BundleSpec, Channel, Inference
 from mednextv2.bundle_spec import default_color, strip_absolute_paths
 from mednextv2.cache import ModelCache, check_model_id, format_size
 from mednextv2.errors import InputError
+from mednextv2.output_guard import resolved
 from mednextv2.nnunet_v1 import convert_nnunet_v1, default_id_name, is_v1_results
 from mednextv2.safezip import safe_extract_zip
 
@@ -83,6 +84,7 @@ def import_model(path: Union[str, Path], cache: Optional[ModelCache] = None, *, 
     `grn_norm` ("mean" or "sum"): GRN's normaliser for an nnU-Net import (default "mean", the
     official MedNeXt code); see docs/models.md. Returns the installed bundle folder, usable as `-m <id>`."""
     source = Path(path).expanduser()
+    resolved(source, "cannot import:")
     if not source.exists():
         raise InputError(f"cannot import {source}: no such file or folder")
     cache = cache or ModelCache.open()
@@ -548,6 +550,8 @@ def _read_json(path: Path) -> dict:
         raise InputError(f"{path} is missing") from e
     except (OSError, ValueError) as e:
         raise InputError(f"{path} is not valid JSON: {e}") from e
+    except RecursionError as e:
+        raise InputError(f"{path} is not valid JSON: nested too deeply") from e
     if not isinstance(data, dict):
         raise InputError(f"{path}: expected a JSON object")
     return data

@@ -4,6 +4,7 @@ Checks run before any work starts, so a refused command leaves everything as it 
 """
 from __future__ import annotations
 
+import errno
 import os
 from pathlib import Path
 from typing import Iterable, List, Optional, Sequence, Tuple, Union
@@ -13,11 +14,29 @@ from mednextv2.errors import InputError
 PathLike = Union[str, "os.PathLike[str]"]
 
 
+def resolved(path: PathLike, what: str = "") -> Path:
+    """`path` absolute, links followed; InputError for a symbolic link loop (Path.resolve raises
+    RuntimeError for one on Python 3.9-3.12 and returns the looping path on 3.13)."""
+    path = Path(path)
+    problem = None
+    try:
+        os.stat(path)
+    except OSError as e:
+        problem = e if e.errno == errno.ELOOP else None
+    try:
+        if problem is None:
+            return path.resolve()
+    except RuntimeError as e:
+        problem = e
+    raise InputError(f"{what + ' ' if what else ''}{path} is a symbolic link loop (the link leads back to itself); "
+                     "give the real file or folder") from problem
+
+
 def same_path(a: PathLike, b: PathLike) -> bool:
     """True when `a` and `b` name the same file or folder: one resolved path, or one inode
     (a hard link or a bind mount resolves to a different string)."""
     a, b = Path(a), Path(b)
-    if a.resolve() == b.resolve():
+    if resolved(a) == resolved(b):
         return True
     try:
         return os.path.samefile(a, b)
@@ -50,11 +69,11 @@ def first_clash(outputs: Sequence[PathLike], inputs: Sequence[PathLike]) -> Opti
     """(output, input) for the first output that would be written over an input, else None.
     Same test as `same_path`, with each input looked at once (a batch folder has many)."""
     sources = input_files(inputs) + [Path(i) for i in inputs if Path(i).is_dir()]
-    by_path = {p.resolve(): p for p in sources}
+    by_path = {resolved(p): p for p in sources}
     by_inode = {_inode(p): p for p in sources}
     by_inode.pop(None, None)
     for out in map(Path, outputs):
-        hit = by_path.get(out.resolve()) or by_inode.get(_inode(out))
+        hit = by_path.get(resolved(out, "output")) or by_inode.get(_inode(out))
         if hit is not None:
             return out, hit
     return None

@@ -9,6 +9,7 @@ Slicer modules parse a single format.
 from __future__ import annotations
 
 import json
+import logging
 import math
 import sys
 import time
@@ -57,6 +58,27 @@ class JsonProgress:
         stream.flush()
 
 
+# The stream whose last line is an unfinished bar (drawn with \r, not yet ended).
+_open_bar_stream: Optional[TextIO] = None
+
+
+def end_bar_line(stream: TextIO) -> None:
+    """End an unfinished bar line on `stream`, so that text written next starts on a line of its
+    own (as tqdm's `write` does); the bar goes on drawing on the next line."""
+    global _open_bar_stream
+    if _open_bar_stream is not None and _open_bar_stream is stream:
+        stream.write("\n")
+        _open_bar_stream = None
+
+
+class BarSafeLogHandler(logging.StreamHandler):
+    """A log handler that never glues its record to the end of a progress bar."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        end_bar_line(self.stream)
+        super().emit(record)
+
+
 class BarProgress:
     def __init__(self, stream: Optional[TextIO] = None, width: int = 30) -> None:
         self.stream = stream
@@ -69,14 +91,16 @@ class BarProgress:
         if eta_s is None:
             eta_s = self.clock.eta(stage, fraction)
         if self.last_stage is not None and stage != self.last_stage:
-            stream.write("\n")
+            end_bar_line(stream)
         self.last_stage = stage
         fraction = min(max(float(fraction), 0.0), 1.0)
         filled = int(round(fraction * self.width))
         eta = "" if eta_s is None else f" ETA {eta_s:5.0f}s"
         stream.write(f"\r{stage:>12} [{'#' * filled}{'.' * (self.width - filled)}] {fraction * 100:5.1f}%{eta} {message}"[:160])
+        global _open_bar_stream
+        _open_bar_stream = stream
         if fraction >= 1.0:
-            stream.write("\n")
+            end_bar_line(stream)
             self.last_stage = None
         stream.flush()
 

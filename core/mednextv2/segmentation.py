@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import os
 import re
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Dict, List, Optional, Sequence, Tuple, Union
 
@@ -40,9 +41,21 @@ def resolve_bundle(model: ModelInput, progress: Callable[..., None] = null_progr
     return load_bundle(resolve_model(model, progress=progress))
 
 
-def _as_images(image_or_path: Union[ImageInput, Sequence[ImageInput]]) -> Tuple[List[sitk.Image], List[str]]:
+@dataclass(frozen=True)
+class InputCase:
+    """One case's images (one per model channel), read and checked, with the names messages use."""
+    images: Tuple[sitk.Image, ...]
+    names: Tuple[str, ...]
+    paths: Tuple[Path, ...]  # the files or folders they were read from (not the in-memory images)
+
+
+def read_case(image_or_path: Union[ImageInput, Sequence[ImageInput], InputCase]) -> InputCase:
+    """Read and check one case's images before any model is loaded or downloaded: a missing,
+    unreadable or off-grid input is refused first (docs/promise.md)."""
+    if isinstance(image_or_path, InputCase):
+        return image_or_path
     items = list(image_or_path) if isinstance(image_or_path, (list, tuple)) else [image_or_path]
-    images, names = [], []
+    images, names, paths = [], [], []
     for i, item in enumerate(items):
         if isinstance(item, sitk.Image):
             image_io.validate_image(item, f"input image {i}")
@@ -51,7 +64,14 @@ def _as_images(image_or_path: Union[ImageInput, Sequence[ImageInput]]) -> Tuple[
         else:
             images.append(image_io.read_image(item))
             names.append(str(item))
-    return images, names
+            paths.append(Path(item))
+    for name, image in zip(names[1:], images[1:]):
+        if not image_io.same_grid(images[0], image):
+            raise InputError(f"{name}: channel is not on the grid of {names[0]} (size, origin, spacing or "
+                             "direction differ); resample the channels onto one grid first")
+    for name, image in zip(names, images):
+        image_io.warn_if_label_map(image, name)
+    return InputCase(tuple(images), tuple(names), tuple(paths))
 
 
 class Segmenter:
@@ -78,15 +98,13 @@ class Segmenter:
                  len(self.bundle.weights), self.bundle.n_classes, device, "on" if tta and inference.mirror_axes else "off", step,
                  ", fast mode" if opts.fast else "")
 
-    def __call__(self, image_or_path: Union[ImageInput, Sequence[ImageInput]]) -> sitk.Image:
-        """Segment one case (one image per model channel); a uint8 labelmap on the input grid."""
-        images, names = _as_images(image_or_path)
+    def __call__(self, image_or_path: Union[ImageInput, Sequence[ImageInput], InputCase]) -> sitk.Image:
+        """Segment one case (one image per model channel, or a `read_case` result); a uint8
+        labelmap on the input grid."""
+        images = list(read_case(image_or_path).images)
         if len(images) != self.bundle.in_channels:
             raise InputError(f"model {self.bundle.id} takes {self.bundle.in_channels} input channel(s) "
                              f"({', '.join(n for n, _ in self.bundle.channels)}), got {len(images)} image(s)")
-        for name, image in zip(names[1:], images[1:]):
-            if not image_io.same_grid(images[0], image):
-                raise InputError(f"{name}: channel is not on the grid of {names[0]}")
         try:
             return self._segment(images)
         except MemoryError as e:
@@ -117,11 +135,15 @@ class Segmenter:
         report("postprocess", 1.0, "done")
         return out
 
-    def segment_to_file(self, inputs: Union[ImageInput, Sequence[ImageInput]], output: PathLike) -> Path:
+    def segment_to_file(self, inputs: Union[ImageInput, Sequence[ImageInput], InputCase], output: PathLike) -> Path:
         output = image_io.check_output_writable(output)
         export.output_kind(output)
-        items = inputs if isinstance(inputs, (list, tuple)) else [inputs]
-        refuse_writing_over_inputs(export.result_files(output), [i for i in items if not isinstance(i, sitk.Image)])
+        if isinstance(inputs, InputCase):
+            sources = list(inputs.paths)
+        else:
+            items = inputs if isinstance(inputs, (list, tuple)) else [inputs]
+            sources = [i for i in items if not isinstance(i, sitk.Image)]
+        refuse_writing_over_inputs(export.result_files(output), sources)
         labelmap = self(inputs)
         self.options.progress("export", 0.0, f"writing {Path(output).name}")
         path = export.write_result(labelmap, self.labels, output)
@@ -136,18 +158,21 @@ def segment(image_or_path: Union[ImageInput, Sequence[ImageInput]], model: Model
     model channel). `model`: a Bundle, a bundle folder/zip, or a catalog id. Options: see
     SegmentOptions (device, tta, step, fast, structures, largest_component, tile_batch, progress).
     """
-    return Segmenter(model, SegmentOptions(**options))(image_or_path)
+    options = SegmentOptions(**options)
+    case = read_case(image_or_path)  # the inputs are refused before a model is loaded or downloaded
+    return Segmenter(model, options)(case)
 
 
-def find_cases(folder: PathLike, n_channels: int) -> Dict[str, List[Path]]:
-    """Cases of a folder: each image file, or with several channels nnU-Net's CASE_0000, CASE_0001..."""
+def find_cases(folder: PathLike, n_channels: Optional[int]) -> Dict[str, List[Path]]:
+    """Cases of a folder: each image file, or with several channels nnU-Net's CASE_0000, CASE_0001...
+    `n_channels` None (the model is not loaded yet): as the file names say, channel counts unchecked."""
     folder = Path(folder)
     files = sorted(p for p in folder.iterdir() if image_io.is_image_file(p))
     cases: Dict[str, List[Path]] = {}
     for path in files:
         stem = path.name[: -len(export.known_suffix(path))] if export.known_suffix(path) else path.stem
         match = _CHANNEL_SUFFIX.match(stem)
-        if n_channels > 1 or match:
+        if (n_channels or 1) > 1 or match:
             if not match:
                 raise InputError(f"{path}: with a {n_channels}-channel model, name files CASE_0000, CASE_0001, ...")
             cases.setdefault(match.group("case"), []).append(path)
@@ -157,11 +182,17 @@ def find_cases(folder: PathLike, n_channels: int) -> Dict[str, List[Path]]:
         else:
             cases[stem] = [path]
     for case, paths in cases.items():
-        if len(paths) != n_channels:
+        if n_channels is not None and len(paths) != n_channels:
             raise InputError(f"case {case} in {folder}: {len(paths)} channel file(s), the model takes {n_channels}")
     if not cases:
         raise InputError(f"{folder}: no image files ({', '.join(image_io.IMAGE_SUFFIXES)}) to segment")
     return cases
+
+
+def _refuse_batch(cases: Dict[str, List[Path]], input_dir: PathLike, output_dir: Path, output_suffix: str) -> None:
+    """Outputs may share the input folder only where no written name is an input's name."""
+    refuse_writing_over_inputs([f for case in cases for f in export.result_files(output_dir / f"{case}{output_suffix}")],
+                               [input_dir])
 
 
 def segment_folder(input_dir: PathLike, model: ModelInput, output_dir: PathLike,
@@ -172,11 +203,10 @@ def segment_folder(input_dir: PathLike, model: ModelInput, output_dir: PathLike,
     if not output_dir.is_dir():
         raise InputError(f"output folder {output_dir} does not exist")
     image_io.check_output_writable(output_dir / f"probe{output_suffix}")
+    _refuse_batch(find_cases(input_dir, None), input_dir, output_dir, output_suffix)  # before the model loads
     segmenter = Segmenter(model, options, **kwargs)
     cases = find_cases(input_dir, segmenter.bundle.in_channels)
-    # Outputs may share the input folder only where no written name is an input's name.
-    refuse_writing_over_inputs([f for case in cases for f in export.result_files(output_dir / f"{case}{output_suffix}")],
-                               [input_dir])
+    _refuse_batch(cases, input_dir, output_dir, output_suffix)
     written = []
     for i, (case, paths) in enumerate(cases.items()):
         log.info("case %d/%d: %s", i + 1, len(cases), case)

@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import math
 import re
+import unicodedata
 from functools import lru_cache
 from importlib import resources
 from typing import Any, List, Mapping, Optional, Union
@@ -37,21 +38,62 @@ def model_id_problem(model_id: Any) -> Optional[str]:
     return None
 
 
+# ---------------------------------------------------------------- text from untrusted documents
+# Control characters and line separators: a label name with one could forge a field of a
+# .seg.nrrd header; on a terminal, escape sequences can rewrite what was printed before.
+_LINE_OR_CONTROL = frozenset({"Cc", "Zl", "Zp"})
+_UNPRINTABLE = _LINE_OR_CONTROL | {"Cf", "Cs"}  # Cf: bidi overrides can reorder what a line shows
+
+
+def control_characters(text: str) -> List[str]:
+    """The control characters and line separators in `text`, as escapes (`'\\n'`), in order."""
+    return [ascii(c)[1:-1] for c in text if not c.isprintable() and unicodedata.category(c) in _LINE_OR_CONTROL]
+
+
+def printable(text: Any) -> str:
+    """`text` as one line a terminal shows as written: each unprintable character becomes '?'."""
+    text = str(text)
+    if text.isascii() and text.isprintable():
+        return text
+    return "".join("?" if unicodedata.category(c) in _UNPRINTABLE else c for c in text)
+
+
 # ---------------------------------------------------------------- strict JSON
 def _refuse_constant(name: str) -> Any:
     raise ValueError(f"{name} is not a valid JSON number")
 
 
+# model.json and catalogs are 4-6 levels deep; every reader of them recurses once per level.
+MAX_JSON_DEPTH = 64
+
+
 def loads_strict(text: Union[str, bytes], where: str) -> Any:
-    """json.loads refusing NaN/Infinity and non-finite numbers; InputError naming `where`."""
+    """json.loads refusing NaN/Infinity, non-finite numbers and nesting deeper than
+    MAX_JSON_DEPTH; InputError naming `where`."""
     try:
         data = json.loads(text, parse_constant=_refuse_constant)
     except (UnicodeDecodeError, ValueError) as e:  # JSONDecodeError is a ValueError
         raise InputError(f"{where}: not valid JSON ({e})") from e
+    except RecursionError as e:
+        raise InputError(f"{where}: not valid JSON (nested deeper than {MAX_JSON_DEPTH} levels)") from e
+    if json_depth(data) > MAX_JSON_DEPTH:
+        raise InputError(f"{where}: not valid JSON (nested deeper than {MAX_JSON_DEPTH} levels)")
     bad = non_finite_paths(data)
     if bad:
         raise InputError(f"{where}: numbers must be finite, got {', '.join(bad[:5])}")
     return data
+
+
+def json_depth(value: Any) -> int:
+    """How deeply lists and objects nest in `value` (a scalar: 0); iterative, so any depth is safe."""
+    deepest, stack = 0, [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        children = item.values() if isinstance(item, dict) else item if isinstance(item, list) else None
+        if children is not None:
+            deepest = max(deepest, depth)
+            stack.extend((child, depth + 1) for child in children)
+    return deepest
 
 
 def non_finite_paths(value: Any, path: str = "") -> List[str]:

@@ -5,9 +5,11 @@ import argparse
 import json
 import sys
 
+from mednextv2 import MODELS_DOC_URL
 from mednextv2.cache import ModelCache, format_size
 from mednextv2.errors import InputError
 from mednextv2.progress import MODES, make_progress
+from mednextv2.validation import loads_strict, printable
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
@@ -32,6 +34,8 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p = sub.add_parser("download", help="download, verify and install a catalog model")
     p.add_argument("id")
     p.add_argument("--force", action="store_true", help="download again even if this version is installed")
+    p.add_argument("--replace", action="store_true",
+                   help="replace an installed model with the same id that was imported, not downloaded")
     p = sub.add_parser("import", help="install a local bundle or nnU-Net v2/v1 results folder/zip (no internet needed)")
     p.add_argument("path", help="bundle folder or zip, or nnU-Net v2 or v1 results folder or zip")
     p.add_argument("--id", dest="model_id", help="model id to install it as (default: from the bundle or dataset name)")
@@ -42,7 +46,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                    "for v2, model_final_checkpoint.model for v1)")
     p.add_argument("--grn-norm", choices=["mean", "sum"],
                    help="nnU-Net: GRN normaliser the network was trained with: mean over channels (official "
-                        "MedNeXt code, the default) or sum (the seed paper); see docs/models.md")
+                        f"MedNeXt code, the default) or sum (the seed paper); see {MODELS_DOC_URL}")
     p.add_argument("--dataset-json", metavar="PATH",
                    help="nnU-Net v1: the raw dataset's dataset.json, for label names (v1 results folders have none)")
     p.add_argument("--replace", action="store_true", help="replace an installed model with the same id")
@@ -69,16 +73,23 @@ def _list(args, cache) -> int:
                           "home": str(cache.home)}, indent=2))
         return 0
     for problem in catalog.problems:
-        print(f"warning: could not read catalog {problem}", file=sys.stderr)
+        _say(f"warning: could not read catalog {problem}", file=sys.stderr)
     if not rows:
         print(f"No models in the catalog and none installed in {cache.models_dir}.\n"
-              "Import one with `mednextv2 models import PATH` (see docs/models.md).")
+              f"Import one with `mednextv2 models import PATH` (see {MODELS_DOC_URL}).")
         return 0
     width = max(len(r["id"]) for r in rows)
     print(f"{'ID':<{width}}  {'VERSION':<10} {'SIZE':>9}  {'INSTALLED':<13} TITLE")
     for r in rows:
-        print(f"{r['id']:<{width}}  {r['version'] or '-':<10} {format_size(r['size']):>9}  {r['installed']:<13} {r['title']}")
+        _say(f"{r['id']:<{width}}  {r['version'] or '-':<10} {format_size(r['size']):>9}  {r['installed']:<13} "
+             f"{r['title']}")
     return 0
+
+
+def _say(text: str, file=None) -> None:
+    """Print text that came from a catalog or a model.json: a terminal escape sequence in a
+    title must not clear the screen or rewrite what was printed before, so only printable text."""
+    print("\n".join(printable(line) for line in str(text).split("\n")), file=file)
 
 
 def _info(args, cache) -> int:
@@ -91,7 +102,7 @@ def _info(args, cache) -> int:
     if cache.is_installed(args.id):
         path = cache.model_dir(args.id)
         info["installed"] = {**cache.install_info(args.id), "path": str(path),
-                             "model": json.loads((path / "model.json").read_text(encoding="utf-8"))}
+                             "model": loads_strict((path / "model.json").read_bytes(), str(path / "model.json"))}
     if len(info) == 1:
         catalog.get(args.id)  # raises the unknown-id error, listing what exists
     if args.json:
@@ -104,35 +115,36 @@ def _info(args, cache) -> int:
 def _print_info(info: dict) -> None:
     entry = info.get("catalog") or {}
     model = (info.get("installed") or {}).get("model", {})
-    print(f"id:          {info['id']}")
-    print(f"title:       {entry.get('title') or model.get('title', '')}")
+    _say(f"id:          {info['id']}")
+    _say(f"title:       {entry.get('title') or model.get('title', '')}")
     if entry:
-        print(f"version:     {entry['version']}")
-        print(f"modality:    {entry['modality']}")
-        print(f"size:        {format_size(entry['size'])} ({entry['size']} bytes)")
-        print(f"sha256:      {entry['sha256']}")
-        print(f"license:     {entry['license']}")
-        print(f"citation:    {entry['citation']}")
-        print(f"catalog:     {entry['source']}")
+        _say(f"version:     {entry['version']}")
+        _say(f"modality:    {entry['modality']}")
+        _say(f"size:        {format_size(entry['size'])} ({entry['size']} bytes)")
+        _say(f"sha256:      {entry['sha256']}")
+        _say(f"license:     {entry['license']}")
+        _say(f"citation:    {entry['citation']}")
+        _say(f"catalog:     {entry['source']}")
         if entry.get("min_gpu_memory_gb") is not None:
-            print(f"min GPU mem: {entry['min_gpu_memory_gb']} GB")
+            _say(f"min GPU mem: {entry['min_gpu_memory_gb']} GB")
         for key, value in (entry.get("timings") or {}).items():
-            print(f"time {key}: {value}")
+            _say(f"time {key}: {value}")
         for url in entry["urls"]:
-            print(f"url:         {url}")
+            _say(f"url:         {url}")
     labels = entry.get("labels") or model.get("labels") or []
-    print("labels:      " + ", ".join(f"{lab['value']}={lab['name']}" for lab in labels))
+    _say("labels:      " + ", ".join(f"{lab['value']}={lab['name']}" for lab in labels))
     installed = info.get("installed")
-    print(f"installed:   {installed['path'] if installed else 'no'}")
+    _say(f"installed:   {installed['path'] if installed else 'no'}")
     if installed and installed.get("source") == "import":
-        print(f"imported:    {installed.get('origin')} ({installed.get('format', '')})")
+        _say(f"imported:    {installed.get('origin')} ({installed.get('format', '')})")
 
 
 def _download(args, cache) -> int:
     from mednextv2.catalog import download_model, load_catalog
 
     entry = load_catalog(cache, args.catalog).get(args.id)
-    path = download_model(entry, cache, progress=make_progress(args.progress), force=args.force)
+    path = download_model(entry, cache, progress=make_progress(args.progress), force=args.force,
+                          replace=args.replace)
     print(path)
     return 0
 

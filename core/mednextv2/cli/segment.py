@@ -13,7 +13,7 @@ from pathlib import Path
 
 from mednextv2 import image_io
 from mednextv2.errors import InputError
-from mednextv2.output_guard import refuse_writing_over_inputs
+from mednextv2.output_guard import refuse_writing_over_inputs, resolved
 from mednextv2.progress import make_progress
 from mednextv2.segment_options import DEVICES, SegmentOptions
 
@@ -27,10 +27,12 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                     "Exit codes: 0 success, 2 bad input, 3 out of resources, 130 cancelled.")
     p.add_argument("inputs", nargs="+", metavar="INPUT",
                    help="image file(s) or DICOM folder, one per model channel; or one folder of images (batch)")
-    p.add_argument("-m", "--model", required=True, metavar="MODEL", help="bundle folder or .zip, or a catalog id")
+    p.add_argument("-m", "--model", required=True, metavar="MODEL", help="a model bundle folder (model.json + weights) or its .zip; or the id of an installed model, or "
+                        "of a catalog model (downloaded on first use): `mednextv2 models list` shows both")
     p.add_argument("-o", "--output", required=True, metavar="OUTPUT",
                    help="output .seg.nrrd, or labelmap .nii.gz/.nii/.nrrd/.mha; a folder in batch mode")
-    p.add_argument("--device", default="auto", choices=DEVICES)
+    p.add_argument("--device", default="auto", choices=DEVICES,
+                   help="where the network runs: auto (default: CUDA, then Apple MPS, then CPU), cuda, mps or cpu")
     tta = p.add_mutually_exclusive_group()
     tta.add_argument("--tta", dest="tta", action="store_true", default=True,
                      help="mirroring test-time augmentation (default; up to 8x slower)")
@@ -59,12 +61,14 @@ def _is_batch(inputs) -> bool:
 
 
 def run(args: argparse.Namespace) -> int:
-    from mednextv2.segmentation import Segmenter, segment_folder
+    from mednextv2.segmentation import Segmenter, read_case, segment_folder
 
     options = SegmentOptions(device=args.device, tta=args.tta, step=args.step, fast=args.fast,
                              structures=args.structures, largest_component=args.largest_component,
                              tile_batch=args.tile_batch, threads=args.threads,
                              progress=make_progress(args.progress))
+    for what, path in [("input", p) for p in args.inputs] + [("output", args.output), ("model", args.model)]:
+        resolved(path, what)  # a symbolic link loop: said plainly, before anything else
     if _is_batch(args.inputs):
         written = segment_folder(args.inputs[0], args.model, args.output, "." + args.format, options)
         log.info("segmented %d case(s) into %s", len(written), args.output)
@@ -72,12 +76,13 @@ def run(args: argparse.Namespace) -> int:
     output = Path(args.output)
     if output.is_dir():
         raise InputError(f"output {output} is a folder; give a file name (.seg.nrrd, .nii.gz, .nrrd)")
-    # Check everything cheap before loading the model: output type and folder, then the inputs.
+    # Every refusal before the model loads (or downloads): output type and folder, then the inputs.
     from mednextv2 import export
     export.output_kind(output)
     image_io.check_output_writable(output)
     refuse_writing_over_inputs(export.result_files(output), args.inputs)
+    case = read_case(args.inputs)
     segmenter = Segmenter(args.model, options)
-    segmenter.segment_to_file(list(args.inputs), output)
+    segmenter.segment_to_file(case, output)
     log.info("wrote %s", output)
     return 0

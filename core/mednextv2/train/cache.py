@@ -48,7 +48,7 @@ class CachedCase:
 
 
 def _case_key(case: Case, plan: Plan) -> str:
-    parts = [json.dumps(plan.preprocessing_plan().to_json(), sort_keys=True), plan.label_lookup().tolist()]
+    parts = [json.dumps(plan.preprocessing_plan().to_json(), sort_keys=True), plan.label_rows()]
     for path in (*case.images, case.label):
         st = path.stat()
         parts.append([str(path.resolve()), st.st_size, int(st.st_mtime_ns)])
@@ -75,13 +75,12 @@ def foreground_locations(label: np.ndarray, rng: np.random.Generator) -> np.ndar
     return np.concatenate(rows).astype(np.int32) if rows else np.zeros((0, 4), np.int32)
 
 
-def _build_case(case: Case, plan: Plan, folder: Path, lut: np.ndarray) -> CachedCase:
+def _build_case(case: Case, plan: Plan, folder: Path) -> CachedCase:
     images = read_channels(case.images, len(case.images))
     pre = preprocess(images, plan.preprocessing_plan())
     raw = labels_to_network_grid(read_image(case.label, allow_constant=True), pre.record)
     # Unlisted values are background; the dataset check already refused them when names were given.
-    label = lut[np.clip(raw.astype(np.int64), 0, len(lut) - 1)].astype(np.uint8)
-    label[raw.astype(np.int64) >= len(lut)] = 0
+    label = plan.map_labels(raw)
     _save_npy(folder / f"{case.name}_image.npy", pre.data.astype(np.float32, copy=False))
     _save_npy(folder / f"{case.name}_label.npy", label)
     fg = foreground_locations(label, np.random.default_rng(0))
@@ -94,7 +93,6 @@ def build_cache(cases: Sequence[Case], plan: Plan, folder: Path,
     folder.mkdir(parents=True, exist_ok=True)
     index_path = folder / "cache.json"
     index = json.loads(index_path.read_text(encoding="utf-8")) if index_path.exists() else {}
-    lut = plan.label_lookup()
     out = []
     for i, case in enumerate(cases):
         key = _case_key(case, plan)
@@ -102,7 +100,7 @@ def build_cache(cases: Sequence[Case], plan: Plan, folder: Path,
         if entry and entry["key"] == key and (folder / f"{case.name}_image.npy").exists():
             out.append(CachedCase(case.name, folder, tuple(entry["shape"]), tuple(entry["classes"])))
         else:
-            cached = _build_case(case, plan, folder, lut)
+            cached = _build_case(case, plan, folder)
             index[case.name] = {"key": key, "shape": list(cached.shape), "classes": list(cached.classes)}
             write_bytes(index_path, json.dumps(index, indent=1).encode("utf-8"))
             out.append(cached)

@@ -168,7 +168,17 @@ def _from_pair_folder(root: Path) -> Dataset:
             cases.append(Case(name, tuple(images[name][c] for c in sorted(images[name])), labels[name]))
     if problems:
         raise InputError(f"dataset {root}: {len(problems)} problem(s):\n  " + "\n  ".join(problems))
-    return _finish(root, cases, {}, ())
+    return _finish(root, cases, _labels_beside(root), ())
+
+
+def _labels_beside(root: Path) -> Dict[int, str]:
+    """Label names from a dataset.json in a folder of pairs ({"labels": {"liver": 1}}, nnU-Net's form)."""
+    path = root / "dataset.json"
+    if not path.is_file():
+        return {}
+    meta = _read_json(path)
+    labels = meta.get("labels") if isinstance(meta, dict) else None
+    return _labels_from_nnunet(labels, path) if isinstance(labels, dict) else {}
 
 
 def _from_twin_folders(image_dir: Path, label_dir: Path, root: Path) -> Dataset:
@@ -184,7 +194,7 @@ def _from_twin_folders(image_dir: Path, label_dir: Path, root: Path) -> Dataset:
             cases.append(Case(stem, (file,), label))
     if problems:
         raise InputError(f"dataset {root}: {len(problems)} problem(s):\n  " + "\n  ".join(problems))
-    return _finish(root, cases, {}, ())
+    return _finish(root, cases, _labels_beside(root), ())
 
 
 # --- JSON / CSV lists ----------------------------------------------------------------------
@@ -194,6 +204,8 @@ def _read_json(path: Path):
         return json.loads(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
         raise InputError(f"cannot read {path}: {e}") from e
+    except RecursionError as e:
+        raise InputError(f"cannot read {path}: JSON nested too deeply") from e
 
 
 def _from_json_list(path: Path) -> Dataset:

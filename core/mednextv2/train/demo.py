@@ -23,6 +23,7 @@ from mednextv2.atomic import atomic_path
 from mednextv2.bundle import load_bundle
 from mednextv2.errors import InputError
 from mednextv2.progress import make_progress
+from mednextv2.train import checkpoint
 from mednextv2.train.options import TrainOptions
 from mednextv2.train.run import run_training
 from mednextv2.train.validate import dice_per_class
@@ -111,6 +112,25 @@ def write_overlay(image: sitk.Image, prediction: sitk.Image, reference: sitk.Ima
     return path
 
 
+BUNDLE_NAME, WORK_NAME = "brain-tissue-model", "training"
+
+
+def demo_folder(out_dir: Path) -> Tuple[Path, bool]:
+    """Where this demo runs and whether it resumes: a new or empty `out_dir`; the same folder when
+    an earlier demo there was interrupted (a checkpoint, no model yet); else the first free
+    `out_dir-2`, `out_dir-3`, ... (an earlier demo's results, or anything else, stay as they are)."""
+    out_dir = Path(out_dir)
+    candidates = [out_dir] + [out_dir.with_name(f"{out_dir.name}-{i}") for i in range(2, 1000)]
+    for folder in candidates:
+        if not folder.exists() or (folder.is_dir() and not any(folder.iterdir())):
+            return folder, False
+        interrupted = ((folder / WORK_NAME / checkpoint.LATEST).is_file() and (folder / "data" / "dataset.json").is_file()
+                       and not (folder / BUNDLE_NAME / "model.json").exists())
+        if interrupted:
+            return folder, True
+    raise InputError(f"{out_dir} and {len(candidates) - 1} numbered folders beside it are taken; give another -o")
+
+
 def run_demo(out_dir: Path, minutes: float = 5.0, device: str = "auto", progress: str = "bar", seed: int = 0,
              tta: bool = False, echo: Callable[[str], None] = print, threads: Optional[int] = None) -> DemoResult:
     from mednextv2.segmentation import segment
@@ -119,18 +139,26 @@ def run_demo(out_dir: Path, minutes: float = 5.0, device: str = "auto", progress
         raise InputError(f"--minutes must be positive, got {minutes}")
     if not (DATA / T1).is_file():
         raise InputError(f"the demo data are missing from the installed package ({DATA}); reinstall mednextv2")
-    out_dir = Path(out_dir)
+    requested = Path(out_dir)
+    out_dir, resume = demo_folder(requested)
     times: Dict[str, float] = {}
     t0 = time.monotonic()
-    dataset, test_image, test_label = split_scan(out_dir / "data")
+    if resume:
+        echo(f"resuming the interrupted demo in {out_dir} (its data split and checkpoint are kept)")
+        dataset = out_dir / "data" / "dataset.json"
+        test_image, test_label = out_dir / "data" / "anterior_image.nii.gz", out_dir / "data" / "anterior_label.nii.gz"
+    else:
+        if out_dir != requested:
+            echo(f"{requested} holds an earlier demo (or other files), left as it is; this demo writes to {out_dir}")
+        dataset, test_image, test_label = split_scan(out_dir / "data")
     times["prepare"] = time.monotonic() - t0
     echo(f"training a MedNeXt-v2 v2-tiny on the posterior brain for {minutes:g} min (CPU is fine) ...")
     t1 = time.monotonic()
-    bundle_path = out_dir / "brain-tissue-model"
+    bundle_path = out_dir / BUNDLE_NAME
     result = run_training(TrainOptions(
         dataset=str(dataset), output=str(bundle_path), preset="v2-tiny", minutes=minutes, patch=DEMO_PATCH,
-        device=device, val_fraction=0.0, seed=seed, progress=progress, lr=DEMO_LR,
-        work_dir=str(out_dir / "training"), title="Brain tissue (MR T1), mednextv2 demo", threads=threads))
+        device=device, val_fraction=0.0, seed=seed, progress=progress, lr=DEMO_LR, resume=resume,
+        work_dir=str(out_dir / WORK_NAME), title="Brain tissue (MR T1), mednextv2 demo", threads=threads))
     times["train"] = time.monotonic() - t1
     t2 = time.monotonic()
     prediction = segment(str(test_image), str(result.bundle), device=device, tta=tta,

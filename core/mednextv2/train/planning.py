@@ -74,13 +74,17 @@ class Plan:
         """Head rows 1..n-1 as bundle labels (the dataset's own values are only used for training)."""
         return tuple(Label(i, spec.name, spec.color, spec.terminology) for i, spec in enumerate(self.labels, start=1))
 
-    def label_lookup(self) -> np.ndarray:
-        """Dataset label value -> head row; unknown values map to background."""
-        top = max(s.value for s in self.labels)
-        lut = np.zeros(top + 1, dtype=np.uint8)
-        for row, spec in enumerate(self.labels, start=1):
-            lut[spec.value] = row
-        return lut
+    def label_rows(self) -> List[Tuple[int, int]]:
+        """(dataset label value, head row) pairs, by value."""
+        return sorted((spec.value, row) for row, spec in enumerate(self.labels, start=1))
+
+    def map_labels(self, values: np.ndarray) -> np.ndarray:
+        """Dataset label values -> head rows (uint8); unlisted values are background. A sorted
+        search, not a table indexed by value: a value of 2**40 costs nothing."""
+        pairs = np.array(self.label_rows(), dtype=np.int64).reshape(-1, 2)
+        values = np.asarray(values).astype(np.int64, copy=False)
+        at = np.clip(np.searchsorted(pairs[:, 0], values), 0, len(pairs) - 1)
+        return np.where(pairs[at, 0] == values, pairs[at, 1], 0).astype(np.uint8)
 
 
 def target_spacing(fp: Fingerprint) -> Tuple[float, float, float]:

@@ -8,7 +8,7 @@ from __future__ import annotations
 import json
 import logging
 import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple
 
@@ -16,8 +16,9 @@ import numpy as np
 import torch
 
 from mednextv2.bundle import Bundle, load_bundle
+from mednextv2.cache import FileLock
 from mednextv2.devices import autocast_dtype, resolve_device
-from mednextv2.errors import Cancelled, InputError
+from mednextv2.errors import Cancelled, InputError, ResourceError
 from mednextv2.atomic import write_bytes
 from mednextv2.network import MedNeXt
 from mednextv2.preprocessing import anisotropic_axis
@@ -42,6 +43,9 @@ from mednextv2.train.validation import validate_dataset
 log = logging.getLogger(__name__)
 
 PLAN_FILE = "plan.json"
+# The options that define a run: --resume continues with the values the run started with.
+RUN_OPTIONS = ("base", "preset", "patch", "spacing", "batch_size", "val_fraction", "val_cases", "seed", "lr",
+               "encoder_lr_scale", "iterations", "elastic")
 
 
 @dataclass(frozen=True)
@@ -113,16 +117,75 @@ def _make_plan(options: TrainOptions, data, device: torch.device) -> Plan:
     return replace(plan, extra=dict(plan.extra, fingerprint=fp.to_dict()))
 
 
-def _load_or_make_plan(options: TrainOptions, data, device, ctx, work: Path) -> Plan:
+def _as_json(value):
+    return list(value) if isinstance(value, tuple) else value
+
+
+def _flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def _start_over(work: Path) -> str:
+    return f"to start over instead, delete {work} (or give another -o or --work-dir) and run without --resume"
+
+
+def _interrupted_plan(work: Path) -> Plan:
+    path = work / PLAN_FILE
+    if not path.exists() or not (work / checkpoint.LATEST).exists():
+        raise InputError(f"--resume: no interrupted training in {work} (plan.json and {checkpoint.LATEST} are needed)")
+    return plan_from_dict(json.loads(path.read_text(encoding="utf-8")))
+
+
+def resumed_options(options: TrainOptions, recorded: Dict) -> TrainOptions:
+    """The options of the interrupted run: an option left out keeps the run's value (logged); one
+    given with another value is refused, as the plan, the split and the schedule rest on it."""
+    defaults = {f.name: f.default for f in fields(TrainOptions)}
+    changed, kept = [], {}
+    for name in RUN_OPTIONS:
+        if name not in recorded or _as_json(getattr(options, name)) == recorded[name]:
+            continue
+        if _as_json(getattr(options, name)) == _as_json(defaults[name]):
+            kept[name] = tuple(recorded[name]) if isinstance(recorded[name], list) else recorded[name]
+        else:
+            changed.append(f"{_flag(name)} {_as_json(getattr(options, name))} (the run started with {recorded[name]})")
+    if changed:
+        raise InputError(f"--resume continues the interrupted run with its own settings, but {', '.join(changed)}. "
+                         "Leave these options out to continue the run; " + _start_over(options.work_path))
+    if kept:
+        log.info("--resume keeps the interrupted run's %s", ", ".join(f"{_flag(k)} {_as_json(v)}" for k, v in kept.items()))
+    return replace(options, **kept)
+
+
+def _check_same_dataset(plan: Plan, data, digest: str, work: Path) -> None:
+    """--resume on a dataset that changed would train new classes as background under the old labels."""
+    then = plan.extra.get("dataset_sha256")
+    labels_then = {s.value: s.name for s in plan.labels}
+    if (then is None or then == digest) and labels_then == data.labels:
+        return
+    before, now = set(plan.extra.get("cases", ())), {c.name for c in data.dataset.cases}
+    what = "; ".join(part for part in (
+        f"case(s) added: {', '.join(sorted(now - before))}" if then and now - before else "",
+        f"case(s) removed: {', '.join(sorted(before - now))}" if then and before - now else "",
+        f"labels were {labels_then}, now {data.labels}" if labels_then != data.labels else "") if part) \
+        or "the content of its image or label files differs"
+    raise InputError(f"--resume: the dataset changed since the interrupted run in {work} started ({what}); "
+                     "resuming would train on data the run's plan and labels do not describe. Restore the dataset "
+                     "to continue; " + _start_over(work))
+
+
+def _load_or_make_plan(options: TrainOptions, data, device, ctx, work: Path, digest: str) -> Plan:
     path = work / PLAN_FILE
     if options.resume:
-        if not path.exists() or not (work / checkpoint.LATEST).exists():
-            raise InputError(f"--resume: no interrupted training in {work} (plan.json and {checkpoint.LATEST} are needed)")
-        return plan_from_dict(json.loads(path.read_text(encoding="utf-8")))
+        plan = _interrupted_plan(work)
+        _check_same_dataset(plan, data, digest, work)
+        return plan
     if (work / checkpoint.LATEST).exists():
         raise InputError(f"{work} holds the checkpoint of an earlier run: pass --resume to continue it, "
                          "or delete that folder to start over")
     plan = _make_plan(options, data, device) if ctx.is_main else None
+    if plan is not None:
+        plan = replace(plan, extra=dict(plan.extra, dataset_sha256=digest, cases=[c.name for c in data.dataset.cases],
+                                        options={k: _as_json(getattr(options, k)) for k in RUN_OPTIONS}))
     plan = distributed.broadcast_object(ctx, plan)
     if ctx.is_main:
         write_bytes(path, json.dumps(plan_to_dict(plan), indent=1).encode("utf-8"))
@@ -156,16 +219,26 @@ def run_training(options: TrainOptions) -> TrainResult:
     report = make_progress(options.progress) if ctx.is_main else null_progress
     work = options.work_path
     prefetch = None
+    created = output.first_missing(work)  # the work folder, or a parent of it, this run will create
+    lock = FileLock(work / output.WORK_LOCK, timeout=0)
     try:
-        output.check_destinations(Path(options.output), work, Path(options.dataset))
+        output.recover_interrupted_swap(Path(options.output))
+        output.check_destinations(Path(options.output), work, Path(options.dataset), options.base)
         work.mkdir(parents=True, exist_ok=True)
+        if ctx.is_main:
+            _lock_work_folder(lock, options)
         data = validate_dataset(discover_dataset(options.dataset))
+        if options.resume:
+            options = resumed_options(options, _interrupted_plan(work).extra.get("options", {}))
         train_cases, val_cases = split_cases(data.dataset.cases, options.val_cases, options.val_fraction, options.seed,
                                              data.background_only)
+        # The dataset's content hash, taken now: the bundle records what was trained on even if a
+        # file is moved during training, and --resume refuses a dataset that changed.
+        digest = output.dataset_digest(data.dataset.cases)
         log.info("%d training case(s), %d validation case(s): %s", len(train_cases), len(val_cases),
                  ", ".join(c.name for c in val_cases) or "none")
         report("check", 1.0, f"{len(data.dataset.cases)} case(s) valid")
-        plan = _load_or_make_plan(options, data, device, ctx, work)
+        plan = _load_or_make_plan(options, data, device, ctx, work, digest)
         cache_dir = work / "cache"
         if ctx.is_main:
             build_cache(train_cases + val_cases, plan, cache_dir, report)
@@ -206,10 +279,29 @@ def run_training(options: TrainOptions) -> TrainResult:
                             + (f"; the best model so far is in {bundle}" if bundle else ""))
         report("done", 1.0, f"model bundle {bundle}" if bundle else "done")
         return TrainResult(bundle, state.epoch, state.best_epoch, dice, tuple(state.history), time.monotonic() - started)
+    except (InputError, ResourceError):
+        if created is not None and ctx.is_main:
+            lock.release()  # first: Windows cannot delete a locked file
+            output.discard_unused_work(work, created)
+        raise
     finally:
         if prefetch is not None:
             prefetch.close()
+        lock.release()
         distributed.shutdown(ctx)
+
+
+def _lock_work_folder(lock: FileLock, options: TrainOptions) -> None:
+    """One run per work folder: two would share checkpoints and cache, and each would report
+    the bundle the other overwrote. The OS releases the lock when a run dies."""
+    try:
+        lock.acquire()
+    except ResourceError as e:
+        raise InputError(f"another `mednextv2 train` is running with the work folder {options.work_path} (-o "
+                         f"{options.output}); wait for it to finish, or give another -o or --work-dir") from e
+    except OSError as e:
+        raise InputError(f"work folder {options.work_path} is not writable ({e.strerror}); give another -o or "
+                         "--work-dir") from e
 
 
 def _thick_slice_axis(spacing: Sequence[float]) -> Optional[int]:
@@ -221,10 +313,9 @@ def _export(options, plan, work, state, best_record, train_cases, val_cases, ctx
     metrics = {"dice": dict(best_record.dice) if best_record else {},
                "mean_dice": best_record.mean_dice if best_record else None, "epoch": state.best_epoch,
                "validation_cases": [c.name for c in val_cases]}
-    cases = [*train_cases, *val_cases]
     source = Path(options.dataset).resolve()  # a folder, or its dataset.json
     training = {"dataset": (source.parent if source.is_file() else source).name,
-                "dataset_sha256": output.dataset_digest(cases),
+                "dataset_sha256": plan.extra.get("dataset_sha256") or output.dataset_digest([*train_cases, *val_cases]),
                 "n_train_cases": len(train_cases),
                 "preset": plan.extra.get("preset"), "epochs": state.epoch,
                 "iterations_per_epoch": state.history[-1].iterations if state.history else None,

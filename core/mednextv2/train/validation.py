@@ -5,6 +5,7 @@ prevents: images are read header-only, labels fully (their values must be checke
 """
 from __future__ import annotations
 
+import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -14,7 +15,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from mednextv2.errors import InputError
-from mednextv2.nifti import check_nifti_file
+from mednextv2.nifti import check_nifti_file, is_nifti_path
 from mednextv2.train.datasets import Case, Dataset
 
 log = logging.getLogger(__name__)
@@ -96,11 +97,12 @@ def _check_case(case: Case, known: Dict[int, str]) -> Tuple[Optional[CaseInfo], 
     headers = []
     for path in (*case.images, case.label):
         if not path.is_file():
-            problems.append(f"file {path} does not exist")
+            problems.append(f"file {path} " + ("is not a regular file (a pipe, socket, device or folder)"
+                                               if path.exists() else "does not exist"))
             continue
         try:
-            if path.name.lower().endswith((".nii", ".nii.gz")):
-                check_nifti_file(path)  # a truncated file or zero pixdim, which ITK's header read lets pass
+            if is_nifti_path(path):
+                check_nifti_file(path)  # a truncated file, zero pixdim or NaN voxels, which ITK lets pass
             headers.append((path, _header(path)))
         except InputError as e:
             problems.append(str(e))
@@ -133,9 +135,10 @@ def _check_case(case: Case, known: Dict[int, str]) -> Tuple[Optional[CaseInfo], 
 
 
 def _segment_names(path: Path) -> Dict[int, str]:
-    """Segment names written by 3D Slicer into a .seg.nrrd header (Segment<i>_Name, _LabelValue)."""
+    """Segment names written by 3D Slicer into a .seg.nrrd header (Segment<i>_Name, _LabelValue),
+    or by `mednextv2 segment` into the `NAME.labels.json` beside a labelmap."""
     if not path.name.lower().endswith(".seg.nrrd"):
-        return {}
+        return _label_table_names(path)
     reader = _header(path)
     names = {}
     for key in reader.GetMetaDataKeys():
@@ -145,6 +148,20 @@ def _segment_names(path: Path) -> Dict[int, str]:
             if reader.HasMetaDataKey(value_key):
                 names[int(reader.GetMetaData(value_key))] = reader.GetMetaData(key)
     return names
+
+
+def _label_table_names(labelmap: Path) -> Dict[int, str]:
+    from mednextv2.export import known_suffix, label_table_path
+
+    if not known_suffix(labelmap):
+        return {}
+    table = label_table_path(labelmap)
+    try:
+        rows = json.loads(table.read_text(encoding="utf-8")).get("labels", []) if table.is_file() else []
+        return {int(r["value"]): str(r["name"]) for r in rows if isinstance(r, dict) and str(r.get("name", "")).strip()}
+    except (OSError, ValueError, TypeError, KeyError, AttributeError):
+        log.warning("%s: not a readable label table; its names are not used", table)
+        return {}
 
 
 def validate_dataset(dataset: Dataset) -> ValidatedDataset:
