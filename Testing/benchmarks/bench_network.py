@@ -39,7 +39,7 @@ from typing import List, Optional
 import torch
 import torch.nn.functional as F
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # Testing/ for plain_mednext
 from plain_mednext import PlainMedNeXt  # noqa: E402
 
 from mednextv2.network import MedNeXt, MedNeXtConfig  # noqa: E402
