@@ -34,6 +34,10 @@ log = logging.getLogger(__name__)
 Progress = Callable[..., None]
 GAUSSIAN_SIGMA_SCALE = 1.0 / 8  # nnU-Net's sigma = patch / 8
 GAUSSIAN_FLOOR = 1e-3
+# Smallest weight of the nnU-Net map (max 10): float16's smallest normal number. Then logit *
+# weight stays a normal float16 for |logit| >= 1, and below that a subnormal's step (2^-24) is
+# 2^-10 after the division, the step of a float16 logit of size 1.
+NNUNET_FLOOR = 2.0 ** -14
 # On the CPU the network runs a batch sample by sample anyway: batching only adds memory.
 DEFAULT_TILE_BATCH = {"cuda": 4, "mps": 2, "cpu": 1}
 
@@ -126,11 +130,15 @@ def gaussian_importance(patch: Tuple[int, int, int], sigma_scale: float = GAUSSI
 
 
 def _nnunet_importance(patch: Tuple[int, int, int], sigma_scale: float) -> torch.Tensor:
-    """nnU-Net v2's map (sliding_window_prediction.compute_gaussian), value for value: scipy's
-    gaussian_filter of a delta at p//2 (mode constant) is the truncated kernel (radius
-    int(4 sigma + 0.5)) around p//2, zero beyond; scaled to max 10, stored as float16, zeros
-    replaced by the smallest non-zero value. Its own near-ties are decided by this map, so an
-    imported model must stitch with it to give nnU-Net's labels (docs/benchmarks-segment.md)."""
+    """nnU-Net v2's map (sliding_window_prediction.compute_gaussian), floored at NNUNET_FLOOR:
+    scipy's gaussian_filter of a delta at p//2 (mode constant) is the truncated kernel (radius
+    int(4 sigma + 0.5)) around p//2, zero beyond; scaled to max 10, stored as float16. Its own
+    near-ties are decided by this map, so an imported model stitches with it to give nnU-Net's
+    labels (docs/benchmarks-segment.md). nnU-Net's weights at a tile's edges and corners (down
+    to 1e-10) make logit * weight a float16 subnormal, a few bits of the logit, and labels
+    change where no other tile covers the voxel (a single tile, the volume's border); floored,
+    those voxels keep float16 precision. Inside the volume, at step 0.5, the floor changes a
+    voxel's total weight by less than 1e-4 (5e-3 at a floor of 2^-10)."""
     axes = []
     for p in patch:
         sigma = p * sigma_scale
@@ -138,9 +146,7 @@ def _nnunet_importance(patch: Tuple[int, int, int], sigma_scale: float) -> torch
         d = torch.arange(p, dtype=torch.float64) - p // 2
         axes.append(torch.where(d.abs() <= radius, torch.exp(-0.5 * (d / sigma) ** 2), torch.zeros_like(d)))
     g = axes[0][:, None, None] * axes[1][None, :, None] * axes[2][None, None, :]
-    g = (g * (10.0 / g.max())).half()
-    g[g == 0] = g[g != 0].min()
-    return g.float()
+    return (g * (10.0 / g.max())).clamp_(min=NNUNET_FLOOR).half().float()
 
 
 def pad_to_patch(data: torch.Tensor, patch: Sequence[int]) -> Tuple[torch.Tensor, Tuple[slice, ...]]:
