@@ -162,6 +162,6 @@ def test_v1_single_tile_segment_gives_the_official_networks_labels(tmp_path, hom
     assert 0.05 < expected.mean() < 0.95  # both labels present: the comparison can fail
     # the stitched logits are the network's as float16 holds them, up to the tile's corners
     inference = bundle.inference
-    stitched = SlidingWindowPredictor(bundle.build_models("cpu"), bundle.n_classes, inference.patch_size, inference.step,
-                                      (), "cpu", importance_map=inference.importance_map).predict(pre.data)
+    stitched = SlidingWindowPredictor(bundle.build_models("cpu"), bundle.n_classes, inference.patch_size,
+                                      inference.step, (), "cpu", importance_map=inference.importance_map).predict(pre.data)
     torch.testing.assert_close(stitched.float(), exact.float(), atol=2.0 ** -10, rtol=2.0 ** -10)
