@@ -369,3 +369,22 @@ def test_catalog_entry_with_an_nnunet_archive_is_converted_on_download(tmp_path,
     info = json.loads((path / ".install.json").read_text(encoding="utf-8"))
     assert info["sha256"] == entry["sha256"] and info["format"] == "nnunet" and info["folds"] == ["fold_1"]
     assert list((home / "downloads").iterdir()) == []
+
+
+def test_single_tile_segment_gives_the_official_networks_labels(tmp_path, official):
+    """An image already at the plan's spacing and patch size is one tile: its labels are
+    argmax(official network) up to float rounding, tile borders included."""
+    folder = write_results(tmp_path, {0: official["weights"]})
+    assert import_model(folder, model_id="liver") is not None
+    network_input = official["input"][0, 0].numpy().astype(np.float64)
+    assert network_input.min() > (-958.0 - 84.5) / 211.3 and network_input.max() < (1187.0 - 84.5) / 211.3  # unclipped
+    image = sitk.GetImageFromArray((network_input * 211.3 + 84.5).astype(np.float32))  # CT units that normalise to it
+    image.SetSpacing((0.8, 0.8, 2.5))  # x, y, z: plans_json's spacing (z, y, x)
+
+    labels = sitk.GetArrayFromImage(segment(image, "liver", device="cpu", tta=False))
+
+    expected = official["output_0"][0].argmax(0).numpy()
+    assert labels.shape == expected.shape == (32, 32, 32)
+    agreement = (labels == expected).mean()
+    assert agreement >= 0.999, f"{agreement:.4%} of the voxels have the official network's label"
+    assert min(np.bincount(expected.ravel(), minlength=3)) > 1000  # every label present: the comparison can fail

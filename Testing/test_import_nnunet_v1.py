@@ -21,6 +21,7 @@ from mednextv2.errors import InputError
 from mednextv2.importer import import_model
 from mednextv2.safe_pickle import numpy_safe_globals
 from mednextv2.segmentation import segment
+from mednextv2.sliding_window import SlidingWindowPredictor
 
 FIXTURE = Path(__file__).resolve().parent / "fixtures" / "nnunet-v1"
 RESULTS = FIXTURE / "nnUNet" / "3d_fullres" / "Task501_LungTiny"
@@ -127,3 +128,40 @@ def test_hostile_pickles_are_refused_before_any_code_runs(tmp_path, home, victim
         with open(folder / victim, "rb") as f:
             pickle.load(f)
         assert marker.exists()
+
+
+def test_v1_single_tile_segment_gives_the_official_networks_labels(tmp_path, home, data_dir, capsys):
+    """A real CT already at the plan's spacing and patch size is one tile: its labels are
+    argmax(the network in float64), tile borders included."""
+    from plain_mednext import PlainMedNeXt
+
+    raw = tmp_path / "dataset.json"
+    raw.write_text(json.dumps({"name": "LungTiny", "modality": {"0": "CT"}, "labels": {"0": "background", "1": "tumour"}}))
+    assert main(["models", "--progress", "none", "import", str(FIXTURE / "nnUNet"), "--dataset-json", str(raw)]) == 0
+    capsys.readouterr()
+    bundle = load_bundle(home / "models" / "lungtiny")
+    assert bundle.spec.inference.patch_size == (32, 96, 96)
+    spacing = tuple(reversed(bundle.preprocessing.target_spacing))  # x, y, z
+    # 96 x 96 x 32 voxels of lung1 at the plan's spacing, around the tumour of the fixture's crop
+    lung = sitk.ReadImage(str(data_dir / "ct-lung" / "lung1_image.nrrd"))
+    size = (96, 96, 32)
+    origin = tuple(c - n * s / 2 for c, n, s in zip((-20.5, -119.7, -617.5), size, spacing))
+    scan = sitk.Resample(lung, size, sitk.Transform(), sitk.sitkLinear, origin, spacing, lung.GetDirection(), -1024.0)
+
+    labels = sitk.GetArrayFromImage(segment(scan, "lungtiny", device="cpu", tta=False))
+
+    pre = preprocessing.preprocess([scan], bundle.preprocessing)
+    assert pre.data.shape == (1, 32, 96, 96)  # the plan's grid is the scan's own: one tile
+    network = PlainMedNeXt(bundle.spec.network.config(deep_supervision=False)).double().eval()
+    network.load_state_dict(bundle.load_state_dicts()[0])
+    with torch.no_grad():
+        exact = network(torch.from_numpy(pre.data).double()[None])[0]
+    expected = exact.argmax(0).numpy()
+    agreement = (labels == expected).mean()
+    assert agreement >= 0.999, f"{agreement:.4%} of the voxels have the network's label"
+    assert 0.05 < expected.mean() < 0.95  # both labels present: the comparison can fail
+    # the stitched logits are the network's as float16 holds them, up to the tile's corners
+    inference = bundle.inference
+    stitched = SlidingWindowPredictor(bundle.build_models("cpu"), bundle.n_classes, inference.patch_size,
+                                      inference.step, (), "cpu", importance_map=inference.importance_map).predict(pre.data)
+    torch.testing.assert_close(stitched.float(), exact.float(), atol=2.0 ** -10, rtol=2.0 ** -10)

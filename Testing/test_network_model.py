@@ -2,8 +2,6 @@
 from __future__ import annotations
 
 import json
-import sys
-from pathlib import Path
 
 import pytest
 import torch
@@ -11,9 +9,7 @@ from safetensors.torch import load_file, save_file
 
 from mednextv2.network import (PRESETS, MedNeXt, MedNeXtConfig, config_from_state_dict, from_official_state_dict,
                                official_state_dict)
-
-sys.path.insert(0, str(Path(__file__).resolve().parent / "benchmarks"))
-from plain_mednext import PlainMedNeXt  # noqa: E402  the spec written literally, an independent reference
+from plain_mednext import PlainMedNeXt  # the spec written literally, an independent reference
 
 SMALL = MedNeXtConfig(in_channels=3, n_channels=6, n_classes=5, exp_r=2, kernel_size=5,
                       block_counts=[1, 2, 1, 1, 1, 1, 1, 2, 1], grn=True, deep_supervision=True)

@@ -8,7 +8,8 @@ The whole-network rows run each implementation in a child process of its own, se
 runs for real: ours as an engine process (the engine's thread policy and memory setting,
 mednextv2.threads and mednextv2.process_memory), the plain code as its users would run it (torch's
 defaults). The two take turns, one forward each, so background load hits both alike. It prints
-medians, the speed-up ratio, the largest output difference and one-time costs (first call)
+medians, the speed-up ratio, the largest output difference, each one's largest error against the
+plain code run in float64 (GRN gamma/beta from N(0, 0.3), as trained), and one-time costs (first call)
 apart, and, for context, the plain code given the engine's memory setting too. The op-by-op rows
 (each trick at the first stage's shape) and --chunks run in this process. On CUDA it also times
 v2-base at 128^3, batch 2, under bf16 autocast, and one training step with and without
@@ -39,7 +40,7 @@ from typing import List, Optional
 import torch
 import torch.nn.functional as F
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # Testing/ for plain_mednext
 from plain_mednext import PlainMedNeXt  # noqa: E402
 
 from mednextv2.network import MedNeXt, MedNeXtConfig  # noqa: E402
@@ -91,10 +92,21 @@ def summarize(label, time_plain, time_ours, repeats):
     return row
 
 
+def with_trained_grn_scale(model: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
+    """GRN gamma/beta drawn from N(0, 0.3), the size of a trained network's: the scale at which
+    GRN magnifies a float32 error, so the float64 column below means something."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "grn_" in name:
+                p.copy_(torch.randn(p.shape, generator=g) * 0.3)
+    return model
+
+
 def v2_base_pair(size: int):
     """Ours and the plain implementation of v2-base with the same random weights, and a size^3 input."""
     cfg = MedNeXtConfig.preset("v2-base", in_channels=1, n_classes=3, deep_supervision=False)
-    ours = randomised(MedNeXt(cfg)).eval()
+    ours = with_trained_grn_scale(randomised(MedNeXt(cfg))).eval()
     plain = PlainMedNeXt(cfg).eval()
     plain.load_state_dict(ours.state_dict())
     return ours, plain, torch.randn(1, 1, size, size, size, generator=torch.Generator().manual_seed(1))
@@ -112,6 +124,8 @@ def serve_forwards(impl: str, size: int) -> None:
     if impl in ("ours", "plain-kept-memory"):
         keep_freed_memory()
     net = ours if impl == "ours" else plain
+    if impl == "float64":  # the exact reference: the plain code in float64
+        net, x = plain.double(), x.double()
     with torch.inference_mode():
         for line in sys.stdin:
             command, _, arg = line.strip().partition(" ")
@@ -181,15 +195,29 @@ def max_difference(a: ForwardWorker, b: ForwardWorker) -> float:
         return (a.output(Path(folder)) - b.output(Path(folder))).abs().max().item()
 
 
+def float64_error(size: int, outputs: List[torch.Tensor]) -> List[float]:
+    """The largest difference of each output from the plain code run in float64 (in a worker of
+    its own, started after the timed ones have ended: at 128^3 it needs several GiB)."""
+    with forward_workers(size, "float64") as (exact,), tempfile.TemporaryDirectory() as folder:
+        reference = exact.output(Path(folder))
+    return [(out.double() - reference).abs().max().item() for out in outputs]
+
+
 def network_cpu(size: int, repeats: int):
     """Ours in an engine process against the plain code in a default one, taking turns."""
     with forward_workers(size, "plain", "ours", "plain-kept-memory") as (plain, ours, plain_kept):
-        diff = max_difference(ours, plain)
+        with tempfile.TemporaryDirectory() as folder:
+            outputs = [ours.output(Path(folder)), plain.output(Path(folder))]
+        diff = (outputs[0] - outputs[1]).abs().max().item()
         row = summarize(f"v2-base forward {size}^3 fp32 CPU", plain.forward, ours.forward, repeats)
         kept = statistics.median(plain_kept.forward() for _ in range(repeats + 1))
-    row.update(max_abs_diff=diff, plain_kept_memory_s=kept)
+    error_ours, error_plain = float64_error(size, outputs)
+    row.update(max_abs_diff=diff, plain_kept_memory_s=kept, float64_error_ours=error_ours,
+               float64_error_plain=error_plain)
     print(f"{'':42s} max |ours - plain| = {diff:.2e}; the plain code with the engine's memory setting: "
           f"{kept * 1e3:.1f} ms ({kept / row['ours_s']:.2f}x ours)")
+    print(f"{'':42s} max error vs float64 (GRN gamma/beta ~ N(0, 0.3)): ours {error_ours:.2e}, "
+          f"plain float32 {error_plain:.2e} ({error_ours / error_plain:.2f}x)", flush=True)
     return row
 
 
@@ -282,6 +310,22 @@ def with_fusion(enabled: bool, net: torch.nn.Module, x: torch.Tensor):
         layers.fused_available = saved
 
 
+def one_gemv_squares(x: torch.Tensor) -> torch.Tensor:
+    """Column sums of squares as one float32 GEMV per chunk: fast, but 1e-5 off over 16k rows."""
+    total = torch.zeros(x.shape[1])
+    for s in range(0, x.shape[0], layers.CHUNK_VOXELS):
+        part = x[s:s + layers.CHUNK_VOXELS]
+        total.addmv_(torch.mul(part, part).t(), torch.ones(part.shape[0]))
+    return total
+
+
+def column_squares(x: torch.Tensor) -> torch.Tensor:
+    squares = layers.ColumnSquares(*x.shape)
+    for s in range(0, x.shape[0], layers.CHUNK_VOXELS):
+        squares.add(x[s:s + layers.CHUNK_VOXELS])
+    return squares.total
+
+
 def ops_cpu(repeats: int):
     """Each trick alone, at enc_block_0's shape of v2-base on a 64^3 patch (32 channels, r=3)."""
     c, s, r = 32, 64, 3
@@ -308,6 +352,9 @@ def ops_cpu(repeats: int):
         rows.append(compare("op: norm+expand+GELU+GRN+compress, chunked", lambda: block._compress(block.act(block.conv2(xl))),
                             lambda: unfused(xl, acc), repeats))
         rows.append(compare("op: whole block (plain vs ours)", lambda: plain_block(x), lambda: block(xl), repeats))
+        wide = block.act(block.conv2(xl)).permute(0, 2, 3, 4, 1).reshape(-1, r * c)  # GRN's input, (voxels, r*C)
+        rows.append(compare("op: GRN's sums of squares, one GEMV vs blocked", lambda: one_gemv_squares(wide),
+                            lambda: column_squares(wide), repeats))
         # Alone in one block the fusion hardly shows (1.04x); across the network it does.
         net = randomised(MedNeXt(MedNeXtConfig.preset("v2-base", in_channels=1, n_classes=3))).eval()
         patch = torch.randn(1, 1, s, s, s, generator=g)

@@ -374,7 +374,6 @@ def baseline_network(bundle):
     config = bundle.network.config(deep_supervision=False)
     state = dict(bundle.load_state_dicts()[0])
     if os.environ.get(BASELINE_NET_ENV, "ours") == "plain":
-        sys.path.insert(0, str(Path(__file__).resolve().parent))
         from plain_mednext import PlainMedNeXt
 
         network = PlainMedNeXt(config)

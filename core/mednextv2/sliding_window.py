@@ -4,9 +4,9 @@ Works with any module that takes (N, C, z, y, x) and returns logits (or a list w
 is the full-resolution logits). Each fold's mirrored passes (its own mirror axes) are averaged,
 then the folds, in logit space (as nnU-Net), and the Gaussian-weighted mean logits are returned.
 
-Memory bound of the accumulation: the class logits are accumulated in float16 and the
-Gaussian weight sum in float32, so the stitching buffers take (2 * K + 4) bytes per voxel of the
-network grid (K classes), plus the padded input (4 * C bytes per voxel). Nothing else scales
+Memory bound of the accumulation: the Gaussian-weighted mean of the class logits so far is kept
+in float16 and the weight sum in float32, so the stitching buffers take (2 * K + 4) bytes per voxel
+of the network grid (K classes), plus the padded input (4 * C bytes per voxel). Nothing else scales
 with the volume: tiles go through the network `tile_batch` at a time.
 
 On out-of-memory the case restarts with the next fallback, each step logged:
@@ -277,11 +277,12 @@ class SlidingWindowPredictor:
                  " x ".join(map(str, plan.tiles_per_axis)), self.step, sum(map(len, self.mirrors)))
         tiles = tile_grid(shape, self.patch, self.step)
         gauss = gaussian_importance(self.patch, kind=self.importance_map)
-        acc = torch.zeros((self.n_classes,) + shape, dtype=torch.float16, device=state.accumulate)
-        # nnU-Net sums its weights in float16 as well; the same rounding decides the same near-ties
-        weight_dtype = torch.float16 if self.importance_map == "nnunet" else torch.float32
-        weight = torch.zeros(shape, dtype=weight_dtype, device=state.accumulate)
-        gauss_acc, gauss_compute = gauss.to(state.accumulate), gauss.to(state.compute)
+        # The weighted mean so far (float16) and the weights so far (float32), not a weighted sum:
+        # logit * weight is a float16 subnormal where nnU-Net's weights are tiny (down to 1e-10 at
+        # a tile's corners), and a voxel that no other tile covers kept a few bits of its logit.
+        mean = torch.zeros((self.n_classes,) + shape, dtype=torch.float16, device=state.accumulate)
+        weight = torch.zeros(shape, dtype=torch.float32, device=state.accumulate)
+        gauss_acc = gauss.to(state.accumulate)
         for model in self.models:
             model.to(state.compute)
         padded = padded.to(state.compute)
@@ -292,22 +293,24 @@ class SlidingWindowPredictor:
             x = torch.stack([padded[(slice(None),) + w] for w in windows])
             if state.compute.type == "cpu":
                 self.threads.update()
-            logits = self._predict_tiles(x, state.compute).mul_(gauss_compute).to(state.accumulate)
+            logits = self._predict_tiles(x, state.compute).to(state.accumulate)
             for i, w in enumerate(windows):
-                window = acc[(slice(None),) + w]
-                # float32 -> float16 inside the add, class by class: on the CPU the same mixed-dtype
-                # add over the whole 4-D window is ~6x slower (measured 178 vs 28 ms, 44 classes).
+                window = mean[(slice(None),) + w]
+                share = gauss_acc / weight[w].add_(gauss_acc)  # this tile's part of the weights so far
+                # mean += (logits - mean) * share, class by class, float32 -> float16 inside the add:
+                # on the CPU a mixed-dtype add over the whole 4-D window is ~6x slower (measured
+                # 178 vs 28 ms, 44 classes).
                 for c in range(self.n_classes):
-                    window[c].add_(logits[i, c])
-                weight[w].add_(gauss_acc)
+                    window[c].add_(logits[i, c].sub_(window[c]).mul_(share))
             self._report(first + len(batch), len(tiles), started)
-        # Normalise in place, in slabs, so no second full-size copy of the accumulator exists
-        # (on the CPU the result is a view of it; from a GPU it streams into a CPU tensor).
-        acc = acc[(slice(None),) + crop]
-        weight = weight[crop]
-        out = acc if acc.device.type == "cpu" else torch.empty(acc.shape, dtype=torch.float16)
-        for z in range(0, acc.shape[1], 8):
-            out[:, z:z + 8] = (acc[:, z:z + 8].float() / weight[z:z + 8]).to("cpu", torch.float16)
+        # On the CPU the result is a view of the accumulator; from a GPU it streams to the CPU in
+        # slabs, so no second full-size copy exists on the device.
+        mean = mean[(slice(None),) + crop]
+        if mean.device.type == "cpu":
+            return mean
+        out = torch.empty(mean.shape, dtype=torch.float16)
+        for z in range(0, mean.shape[1], 8):
+            out[:, z:z + 8] = mean[:, z:z + 8].cpu()
         return out
 
     def _predict_tiles(self, x: torch.Tensor, device: torch.device) -> torch.Tensor:

@@ -31,6 +31,7 @@ GRN_EPS = 1e-6  # official: gx / (gx.mean(dim=1) + 1e-6)
 # Voxels per MLP chunk: 8k-16k beat 4k by 3-11% at 64^3 on a host with a busy shared L3 and tied at
 # 128^3 (bench_network.py --chunks); fewer, larger ops also wait less on a busy CPU.
 CHUNK_VOXELS = 16384
+SQUARES_PARTIAL_FLOATS = 16384  # ColumnSquares' partial sums: 64 KiB, within L2
 KEEP_EXPANSION_BYTES = 256 << 20  # keeping the expansion beat recomputing it by 3-25% at 64^3 (bench_network); above this, memory wins
 
 
@@ -50,19 +51,38 @@ def spatial_l2(h: torch.Tensor) -> torch.Tensor:
 class ColumnSquares:
     """Per-column sums of squares of a (voxels, channels) float32 matrix fed in row chunks.
 
-    Squares into one chunk-sized scratch, then column sums as a GEMV: 30-60% faster than
-    `sum(0)`, a Gram matrix's diagonal or `vector_norm(dim=0)` at every stage's shape, and as exact.
+    Squares into one chunk-sized scratch, then column sums as a GEMV: as fast as `sum(0)` or
+    faster, and 30-60% faster than a Gram matrix's diagonal or `vector_norm(dim=0)`. A GEMV adds
+    its rows one after another: over a 16k-row chunk its float32 sums are off by ~1e-5
+    (relative), which GRN magnifies to tens of times the literal float32 network's output error.
+    So the GEMV sums every `block`-th row (the chunk viewed as (rows / block, block * channels)),
+    its `block` partial sums are added in float64, and so are the chunks' totals: no float32 sum
+    runs over more than a few hundred terms (bench_network.py, "GRN's sums of squares" row).
     """
 
     def __init__(self, voxels: int, channels: int) -> None:
         rows = min(CHUNK_VOXELS, voxels)
-        self.total = torch.zeros(channels, dtype=torch.float32)
+        self.channels = channels
+        # block * channels floats of partial sums stay in cache while the rows stream past.
+        self.block = max(8, min(256, SQUARES_PARTIAL_FLOATS // channels))
+        self._total = torch.zeros(channels, dtype=torch.float64)
         self._squares = torch.empty(rows, channels, dtype=torch.float32)
-        self._ones = torch.ones(rows, dtype=torch.float32)
+        self._ones = torch.ones(max(1, rows // self.block), dtype=torch.float32)
 
     def add(self, part: torch.Tensor) -> None:
-        n = part.shape[0]
-        self.total.addmv_(torch.mul(part, part, out=self._squares[:n]).t(), self._ones[:n])
+        n, c, b = part.shape[0], self.channels, self.block
+        squares = torch.mul(part, part, out=self._squares[:n])
+        whole = n - n % b
+        if whole:
+            strided = squares[:whole].view(whole // b, b * c)
+            partial = torch.mv(strided.t(), self._ones[:whole // b])
+            self._total += partial.view(b, c).sum(0, dtype=torch.float64)
+        if whole < n:
+            self._total += squares[whole:].sum(0, dtype=torch.float64)
+
+    @property
+    def total(self) -> torch.Tensor:
+        return self._total.float()
 
 
 def group_norm(h: torch.Tensor, norm: nn.GroupNorm) -> torch.Tensor:

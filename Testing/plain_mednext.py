@@ -1,4 +1,5 @@
-"""A plain, literal MedNeXt written from ../shared/docs/mednext-v2.md, as the benchmark baseline.
+"""A plain, literal MedNeXt written from ../shared/docs/mednext-v2.md: the benchmarks' baseline
+and the tests' independent reference.
 
 Default layout, `torch.norm` GRN, `nn.ConvTranspose3d` heads: exactly what the spec says and no
 more. Its parameter names equal the official keys, so it loads the same state dict as ours.
