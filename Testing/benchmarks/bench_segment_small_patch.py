@@ -1,7 +1,7 @@
 """Segmenting with a model trained on the CPU (32^3 patches): ours against an earlier engine.
 
     python Testing/benchmarks/bench_segment_small_patch.py [--baseline 538bbbb] [--tta on off]
-        [--repeats 1] [--under-load] [--json out.json]
+        [--repeats 1] [--under-load] [--loads idle "matmul 2 threads"] [--engines ours baseline] [--json out.json]
     python Testing/benchmarks/bench_segment_small_patch.py --sweep [--patches 16 32 64 128]
         [--batches 1 2 4 8 16 32] [--seconds 3]
 
@@ -135,41 +135,45 @@ def labels_of(path: Path) -> np.ndarray:
     return sitk.GetArrayFromImage(sitk.ReadImage(str(path)))
 
 
-def compare(baseline: str, tta_modes, repeats: int, under_load: bool) -> list:
+def compare(baseline: str, tta_modes, repeats: int, under_load: bool, engines=("ours", "baseline"), competitors=None) -> list:
     sys.path.insert(0, str(HERE))
     from bench_network import COMPETITORS, competing
 
     image = data_dir() / "mr-brain-tissue" / "icbm152_2009a_t1.nii.gz"
     rows = []
     loads = [("idle", None)] + ([(name, args) for name, args in COMPETITORS.items()] if under_load else [])
+    if competitors:
+        loads = [(name, args) for name, args in loads if name in competitors]
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         bundle = make_bundle(tmp)
-        engines = {"ours": ROOT / "core", "baseline": baseline_core(baseline, tmp)}
+        cores = {"ours": ROOT / "core", "baseline": baseline_core(baseline, tmp)}
         for load_name, load_args in loads:
             with competing(load_args):
                 for tta in tta_modes:
                     for r in range(repeats):
                         got = {}
-                        order = ("baseline", "ours") if r % 2 else ("ours", "baseline")
+                        order = tuple(reversed(engines)) if r % 2 else tuple(engines)
                         for name in order:
                             out = tmp / f"{name}.nii.gz"
-                            got[name] = run_child(engines[name], bundle, image, out, tta == "on")
+                            got[name] = run_child(cores[name], bundle, image, out, tta == "on")
                             got[name]["labels"] = labels_of(out)
-                        ours, base = got["ours"], got["baseline"]
-                        same = float(np.mean(ours.pop("labels") == base.pop("labels")))
-                        row = {"load": load_name, "tta": tta, "repeat": r, "ours": ours, "baseline": base,
-                               "ratio": base["seconds"] / ours["seconds"], "labels_same": same}
+                        labels = {name: g.pop("labels") for name, g in got.items()}
+                        row = dict(got, load=load_name, tta=tta, repeat=r)
+                        if len(got) == 2:
+                            row.update(ratio=got["baseline"]["seconds"] / got["ours"]["seconds"],
+                                       labels_same=float(np.mean(labels["ours"] == labels["baseline"])))
                         rows.append(row)
-                        for name in ("ours", "baseline"):
+                        for name in engines:
                             g = got[name]
                             forwards = g["tiles"] * g["passes_per_tile"]
                             print(f"{load_name:17s} TTA {tta:3s} {name:8s} {g['seconds']:7.1f} s  {g['tiles']} tiles x "
                                   f"{g['passes_per_tile']} passes  {forwards / g['seconds']:6.1f} passes/s  "
                                   f"{g['grid_voxels'] / g['seconds'] / 1e6:5.2f} Mvox/s (grid)  tile batch {g['tile_batch']}  "
                                   f"load {g['load_before']:.1f}", flush=True)
-                        print(f"{'':17s} baseline/ours {row['ratio']:.2f}x, labels identical on {same:.6%} of voxels",
-                              flush=True)
+                        if "ratio" in row:
+                            print(f"{'':17s} baseline/ours {row['ratio']:.2f}x, labels identical on "
+                                  f"{row['labels_same']:.6%} of voxels", flush=True)
     return rows
 
 
@@ -214,6 +218,8 @@ def main() -> None:
     parser.add_argument("--tta", nargs="+", choices=("on", "off"), default=["off", "on"])
     parser.add_argument("--repeats", type=int, default=1)
     parser.add_argument("--under-load", action="store_true")
+    parser.add_argument("--engines", nargs="+", choices=("ours", "baseline"), default=["ours", "baseline"])
+    parser.add_argument("--loads", nargs="+", help="only these loads (idle and/or bench_network competitor names)")
     parser.add_argument("--sweep", action="store_true")
     parser.add_argument("--patches", type=int, nargs="+", default=[16, 32, 64, 128])
     parser.add_argument("--batches", type=int, nargs="+", default=[1, 2, 4, 8, 16, 32])
@@ -228,7 +234,7 @@ def main() -> None:
     sys.path.insert(0, str(ROOT / "core"))
     print(f"{os.cpu_count()} cores, load {os.getloadavg()[0]:.1f} at start", flush=True)
     rows = sweep(args.patches, args.batches, args.seconds) if args.sweep else \
-        compare(args.baseline, args.tta, args.repeats, args.under_load)
+        compare(args.baseline, args.tta, args.repeats, args.under_load, args.engines, args.loads)
     if args.json:
         args.json.write_text(json.dumps(rows, indent=1))
 
