@@ -14,7 +14,7 @@ Each engine segments in a child process of its own, set up as the `mednextv2` co
 own (mednextv2.process_memory, the thread policy of mednextv2.threads): this tree, and the
 baseline commit's `core/` taken out of git (`git archive`) into a temporary folder. The two take
 turns, so background load hits both alike; the parent prints each run's time (the `segment` call
-alone, after imports), the tile count, forward passes per second (tiles x mirrored passes) and
+alone, after imports) and CPU time (less inflated by a busy machine), the tile count, forward passes per second (tiles x mirrored passes) and
 network-grid voxels per second, the ratio baseline/ours, and how many voxels the two labelled
 alike. `--under-load` repeats everything beside each competitor of bench_network.py (a 1-thread
 and a 2-thread torch process doing matmuls, a second engine), started here.
@@ -113,10 +113,10 @@ def child(core: str, bundle: str, image: str, output: str, tta: bool) -> dict:
 
     seg.predictor.predict = predict
     load = os.getloadavg()[0]
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     seg.segment_to_file(image, output)
-    seconds = time.perf_counter() - t0
-    return {"seconds": seconds, "tiles": tiles[0], "passes_per_tile": passes, "grid_voxels": grid[0],
+    seconds, cpu = time.perf_counter() - t0, time.process_time() - c0
+    return {"seconds": seconds, "cpu_seconds": cpu, "tiles": tiles[0], "passes_per_tile": passes, "grid_voxels": grid[0],
             "tile_batch": seg.predictor.tile_batch, "load_before": load, "core": core}
 
 
@@ -170,7 +170,7 @@ def compare(baseline: str, tta_modes, repeats: int, under_load: bool, engines=("
                             print(f"{load_name:17s} TTA {tta:3s} {name:8s} {g['seconds']:7.1f} s  {g['tiles']} tiles x "
                                   f"{g['passes_per_tile']} passes  {forwards / g['seconds']:6.1f} passes/s  "
                                   f"{g['grid_voxels'] / g['seconds'] / 1e6:5.2f} Mvox/s (grid)  tile batch {g['tile_batch']}  "
-                                  f"load {g['load_before']:.1f}", flush=True)
+                                  f"CPU {g['cpu_seconds']:.1f} s  load {g['load_before']:.1f}", flush=True)
                         if "ratio" in row:
                             print(f"{'':17s} baseline/ours {row['ratio']:.2f}x, labels identical on "
                                   f"{row['labels_same']:.6%} of voxels", flush=True)
@@ -191,7 +191,7 @@ def sweep(patches, batches, seconds: float) -> list:
     rows = []
     for p in patches:
         for b in batches:
-            if b * p ** 3 > 32 * 64 ** 3:  # beyond what any batch choice would use; memory
+            if b * p ** 3 > 128 ** 3:  # one 128^3 tile: far beyond where the per-voxel cost stops falling
                 continue
             x = torch.randn(b, 1, p, p, p)
             with torch.inference_mode():
