@@ -41,8 +41,8 @@ GAUSSIAN_SIGMA_SCALE = 1.0 / 8  # nnU-Net's sigma = patch / 8
 GAUSSIAN_FLOOR = 1e-3
 DEFAULT_TILE_BATCH = {"cuda": 4, "mps": 2}  # the CPU's follows from FORWARD_VOXELS (cpu_tile_batch)
 # Voxels per forward that small tiles (and their mirrored copies) are batched up to. On the CPU a
-# v2-tiny 32^3 tile costs ~1.5x as much alone as in a batch of 8-16; at 64^3 one tile alone
-# is already as cheap per voxel (Testing/benchmarks/bench_segment_small_patch.py --sweep).
+# v2-tiny 32^3 tile cost 1.2-1.5x as much CPU time alone as in a batch of 8 (the best batch size);
+# a 64^3 tile alone is cheaper per voxel still (Testing/benchmarks/bench_segment_small_patch.py --sweep).
 FORWARD_VOXELS = 8 * 32 ** 3
 NORMALISE_BYTES = 16 << 20  # float32 temporaries of the final division by the weight sum
 
@@ -345,8 +345,8 @@ class SlidingWindowPredictor:
         per_forward = max(1, FORWARD_VOXELS // (x[0, 0].numel() * n)) if batch_mirrors else 1
         for first in range(0, len(mirrors), per_forward):
             group = [tuple(a + 2 for a in axes) for axes in mirrors[first:first + per_forward]]
-            inp = torch.cat([torch.flip(x, dims) if dims else x for dims in group]) if len(group) > 1 else (
-                torch.flip(x, group[0]) if group[0] else x)
+            flipped = [torch.flip(x, dims) if dims else x for dims in group]
+            inp = flipped[0] if len(flipped) == 1 else torch.cat(flipped)
             with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
                 out = model(inp)
             if isinstance(out, (list, tuple)):
