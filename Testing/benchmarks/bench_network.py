@@ -250,7 +250,8 @@ def under_load(sizes, repeats: int):
     print("\n| size | beside | plain s (as its users run it) | plain s (engine's memory setting) | ours s "
           "| ratio | ratio (memory setting) | ours threads |\n|---|---|---|---|---|---|---|---|")
     for r in rows:
-        print(f"| {r['size']}^3 | {r['load']} | {r['plain_s']:.2f} | {r['plain_kept_memory_s']:.2f} | {r['ours_s']:.2f} "
+        print(f"| {r['size']}^3 | {r['load']} | {r['plain_s']:.2f} | {r['plain_kept_memory_s']:.2f} "
+              f"| {r['ours_s']:.2f} "
               f"| {r['ratio']:.2f}x | {r['ratio_kept_memory']:.2f}x | {r['ours_threads']} |")
     return rows
 

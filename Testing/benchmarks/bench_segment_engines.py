@@ -101,7 +101,8 @@ def cases() -> Dict[str, Case]:
         # a 44-class model imported from nnU-Net (its tile weights), on the lung case's grid
         "lung44": Case("lung44", small44.to_dict(), (32, 128, 128), (5.0, 1.5, 1.5), "nnunet"),
         # the same planned at the CT's own spacing: the 48 x 512 x 512 network grid is the input grid
-        "lung44-native": Case("lung44-native", small44.to_dict(), (32, 128, 128), (5.0, 0.5703125, 0.5703125), "nnunet"),
+        "lung44-native": Case("lung44-native", small44.to_dict(), (32, 128, 128), (5.0, 0.5703125, 0.5703125),
+                              "nnunet"),
         # 150 x 171 x 171 network grid for the 512x512x300 volume
         "synthetic44": Case("synthetic44", small44.to_dict(), (64, 128, 128), (3.0, 2.4, 2.4)),
     }
