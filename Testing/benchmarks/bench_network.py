@@ -16,7 +16,8 @@ activation checkpointing.
 
 `--under-load` runs the network comparison four times: idle, then beside each competitor this
 script starts itself in a child process (a 1-thread and a 2-thread torch process doing matmuls,
-and a second engine: our forward in a loop, set up as an engine process). Time: about
+and a second engine: our forward in a loop, set up as an engine process); every row also times
+the plain code with the engine's memory setting, so both baselines stand side by side. Time: about
 (2 + 2 * repeats) forwards of each implementation per row (plus one of each for the output
 check); on an idle 2-core machine with --repeats 2, about 4 min at 64^3 and 20-25 min at
 128^3 (the plain code takes 42 s per 128^3 forward idle, 2-3x that beside a competitor).
