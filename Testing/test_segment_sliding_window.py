@@ -9,8 +9,8 @@ import torch
 from torch import nn
 
 from mednextv2.errors import ResourceError
-from mednextv2.sliding_window import (RunState, SlidingWindowPredictor, gaussian_importance, mirror_combinations,
-                                      next_fallback, pad_to_patch, tile_grid, tile_starts)
+from mednextv2.sliding_window import (FORWARD_VOXELS, RunState, SlidingWindowPredictor, gaussian_importance,
+                                      mirror_combinations, next_fallback, pad_to_patch, tile_grid, tile_starts)
 from mednextv2.network import MedNeXt
 from segment_fixtures import one_torch_thread, tiny_config  # noqa: F401 (autouse)
 
@@ -195,10 +195,27 @@ def test_fallback_chain_order():
     state = RunState(cuda, cuda, 4)
     chain = []
     while state is not None:
-        chain.append((state.compute.type, state.accumulate.type, state.tile_batch))
+        chain.append((state.compute.type, state.accumulate.type, state.tile_batch, state.batch_mirrors))
         state = next_fallback(state)
-    assert chain == [("cuda", "cuda", 4), ("cuda", "cuda", 2), ("cuda", "cuda", 1),
-                     ("cuda", "cpu", 1), ("cpu", "cpu", 1)]
+    assert chain == [("cuda", "cuda", 4, True), ("cuda", "cuda", 2, True), ("cuda", "cuda", 1, True),
+                     ("cuda", "cuda", 1, False), ("cuda", "cpu", 1, False), ("cpu", "cpu", 1, False)]
+
+
+def test_small_tiles_share_forwards_with_their_mirrored_passes():
+    """On the CPU small tiles and their mirrored copies fill forwards up to FORWARD_VOXELS; the
+    result is that of one pass per forward (the model here is per sample, so exactly)."""
+    x = torch.randn(1, 24, 40, 36)
+    patch = (16, 32, 32)
+    batched_model, single_model = PositionDependent(), PositionDependent()
+    batched = SlidingWindowPredictor([batched_model], 3, patch, mirror_axes=(0, 1, 2), device="cpu")
+    assert batched.tile_batch == FORWARD_VOXELS // (16 * 32 * 32 * 8) == 2
+    out = batched.predict(x)
+    single = SlidingWindowPredictor([single_model], 3, patch, mirror_axes=(0, 1, 2), tile_batch=1, device="cpu")
+    expected = single._run(x.float(), RunState(single.device, single.device, 1, batch_mirrors=False))
+    assert {s[0] for s in batched_model.calls} == {16} and {s[0] for s in single_model.calls} == {1}
+    assert torch.equal(out, expected)
+    # Large tiles keep one tile and one pass per forward on the CPU.
+    assert SlidingWindowPredictor([Pointwise()], 3, (64, 64, 64), mirror_axes=(0, 1, 2), device="cpu").tile_batch == 1
 
 
 def test_progress_reports_tiles_and_eta():
@@ -236,3 +253,23 @@ def test_each_fold_mirrors_on_its_own_axes_then_folds_are_averaged():
     assert torch.equal(predict([(0, 2), (0, 2)]), predict((0, 2)))
     with pytest.raises(ValueError, match="one per model"):
         predict([(0,)])
+
+
+def test_stitching_keeps_its_float32_temporaries_small():
+    """Many classes: stitching must not convert whole slabs of every class of the float16
+    accumulator to float32 at once (a final division did: 0.9 GB beside a 1.1 GB accumulator, 44 classes)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    k, shape = 44, (24, 200, 200)
+    accumulator = 2 * k * int(np.prod(shape))
+    model = Pointwise(n_classes=k)
+    predictor = SlidingWindowPredictor([model], k, (16, 64, 64), step=1.0, device="cpu")
+    x = torch.randn((1,) + shape)
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        out = predictor.predict(x)
+    sizes = sorted(e.cpu_memory_usage for e in prof.events() if e.cpu_memory_usage > 0)
+    assert accumulator in sizes
+    largest_other = max(s for s in sizes if s != accumulator)
+    tile_output = 4 * k * 16 * 64 * 64 * predictor.tile_batch  # the forward's own output
+    assert largest_other <= max(16 << 20, tile_output) * 1.05, f"{largest_other / 2**20:.0f} MiB allocated at once"
+    assert torch.allclose(out.float(), _logits_of(Pointwise(n_classes=k), x), rtol=5e-3, atol=2e-2)  # float16 sums of tiny-weight products

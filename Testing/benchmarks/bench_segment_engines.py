@@ -20,7 +20,9 @@ the wall time and the largest RSS seen in each stage. The parent reads all outpu
 counts the voxels labelled as ours. Timings exclude the library imports (reported apart).
 
 Cases: `lung` (<real data>/ct-lung/lung1_image.nrrd, 512x512x48 at 0.57x0.57x5 mm, v2-tiny,
-2 classes) and `synthetic44` (a generated 512x512x300 CT, 0.8x0.8x1.5 mm, a very small
+2 classes), `lung44` (the same CT and grid, the 44-class network below stitched as a model imported from
+nnU-Net), `lung44-native` (the same at the CT's own spacing: a 48x512x512 network grid) and
+`synthetic44` (a generated 512x512x300 CT, 0.8x0.8x1.5 mm, a very small
 MedNeXt with a 44-class head). The networks are small so that a case fits a few minutes per
 engine on a 2-core CPU; the network costs the same in every engine (one tile per forward),
 so the differences are preprocessing, stitching and going back to the input grid.
@@ -84,6 +86,7 @@ class Case:
     network: dict                          # MedNeXtConfig.to_dict()
     patch: Tuple[int, int, int]
     target_spacing: Tuple[float, float, float]  # (z, y, x) mm
+    importance_map: str = "mednextv2"  # "nnunet": tiles stitched as in a model imported from nnU-Net
 
 
 def cases() -> Dict[str, Case]:
@@ -95,6 +98,11 @@ def cases() -> Dict[str, Case]:
     return {
         # 48 x 195 x 195 network grid (anisotropic: nearest across the 5 mm slices in both engines)
         "lung": Case("lung", tiny2.to_dict(), (32, 128, 128), (5.0, 1.5, 1.5)),
+        # a 44-class model imported from nnU-Net (its tile weights), on the lung case's grid
+        "lung44": Case("lung44", small44.to_dict(), (32, 128, 128), (5.0, 1.5, 1.5), "nnunet"),
+        # the same planned at the CT's own spacing: the 48 x 512 x 512 network grid is the input grid
+        "lung44-native": Case("lung44-native", small44.to_dict(), (32, 128, 128), (5.0, 0.5703125, 0.5703125),
+                              "nnunet"),
         # 150 x 171 x 171 network grid for the 512x512x300 volume
         "synthetic44": Case("synthetic44", small44.to_dict(), (64, 128, 128), (3.0, 2.4, 2.4)),
     }
@@ -156,6 +164,8 @@ def make_bundle(case: Case, folder: Path) -> Path:
     spec = bundle_spec(config, patch=case.patch, target_spacing=case.target_spacing, normalization=[CT_NORM],
                        mirror_axes=(0, 1, 2))
     spec.update(id=f"bench-{case.name}", title=f"Engine benchmark ({case.name})")
+    if case.importance_map != "mednextv2":
+        spec["inference"]["importance_map"] = case.importance_map
     model = banded(randomised(MedNeXt(config), seed=0), CT_NORM)
     return Bundle.create(spec, [model.state_dict()]).save(folder / "model")
 
@@ -534,7 +544,7 @@ def print_summary(all_cases: List[dict]) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--cases", nargs="+", choices=("lung", "synthetic44"), default=["lung", "synthetic44"])
+    parser.add_argument("--cases", nargs="+", choices=("lung", "lung44", "lung44-native", "synthetic44"), default=["lung", "synthetic44"])
     parser.add_argument("--engines", nargs="+", choices=ENGINES, default=list(ENGINES))
     # One thread by default: on a shared 2-core box, two OpenMP threads spin-wait on each other whenever
     # another process holds a core, and the same tiles then take 5 s or 100 s (measured), which
@@ -565,7 +575,7 @@ def main() -> None:
     if missing:
         raise SystemExit(f"{', '.join(missing)} not importable by {sys.executable}: run this with the benchmark "
                          "venv's python (install notes at the top of this file), or leave those engines out")
-    if "lung" in args.cases and not args.lung.is_file():
+    if any(c.startswith("lung") for c in args.cases) and not args.lung.is_file():
         raise SystemExit(f"lung CT not found: {args.lung} (set MEDNEXTV2_DATA to a real data folder)")
     import torch
 
@@ -582,7 +592,7 @@ def main() -> None:
         all_cases = []
         for name in args.cases:
             case = cases()[name]
-            if name == "lung":
+            if name.startswith("lung"):
                 image_path = args.lung
             else:
                 size = tuple(args.synthetic_size)

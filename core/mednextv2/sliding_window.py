@@ -9,8 +9,13 @@ in float16 and the weight sum in float32, so the stitching buffers take (2 * K +
 of the network grid (K classes), plus the padded input (4 * C bytes per voxel). Nothing else scales
 with the volume: tiles go through the network `tile_batch` at a time.
 
+Small tiles are batched: one forward takes several tiles and their mirrored copies, up to
+FORWARD_VOXELS voxels (GroupNorm and GRN are per sample, so a sample's result does not depend
+on its batch). A 32^3 tile costs the network mostly per-operation overhead, which a batch pays once.
+
 On out-of-memory the case restarts with the next fallback, each step logged:
-halve the tile batch (down to 1) -> accumulate on the CPU -> run on the CPU.
+halve the tile batch (down to 1) -> one mirrored pass per forward -> accumulate on the CPU -> run
+on the CPU.
 """
 from __future__ import annotations
 
@@ -34,8 +39,11 @@ log = logging.getLogger(__name__)
 Progress = Callable[..., None]
 GAUSSIAN_SIGMA_SCALE = 1.0 / 8  # nnU-Net's sigma = patch / 8
 GAUSSIAN_FLOOR = 1e-3
-# On the CPU the network runs a batch sample by sample anyway: batching only adds memory.
-DEFAULT_TILE_BATCH = {"cuda": 4, "mps": 2, "cpu": 1}
+DEFAULT_TILE_BATCH = {"cuda": 4, "mps": 2}  # the CPU's follows from FORWARD_VOXELS (cpu_tile_batch)
+# Voxels per forward that small tiles (and their mirrored copies) are batched up to. On the CPU a
+# v2-tiny 32^3 tile cost 1.2-1.5x as much CPU time alone as in a batch of 8 (the best batch size);
+# a 64^3 tile alone is cheaper per voxel still (Testing/benchmarks/bench_segment_small_patch.py --sweep).
+FORWARD_VOXELS = 8 * 32 ** 3
 
 
 # ---------------------------------------------------------------- the tile plan's memory, checked
@@ -143,6 +151,11 @@ def _nnunet_importance(patch: Tuple[int, int, int], sigma_scale: float) -> torch
     return g.float()
 
 
+def cpu_tile_batch(patch: Sequence[int], passes: int) -> int:
+    """Tiles per forward on the CPU: as many as fit FORWARD_VOXELS with all their mirrored passes."""
+    return max(1, FORWARD_VOXELS // (int(np.prod(patch)) * max(1, passes)))
+
+
 def pad_to_patch(data: torch.Tensor, patch: Sequence[int]) -> Tuple[torch.Tensor, Tuple[slice, ...]]:
     """Zero-pad (C, z, y, x) symmetrically to at least the patch size; the slices undo it."""
     pads, crop = [], []
@@ -190,12 +203,15 @@ class RunState:
     compute: torch.device
     accumulate: torch.device
     tile_batch: int
+    batch_mirrors: bool = True  # a tile's mirrored passes share forwards (up to FORWARD_VOXELS)
 
 
 def next_fallback(state: RunState) -> Optional[RunState]:
     """The next, cheaper way to run after an out-of-memory error, or None when none is left."""
     if state.tile_batch > 1:
         return replace(state, tile_batch=max(1, state.tile_batch // 2))
+    if state.batch_mirrors:
+        return replace(state, batch_mirrors=False)
     if state.accumulate.type != "cpu":
         return replace(state, accumulate=torch.device("cpu"))
     if state.compute.type != "cpu":
@@ -206,6 +222,8 @@ def next_fallback(state: RunState) -> Optional[RunState]:
 def _describe_fallback(old: RunState, new: RunState) -> str:
     if new.tile_batch != old.tile_batch:
         return f"halving the tile batch {old.tile_batch} -> {new.tile_batch}"
+    if new.batch_mirrors != old.batch_mirrors:
+        return "one mirrored pass per forward"
     if new.accumulate != old.accumulate:
         return "accumulating the prediction on the CPU"
     return "running on the CPU"
@@ -228,7 +246,9 @@ class SlidingWindowPredictor:
         self.step = float(step)
         self.mirrors = _mirrors_per_model(mirror_axes, len(self.models))
         self.device = resolve_device(device)
-        self.tile_batch = int(tile_batch or DEFAULT_TILE_BATCH.get(self.device.type, 1))
+        passes = max(map(len, self.mirrors)) if self.mirrors else 1
+        self.tile_batch = int(tile_batch or DEFAULT_TILE_BATCH.get(self.device.type)
+                              or cpu_tile_batch(self.patch, passes))
         self.amp = amp
         self.progress = progress
         self.threads = ThreadPolicy(threads)  # CPU only: torch's thread count follows the free cores
@@ -293,7 +313,7 @@ class SlidingWindowPredictor:
             x = torch.stack([padded[(slice(None),) + w] for w in windows])
             if state.compute.type == "cpu":
                 self.threads.update()
-            logits = self._predict_tiles(x, state.compute).to(state.accumulate)
+            logits = self._predict_tiles(x, state.compute, state.batch_mirrors).to(state.accumulate)
             for i, w in enumerate(windows):
                 window = mean[(slice(None),) + w]
                 share = gauss_acc / weight[w].add_(gauss_acc)  # this tile's part of the weights so far
@@ -313,29 +333,39 @@ class SlidingWindowPredictor:
             out[:, z:z + 8] = mean[:, z:z + 8].cpu()
         return out
 
-    def _predict_tiles(self, x: torch.Tensor, device: torch.device) -> torch.Tensor:
+    def _passes(self, model: torch.nn.Module, x: torch.Tensor, mirrors: Sequence[Tuple[int, ...]],
+                device: torch.device, batch_mirrors: bool):
+        """Each mirrored pass's logits over the tiles x, un-mirrored, (B, K, *patch) float32, in
+        the order of `mirrors`; as many passes per forward as FORWARD_VOXELS allows."""
+        dtype = autocast_dtype(device) if self.amp else None
+        n = x.shape[0]
+        per_forward = max(1, FORWARD_VOXELS // (x[0, 0].numel() * n)) if batch_mirrors else 1
+        for first in range(0, len(mirrors), per_forward):
+            group = [tuple(a + 2 for a in axes) for axes in mirrors[first:first + per_forward]]
+            flipped = [torch.flip(x, dims) if dims else x for dims in group]
+            inp = flipped[0] if len(flipped) == 1 else torch.cat(flipped)
+            with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
+                out = model(inp)
+            if isinstance(out, (list, tuple)):
+                out = out[0]
+            out = out.float()
+            for i, dims in enumerate(group):
+                part = out[i * n:(i + 1) * n]
+                yield torch.flip(part, dims) if dims else part
+
+    def _predict_tiles(self, x: torch.Tensor, device: torch.device, batch_mirrors: bool = True) -> torch.Tensor:
         """Mean logits over folds of each fold's mean over its mirrored passes, (B, K, *patch) float32.
 
         Logits, not probabilities, are averaged, stitched and later interpolated, as nnU-Net
         does, so both give the same labels for the same network and preprocessing.
         """
-        dtype = autocast_dtype(device) if self.amp else None
         # Folds with as many passes each sum into one total divided once, the same float
         # operations as before per-fold axes existed; otherwise each fold's mean is taken first.
         same_count = len(set(map(len, self.mirrors))) == 1
         total = None
         for model, mirrors in zip(self.models, self.mirrors):
             fold = total if same_count else None
-            for axes in mirrors:
-                dims = tuple(a + 2 for a in axes)
-                inp = torch.flip(x, dims) if dims else x
-                with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
-                    out = model(inp)
-                if isinstance(out, (list, tuple)):
-                    out = out[0]
-                out = out.float()
-                if dims:
-                    out = torch.flip(out, dims)
+            for out in self._passes(model, x, mirrors, device, batch_mirrors):
                 fold = out if fold is None else fold.add_(out)
             if same_count:
                 total = fold
