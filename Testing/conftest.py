@@ -8,6 +8,7 @@ unless MEDNEXTV2_FIXTURES says otherwise. Missing data is an error, never a skip
 from __future__ import annotations
 
 import contextlib
+import shutil
 from pathlib import Path
 
 import pytest
@@ -33,6 +34,16 @@ def fixtures_dir() -> Path:
 @pytest.fixture(scope="session")
 def repo_root() -> Path:
     return REPO
+
+
+@pytest.fixture()
+def breast_dataset(tmp_path, data_dir) -> Path:
+    """A one-case training dataset: the real breast MR and its lesion mask (`NAME_image`/`NAME_label`)."""
+    folder = tmp_path / "dataset"
+    folder.mkdir()
+    for name in ("breast1_image.nrrd", "breast1_label.nrrd"):
+        shutil.copyfile(data_dir / "mr-breast" / name, folder / name)
+    return folder
 
 
 @pytest.fixture()

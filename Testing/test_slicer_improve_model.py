@@ -17,6 +17,15 @@ import slicer_stubs
 import slicer_train_paths  # noqa: F401  (both module folders and core/ on sys.path)
 
 
+def _uninstall(before) -> None:
+    """Remove the stand-ins; nothing built on the qt stand-in outlives the test (only the modules'
+    own packages are dropped: torch, if imported here first, cannot be re-imported)."""
+    slicer_stubs.uninstall()
+    for name in set(sys.modules) - before:
+        if name.startswith("MedNeXtV2"):
+            del sys.modules[name]
+
+
 @pytest.fixture
 def modules(tmp_path, monkeypatch):
     before = set(sys.modules)
@@ -28,10 +37,7 @@ def modules(tmp_path, monkeypatch):
 
         yield slicer, SegmentPanel, MedNeXtV2TrainWidget
     finally:
-        slicer_stubs.uninstall()
-        for name in set(sys.modules) - before:  # nothing built on the qt stand-in outlives the test
-            if name.startswith("MedNeXtV2"):  # (torch, if imported here first, cannot be re-imported)
-                del sys.modules[name]
+        _uninstall(before)
 
 
 def test_improve_opens_train_with_the_result_and_its_model(modules, data_dir, monkeypatch):
@@ -126,10 +132,7 @@ def test_the_case_table_takes_the_corrected_result(tmp_path, data_dir, monkeypat
         assert [c.segmentation for c in page.sceneCases()] == [corrected, brainLesion, result]
         assert [table.item(r, CASE).text() for r in range(table.rowCount)] == ["breast1", "brain1", "scan3"]
     finally:
-        slicer_stubs.uninstall()
-        for name in set(sys.modules) - before:  # nothing built on the qt stand-in outlives the test
-            if name.startswith("MedNeXtV2"):  # (torch, if imported here first, cannot be re-imported)
-                del sys.modules[name]
+        _uninstall(before)
 
 
 def test_wizard_opens_with_the_case_and_the_model_as_base(tmp_path, data_dir, monkeypatch):
@@ -215,7 +218,4 @@ def test_wizard_opens_with_the_case_and_the_model_as_base(tmp_path, data_dir, mo
             time.sleep(0.1)
         assert wizard.ui.baseModelComboBox.currentData == ""
     finally:
-        slicer_stubs.uninstall()
-        for name in set(sys.modules) - before:  # nothing built on the qt stand-in outlives the test
-            if name.startswith("MedNeXtV2"):  # (torch, if imported here first, cannot be re-imported)
-                del sys.modules[name]
+        _uninstall(before)

@@ -24,12 +24,8 @@ TINY = ["--preset", "v2-tiny", "--epochs", "1", "--iterations", "1", "--patch", 
 
 
 @pytest.fixture()
-def dataset(tmp_path, data_dir):
-    folder = tmp_path / "dataset"
-    folder.mkdir()
-    for name in ("breast1_image.nrrd", "breast1_label.nrrd"):
-        shutil.copyfile(data_dir / "mr-breast" / name, folder / name)
-    return folder
+def dataset(breast_dataset):
+    return breast_dataset
 
 
 def _train(dataset, output, *extra) -> int:

@@ -218,13 +218,9 @@ def test_nan_loss_is_skipped_lr_lowered_then_training_stops(breast_dataset, tmp_
     assert not (tmp_path / "nan").exists()
 
 
-def test_training_curve_png_without_matplotlib(tmp_path, monkeypatch):
-    """Slicer's Python and a fresh install have no matplotlib: the curve is still drawn."""
+def hide_matplotlib(monkeypatch) -> None:
+    """Imports of matplotlib fail, as in Slicer's Python, which ships none."""
     import builtins
-
-    import SimpleITK as sitk
-
-    from mednextv2.train import curves
 
     real_import = builtins.__import__
 
@@ -234,6 +230,15 @@ def test_training_curve_png_without_matplotlib(tmp_path, monkeypatch):
         return real_import(name, *args, **kwargs)
 
     monkeypatch.setattr(builtins, "__import__", no_matplotlib)
+
+
+def test_training_curve_png_without_matplotlib(tmp_path, monkeypatch):
+    """Slicer's Python and a fresh install have no matplotlib: the curve is still drawn."""
+    import SimpleITK as sitk
+
+    from mednextv2.train import curves
+
+    hide_matplotlib(monkeypatch)
     rows = [{"epoch": e, "train_loss": 2.0 / e, "dice_grey": 0.1 * e} for e in range(1, 6)]
     assert curves.write_png(rows, tmp_path / "curve.png")
     png = sitk.GetArrayFromImage(sitk.ReadImage(str(tmp_path / "curve.png")))
@@ -247,20 +252,11 @@ def test_training_curve_png_without_matplotlib(tmp_path, monkeypatch):
 
 def test_training_curve_without_matplotlib_has_axes_ticks_labels_and_legend(tmp_path, monkeypatch, caplog):
     """Slicer ships no matplotlib: the curve still reads (text in ink), and the note is logged once."""
-    import builtins
-
     import SimpleITK as sitk
 
     from mednextv2.train import curves
 
-    real_import = builtins.__import__
-
-    def no_matplotlib(name, *args, **kwargs):
-        if name.startswith("matplotlib"):
-            raise ImportError(name)
-        return real_import(name, *args, **kwargs)
-
-    monkeypatch.setattr(builtins, "__import__", no_matplotlib)
+    hide_matplotlib(monkeypatch)
     monkeypatch.setattr(curves, "_said_no_matplotlib", False, raising=False)
     caplog.set_level("INFO", logger="mednextv2.train.curves")
     ink = (40, 40, 40)

@@ -223,11 +223,10 @@ class Bundle:
                 prefix = _zip_prefix(list(zf.entries), str(self.source))
                 out = []
                 for name in self.weights:
-                    if prefix + name not in zf.entries:
-                        raise InputError(f"{self.source}: weights file {name} is missing from the zip")
+                    entry = self._zip_weights_entry(zf, prefix, name)
                     target = tmp / name.replace("/", "_")  # the bundle's name: the checks' messages use it
                     try:  # at most what the network's weights can take, whatever the zip's headers say
-                        zf.extract(prefix + name, target, max_weights_bytes(shapes))
+                        zf.extract(entry, target, max_weights_bytes(shapes))
                     except OSError as e:
                         raise ResourceError(f"cannot unpack weights file {name} of {self.source} into {tmp}: "
                                             f"{e.strerror or e}") from e
@@ -236,6 +235,12 @@ class Bundle:
             yield out
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
+
+    def _zip_weights_entry(self, zf, prefix: str, name: str) -> str:
+        """The zip entry of weights file `name`; refused by name when the zip lacks it."""
+        if prefix + name not in zf.entries:
+            raise InputError(f"{self.source}: weights file {name} is missing from the zip")
+        return prefix + name
 
     def load_state_dicts(self) -> List[Mapping[str, Any]]:
         """One state dict per fold, on the CPU."""
@@ -247,11 +252,9 @@ class Bundle:
                 prefix = _zip_prefix(list(zf.entries), str(self.source))
                 out = []
                 for name in self.weights:
-                    if prefix + name not in zf.entries:
-                        raise InputError(f"{self.source}: weights file {name} is missing from the zip")
-                    with zf.open(prefix + name, max_weights_bytes(shapes)) as src:
-                        out.append(_stream_safetensors(src, zf.entries[prefix + name].file_size, name, self._where(),
-                                                       shapes))
+                    entry = self._zip_weights_entry(zf, prefix, name)
+                    with zf.open(entry, max_weights_bytes(shapes)) as src:
+                        out.append(_stream_safetensors(src, zf.entries[entry].file_size, name, self._where(), shapes))
                 return out
         with self._weight_files() as files:
             return [_read_state_dict(path, name, self._where()) for name, path in files]
