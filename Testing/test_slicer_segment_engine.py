@@ -56,7 +56,7 @@ def test_segment_real_scan_through_the_runner(data_dir, bundle, tmp_path):
                       spec.inference.patch_size, spec.inference.step) == predicted[-1].extra["tiles_total"]
     passes = passes_per_tile(spec.inference.mirror_axes_per_fold(len(spec.weights)), tta=False)
     rates = [r for r in (seconds_per_pass(e, passes) for e in predicted) if r is not None]
-    assert all(r > 0 for r in rates) and (rates or predicted[-1].extra["tiles_total"] <= 1)
+    assert rates and all(r > 0 for r in rates)  # also when one batch held every tile
 
     reference, result = sitk.ReadImage(str(image)), sitk.ReadImage(str(paths.output))
     assert result.GetSize() == reference.GetSize()

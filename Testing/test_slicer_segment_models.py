@@ -164,8 +164,10 @@ def test_cpu_estimate_says_how_it_is_made():
     # 512 x 512 x 100 CT at 0.7 x 0.7 x 2.5 mm, model at 2.5 x 0.7 x 0.7 mm (z, y, x), 64 x 128 x 128 patch
     assert tile_count((512, 512, 100), (0.7, 0.7, 2.5), (2.5, 0.7, 0.7), (64, 128, 128), 0.5) == 3 * 7 * 7
     assert tile_count((10, 10, 10), (1, 1, 1), None, (16, 16, 16), 0.5) == 1
-    event = ProgressEvent("predict", 0.25, 30.0, "tile 5/20", {"tiles_done": 5, "tiles_total": 20})
-    assert seconds_per_pass(event, passes=8) == pytest.approx(30.0 / 15 / 8)
+    event = ProgressEvent("predict", 0.25, 30.0, "tile 5/20", {"tiles_done": 5, "tiles_total": 20, "elapsed_s": 10.0})
+    assert seconds_per_pass(event, passes=8) == pytest.approx(10.0 / 5 / 8)
+    every_tile = ProgressEvent("predict", 1.0, 0.0, "tile 3/3", {"tiles_done": 3, "tiles_total": 3, "elapsed_s": 6.0})
+    assert seconds_per_pass(every_tile, passes=2) == pytest.approx(1.0)  # one batch held every tile
     assert seconds_per_pass(ProgressEvent("export", 1.0, 0.0, "", {}), 8) is None
     text = cpu_estimate_text(147, 8, 0.25)
     assert "about 4 min 54 s" in text and "147 tiles x 8 passes x 0.25 s per pass" in text

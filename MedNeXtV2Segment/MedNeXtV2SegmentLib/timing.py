@@ -2,9 +2,9 @@
 
 Neither bundles nor (today) the catalog entries carry timings, so no number is invented: the
 estimate is (tiles of this input) x (network passes per tile) x (seconds per pass measured on
-this computer by an earlier CPU run of the same model). The engine reports every sliding-window
-tile (`tiles_done`, `tiles_total`, and an ETA from its own elapsed time), so the seconds per pass
-of a run are `eta_s / (tiles_total - tiles_done) / passes`. The tile count uses the engine's tile
+this computer by an earlier CPU run of the same model). The engine reports every batch of
+sliding-window tiles (`tiles_done`, `tiles_total`, `elapsed_s` since the first tile), so the seconds
+per pass of a run are `elapsed_s / tiles_done / passes`, also when one batch held every tile. The tile count uses the engine's tile
 placement (mednextv2.tiles) on the input resampled to the model's spacing; passes are folds x
 mirrored TTA passes.
 """
@@ -39,12 +39,12 @@ def tile_count(size_ijk: Sequence[int], spacing_ijk: Sequence[float], target_spa
 
 def seconds_per_pass(event: ProgressEvent, passes: int) -> Optional[float]:
     """The engine's own measurement, from a sliding-window progress line; None if it has none."""
-    done, total = event.extra.get("tiles_done"), event.extra.get("tiles_total")
-    if event.stage != "predict" or event.eta_s is None or not isinstance(done, int) or not isinstance(total, int):
+    done, elapsed = event.extra.get("tiles_done"), event.extra.get("elapsed_s")
+    if event.stage != "predict" or not isinstance(done, int) or not isinstance(elapsed, (int, float)):
         return None
-    if not 0 < done < total or passes < 1:
+    if done < 1 or passes < 1 or elapsed <= 0:
         return None
-    return event.eta_s / (total - done) / passes
+    return elapsed / done / passes
 
 
 def cpu_estimate_text(tiles: int, passes: int, rate_s: Optional[float]) -> str:

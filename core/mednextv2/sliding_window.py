@@ -272,7 +272,7 @@ class SlidingWindowPredictor:
                                         f"({str(e).strip() or type(e).__name__}); "
                                         "use --fast, a smaller model, or free memory") from e
                 log.warning("out of memory on %s (%s); retrying the case %s", state.compute,
-                            str(e).splitlines()[0][:120], _describe_fallback(state, new))
+                            (str(e).strip() or type(e).__name__).splitlines()[0][:120], _describe_fallback(state, new))
                 _free_cuda_cache()
                 state = new
 
@@ -380,7 +380,8 @@ class SlidingWindowPredictor:
             return
         elapsed = time.monotonic() - started
         eta = elapsed / done * (total - done) if done else None
-        self.progress("predict", done / total, f"tile {done}/{total}", eta_s=eta, tiles_done=done, tiles_total=total)
+        self.progress("predict", done / total, f"tile {done}/{total}", eta_s=eta, tiles_done=done, tiles_total=total,
+                      elapsed_s=round(elapsed, 3))
 
 
 def _free_cuda_cache() -> None:
