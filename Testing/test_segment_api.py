@@ -90,7 +90,8 @@ def test_batch_mode_loads_the_model_once(tmp_path, monkeypatch):
     written = segment_folder(cases, threshold_bundle(mirror_axes=()), out, ".nii.gz", device="cpu")
     assert [p.name for p in written] == ["a.nii.gz", "b.nii.gz", "c.nii.gz"] and len(calls) == 1
     assert sorted(p.name for p in out.iterdir()) == sorted(
-        ["a.nii.gz", "b.nii.gz", "c.nii.gz", "a.labels.json", "b.labels.json", "c.labels.json"])
+        ["a.nii.gz", "b.nii.gz", "c.nii.gz", "a.labels.json", "b.labels.json", "c.labels.json", ".mednextv2-run"])
+    assert sorted(p.name for p in (out / ".mednextv2-run").iterdir()) == ["a.json", "b.json", "c.json"]
 
 
 def test_find_cases_groups_channels(tmp_path):

@@ -72,7 +72,7 @@ def test_segment_labelmap_structures_fast_and_batch(tmp_path, image_path, model_
     batch.mkdir()
     assert main(["segment", str(image_path.parent), "-m", str(model_dir), "-o", str(batch), "--device", "cpu",
                  "--progress", "none", "--no-tta"]) == 0
-    assert sorted(p.name for p in batch.iterdir()) == ["ct.seg.nrrd", "second.seg.nrrd"]
+    assert sorted(p.name for p in batch.iterdir()) == [".mednextv2-run", "ct.seg.nrrd", "second.seg.nrrd"]
     assert sitk.ReadImage(str(batch / "second.seg.nrrd")).GetSize() == (30, 33, 10)
 
 

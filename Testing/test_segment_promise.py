@@ -92,7 +92,8 @@ def test_batch_into_the_input_folder_with_names_that_cannot_collide_writes_besid
     before = _hashes(folder)
     assert _segment(folder, "-m", model_dir, "-o", folder) == 0  # breast.seg.nrrd beside breast.nrrd
     after = _hashes(folder)
-    assert {k: after[k] for k in before} == before and set(after) - set(before) == {"breast.seg.nrrd"}
+    assert {k: after[k] for k in before} == before and set(after) - set(before) == {"breast.seg.nrrd",
+                                                                                 ".mednextv2-run/breast.json"}
     # A second run sees the result as a second "breast" case: refused, nothing touched.
     assert _segment(folder, "-m", model_dir, "-o", folder) == 2
     assert _hashes(folder) == after

@@ -88,6 +88,8 @@ class BarProgress:
 
     def __call__(self, stage: str, fraction: float, message: str = "", eta_s: Optional[float] = None, **extra) -> None:
         stream = self.stream or sys.stderr
+        if "rank" in extra:  # several ranks draw on one terminal
+            stage = f"rank {extra['rank']} {stage}"
         if eta_s is None:
             eta_s = self.clock.eta(stage, fraction)
         if self.last_stage is not None and stage != self.last_stage:
@@ -107,6 +109,17 @@ class BarProgress:
 
 def null_progress(stage: str, fraction: float, message: str = "", **extra) -> None:
     return None
+
+
+def with_rank(report: ProgressCallback, rank: int) -> ProgressCallback:
+    """The reporter of one rank of a sharded run: JSON lines carry `rank`, the bar names it."""
+    if report is null_progress:
+        return report
+
+    def ranked(*args, **extra) -> None:
+        report(*args, rank=rank, **extra)
+
+    return ranked
 
 
 def make_progress(mode: str = "bar", stream: Optional[TextIO] = None) -> ProgressCallback:

@@ -15,14 +15,15 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 import SimpleITK as sitk
 
-from mednextv2 import export, image_io, postprocessing, preprocessing, stop_request
+from mednextv2 import export, image_io, postprocessing, preprocessing, run_record, stop_request
 from mednextv2.bundle import Bundle, Label, load_bundle
 from mednextv2.devices import resolve_device
 from mednextv2.errors import InputError, ResourceError
-from mednextv2.output_guard import refuse_writing_over_inputs
+from mednextv2.output_guard import refuse_writing_over_inputs, same_path
 from mednextv2.progress import null_progress
 from mednextv2.segment_options import SegmentOptions, check_step
 from mednextv2.sliding_window import SlidingWindowPredictor
+from mednextv2.train.distributed import DistContext as Shard
 
 log = logging.getLogger(__name__)
 
@@ -74,6 +75,13 @@ def read_case(image_or_path: Union[ImageInput, Sequence[ImageInput], InputCase])
     return InputCase(tuple(images), tuple(names), tuple(paths))
 
 
+def inference_settings(bundle: Bundle, opts: SegmentOptions) -> Tuple[float, Tuple[Tuple[int, ...], ...]]:
+    """The tile step and each fold's mirror axes a run uses: the options over the bundle's defaults."""
+    step = check_step(bundle.inference.step, f"model {bundle.id}: inference step") if opts.step is None else opts.step
+    mirror = bundle.inference.mirror_axes_per_fold(len(bundle.weights)) if opts.tta and not opts.fast else ()
+    return step, mirror
+
+
 class Segmenter:
     """A loaded model ready to segment many cases with the same options."""
 
@@ -86,9 +94,8 @@ class Segmenter:
         if opts.structures:
             self.labels = postprocessing.select_structures(self.labels, opts.structures)
         inference = self.bundle.inference
-        step = check_step(inference.step, f"model {self.bundle.id}: inference step") if opts.step is None else opts.step
-        tta = opts.tta and not opts.fast
-        mirror = inference.mirror_axes_per_fold(len(self.bundle.weights)) if tta else ()
+        step, mirror = inference_settings(self.bundle, opts)
+        tta = bool(mirror)
         device = resolve_device(opts.device)
         self.predictor = SlidingWindowPredictor(self.bundle.build_models("cpu"), self.bundle.n_classes,
                                                 inference.patch_size, step, mirror, device,
@@ -197,19 +204,52 @@ def _refuse_batch(cases: Dict[str, List[Path]], input_dir: PathLike, output_dir:
 
 def segment_folder(input_dir: PathLike, model: ModelInput, output_dir: PathLike,
                    output_suffix: str = export.SEG_SUFFIX, options: Optional[SegmentOptions] = None,
-                   **kwargs) -> List[Path]:
-    """Batch mode: segment every case of a folder with one model load; returns the written files."""
+                   skip_done: bool = False, shard: Optional[Shard] = None, **kwargs) -> List[Path]:
+    """Batch mode: segment every case of a folder with one model load; returns the written files.
+
+    Each finished case gets a run record (`run_record.py`); `skip_done` skips the cases whose record
+    still holds. `shard` (torchrun's rank and world size): this process takes the cases at
+    positions rank, rank + world_size, ... of the case names in sorted order."""
     output_dir = Path(output_dir)
+    shard = shard or Shard()
     if not output_dir.is_dir():
         raise InputError(f"output folder {output_dir} does not exist")
+    if shard.world_size > 1 and same_path(input_dir, output_dir):
+        raise InputError(f"output folder {output_dir} is the input folder: with {shard.world_size} ranks, a rank "
+                         "listing the cases would find another rank's results; give another output folder")
     image_io.check_output_writable(output_dir / f"probe{output_suffix}")
-    _refuse_batch(find_cases(input_dir, None), input_dir, output_dir, output_suffix)  # before the model loads
-    segmenter = Segmenter(model, options, **kwargs)
-    cases = find_cases(input_dir, segmenter.bundle.in_channels)
+    listed = find_cases(input_dir, None)
+    _refuse_batch(listed, input_dir, output_dir, output_suffix)  # before the model loads
+    records = run_record.RunRecords(output_dir)
+    records.check(sorted(listed)[shard.rank::shard.world_size])
+    options = options or SegmentOptions(**kwargs)
+    bundle = resolve_bundle(model, options.progress)
+    cases = find_cases(input_dir, bundle.in_channels)
     _refuse_batch(cases, input_dir, output_dir, output_suffix)
-    written = []
-    for i, (case, paths) in enumerate(cases.items()):
-        log.info("case %d/%d: %s", i + 1, len(cases), case)
-        written.append(segmenter.segment_to_file(paths, output_dir / f"{case}{output_suffix}"))
+    mine = sorted(cases)[shard.rank::shard.world_size]
+    step, mirror = inference_settings(bundle, options)
+    identity = run_record.RunIdentity.create(bundle, {
+        "step": step, "mirror_axes": mirror, "fast": options.fast, "structures": options.structures,
+        "largest_component": options.largest_component, "format": output_suffix})
+    if shard.world_size > 1:
+        log.info("%d of %d case(s) for rank %d of %d", len(mine), len(cases), shard.rank, shard.world_size)
+    segmenter, written, skipped = None, [], 0
+    for i, case in enumerate(mine):
+        output = output_dir / f"{case}{output_suffix}"
+        inputs = run_record.input_identity(cases[case])
+        if skip_done:
+            why = records.redo_reason(case, inputs, identity, export.result_files(output))
+            if why is None:
+                log.info("case %d/%d: %s done (run record %s), skipped", i + 1, len(mine), case, records.path(case))
+                skipped += 1
+                continue
+            log.info("case %d/%d: %s (%s)", i + 1, len(mine), case, why)
+        else:
+            log.info("case %d/%d: %s", i + 1, len(mine), case)
+        segmenter = segmenter or Segmenter(bundle, options)
+        path = segmenter.segment_to_file(cases[case], output)
+        records.write(case, inputs, identity, export.result_files(path), shard.rank, shard.world_size)
+        written.append(path)
+    if skip_done:
+        log.info("%d case(s) skipped as done", skipped)
     return written
-

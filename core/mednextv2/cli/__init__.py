@@ -18,6 +18,7 @@ from mednextv2.output_streams import tolerate_lost_reader
 from mednextv2.process_memory import keep_freed_memory
 from mednextv2.progress import BarSafeLogHandler
 
+LOG_FORMAT = "%(levelname)s %(name)s: %(message)s"
 # name -> module under mednextv2.cli; each defines add_parser(subparsers) and run(args) -> int
 COMMANDS = ("segment", "models", "train", "demo")
 
@@ -47,7 +48,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     args = parser.parse_args(argv)
     tolerate_lost_reader()  # Slicer may exit while training: the stop file, not a dead pipe, ends the run
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
-                        format="%(levelname)s %(name)s: %(message)s", handlers=[BarSafeLogHandler(sys.stderr)])
+                        format=LOG_FORMAT, handlers=[BarSafeLogHandler(sys.stderr)])
     if not getattr(args, "func", None):
         parser.print_help()
         return 2

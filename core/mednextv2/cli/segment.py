@@ -3,6 +3,7 @@
 One case: INPUT is one file or DICOM folder per model channel; OUTPUT a .seg.nrrd or a labelmap
 (.nii.gz/.nii/.nrrd/.mha, with OUTPUT-stem.labels.json beside it).
 Batch: INPUT is one folder of image files and OUTPUT an existing folder; the model loads once.
+Under torchrun each rank takes its share of the cases (segmentation.segment_folder).
 Exit codes: 0 success, 2 bad input, 3 out of resources, 130 cancelled.
 """
 from __future__ import annotations
@@ -14,7 +15,7 @@ from pathlib import Path
 from mednextv2 import image_io
 from mednextv2.errors import InputError
 from mednextv2.output_guard import refuse_writing_over_inputs, resolved
-from mednextv2.progress import make_progress
+from mednextv2.progress import make_progress, with_rank
 from mednextv2.segment_options import DEVICES, SegmentOptions
 
 log = logging.getLogger(__name__)
@@ -50,6 +51,9 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                    help="output file type in batch mode (default seg.nrrd)")
     p.add_argument("--progress", default="bar", choices=("bar", "json", "none"),
                    help="progress as a bar on stderr (default), JSON lines on stdout, or none")
+    p.add_argument("--skip-done", action="store_true",
+                   help="batch mode: skip the cases the engine recorded as finished with this model and these "
+                        "options (OUTPUT/.mednextv2-run/CASE.json) whose outputs are unchanged; redo the rest")
     p.set_defaults(func=run)
     return p
 
@@ -60,19 +64,42 @@ def _is_batch(inputs) -> bool:
     return any(image_io.is_image_file(p) for p in Path(inputs[0]).iterdir())
 
 
+def _label_logs(rank: int, world_size: int) -> None:
+    """Each log line of a sharded run names its rank (the ranks share one terminal)."""
+    from mednextv2.cli import LOG_FORMAT
+    from mednextv2.progress import BarSafeLogHandler
+
+    for handler in logging.getLogger().handlers:
+        if isinstance(handler, BarSafeLogHandler):  # the CLI's own handler (cli.main)
+            handler.setFormatter(logging.Formatter(f"[rank {rank}/{world_size}] {LOG_FORMAT}"))
+
+
 def run(args: argparse.Namespace) -> int:
     from mednextv2.segmentation import Segmenter, read_case, segment_folder
+    from mednextv2.train import distributed
 
-    options = SegmentOptions(device=args.device, tta=args.tta, step=args.step, fast=args.fast,
+    shard = distributed.from_environment()  # torchrun's RANK / WORLD_SIZE; no process group is needed
+    progress = make_progress(args.progress)
+    device = args.device
+    if shard.enabled:
+        _label_logs(shard.rank, shard.world_size)
+        progress = with_rank(progress, shard.rank)
+        device = str(distributed.device_for(args.device, shard))  # one GPU per rank: cuda:LOCAL_RANK
+    options = SegmentOptions(device=device, tta=args.tta, step=args.step, fast=args.fast,
                              structures=args.structures, largest_component=args.largest_component,
-                             tile_batch=args.tile_batch, threads=args.threads,
-                             progress=make_progress(args.progress))
+                             tile_batch=args.tile_batch, threads=args.threads, progress=progress)
     for what, path in [("input", p) for p in args.inputs] + [("output", args.output), ("model", args.model)]:
         resolved(path, what)  # a symbolic link loop: said plainly, before anything else
     if _is_batch(args.inputs):
-        written = segment_folder(args.inputs[0], args.model, args.output, "." + args.format, options)
+        written = segment_folder(args.inputs[0], args.model, args.output, "." + args.format, options,
+                                 skip_done=args.skip_done, shard=shard)
         log.info("segmented %d case(s) into %s", len(written), args.output)
         return 0
+    if args.skip_done:
+        raise InputError("--skip-done needs a folder of cases as INPUT (batch mode); one case is always segmented")
+    if shard.enabled:
+        raise InputError(f"{shard.world_size} ranks (torchrun) share out the cases of a folder; INPUT is one case: "
+                         "give a folder of image files, or run without torchrun")
     output = Path(args.output)
     if output.is_dir():
         raise InputError(f"output {output} is a folder; give a file name (.seg.nrrd, .nii.gz, .nrrd)")

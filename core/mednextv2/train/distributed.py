@@ -1,4 +1,5 @@
-"""DistributedDataParallel setup from torchrun's environment (RANK, WORLD_SIZE, LOCAL_RANK).
+"""torchrun's environment (RANK, WORLD_SIZE, LOCAL_RANK): DistributedDataParallel setup for
+training, and the rank's share of a sharded batch segmentation (which needs no process group).
 
 Without torchrun everything here is a no-op for a single process. NCCL on CUDA, gloo otherwise
 (CI runs two gloo processes on the CPU).
@@ -12,6 +13,8 @@ from typing import Optional
 
 import torch
 import torch.distributed as dist
+
+from mednextv2.devices import resolve_device
 
 log = logging.getLogger(__name__)
 
@@ -36,6 +39,14 @@ def from_environment() -> DistContext:
     if world <= 1:
         return DistContext()
     return DistContext(int(os.environ.get("RANK", "0")), world, int(os.environ.get("LOCAL_RANK", "0")))
+
+
+def device_for(requested, ctx: DistContext) -> torch.device:
+    """The device of this rank: `requested` (auto, cuda, cpu, ...), one GPU per rank (cuda:LOCAL_RANK)."""
+    device = resolve_device(requested)
+    if device.type == "cuda" and ctx.enabled:
+        device = torch.device("cuda", ctx.local_rank)
+    return device
 
 
 def init(ctx: DistContext, device: torch.device) -> None:

@@ -17,7 +17,7 @@ import torch
 
 from mednextv2.bundle import Bundle, load_bundle
 from mednextv2.cache import FileLock
-from mednextv2.devices import autocast_dtype, resolve_device
+from mednextv2.devices import autocast_dtype
 from mednextv2.errors import Cancelled, InputError, ResourceError
 from mednextv2.atomic import write_bytes
 from mednextv2.network import MedNeXt
@@ -202,17 +202,10 @@ def _build_model(plan: Plan, options: TrainOptions, device: torch.device) -> Med
     return model.to(device)
 
 
-def _device_for(options: TrainOptions, ctx: distributed.DistContext) -> torch.device:
-    device = resolve_device(options.device)
-    if device.type == "cuda" and ctx.enabled:
-        device = torch.device("cuda", ctx.local_rank)
-    return device
-
-
 def run_training(options: TrainOptions) -> TrainResult:
     started = time.monotonic()
     ctx = distributed.from_environment()
-    device = _device_for(options, ctx)
+    device = distributed.device_for(options.device, ctx)
     threads = ThreadPolicy(options.threads)
     threads.update()  # before planning and caching, which use torch too
     distributed.init(ctx, device)
