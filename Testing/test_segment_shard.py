@@ -148,7 +148,7 @@ def test_a_failing_case_fails_the_run_and_leaves_no_half_written_file(tmp_path, 
     out.mkdir()
     done = _torchrun(folder, out, model_dir, "--progress", "none")
     assert done.returncode != 0
-    assert f"mednextv2: error: {folder / 'broken.nii.gz'}: the file is truncated" in done.stderr
+    assert f"[rank 0/2] mednextv2: error: {folder / 'broken.nii.gz'}: the file is truncated" in done.stderr
     # Rank 0 (brain, broken) stopped at broken; whatever finished is whole and recorded, nothing else is left.
     outputs = sorted(p.name for p in out.iterdir() if p.name != RECORD_FOLDER)
     assert "broken.seg.nrrd" not in outputs and not [n for n in outputs if n.startswith(".")]

@@ -3,7 +3,7 @@
 Every stage reports through one callable, `report(stage, fraction, message="", **extra)`.
 JSON mode prints one object per line on stdout with the keys `stage`, `fraction`, `eta_s`,
 `message` plus any extras (training adds `epoch`, `epochs_done`, `iteration`, `loss`, `dice`,
-`dice_epoch`, `lr`), so the
+`dice_epoch`, `lr`; each rank of a torchrun batch adds `rank`), so the
 Slicer modules parse a single format.
 """
 from __future__ import annotations

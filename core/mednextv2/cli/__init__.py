@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
+import os
 import signal
 import sys
 from typing import List, Optional
@@ -18,13 +19,22 @@ from mednextv2.output_streams import tolerate_lost_reader
 from mednextv2.process_memory import keep_freed_memory
 from mednextv2.progress import BarSafeLogHandler
 
-LOG_FORMAT = "%(levelname)s %(name)s: %(message)s"
 # name -> module under mednextv2.cli; each defines add_parser(subparsers) and run(args) -> int
 COMMANDS = ("segment", "models", "train", "demo")
 
 
 def _raise_cancelled(signum, frame):
     raise Cancelled(f"cancelled by signal {signal.Signals(signum).name}")
+
+
+def _rank_label() -> str:
+    """Under torchrun the ranks share one terminal: each line they log or print names its rank."""
+    if os.environ.get("WORLD_SIZE", "1") in ("", "1"):
+        return ""  # not under torchrun: torch need not load for this
+    from mednextv2.train.distributed import from_environment
+
+    ctx = from_environment()
+    return f"[rank {ctx.rank}/{ctx.world_size}] "
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -46,9 +56,11 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Optional[List[str]] = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    label = _rank_label()
     tolerate_lost_reader()  # Slicer may exit while training: the stop file, not a dead pipe, ends the run
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
-                        format=LOG_FORMAT, handlers=[BarSafeLogHandler(sys.stderr)])
+                        format=label + "%(levelname)s %(name)s: %(message)s",
+                        handlers=[BarSafeLogHandler(sys.stderr)])
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
@@ -58,8 +70,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     try:
         return int(args.func(args) or 0)
     except KeyboardInterrupt:
-        print("mednextv2: cancelled", file=sys.stderr)
+        print(f"{label}mednextv2: cancelled", file=sys.stderr)
         return Cancelled.exit_code
     except MedNeXtError as e:
-        print(f"mednextv2: error: {e}", file=sys.stderr)
+        print(f"{label}mednextv2: error: {e}", file=sys.stderr)
         return e.exit_code

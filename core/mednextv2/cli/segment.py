@@ -64,16 +64,6 @@ def _is_batch(inputs) -> bool:
     return any(image_io.is_image_file(p) for p in Path(inputs[0]).iterdir())
 
 
-def _label_logs(rank: int, world_size: int) -> None:
-    """Each log line of a sharded run names its rank (the ranks share one terminal)."""
-    from mednextv2.cli import LOG_FORMAT
-    from mednextv2.progress import BarSafeLogHandler
-
-    for handler in logging.getLogger().handlers:
-        if isinstance(handler, BarSafeLogHandler):  # the CLI's own handler (cli.main)
-            handler.setFormatter(logging.Formatter(f"[rank {rank}/{world_size}] {LOG_FORMAT}"))
-
-
 def run(args: argparse.Namespace) -> int:
     from mednextv2.segmentation import Segmenter, read_case, segment_folder
     from mednextv2.train import distributed
@@ -82,7 +72,6 @@ def run(args: argparse.Namespace) -> int:
     progress = make_progress(args.progress)
     device = args.device
     if shard.enabled:
-        _label_logs(shard.rank, shard.world_size)
         progress = with_rank(progress, shard.rank)
         device = str(distributed.device_for(args.device, shard))  # one GPU per rank: cuda:LOCAL_RANK
     options = SegmentOptions(device=device, tta=args.tta, step=args.step, fast=args.fast,
