@@ -244,3 +244,39 @@ def test_torchrun_refusals_and_a_rank_without_cases(tmp_path, cases, model_dir, 
     # Rank 5 of 8 over four cases has none: it writes nothing and succeeds.
     assert main(["segment", str(cases), "-o", str(out)] + base) == 0
     assert list(out.iterdir()) == []
+
+
+def test_each_rank_takes_the_gpu_of_its_local_rank_and_refuses_to_share_one(tmp_path, cases, model_dir, monkeypatch,
+                                                                             capsys):
+    import torch
+
+    from mednextv2.train import distributed
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    assert distributed.device_for("auto", distributed.DistContext(3, 4, 1)) == torch.device("cuda", 1)
+    assert distributed.device_for("cpu", distributed.DistContext(3, 4, 1)) == torch.device("cpu")
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    for name, value in (("WORLD_SIZE", "2"), ("RANK", "1"), ("LOCAL_RANK", "1")):
+        monkeypatch.setenv(name, value)
+    out = tmp_path / "out"
+    out.mkdir()
+    assert main(["segment", str(cases), "-o", str(out), "-m", str(model_dir), "--device", "cuda"]) == 2
+    assert "rank 1 (local rank 1) has no GPU of its own: this machine has 1" in capsys.readouterr().err
+    assert list(out.iterdir()) == []
+
+
+def test_a_file_where_the_records_go_is_refused(tmp_path, cases, model_dir, capsys):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / RECORD_FOLDER).write_text("my notes", encoding="utf-8")
+    assert main(["segment", str(cases), "-o", str(out), "-m", str(model_dir), "--progress", "none"] + FLAGS) == 2
+    assert f"{out / RECORD_FOLDER} is not a folder" in capsys.readouterr().err
+    assert sorted(p.name for p in out.iterdir()) == [RECORD_FOLDER]
+    (out / RECORD_FOLDER).unlink()
+    (out / RECORD_FOLDER).mkdir()
+    record = {"kind": "mednextv2 segment run record", "format_version": 99}
+    (out / RECORD_FOLDER / "brain.json").write_text(json.dumps(record), encoding="utf-8")
+    assert main(["segment", str(cases), "-o", str(out), "-m", str(model_dir), "--progress", "none"] + FLAGS) == 2
+    assert "run record format 99, this engine reads 1" in capsys.readouterr().err
+    assert sorted(p.name for p in out.iterdir()) == [RECORD_FOLDER]

@@ -15,6 +15,7 @@ import torch
 import torch.distributed as dist
 
 from mednextv2.devices import resolve_device
+from mednextv2.errors import InputError
 
 log = logging.getLogger(__name__)
 
@@ -45,6 +46,10 @@ def device_for(requested, ctx: DistContext) -> torch.device:
     """The device of this rank: `requested` (auto, cuda, cpu, ...), one GPU per rank (cuda:LOCAL_RANK)."""
     device = resolve_device(requested)
     if device.type == "cuda" and ctx.enabled:
+        if ctx.local_rank >= torch.cuda.device_count():
+            raise InputError(f"rank {ctx.rank} (local rank {ctx.local_rank}) has no GPU of its own: this machine has "
+                             f"{torch.cuda.device_count()}; start at most that many processes per node "
+                             "(torchrun --nproc-per-node)")
         device = torch.device("cuda", ctx.local_rank)
     return device
 
