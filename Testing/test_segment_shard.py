@@ -37,7 +37,8 @@ def cases(tmp_path_factory, data_dir) -> Path:
     sitk.WriteImage(read("mr-breast/breast1_image.nrrd"), str(folder / "breast.nrrd"))
     sitk.WriteImage(read("mr-brain-lesion/brain1_image.nrrd")[70:150, 60:150, 4:20], str(folder / "brain.nrrd"))
     sitk.WriteImage(read("ct-lung/lung1_image.nrrd")[180:300, 200:300, 16:32], str(folder / "lung.nrrd"))
-    sitk.WriteImage(read("mr-brain-tissue/icbm152_2009a_t1.nii.gz")[60:140, 80:160, 80:100], str(folder / "tissue.nii.gz"))
+    sitk.WriteImage(read("mr-brain-tissue/icbm152_2009a_t1.nii.gz")[60:140, 80:160, 80:100],
+                    str(folder / "tissue.nii.gz"))
     return folder
 
 

@@ -146,7 +146,8 @@ class RunRecords:
     def check(self, cases: Sequence[str]) -> None:
         """Refuse, before any work, a record folder or record name holding something the engine did not write."""
         if self.folder.exists() and not self.folder.is_dir():
-            raise InputError(f"{self.folder} is not a folder; the engine keeps its run records there: move the file away")
+            raise InputError(f"{self.folder} is not a folder; the engine keeps its run records there: "
+                             "move the file away")
         for case in cases:
             path = self.path(case)
             if path.exists() or path.is_symlink():
