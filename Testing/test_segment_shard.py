@@ -281,3 +281,16 @@ def test_a_file_where_the_records_go_is_refused(tmp_path, cases, model_dir, caps
     assert main(["segment", str(cases), "-o", str(out), "-m", str(model_dir), "--progress", "none"] + FLAGS) == 2
     assert "run record format 99, this engine reads 1" in capsys.readouterr().err
     assert sorted(p.name for p in out.iterdir()) == [RECORD_FOLDER]
+
+
+def test_a_ranks_progress_names_it_as_a_bar_and_as_json():
+    import io
+
+    from mednextv2.progress import BarProgress, JsonProgress, with_rank
+
+    bar, lines = io.StringIO(), io.StringIO()
+    with_rank(BarProgress(bar), 3)("predict", 0.5, "tile 2/4")
+    with_rank(JsonProgress(lines), 3)("predict", 0.5, "tile 2/4", tiles_done=2)
+    assert "rank 3 predict [" in bar.getvalue()
+    assert json.loads(lines.getvalue()) == {"stage": "predict", "fraction": 0.5, "eta_s": None, "message": "tile 2/4",
+                                            "rank": 3, "tiles_done": 2}
