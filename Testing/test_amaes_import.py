@@ -150,7 +150,8 @@ def test_a_hostile_pickle_is_refused_without_running_it(tmp_path):
     path = tmp_path / "evil.pth"
     with open(path, "wb") as f:  # torch.save of an object whose unpickling runs a command
         torch.save({"model.encoder.stem.weight": torch.zeros(1), "x": _Hostile(marker)}, f)
-    _refused(path, "refused to load it", "posix.system|os.system", "only weights-only checkpoints are read")
+    _refused(path, r"cannot be read with torch.load\(weights_only=True\)", "posix.system|os.system",
+             "Refusing to unpickle it", "Only weights-only checkpoints are read")
     assert "will likely succeed" not in _refused(path)  # torch's advice to load it unsafely is not passed on
     legacy = tmp_path / "legacy.pth"
     legacy.write_bytes(pickle.dumps(_Hostile(marker)))
@@ -162,7 +163,7 @@ def test_files_that_are_not_amaes_encoders_are_refused(tmp_path):
     _refused(tmp_path / "missing.pth", "no such file")
     text = tmp_path / "notes.pth"
     text.write_text("not a checkpoint")
-    _refused(text, "not a readable PyTorch checkpoint")
+    _refused(text, r"cannot be read with torch.load\(weights_only=True\)|not a readable PyTorch checkpoint")
     _refused(_saved(tmp_path, [torch.zeros(1)]), "expected a state dict")
     # A whole-network MedNeXt state dict (official names, no AMAES prefix): no encoder to take.
     official = MedNeXt(MedNeXtConfig.preset("v2-tiny")).state_dict()

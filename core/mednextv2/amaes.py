@@ -12,7 +12,6 @@ fine-tuning) do. The file is read with `torch.load(weights_only=True)`: no code 
 from __future__ import annotations
 
 import logging
-import pickle
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -75,36 +74,15 @@ def is_checkpoint_file(ref: str) -> bool:
 
 
 def _load(path: Path):
-    from mednextv2.safe_pickle import numpy_safe_globals
+    from mednextv2.importer import load_checkpoint
 
     if not path.is_file():
         raise InputError(f"--base {path}: no such file")
     try:
-        with torch.serialization.safe_globals(numpy_safe_globals()):
-            return torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as e:
-        names_code, reason = _unpickling_reason(e)
-        if names_code:
-            raise InputError(f"--base {path}: refused to load it: it asks for more than tensors and plain data "
-                             f"({reason}); only weights-only checkpoints are read, because anything else "
-                             "could run code hidden in the file") from e
-        raise InputError(f"--base {path}: not a readable PyTorch checkpoint (truncated, another format, or a "
-                         f"pickle that is not weights-only: {reason})") from e
-    except (RuntimeError, EOFError, ValueError, OSError, KeyError, AttributeError, TypeError, IndexError) as e:
-        raise InputError(f"--base {path}: not a readable PyTorch checkpoint (truncated or another format?): "
-                         f"{str(e).strip()[:300] or type(e).__name__}") from e
-
-
-def _unpickling_reason(error: Exception) -> Tuple[bool, str]:
-    """(whether the file names a callable to import, torch's line saying what it met). torch's advice
-    to retry without weights_only is left out: that is what must never be done with such a file."""
-    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
-    for line in lines:
-        if "global" in line.lower():
-            return True, line[:300]
-    useful = [line for line in lines if "weights_only" not in line and not line.startswith(
-        ("Weights only load failed", "Please file an issue", "Check the documentation"))]
-    return False, (useful[0] if useful else type(error).__name__)[:300]
+        return load_checkpoint(path, advice="Only weights-only checkpoints are read, such as AMAES's published "
+                                            "encoder files; get the file from the Zenodo record again.")
+    except InputError as e:
+        raise InputError(f"--base {e}") from e
 
 
 def _flat_state(obj, path: Path) -> Dict[str, torch.Tensor]:
