@@ -21,7 +21,7 @@ from mednextv2.errors import InputError
 from mednextv2.segmentation import segment
 from mednextv2.train.fingerprint import ChannelStats, Fingerprint
 from mednextv2.train.optim import is_encoder
-from mednextv2.train.planning import plan_from_amaes
+from mednextv2.train.planning import plan_from_amaes, plan_from_dict
 
 FIXTURE = Path(__file__).parent / "fixtures" / "amaes-mednext" / "amaes_small.pth"
 
@@ -97,3 +97,11 @@ def test_a_dataset_with_other_channels_than_the_encoder_is_refused():
     with pytest.raises(InputError, match=r"--base amaes_small.pth: the AMAES encoder takes 1 channel\(s\) but the "
                                          r"dataset has 2"):
         plan_from_amaes(read_amaes(FIXTURE), fp, {1: "lesion"}, "cpu")
+
+
+def test_the_runs_plan_round_trips_for_resume(trained):
+    """--resume rebuilds the plan from plan.json: the same preprocessing the bundle records."""
+    folder, _ = trained
+    plan = plan_from_dict(json.loads((folder / "model.training" / "plan.json").read_text(encoding="utf-8")))
+    assert plan.preprocessing_plan() == load_bundle(folder / "model").spec.preprocessing
+    assert plan.extra["base"]["format"] == "amaes" and Path(plan.extra["base_source"]) == FIXTURE

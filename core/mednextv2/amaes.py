@@ -162,7 +162,9 @@ def read_amaes(path: Path) -> AmaesEncoder:
         config = encoder.network_config(n_classes=2)
     except ValueError as e:
         raise InputError(f"--base {path}: not an AMAES MedNeXt checkpoint: its shapes give no MedNeXt ({e})") from e
-    _check_shapes(encoder, MedNeXt(config).state_dict(), path)
+    with torch.device("meta"):  # shapes only: no memory for an L network's weights
+        shapes = MedNeXt(config).state_dict()
+    _check_shapes(encoder, shapes, path)
     log.info("%s: AMAES %s encoder (%d channels, kernel %d, blocks %s, expansion %s, GRN %s); %d tensors of the "
              "pretraining's reconstruction head are not used", path.name, encoder.variant, encoder.n_channels, kernel,
              list(encoder.block_counts), list(encoder.exp_r), "yes" if encoder.grn else "no", ignored)
