@@ -123,8 +123,8 @@ def _encoder_state(flat: Mapping[str, torch.Tensor], path: Path) -> Tuple[Dict[s
         raise InputError(f"--base {path}: not an AMAES MedNeXt checkpoint: it holds no {ENCODER}* weights "
                          f"(its first entries: {sample[:200]}). A model bundle is given as its folder or .zip")
     if unknown:
-        raise InputError(f"--base {path}: not an AMAES MedNeXt checkpoint: {len(unknown)} entr{'y' if len(unknown) == 1 else 'ies'} "
-                         f"that are no part of a MedNeXt encoder or AMAES's pretraining heads, e.g. {unknown[:3]}")
+        raise InputError(f"--base {path}: not an AMAES MedNeXt checkpoint: {len(unknown)} entry(ies) that are no "
+                         f"part of a MedNeXt encoder or AMAES's pretraining heads, e.g. {unknown[:3]}")
     return encoder, ignored
 
 
