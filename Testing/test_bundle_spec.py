@@ -179,6 +179,9 @@ def _broken_documents():
         lambda d: d.update(id="evil\n"), lambda d: d.update(title=""), lambda d: d["channels"].append({"name": "x"}),
         lambda d: d["preprocessing"].update(target_spacing=[0, 1]), lambda d: d.update(weights=["a/b.pt"]),
         lambda d: d["inference"].update(fold_mirror_axes=[[0, 5, 1, 2]]),
+        lambda d: d["preprocessing"].update(normalization=[{"scheme": "volume_znorm", "upper_quantile": 1.5,
+                                                            "rescale": [0, 1, 2]}]),
+        lambda d: d["preprocessing"].update(orientation="RAI", axis_order="yxz"),
     ]
     for mutate in mutations:
         doc = copy.deepcopy(good)
