@@ -179,6 +179,9 @@ def _broken_documents():
         lambda d: d.update(id="evil\n"), lambda d: d.update(title=""), lambda d: d["channels"].append({"name": "x"}),
         lambda d: d["preprocessing"].update(target_spacing=[0, 1]), lambda d: d.update(weights=["a/b.pt"]),
         lambda d: d["inference"].update(fold_mirror_axes=[[0, 5, 1, 2]]),
+        lambda d: d["preprocessing"].update(normalization=[{"scheme": "volume_znorm", "upper_quantile": 1.5,
+                                                            "rescale": [0, 1, 2]}]),
+        lambda d: d["preprocessing"].update(orientation="RAI", axis_order="yxz"),
     ]
     for mutate in mutations:
         doc = copy.deepcopy(good)
@@ -216,3 +219,34 @@ def test_strip_absolute_paths_keeps_names_and_urls():
     assert clean.provenance.training_data == REDACTED
     assert clean.provenance.training == {"dataset": REDACTED, "n": 3, "list": [REDACTED, "ok"]}
     assert "jane" not in json.dumps(clean.to_json())
+
+
+def test_ras_orientation_and_volume_znorm_round_trip_and_are_validated(tmp_path):
+    """AMAES-based models: RAS arrays in (x, y, z) order, Yucca's volume z-norm rescaled to [0, 1]."""
+    norm = Normalization("volume_znorm", upper_quantile=0.99, rescale=(0.0, 1.0))
+    spec = fixture_spec(tiny_config())
+    spec = BundleSpec.from_json(dict(spec, weights=["w.safetensors"])).replace(
+        weights=(), preprocessing=PreprocessingPlan((1.0, 1.0, 1.0), (norm,), True, "RAS",
+                                                    Resampling(ResampleOrder(3, 0, False), ResampleOrder(1, 0, False))))
+    bundle = Bundle.create(spec, [threshold_bundle().load_state_dicts()[0]])
+    for name in ("folder", "b.zip"):
+        assert load_bundle(bundle.save(tmp_path / name)).spec == bundle.spec
+    doc = json.loads((tmp_path / "folder" / "model.json").read_text())
+    pre = doc["preprocessing"]
+    assert pre["orientation"] == "RAS" and pre["axis_order"] == "xyz"
+    assert pre["normalization"] == [{"scheme": "volume_znorm", "upper_quantile": 0.99, "rescale": [0.0, 1.0]}]
+    for mutate, message in (
+            (lambda p: p.update(axis_order="zyx"), "orientation 'RAS' gives the array axes in 'xyz' order"),
+            (lambda p: p.update(orientation="RAI"), r"orientation: must be one of \['LPS', 'RAS', 'as-is'\]"),
+            (lambda p: p["normalization"][0].update(rescale=[1.0, 0.0]), r"rescale: low must be below high"),
+            (lambda p: p["normalization"][0].update(upper_quantile=1.5), r"upper_quantile: must be <= 1"),
+            (lambda p: p["normalization"][0].update(scheme="zscore"),
+             "rescale, upper_quantile only apply to scheme 'volume_znorm'")):
+        broken = copy.deepcopy(doc)
+        mutate(broken["preprocessing"])
+        with pytest.raises(InputError, match=message):
+            BundleSpec.from_json(broken)
+    lps = copy.deepcopy(doc)
+    lps["preprocessing"].update(orientation="LPS", axis_order="xyz")
+    with pytest.raises(InputError, match="orientation 'LPS' gives the array axes in 'zyx' order"):
+        BundleSpec.from_json(lps)

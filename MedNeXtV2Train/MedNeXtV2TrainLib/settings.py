@@ -9,6 +9,13 @@ from MedNeXtV2SegmentLib.parameters import DEVICES
 from MedNeXtV2TrainLib.presets import DEFAULT_PRESET, check_patch_size, get_preset
 
 ARCHITECTURES = ("v2-tiny", "v2-base", "v2-width2")  # `mednextv2 train --preset` when training from scratch
+# A base given as a file: an AMAES pretrained MedNeXt encoder (the engine's mednextv2.amaes.SUFFIXES).
+BASE_FILE_SUFFIXES = (".pth", ".pt", ".ckpt")
+
+
+def is_base_file(base_model: Optional[str]) -> bool:
+    """Whether the base is a pretrained-encoder file rather than a model id or bundle."""
+    return bool(base_model) and base_model.lower().endswith(BASE_FILE_SUFFIXES)
 MODALITIES = ("CT", "MR", "other")
 
 
@@ -21,7 +28,7 @@ def model_id_from_name(name: str) -> str:
 @dataclass(frozen=True)
 class TrainSettings:
     model_name: str = "My model"
-    base_model: Optional[str] = None        # catalog id or bundle path; None trains from scratch
+    base_model: Optional[str] = None        # catalog id, bundle path or encoder file (.pth); None: from scratch
     architecture: str = "v2-tiny"           # used only from scratch
     modality: str = "CT"                    # the dataset's channel name; CT turns on CT normalization
     preset: str = DEFAULT_PRESET

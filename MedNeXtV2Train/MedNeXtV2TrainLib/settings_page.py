@@ -2,14 +2,20 @@
 device. `settings()` / `setSettings()` map the page to the one TrainSettings object."""
 from __future__ import annotations
 
+import os
+
 import qt
 
 from MedNeXtV2SegmentLib.models import describe_model
 from MedNeXtV2TrainLib.presets import PRESETS
-from MedNeXtV2TrainLib.settings import ARCHITECTURES, TrainSettings
+from MedNeXtV2TrainLib.settings import ARCHITECTURES, BASE_FILE_SUFFIXES, TrainSettings, is_base_file
 
 
 AUTO_VAL_FRACTION = -0.05  # the validation box's minimum and special value "auto" (the .ui sets both)
+# The base choice that opens a file dialog; never a model id (ids are lower-case slugs) nor a path.
+FROM_FILE = "<from a file>"
+FROM_FILE_TEXT = "From a file (AMAES pretrained encoder)..."
+BASE_FILE_FILTER = "Pretrained MedNeXt encoder ({})".format(" ".join("*" + s for s in BASE_FILE_SUFFIXES))
 
 
 class SettingsPage:
@@ -38,11 +44,62 @@ class SettingsPage:
         combo.addItem("Train from scratch", "")
         for model in self.wizard.models:
             combo.addItem(describe_model(model), model.id)
+        if is_base_file(current):
+            self.baseFile = current
+        if getattr(self, "baseFile", ""):
+            combo.addItem(self._fileItemText(self.baseFile), self.baseFile)
+        combo.addItem(FROM_FILE_TEXT, FROM_FILE)
         combo.setCurrentIndex(max(0, combo.findData(current)) if current else 0)
         combo.blockSignals(False)
         self.onBaseModelChanged()
 
+    @staticmethod
+    def _fileItemText(path: str) -> str:
+        return f"Encoder file: {os.path.basename(path)}"
+
+    def chooseBaseFile(self) -> None:
+        """The "from a file" choice: a file dialog; cancelling it keeps the choice made before."""
+        start = os.path.dirname(getattr(self, "baseFile", "") or "")
+        path = qt.QFileDialog.getOpenFileName(None, "Pretrained MedNeXt encoder (AMAES)", start, BASE_FILE_FILTER)
+        if path:
+            self.setBaseFile(path)
+        else:
+            self._selectBase(getattr(self, "chosenBase", ""))
+
+    def setBaseFile(self, path: str) -> None:
+        """Offer `path` as the base (one file at a time) and select it."""
+        combo = self.ui.baseModelComboBox
+        previous = getattr(self, "baseFile", "")
+        combo.blockSignals(True)
+        if previous and combo.findData(previous) >= 0:
+            combo.removeItem(combo.findData(previous))
+        self.baseFile = path
+        combo.insertItem(combo.findData(FROM_FILE), self._fileItemText(path), path)
+        combo.blockSignals(False)
+        self._selectBase(path)
+
+    def _selectBase(self, data: str) -> None:
+        """Select the choice whose data is `data` (else scratch) and update the page once."""
+        combo = self.ui.baseModelComboBox
+        combo.blockSignals(True)
+        combo.setCurrentIndex(max(0, combo.findData(data)))
+        combo.blockSignals(False)
+        self.onBaseModelChanged()
+
     def onBaseModelChanged(self, index: int = -1) -> None:
+        data = self.ui.baseModelComboBox.currentData
+        if data == FROM_FILE:
+            self.chooseBaseFile()
+            return
+        self.chosenBase = data or ""
+        if is_base_file(data):
+            self.ui.architectureComboBox.enabled = False
+            self.ui.baseModelInfoLabel.text = (
+                f"Fine-tune the pretrained encoder in {data}: the encoder is loaded and the decoder starts fresh. "
+                "Images are prepared as AMAES pretrained it (RAS, 1 mm, its volume normalisation). Only AMAES "
+                "MedNeXt encoder files are read, as weights only; check the file's licence and data-use terms.")
+            self.ui.modalityComboBox.setCurrentIndex(self.ui.modalityComboBox.findText("MR"))
+            return
         model = self.currentModel()
         if self.wizard.union and not self.wizard.casesPage.fromFolder():
             self.wizard.labelsPage.fillLabels()  # the mapping targets are the base model's labels
@@ -84,7 +141,9 @@ class SettingsPage:
     def setSettings(self, s: TrainSettings) -> None:
         self.ui.modelNameEdit.text = s.model_name
         base = self.ui.baseModelComboBox.findData(s.base_model or "")
-        if base >= 0:  # a model no longer in the list leaves the current choice
+        if is_base_file(s.base_model) and base < 0:
+            self.setBaseFile(s.base_model)
+        elif base >= 0:  # a model no longer in the list leaves the current choice
             self.ui.baseModelComboBox.setCurrentIndex(base)
         self.ui.architectureComboBox.setCurrentIndex(max(0, self.ui.architectureComboBox.findText(s.architecture)))
         self.ui.modalityComboBox.setCurrentIndex(max(0, self.ui.modalityComboBox.findText(s.modality)))

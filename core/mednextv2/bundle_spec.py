@@ -19,6 +19,10 @@ from mednextv2.validation import control_characters, load_schema, model_id_probl
 MODEL_JSON = "model.json"
 FORMAT_VERSION = 1
 GRN_NORMS = ("mean", "sum")
+# The order of the array axes the network sees under each `preprocessing.orientation`; spacing,
+# patch size and mirror axes are given in it.
+AXIS_ORDER = {"LPS": "zyx", "as-is": "zyx", "RAS": "xyz"}
+ORIENTATIONS = tuple(AXIS_ORDER)
 
 
 def _tuple(values: Optional[Sequence], kind=None) -> Optional[tuple]:
@@ -133,22 +137,33 @@ class Channel:
 
 @dataclass(frozen=True)
 class Normalization:
-    scheme: str  # "ct" | "zscore" | "none"
+    """One channel's intensity normalization (preprocessing.normalize_channel applies it).
+
+    "volume_znorm" is Yucca's `volume_wise_znorm` (AMAES): the voxels above the image's minimum are
+    its foreground; values above their `upper_quantile` are clipped, the whole image is z-scored
+    with the foreground's mean and std, then stretched linearly onto `rescale` (low, high)."""
+
+    scheme: str  # "ct" | "zscore" | "volume_znorm" | "none"
     clip: Optional[Tuple[float, float]] = None  # ct: training foreground's 0.5/99.5 percentiles
     mean: Optional[float] = None  # ct only: the training foreground's statistics
     std: Optional[float] = None
+    upper_quantile: Optional[float] = None  # volume_znorm: clip above this quantile of the foreground
+    rescale: Optional[Tuple[float, float]] = None  # volume_znorm: the output range, min -> low, max -> high
 
     def __post_init__(self) -> None:
         _set(self, clip=_tuple(self.clip, float),
-             mean=None if self.mean is None else float(self.mean), std=None if self.std is None else float(self.std))
+             mean=None if self.mean is None else float(self.mean), std=None if self.std is None else float(self.std),
+             upper_quantile=None if self.upper_quantile is None else float(self.upper_quantile),
+             rescale=_tuple(self.rescale, float))
 
     @classmethod
     def from_json(cls, d: Mapping[str, Any]) -> "Normalization":
-        return cls(d["scheme"], d.get("clip"), d.get("mean"), d.get("std"))
+        return cls(d["scheme"], d.get("clip"), d.get("mean"), d.get("std"), d.get("upper_quantile"), d.get("rescale"))
 
     def to_json(self) -> Dict[str, Any]:
         return _drop_none({"scheme": self.scheme, "clip": None if self.clip is None else list(self.clip),
-                           "mean": self.mean, "std": self.std})
+                           "mean": self.mean, "std": self.std, "upper_quantile": self.upper_quantile,
+                           "rescale": None if self.rescale is None else list(self.rescale)})
 
 
 @dataclass(frozen=True)
@@ -201,7 +216,10 @@ class PreprocessingPlan:
     target_spacing: Optional[Tuple[float, float, float]]  # (z, y, x) mm; None = keep the input spacing
     normalization: Tuple[Normalization, ...]
     crop_to_nonzero: bool = False
-    orientation: str = "LPS"  # "LPS": permute/flip array axes to the nearest LPS order first; or "as-is"
+    # "LPS": permute/flip the array axes to the nearest LPS order, array (z, y, x) along (S, P, L);
+    # "RAS": to nearest RAS with the axes reversed, array (x, y, z) along (R, A, S), as nibabel's
+    # canonical array (Yucca, AMAES); "as-is": the file's voxel order. See ORIENTATIONS.
+    orientation: str = "LPS"
     resampling: Optional[Resampling] = None  # None: linear everywhere
     # z-score over the non-zero voxels only; None: when cropping (mednextv2's bundles). nnU-Net
     # crops every image but takes the mask only where its plan's use_mask_for_norm says so.
@@ -220,7 +238,7 @@ class PreprocessingPlan:
                    None if d.get("use_mask_for_norm") is None else bool(d["use_mask_for_norm"]))
 
     def to_json(self) -> Dict[str, Any]:
-        out = {"axis_order": "zyx", "orientation": self.orientation,
+        out = {"axis_order": AXIS_ORDER[self.orientation], "orientation": self.orientation,
                "target_spacing": None if self.target_spacing is None else list(self.target_spacing),
                "crop_to_nonzero": self.crop_to_nonzero, "normalization": [n.to_json() for n in self.normalization]}
         if self.resampling is not None:
@@ -381,8 +399,17 @@ def _semantic_errors(spec: Mapping[str, Any]) -> List[str]:
     for i, norm in enumerate(norms):
         if norm["scheme"] == "ct" and not {"clip", "mean", "std"} <= set(norm):
             errors.append(f"preprocessing.normalization[{i}]: scheme 'ct' needs clip, mean and std")
-        if "clip" in norm and norm["clip"][0] >= norm["clip"][1]:
-            errors.append(f"preprocessing.normalization[{i}].clip: low must be below high, got {norm['clip']}")
+        for key in ("clip", "rescale"):
+            if key in norm and norm[key][0] >= norm[key][1]:
+                errors.append(f"preprocessing.normalization[{i}].{key}: low must be below high, got {norm[key]}")
+        extra = sorted({"upper_quantile", "rescale"} & set(norm))
+        if extra and norm["scheme"] != "volume_znorm":
+            errors.append(f"preprocessing.normalization[{i}]: {', '.join(extra)} only apply to scheme 'volume_znorm'")
+    pre = spec["preprocessing"]
+    order = AXIS_ORDER.get(pre.get("orientation", "LPS"))
+    if "axis_order" in pre and order and pre["axis_order"] != order:
+        errors.append(f"preprocessing.axis_order: orientation {pre.get('orientation', 'LPS')!r} gives the array "
+                      f"axes in {order!r} order, got {pre['axis_order']!r}")
     patch = spec["inference"]["patch_size"]
     if any(p % 16 for p in patch):
         errors.append(f"inference.patch_size: each size must be divisible by 16 (4 downsamplings), got {patch}")

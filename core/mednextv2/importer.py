@@ -263,8 +263,13 @@ def with_grn_norm(config, grn_norm: Optional[str]):
     return config.replace(grn_norm=grn_norm)
 
 
-def load_checkpoint(path: Path):
-    """torch.load with weights_only=True; numpy arrays, scalars and dtypes are the only extra types allowed."""
+NNUNET_RESAVE = ("Re-save its 'network_weights' as a plain state dict or safetensors with a trusted nnU-Net "
+                 "installation.")
+
+
+def load_checkpoint(path: Path, advice: str = NNUNET_RESAVE):
+    """torch.load with weights_only=True; numpy arrays, scalars and dtypes are the only extra types allowed.
+    `advice` ends the message when the file asks for more."""
     import pickle
 
     import torch
@@ -284,8 +289,7 @@ def load_checkpoint(path: Path):
         reason = next((line.strip().rstrip(".") for line in lines if "GLOBAL" in line or "Unsupported" in line),
                       lines[0] if lines else repr(e))
         raise InputError(f"{path} cannot be read with torch.load(weights_only=True): {reason}. Refusing to unpickle it, "
-                         "because that could run code hidden in the file. Re-save its 'network_weights' as a plain "
-                         "state dict or safetensors with a trusted nnU-Net installation.") from e
+                         f"because that could run code hidden in the file. {advice}") from e
     except (RuntimeError, EOFError, OSError, ValueError) as e:
         raise InputError(f"{path} is not a readable PyTorch checkpoint (truncated or corrupt?): "
                          f"{str(e).strip().splitlines()[0] if str(e).strip() else repr(e)}") from e

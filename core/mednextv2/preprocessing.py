@@ -1,10 +1,12 @@
 """Bring images onto the network's grid, and the prediction back onto the input grid, exactly.
 
 Stages, in order, each recorded in a frozen `GridRecord` so that `to_input_grid` inverts them:
-1. orientation: permute/flip array axes to the nearest LPS order (lossless; training must do the
-   same, see `orient_array`), so a model sees the same anatomy whatever the file's direction;
+1. orientation: permute/flip array axes to the nearest LPS order, or the RAS order of Yucca-trained
+   models (lossless; training must do the same, see `orient_array`), so a model sees the same
+   anatomy whatever the file's direction;
 2. crop to the non-zero box (when the plan says so);
-3. normalize per channel (CT: clip + training mean/std; MR: per-image z-score);
+3. normalize per channel (CT: clip + training mean/std; MR: per-image z-score; Yucca's volume
+   z-norm + rescale for AMAES-based models);
 4. resample to the target spacing. Separable linear interpolation, or the cubic spline of
    nnU-Net when the bundle's `preprocessing.resampling` asks for order 3 (imported nnU-Net
    models); when the spacing is anisotropic (`anisotropic_axis`) the slice axis uses nearest
@@ -86,6 +88,14 @@ def nearest_lps_axes(direction: Sequence[float]) -> Tuple[Tuple[int, int, int], 
     return tuple(permutation), tuple(flips)
 
 
+def nearest_ras_axes(direction: Sequence[float]) -> Tuple[Tuple[int, int, int], Tuple[bool, bool, bool]]:
+    """Array permutation and flips to the array nibabel's closest canonical image holds: axes
+    (x, y, z) along (R, A, S), as Yucca and AMAES feed their networks. It is the LPS order's
+    array with its axes reversed and x and y flipped (R = -L, A = -P)."""
+    permutation, flips = nearest_lps_axes(direction)
+    return tuple(reversed(permutation)), (not flips[2], not flips[1], flips[0])
+
+
 def orient_array(array: np.ndarray, permutation: Sequence[int], flips: Sequence[bool]) -> np.ndarray:
     """Apply the orientation to the last three axes of `array` (leading channel axes allowed)."""
     lead = array.ndim - 3
@@ -126,8 +136,34 @@ def normalize_channel(channel: np.ndarray, norm: Normalization, mask: Optional[n
         channel /= max(std, 1e-8)
         if mask is not None:
             channel[~mask] = 0.0  # nnU-Net's use_mask_for_norm: outside the body is exactly 0
+    elif norm.scheme == "volume_znorm":
+        volume_znorm(channel, norm.upper_quantile, norm.rescale)
     elif norm.scheme != "none":
         raise InputError(f"unknown normalization scheme {norm.scheme!r}")
+    return channel
+
+
+def volume_znorm(channel: np.ndarray, upper_quantile: Optional[float], rescale: Optional[Tuple[float, float]]) -> np.ndarray:
+    """Yucca's `volume_wise_znorm` in place (float32 array): the voxels above the minimum are the
+    foreground (the minimum is taken to be background); values above the foreground's
+    `upper_quantile` are clipped, the image is z-scored with the foreground's mean and std, then
+    its min..max stretched linearly onto `rescale`. The crop's mask plays no part in it."""
+    low = channel.min()
+    mask = channel != low
+    if not mask.any():  # a constant image: nothing to normalize; Yucca asserts a positive std here
+        channel[...] = 0.0 if rescale is None else rescale[0]
+        return channel
+    if upper_quantile is not None:
+        np.minimum(channel, np.quantile(channel[mask], upper_quantile), out=channel)
+    values = channel[mask]
+    mean, std = float(values.mean(dtype=np.float64)), float(values.std(dtype=np.float64))
+    channel -= mean
+    channel /= max(std, 1e-8)
+    if rescale is not None:
+        lo, hi = float(channel.min()), float(channel.max())
+        channel -= lo
+        channel *= (rescale[1] - rescale[0]) / max(hi - lo, 1e-8)
+        channel += rescale[0]
     return channel
 
 
@@ -329,6 +365,8 @@ def plan_orientation(image: sitk.Image, plan: PreprocessingPlan) -> Tuple[Tuple[
     """Array permutation and flips the plan applies to this image (identity for "as-is")."""
     if plan.orientation == "LPS":
         return nearest_lps_axes(image.GetDirection())
+    if plan.orientation == "RAS":
+        return nearest_ras_axes(image.GetDirection())
     return (0, 1, 2), (False, False, False)
 
 

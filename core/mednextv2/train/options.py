@@ -36,7 +36,9 @@ class TrainOptions:
     dataset: str = field(metadata=cli("dataset folder or .json/.csv list of image/label pairs", "dataset"))
     output: str = field(metadata=cli("output model bundle (folder, or .zip)", "-o", "--output"))
     base: Optional[str] = field(default=None, metadata=cli(
-        "bundle path or catalog id to fine-tune from (keeps its preprocessing)", group="start"))
+        "bundle path or catalog id to fine-tune from (keeps its preprocessing), or an AMAES pretrained "
+        "MedNeXt encoder .pth (its encoder is loaded, the decoder starts fresh; AMAES's preprocessing)",
+        group="start", metavar="MODEL|FILE.pth"))
     preset: Optional[str] = field(default=None, metadata=cli(
         "architecture to train from scratch (v2-tiny, v2-base, ...; default v2-base on CUDA, v2-tiny elsewhere)",
         group="start"))

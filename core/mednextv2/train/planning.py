@@ -199,6 +199,43 @@ def plan_from_base(base: BundleSpec, labels: Dict[int, str], n_channels: int,
                 resampling=pre.resampling.to_json() if pre.resampling else None)
 
 
+# AMAES's preprocessing (Yucca's defaults as their pretraining used them): RAS, 1 mm isotropic,
+# crop to the non-zero box, Yucca's volume z-norm rescaled to [0, 1], cubic spline over all axes.
+AMAES_SPACING = (1.0, 1.0, 1.0)
+AMAES_NORMALIZATION = {"scheme": "volume_znorm", "upper_quantile": 0.99, "rescale": [0.0, 1.0]}
+AMAES_RESAMPLING = {"data": {"order": 3, "order_z": 0, "force_separate_z": False},
+                    "probabilities": {"order": 1, "order_z": 0, "force_separate_z": False}}
+
+
+def plan_from_amaes(encoder, fp: Fingerprint, labels: Dict[int, str], device_type: str,
+                    patch: Optional[Sequence[int]] = None, spacing: Optional[Sequence[float]] = None,
+                    voxel_budget: Optional[int] = None, batch_size: int = 2) -> Plan:
+    """Fine-tune an AMAES encoder (`mednextv2.amaes`) with the preprocessing it was pretrained on.
+
+    Its arrays are in RAS (x, y, z) order: the patch follows the dataset's median extent in that order."""
+    if encoder.in_channels != len(fp.channels):
+        raise InputError(f"--base {encoder.file_name}: the AMAES encoder takes {encoder.in_channels} channel(s) "
+                         f"but the dataset has {len(fp.channels)}")
+    if spacing:
+        log.warning("--spacing overrides the 1 mm isotropic spacing the AMAES encoder was pretrained on")
+    spacing = _check_spacing(spacing) if spacing else AMAES_SPACING
+    physical = np.array(fp.nonzero_sizes, dtype=float) * np.array(fp.spacings)
+    median_shape = (np.median(physical, axis=0)[::-1]) / np.array(spacing)  # LPS (z, y, x) -> RAS (x, y, z)
+    patch = check_patch(patch) if patch else fit_patch(median_shape, spacing, voxel_budget or
+                                                       VOXEL_BUDGET.get(device_type, 128 ** 3))
+    specs = map_labels(labels)
+    network = encoder.network_config(n_classes=len(specs) + 1, deep_supervision=True)
+    plan = Plan(network=network.to_dict(), target_spacing=spacing, patch_size=patch, batch_size=batch_size,
+                crop_to_nonzero=True, normalization=tuple(dict(AMAES_NORMALIZATION) for _ in fp.channels),
+                channels=tuple({"name": f"MR {i}" if len(fp.channels) > 1 else "MR", "modality": "MR"}
+                               for i in range(len(fp.channels))),
+                labels=specs, base_model=f"amaes:{encoder.file_name}", orientation="RAS",
+                resampling=dict(AMAES_RESAMPLING))
+    log.info("plan from the AMAES %s encoder: RAS, spacing %s mm, patch %s, Yucca's volume z-norm to [0, 1]",
+             encoder.variant, spacing, patch)
+    return plan
+
+
 def _spacing_or_none(spacing) -> Optional[Tuple[float, float, float]]:
     return None if spacing is None else tuple(float(s) for s in spacing)
 

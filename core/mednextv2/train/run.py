@@ -15,6 +15,8 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import numpy as np
 import torch
 
+from mednextv2.amaes import describe, is_checkpoint_file, load_encoder, read_amaes
+from mednextv2.atomic import sha256_file
 from mednextv2.bundle import Bundle, load_bundle
 from mednextv2.cache import FileLock
 from mednextv2.devices import autocast_dtype
@@ -36,7 +38,8 @@ from mednextv2.train.loss import DiceCELoss
 from mednextv2.train.memory import cuda_voxel_budget
 from mednextv2.train.optim import make_optimizer
 from mednextv2.train.options import DEFAULT_VAL_FRACTION, ITERATIONS_PER_EPOCH, MIN_CASES_TO_HOLD_OUT, TrainOptions
-from mednextv2.train.planning import Plan, plan_from_base, plan_from_dict, plan_from_scratch, plan_to_dict
+from mednextv2.train.planning import (Plan, plan_from_amaes, plan_from_base, plan_from_dict, plan_from_scratch,
+                                      plan_to_dict)
 from mednextv2.train.sampler import PatchSampler, Prefetcher
 from mednextv2.train.validation import validate_dataset
 
@@ -102,6 +105,13 @@ def _load_base(ref: str) -> Bundle:
 
 def _make_plan(options: TrainOptions, data, device: torch.device) -> Plan:
     labels = data.labels
+    if options.base and is_checkpoint_file(options.base):
+        encoder = read_amaes(Path(options.base))
+        fp = make_fingerprint(data, seed=options.seed)
+        plan = plan_from_amaes(encoder, fp, labels, device.type, options.patch, options.spacing,
+                               batch_size=options.batch_size)
+        base = describe(encoder, sha256_file(options.base))
+        return replace(plan, extra=dict(plan.extra, fingerprint=fp.to_dict(), base_source=str(options.base), base=base))
     if options.base:
         base = _load_base(options.base)
         return replace(plan_from_base(base.spec, labels, data.n_channels, options.patch, options.spacing,
@@ -194,7 +204,9 @@ def _load_or_make_plan(options: TrainOptions, data, device, ctx, work: Path, dig
 
 def _build_model(plan: Plan, options: TrainOptions, device: torch.device) -> MedNeXt:
     model = MedNeXt(plan.config.replace(deep_supervision=True))
-    if plan.base_model and not options.resume:
+    if plan.base_model and not options.resume and (plan.extra.get("base") or {}).get("format") == "amaes":
+        load_encoder(model, read_amaes(Path(plan.extra["base_source"])))
+    elif plan.base_model and not options.resume:
         base = _load_base(plan.extra.get("base_source", plan.base_model))
         init_from_base(model, base.load_state_dicts()[0], plan.labels, base.n_classes)
     if options.checkpointing:
@@ -315,6 +327,8 @@ def _export(options, plan, work, state, best_record, train_cases, val_cases, ctx
                 "patch_size": list(plan.patch_size), "batch_size": plan.batch_size, "world_size": ctx.world_size,
                 "device": device.type, "lr": options.lr, "seconds": round(state.elapsed_s, 1),
                 "skipped_steps": state.skipped_steps}
+    if plan.extra.get("base"):
+        training["base"] = plan.extra["base"]  # the base file: its name and checksum, never its path
     path = output.write_bundle(Path(options.output), plan, load_best(work), metrics, training, options.title)
     output.attach_reports(path, work)
     return path
