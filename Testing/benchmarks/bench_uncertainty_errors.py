@@ -1,12 +1,12 @@
 """Which uncertainty map marks the model's errors better: measured on a real held-out scan.
 
-    python Testing/benchmarks/bench_uncertainty_errors.py [--demo DIR] [--minutes 4] [--tta on off]
+    python Testing/benchmarks/bench_uncertainty_errors.py [--demo DIR ...] [--minutes 4] [--tta on off]
         [--json out.json]
 
 The model is the one `mednextv2 demo` trains (v2-tiny, grey/white matter of the ICBM T1 template at
 2 mm, trained on the posterior 60% of the brain); the case is its held-out anterior 40% with its
-real tissue labels. `--demo DIR` reuses a finished demo folder; without it a demo is trained
-first (`--minutes`). One sliding-window run per TTA setting gives all candidates, from the same
+real tissue labels. `--demo DIR ...` reuses finished demo folders (e.g. `mednextv2 demo --seed 1`);
+without it a demo is trained first (`--minutes`). One sliding-window run per TTA setting gives all candidates, from the same
 passes:
 
 - entropy:      normalised entropy of the softmax of the stitched (Gaussian-weighted mean) logits,
@@ -36,6 +36,9 @@ import torch
 from mednextv2 import preprocessing
 from mednextv2.segmentation import Segmenter
 from mednextv2.sliding_window import SlidingWindowPredictor
+
+
+BLOCKS = 4  # the case cut into slabs: does one candidate win in each part, or only on the whole?
 
 
 class WithPassEntropy(torch.nn.Module):
@@ -113,41 +116,46 @@ def measure(bundle_dir: Path, image_path: Path, label_path: Path, tta: bool) -> 
     result = {"tta": tta, "passes": sum(map(len, base.mirrors)) if base.mirrors else 1, "predict_s": round(seconds, 1),
               "brain_voxels": int(brain.sum()), "brain_error_rate": float(error[brain].mean()),
               "dice_like_accuracy_brain": float(1 - error[brain].mean()), "candidates": {}}
+    blocks = np.array_split(np.arange(brain.shape[0]), BLOCKS)  # slabs along the array's first axis
     for name, u in (("entropy", entropy), ("1-maxprob", one_minus_max), ("pass-entropy", pass_entropy)):
         rate, share = top_fraction(u[brain], error[brain])
         result["candidates"][name] = {"auroc_brain": auroc(u[brain], error[brain]), "auroc_all": auroc(u, error),
                                       "top5_error_rate": rate, "top5_error_share": share,
-                                      "mean_in_brain": float(u[brain].mean())}
+                                      "mean_in_brain": float(u[brain].mean()),
+                                      "auroc_brain_per_block": [auroc(u[b][brain[b]], error[b][brain[b]]) for b in blocks]}
     return result
 
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--demo", type=Path, help="a finished `mednextv2 demo` folder to reuse")
+    parser.add_argument("--demo", type=Path, nargs="+", help="finished `mednextv2 demo` folders to reuse (one "
+                                                             "measurement each, e.g. demos trained with other seeds)")
     parser.add_argument("--minutes", type=float, default=4.0, help="training minutes when no --demo is given")
     parser.add_argument("--tta", nargs="+", choices=("on", "off"), default=["on", "off"])
     parser.add_argument("--json", type=Path)
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
-    demo = args.demo
-    if demo is None:
+    demos = args.demo
+    if demos is None:
         from mednextv2.train.demo import run_demo
 
-        demo = run_demo(Path("bench-uncertainty-demo"), minutes=args.minutes, device="cpu", progress="none",
-                        threads=1).bundle.parent
-    bundle = next(p.parent for p in demo.glob("*/model.json"))
-    data = demo / "data"
-    print(f"model {bundle}, case {data / 'anterior_image.nii.gz'}; load average {os.getloadavg()[0]:.2f}")
+        demos = [run_demo(Path("bench-uncertainty-demo"), minutes=args.minutes, device="cpu", progress="none",
+                          threads=1).bundle.parent]
     results = []
-    for tta in args.tta:
+    for demo, tta in ((d, t) for d in demos for t in args.tta):
+        bundle = next(p.parent for p in demo.glob("*/model.json"))
+        data = demo / "data"
+        print(f"model {bundle}, case {data / 'anterior_image.nii.gz'}; load average {os.getloadavg()[0]:.2f}")
         r = measure(bundle, data / "anterior_image.nii.gz", data / "anterior_label.nii.gz", tta == "on")
+        r["model"] = str(bundle)
         results.append(r)
         print(f"TTA {tta} ({r['passes']} pass(es) per tile, {r['predict_s']} s): brain error rate "
               f"{r['brain_error_rate']:.4f} over {r['brain_voxels']} voxels")
-        print(f"  {'candidate':<13} {'AUROC brain':>11} {'AUROC all':>10} {'top-5% err rate':>16} {'errors in top 5%':>17}")
+        print(f"  {'candidate':<13} {'AUROC brain':>11} {'AUROC all':>10} {'top-5% err rate':>16} {'errors in top 5%':>17}"
+              f"  AUROC brain per slab of the case")
         for name, c in r["candidates"].items():
             print(f"  {name:<13} {c['auroc_brain']:>11.4f} {c['auroc_all']:>10.4f} {c['top5_error_rate']:>16.4f} "
-                  f"{c['top5_error_share']:>17.4f}")
+                  f"{c['top5_error_share']:>17.4f}  " + " ".join(f"{a:.4f}" for a in c["auroc_brain_per_block"]))
     if args.json:
         args.json.write_text(json.dumps(results, indent=2) + "\n")
     return 0

@@ -12,6 +12,7 @@ Stages, in order, each recorded in a frozen `GridRecord` so that `to_input_grid`
 
 Inverse: the class scores (logits) are resampled back in slabs along axis 0 and reduced to the
 argmax slab by slab, so full-resolution float data for all classes never exists at once. The
+uncertainty map, when asked for, is the normalised entropy of the same slabs (`normalized_entropy`). The
 slab is sized so that its float32 block stays under `SLAB_BYTES` (64 MiB).
 """
 from __future__ import annotations
@@ -415,9 +416,9 @@ def to_input_grid(scores: torch.Tensor, record: GridRecord) -> np.ndarray:
 
 def to_input_grid_with_uncertainty(scores: torch.Tensor, record: GridRecord) -> Tuple[np.ndarray, np.ndarray]:
     """`to_input_grid`, and the float32 `normalized_entropy` of the same resampled scores on the
-    same grid (0 outside the non-zero crop, where the label is background by construction)."""
-    labels, uncertainty = _to_input_grid(scores, record, True)
-    return labels, uncertainty
+    same grid (0 outside the non-zero crop, where the label is background by construction).
+    The map is 4 bytes per input voxel; no per-class array at the input's resolution exists."""
+    return _to_input_grid(scores, record, True)
 
 
 def _to_input_grid(scores: torch.Tensor, record: GridRecord, with_uncertainty: bool):
@@ -433,8 +434,8 @@ def _to_input_grid(scores: torch.Tensor, record: GridRecord, with_uncertainty: b
     labels = np.zeros(record.oriented_shape, dtype=cropped.dtype)
     labels[crop] = cropped
     labels = np.ascontiguousarray(unorient_array(labels, record.permutation, record.flips))
-    if uncertainty is not None:
-        uncertainty = np.ascontiguousarray(unorient_array(uncertainty, record.permutation, record.flips))
+    if uncertainty is not None:  # a view: the caller's image copy is the only other full-size copy
+        uncertainty = unorient_array(uncertainty, record.permutation, record.flips)
     return labels, uncertainty
 
 

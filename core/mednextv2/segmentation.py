@@ -145,7 +145,7 @@ class Segmenter:
         out = sitk.GetImageFromArray(labels)
         out.CopyInformation(images[0])
         if uncertainty is not None:
-            uncertainty = sitk.GetImageFromArray(uncertainty)
+            uncertainty = sitk.GetImageFromArray(uncertainty)  # copies a strided view itself
             uncertainty.CopyInformation(images[0])
         report("postprocess", 1.0, "done")
         return out, uncertainty
