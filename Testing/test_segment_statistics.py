@@ -164,3 +164,12 @@ def test_batch_writes_a_map_per_case_and_one_row_per_case_and_segment(tmp_path, 
 
     rc = main(common + ["--uncertainty", str(cases)])  # maps beside the inputs: names cannot collide
     assert rc == 0 and (cases / "a.uncertainty.nrrd").is_file()
+    # Run again on that folder: the engine's own maps (known by their header marker) are not cases,
+    # a user's image of the same name is.
+    mine = cases / "c.uncertainty.nrrd"
+    shutil.copy(cases / "a.nrrd", mine)
+    rc = main(common + ["--uncertainty", str(maps), "--statistics", str(tmp_path / "again.json")])
+    assert rc == 0
+    again = json.loads((tmp_path / "again.json").read_text())["rows"]
+    assert [r["case"] for r in again] == ["a", "b", "c.uncertainty"]
+    assert mine.read_bytes() == (cases / "a.nrrd").read_bytes()
