@@ -173,3 +173,14 @@ def test_batch_writes_a_map_per_case_and_one_row_per_case_and_segment(tmp_path, 
     again = json.loads((tmp_path / "again.json").read_text())["rows"]
     assert [r["case"] for r in again] == ["a", "b", "c.uncertainty"]
     assert mine.read_bytes() == (cases / "a.nrrd").read_bytes()
+
+
+def test_csv_shows_names_that_look_like_formulas_as_text(tmp_path):
+    rows = [{"case": "=cmd|' /C calc'!A0", "segment": "@SUM(1)", "value": 1, "voxels": 0, "volume_ml": 0.0,
+             "intensity_mean": None, "intensity_std": None, "intensity_min": None, "intensity_max": None,
+             "mean_confidence": None}]
+    statistics.write_statistics(rows, tmp_path / "s.csv")
+    (row,) = _csv_rows(tmp_path / "s.csv")
+    assert row["case"] == "'=cmd|' /C calc'!A0" and row["segment"] == "'@SUM(1)" and row["mean_confidence"] == ""
+    statistics.write_statistics(rows, tmp_path / "s.json")  # JSON keeps the names as they are
+    assert json.loads((tmp_path / "s.json").read_text())["rows"][0]["case"] == rows[0]["case"]
