@@ -184,3 +184,17 @@ def test_csv_shows_names_that_look_like_formulas_as_text(tmp_path):
     assert row["case"] == "'=cmd|' /C calc'!A0" and row["segment"] == "'@SUM(1)" and row["mean_confidence"] == ""
     statistics.write_statistics(rows, tmp_path / "s.json")  # JSON keeps the names as they are
     assert json.loads((tmp_path / "s.json").read_text())["rows"][0]["case"] == rows[0]["case"]
+
+
+def test_segment_options_check_both_names_without_a_model(tmp_path):
+    from mednextv2.errors import InputError
+    from mednextv2.segment_options import SegmentOptions
+
+    ok = SegmentOptions(uncertainty=str(tmp_path / "u.NII.GZ"), statistics=str(tmp_path / "s.Json"))
+    assert ok.uncertainty.endswith("u.NII.GZ") and ok.statistics.endswith("s.Json")
+    assert SegmentOptions(uncertainty=str(tmp_path)).uncertainty == str(tmp_path)  # a folder: batch mode
+    for kwargs, message in [({"uncertainty": "u.seg.nrrd"}, "float image"), ({"uncertainty": "u.png"}, "float image"),
+                            ({"uncertainty": ""}, "file name"), ({"statistics": "s.xlsx"}, ".csv or .json"),
+                            ({"statistics": str(tmp_path)}, ".csv or .json")]:
+        with pytest.raises(InputError, match=message):
+            SegmentOptions(**kwargs)
