@@ -14,6 +14,7 @@ Stages, in order, each recorded in a frozen `GridRecord` so that `to_input_grid`
 
 Inverse: the class scores (logits) are resampled back in slabs along axis 0 and reduced to the
 argmax slab by slab, so full-resolution float data for all classes never exists at once. The
+uncertainty map, when asked for, comes from the same slabs (`class_uncertainty`). The
 slab is sized so that its float32 block stays under `SLAB_BYTES` (64 MiB).
 """
 from __future__ import annotations
@@ -308,9 +309,12 @@ def resample(x: torch.Tensor, out_shape: Shape, nearest_axis: Optional[int] = No
 
 
 def resample_argmax(scores: torch.Tensor, out_shape: Shape, nearest_axis: Optional[int] = None,
-                    slab_bytes: int = SLAB_BYTES) -> np.ndarray:
+                    slab_bytes: int = SLAB_BYTES, uncertainty: Optional[np.ndarray] = None,
+                    probabilities: bool = False) -> np.ndarray:
     """argmax over classes of `scores` (K, z, y, x) resampled to out_shape, slab by slab along z.
 
+    `uncertainty`: a float32 array of out_shape, filled with `class_uncertainty` of the same
+    resampled rows (`probabilities`: the scores are softmax probabilities, not logits).
     Peak extra memory: about 3 x K x slab x max(y_in*x_in, y_out*x_out) x 4 bytes <= ~3 x slab_bytes.
     """
     k = scores.shape[0]
@@ -328,7 +332,37 @@ def resample_argmax(scores: torch.Tensor, out_shape: Shape, nearest_axis: Option
         rows = resample(rows, (stop - start, out_shape[1], out_shape[2]),
                         nearest_axis if nearest_axis in (1, 2) else None)
         out[start:stop] = argmax_classes(rows).numpy().astype(out.dtype, copy=False)
+        if uncertainty is not None:
+            uncertainty[start:stop] = class_uncertainty(rows, probabilities).numpy()
     return out
+
+
+def class_uncertainty(rows: torch.Tensor, probabilities: bool = False) -> torch.Tensor:
+    """How unsure the model is between its classes, per voxel of a slab of class scores (K, ...):
+    (1 - the largest class probability) x K / (K - 1), in [0, 1]: 0 where one class takes all the
+    probability, 1 where all K are equal. Ranks errors as 1 - max probability does (measured better
+    than the entropy, docs/uncertainty.md). `rows` are logits (softmax taken here) or, with
+    `probabilities`, probabilities (renormalised: interpolation keeps their sum only up to rounding).
+    float32, the shape of rows[0]."""
+    k = rows.shape[0]
+    if k < 2:
+        return torch.zeros(rows.shape[1:], dtype=torch.float32)
+    # Running loops over the classes, as in argmax_classes: reductions over the outer class axis
+    # (softmax(0), max(0)) are several times slower on the CPU and allocate K-sized temporaries.
+    rows = rows.float()
+    if probabilities:
+        rows = rows.clamp(min=0)
+    best = rows[0].clone()
+    for c in range(1, k):
+        torch.maximum(best, rows[c], out=best)
+    total = torch.zeros_like(best)
+    for c in range(k):
+        total += rows[c] if probabilities else torch.exp(rows[c] - best)
+    if probabilities:
+        top = best / total.clamp_(min=1e-12)
+    else:
+        top = total.reciprocal_()  # softmax's largest value: exp(0) / sum exp(s_c - max)
+    return top.neg_().add_(1.0).mul_(k / (k - 1)).clamp_(0.0, 1.0)
 
 
 def argmax_classes(scores: torch.Tensor) -> torch.Tensor:
@@ -422,14 +456,32 @@ def preprocess(images: Sequence[sitk.Image], plan: PreprocessingPlan,
 
 def to_input_grid(scores: torch.Tensor, record: GridRecord) -> np.ndarray:
     """Class scores (K, *network_shape) -> label array (z, y, x) on the input image's voxel grid."""
+    return _to_input_grid(scores, record, False)[0]
+
+
+def to_input_grid_with_uncertainty(scores: torch.Tensor, record: GridRecord) -> Tuple[np.ndarray, np.ndarray]:
+    """`to_input_grid`, and the float32 `class_uncertainty` of the same resampled scores on the
+    same grid (0 outside the non-zero crop, where the label is background by construction).
+    The map is 4 bytes per input voxel; no per-class array at the input's resolution exists."""
+    return _to_input_grid(scores, record, True)
+
+
+def _to_input_grid(scores: torch.Tensor, record: GridRecord, with_uncertainty: bool):
     if tuple(scores.shape[1:]) != record.network_shape:
         raise ValueError(f"prediction shape {tuple(scores.shape[1:])} != network grid {record.network_shape}")
     if record.softmax_first:
         scores = torch.softmax(scores.float(), dim=0)
-    cropped = resample_argmax(scores, record.cropped_shape, record.nearest_axis)
+    crop = tuple(slice(a, b) for a, b in record.bbox)
+    uncertainty = np.zeros(record.oriented_shape, dtype=np.float32) if with_uncertainty else None
+    cropped = resample_argmax(scores, record.cropped_shape, record.nearest_axis,
+                              uncertainty=None if uncertainty is None else uncertainty[crop],
+                              probabilities=record.softmax_first)
     labels = np.zeros(record.oriented_shape, dtype=cropped.dtype)
-    labels[tuple(slice(a, b) for a, b in record.bbox)] = cropped
-    return np.ascontiguousarray(unorient_array(labels, record.permutation, record.flips))
+    labels[crop] = cropped
+    labels = np.ascontiguousarray(unorient_array(labels, record.permutation, record.flips))
+    if uncertainty is not None:  # a view: the caller's image copy is the only other full-size copy
+        uncertainty = unorient_array(uncertainty, record.permutation, record.flips)
+    return labels, uncertainty
 
 
 def labels_to_network_grid(labels: sitk.Image, record: GridRecord) -> np.ndarray:

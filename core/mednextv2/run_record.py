@@ -18,7 +18,7 @@ import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Dict, Mapping, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
 from mednextv2 import __version__
 from mednextv2.atomic import sha256_file, write_bytes
@@ -113,11 +113,15 @@ class CaseRecord:
     rank: int
     world_size: int
     finished: str  # ISO 8601, UTC
+    statistics: Optional[Tuple[Mapping[str, Any]]] = None  # the case's --statistics rows, when they were made
 
     def to_json(self) -> Dict[str, Any]:
-        return {"kind": KIND, "format_version": FORMAT_VERSION, "case": self.case, "inputs": list(self.inputs),
-                "run": self.identity.to_json(), "outputs": list(self.outputs), "rank": self.rank,
-                "world_size": self.world_size, "finished": self.finished}
+        doc = {"kind": KIND, "format_version": FORMAT_VERSION, "case": self.case, "inputs": list(self.inputs),
+               "run": self.identity.to_json(), "outputs": list(self.outputs), "rank": self.rank,
+               "world_size": self.world_size, "finished": self.finished}
+        if self.statistics is not None:
+            doc["statistics"] = list(self.statistics)
+        return doc
 
     @classmethod
     def from_json(cls, doc: Any, where: str) -> "CaseRecord":
@@ -129,7 +133,8 @@ class CaseRecord:
         try:
             return cls(str(doc["case"]), tuple(_canonical(doc["inputs"])), RunIdentity.from_json(doc["run"]),
                        tuple(_canonical(doc["outputs"])), int(doc["rank"]), int(doc["world_size"]),
-                       str(doc["finished"]))
+                       str(doc["finished"]),
+                       None if doc.get("statistics") is None else tuple(_canonical(doc["statistics"])))
         except (KeyError, TypeError, ValueError) as e:
             raise InputError(f"{where}: damaged run record ({e!r}); delete it to segment that case again") from e
 
@@ -167,11 +172,13 @@ class RunRecords:
         return CaseRecord.from_json(doc, str(path))
 
     def redo_reason(self, case: str, inputs: Sequence[Mapping[str, Any]], identity: RunIdentity,
-                    result_files: Sequence[Path]) -> Optional[str]:
+                    result_files: Sequence[Path], need_statistics: bool = False) -> Optional[str]:
         """None when the case's recorded result stands; else why it must be segmented again."""
         record = self.read(case)
         if record is None:
             return "no run record"
+        if need_statistics and record.statistics is None:
+            return "recorded without --statistics"
         if not _same_inputs(record.inputs, inputs):
             return "its input changed since it was recorded"
         why = identity.difference(record.identity)
@@ -189,13 +196,20 @@ class RunRecords:
                 return f"output {path.name} changed since it was written"
         return None
 
+    def statistics(self, case: str) -> List[Dict[str, Any]]:
+        """The --statistics rows recorded with a finished case (none if it was recorded without)."""
+        record = self.read(case)
+        return [dict(row) for row in (record.statistics or ())] if record is not None else []
+
     def write(self, case: str, inputs: Sequence[Mapping[str, Any]], identity: RunIdentity,
-              result_files: Sequence[Path], rank: int = 0, world_size: int = 1) -> Path:
-        """Record a finished case (after its result files are in place)."""
+              result_files: Sequence[Path], rank: int = 0, world_size: int = 1,
+              statistics: Optional[Sequence[Mapping[str, Any]]] = None) -> Path:
+        """Record a finished case (after its result files are in place), with its statistics rows if made."""
         self.folder.mkdir(exist_ok=True)
         outputs = tuple({"name": Path(f).name, "sha256": sha256_file(f)} for f in result_files)
         finished = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="microseconds")
-        record = CaseRecord(case, tuple(inputs), identity, outputs, rank, world_size, finished)
+        record = CaseRecord(case, tuple(inputs), identity, outputs, rank, world_size, finished,
+                            None if statistics is None else tuple(_canonical(list(statistics))))
         text = json.dumps(record.to_json(), indent=1, sort_keys=True) + "\n"
         return write_bytes(self.path(case), text.encode("utf-8"))
 

@@ -15,13 +15,13 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 import SimpleITK as sitk
 
-from mednextv2 import export, image_io, postprocessing, preprocessing, run_record, stop_request
+from mednextv2 import export, image_io, postprocessing, preprocessing, run_record, statistics, stop_request
 from mednextv2.bundle import Bundle, Label, load_bundle
 from mednextv2.devices import resolve_device
 from mednextv2.errors import InputError, ResourceError
-from mednextv2.output_guard import refuse_writing_over_inputs, same_path
+from mednextv2.output_guard import refuse_same_outputs, refuse_writing_over_inputs, same_path
 from mednextv2.progress import null_progress
-from mednextv2.segment_options import SegmentOptions, check_step
+from mednextv2.segment_options import UNCERTAINTY_CASE_SUFFIX, SegmentOptions, check_step
 from mednextv2.sliding_window import SlidingWindowPredictor
 from mednextv2.train.distributed import DistContext as Shard
 
@@ -108,16 +108,26 @@ class Segmenter:
     def __call__(self, image_or_path: Union[ImageInput, Sequence[ImageInput], InputCase]) -> sitk.Image:
         """Segment one case (one image per model channel, or a `read_case` result); a uint8
         labelmap on the input grid."""
+        return self._segment_case(image_or_path, False)[0]
+
+    def segment_with_uncertainty(self, image_or_path: Union[ImageInput, Sequence[ImageInput], InputCase]
+                                 ) -> Tuple[sitk.Image, sitk.Image]:
+        """`self(case)` and its uncertainty map: float32 in [0, 1] on the same grid,
+        `preprocessing.class_uncertainty` of the class probabilities (docs/uncertainty.md); no extra
+        network pass."""
+        return self._segment_case(image_or_path, True)
+
+    def _segment_case(self, image_or_path, with_uncertainty: bool):
         images = list(read_case(image_or_path).images)
         if len(images) != self.bundle.in_channels:
             raise InputError(f"model {self.bundle.id} takes {self.bundle.in_channels} input channel(s) "
                              f"({', '.join(n for n, _ in self.bundle.channels)}), got {len(images)} image(s)")
         try:
-            return self._segment(images)
+            return self._segment(images, with_uncertainty)
         except MemoryError as e:
             raise ResourceError("out of memory (RAM) while segmenting; try --fast or a machine with more memory") from e
 
-    def _segment(self, images: List[sitk.Image]) -> sitk.Image:
+    def _segment(self, images: List[sitk.Image], with_uncertainty: bool = False) -> Tuple[sitk.Image, Optional[sitk.Image]]:
         opts, plan, report = self.options, self.bundle.preprocessing, self._report
         report("preprocess", 0.0, "reading and resampling")
         spacing = None
@@ -130,7 +140,10 @@ class Segmenter:
         scores = self.predictor.predict(pre.data)
         del pre  # free the network-grid input before the inverse step allocates
         report("postprocess", 0.0, "back to the input grid")
-        labels = preprocessing.to_input_grid(scores, record)
+        if with_uncertainty:
+            labels, uncertainty = preprocessing.to_input_grid_with_uncertainty(scores, record)
+        else:
+            labels, uncertainty = preprocessing.to_input_grid(scores, record), None
         del scores
         values = [lab.value for lab in self.labels]
         if opts.structures:
@@ -139,23 +152,78 @@ class Segmenter:
             postprocessing.keep_largest_component(labels, values)
         out = sitk.GetImageFromArray(labels)
         out.CopyInformation(images[0])
+        if uncertainty is not None:
+            uncertainty = sitk.GetImageFromArray(uncertainty)  # copies a strided view itself
+            uncertainty.CopyInformation(images[0])
         report("postprocess", 1.0, "done")
-        return out
+        return out, uncertainty
 
     def segment_to_file(self, inputs: Union[ImageInput, Sequence[ImageInput], InputCase], output: PathLike) -> Path:
-        output = image_io.check_output_writable(output)
-        export.output_kind(output)
-        if isinstance(inputs, InputCase):
-            sources = list(inputs.paths)
-        else:
-            items = inputs if isinstance(inputs, (list, tuple)) else [inputs]
-            sources = [i for i in items if not isinstance(i, sitk.Image)]
-        refuse_writing_over_inputs(export.result_files(output), sources)
-        labelmap = self(inputs)
-        self.options.progress("export", 0.0, f"writing {Path(output).name}")
-        path = export.write_result(labelmap, self.labels, output)
-        self.options.progress("export", 1.0, str(path))
+        """Segment one case into `output`, with the options' uncertainty map and statistics files."""
+        sources = _sources(inputs)
+        check_case_outputs(output, self.options, sources)
+        path, rows = self.write_case(inputs, output, self.options.uncertainty, case_name(sources),
+                                     self.options.statistics is not None)
+        if self.options.statistics is not None:
+            statistics.write_statistics(rows, self.options.statistics)
         return path
+
+    def write_case(self, inputs: Union[ImageInput, Sequence[ImageInput], InputCase], output: PathLike,
+                   uncertainty: Optional[PathLike] = None, case: str = "",
+                   with_statistics: bool = False) -> Tuple[Path, List[dict]]:
+        """Segment one case and write the result (and the uncertainty map to `uncertainty`); the
+        statistics rows of the case when `with_statistics` (else none). Outputs checked by the caller."""
+        case_images = read_case(inputs)
+        with_map = uncertainty is not None or with_statistics
+        labelmap, unc = self._segment_case(case_images, with_map)
+        confidence = None
+        if unc is not None:
+            confidence = statistics.mean_confidence(sitk.GetArrayViewFromImage(labelmap), sitk.GetArrayViewFromImage(unc),
+                                                    [lab.value for lab in self.labels], self.bundle.n_classes)
+        self.options.progress("export", 0.0, f"writing {Path(output).name}")
+        if uncertainty is not None:
+            export.write_uncertainty_map(unc, uncertainty)
+        path = export.write_result(labelmap, self.labels, output, confidence)
+        rows = (statistics.segment_statistics(labelmap, self.labels, case_images.images[0], unc, self.bundle.n_classes, case)
+                if with_statistics else [])
+        self.options.progress("export", 1.0, str(path))
+        return path, rows
+
+
+def _sources(inputs) -> List[Path]:
+    """The input files and folders of a case (none for in-memory images)."""
+    if isinstance(inputs, InputCase):
+        return list(inputs.paths)
+    items = inputs if isinstance(inputs, (list, tuple)) else [inputs]
+    return [Path(i) for i in items if not isinstance(i, sitk.Image)]
+
+
+def case_name(sources: Sequence[PathLike]) -> str:
+    """The case's name in statistics: the first input's file name without its image extension
+    (a DICOM folder's name); "" for in-memory images."""
+    if not sources:
+        return ""
+    path = Path(sources[0])
+    suffix = export.known_suffix(path) if path.is_file() or path.suffix else ""
+    return path.name[: len(path.name) - len(suffix)] if suffix else path.name
+
+
+def check_case_outputs(output: PathLike, options: SegmentOptions, sources: Sequence[PathLike]) -> None:
+    """Every refusal about one case's outputs, before any model loads: the output's type and folder,
+    the uncertainty map and statistics files (files, not folders, here), none over an input or over
+    another output."""
+    export.output_kind(output)
+    output = image_io.check_output_writable(output)
+    named = [("-o", f) for f in export.result_files(output)]
+    for what, extra in (("--uncertainty", options.uncertainty), ("--statistics", options.statistics)):
+        if extra is None:
+            continue
+        if Path(extra).is_dir():
+            raise InputError(f"{what} {extra} is a folder; for one case give a file name")
+        image_io.check_output_writable(extra)
+        named.append((what, Path(extra)))
+    refuse_same_outputs(named)
+    refuse_writing_over_inputs([path for _, path in named], sources)
 
 
 def segment(image_or_path: Union[ImageInput, Sequence[ImageInput]], model: ModelInput, **options) -> sitk.Image:
@@ -166,15 +234,31 @@ def segment(image_or_path: Union[ImageInput, Sequence[ImageInput]], model: Model
     SegmentOptions (device, tta, step, fast, structures, largest_component, tile_batch, progress).
     """
     options = SegmentOptions(**options)
+    _refuse_file_options(options, "segment()")
     case = read_case(image_or_path)  # the inputs are refused before a model is loaded or downloaded
     return Segmenter(model, options)(case)
+
+
+def segment_with_uncertainty(image_or_path: Union[ImageInput, Sequence[ImageInput]], model: ModelInput,
+                             **options) -> Tuple[sitk.Image, sitk.Image]:
+    """`segment`, and the uncertainty map on the same grid (see `Segmenter.segment_with_uncertainty`)."""
+    options = SegmentOptions(**options)
+    _refuse_file_options(options, "segment_with_uncertainty()")
+    case = read_case(image_or_path)
+    return Segmenter(model, options).segment_with_uncertainty(case)
+
+
+def _refuse_file_options(options: SegmentOptions, where: str) -> None:
+    if options.uncertainty is not None or options.statistics is not None:
+        raise InputError(f"{where} returns images and writes no files: the uncertainty and statistics options name "
+                         "files for Segmenter.segment_to_file, segment_folder or the command line")
 
 
 def find_cases(folder: PathLike, n_channels: Optional[int]) -> Dict[str, List[Path]]:
     """Cases of a folder: each image file, or with several channels nnU-Net's CASE_0000, CASE_0001...
     `n_channels` None (the model is not loaded yet): as the file names say, channel counts unchecked."""
     folder = Path(folder)
-    files = sorted(p for p in folder.iterdir() if image_io.is_image_file(p))
+    files = sorted(p for p in folder.iterdir() if image_io.is_image_file(p) and not _own_uncertainty_map(p))
     cases: Dict[str, List[Path]] = {}
     for path in files:
         stem = path.name[: -len(export.known_suffix(path))] if export.known_suffix(path) else path.stem
@@ -196,10 +280,33 @@ def find_cases(folder: PathLike, n_channels: Optional[int]) -> Dict[str, List[Pa
     return cases
 
 
-def _refuse_batch(cases: Dict[str, List[Path]], input_dir: PathLike, output_dir: Path, output_suffix: str) -> None:
-    """Outputs may share the input folder only where no written name is an input's name."""
-    refuse_writing_over_inputs([f for case in cases for f in export.result_files(output_dir / f"{case}{output_suffix}")],
-                               [input_dir])
+def _own_uncertainty_map(path: Path) -> bool:
+    """A map an earlier batch wrote into this folder: not a case (its marker decides; the name only
+    spares reading every file's header)."""
+    if not path.name.lower().endswith(UNCERTAINTY_CASE_SUFFIX) or not export.is_uncertainty_map(path):
+        return False
+    log.info("%s: an uncertainty map this engine wrote, not a case; skipped", path.name)
+    return True
+
+
+def _batch_outputs(cases: Dict[str, List[Path]], output_dir: Path, output_suffix: str,
+                   options: SegmentOptions) -> List[Tuple[str, Path]]:
+    """Every file a batch writes, named by its option."""
+    named = [("-o", f) for case in cases for f in export.result_files(output_dir / f"{case}{output_suffix}")]
+    if options.uncertainty is not None:
+        named += [("--uncertainty", Path(options.uncertainty) / f"{case}{UNCERTAINTY_CASE_SUFFIX}") for case in cases]
+    if options.statistics is not None:
+        named.append(("--statistics", Path(options.statistics)))
+    return named
+
+
+def _refuse_batch(cases: Dict[str, List[Path]], input_dir: PathLike, output_dir: Path, output_suffix: str,
+                  options: SegmentOptions) -> None:
+    """Outputs may share the input folder only where no written name is an input's name, and no
+    two outputs may be one file."""
+    named = _batch_outputs(cases, output_dir, output_suffix, options)
+    refuse_same_outputs(named)
+    refuse_writing_over_inputs([path for _, path in named], [input_dir])
 
 
 def segment_folder(input_dir: PathLike, model: ModelInput, output_dir: PathLike,
@@ -218,38 +325,59 @@ def segment_folder(input_dir: PathLike, model: ModelInput, output_dir: PathLike,
         raise InputError(f"output folder {output_dir} is the input folder: with {shard.world_size} ranks, a rank "
                          "listing the cases would find another rank's results; give another output folder")
     image_io.check_output_writable(output_dir / f"probe{output_suffix}")
+    options = options or SegmentOptions(**kwargs)
+    if options.uncertainty is not None:
+        if not Path(options.uncertainty).is_dir():
+            raise InputError(f"--uncertainty {options.uncertainty}: in batch mode give an existing folder; each case's "
+                             f"map is written there as CASE{UNCERTAINTY_CASE_SUFFIX}")
+        image_io.check_output_writable(Path(options.uncertainty) / f"probe{UNCERTAINTY_CASE_SUFFIX}")
+    if options.statistics is not None:
+        if shard.world_size > 1:
+            # Ranks share no process group to gather rows into one file; each case's rows are kept
+            # in its run record instead, so one process can write the whole table afterwards.
+            raise InputError(f"--statistics with {shard.world_size} ranks: each rank has only its share of the "
+                             "cases; run without --statistics, then once without torchrun with --skip-done "
+                             "--statistics FILE (the recorded cases are not segmented again)")
+        image_io.check_output_writable(options.statistics)
     listed = find_cases(input_dir, None)
-    _refuse_batch(listed, input_dir, output_dir, output_suffix)  # before the model loads
+    _refuse_batch(listed, input_dir, output_dir, output_suffix, options)  # before the model loads
     records = run_record.RunRecords(output_dir)
     records.check(sorted(listed)[shard.rank::shard.world_size])
-    options = options or SegmentOptions(**kwargs)
     bundle = resolve_bundle(model, options.progress)
     cases = find_cases(input_dir, bundle.in_channels)
-    _refuse_batch(cases, input_dir, output_dir, output_suffix)
+    _refuse_batch(cases, input_dir, output_dir, output_suffix, options)
     mine = sorted(cases)[shard.rank::shard.world_size]
     step, mirror = inference_settings(bundle, options)
     identity = run_record.RunIdentity.create(bundle, {
         "step": step, "mirror_axes": mirror, "fast": options.fast, "structures": options.structures,
-        "largest_component": options.largest_component, "format": output_suffix})
+        "largest_component": options.largest_component, "format": output_suffix,
+        "uncertainty": options.uncertainty is not None})
     if shard.world_size > 1:
         log.info("%d of %d case(s) for rank %d of %d", len(mine), len(cases), shard.rank, shard.world_size)
-    segmenter, written, skipped = None, [], 0
+    want_rows = options.statistics is not None
+    segmenter, written, rows, skipped = None, [], [], 0
     for i, case in enumerate(mine):
         output = output_dir / f"{case}{output_suffix}"
+        unc = None if options.uncertainty is None else Path(options.uncertainty) / f"{case}{UNCERTAINTY_CASE_SUFFIX}"
+        results = export.result_files(output) + ([unc] if unc is not None else [])
         inputs = run_record.input_identity(cases[case])
         if skip_done:
-            why = records.redo_reason(case, inputs, identity, export.result_files(output))
+            why = records.redo_reason(case, inputs, identity, results, want_rows)
             if why is None:
                 log.info("case %d/%d: %s done (run record %s), skipped", i + 1, len(mine), case, records.path(case))
+                rows += records.statistics(case) if want_rows else []
                 skipped += 1
                 continue
             log.info("case %d/%d: %s (%s)", i + 1, len(mine), case, why)
         else:
             log.info("case %d/%d: %s", i + 1, len(mine), case)
         segmenter = segmenter or Segmenter(bundle, options)
-        path = segmenter.segment_to_file(cases[case], output)
-        records.write(case, inputs, identity, export.result_files(path), shard.rank, shard.world_size)
+        path, case_rows = segmenter.write_case(cases[case], output, unc, case, want_rows)
+        records.write(case, inputs, identity, results, shard.rank, shard.world_size, case_rows if want_rows else None)
         written.append(path)
+        rows += case_rows
     if skip_done:
         log.info("%d case(s) skipped as done", skipped)
+    if want_rows:
+        statistics.write_statistics(rows, options.statistics)
     return written
