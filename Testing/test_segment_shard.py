@@ -294,3 +294,36 @@ def test_a_ranks_progress_names_it_as_a_bar_and_as_json():
     assert "rank 3 predict [" in bar.getvalue()
     assert json.loads(lines.getvalue()) == {"stage": "predict", "fraction": 0.5, "eta_s": None, "message": "tile 2/4",
                                             "rank": 3, "tiles_done": 2}
+
+
+def test_skip_done_keeps_maps_and_statistics_of_recorded_cases(tmp_path, cases, model_dir, caplog, monkeypatch,
+                                                                capsys):
+    out, maps = tmp_path / "out", tmp_path / "maps"
+    out.mkdir()
+    maps.mkdir()
+    stats = tmp_path / "stats.json"
+    base = ["segment", str(cases), "-m", str(model_dir), "-o", str(out), "--progress", "none", "--skip-done"] + FLAGS
+    assert main(base) == 0  # recorded without a map or statistics
+    caplog.set_level("INFO", logger="mednextv2")
+    assert main(base + ["--uncertainty", str(maps), "--statistics", str(stats)]) == 0
+    said = "\n".join(r.getMessage() for r in caplog.records)
+    assert all(f"{c} (recorded with other options (uncertainty))" in said for c in CASES), said
+    first = json.loads(stats.read_text(encoding="utf-8"))["rows"]
+    assert sorted({r["case"] for r in first}) == sorted(CASES)
+    assert all(_record(out, c)["statistics"] == [r for r in first if r["case"] == c] for c in CASES)
+    stamps = {c: _stamp(maps / f"{c}.uncertainty.nrrd") for c in CASES}
+    (maps / "lung.uncertainty.nrrd").unlink()  # a deleted map: that case again, the rest from their records
+    caplog.clear()
+    stats.unlink()
+    assert main(base + ["--uncertainty", str(maps), "--statistics", str(stats)]) == 0
+    said = "\n".join(r.getMessage() for r in caplog.records)
+    assert "lung (output lung.uncertainty.nrrd is missing)" in said
+    assert all(_stamp(maps / f"{c}.uncertainty.nrrd") == stamps[c] for c in CASES if c != "lung")
+    assert json.loads(stats.read_text(encoding="utf-8"))["rows"] == first
+    # Several ranks cannot share one statistics file: refused before any work.
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "0")
+    monkeypatch.setenv("LOCAL_RANK", "0")
+    assert main(base + ["--statistics", str(tmp_path / "ranks.csv")]) == 2
+    assert "--statistics with 2 ranks" in capsys.readouterr().err
+    assert not (tmp_path / "ranks.csv").exists()

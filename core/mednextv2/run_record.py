@@ -177,13 +177,13 @@ class RunRecords:
         record = self.read(case)
         if record is None:
             return "no run record"
-        if need_statistics and record.statistics is None:
-            return "recorded without --statistics"
         if not _same_inputs(record.inputs, inputs):
             return "its input changed since it was recorded"
         why = identity.difference(record.identity)
         if why:
             return why
+        if need_statistics and record.statistics is None:
+            return "recorded without --statistics"
         expected = {Path(f).name for f in result_files}
         recorded = {o["name"]: o["sha256"] for o in record.outputs}
         if set(recorded) != expected:
