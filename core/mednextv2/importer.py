@@ -177,9 +177,11 @@ def _check_source_format(source_format: Optional[str], config, options: Mapping)
     if source_format is None and config is not None:
         raise InputError("--config describes a MONAI MedNeXt; give it with --from monai")
     if source_format == "monai":
-        given = [f"--{k.replace('_', '-')}" for k, v in options.items() if v]
+        flags = {"folds": "--fold", "configuration": "--configuration", "checkpoint": "--checkpoint",
+                 "grn_norm": "--grn-norm", "dataset_json": "--dataset-json"}
+        given = [flags[k] for k, v in options.items() if v]
         if given:
-            raise InputError(f"{', '.join(given)} appl(y) to nnU-Net results, not to --from monai")
+            raise InputError(f"{', '.join(given)}: nnU-Net options; they do not apply to --from monai")
 
 
 # ---------------------------------------------------------------- nnU-Net v2 conversion
