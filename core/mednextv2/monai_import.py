@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional, Tuple
 
+from mednextv2 import MODELS_DOC_URL
 from mednextv2.atomic import sha256_file
 from mednextv2.bundle import Bundle
 from mednextv2.bundle_spec import (BundleSpec, Channel, InferenceDefaults, Label, NetworkSpec, Normalization,
@@ -366,7 +367,7 @@ def convert_monai(source: Path, config_path: Optional[Path], model_id: Optional[
 
     if config_path is None:
         raise InputError(f"--from monai needs --config CONFIG.json: labels, channels, orientation, pixdim and "
-                         f"normalization of {source.name} cannot be read off its weights (see docs/models.md)")
+                         f"normalization of {source.name} cannot be read off its weights (see {MODELS_DOC_URL})")
     config = MonaiImportConfig.read(Path(config_path).expanduser())
     network_given = dict(config.network)
     labels, channels, facts = config.labels, config.channels, {}
