@@ -62,7 +62,8 @@ class PlainMedNeXt(nn.Module):
         for s in range(4):
             ch = c * 2 ** s
             setattr(self, f"enc_block_{s}", nn.Sequential(*[PlainBlock(ch, ch, r[s], k, g) for _ in range(n[s])]))
-            setattr(self, f"down_{s}", PlainBlock(ch, 2 * ch, r[s + 1], k, g and s > 0, "down"))
+            down_r = r[s + 1] if getattr(cfg, "down_exp_r", None) is None else cfg.down_exp_r[s]
+            setattr(self, f"down_{s}", PlainBlock(ch, 2 * ch, down_r, k, g and s > 0, "down"))
         self.bottleneck = nn.Sequential(*[PlainBlock(16 * c, 16 * c, r[4], k, g) for _ in range(n[4])])
         for s in (3, 2, 1, 0):
             ch = c * 2 ** s

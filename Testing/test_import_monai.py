@@ -109,6 +109,15 @@ def test_down_blocks_get_identity_grn_and_deep_supervision_heads_are_dropped(tmp
     assert bundle.spec.provenance.imported_from["monai_args"]["deep_supervision"] is True
 
 
+def test_monais_down_block_ratios_are_recorded_where_they_differ_from_the_official_rule(tmp_path):
+    # MONAI's down_blocks[i] expands by encoder ratio i; the official down_i by the next stage's.
+    grn_ds, nogrn = import_case(tmp_path, "grn_ds"), import_case(tmp_path, "nogrn_in2_k5")
+    assert grn_ds.network.exp_r[:5] == (2, 3, 4, 4, 4) and grn_ds.network.down_exp_r == (2, 3, 4, 4)
+    assert grn_ds.load_state_dicts()[0]["down_1.conv2.weight"].shape[0] == 3 * 4  # 4 channels, ratio 3
+    assert nogrn.network.down_exp_r is None  # equal ratios: MONAI's rule is the official one
+    assert "down_exp_r" not in json.loads((nogrn.source / "model.json").read_text())["network"]
+
+
 def test_config_becomes_the_bundles_plan(tmp_path):
     doc = dict(CT_CONFIG, pixdim=[1.5, 1.0, 2.5], roi_size=[64, 48, 32], mirror_axes=[0], overlap=0.25)
     bundle = import_case(tmp_path, "grn_ds", **{k: v for k, v in doc.items() if k not in CT_CONFIG or doc[k] != CT_CONFIG[k]})
@@ -144,8 +153,8 @@ def write_monai_bundle(root: Path, *, network_def: dict, metadata: bool = True) 
 
 
 GRN_DS_DEF = {"_target_": "monai.networks.nets.MedNeXt", "spatial_dims": 3, "init_filters": 2, "in_channels": 1,
-              "out_channels": 2, "encoder_expansion_ratio": 2, "decoder_expansion_ratio": [3, 2, 2, 4],
-              "bottleneck_expansion_ratio": 2, "kernel_size": 3, "deep_supervision": True,
+              "out_channels": 2, "encoder_expansion_ratio": [2, 3, 4, 4], "decoder_expansion_ratio": [3, 2, 2, 4],
+              "bottleneck_expansion_ratio": 4, "kernel_size": 3, "deep_supervision": True,
               "use_residual_connection": True, "blocks_down": [1, 2, 1, 1], "blocks_bottleneck": 1,
               "blocks_up": [1, 1, 2, 1], "global_resp_norm": True}
 
@@ -182,7 +191,6 @@ def test_monai_bundle_refusals(tmp_path, change, message, home):
 # ---------------------------------------------------------------- refusals
 @pytest.mark.parametrize("fixture,message", [
     ("refuse_no_residual.pt", r"use_residual_connection false .*always adds residual connections"),
-    ("refuse_encoder_ratios.safetensors", r"encoder_expansion_ratio \[2, 3, 4, 4\].*next stage's ratio \(\[3, 4, 4, 4\]"),
     ("refuse_layer_norm.safetensors", r"norm_type 'layer'"),
     ("refuse_2d.safetensors", r"spatial_dims 2: only 3D"),
     ("refuse_three_levels.safetensors", r"blocks_down \[1, 1, 1\].*4 levels"),
@@ -271,8 +279,8 @@ def test_wrong_shapes_are_named_with_monais_key(tmp_path):
 # ---------------------------------------------------------------- live MONAI, where installed
 def test_against_monais_class_directly(tmp_path):
     monai_nets = pytest.importorskip("monai.networks.nets")
-    args = dict(spatial_dims=3, init_filters=3, in_channels=1, out_channels=3, encoder_expansion_ratio=3,
-                decoder_expansion_ratio=(2, 3, 3, 2), bottleneck_expansion_ratio=3, kernel_size=3,
+    args = dict(spatial_dims=3, init_filters=3, in_channels=1, out_channels=3, encoder_expansion_ratio=(2, 3, 4, 4),
+                decoder_expansion_ratio=(4, 4, 3, 2), bottleneck_expansion_ratio=4, kernel_size=3,
                 deep_supervision=True, use_residual_connection=True, blocks_down=(2, 1, 1, 1), blocks_bottleneck=2,
                 blocks_up=(1, 1, 1, 2), global_resp_norm=True)
     model = monai_nets.MedNeXt(**args)

@@ -7,8 +7,7 @@ MONAI (>= 1.5) names the same blocks differently: `enc_stages.i.j` is `enc_block
 - MONAI's down blocks have no GRN; the official `down_1..3` have one. GRN with zero gamma and
   beta is the identity (gamma * (h * N) + beta + h = h), so those are set to zero.
 - MONAI's `down_blocks[i]` expands by `encoder_expansion_ratio[i]`, the official `down_i` by the
-  next stage's ratio (`exp_r[i + 1]`). Only networks where the two agree are the same function
-  in our layout; others are refused.
+  next stage's ratio (`exp_r[i + 1]`): the config's `down_exp_r` records MONAI's where they differ.
 Everything else MONAI can build and the official network cannot (2D, LayerNorm, no residual
 connections, other depths) is refused with the reason. MONAI's constructor arguments are read
 off the shapes, as for official checkpoints; `MonaiNetworkArgs` holds them.
@@ -81,19 +80,14 @@ class MonaiNetworkArgs:
             problems.append(f"kernel_size {self.kernel_size}: must be odd")
         if problems:
             raise InputError("this MONAI MedNeXt cannot be imported: " + "; ".join(problems))
-        down = list(self.encoder_expansion_ratio[1:]) + [self.bottleneck_expansion_ratio]
-        if list(self.encoder_expansion_ratio) != down:
-            raise InputError(
-                f"this MONAI MedNeXt cannot be imported: its down-sampling blocks expand by encoder_expansion_ratio "
-                f"{list(self.encoder_expansion_ratio)} (down_blocks[i] uses ratio i), the official MedNeXt's by the "
-                f"next stage's ratio ({down}: encoder ratios 1..3, then the bottleneck's). The two agree only when "
-                "every encoder ratio equals the bottleneck_expansion_ratio (MONAI's MedNeXt-S, for example)")
         return MedNeXtConfig(
             in_channels=self.in_channels, n_channels=self.init_filters, n_classes=self.out_channels,
             exp_r=list(self.encoder_expansion_ratio) + [self.bottleneck_expansion_ratio] + list(self.decoder_expansion_ratio),
             kernel_size=self.kernel_size,
             block_counts=list(self.blocks_down) + [self.blocks_bottleneck] + list(self.blocks_up),
-            grn=self.global_resp_norm, grn_norm="mean", deep_supervision=self.deep_supervision)
+            grn=self.global_resp_norm, grn_norm="mean", deep_supervision=self.deep_supervision,
+            # MONAI's down_blocks[i] expands by encoder ratio i, the official down_i by the next stage's.
+            down_exp_r=list(self.encoder_expansion_ratio))
 
 
 # ---------------------------------------------------------------- reading the state dict

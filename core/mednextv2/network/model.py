@@ -33,7 +33,7 @@ class MedNeXt(nn.Module):
             ch = c * 2 ** level
             setattr(self, f"enc_block_{level}", _stage(ch, n[level], r[level], k, grn, gn))
             # Quirk of the official code: down_0 has no GRN, every other resampling block does.
-            setattr(self, f"down_{level}", MedNeXtBlock(ch, 2 * ch, r[level + 1], k, grn and level > 0, "down", gn))
+            setattr(self, f"down_{level}", MedNeXtBlock(ch, 2 * ch, config.down_ratios[level], k, grn and level > 0, "down", gn))
         self.bottleneck = _stage(16 * c, n[4], r[4], k, grn, gn)
         for level in (3, 2, 1, 0):
             ch = c * 2 ** level
