@@ -316,3 +316,41 @@ def test_cli_import_then_segment_lands_on_the_input_grid(tmp_path, data_dir, cap
     np.testing.assert_allclose(labels.GetOrigin(), image.GetOrigin(), atol=1e-4)
     np.testing.assert_allclose(labels.GetDirection(), image.GetDirection(), atol=1e-6)
     assert set(np.unique(sitk.GetArrayViewFromImage(labels))) <= {0, 1}
+
+
+# ---------------------------------------------------------------- down_exp_r in our own config and bundles
+def test_down_exp_r_is_checked_and_absent_when_it_is_the_official_rule():
+    from mednextv2.network import MedNeXtConfig
+
+    base = MedNeXtConfig.preset("v1-B")
+    assert base.replace(down_exp_r=[3, 4, 4, 4]).down_exp_r is None  # exp_r[1..4]: the official rule
+    assert "down_exp_r" not in base.to_dict()
+    other = base.replace(down_exp_r=[2, 3, 4, 4])
+    assert other.down_ratios == [2, 3, 4, 4] and MedNeXtConfig.from_dict(other.to_dict()) == other
+    for bad in ([2, 3, 4], [2, 3, 4, 0], [2, 3, 4, True]):
+        with pytest.raises(ValueError, match=r"down_exp_r must be None or 4 ints"):
+            base.replace(down_exp_r=bad)
+
+
+def test_official_layout_with_monais_down_ratios_is_read_off_the_shapes(tmp_path):
+    from mednextv2.network import from_official_state_dict
+
+    bundle = import_case(tmp_path, "grn_ds", axis_order="zyx")
+    state = bundle.load_state_dicts()[0]
+    model = from_official_state_dict(state).eval()
+    assert model.config.down_exp_r == [2, 3, 4, 4] and model.config == bundle.network.config()
+    io = load_file(str(FIXTURES / "grn_ds.io.safetensors"))
+    with torch.inference_mode():
+        assert (model(io["input"]).double() - io["output"]).abs().max().item() < 1e-4
+
+
+def test_bundle_with_a_wrong_down_exp_r_is_refused(tmp_path):
+    folder = import_model(FIXTURES / "grn_ds.pt", source_format="monai", config=write_config(tmp_path, CT_CONFIG))
+    doc = json.loads((folder / "model.json").read_text())
+    doc["network"]["down_exp_r"] = [2, 3, 4]
+    (tmp_path / "b").mkdir()
+    for f in folder.iterdir():
+        (tmp_path / "b" / f.name).write_bytes(f.read_bytes())
+    (tmp_path / "b" / "model.json").write_text(json.dumps(doc))
+    with pytest.raises(InputError, match=r"network.down_exp_r"):
+        load_bundle(tmp_path / "b")
