@@ -33,7 +33,7 @@ CT_CONFIG = {"labels": ["organ"], "channels": ["CT"], "orientation": "LPS", "pix
              "roi_size": [32, 32, 32]}
 MR2_CONFIG = {"labels": ["lesion"], "channels": ["MR", "MR"], "orientation": "as-is", "pixdim": None,
               "normalization": [{"normalize_intensity": {"nonzero": True}}] * 2, "roi_size": [16, 32, 16]}
-CASES = {"grn_ds": ("grn_ds.pt", CT_CONFIG), "nogrn_in2_k5": ("nogrn_in2_k5.safetensors", MR2_CONFIG)}
+CASES = {"grn_ds": ("grn_ds.pt", CT_CONFIG), "nores_in2_k5": ("nores_in2_k5.safetensors", MR2_CONFIG)}
 
 
 @pytest.fixture(autouse=True)
@@ -111,11 +111,22 @@ def test_down_blocks_get_identity_grn_and_deep_supervision_heads_are_dropped(tmp
 
 def test_monais_down_block_ratios_are_recorded_where_they_differ_from_the_official_rule(tmp_path):
     # MONAI's down_blocks[i] expands by encoder ratio i; the official down_i by the next stage's.
-    grn_ds, nogrn = import_case(tmp_path, "grn_ds"), import_case(tmp_path, "nogrn_in2_k5")
+    grn_ds, nores = import_case(tmp_path, "grn_ds"), import_case(tmp_path, "nores_in2_k5")
     assert grn_ds.network.exp_r[:5] == (2, 3, 4, 4, 4) and grn_ds.network.down_exp_r == (2, 3, 4, 4)
     assert grn_ds.load_state_dicts()[0]["down_1.conv2.weight"].shape[0] == 3 * 4  # 4 channels, ratio 3
-    assert nogrn.network.down_exp_r is None  # equal ratios: MONAI's rule is the official one
-    assert "down_exp_r" not in json.loads((nogrn.source / "model.json").read_text())["network"]
+    assert nores.network.down_exp_r is None  # equal ratios: MONAI's rule is the official one
+    assert "down_exp_r" not in json.loads((nores.source / "model.json").read_text())["network"]
+
+
+def test_monais_default_without_residual_connections_is_recorded(tmp_path):
+    nores, with_res = import_case(tmp_path, "nores_in2_k5"), import_case(tmp_path, "grn_ds")
+    assert json.loads((nores.source / "model.json").read_text())["network"]["residual"] is False
+    assert not any("res_conv" in k for k in nores.load_state_dicts()[0])
+    assert "residual" not in json.loads((with_res.source / "model.json").read_text())["network"]
+    assert nores.network.config().residual is False and with_res.network.config().residual is True
+    from mednextv2.network import from_official_state_dict
+
+    assert from_official_state_dict(nores.load_state_dicts()[0]).config == nores.network.config()
 
 
 def test_config_becomes_the_bundles_plan(tmp_path):
@@ -190,7 +201,6 @@ def test_monai_bundle_refusals(tmp_path, change, message, home):
 
 # ---------------------------------------------------------------- refusals
 @pytest.mark.parametrize("fixture,message", [
-    ("refuse_no_residual.pt", r"use_residual_connection false .*always adds residual connections"),
     ("refuse_layer_norm.safetensors", r"norm_type 'layer'"),
     ("refuse_2d.safetensors", r"spatial_dims 2: only 3D"),
     ("refuse_three_levels.safetensors", r"blocks_down \[1, 1, 1\].*4 levels"),
@@ -277,11 +287,12 @@ def test_wrong_shapes_are_named_with_monais_key(tmp_path):
 
 
 # ---------------------------------------------------------------- live MONAI, where installed
-def test_against_monais_class_directly(tmp_path):
+@pytest.mark.parametrize("residual", [True, False])
+def test_against_monais_class_directly(tmp_path, residual):
     monai_nets = pytest.importorskip("monai.networks.nets")
     args = dict(spatial_dims=3, init_filters=3, in_channels=1, out_channels=3, encoder_expansion_ratio=(2, 3, 4, 4),
                 decoder_expansion_ratio=(4, 4, 3, 2), bottleneck_expansion_ratio=4, kernel_size=3,
-                deep_supervision=True, use_residual_connection=True, blocks_down=(2, 1, 1, 1), blocks_bottleneck=2,
+                deep_supervision=True, use_residual_connection=residual, blocks_down=(2, 1, 1, 1), blocks_bottleneck=2,
                 blocks_up=(1, 1, 1, 2), global_resp_norm=True)
     model = monai_nets.MedNeXt(**args)
     g = torch.Generator().manual_seed(5)

@@ -53,6 +53,7 @@ class NetworkSpec:
     deep_supervision: bool = False
     grn_norm: str = "mean"
     down_exp_r: Optional[Tuple[int, ...]] = None  # None: the official rule (the next stage's ratio)
+    residual: bool = True  # False: no residual connections (MONAI's MedNeXt default)
 
     def __post_init__(self) -> None:
         _set(self, exp_r=self.exp_r if isinstance(self.exp_r, int) else _tuple(self.exp_r, int),
@@ -75,6 +76,8 @@ class NetworkSpec:
             del out["down_exp_r"]
         else:
             out["down_exp_r"] = list(self.down_exp_r)
+        if self.residual:
+            del out["residual"]
         return out
 
     def config(self, **changes: Any) -> Any:

@@ -8,8 +8,9 @@ MONAI (>= 1.5) names the same blocks differently: `enc_stages.i.j` is `enc_block
   beta is the identity (gamma * (h * N) + beta + h = h), so those are set to zero.
 - MONAI's `down_blocks[i]` expands by `encoder_expansion_ratio[i]`, the official `down_i` by the
   next stage's ratio (`exp_r[i + 1]`): the config's `down_exp_r` records MONAI's where they differ.
-Everything else MONAI can build and the official network cannot (2D, LayerNorm, no residual
-connections, other depths) is refused with the reason. MONAI's constructor arguments are read
+MONAI's default `use_residual_connection=False` becomes the config's `residual` False. Everything
+else MONAI can build and the official network cannot (2D, LayerNorm, other depths) is refused
+with the reason. MONAI's constructor arguments are read
 off the shapes, as for official checkpoints; `MonaiNetworkArgs` holds them.
 """
 from __future__ import annotations
@@ -70,9 +71,6 @@ class MonaiNetworkArgs:
         if self.norm_type != "group":
             problems.append(f"norm_type {self.norm_type!r}: the official MedNeXt normalises with GroupNorm "
                             "('group'); MONAI's 'layer' norm is a LayerNorm over a kernel-sized window, another function")
-        if not self.use_residual_connection:
-            problems.append("use_residual_connection false (MONAI's default): the official MedNeXt always adds "
-                            "residual connections, so a network trained without them computes another function")
         if len(self.blocks_down) != LEVELS or len(self.blocks_up) != LEVELS:
             problems.append(f"blocks_down {list(self.blocks_down)} and blocks_up {list(self.blocks_up)}: the official "
                             f"MedNeXt has {LEVELS} levels (4 numbers each)")
@@ -87,7 +85,7 @@ class MonaiNetworkArgs:
             block_counts=list(self.blocks_down) + [self.blocks_bottleneck] + list(self.blocks_up),
             grn=self.global_resp_norm, grn_norm="mean", deep_supervision=self.deep_supervision,
             # MONAI's down_blocks[i] expands by encoder ratio i, the official down_i by the next stage's.
-            down_exp_r=list(self.encoder_expansion_ratio))
+            down_exp_r=list(self.encoder_expansion_ratio), residual=self.use_residual_connection)
 
 
 # ---------------------------------------------------------------- reading the state dict

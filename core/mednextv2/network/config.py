@@ -34,7 +34,7 @@ def _stage_list(value: Union[int, Sequence[int]], name: str) -> List[int]:
 
 @dataclass(frozen=True)
 class MedNeXtConfig:
-    """Arguments of the official `MedNeXt` constructor (do_res and do_res_up_down are always on)."""
+    """Arguments of the official `MedNeXt` constructor (`residual`: its do_res and do_res_up_down)."""
 
     in_channels: int = 1
     n_channels: int = 32
@@ -50,6 +50,9 @@ class MedNeXtConfig:
     # Expansion ratios of down_0..down_3; None: the official rule, the next stage's (exp_r[1..4]).
     # MONAI's MedNeXt expands its down blocks by the encoder stage's own ratio instead.
     down_exp_r: Optional[List[int]] = None
+    # False: no residual connections at all (MONAI's MedNeXt default; the official code's do_res
+    # and do_res_up_down both off). Absent from to_dict when True, the official network.
+    residual: bool = True
 
     def __post_init__(self) -> None:
         for name in ("in_channels", "n_channels", "n_classes", "kernel_size"):
@@ -68,6 +71,8 @@ class MedNeXtConfig:
         if self.grn_norm not in GRN_NORMS:
             raise ValueError(f"MedNeXtConfig.grn_norm must be one of {list(GRN_NORMS)}, got {self.grn_norm!r}")
         object.__setattr__(self, "deep_supervision", bool(self.deep_supervision))
+        if not isinstance(self.residual, bool):
+            raise ValueError(f"MedNeXtConfig.residual must be true or false, got {self.residual!r}")
         if self.down_exp_r is not None:
             down = list(self.down_exp_r)
             if len(down) != 4 or not all(isinstance(v, int) and not isinstance(v, bool) and v >= 1 for v in down):
@@ -91,6 +96,8 @@ class MedNeXtConfig:
         out = asdict(self)
         if out["down_exp_r"] is None:
             del out["down_exp_r"]  # the official rule: absent, as in every bundle before the field existed
+        if out["residual"]:
+            del out["residual"]
         return out
 
     @classmethod

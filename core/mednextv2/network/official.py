@@ -81,7 +81,9 @@ def config_from_state_dict(obj) -> MedNeXtConfig:
     assert len(block_counts) == N_STAGES
     return MedNeXtConfig(in_channels=in_channels, n_channels=n_channels, n_classes=n_classes, exp_r=exp_r,
                          kernel_size=kernel, block_counts=block_counts,
-                         grn="enc_block_0.0.grn_gamma" in sd, deep_supervision=all(heads), down_exp_r=down)
+                         grn="enc_block_0.0.grn_gamma" in sd, deep_supervision=all(heads), down_exp_r=down,
+                         # Resampling blocks without res_conv: a network without residual connections.
+                         residual="down_0.res_conv.weight" in sd)
 
 
 def _load_exact(model: MedNeXt, sd: Mapping[str, torch.Tensor]) -> None:
