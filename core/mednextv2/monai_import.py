@@ -191,8 +191,8 @@ def _labels(raw: Any, where: str) -> Tuple[Label, ...]:
                 or set(item) - {"name", "color", "terminology"}:
             raise InputError(f"{where}: labels[{i - 1}] must be a name or an object with name (and color, "
                              f"terminology), got {item!r}")
-        color = item.get("color", default_color(i))
-        if not (isinstance(color, list) and len(color) == 3 and all(_is_byte(c) for c in color)) and color != default_color(i):
+        color = item.get("color", list(default_color(i)))
+        if not (isinstance(color, list) and len(color) == 3 and all(_is_byte(c) for c in color)):
             raise InputError(f"{where}: labels[{i - 1}].color must be [r, g, b] with 0..255, got {color!r}")
         labels.append(Label(i, item["name"], color, item.get("terminology")))
     return tuple(labels)
@@ -410,8 +410,6 @@ def convert_monai(source: Path, config_path: Optional[Path], model_id: Optional[
                          f"{len(channels)} and normalization {len(config.normalization)}")
     final_id = model_id or config.id or _id_from(name)
     check_model_id(final_id)
-    import torch  # noqa: F401  (the state dict is torch tensors)
-
     spec = BundleSpec(
         id=final_id, title=config.title or f"{name} (MONAI MedNeXt)",
         description=config.description or f"Imported from the MONAI MedNeXt {weights.name}.",
@@ -427,6 +425,9 @@ def convert_monai(source: Path, config_path: Optional[Path], model_id: Optional[
             "format": "monai", "weights": weights.name, "weights_sha256": sha256_file(weights),
             "monai_args": args.to_json(), "axis_order": "xyz" if config.axes == (2, 1, 0) else "zyx", **facts}),
     )
+    import torch
+
+    # MONAI's arrays are (x, y, z) by default, ours (z, y, x): the permutation goes into the kernels.
     return Bundle.create(strip_absolute_paths(spec), [_permute_spatial(state, config.axes, torch)])
 
 
