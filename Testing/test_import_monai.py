@@ -31,7 +31,8 @@ CT_CONFIG = {"labels": ["organ"], "channels": ["CT"], "orientation": "LPS", "pix
                                                           "clip": True}}],
              "roi_size": [32, 32, 32]}
 MR2_CONFIG = {"labels": ["lesion"], "channels": ["MR", "MR"], "orientation": "as-is", "pixdim": None,
-              "normalization": [{"normalize_intensity": {"nonzero": True}}] * 2, "roi_size": [16, 32, 16]}
+              "normalization": [{"normalize_intensity": {"nonzero": True, "channel_wise": True}}] * 2,
+              "roi_size": [16, 32, 16]}
 CASES = {"grn_ds": ("grn_ds.pt", CT_CONFIG), "nores_in2_k5": ("nores_in2_k5.safetensors", MR2_CONFIG)}
 
 
@@ -226,6 +227,8 @@ def test_networks_the_official_mednext_cannot_compute_are_refused(tmp_path, fixt
     ({"normalization": [{"scale_intensity_range": {"a_min": 0, "a_max": 1, "b_min": 0, "b_max": 1}}]},
      r"only clip true can be reproduced"),
     ({"mirror_axes": [3]}, r"mirror_axes must be"),
+    ({"channels": ["MR", "MR"], "normalization": [{"normalize_intensity": {"nonzero": True}}] * 2},
+     r"normalization\[0\].normalize_intensity: with several channels only channel_wise true"),
 ])
 def test_config_problems_are_refused_naming_the_key(tmp_path, change, message, home):
     doc = {k: v for k, v in dict(CT_CONFIG, **change).items()}

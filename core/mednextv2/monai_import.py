@@ -11,7 +11,6 @@ one place (`MonaiImportConfig.read`).
 from __future__ import annotations
 
 import datetime
-import json
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -247,8 +246,12 @@ def _normalizations(raw: Any, where: str) -> Tuple[Tuple[Normalization, ...], Op
             out.append(Normalization("ct", (a0, a1), a0 - b0 * std, std))
         elif "normalize_intensity" in item:
             args = item["normalize_intensity"]
-            if not isinstance(args, dict) or set(args) - {"nonzero"} or not isinstance(args.get("nonzero", False), bool):
-                raise InputError(f"{at}.normalize_intensity takes only nonzero (true/false), got {args!r}")
+            if not isinstance(args, dict) or set(args) - {"nonzero", "channel_wise"} \
+                    or not all(isinstance(v, bool) for v in args.values()):
+                raise InputError(f"{at}.normalize_intensity takes only nonzero and channel_wise (true/false), got {args!r}")
+            if len(raw) > 1 and not args.get("channel_wise", False):
+                raise InputError(f"{at}.normalize_intensity: with several channels only channel_wise true can be "
+                                 "reproduced (MONAI's default, false, takes one mean and std over all channels together)")
             masks.add(bool(args.get("nonzero", False)))
             out.append(Normalization("zscore"))
         else:
