@@ -370,3 +370,21 @@ def test_bundle_with_a_wrong_down_exp_r_is_refused(tmp_path):
     (tmp_path / "b" / "model.json").write_text(json.dumps(doc))
     with pytest.raises(InputError, match=r"network.down_exp_r"):
         load_bundle(tmp_path / "b")
+
+
+def test_monai_producer_round_trips_and_both_schema_engines_agree(tmp_path):
+    from mednextv2.monai_import import convert_monai
+    from mednextv2.validation import load_schema, schema_errors
+
+    config = write_config(tmp_path, dict(CT_CONFIG, description="trained at /home/jane/Smith_J/monai"))
+    bundle = convert_monai(FIXTURES / "grn_ds.pt", config, "round-trip", tmp_path / "unpacked")
+    assert "Smith_J" not in bundle.spec.description  # strip_absolute_paths, as every import
+    bundle.save(tmp_path / "saved")
+    loaded = load_bundle(tmp_path / "saved")
+    assert loaded.spec == bundle.spec and loaded.network.down_exp_r == (2, 3, 4, 4)
+    schema = load_schema("model.schema.json")
+    doc = bundle.spec.to_json()
+    for network in ({**doc["network"], "down_exp_r": [2, 3]}, {**doc["network"], "residual": "no"}):
+        bad = dict(doc, network=network)
+        theirs = schema_errors(bad, schema, engine="jsonschema")
+        assert theirs and schema_errors(bad, schema, engine="fallback") == theirs
