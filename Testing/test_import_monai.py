@@ -388,3 +388,12 @@ def test_monai_producer_round_trips_and_both_schema_engines_agree(tmp_path):
         bad = dict(doc, network=network)
         theirs = schema_errors(bad, schema, engine="jsonschema")
         assert theirs and schema_errors(bad, schema, engine="fallback") == theirs
+
+
+def test_monai_bundle_with_a_yaml_inference_config(tmp_path):
+    yaml = pytest.importorskip("yaml")
+    root = write_monai_bundle(tmp_path / "yaml_bundle", network_def=GRN_DS_DEF)
+    (root / "configs" / "inference.json").unlink()
+    (root / "configs" / "inference.yaml").write_text(yaml.safe_dump({"network_def": GRN_DS_DEF}))
+    bundle = load_bundle(import_model(root, source_format="monai", config=write_config(tmp_path, CT_CONFIG)))
+    assert bundle.spec.provenance.imported_from["monai_args"]["encoder_expansion_ratio"] == [2, 3, 4, 4]
