@@ -36,6 +36,8 @@ class PlainBlock(nn.Module):
             n = g / (g.mean(dim=1, keepdim=True) + 1e-6)
             h = self.grn_gamma * (h * n) + self.grn_beta + h
         h = self.conv3(h)
+        if not getattr(self, "residual", True):  # MONAI's default MedNeXt: no residual branch
+            return F.pad(h, (1, 0, 1, 0, 1, 0)) if self.mode == "up" else h
         if self.mode is None:
             return x + h
         res = self.res_conv(x)
@@ -62,13 +64,19 @@ class PlainMedNeXt(nn.Module):
         for s in range(4):
             ch = c * 2 ** s
             setattr(self, f"enc_block_{s}", nn.Sequential(*[PlainBlock(ch, ch, r[s], k, g) for _ in range(n[s])]))
-            setattr(self, f"down_{s}", PlainBlock(ch, 2 * ch, r[s + 1], k, g and s > 0, "down"))
+            down_r = r[s + 1] if getattr(cfg, "down_exp_r", None) is None else cfg.down_exp_r[s]
+            setattr(self, f"down_{s}", PlainBlock(ch, 2 * ch, down_r, k, g and s > 0, "down"))
         self.bottleneck = nn.Sequential(*[PlainBlock(16 * c, 16 * c, r[4], k, g) for _ in range(n[4])])
         for s in (3, 2, 1, 0):
             ch = c * 2 ** s
             setattr(self, f"up_{s}", PlainBlock(2 * ch, ch, r[8 - s], k, g, "up"))
             setattr(self, f"dec_block_{s}", nn.Sequential(*[PlainBlock(ch, ch, r[8 - s], k, g) for _ in range(n[8 - s])]))
         self.out_0 = PlainHead(c, cfg.n_classes)
+        if not getattr(cfg, "residual", True):
+            for block in [m for m in self.modules() if isinstance(m, PlainBlock)]:
+                block.residual = False
+                if hasattr(block, "res_conv"):
+                    del block.res_conv
         if self.ds:
             for s in range(1, 5):
                 setattr(self, f"out_{s}", PlainHead(c * 2 ** s, cfg.n_classes))

@@ -56,10 +56,13 @@ class NetworkSpec:
     grn: bool = True
     deep_supervision: bool = False
     grn_norm: str = "mean"
+    down_exp_r: Optional[Tuple[int, ...]] = None  # None: the official rule (the next stage's ratio)
+    residual: bool = True  # False: no residual connections (MONAI's MedNeXt default)
 
     def __post_init__(self) -> None:
         _set(self, exp_r=self.exp_r if isinstance(self.exp_r, int) else _tuple(self.exp_r, int),
-             block_counts=(self.block_counts,) if isinstance(self.block_counts, int) else _tuple(self.block_counts, int))
+             block_counts=(self.block_counts,) if isinstance(self.block_counts, int) else _tuple(self.block_counts, int),
+             down_exp_r=_tuple(self.down_exp_r, int))
 
     @classmethod
     def from_config(cls, config: Any) -> "NetworkSpec":
@@ -73,6 +76,12 @@ class NetworkSpec:
         out = dataclasses.asdict(self)
         out["exp_r"] = self.exp_r if isinstance(self.exp_r, int) else list(self.exp_r)
         out["block_counts"] = list(self.block_counts)
+        if self.down_exp_r is None:
+            del out["down_exp_r"]
+        else:
+            out["down_exp_r"] = list(self.down_exp_r)
+        if self.residual:
+            del out["residual"]
         return out
 
     def config(self, **changes: Any) -> Any:

@@ -76,10 +76,12 @@ def find_model_root(folder: Path, configuration: Optional[str] = None, max_depth
 def import_model(path: Union[str, Path], cache: Optional[ModelCache] = None, *, model_id: Optional[str] = None,
                  folds: Optional[Sequence[Union[int, str]]] = None, configuration: Optional[str] = None,
                  checkpoint: Optional[str] = None, grn_norm: Optional[str] = None,
-                 dataset_json: Optional[Union[str, Path]] = None, replace: bool = False, progress=None) -> Path:
+                 dataset_json: Optional[Union[str, Path]] = None, replace: bool = False, progress=None,
+                 source_format: Optional[str] = None, config: Optional[Union[str, Path]] = None) -> Path:
     """Import a bundle (folder or zip) or an nnU-Net v2 or v1 results folder or zip into the cache.
 
     `dataset_json`: label names for an nnU-Net v1 folder (which has none), from its raw dataset.json.
+    `source_format` "monai" with `config`: a MONAI MedNeXt state dict or MONAI bundle (monai_import.py).
 
     `grn_norm` ("mean" or "sum"): GRN's normaliser for an nnU-Net import (default "mean", the
     official MedNeXt code); see docs/models.md. Returns the installed bundle folder, usable as `-m <id>`."""
@@ -90,9 +92,12 @@ def import_model(path: Union[str, Path], cache: Optional[ModelCache] = None, *, 
     cache = cache or ModelCache.open()
     if model_id is not None:
         check_model_id(model_id)
+    options = dict(folds=folds, configuration=configuration, checkpoint=checkpoint, grn_norm=grn_norm,
+                   dataset_json=dataset_json)
+    _check_source_format(source_format, config, options)
+    if source_format == "monai":
+        options = {"source_format": "monai", "config": config}
     with cache.staging("import") as stage:
-        options = dict(folds=folds, configuration=configuration, checkpoint=checkpoint, grn_norm=grn_norm,
-                       dataset_json=dataset_json)
         staged, final_id, details = _stage_model(source, stage, model_id, options, progress)
         info = {"source": "import", "origin": str(source.resolve()), **details}
         with cache.lock(final_id):
@@ -114,6 +119,11 @@ def install_archive(archive: Path, cache: ModelCache, model_id: str, *, kind: st
 def _stage_model(source: Path, stage: Path, model_id: Optional[str], options: Mapping, progress,
                  expect: Optional[str] = None) -> Tuple[Path, str, dict]:
     """A validated bundle folder inside `stage`, its id, and facts for the install record."""
+    if options.get("source_format") == "monai":
+        from mednextv2.monai_import import convert_monai
+
+        bundle = convert_monai(source, options.get("config"), model_id, stage / "unpacked")
+        return _save_checked(bundle, stage), bundle.id, {"format": "monai", **bundle.spec.provenance.imported_from}
     if source.is_file():
         if not zipfile.is_zipfile(source):
             raise InputError(f"{source} is neither a folder nor a zip file")
@@ -150,10 +160,28 @@ def _stage_model(source: Path, stage: Path, model_id: Optional[str], options: Ma
                                 checkpoint=options.get("checkpoint") or NNUNET_CHECKPOINT,
                                 grn_norm=options.get("grn_norm"), progress=progress)
         details = {"format": "nnunet", **bundle.spec.provenance.imported_from}
+    return _save_checked(bundle, stage), final_id, details
+
+
+def _save_checked(bundle: Bundle, stage: Path) -> Path:
     staged = stage / "bundle"
     bundle.save(staged)
     load_bundle(staged).build_models("cpu")  # proves the weights fit the network before it enters the cache
-    return staged, final_id, details
+    return staged
+
+
+def _check_source_format(source_format: Optional[str], config, options: Mapping) -> None:
+    """--from and --config go together; the nnU-Net options mean nothing for a MONAI import."""
+    if source_format not in (None, "monai"):
+        raise InputError(f"--from must be 'monai' (or left out for bundles and nnU-Net results), got {source_format!r}")
+    if source_format is None and config is not None:
+        raise InputError("--config describes a MONAI MedNeXt; give it with --from monai")
+    if source_format == "monai":
+        flags = {"folds": "--fold", "configuration": "--configuration", "checkpoint": "--checkpoint",
+                 "grn_norm": "--grn-norm", "dataset_json": "--dataset-json"}
+        given = [flags[k] for k, v in options.items() if v]
+        if given:
+            raise InputError(f"{', '.join(given)}: nnU-Net options; they do not apply to --from monai")
 
 
 # ---------------------------------------------------------------- nnU-Net v2 conversion

@@ -36,7 +36,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--force", action="store_true", help="download again even if this version is installed")
     p.add_argument("--replace", action="store_true",
                    help="replace an installed model with the same id that was imported, not downloaded")
-    p = sub.add_parser("import", help="install a local bundle or nnU-Net v2/v1 results folder/zip (no internet needed)")
+    p = sub.add_parser("import", help="install a local bundle, nnU-Net v2/v1 results folder/zip or MONAI MedNeXt (no internet needed)")
     p.add_argument("path", help="bundle folder or zip, or nnU-Net v2 or v1 results folder or zip")
     p.add_argument("--id", dest="model_id", help="model id to install it as (default: from the bundle or dataset name)")
     p.add_argument("--fold", dest="folds", action="append", metavar="FOLD",
@@ -49,6 +49,12 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                         f"MedNeXt code, the default) or sum (the seed paper); see {MODELS_DOC_URL}")
     p.add_argument("--dataset-json", metavar="PATH",
                    help="nnU-Net v1: the raw dataset's dataset.json, for label names (v1 results folders have none)")
+    p.add_argument("--from", dest="source_format", choices=["monai"],
+                   help="monai: PATH is a monai.networks.nets.MedNeXt state dict (.pt read weights-only, or "
+                        ".safetensors) or a MONAI bundle folder or zip; needs --config")
+    p.add_argument("--config", metavar="JSON",
+                   help="--from monai: labels, channels, orientation, pixdim, normalization, roi_size (and the "
+                        f"MONAI constructor arguments, checked against the weights); see {MODELS_DOC_URL}")
     p.add_argument("--replace", action="store_true", help="replace an installed model with the same id")
     p = sub.add_parser("remove", help="delete an installed model")
     p.add_argument("id")
@@ -155,7 +161,7 @@ def _import(args, cache) -> int:
     folds = [int(f) if str(f).isdigit() else f for f in args.folds] if args.folds else None
     path = import_model(args.path, cache, model_id=args.model_id, folds=folds, configuration=args.configuration,
                         checkpoint=args.checkpoint, grn_norm=args.grn_norm, dataset_json=args.dataset_json,
-                        replace=args.replace,
+                        replace=args.replace, source_format=args.source_format, config=args.config,
                         progress=make_progress(args.progress))
     print(f"installed {path.name} in {path}; use it with: mednextv2 segment ... -m {path.name}", file=sys.stderr)
     print(path)

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field, fields
-from typing import Dict, List, Sequence, Union
+from typing import Dict, List, Optional, Sequence, Union
 
 N_STAGES = 9  # enc0..enc3, bottleneck, dec3..dec0
 GRN_NORMS = ("mean", "sum")
@@ -34,7 +34,7 @@ def _stage_list(value: Union[int, Sequence[int]], name: str) -> List[int]:
 
 @dataclass(frozen=True)
 class MedNeXtConfig:
-    """Arguments of the official `MedNeXt` constructor (do_res and do_res_up_down are always on)."""
+    """Arguments of the official `MedNeXt` constructor (`residual`: its do_res and do_res_up_down)."""
 
     in_channels: int = 1
     n_channels: int = 32
@@ -47,6 +47,12 @@ class MedNeXtConfig:
     # Checkpoint shapes cannot tell them apart; they differ by a factor of C in the learned gamma.
     grn_norm: str = "mean"
     deep_supervision: bool = True
+    # Expansion ratios of down_0..down_3; None: the official rule, the next stage's (exp_r[1..4]).
+    # MONAI's MedNeXt expands its down blocks by the encoder stage's own ratio instead.
+    down_exp_r: Optional[List[int]] = None
+    # False: no residual connections at all (MONAI's MedNeXt default; the official code's do_res
+    # and do_res_up_down both off). Absent from to_dict when True, the official network.
+    residual: bool = True
 
     def __post_init__(self) -> None:
         for name in ("in_channels", "n_channels", "n_classes", "kernel_size"):
@@ -65,6 +71,18 @@ class MedNeXtConfig:
         if self.grn_norm not in GRN_NORMS:
             raise ValueError(f"MedNeXtConfig.grn_norm must be one of {list(GRN_NORMS)}, got {self.grn_norm!r}")
         object.__setattr__(self, "deep_supervision", bool(self.deep_supervision))
+        if not isinstance(self.residual, bool):
+            raise ValueError(f"MedNeXtConfig.residual must be true or false, got {self.residual!r}")
+        if self.down_exp_r is not None:
+            down = list(self.down_exp_r)
+            if len(down) != 4 or not all(isinstance(v, int) and not isinstance(v, bool) and v >= 1 for v in down):
+                raise ValueError(f"MedNeXtConfig.down_exp_r must be None or 4 ints >= 1 (down_0..down_3), got {self.down_exp_r!r}")
+            object.__setattr__(self, "down_exp_r", None if down == self.exp_r[1:5] else down)
+
+    @property
+    def down_ratios(self) -> List[int]:
+        """The expansion ratio of each down block, down_0..down_3."""
+        return list(self.down_exp_r) if self.down_exp_r is not None else self.exp_r[1:5]
 
     @classmethod
     def preset(cls, name: str, in_channels: int = 1, n_classes: int = 2, kernel_size: int = 3, **overrides) -> "MedNeXtConfig":
@@ -75,7 +93,12 @@ class MedNeXtConfig:
         return cls(**values)
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        out = asdict(self)
+        if out["down_exp_r"] is None:
+            del out["down_exp_r"]  # the official rule: absent, as in every bundle before the field existed
+        if out["residual"]:
+            del out["residual"]
+        return out
 
     @classmethod
     def from_dict(cls, data: dict) -> "MedNeXtConfig":

@@ -156,10 +156,11 @@ class MedNeXtBlock(nn.Module):
     "down": stride-2 depthwise conv, residual through a stride-2 1x1x1 conv (MedNeXtDownBlock).
     "up": stride-2 transposed depthwise conv, residual through a stride-2 transposed 1x1x1 conv,
     both padded by one voxel at the start of each axis (MedNeXtUpBlock).
+    `residual` False: no residual branch (and no res_conv), as MONAI's MedNeXt builds by default.
     """
 
     def __init__(self, in_channels: int, out_channels: int, exp_r: int, kernel_size: int,
-                 grn: bool, resample: Optional[str] = None, grn_norm: str = "mean") -> None:
+                 grn: bool, resample: Optional[str] = None, grn_norm: str = "mean", residual: bool = True) -> None:
         super().__init__()
         if resample not in (None, "down", "up"):
             raise ValueError(f"resample must be None, 'down' or 'up', got {resample!r}")
@@ -167,6 +168,7 @@ class MedNeXtBlock(nn.Module):
             raise ValueError(f"grn_norm must be 'mean' or 'sum', got {grn_norm!r}")
         self.grn_norm = grn_norm
         self.resample = resample
+        self.residual = residual
         hidden = exp_r * in_channels
         padding = kernel_size // 2
         if resample == "up":
@@ -182,9 +184,9 @@ class MedNeXtBlock(nn.Module):
         if grn:
             self.grn_gamma = nn.Parameter(torch.zeros(1, hidden, 1, 1, 1))
             self.grn_beta = nn.Parameter(torch.zeros(1, hidden, 1, 1, 1))
-        if resample == "down":
+        if resample == "down" and residual:
             self.res_conv = nn.Conv3d(in_channels, out_channels, kernel_size=1, stride=2)
-        elif resample == "up":
+        elif resample == "up" and residual:
             self.res_conv = nn.ConvTranspose3d(in_channels, out_channels, kernel_size=1, stride=2)
 
     def _compress(self, h: torch.Tensor) -> torch.Tensor:
@@ -267,7 +269,10 @@ class MedNeXtBlock(nn.Module):
 
     def _forward_inference(self, x: torch.Tensor, inplace: bool) -> torch.Tensor:
         h = self._depthwise(x).contiguous(memory_format=torch.channels_last_3d)
-        if self.resample is None:
+        if not self.residual:  # the MLP's output is accumulated into `out`: start from zero
+            out = torch.empty((x.shape[0], self.conv3.out_channels) + tuple(h.shape[2:]), dtype=h.dtype,
+                              device=h.device, memory_format=torch.channels_last_3d).zero_()
+        elif self.resample is None:
             out = x if inplace else x.clone(memory_format=torch.channels_last_3d)
         elif self.resample == "down":
             out = self.res_conv(x)
@@ -288,8 +293,8 @@ class MedNeXtBlock(nn.Module):
         h = self.act(self.conv2(group_norm(self.conv1(x), self.norm)))
         h = self._compress(h)
         if self.resample is None:
-            return x + h
-        out = h + self.res_conv(x)
+            return x + h if self.residual else h
+        out = h + self.res_conv(x) if self.residual else h
         if self.resample == "up":
             out = pad_start(out)
         return out

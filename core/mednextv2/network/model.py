@@ -18,8 +18,9 @@ STAGES = ("enc_block_0", "enc_block_1", "enc_block_2", "enc_block_3", "bottlenec
           "dec_block_3", "dec_block_2", "dec_block_1", "dec_block_0")
 
 
-def _stage(channels: int, count: int, exp_r: int, kernel: int, grn: bool, grn_norm: str) -> nn.Sequential:
-    return nn.Sequential(*[MedNeXtBlock(channels, channels, exp_r, kernel, grn, grn_norm=grn_norm) for _ in range(count)])
+def _stage(channels: int, count: int, exp_r: int, kernel: int, grn: bool, grn_norm: str, residual: bool) -> nn.Sequential:
+    return nn.Sequential(*[MedNeXtBlock(channels, channels, exp_r, kernel, grn, grn_norm=grn_norm, residual=residual)
+                           for _ in range(count)])
 
 
 class MedNeXt(nn.Module):
@@ -27,19 +28,19 @@ class MedNeXt(nn.Module):
         super().__init__()
         self.config = config
         c, r, n, k, grn = config.n_channels, config.exp_r, config.block_counts, config.kernel_size, config.grn
-        gn = config.grn_norm
+        gn, res = config.grn_norm, config.residual
         self.stem = nn.Conv3d(config.in_channels, c, kernel_size=1)
         for level in range(4):
             ch = c * 2 ** level
-            setattr(self, f"enc_block_{level}", _stage(ch, n[level], r[level], k, grn, gn))
+            setattr(self, f"enc_block_{level}", _stage(ch, n[level], r[level], k, grn, gn, res))
             # Quirk of the official code: down_0 has no GRN, every other resampling block does.
-            setattr(self, f"down_{level}", MedNeXtBlock(ch, 2 * ch, r[level + 1], k, grn and level > 0, "down", gn))
-        self.bottleneck = _stage(16 * c, n[4], r[4], k, grn, gn)
+            setattr(self, f"down_{level}", MedNeXtBlock(ch, 2 * ch, config.down_ratios[level], k, grn and level > 0, "down", gn, res))
+        self.bottleneck = _stage(16 * c, n[4], r[4], k, grn, gn, res)
         for level in (3, 2, 1, 0):
             ch = c * 2 ** level
             stage = 8 - level  # dec_block_3 is stage 5, dec_block_0 stage 8
-            setattr(self, f"up_{level}", MedNeXtBlock(2 * ch, ch, r[stage], k, grn, "up", gn))
-            setattr(self, f"dec_block_{level}", _stage(ch, n[stage], r[stage], k, grn, gn))
+            setattr(self, f"up_{level}", MedNeXtBlock(2 * ch, ch, r[stage], k, grn, "up", gn, res))
+            setattr(self, f"dec_block_{level}", _stage(ch, n[stage], r[stage], k, grn, gn, res))
         self.out_0 = OutBlock(c, config.n_classes)
         self.deep_supervision = False
         self.set_deep_supervision(config.deep_supervision)

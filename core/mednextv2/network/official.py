@@ -71,13 +71,19 @@ def config_from_state_dict(obj) -> MedNeXtConfig:
         block_counts.append(len(indices))
         conv2 = _require(sd, f"{stage}.0.conv2.weight", 5)
         exp_r.append(int(conv2.shape[0]) // int(conv2.shape[1]))
+    down = []
+    for level in range(4):
+        conv2 = _require(sd, f"down_{level}.conv2.weight", 5)
+        down.append(int(conv2.shape[0]) // int(conv2.shape[1]))
     heads = [f"out_{level}.conv_out.weight" in sd for level in range(1, 5)]
     if any(heads) and not all(heads):
         raise ValueError("not a MedNeXt checkpoint: deep-supervision heads out_1..out_4 are only partly present")
     assert len(block_counts) == N_STAGES
     return MedNeXtConfig(in_channels=in_channels, n_channels=n_channels, n_classes=n_classes, exp_r=exp_r,
                          kernel_size=kernel, block_counts=block_counts,
-                         grn="enc_block_0.0.grn_gamma" in sd, deep_supervision=all(heads))
+                         grn="enc_block_0.0.grn_gamma" in sd, deep_supervision=all(heads), down_exp_r=down,
+                         # Resampling blocks without res_conv: a network without residual connections.
+                         residual="down_0.res_conv.weight" in sd)
 
 
 def _load_exact(model: MedNeXt, sd: Mapping[str, torch.Tensor]) -> None:
