@@ -19,6 +19,7 @@ from mednextv2 import export, image_io, postprocessing, preprocessing, stop_requ
 from mednextv2.bundle import Bundle, Label, load_bundle
 from mednextv2.devices import resolve_device
 from mednextv2.errors import InputError, ResourceError
+from mednextv2.finishing import LabelFinisher
 from mednextv2.output_guard import refuse_writing_over_inputs
 from mednextv2.progress import null_progress
 from mednextv2.segment_options import SegmentOptions, check_step
@@ -119,12 +120,13 @@ class Segmenter:
                                                  preprocessing.oriented_spacing_of(images[0], plan))
         pre = preprocessing.preprocess(images, plan, spacing)
         report("preprocess", 1.0, f"network grid {pre.record.network_shape}")
-        record = pre.record
-        scores = self.predictor.predict(pre.data)
-        del pre  # free the network-grid input before the inverse step allocates
+        # Rows of the stitched scores go back to the input grid as soon as no later tile touches
+        # them, so neither the whole grid's scores nor their float32 copy ever exist.
+        finisher = LabelFinisher(pre.record, self.bundle.n_classes)
+        self.predictor.predict(pre.data, sink=finisher)
+        del pre
         report("postprocess", 0.0, "back to the input grid")
-        labels = preprocessing.to_input_grid(scores, record)
-        del scores
+        labels = finisher.result()
         values = [lab.value for lab in self.labels]
         if opts.structures:
             postprocessing.keep_values(labels, values)
