@@ -12,7 +12,7 @@ Stages, in order, each recorded in a frozen `GridRecord` so that `to_input_grid`
 
 Inverse (finishing.py): the class scores (logits) are resampled back in slabs and reduced to the
 argmax slab by slab, so full-resolution float data for all classes never exists at once. The
-slab is sized so that its float32 block stays under `SLAB_BYTES` (64 MiB).
+slab is sized so that its float32 block stays under `SLAB_BYTES` (16 MiB).
 """
 from __future__ import annotations
 
@@ -31,7 +31,7 @@ from mednextv2.errors import InputError
 log = logging.getLogger(__name__)
 
 ANISOTROPY_RATIO = 3.0
-SLAB_BYTES = 64 * 2**20
+SLAB_BYTES = 16 * 2**20  # the finishing step runs beside the tiles: its slabs add to their peak
 Shape = Tuple[int, int, int]
 
 
