@@ -191,3 +191,14 @@ def test_only_a_window_of_the_accumulator_exists_when_streamed():
     assert streamed.host_bytes < 0.4 * plan_tiles(grid, patch, 0.5, k, True).host_bytes
     assert streamed.n_tiles == len(tile_grid(grid, patch, 0.5, major=1))
     assert np.array_equal(finisher.result(), to_input_grid(predictor.predict(x), finisher.record, 1))
+
+
+def test_a_gpu_keeps_the_streamed_window_where_the_whole_grid_would_not_fit(monkeypatch):
+    k, grid, patch = 44, (24, 200, 200), (16, 64, 64)
+    predictor = SlidingWindowPredictor([ConvNet(k)], k, patch, 0.5, (), "cpu")
+    predictor.device = torch.device("cuda")
+    whole = (2 * k + 4 + 4) * int(np.prod(grid))
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device=None: (whole, 2 * whole))  # half of it may be used
+    x = torch.zeros((1,) + grid)
+    assert predictor._initial_accumulation_device(x, streamed=True).type == "cuda"
+    assert predictor._initial_accumulation_device(x, streamed=False).type == "cpu"

@@ -315,7 +315,7 @@ class SlidingWindowPredictor:
         data = torch.as_tensor(data, dtype=torch.float32)
         if data.dim() != 4:
             raise ValueError(f"expected (C, z, y, x) input, got shape {tuple(data.shape)}")
-        state = RunState(self.device, self._initial_accumulation_device(data), self.tile_batch)
+        state = RunState(self.device, self._initial_accumulation_device(data, sink is not None), self.tile_batch)
         while True:
             try:
                 return self._run(data, state, sink)
@@ -340,11 +340,12 @@ class SlidingWindowPredictor:
         axis = stream_axis(padded, self.patch, self.step)
         return 0 if axis is None else axis
 
-    def _initial_accumulation_device(self, data: torch.Tensor) -> torch.device:
+    def _initial_accumulation_device(self, data: torch.Tensor, streamed: bool = False) -> torch.device:
         if self.device.type != "cuda":
             return torch.device("cpu") if self.device.type == "mps" else self.device
-        voxels = int(np.prod([max(s, p) for s, p in zip(data.shape[1:], self.patch)]))
-        need = (2 * self.n_classes + 4 + 4 * data.shape[0]) * voxels
+        shape = [max(s, p) for s, p in zip(data.shape[1:], self.patch)]
+        window = stitching_voxels(shape, self.patch, self.step) if streamed else int(np.prod(shape))
+        need = (2 * self.n_classes + 4) * window + 4 * data.shape[0] * int(np.prod(shape))
         free, _ = torch.cuda.mem_get_info(self.device)
         if need > free // 2:
             log.info("accumulating on the CPU: %.1f GiB needed, %.1f GiB free on the GPU", need / 2**30, free / 2**30)
