@@ -411,11 +411,11 @@ def child(engine: str, bundle_dir: Path, image_path: Path, out_dir: Path, thread
     base = rss_kib()
     load = os.getloadavg()[0]
     mon = StageMonitor()
-    t0 = time.monotonic()
+    t0, cpu0 = time.monotonic(), time.process_time()
     path = RUNNERS[engine](bundle_dir, image_path, out_dir, mon)
-    seconds = time.monotonic() - t0
+    seconds, cpu_s = time.monotonic() - t0, time.process_time() - cpu0
     stages = mon.close()
-    return {"engine": engine, "seconds": seconds, "peak_rss_mib": rss_kib("VmHWM") / 1024,
+    return {"engine": engine, "seconds": seconds, "cpu_s": cpu_s, "peak_rss_mib": rss_kib("VmHWM") / 1024,
             "rss_after_imports_mib": base / 1024, "import_s": import_s, "stages": stages, "output": str(path),
             "load_before": load, "load_after": os.getloadavg()[0], "threads": threads}
 
@@ -473,7 +473,7 @@ def run_case(case: Case, image_path: Path, engines, threads: int, work: Path, re
             r = run_child(engine, bundle_dir, image_path, out_dir, threads)
             runs[engine].append(r)
             stages = ", ".join(f"{s['stage']} {s['seconds']:.1f}s/{s['peak_rss_mib']:.0f}MiB" for s in r["stages"])
-            print(f"  {engine:7s} {r['seconds']:7.1f} s  peak RSS {r['peak_rss_mib']:6.0f} MiB "
+            print(f"  {engine:7s} {r['seconds']:7.1f} s (CPU {r['cpu_s']:.1f} s)  peak RSS {r['peak_rss_mib']:6.0f} MiB "
                   f"(after imports {r['rss_after_imports_mib']:.0f})  load {r['load_before']:.1f}->{r['load_after']:.1f}"
                   f"\n          {stages}", flush=True)
     results = {}
