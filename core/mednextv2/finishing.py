@@ -68,7 +68,8 @@ class LabelFinisher:
             raise RuntimeError("LabelFinisher.begin(axis) was not called")
         dim = 1 + self.axis
         if start != self._received:
-            raise ValueError(f"rows along axis {self.axis} must arrive in order: got {start}, expected {self._received}")
+            raise ValueError(f"rows along axis {self.axis} must arrive in order: got {start}, "
+                             f"expected {self._received}")
         self._received = start + scores.shape[dim]
         if self._received > self.record.network_shape[self.axis]:
             raise ValueError(f"rows up to {self._received} along axis {self.axis}, "
@@ -123,7 +124,8 @@ class LabelFinisher:
             other = 3 - axis
             rows = _resample_axis(src, 1, out[0], nearest == 0)  # the outermost axis: rows by their weights
             rows = _resample_axis(rows, 1 + other, out[other], nearest == other)
-            rows = _rows_for_slab(rows, rec.network_shape[axis], out[axis], start, stop, lo, nearest == axis, dim=1 + axis)
+            rows = _rows_for_slab(rows, rec.network_shape[axis], out[axis], start, stop, lo, nearest == axis,
+                                  dim=1 + axis)
         region = [slice(None)] * 3
         region[axis] = slice(start, stop)
         self._write_slab(tuple(region), rows)

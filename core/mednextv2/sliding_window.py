@@ -309,7 +309,8 @@ class SlidingWindowPredictor:
         self.threads = ThreadPolicy(threads)  # CPU only: torch's thread count follows the free cores
         self.importance_map = importance_map
 
-    def predict(self, data: Union[np.ndarray, torch.Tensor], sink: Optional[ScoreSink] = None) -> Optional[torch.Tensor]:
+    def predict(self, data: Union[np.ndarray, torch.Tensor],
+                sink: Optional[ScoreSink] = None) -> Optional[torch.Tensor]:
         """(C, z, y, x) float input -> (K, z, y, x) float16 Gaussian-weighted mean logits on the CPU;
         with a `sink`, the rows go to it as they are finished (module docstring) and None is returned."""
         data = torch.as_tensor(data, dtype=torch.float32)
