@@ -122,7 +122,7 @@ def test_out_of_memory_is_exit_3_and_writes_nothing(tmp_path, monkeypatch, capsy
     out = tmp_path / "out"
     out.mkdir()
 
-    def no_memory(self, data):
+    def no_memory(self, data, sink=None):
         raise MemoryError()
 
     monkeypatch.setattr("mednextv2.sliding_window.SlidingWindowPredictor.predict", no_memory)

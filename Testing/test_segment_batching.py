@@ -65,7 +65,13 @@ def _segment(image, bundle, monkeypatch, forward_voxels=None, tile_batch=None):
     batches, scores = [], []
     hook = model.register_forward_pre_hook(lambda module, args: batches.append(args[0].shape[0]))
     predict = seg.predictor.predict
-    seg.predictor.predict = lambda data: scores.append(predict(data)) or scores[-1]
+
+    def predict_and_keep(data, sink):  # the whole grid's scores, finished as the streamed rows would be
+        scores.append(predict(data))
+        sink.begin(seg.predictor.order_axis(data.shape[1:]))
+        sink.add(0, scores[-1])
+
+    seg.predictor.predict = predict_and_keep
     try:
         labels = seg(image)
     finally:

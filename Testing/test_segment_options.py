@@ -84,7 +84,7 @@ def test_a_tile_plan_larger_than_the_memory_left_is_refused_before_running(tmp_p
 
 
 def test_out_of_memory_without_a_message_still_says_what_ran_out(scan, model_dir, monkeypatch):
-    def no_memory(self, data, state):
+    def no_memory(self, data, state, sink=None):
         raise MemoryError()
 
     monkeypatch.setattr("mednextv2.sliding_window.SlidingWindowPredictor._run", no_memory)

@@ -12,10 +12,10 @@ Stages, in order, each recorded in a frozen `GridRecord` so that `to_input_grid`
    models); when the spacing is anisotropic (`anisotropic_axis`) the slice axis uses nearest
    neighbour, so slices are never blended across 5 mm gaps.
 
-Inverse: the class scores (logits) are resampled back in slabs along axis 0 and reduced to the
+Inverse (finishing.py): the class scores (logits) are resampled back in slabs and reduced to the
 argmax slab by slab, so full-resolution float data for all classes never exists at once. The
 uncertainty map, when asked for, comes from the same slabs (`class_uncertainty`). The
-slab is sized so that its float32 block stays under `SLAB_BYTES` (64 MiB).
+slab is sized so that its float32 block stays under `SLAB_BYTES` (16 MiB).
 """
 from __future__ import annotations
 
@@ -34,7 +34,7 @@ from mednextv2.errors import InputError
 log = logging.getLogger(__name__)
 
 ANISOTROPY_RATIO = 3.0
-SLAB_BYTES = 64 * 2**20
+SLAB_BYTES = 16 * 2**20  # the finishing step runs beside the tiles: its slabs add to their peak
 Shape = Tuple[int, int, int]
 
 
@@ -311,30 +311,24 @@ def resample(x: torch.Tensor, out_shape: Shape, nearest_axis: Optional[int] = No
 def resample_argmax(scores: torch.Tensor, out_shape: Shape, nearest_axis: Optional[int] = None,
                     slab_bytes: int = SLAB_BYTES, uncertainty: Optional[np.ndarray] = None,
                     probabilities: bool = False) -> np.ndarray:
-    """argmax over classes of `scores` (K, z, y, x) resampled to out_shape, slab by slab along z.
+    """argmax over classes of `scores` (K, z, y, x) resampled to out_shape, slab by slab along z
+    (finishing.LabelFinisher, fed the whole volume at once).
 
     `uncertainty`: a float32 array of out_shape, filled with `class_uncertainty` of the same
     resampled rows (`probabilities`: the scores are softmax probabilities, not logits).
     Peak extra memory: about 3 x K x slab x max(y_in*x_in, y_out*x_out) x 4 bytes <= ~3 x slab_bytes.
     """
-    k = scores.shape[0]
-    out = np.empty(out_shape, dtype=np.uint8 if k <= 256 else np.uint16)
-    plane = max(scores.shape[2] * scores.shape[3], out_shape[1] * out_shape[2])
-    slab = max(1, min(out_shape[0], slab_bytes // max(1, k * plane * 4)))
-    i0, i1, _ = _axis_weights(scores.shape[1], out_shape[0], nearest_axis == 0)
-    for start in range(0, out_shape[0], slab):
-        stop = min(out_shape[0], start + slab)
-        lo, hi = int(i0[start]), int(i1[stop - 1]) + 1
-        src = scores[:, lo:hi].float()
-        # Interpolating the source rows [lo, hi) onto output rows [start, stop) is the same as
-        # the whole-volume interpolation restricted to those rows, shifted by lo.
-        rows = _rows_for_slab(src, scores.shape[1], out_shape[0], start, stop, lo, nearest_axis == 0)
-        rows = resample(rows, (stop - start, out_shape[1], out_shape[2]),
-                        nearest_axis if nearest_axis in (1, 2) else None)
-        out[start:stop] = argmax_classes(rows).numpy().astype(out.dtype, copy=False)
-        if uncertainty is not None:
-            uncertainty[start:stop] = class_uncertainty(rows, probabilities).numpy()
-    return out
+    from mednextv2.finishing import LabelFinisher
+
+    network_shape = tuple(int(n) for n in scores.shape[1:])
+    record = GridRecord(tuple(out_shape), (0, 1, 2), (False, False, False), (1.0, 1.0, 1.0),
+                        tuple((0, int(n)) for n in out_shape), (1.0, 1.0, 1.0), network_shape, nearest_axis)
+    finisher = LabelFinisher(record, scores.shape[0], slab_bytes, with_uncertainty=uncertainty is not None,
+                             probabilities=probabilities)
+    labels = finisher.finish_whole(scores, axis=0)
+    if uncertainty is not None:
+        uncertainty[...] = finisher.uncertainty()
+    return labels
 
 
 def class_uncertainty(rows: torch.Tensor, probabilities: bool = False) -> torch.Tensor:
@@ -381,16 +375,21 @@ def argmax_classes(scores: torch.Tensor) -> torch.Tensor:
 
 
 def _rows_for_slab(src: torch.Tensor, n_in: int, n_out: int, start: int, stop: int, lo: int,
-                   nearest: bool) -> torch.Tensor:
+                   nearest: bool, dim: int = 1) -> torch.Tensor:
+    """Output rows [start, stop) along `dim` of the interpolation from n_in to n_out rows, from
+    the source rows [lo, lo + src.shape[dim]): each output row blends its two source rows with
+    the whole axis's weights, so any split into slabs gives the same values."""
     if n_in == n_out:
-        return src[:, start - lo:stop - lo]
+        return src.narrow(dim, start - lo, stop - start)
     i0, i1, w = _axis_weights(n_in, n_out, nearest)
     i0, i1, w = i0[start:stop] - lo, i1[start:stop] - lo, w[start:stop]
-    a = src.index_select(1, i0)
+    a = src.index_select(dim, i0)
     if nearest:
         return a
-    b = src.index_select(1, i1)
-    w = w.view(1, -1, 1, 1)
+    b = src.index_select(dim, i1)
+    shape = [1] * src.dim()
+    shape[dim] = -1
+    w = w.view(shape)
     return a.mul_(1 - w).add_(b.mul_(w))
 
 
@@ -454,34 +453,14 @@ def preprocess(images: Sequence[sitk.Image], plan: PreprocessingPlan,
     return Preprocessed(np.ascontiguousarray(data), record)
 
 
-def to_input_grid(scores: torch.Tensor, record: GridRecord) -> np.ndarray:
-    """Class scores (K, *network_shape) -> label array (z, y, x) on the input image's voxel grid."""
-    return _to_input_grid(scores, record, False)[0]
+def to_input_grid(scores: torch.Tensor, record: GridRecord, axis: int = 0) -> np.ndarray:
+    """Class scores (K, *network_shape) -> label array (z, y, x) on the input image's voxel grid
+    (finishing.LabelFinisher, fed the whole volume; `axis`: the axis it works along in slabs)."""
+    from mednextv2.finishing import LabelFinisher
 
-
-def to_input_grid_with_uncertainty(scores: torch.Tensor, record: GridRecord) -> Tuple[np.ndarray, np.ndarray]:
-    """`to_input_grid`, and the float32 `class_uncertainty` of the same resampled scores on the
-    same grid (0 outside the non-zero crop, where the label is background by construction).
-    The map is 4 bytes per input voxel; no per-class array at the input's resolution exists."""
-    return _to_input_grid(scores, record, True)
-
-
-def _to_input_grid(scores: torch.Tensor, record: GridRecord, with_uncertainty: bool):
     if tuple(scores.shape[1:]) != record.network_shape:
         raise ValueError(f"prediction shape {tuple(scores.shape[1:])} != network grid {record.network_shape}")
-    if record.softmax_first:
-        scores = torch.softmax(scores.float(), dim=0)
-    crop = tuple(slice(a, b) for a, b in record.bbox)
-    uncertainty = np.zeros(record.oriented_shape, dtype=np.float32) if with_uncertainty else None
-    cropped = resample_argmax(scores, record.cropped_shape, record.nearest_axis,
-                              uncertainty=None if uncertainty is None else uncertainty[crop],
-                              probabilities=record.softmax_first)
-    labels = np.zeros(record.oriented_shape, dtype=cropped.dtype)
-    labels[crop] = cropped
-    labels = np.ascontiguousarray(unorient_array(labels, record.permutation, record.flips))
-    if uncertainty is not None:  # a view: the caller's image copy is the only other full-size copy
-        uncertainty = unorient_array(uncertainty, record.permutation, record.flips)
-    return labels, uncertainty
+    return LabelFinisher(record, scores.shape[0]).finish_whole(scores, axis)
 
 
 def labels_to_network_grid(labels: sitk.Image, record: GridRecord) -> np.ndarray:

@@ -19,6 +19,7 @@ from mednextv2 import export, image_io, postprocessing, preprocessing, run_recor
 from mednextv2.bundle import Bundle, Label, load_bundle
 from mednextv2.devices import resolve_device
 from mednextv2.errors import InputError, ResourceError
+from mednextv2.finishing import LabelFinisher
 from mednextv2.output_guard import refuse_same_outputs, refuse_writing_over_inputs, same_path
 from mednextv2.progress import null_progress
 from mednextv2.segment_options import UNCERTAINTY_CASE_SUFFIX, SegmentOptions, check_step
@@ -136,15 +137,14 @@ class Segmenter:
                                                  preprocessing.oriented_spacing_of(images[0], plan))
         pre = preprocessing.preprocess(images, plan, spacing)
         report("preprocess", 1.0, f"network grid {pre.record.network_shape}")
-        record = pre.record
-        scores = self.predictor.predict(pre.data)
-        del pre  # free the network-grid input before the inverse step allocates
+        # Rows of the stitched scores go back to the input grid as soon as no later tile touches
+        # them, so neither the whole grid's scores nor their float32 copy ever exist.
+        finisher = LabelFinisher(pre.record, self.bundle.n_classes, with_uncertainty=with_uncertainty)
+        self.predictor.predict(pre.data, sink=finisher)
+        del pre
         report("postprocess", 0.0, "back to the input grid")
-        if with_uncertainty:
-            labels, uncertainty = preprocessing.to_input_grid_with_uncertainty(scores, record)
-        else:
-            labels, uncertainty = preprocessing.to_input_grid(scores, record), None
-        del scores
+        labels = finisher.result()
+        uncertainty = finisher.uncertainty() if with_uncertainty else None
         values = [lab.value for lab in self.labels]
         if opts.structures:
             postprocessing.keep_values(labels, values)

@@ -5,9 +5,14 @@ is the full-resolution logits). Each fold's mirrored passes (its own mirror axes
 then the folds, in logit space (as nnU-Net), and the Gaussian-weighted mean logits are returned.
 
 Memory bound of the accumulation: the Gaussian-weighted mean of the class logits so far is kept
-in float16 and the weight sum in float32, so the stitching buffers take (2 * K + 4) bytes per voxel
-of the network grid (K classes), plus the padded input (4 * C bytes per voxel). Nothing else scales
-with the volume: tiles go through the network `tile_batch` at a time.
+in float16 and the weight sum in float32, (2 * K + 4) bytes per voxel (K classes) of the stitching
+window, plus the padded input (4 * C bytes per voxel). With a sink (`predict(data, sink)`, e.g.
+finishing.LabelFinisher) tiles run in order along one axis (tiles.stream_axis: the one whose patch
+covers the smallest part of the grid) and the window holds only the `patch` rows along it that the
+current tiles touch: rows behind them are final and go to the sink at once. Without a sink, or
+when every axis has one tile, the window is the whole padded grid. Nothing else scales with the
+volume: tiles go through the network `tile_batch` at a time. Each voxel receives the same tiles in
+the same order either way, so the streamed result equals the whole-volume one bit for bit.
 
 Small tiles are batched: one forward takes several tiles and their mirrored copies, up to
 FORWARD_VOXELS voxels (GroupNorm and GRN are per sample, so a sample's result does not depend
@@ -24,14 +29,14 @@ import logging
 import time
 from dataclasses import dataclass, replace
 from functools import lru_cache
-from typing import Callable, List, Optional, Sequence, Tuple, Union
+from typing import Callable, List, Optional, Protocol, Sequence, Tuple, Union
 
 import numpy as np
 import torch
 
 from mednextv2.devices import autocast_dtype, resolve_device
 from mednextv2.errors import ResourceError
-from mednextv2.tiles import tile_grid, tile_starts  # noqa: F401  (tile_starts: re-exported)
+from mednextv2.tiles import stream_axis, tile_grid, tile_starts  # noqa: F401  (tile_starts: re-exported)
 from mednextv2.threads import ThreadPolicy
 
 log = logging.getLogger(__name__)
@@ -64,13 +69,22 @@ class TilePlan:
 
 
 def plan_tiles(shape: Sequence[int], patch: Sequence[int], step: float, n_classes: int,
-               buffers_on_host: bool) -> TilePlan:
-    """The plan for a padded input already in memory: the stitching buffers (module docstring)
-    on the host, or only the float16 result copied back to it."""
+               buffers_on_host: bool, streamed: bool = False) -> TilePlan:
+    """The plan for a padded input already in memory: the stitching buffers (module docstring) on
+    the host, or only the float16 scores copied back to it; `streamed`: the window a sink allows."""
     counts = tuple(len(tile_starts(s, p, step)) for s, p in zip(shape, patch))
-    voxels = int(np.prod(shape))
+    voxels = stitching_voxels(shape, patch, step) if streamed else int(np.prod(shape))
     buffers = (2 * n_classes + 4 if buffers_on_host else 2 * n_classes) * voxels
     return TilePlan(tuple(int(s) for s in shape), counts, TILE_BYTES * int(np.prod(counts)) + buffers)
+
+
+def stitching_voxels(shape: Sequence[int], patch: Sequence[int], step: float) -> int:
+    """Voxels of the streamed stitching window: `patch` rows along the stream axis, else the grid."""
+    axis = stream_axis(shape, patch, step)
+    rows = list(shape)
+    if axis is not None:
+        rows[axis] = patch[axis]
+    return int(np.prod(rows))
 
 
 def available_ram_bytes() -> Optional[int]:
@@ -230,6 +244,47 @@ def _describe_fallback(old: RunState, new: RunState) -> str:
 
 
 # ---------------------------------------------------------------- the predictor
+class ScoreSink(Protocol):
+    """Takes final mean logits in runs of rows along one axis (finishing.LabelFinisher)."""
+
+    def begin(self, axis: int) -> None: ...
+
+    def add(self, start: int, scores: torch.Tensor) -> None: ...
+
+
+class _StitchWindow:
+    """The running weighted mean (float16) and weight sums (float32) of the padded grid's rows
+    [base, base + rows) along `axis`; rows behind the tiles are handed over and the window moves on."""
+
+    def __init__(self, n_classes: int, shape: Sequence[int], axis: int, rows: int, device: torch.device) -> None:
+        window = list(shape)
+        window[axis] = rows
+        self.axis, self.base, self.rows = axis, 0, rows
+        self.mean = torch.zeros([n_classes] + window, dtype=torch.float16, device=device)
+        self.weight = torch.zeros(window, dtype=torch.float32, device=device)
+
+    def local(self, window: Tuple[slice, ...]) -> Tuple[slice, ...]:
+        """A tile's slices of the padded grid -> slices of the window."""
+        w = list(window)
+        w[self.axis] = slice(w[self.axis].start - self.base, w[self.axis].stop - self.base)
+        return tuple(w)
+
+    def finished(self, stop: int) -> torch.Tensor:
+        """The mean of rows [base, stop), final once no later tile touches them (a view)."""
+        return self.mean.narrow(1 + self.axis, 0, stop - self.base)
+
+    def move_to(self, base: int) -> None:
+        """Drop the rows before `base` (handed over); the kept rows move to the window's start."""
+        n = base - self.base
+        for t, dim in ((self.mean, 1 + self.axis), (self.weight, self.axis)):
+            keep = self.rows - n
+            for first in range(0, keep, n):  # runs of n rows: source and destination never overlap
+                m = min(n, keep - first)
+                t.narrow(dim, first, m).copy_(t.narrow(dim, first + n, m))
+            t.narrow(dim, max(0, keep), min(n, self.rows)).zero_()
+        self.base = base
+
+
 class SlidingWindowPredictor:
     """Predict class scores (mean logits) for a whole preprocessed volume, tile by tile."""
 
@@ -254,15 +309,17 @@ class SlidingWindowPredictor:
         self.threads = ThreadPolicy(threads)  # CPU only: torch's thread count follows the free cores
         self.importance_map = importance_map
 
-    def predict(self, data: Union[np.ndarray, torch.Tensor]) -> torch.Tensor:
-        """(C, z, y, x) float input -> (K, z, y, x) float16 Gaussian-weighted mean logits on the CPU."""
+    def predict(self, data: Union[np.ndarray, torch.Tensor],
+                sink: Optional[ScoreSink] = None) -> Optional[torch.Tensor]:
+        """(C, z, y, x) float input -> (K, z, y, x) float16 Gaussian-weighted mean logits on the CPU;
+        with a `sink`, the rows go to it as they are finished (module docstring) and None is returned."""
         data = torch.as_tensor(data, dtype=torch.float32)
         if data.dim() != 4:
             raise ValueError(f"expected (C, z, y, x) input, got shape {tuple(data.shape)}")
-        state = RunState(self.device, self._initial_accumulation_device(data), self.tile_batch)
+        state = RunState(self.device, self._initial_accumulation_device(data, sink is not None), self.tile_batch)
         while True:
             try:
-                return self._run(data, state)
+                return self._run(data, state, sink)
             except Exception as e:
                 if not is_out_of_memory(e):
                     raise
@@ -276,11 +333,20 @@ class SlidingWindowPredictor:
                 _free_cuda_cache()
                 state = new
 
-    def _initial_accumulation_device(self, data: torch.Tensor) -> torch.device:
+    def order_axis(self, shape: Sequence[int]) -> int:
+        """The axis tiles run along for a (C, z, y, x) input's spatial `shape` (0 when each axis has
+        one tile): a sink gets its rows along it, and whole-volume scores are finished along it to
+        give the same labels (preprocessing.to_input_grid's `axis`)."""
+        padded = [max(int(n), p) for n, p in zip(shape, self.patch)]
+        axis = stream_axis(padded, self.patch, self.step)
+        return 0 if axis is None else axis
+
+    def _initial_accumulation_device(self, data: torch.Tensor, streamed: bool = False) -> torch.device:
         if self.device.type != "cuda":
             return torch.device("cpu") if self.device.type == "mps" else self.device
-        voxels = int(np.prod([max(s, p) for s, p in zip(data.shape[1:], self.patch)]))
-        need = (2 * self.n_classes + 4 + 4 * data.shape[0]) * voxels
+        shape = [max(s, p) for s, p in zip(data.shape[1:], self.patch)]
+        window = stitching_voxels(shape, self.patch, self.step) if streamed else int(np.prod(shape))
+        need = (2 * self.n_classes + 4) * window + 4 * data.shape[0] * int(np.prod(shape))
         free, _ = torch.cuda.mem_get_info(self.device)
         if need > free // 2:
             log.info("accumulating on the CPU: %.1f GiB needed, %.1f GiB free on the GPU", need / 2**30, free / 2**30)
@@ -288,20 +354,26 @@ class SlidingWindowPredictor:
         return self.device
 
     @torch.no_grad()
-    def _run(self, data: torch.Tensor, state: RunState) -> torch.Tensor:
+    def _run(self, data: torch.Tensor, state: RunState, sink: Optional[ScoreSink] = None) -> Optional[torch.Tensor]:
         padded, crop = pad_to_patch(data, self.patch)
         shape = tuple(padded.shape[1:])
-        plan = plan_tiles(shape, self.patch, self.step, self.n_classes, state.accumulate.type == "cpu")
+        axis = self.order_axis(shape)
+        streamed = sink is not None and stream_axis(shape, self.patch, self.step) is not None
+        plan = plan_tiles(shape, self.patch, self.step, self.n_classes, state.accumulate.type == "cpu", streamed)
         check_tile_plan(plan, self.patch, self.step)
-        log.info("tile plan: %d tiles (%s) at step %g, %d pass(es) each", plan.n_tiles,
-                 " x ".join(map(str, plan.tiles_per_axis)), self.step, sum(map(len, self.mirrors)))
-        tiles = tile_grid(shape, self.patch, self.step)
+        log.info("tile plan: %d tiles (%s) at step %g, %d pass(es) each%s", plan.n_tiles,
+                 " x ".join(map(str, plan.tiles_per_axis)), self.step, sum(map(len, self.mirrors)),
+                 f", streamed along axis {axis}" if streamed else "")
+        tiles = tile_grid(shape, self.patch, self.step, major=axis)
         gauss = gaussian_importance(self.patch, kind=self.importance_map)
         # The weighted mean so far (float16) and the weights so far (float32), not a weighted sum:
         # logit * weight is a float16 subnormal where nnU-Net's weights are tiny (down to 1e-10 at
         # a tile's corners), and a voxel that no other tile covers kept a few bits of its logit.
-        mean = torch.zeros((self.n_classes,) + shape, dtype=torch.float16, device=state.accumulate)
-        weight = torch.zeros(shape, dtype=torch.float32, device=state.accumulate)
+        stitch = _StitchWindow(self.n_classes, shape, axis, self.patch[axis] if streamed else shape[axis],
+                               state.accumulate)
+        mean, weight = stitch.mean, stitch.weight
+        if sink is not None:
+            sink.begin(axis)
         gauss_acc = gauss.to(state.accumulate)
         for model in self.models:
             model.to(state.compute)
@@ -314,7 +386,11 @@ class SlidingWindowPredictor:
             if state.compute.type == "cpu":
                 self.threads.update()
             logits = self._predict_tiles(x, state.compute, state.batch_mirrors).to(state.accumulate)
-            for i, w in enumerate(windows):
+            for i, (corner, w) in enumerate(zip(batch, windows)):
+                if streamed and corner[axis] > stitch.base:  # no later tile touches the rows before it
+                    self._hand_over(sink, stitch, corner[axis], crop)
+                    stitch.move_to(corner[axis])
+                w = stitch.local(w)
                 window = mean[(slice(None),) + w]
                 share = gauss_acc / weight[w].add_(gauss_acc)  # this tile's part of the weights so far
                 # mean += (logits - mean) * share, class by class, float32 -> float16 inside the add:
@@ -322,7 +398,11 @@ class SlidingWindowPredictor:
                 # 178 vs 28 ms, 44 classes).
                 for c in range(self.n_classes):
                     window[c].add_(logits[i, c].sub_(window[c]).mul_(share))
+            del logits, x  # not alive beside the next forward's (K classes x tile_batch x patch float32)
             self._report(first + len(batch), len(tiles), started)
+        if sink is not None:
+            self._hand_over(sink, stitch, stitch.base + stitch.rows, crop)
+            return None
         # On the CPU the result is a view of the accumulator; from a GPU it streams to the CPU in
         # slabs, so no second full-size copy exists on the device.
         mean = mean[(slice(None),) + crop]
@@ -332,6 +412,25 @@ class SlidingWindowPredictor:
         for z in range(0, mean.shape[1], 8):
             out[:, z:z + 8] = mean[:, z:z + 8].cpu()
         return out
+
+    @staticmethod
+    def _hand_over(sink: ScoreSink, stitch: _StitchWindow, stop: int, crop: Tuple[slice, ...]) -> None:
+        """Give the sink the window's rows [base, stop) of the padded grid that lie inside the crop
+        (the network grid), on the CPU (from a GPU in runs of 8 rows)."""
+        axis = stitch.axis
+        lo, hi = max(stitch.base, crop[axis].start), min(stop, crop[axis].stop)
+        if hi <= lo:
+            return
+        rows = stitch.finished(stop)
+        region = [slice(None)] + list(crop)
+        region[1 + axis] = slice(lo - stitch.base, hi - stitch.base)
+        rows = rows[tuple(region)]
+        start = lo - crop[axis].start
+        if rows.device.type == "cpu":
+            sink.add(start, rows)
+            return
+        for first in range(0, hi - lo, 8):
+            sink.add(start + first, rows.narrow(1 + axis, first, min(8, hi - lo - first)).cpu())
 
     def _passes(self, model: torch.nn.Module, x: torch.Tensor, mirrors: Sequence[Tuple[int, ...]],
                 device: torch.device, batch_mirrors: bool):
