@@ -14,6 +14,9 @@ Exact rewrites that make the blocks fast on the CPU (see Testing/benchmarks/benc
   buffers cost page faults and DRAM traffic, and memory).
 - The per-channel sums of squares (the norm's variance, GRN's L2 norms) are GEMVs over squares
   in one chunk-sized scratch (ColumnSquares), not reductions over the wide tensor.
+- A batch of small samples (the sliding window's 32^3 tiles and their mirrored copies) runs each
+  step of the norm/MLP/GRN part once for the whole batch (per-sample statistics as one op, one
+  expansion GEMM, one batched compression); large samples run one by one in chunks.
 - The up block's transposed convs are rewritten without the inserted zeros (polyphase depthwise
   convs, and a 1x1x1 conv plus a strided copy for the residual).
 """
