@@ -66,3 +66,29 @@ def test_official_fixtures_are_as_exact_as_the_official_code(fixtures_dir, name)
     ours_error, official_error = max_error(got, exact), max_error(official, exact)
     assert ours_error <= ERROR_RATIO * official_error, (
         f"{name}: max error vs float64 {ours_error:.2e}, the official code's {official_error:.2e}")
+
+
+@pytest.mark.parametrize("preset,batch,shape", [
+    ("v2-tiny", 2, (32, 32, 32)), ("v2-tiny", 3, (32, 16, 48)), ("v2-tiny", 8, (32, 32, 32)),
+    ("v2-tiny", 5, (16, 16, 16)), ("v2-base", 3, (32, 32, 32)), ("v1-S", 3, (16, 32, 16))])
+def test_batches_of_small_tiles_are_as_exact_as_tiles_alone(preset, batch, shape):
+    """Small samples share each op of a block (the batched fast path); every sample must stay as exact
+    against float64 as the literal float32 network, and equal itself run alone within that error.
+    Each sample gets its own offset and scale, so statistics mixed between samples would show."""
+    cfg = MedNeXtConfig.preset(preset, in_channels=1, n_classes=3, deep_supervision=False)
+    ours = realistic(MedNeXt(cfg)).eval()
+    plain = PlainMedNeXt(cfg).eval()
+    plain.load_state_dict(ours.state_dict())
+    g = torch.Generator().manual_seed(batch)
+    x = torch.randn((batch, 1) + shape, generator=g) * torch.linspace(0.5, 3.0, batch).view(-1, 1, 1, 1, 1)
+    x += torch.linspace(-2.0, 4.0, batch).view(-1, 1, 1, 1, 1)
+    with torch.inference_mode():
+        got = ours(x)
+        alone = torch.cat([ours(x[i:i + 1]) for i in range(batch)])
+        literal = plain(x)
+        exact = plain.double()(x.double())
+    for i in range(batch):
+        ours_error, literal_error = max_error(got[i], exact[i]), max_error(literal[i], exact[i])
+        assert ours_error <= ERROR_RATIO * literal_error, (
+            f"{preset}, sample {i} of {batch}: max error vs float64 {ours_error:.2e}, literal float32 {literal_error:.2e}")
+        assert max_error(got[i], alone[i].double()) <= ERROR_RATIO * literal_error, f"sample {i} of {batch} differs alone"

@@ -258,3 +258,17 @@ def test_fused_kernels_fall_back_when_onednn_refuses(monkeypatch):
         monkeypatch.undo()
         cpu_kernels.fused_available.cache_clear()
     assert cpu_kernels.fused_available() is True
+
+
+def test_inference_on_one_voxel_levels_leaves_the_weights_alone():
+    """A 16^3 input reaches the bottleneck as one voxel; the up block's residual must be a fresh
+    tensor there too, not the bias parameter itself (writing into it changed the model)."""
+    model = randomise(MedNeXt(SMALL)).eval()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    x = torch.randn(1, 3, 16, 16, 16, generator=torch.Generator().manual_seed(3))
+    with torch.inference_mode():
+        first = model(x)
+        second = model(x)
+    changed = [k for k, v in model.state_dict().items() if not torch.equal(v, before[k])]
+    assert not changed, f"inference changed {changed}"
+    outputs_close(first, second)

@@ -84,7 +84,7 @@ def test_batched_segmentation_gives_the_labels_of_one_pass_per_forward(oblique_m
     batched, batched_scores, batches = _segment(oblique_mr, model_bundle, monkeypatch)
     single, single_scores, single_batches = _segment(oblique_mr, model_bundle, monkeypatch, forward_voxels=1, tile_batch=1)
     assert set(single_batches) == {1}
-    assert max(batches) == sliding_window.FORWARD_VOXELS // int(np.prod(PATCH)) == 16  # 2 tiles x 8 mirrored passes
+    assert max(batches) == sliding_window.FORWARD_VOXELS // int(np.prod(PATCH)) == 32  # 4 tiles x 8 mirrored passes
     assert sum(batches) == len(single_batches)  # the same passes, fewer forwards
     for get in ("GetSize", "GetOrigin", "GetSpacing", "GetDirection"):
         assert getattr(batched, get)() == getattr(oblique_mr, get)()

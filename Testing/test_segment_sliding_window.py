@@ -208,11 +208,11 @@ def test_small_tiles_share_forwards_with_their_mirrored_passes():
     patch = (16, 32, 32)
     batched_model, single_model = PositionDependent(), PositionDependent()
     batched = SlidingWindowPredictor([batched_model], 3, patch, mirror_axes=(0, 1, 2), device="cpu")
-    assert batched.tile_batch == FORWARD_VOXELS // (16 * 32 * 32 * 8) == 2
+    assert batched.tile_batch == FORWARD_VOXELS // (16 * 32 * 32 * 8) == 4
     out = batched.predict(x)
     single = SlidingWindowPredictor([single_model], 3, patch, mirror_axes=(0, 1, 2), tile_batch=1, device="cpu")
     expected = single._run(x.float(), RunState(single.device, single.device, 1, batch_mirrors=False))
-    assert {s[0] for s in batched_model.calls} == {16} and {s[0] for s in single_model.calls} == {1}
+    assert {s[0] for s in batched_model.calls} == {32} and {s[0] for s in single_model.calls} == {1}
     assert torch.equal(out, expected)
     # Large tiles keep one tile and one pass per forward on the CPU.
     assert SlidingWindowPredictor([Pointwise()], 3, (64, 64, 64), mirror_axes=(0, 1, 2), device="cpu").tile_batch == 1

@@ -177,6 +177,23 @@ def compare(baseline: str, tta_modes, repeats: int, under_load: bool, engines=("
     return rows
 
 
+def table(rows: list) -> None:
+    """The runs as docs/benchmarks.md's table rows (both engines only)."""
+    print("\n| beside | TTA | tiles x passes | ours | baseline | baseline / ours (wall) | passes/s ours / baseline "
+          "| Mvox/s (grid) ours / baseline | CPU s ours / baseline | baseline / ours (CPU) | labels identical | load |")
+    print("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    for row in rows:
+        if "ratio" not in row:
+            continue
+        o, b = row["ours"], row["baseline"]
+        forwards = o["tiles"] * o["passes_per_tile"]
+        print(f"| {row['load']} | {row['tta']} | {o['tiles']} x {o['passes_per_tile']} | {o['seconds']:.1f} s | "
+              f"{b['seconds']:.1f} s | **{row['ratio']:.2f}x** | {forwards / o['seconds']:.1f} / {forwards / b['seconds']:.1f} | "
+              f"{o['grid_voxels'] / o['seconds'] / 1e6:.3f} / {b['grid_voxels'] / b['seconds'] / 1e6:.3f} | "
+              f"{o['cpu_seconds']:.1f} / {b['cpu_seconds']:.1f} | {b['cpu_seconds'] / o['cpu_seconds']:.2f}x | "
+              f"{row['labels_same']:.4%} | {o['load_before']:.1f} / {b['load_before']:.1f} |")
+
+
 # ---------------------------------------------------------------- the network alone: cost per voxel
 def sweep(patches, batches, seconds: float) -> list:
     import torch
@@ -233,8 +250,11 @@ def main() -> None:
         return
     sys.path.insert(0, str(ROOT / "core"))
     print(f"{os.cpu_count()} cores, load {os.getloadavg()[0]:.1f} at start", flush=True)
-    rows = sweep(args.patches, args.batches, args.seconds) if args.sweep else \
-        compare(args.baseline, args.tta, args.repeats, args.under_load, args.engines, args.loads)
+    if args.sweep:
+        rows = sweep(args.patches, args.batches, args.seconds)
+    else:
+        rows = compare(args.baseline, args.tta, args.repeats, args.under_load, args.engines, args.loads)
+        table(rows)
     if args.json:
         args.json.write_text(json.dumps(rows, indent=1))
 

@@ -46,9 +46,10 @@ GAUSSIAN_SIGMA_SCALE = 1.0 / 8  # nnU-Net's sigma = patch / 8
 GAUSSIAN_FLOOR = 1e-3
 DEFAULT_TILE_BATCH = {"cuda": 4, "mps": 2}  # the CPU's follows from FORWARD_VOXELS (cpu_tile_batch)
 # Voxels per forward that small tiles (and their mirrored copies) are batched up to. On the CPU a
-# v2-tiny 32^3 tile cost 1.2-1.5x as much CPU time alone as in a batch of 8 (the best batch size);
-# a 64^3 tile alone is cheaper per voxel still (Testing/benchmarks/bench_segment_small_patch.py --sweep).
-FORWARD_VOXELS = 8 * 32 ** 3
+# v2-tiny 32^3 tile cost 1.4x as much CPU time alone as in a batch of 16 (8: 1.35x, 32: 1.4x) since
+# a batch's small samples share each op of the network's fast path; a 64^3 tile costs about the
+# same per voxel alone or batched (Testing/benchmarks/bench_segment_small_patch.py --sweep).
+FORWARD_VOXELS = 16 * 32 ** 3
 
 
 # ---------------------------------------------------------------- the tile plan's memory, checked

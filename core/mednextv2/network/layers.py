@@ -14,6 +14,9 @@ Exact rewrites that make the blocks fast on the CPU (see Testing/benchmarks/benc
   buffers cost page faults and DRAM traffic, and memory).
 - The per-channel sums of squares (the norm's variance, GRN's L2 norms) are GEMVs over squares
   in one chunk-sized scratch (ColumnSquares), not reductions over the wide tensor.
+- A batch of small samples (the sliding window's 32^3 tiles and their mirrored copies) runs each
+  step of the norm/MLP/GRN part once for the whole batch (per-sample statistics as one op, one
+  expansion GEMM, one batched compression); large samples run one by one in chunks.
 - The up block's transposed convs are rewritten without the inserted zeros (polyphase depthwise
   convs, and a 1x1x1 conv plus a strided copy for the residual).
 """
@@ -32,6 +35,9 @@ GRN_EPS = 1e-6  # official: gx / (gx.mean(dim=1) + 1e-6)
 # 128^3 (bench_network.py --chunks); fewer, larger ops also wait less on a busy CPU.
 CHUNK_VOXELS = 16384
 SQUARES_PARTIAL_FLOATS = 16384  # ColumnSquares' partial sums: 64 KiB, within L2
+# Samples smaller than this (voxels) share each op of a block's MLP (_mlp_into_batch); larger ones
+# run one by one in cache-sized chunks, which measured faster for them.
+BATCH_MLP_VOXELS = CHUNK_VOXELS
 KEEP_EXPANSION_BYTES = 256 << 20  # keeping the expansion beat recomputing it by 3-25% at 64^3 (bench_network); above this, memory wins
 
 
@@ -83,6 +89,26 @@ class ColumnSquares:
     @property
     def total(self) -> torch.Tensor:
         return self._total.float()
+
+
+def batch_column_squares(rows: torch.Tensor) -> torch.Tensor:
+    """Per-sample, per-column sums of squares of a (samples, voxels, channels) float32 tensor, (samples, channels).
+
+    ColumnSquares' precision for a batch of small samples in a few ops: each float32 sum runs over
+    every `block`-th row only (at most voxels / block terms), the `block` partial sums are added in
+    float64.
+    """
+    n, v, c = rows.shape
+    block = max(8, min(256, SQUARES_PARTIAL_FLOATS // c))
+    squares = rows * rows
+    whole = v - v % block
+    total = torch.zeros(n, c, dtype=torch.float64)
+    if whole:
+        partial = squares[:, :whole].reshape(n, whole // block, block * c).sum(1)
+        total += partial.view(n, block, c).sum(1, dtype=torch.float64)
+    if whole < v:
+        total += squares[:, whole:].sum(1, dtype=torch.float64)
+    return total.float()
 
 
 def group_norm(h: torch.Tensor, norm: nn.GroupNorm) -> torch.Tensor:
@@ -248,6 +274,35 @@ class MedNeXtBlock(nn.Module):
             part = kept[i] if kept is not None else expand_gelu(x2d[s:e], w2, b2, fused)
             compress_add_(part, out2d[s:e], w3, b3, fused)
 
+    def _mlp_into_batch(self, h: torch.Tensor, out: torch.Tensor, fused: Optional[bool] = None) -> None:
+        """`_mlp_into` for a whole batch of small samples at once: each op serves every sample.
+
+        The per-sample norm scales h in place (h is the depthwise conv's output, narrow), so one
+        expansion GEMM serves all samples; GRN's per-sample scale goes into the compression's
+        weights, one batched GEMM. The caller sends only small samples whose expansions fit
+        KEEP_EXPANSION_BYTES together: it is kept whole.
+        """
+        n, c_in = h.shape[:2]
+        c_out = out.shape[1]
+        h.sub_(h.mean(dim=(2, 3, 4), keepdim=True))
+        rows = h.permute(0, 2, 3, 4, 1).reshape(n, -1, c_in)  # a view: h is channels-last
+        voxels = rows.shape[1]
+        var = batch_column_squares(rows) / voxels
+        rows.mul_((self.norm.weight * torch.rsqrt(var + self.norm.eps)).unsqueeze(1))
+        w2 = self.conv2.weight.view(-1, c_in)
+        b2 = self.conv2.bias + w2 @ self.norm.bias
+        fused = fused_available() if fused is None else fused
+        y = expand_gelu(rows.view(-1, c_in), w2.contiguous(), b2, fused)
+        w3 = self.conv3.weight.view(c_out, -1)
+        out_rows = out.permute(0, 2, 3, 4, 1).view(n, voxels, c_out)  # view() so the writes land in `out`
+        if not self.grn:
+            compress_add_(y, out_rows.view(-1, c_out), w3.contiguous(), self.conv3.bias, fused)
+            return
+        y = y.view(n, voxels, -1)
+        scale = grn_scale(batch_column_squares(y).sqrt(), self.grn_gamma.view(1, -1), self.grn_norm)
+        b3 = self.conv3.bias + w3 @ self.grn_beta.view(-1)
+        out_rows.baddbmm_(y, (w3.unsqueeze(0) * scale.unsqueeze(1)).transpose(1, 2)).add_(b3)
+
     def _upsample_residual(self, x: torch.Tensor) -> torch.Tensor:
         """The up block's stride-2 1x1x1 transposed conv: W^T x + b on even voxels, b on odd ones.
 
@@ -256,8 +311,11 @@ class MedNeXtBlock(nn.Module):
         """
         n, _, d, h, w = x.shape
         weight, bias = self.res_conv.weight, self.res_conv.bias
-        out = bias.view(1, -1, 1, 1, 1).expand(n, bias.numel(), 2 * d - 1, 2 * h - 1, 2 * w - 1)
-        out = out.contiguous(memory_format=torch.channels_last_3d)
+        # A fresh tensor, filled: `.contiguous()` of the expanded bias is the bias parameter itself
+        # when the output is one sample of one voxel, and the writes below would change the model.
+        out = torch.empty((n, bias.numel(), 2 * d - 1, 2 * h - 1, 2 * w - 1), dtype=x.dtype, device=x.device,
+                          memory_format=torch.channels_last_3d)
+        out.copy_(bias.view(1, -1, 1, 1, 1))
         out[:, :, ::2, ::2, ::2] = F.conv3d(x, weight.transpose(0, 1), bias)
         return out
 
@@ -279,8 +337,12 @@ class MedNeXtBlock(nn.Module):
         else:
             out = self._upsample_residual(x)
         out = out.contiguous(memory_format=torch.channels_last_3d)
-        for i in range(x.shape[0]):
-            self._mlp_into(h[i:i + 1], out[i:i + 1])
+        expansion_bytes = 4 * h.numel() // h.shape[1] * self.conv2.out_channels  # the whole batch's
+        if x.shape[0] > 1 and h[0, 0].numel() < BATCH_MLP_VOXELS and expansion_bytes <= KEEP_EXPANSION_BYTES:
+            self._mlp_into_batch(h, out)
+        else:
+            for i in range(x.shape[0]):
+                self._mlp_into(h[i:i + 1], out[i:i + 1])
         if self.resample == "up":
             out = pad_start(out)
         return out
