@@ -86,3 +86,14 @@ def refuse_writing_over_inputs(outputs: Sequence[PathLike], inputs: Sequence[Pat
         out, path = clash
         raise InputError(f"output {out} is the input {path}: writing it would destroy the input; "
                          "choose another output name or folder")
+
+
+def refuse_same_outputs(outputs: Sequence[Tuple[str, PathLike]]) -> None:
+    """InputError when two outputs (named by their option, e.g. "-o", "--uncertainty") are one file."""
+    seen = {}
+    for what, path in outputs:
+        key = resolved(path, what)
+        if key in seen:
+            raise InputError(f"{seen[key][0]} {seen[key][1]} and {what} {path} are the same file; "
+                             "give each output its own name")
+        seen[key] = (what, path)

@@ -17,6 +17,7 @@ slab is sized so that its float32 block stays under `SLAB_BYTES` (64 MiB).
 from __future__ import annotations
 
 import logging
+import math
 from dataclasses import dataclass
 from typing import Optional, Sequence, Tuple
 
@@ -272,9 +273,12 @@ def resample(x: torch.Tensor, out_shape: Shape, nearest_axis: Optional[int] = No
 
 
 def resample_argmax(scores: torch.Tensor, out_shape: Shape, nearest_axis: Optional[int] = None,
-                    slab_bytes: int = SLAB_BYTES) -> np.ndarray:
+                    slab_bytes: int = SLAB_BYTES, uncertainty: Optional[np.ndarray] = None,
+                    probabilities: bool = False) -> np.ndarray:
     """argmax over classes of `scores` (K, z, y, x) resampled to out_shape, slab by slab along z.
 
+    `uncertainty`: a float32 array of out_shape, filled with `normalized_entropy` of the same
+    resampled rows (`probabilities`: the scores are softmax probabilities, not logits).
     Peak extra memory: about 3 x K x slab x max(y_in*x_in, y_out*x_out) x 4 bytes <= ~3 x slab_bytes.
     """
     k = scores.shape[0]
@@ -292,7 +296,29 @@ def resample_argmax(scores: torch.Tensor, out_shape: Shape, nearest_axis: Option
         rows = resample(rows, (stop - start, out_shape[1], out_shape[2]),
                         nearest_axis if nearest_axis in (1, 2) else None)
         out[start:stop] = argmax_classes(rows).numpy().astype(out.dtype, copy=False)
+        if uncertainty is not None:
+            uncertainty[start:stop] = normalized_entropy(rows, probabilities).numpy()
     return out
+
+
+def normalized_entropy(rows: torch.Tensor, probabilities: bool = False) -> torch.Tensor:
+    """Entropy of the class distribution per voxel over log(K), in [0, 1], of a slab of class
+    scores (K, ...): 0 where one class takes all the probability, 1 where all K are equal.
+    `rows` are logits (softmax taken here) or, with `probabilities`, probabilities (renormalised:
+    interpolation keeps their sum only up to rounding). float32, the shape of rows[0]."""
+    k = rows.shape[0]
+    if k < 2:
+        return torch.zeros(rows.shape[1:], dtype=torch.float32)
+    rows = rows.float()
+    if probabilities:
+        p = rows.clamp(min=0)
+        p = p / p.sum(0, keepdim=True).clamp(min=1e-12)
+        log_p = torch.log(p.clamp(min=1e-30))
+    else:
+        log_p = torch.log_softmax(rows, dim=0)
+        p = log_p.exp()
+    entropy = -(p * log_p).sum(0)
+    return (entropy / math.log(k)).clamp_(0.0, 1.0)
 
 
 def argmax_classes(scores: torch.Tensor) -> torch.Tensor:
@@ -384,14 +410,32 @@ def preprocess(images: Sequence[sitk.Image], plan: PreprocessingPlan,
 
 def to_input_grid(scores: torch.Tensor, record: GridRecord) -> np.ndarray:
     """Class scores (K, *network_shape) -> label array (z, y, x) on the input image's voxel grid."""
+    return _to_input_grid(scores, record, False)[0]
+
+
+def to_input_grid_with_uncertainty(scores: torch.Tensor, record: GridRecord) -> Tuple[np.ndarray, np.ndarray]:
+    """`to_input_grid`, and the float32 `normalized_entropy` of the same resampled scores on the
+    same grid (0 outside the non-zero crop, where the label is background by construction)."""
+    labels, uncertainty = _to_input_grid(scores, record, True)
+    return labels, uncertainty
+
+
+def _to_input_grid(scores: torch.Tensor, record: GridRecord, with_uncertainty: bool):
     if tuple(scores.shape[1:]) != record.network_shape:
         raise ValueError(f"prediction shape {tuple(scores.shape[1:])} != network grid {record.network_shape}")
     if record.softmax_first:
         scores = torch.softmax(scores.float(), dim=0)
-    cropped = resample_argmax(scores, record.cropped_shape, record.nearest_axis)
+    crop = tuple(slice(a, b) for a, b in record.bbox)
+    uncertainty = np.zeros(record.oriented_shape, dtype=np.float32) if with_uncertainty else None
+    cropped = resample_argmax(scores, record.cropped_shape, record.nearest_axis,
+                              uncertainty=None if uncertainty is None else uncertainty[crop],
+                              probabilities=record.softmax_first)
     labels = np.zeros(record.oriented_shape, dtype=cropped.dtype)
-    labels[tuple(slice(a, b) for a, b in record.bbox)] = cropped
-    return np.ascontiguousarray(unorient_array(labels, record.permutation, record.flips))
+    labels[crop] = cropped
+    labels = np.ascontiguousarray(unorient_array(labels, record.permutation, record.flips))
+    if uncertainty is not None:
+        uncertainty = np.ascontiguousarray(unorient_array(uncertainty, record.permutation, record.flips))
+    return labels, uncertainty
 
 
 def labels_to_network_grid(labels: sitk.Image, record: GridRecord) -> np.ndarray:

@@ -7,6 +7,7 @@ purpose (no torch): the Slicer module imports it to check the panel before start
 from __future__ import annotations
 
 import math
+import os
 import re
 from dataclasses import dataclass, field
 from typing import Callable, Optional, Tuple
@@ -33,6 +34,35 @@ def check_step(step: float, what: str = "--step") -> float:
     return value
 
 
+UNCERTAINTY_SUFFIXES = (".nrrd", ".nii.gz", ".nii", ".mha")
+STATISTICS_SUFFIXES = (".csv", ".json")
+# Batch mode: the uncertainty map of case CASE is written as CASE + this, in the --uncertainty folder.
+UNCERTAINTY_CASE_SUFFIX = ".uncertainty.nrrd"
+
+
+def check_uncertainty_output(path: str, what: str = "--uncertainty") -> str:
+    """The uncertainty map's file name: a float image (.nrrd/.nii.gz/.nii/.mha, not a .seg.nrrd),
+    or an existing folder (batch mode); InputError otherwise."""
+    if not isinstance(path, (str, os.PathLike)) or not str(path).strip():
+        raise InputError(f"{what} must be a file name (.nrrd, .nii.gz, .nii, .mha) or a folder, got {path!r}")
+    name = os.path.basename(os.fspath(path)).lower()
+    if os.path.isdir(path):
+        return os.fspath(path)
+    if name.endswith(".seg.nrrd") or not name.endswith(UNCERTAINTY_SUFFIXES):
+        raise InputError(f"{what} {path}: the uncertainty map is a float image; give a .nrrd, .nii.gz, .nii or "
+                         ".mha file name (not .seg.nrrd), or an existing folder in batch mode")
+    return os.fspath(path)
+
+
+def check_statistics_output(path: str, what: str = "--statistics") -> str:
+    """The statistics file's name: .csv or .json; InputError otherwise."""
+    if not isinstance(path, (str, os.PathLike)) or not str(path).strip():
+        raise InputError(f"{what} must be a .csv or .json file name, got {path!r}")
+    if os.path.isdir(path) or not os.fspath(path).lower().endswith(STATISTICS_SUFFIXES):
+        raise InputError(f"{what} {path}: give a .csv or .json file name")
+    return os.fspath(path)
+
+
 @dataclass(frozen=True)
 class SegmentOptions:
     device: str = "auto"              # auto | cuda | cuda:N | mps | cpu
@@ -43,6 +73,9 @@ class SegmentOptions:
     largest_component: bool = False   # keep each label's largest connected component
     tile_batch: Optional[int] = None  # tiles per forward pass; None: per device default
     threads: Optional[int] = None     # CPU threads for torch; None: the cores free now (mednextv2.threads)
+    # Extra outputs (files written beside the result; see docs/uncertainty.md):
+    uncertainty: Optional[str] = None  # per-voxel uncertainty map file; a folder in batch mode
+    statistics: Optional[str] = None   # per-segment statistics, .csv or .json
     progress: Callable[..., None] = field(default=null_progress, compare=False)
 
     def __post_init__(self) -> None:
@@ -61,5 +94,9 @@ class SegmentOptions:
                                             or self.tile_batch < 1):
             raise InputError(f"--tile-batch must be a whole number of at least 1, got {self.tile_batch}")
         check_threads(self.threads)
+        if self.uncertainty is not None:
+            object.__setattr__(self, "uncertainty", check_uncertainty_output(self.uncertainty))
+        if self.statistics is not None:
+            object.__setattr__(self, "statistics", check_statistics_output(self.statistics))
         if not callable(self.progress):
             raise InputError(f"progress must be a callable, got {self.progress!r}")

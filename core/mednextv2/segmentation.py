@@ -15,13 +15,13 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 import SimpleITK as sitk
 
-from mednextv2 import export, image_io, postprocessing, preprocessing, stop_request
+from mednextv2 import export, image_io, postprocessing, preprocessing, statistics, stop_request
 from mednextv2.bundle import Bundle, Label, load_bundle
 from mednextv2.devices import resolve_device
 from mednextv2.errors import InputError, ResourceError
-from mednextv2.output_guard import refuse_writing_over_inputs
+from mednextv2.output_guard import refuse_same_outputs, refuse_writing_over_inputs
 from mednextv2.progress import null_progress
-from mednextv2.segment_options import SegmentOptions, check_step
+from mednextv2.segment_options import UNCERTAINTY_CASE_SUFFIX, SegmentOptions, check_step
 from mednextv2.sliding_window import SlidingWindowPredictor
 
 log = logging.getLogger(__name__)
@@ -101,16 +101,25 @@ class Segmenter:
     def __call__(self, image_or_path: Union[ImageInput, Sequence[ImageInput], InputCase]) -> sitk.Image:
         """Segment one case (one image per model channel, or a `read_case` result); a uint8
         labelmap on the input grid."""
+        return self._segment_case(image_or_path, False)[0]
+
+    def segment_with_uncertainty(self, image_or_path: Union[ImageInput, Sequence[ImageInput], InputCase]
+                                 ) -> Tuple[sitk.Image, sitk.Image]:
+        """`self(case)` and its uncertainty map: float32 in [0, 1] on the same grid, the normalised
+        entropy of the class probabilities (docs/uncertainty.md); no extra network pass."""
+        return self._segment_case(image_or_path, True)
+
+    def _segment_case(self, image_or_path, with_uncertainty: bool):
         images = list(read_case(image_or_path).images)
         if len(images) != self.bundle.in_channels:
             raise InputError(f"model {self.bundle.id} takes {self.bundle.in_channels} input channel(s) "
                              f"({', '.join(n for n, _ in self.bundle.channels)}), got {len(images)} image(s)")
         try:
-            return self._segment(images)
+            return self._segment(images, with_uncertainty)
         except MemoryError as e:
             raise ResourceError("out of memory (RAM) while segmenting; try --fast or a machine with more memory") from e
 
-    def _segment(self, images: List[sitk.Image]) -> sitk.Image:
+    def _segment(self, images: List[sitk.Image], with_uncertainty: bool = False) -> Tuple[sitk.Image, Optional[sitk.Image]]:
         opts, plan, report = self.options, self.bundle.preprocessing, self._report
         report("preprocess", 0.0, "reading and resampling")
         spacing = None
@@ -123,7 +132,10 @@ class Segmenter:
         scores = self.predictor.predict(pre.data)
         del pre  # free the network-grid input before the inverse step allocates
         report("postprocess", 0.0, "back to the input grid")
-        labels = preprocessing.to_input_grid(scores, record)
+        if with_uncertainty:
+            labels, uncertainty = preprocessing.to_input_grid_with_uncertainty(scores, record)
+        else:
+            labels, uncertainty = preprocessing.to_input_grid(scores, record), None
         del scores
         values = [lab.value for lab in self.labels]
         if opts.structures:
@@ -132,23 +144,77 @@ class Segmenter:
             postprocessing.keep_largest_component(labels, values)
         out = sitk.GetImageFromArray(labels)
         out.CopyInformation(images[0])
+        if uncertainty is not None:
+            uncertainty = sitk.GetImageFromArray(uncertainty)
+            uncertainty.CopyInformation(images[0])
         report("postprocess", 1.0, "done")
-        return out
+        return out, uncertainty
 
     def segment_to_file(self, inputs: Union[ImageInput, Sequence[ImageInput], InputCase], output: PathLike) -> Path:
-        output = image_io.check_output_writable(output)
-        export.output_kind(output)
-        if isinstance(inputs, InputCase):
-            sources = list(inputs.paths)
-        else:
-            items = inputs if isinstance(inputs, (list, tuple)) else [inputs]
-            sources = [i for i in items if not isinstance(i, sitk.Image)]
-        refuse_writing_over_inputs(export.result_files(output), sources)
-        labelmap = self(inputs)
-        self.options.progress("export", 0.0, f"writing {Path(output).name}")
-        path = export.write_result(labelmap, self.labels, output)
-        self.options.progress("export", 1.0, str(path))
+        """Segment one case into `output`, with the options' uncertainty map and statistics files."""
+        sources = _sources(inputs)
+        check_case_outputs(output, self.options, sources)
+        path, rows = self.write_case(inputs, output, self.options.uncertainty, case_name(sources),
+                                     self.options.statistics is not None)
+        if self.options.statistics is not None:
+            statistics.write_statistics(rows, self.options.statistics)
         return path
+
+    def write_case(self, inputs: Union[ImageInput, Sequence[ImageInput], InputCase], output: PathLike,
+                   uncertainty: Optional[PathLike] = None, case: str = "",
+                   with_statistics: bool = False) -> Tuple[Path, List[dict]]:
+        """Segment one case and write the result (and the uncertainty map to `uncertainty`); the
+        statistics rows of the case when `with_statistics` (else none). Outputs checked by the caller."""
+        case_images = read_case(inputs)
+        with_map = uncertainty is not None or with_statistics
+        labelmap, unc = self._segment_case(case_images, with_map)
+        confidence = None
+        if unc is not None:
+            confidence = statistics.mean_confidence(sitk.GetArrayViewFromImage(labelmap),
+                                                    sitk.GetArrayViewFromImage(unc), [lab.value for lab in self.labels])
+        self.options.progress("export", 0.0, f"writing {Path(output).name}")
+        if uncertainty is not None:
+            export.write_float_image(unc, uncertainty)
+        path = export.write_result(labelmap, self.labels, output, confidence)
+        rows = statistics.segment_statistics(labelmap, self.labels, case_images.images[0], unc, case) if with_statistics else []
+        self.options.progress("export", 1.0, str(path))
+        return path, rows
+
+
+def _sources(inputs) -> List[Path]:
+    """The input files and folders of a case (none for in-memory images)."""
+    if isinstance(inputs, InputCase):
+        return list(inputs.paths)
+    items = inputs if isinstance(inputs, (list, tuple)) else [inputs]
+    return [Path(i) for i in items if not isinstance(i, sitk.Image)]
+
+
+def case_name(sources: Sequence[PathLike]) -> str:
+    """The case's name in statistics: the first input's file name without its image extension
+    (a DICOM folder's name); "" for in-memory images."""
+    if not sources:
+        return ""
+    path = Path(sources[0])
+    suffix = export.known_suffix(path) if path.is_file() or path.suffix else ""
+    return path.name[: len(path.name) - len(suffix)] if suffix else path.name
+
+
+def check_case_outputs(output: PathLike, options: SegmentOptions, sources: Sequence[PathLike]) -> None:
+    """Every refusal about one case's outputs, before any model loads: the output's type and folder,
+    the uncertainty map and statistics files (files, not folders, here), none over an input or over
+    another output."""
+    export.output_kind(output)
+    output = image_io.check_output_writable(output)
+    named = [("-o", f) for f in export.result_files(output)]
+    for what, extra in (("--uncertainty", options.uncertainty), ("--statistics", options.statistics)):
+        if extra is None:
+            continue
+        if Path(extra).is_dir():
+            raise InputError(f"{what} {extra} is a folder; for one case give a file name")
+        image_io.check_output_writable(extra)
+        named.append((what, Path(extra)))
+    refuse_same_outputs(named)
+    refuse_writing_over_inputs([path for _, path in named], sources)
 
 
 def segment(image_or_path: Union[ImageInput, Sequence[ImageInput]], model: ModelInput, **options) -> sitk.Image:
@@ -159,8 +225,24 @@ def segment(image_or_path: Union[ImageInput, Sequence[ImageInput]], model: Model
     SegmentOptions (device, tta, step, fast, structures, largest_component, tile_batch, progress).
     """
     options = SegmentOptions(**options)
+    _refuse_file_options(options, "segment()")
     case = read_case(image_or_path)  # the inputs are refused before a model is loaded or downloaded
     return Segmenter(model, options)(case)
+
+
+def segment_with_uncertainty(image_or_path: Union[ImageInput, Sequence[ImageInput]], model: ModelInput,
+                             **options) -> Tuple[sitk.Image, sitk.Image]:
+    """`segment`, and the uncertainty map on the same grid (see `Segmenter.segment_with_uncertainty`)."""
+    options = SegmentOptions(**options)
+    _refuse_file_options(options, "segment_with_uncertainty()")
+    case = read_case(image_or_path)
+    return Segmenter(model, options).segment_with_uncertainty(case)
+
+
+def _refuse_file_options(options: SegmentOptions, where: str) -> None:
+    if options.uncertainty is not None or options.statistics is not None:
+        raise InputError(f"{where} returns images and writes no files: the uncertainty and statistics options name "
+                         "files for Segmenter.segment_to_file, segment_folder or the command line")
 
 
 def find_cases(folder: PathLike, n_channels: Optional[int]) -> Dict[str, List[Path]]:
@@ -189,10 +271,24 @@ def find_cases(folder: PathLike, n_channels: Optional[int]) -> Dict[str, List[Pa
     return cases
 
 
-def _refuse_batch(cases: Dict[str, List[Path]], input_dir: PathLike, output_dir: Path, output_suffix: str) -> None:
-    """Outputs may share the input folder only where no written name is an input's name."""
-    refuse_writing_over_inputs([f for case in cases for f in export.result_files(output_dir / f"{case}{output_suffix}")],
-                               [input_dir])
+def _batch_outputs(cases: Dict[str, List[Path]], output_dir: Path, output_suffix: str,
+                   options: SegmentOptions) -> List[Tuple[str, Path]]:
+    """Every file a batch writes, named by its option."""
+    named = [("-o", f) for case in cases for f in export.result_files(output_dir / f"{case}{output_suffix}")]
+    if options.uncertainty is not None:
+        named += [("--uncertainty", Path(options.uncertainty) / f"{case}{UNCERTAINTY_CASE_SUFFIX}") for case in cases]
+    if options.statistics is not None:
+        named.append(("--statistics", Path(options.statistics)))
+    return named
+
+
+def _refuse_batch(cases: Dict[str, List[Path]], input_dir: PathLike, output_dir: Path, output_suffix: str,
+                  options: SegmentOptions) -> None:
+    """Outputs may share the input folder only where no written name is an input's name, and no
+    two outputs may be one file."""
+    named = _batch_outputs(cases, output_dir, output_suffix, options)
+    refuse_same_outputs(named)
+    refuse_writing_over_inputs([path for _, path in named], [input_dir])
 
 
 def segment_folder(input_dir: PathLike, model: ModelInput, output_dir: PathLike,
@@ -203,13 +299,27 @@ def segment_folder(input_dir: PathLike, model: ModelInput, output_dir: PathLike,
     if not output_dir.is_dir():
         raise InputError(f"output folder {output_dir} does not exist")
     image_io.check_output_writable(output_dir / f"probe{output_suffix}")
-    _refuse_batch(find_cases(input_dir, None), input_dir, output_dir, output_suffix)  # before the model loads
-    segmenter = Segmenter(model, options, **kwargs)
+    options = options or SegmentOptions(**kwargs)
+    if options.uncertainty is not None:
+        if not Path(options.uncertainty).is_dir():
+            raise InputError(f"--uncertainty {options.uncertainty}: in batch mode give an existing folder; each case's "
+                             f"map is written there as CASE{UNCERTAINTY_CASE_SUFFIX}")
+        image_io.check_output_writable(Path(options.uncertainty) / f"probe{UNCERTAINTY_CASE_SUFFIX}")
+    if options.statistics is not None:
+        image_io.check_output_writable(options.statistics)
+    _refuse_batch(find_cases(input_dir, None), input_dir, output_dir, output_suffix, options)  # before the model loads
+    segmenter = Segmenter(model, options)
     cases = find_cases(input_dir, segmenter.bundle.in_channels)
-    _refuse_batch(cases, input_dir, output_dir, output_suffix)
-    written = []
+    _refuse_batch(cases, input_dir, output_dir, output_suffix, options)
+    written, rows = [], []
     for i, (case, paths) in enumerate(cases.items()):
         log.info("case %d/%d: %s", i + 1, len(cases), case)
-        written.append(segmenter.segment_to_file(paths, output_dir / f"{case}{output_suffix}"))
+        unc = None if options.uncertainty is None else Path(options.uncertainty) / f"{case}{UNCERTAINTY_CASE_SUFFIX}"
+        path, case_rows = segmenter.write_case(paths, output_dir / f"{case}{output_suffix}", unc, case,
+                                               options.statistics is not None)
+        written.append(path)
+        rows += case_rows
+    if options.statistics is not None:
+        statistics.write_statistics(rows, options.statistics)
     return written
 

@@ -3,6 +3,8 @@
 One case: INPUT is one file or DICOM folder per model channel; OUTPUT a .seg.nrrd or a labelmap
 (.nii.gz/.nii/.nrrd/.mha, with OUTPUT-stem.labels.json beside it).
 Batch: INPUT is one folder of image files and OUTPUT an existing folder; the model loads once.
+--uncertainty MAP writes the per-voxel uncertainty map (a folder in batch mode: CASE.uncertainty.nrrd
+each); --statistics FILE.csv|FILE.json a row per segment (and case) with volume, intensity, confidence.
 Exit codes: 0 success, 2 bad input, 3 out of resources, 130 cancelled.
 """
 from __future__ import annotations
@@ -13,7 +15,7 @@ from pathlib import Path
 
 from mednextv2 import image_io
 from mednextv2.errors import InputError
-from mednextv2.output_guard import refuse_writing_over_inputs, resolved
+from mednextv2.output_guard import resolved
 from mednextv2.progress import make_progress
 from mednextv2.segment_options import DEVICES, SegmentOptions
 
@@ -48,6 +50,13 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                    help="CPU threads (default: the cores free when tiles run, re-checked as the load changes)")
     p.add_argument("--format", default="seg.nrrd", choices=("seg.nrrd", "nii.gz", "nrrd", "mha"),
                    help="output file type in batch mode (default seg.nrrd)")
+    p.add_argument("--uncertainty", default=None, metavar="MAP",
+                   help="also write the per-voxel uncertainty map (float 0-1: normalised entropy of the class "
+                        "probabilities, no extra network pass) on the input's grid: .nrrd/.nii.gz/.nii/.mha; in batch "
+                        "mode an existing folder, where each case's map is CASE.uncertainty.nrrd")
+    p.add_argument("--statistics", default=None, metavar="FILE",
+                   help="also write per-segment statistics (voxels, volume_ml, the input's intensity mean/std/min/max "
+                        "inside, mean confidence) as .csv or .json; one row per case and segment in batch mode")
     p.add_argument("--progress", default="bar", choices=("bar", "json", "none"),
                    help="progress as a bar on stderr (default), JSON lines on stdout, or none")
     p.set_defaults(func=run)
@@ -61,13 +70,16 @@ def _is_batch(inputs) -> bool:
 
 
 def run(args: argparse.Namespace) -> int:
-    from mednextv2.segmentation import Segmenter, read_case, segment_folder
+    from mednextv2.segmentation import Segmenter, check_case_outputs, read_case, segment_folder
 
     options = SegmentOptions(device=args.device, tta=args.tta, step=args.step, fast=args.fast,
                              structures=args.structures, largest_component=args.largest_component,
                              tile_batch=args.tile_batch, threads=args.threads,
+                             uncertainty=args.uncertainty, statistics=args.statistics,
                              progress=make_progress(args.progress))
-    for what, path in [("input", p) for p in args.inputs] + [("output", args.output), ("model", args.model)]:
+    extras = [(what, path) for what, path in (("--uncertainty", args.uncertainty), ("--statistics", args.statistics))
+              if path is not None]
+    for what, path in [("input", p) for p in args.inputs] + [("output", args.output), ("model", args.model)] + extras:
         resolved(path, what)  # a symbolic link loop: said plainly, before anything else
     if _is_batch(args.inputs):
         written = segment_folder(args.inputs[0], args.model, args.output, "." + args.format, options)
@@ -76,11 +88,8 @@ def run(args: argparse.Namespace) -> int:
     output = Path(args.output)
     if output.is_dir():
         raise InputError(f"output {output} is a folder; give a file name (.seg.nrrd, .nii.gz, .nrrd)")
-    # Every refusal before the model loads (or downloads): output type and folder, then the inputs.
-    from mednextv2 import export
-    export.output_kind(output)
-    image_io.check_output_writable(output)
-    refuse_writing_over_inputs(export.result_files(output), args.inputs)
+    # Every refusal before the model loads (or downloads): output types and folders, then the inputs.
+    check_case_outputs(output, options, args.inputs)
     case = read_case(args.inputs)
     segmenter = Segmenter(args.model, options)
     segmenter.segment_to_file(case, output)

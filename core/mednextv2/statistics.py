@@ -1,0 +1,89 @@
+"""Each segment in numbers: voxels, volume, the input's intensity inside it, the model's confidence.
+
+One row per (case, segment), keys in `COLUMNS` order, written as CSV or as JSON
+({"format": "mednextv2-statistics", "version": 1, "rows": [...]}). Intensities are those of the
+input's first channel in its own units (HU for CT; a multi-channel model's other channels are
+not summarised). A segment without voxels has voxels 0, volume 0 and null (CSV: empty) intensity
+and confidence fields. The standard deviation is the population one (numpy's default, ddof=0).
+"""
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+from pathlib import Path
+from typing import Dict, List, Optional, Sequence, Union
+
+import numpy as np
+import SimpleITK as sitk
+
+from mednextv2.atomic import atomic_path
+from mednextv2.bundle import Label
+
+PathLike = Union[str, "os.PathLike[str]"]
+FORMAT = "mednextv2-statistics"
+VERSION = 1
+COLUMNS = ("case", "segment", "value", "voxels", "volume_ml", "intensity_mean", "intensity_std",
+           "intensity_min", "intensity_max", "mean_confidence")
+
+
+def mean_confidence(labels: np.ndarray, uncertainty: np.ndarray, values: Sequence[int]) -> Dict[int, Optional[float]]:
+    """Mean of 1 - uncertainty over each label value's voxels (None for an empty segment)."""
+    flat = labels.ravel()
+    n = max([int(flat.max()) if flat.size else 0] + list(values)) + 1
+    counts = np.bincount(flat, minlength=n)
+    sums = np.bincount(flat, weights=1.0 - uncertainty.ravel().astype(np.float64), minlength=n)
+    return {v: (float(sums[v] / counts[v]) if counts[v] else None) for v in values}
+
+
+def segment_statistics(labelmap: sitk.Image, labels: Sequence[Label], image: sitk.Image,
+                       uncertainty: Optional[sitk.Image] = None, case: str = "") -> List[dict]:
+    """Rows for every label of `labels` (listed even when empty), from the labelmap and the input
+    image (`image`: the input's first channel, on the labelmap's grid)."""
+    lab = sitk.GetArrayViewFromImage(labelmap).ravel()
+    intensity = sitk.GetArrayViewFromImage(image).ravel().astype(np.float64)
+    values = [int(label.value) for label in labels]
+    n = max([int(lab.max()) if lab.size else 0] + values) + 1
+    counts = np.bincount(lab, minlength=n)
+    sums = np.bincount(lab, weights=intensity, minlength=n)
+    means = np.divide(sums, counts, out=np.zeros(n), where=counts > 0)
+    squares = np.bincount(lab, weights=(intensity - means[lab]) ** 2, minlength=n)
+    confidence = (mean_confidence(sitk.GetArrayViewFromImage(labelmap), sitk.GetArrayViewFromImage(uncertainty), values)
+                  if uncertainty is not None else {})
+    voxel_ml = float(np.prod(labelmap.GetSpacing())) / 1000.0
+    extremes = sitk.LabelStatisticsImageFilter()
+    extremes.Execute(sitk.Cast(image, sitk.sitkFloat64), labelmap)
+    rows = []
+    for label in labels:
+        v = int(label.value)
+        count = int(counts[v])
+        row = {"case": case, "segment": label.name, "value": v, "voxels": count, "volume_ml": count * voxel_ml,
+               "intensity_mean": None, "intensity_std": None, "intensity_min": None, "intensity_max": None,
+               "mean_confidence": confidence.get(v)}
+        if count:
+            row.update(intensity_mean=float(means[v]), intensity_std=float(np.sqrt(squares[v] / count)),
+                       intensity_min=float(extremes.GetMinimum(v)), intensity_max=float(extremes.GetMaximum(v)))
+        rows.append(row)
+    return rows
+
+
+def statistics_text(rows: Sequence[dict], path: PathLike) -> str:
+    """The file's content for `path`'s type: CSV (null -> empty cell) or JSON."""
+    rows = [{k: row.get(k) for k in COLUMNS} for row in rows]
+    if str(path).lower().endswith(".json"):
+        return json.dumps({"format": FORMAT, "version": VERSION, "rows": rows}, indent=2) + "\n"
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=COLUMNS, lineterminator="\n")
+    writer.writeheader()
+    writer.writerows({k: ("" if v is None else v) for k, v in row.items()} for row in rows)
+    return buffer.getvalue()
+
+
+def write_statistics(rows: Sequence[dict], path: PathLike) -> Path:
+    """Write the rows to `path` (.csv or .json, by its suffix), atomically."""
+    path = Path(path)
+    text = statistics_text(rows, path)
+    with atomic_path(path) as tmp:
+        tmp.write_text(text, encoding="utf-8")
+    return path
