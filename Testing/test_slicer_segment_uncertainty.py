@@ -107,6 +107,11 @@ def test_command_asks_for_the_map_only_with_the_option_and_always_for_statistics
                                   uncertainty=paths.uncertainty, statistics=paths.statistics)
     assert shown[shown.index("--uncertainty") + 1] == str(paths.uncertainty) == str(paths.work_dir / "uncertainty.nrrd")
     assert shown[-2:] == ["--progress", "json"]
+    from mednextv2.cli import build_parser  # the engine's own parser takes both
+
+    args = build_parser().parse_args(shown[3:])
+    assert (args.uncertainty, args.statistics) == (str(paths.uncertainty), str(paths.statistics))
+    assert build_parser().parse_args(plain[3:]).uncertainty is None
     with pytest.raises(ValueError, match="uncertainty"):
         build_segment_command("py", paths.inputs, paths.output, SegmentChoices(model="m", uncertainty=True))
 
@@ -279,3 +284,45 @@ def test_an_unreadable_statistics_file_names_itself(tmp_path, content, problem):
     with pytest.raises(StatisticsError, match=problem) as raised:
         read_statistics(path)
     assert str(path) in str(raised.value)
+
+
+# -- through the real engine ----------------------------------------------------------------------
+def test_segment_with_show_uncertainty_through_the_engine_loads_map_and_numbers(scene, tmp_path, data_dir):
+    """The logic's own command to `python -m mednextv2` (this tree's engine) on an oblique, anisotropic
+    CT crop; the map and the statistics it writes are loaded, and the run folder is gone after."""
+    import time
+
+    from segment_fixtures import save_bundle, threshold_bundle
+    from test_slicer_segment_mrml import write_scans
+    from MedNeXtV2SegmentLib.logic import MedNeXtV2SegmentLogic, UNCERTAINTY_COLOR_NODE_ID
+
+    slicer = scene
+    bundle = save_bundle(threshold_bundle((120.0, 200.0)), tmp_path, "threshold-model")
+    volume = slicer_stubs.load_volume(write_scans(data_dir, tmp_path)["Oblique CT"], "Oblique CT")
+    logic = MedNeXtV2SegmentLogic()
+    run = logic.start(volume, SegmentChoices(model=str(bundle), device="cpu", tta=False, uncertainty=True))
+    assert "--uncertainty" in run.process.args and "--statistics" in run.process.args
+    deadline = time.monotonic() + 300
+    while not logic.poll(run):
+        assert time.monotonic() < deadline, "\n".join(run.process.stderr_tail)
+        time.sleep(0.05)
+    result = logic.finish(run)
+    node = run.uncertaintyNode
+    assert node is not None and node.GetDisplayNode().GetColorNodeID() == UNCERTAINTY_COLOR_NODE_ID
+    np.testing.assert_allclose(slicer_stubs.ijk_to_ras(node), slicer_stubs.ijk_to_ras(volume), atol=1e-5)
+    values = slicer.util.arrayFromVolume(node)
+    assert values.shape == slicer.util.arrayFromVolume(volume).shape
+    assert 0.0 <= values.min() and values.max() <= 1.0 and values.max() > values.min()
+    shNode = slicer.vtkMRMLSubjectHierarchyNode.GetSubjectHierarchyNode(slicer.mrmlScene)
+    assert shNode.GetItemParent(shNode.GetItemByDataNode(node)) == shNode.GetItemByDataNode(result)
+    segmentation = result.GetSegmentation()
+    names = [segmentation.GetNthSegment(i).GetName() for i in range(segmentation.GetNumberOfSegments())]
+    assert run.statisticsProblem == "" and [row.segment for row in run.statistics] == names == ["structure1", "structure2"]
+    for row, name in zip(run.statistics, names):
+        voxels = int(slicer_stubs.export_segment(result, segmentation.GetSegmentIdBySegmentName(name), volume).sum())
+        assert row.voxels == voxels > 0
+        assert row.volume_ml == pytest.approx(voxels * np.prod(volume.GetSpacing()) / 1000.0)
+        assert 0.0 <= row.mean_confidence <= 1.0
+    assert not run.paths.work_dir.exists() and node.GetStorageNode() is None
+    tour = logic.unsureRegionTour(node)
+    assert all(a.voxels >= b.voxels for a, b in zip(tour.regions, tour.regions[1:]))

@@ -17,9 +17,9 @@ from typing import List, Optional, Sequence, Tuple
 
 import numpy as np
 
-# Above 0.5 the map's entropy says no class clearly dominates the voxel (a normalised entropy of 0.5
-# is two classes at about 89%/11%): a boundary the model hesitates over, not the faint
-# background noise of a confident prediction.
+# The engine's map is the normalised entropy of the class probabilities. 0.5 is a voxel whose winning
+# class holds only about 89% (two classes; 84% of three): a boundary the model hesitates over, not
+# the faint background of a confident prediction, which stays far below it.
 DEFAULT_THRESHOLD = 0.5
 
 
