@@ -197,6 +197,15 @@ def fill_previews(root: QtWidgets.QWidget, previews: Mapping[str, object]) -> No
                 item.setFlags(item.flags() | QtCore.Qt.ItemIsUserCheckable)
                 item.setCheckState(QtCore.Qt.Checked)
                 w.addItem(item)
+        elif isinstance(w, QtWidgets.QTableWidget):  # (header, rows of cell texts)
+            header, rows = value
+            w.setColumnCount(len(header))
+            w.setHorizontalHeaderLabels(list(header))
+            w.setRowCount(len(rows))
+            for r, row in enumerate(rows):
+                for c, text in enumerate(row):
+                    w.setItem(r, c, QtWidgets.QTableWidgetItem(str(text)))
+            w.resizeColumnsToContents()
         elif isinstance(w, QtWidgets.QProgressBar):
             w.setValue(int(value[0]))
             w.setFormat(str(value[1]))

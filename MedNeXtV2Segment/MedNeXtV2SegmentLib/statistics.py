@@ -99,3 +99,4 @@ def fill_table(table, rows: Sequence[SegmentStatistics], itemClass) -> None:
     for r, row in enumerate(rows):
         for c, text in enumerate(row.cells()):
             table.setItem(r, c, itemClass(text))
+    table.resizeColumnsToContents()

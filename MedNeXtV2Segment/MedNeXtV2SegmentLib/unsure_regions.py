@@ -84,6 +84,11 @@ def _nearest_voxel(labels: np.ndarray, label: int, ijk_to_ras: np.ndarray, point
     return int(i[best]), int(j[best]), int(k[best])
 
 
+def summary(regions: int, left: int, threshold: float) -> str:
+    """The panel's line about the map's regions."""
+    return f"{regions} unsure region(s) above {threshold:.2f}, {left} not visited yet."
+
+
 class UnsureRegionTour:
     """The regions of one map at the current threshold, and which of them the user has seen."""
 

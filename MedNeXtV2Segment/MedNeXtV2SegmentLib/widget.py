@@ -24,6 +24,7 @@ from .preferences import Preferences
 from .progress import ProgressEvent, format_duration, format_progress
 from .statistics import fill_table, table_text
 from .timing import cpu_estimate_text, seconds_per_pass
+from .unsure_regions import summary
 
 logger = logging.getLogger(__name__)
 
@@ -460,9 +461,7 @@ class SegmentPanel:
         if tour is None:
             self.ui.unsureRegionLabel.text = text or "Segment with Show uncertainty to find where the model is unsure."
             return
-        left = tour.remaining()
-        self.ui.unsureRegionLabel.text = text or (
-            f"{len(tour.regions)} unsure region(s) above {tour.threshold:.2f}, {left} not visited yet.")
+        self.ui.unsureRegionLabel.text = text or summary(len(tour.regions), tour.remaining(), tour.threshold)
 
     def onNextUnsureRegion(self) -> None:
         node = self.currentUncertaintyNode()
