@@ -43,7 +43,7 @@ def test_statistics_equal_numpy_on_a_real_scan_and_label(data_dir):
     uncertainty = sitk.GetImageFromArray(unc_arr)
     uncertainty.CopyInformation(image)
     labels = [Label(1, "lesion", (255, 0, 0)), Label(2, "absent", (0, 255, 0))]
-    rows = statistics.segment_statistics(label, labels, image, uncertainty, case="breast1")
+    rows = statistics.segment_statistics(label, labels, image, uncertainty, n_classes=3, case="breast1")
 
     mask = lab == 1
     assert mask.sum() == 143  # the data README's count
@@ -55,7 +55,9 @@ def test_statistics_equal_numpy_on_a_real_scan_and_label(data_dir):
     assert lesion["intensity_mean"] == pytest.approx(arr[mask].mean(), rel=1e-12)
     assert lesion["intensity_std"] == pytest.approx(arr[mask].std(), rel=1e-9)
     assert lesion["intensity_min"] == arr[mask].min() and lesion["intensity_max"] == arr[mask].max()
-    assert lesion["mean_confidence"] == pytest.approx(float(np.mean(1.0 - unc_arr[mask].astype(np.float64))), rel=1e-9)
+    # the mean probability of the lesion class: the map is (1 - p) x 3 / 2 for 3 classes
+    assert lesion["mean_confidence"] == pytest.approx(float(np.mean(1.0 - unc_arr[mask].astype(np.float64) * 2 / 3)),
+                                                      rel=1e-9)
     assert absent == {"case": "breast1", "segment": "absent", "value": 2, "voxels": 0, "volume_ml": 0.0,
                       "intensity_mean": None, "intensity_std": None, "intensity_min": None, "intensity_max": None,
                       "mean_confidence": None}
@@ -101,7 +103,7 @@ def test_flags_write_the_map_statistics_and_confidence_on_the_input_grid(tmp_pat
             confidence = row["mean_confidence"]
             _, header = nrrd.read(str(out / result))
             assert f"{CONFIDENCE_TAG}:{confidence:.4f}|" in header["Segment0_Tags"]
-        assert confidence == pytest.approx(float(np.mean(1.0 - u[mask].astype(np.float64))), rel=1e-6)
+        assert confidence == pytest.approx(float(np.mean(1.0 - u[mask].astype(np.float64) / 2)), rel=1e-6)  # 2 classes
         assert 0.5 < confidence <= 1.0
 
 

@@ -12,12 +12,12 @@ Stages, in order, each recorded in a frozen `GridRecord` so that `to_input_grid`
 
 Inverse: the class scores (logits) are resampled back in slabs along axis 0 and reduced to the
 argmax slab by slab, so full-resolution float data for all classes never exists at once. The
+uncertainty map, when asked for, comes from the same slabs (`class_uncertainty`). The
 slab is sized so that its float32 block stays under `SLAB_BYTES` (64 MiB).
 """
 from __future__ import annotations
 
 import logging
-import math
 from dataclasses import dataclass
 from typing import Optional, Sequence, Tuple
 
@@ -277,7 +277,7 @@ def resample_argmax(scores: torch.Tensor, out_shape: Shape, nearest_axis: Option
                     probabilities: bool = False) -> np.ndarray:
     """argmax over classes of `scores` (K, z, y, x) resampled to out_shape, slab by slab along z.
 
-    `uncertainty`: a float32 array of out_shape, filled with `normalized_entropy` of the same
+    `uncertainty`: a float32 array of out_shape, filled with `class_uncertainty` of the same
     resampled rows (`probabilities`: the scores are softmax probabilities, not logits).
     Peak extra memory: about 3 x K x slab x max(y_in*x_in, y_out*x_out) x 4 bytes <= ~3 x slab_bytes.
     """
@@ -297,28 +297,27 @@ def resample_argmax(scores: torch.Tensor, out_shape: Shape, nearest_axis: Option
                         nearest_axis if nearest_axis in (1, 2) else None)
         out[start:stop] = argmax_classes(rows).numpy().astype(out.dtype, copy=False)
         if uncertainty is not None:
-            uncertainty[start:stop] = normalized_entropy(rows, probabilities).numpy()
+            uncertainty[start:stop] = class_uncertainty(rows, probabilities).numpy()
     return out
 
 
-def normalized_entropy(rows: torch.Tensor, probabilities: bool = False) -> torch.Tensor:
-    """Entropy of the class distribution per voxel over log(K), in [0, 1], of a slab of class
-    scores (K, ...): 0 where one class takes all the probability, 1 where all K are equal.
-    `rows` are logits (softmax taken here) or, with `probabilities`, probabilities (renormalised:
-    interpolation keeps their sum only up to rounding). float32, the shape of rows[0]."""
+def class_uncertainty(rows: torch.Tensor, probabilities: bool = False) -> torch.Tensor:
+    """How unsure the model is between its classes, per voxel of a slab of class scores (K, ...):
+    (1 - the largest class probability) x K / (K - 1), in [0, 1]: 0 where one class takes all the
+    probability, 1 where all K are equal. Ranks errors as 1 - max probability does (measured better
+    than the entropy, docs/uncertainty.md). `rows` are logits (softmax taken here) or, with
+    `probabilities`, probabilities (renormalised: interpolation keeps their sum only up to rounding).
+    float32, the shape of rows[0]."""
     k = rows.shape[0]
     if k < 2:
         return torch.zeros(rows.shape[1:], dtype=torch.float32)
     rows = rows.float()
     if probabilities:
         p = rows.clamp(min=0)
-        p = p / p.sum(0, keepdim=True).clamp(min=1e-12)
-        log_p = torch.log(p.clamp(min=1e-30))
+        top = p.max(0).values / p.sum(0).clamp(min=1e-12)
     else:
-        log_p = torch.log_softmax(rows, dim=0)
-        p = log_p.exp()
-    entropy = -(p * log_p).sum(0)
-    return (entropy / math.log(k)).clamp_(0.0, 1.0)
+        top = torch.softmax(rows, dim=0).max(0).values
+    return ((1.0 - top) * (k / (k - 1))).clamp_(0.0, 1.0)
 
 
 def argmax_classes(scores: torch.Tensor) -> torch.Tensor:
@@ -414,10 +413,10 @@ def to_input_grid(scores: torch.Tensor, record: GridRecord) -> np.ndarray:
 
 
 def to_input_grid_with_uncertainty(scores: torch.Tensor, record: GridRecord) -> Tuple[np.ndarray, np.ndarray]:
-    """`to_input_grid`, and the float32 `normalized_entropy` of the same resampled scores on the
-    same grid (0 outside the non-zero crop, where the label is background by construction)."""
-    labels, uncertainty = _to_input_grid(scores, record, True)
-    return labels, uncertainty
+    """`to_input_grid`, and the float32 `class_uncertainty` of the same resampled scores on the
+    same grid (0 outside the non-zero crop, where the label is background by construction).
+    The map is 4 bytes per input voxel; no per-class array at the input's resolution exists."""
+    return _to_input_grid(scores, record, True)
 
 
 def _to_input_grid(scores: torch.Tensor, record: GridRecord, with_uncertainty: bool):
@@ -433,8 +432,8 @@ def _to_input_grid(scores: torch.Tensor, record: GridRecord, with_uncertainty: b
     labels = np.zeros(record.oriented_shape, dtype=cropped.dtype)
     labels[crop] = cropped
     labels = np.ascontiguousarray(unorient_array(labels, record.permutation, record.flips))
-    if uncertainty is not None:
-        uncertainty = np.ascontiguousarray(unorient_array(uncertainty, record.permutation, record.flips))
+    if uncertainty is not None:  # a view: the caller's image copy is the only other full-size copy
+        uncertainty = unorient_array(uncertainty, record.permutation, record.flips)
     return labels, uncertainty
 
 

@@ -105,8 +105,9 @@ class Segmenter:
 
     def segment_with_uncertainty(self, image_or_path: Union[ImageInput, Sequence[ImageInput], InputCase]
                                  ) -> Tuple[sitk.Image, sitk.Image]:
-        """`self(case)` and its uncertainty map: float32 in [0, 1] on the same grid, the normalised
-        entropy of the class probabilities (docs/uncertainty.md); no extra network pass."""
+        """`self(case)` and its uncertainty map: float32 in [0, 1] on the same grid,
+        `preprocessing.class_uncertainty` of the class probabilities (docs/uncertainty.md); no extra
+        network pass."""
         return self._segment_case(image_or_path, True)
 
     def _segment_case(self, image_or_path, with_uncertainty: bool):
@@ -145,7 +146,7 @@ class Segmenter:
         out = sitk.GetImageFromArray(labels)
         out.CopyInformation(images[0])
         if uncertainty is not None:
-            uncertainty = sitk.GetImageFromArray(uncertainty)
+            uncertainty = sitk.GetImageFromArray(uncertainty)  # copies a strided view itself
             uncertainty.CopyInformation(images[0])
         report("postprocess", 1.0, "done")
         return out, uncertainty
@@ -170,13 +171,14 @@ class Segmenter:
         labelmap, unc = self._segment_case(case_images, with_map)
         confidence = None
         if unc is not None:
-            confidence = statistics.mean_confidence(sitk.GetArrayViewFromImage(labelmap),
-                                                    sitk.GetArrayViewFromImage(unc), [lab.value for lab in self.labels])
+            confidence = statistics.mean_confidence(sitk.GetArrayViewFromImage(labelmap), sitk.GetArrayViewFromImage(unc),
+                                                    [lab.value for lab in self.labels], self.bundle.n_classes)
         self.options.progress("export", 0.0, f"writing {Path(output).name}")
         if uncertainty is not None:
             export.write_float_image(unc, uncertainty)
         path = export.write_result(labelmap, self.labels, output, confidence)
-        rows = statistics.segment_statistics(labelmap, self.labels, case_images.images[0], unc, case) if with_statistics else []
+        rows = (statistics.segment_statistics(labelmap, self.labels, case_images.images[0], unc, self.bundle.n_classes, case)
+                if with_statistics else [])
         self.options.progress("export", 1.0, str(path))
         return path, rows
 

@@ -3,8 +3,9 @@
 One row per (case, segment), keys in `COLUMNS` order, written as CSV or as JSON
 ({"format": "mednextv2-statistics", "version": 1, "rows": [...]}). Intensities are those of the
 input's first channel in its own units (HU for CT; a multi-channel model's other channels are
-not summarised). A segment without voxels has voxels 0, volume 0 and null (CSV: empty) intensity
-and confidence fields. The standard deviation is the population one (numpy's default, ddof=0).
+not summarised). The confidence is the mean of the model's probability for the segment over its
+voxels. A segment without voxels has voxels 0, volume 0 and null (CSV: empty) intensity and
+confidence fields. The standard deviation is the population one (numpy's default, ddof=0).
 """
 from __future__ import annotations
 
@@ -28,19 +29,29 @@ COLUMNS = ("case", "segment", "value", "voxels", "volume_ml", "intensity_mean", 
            "intensity_min", "intensity_max", "mean_confidence")
 
 
-def mean_confidence(labels: np.ndarray, uncertainty: np.ndarray, values: Sequence[int]) -> Dict[int, Optional[float]]:
-    """Mean of 1 - uncertainty over each label value's voxels (None for an empty segment)."""
+def top_probability(uncertainty: np.ndarray, n_classes: int) -> np.ndarray:
+    """The largest class probability back from the uncertainty map (`preprocessing.class_uncertainty`
+    = (1 - that probability) x K / (K - 1)): the model's probability for the voxel's label."""
+    return 1.0 - uncertainty.astype(np.float64) * ((n_classes - 1) / n_classes)
+
+
+def mean_confidence(labels: np.ndarray, uncertainty: np.ndarray, values: Sequence[int],
+                    n_classes: int) -> Dict[int, Optional[float]]:
+    """Each label value's mean confidence: the mean over its voxels of the model's probability for
+    the voxel's class (the largest one, since the label is the argmax), recovered from the
+    uncertainty map (`top_probability`); None for an empty segment."""
     flat = labels.ravel()
     n = max([int(flat.max()) if flat.size else 0] + list(values)) + 1
     counts = np.bincount(flat, minlength=n)
-    sums = np.bincount(flat, weights=1.0 - uncertainty.ravel().astype(np.float64), minlength=n)
+    sums = np.bincount(flat, weights=top_probability(uncertainty.ravel(), n_classes), minlength=n)
     return {v: (float(sums[v] / counts[v]) if counts[v] else None) for v in values}
 
 
 def segment_statistics(labelmap: sitk.Image, labels: Sequence[Label], image: sitk.Image,
-                       uncertainty: Optional[sitk.Image] = None, case: str = "") -> List[dict]:
+                       uncertainty: Optional[sitk.Image] = None, n_classes: int = 2, case: str = "") -> List[dict]:
     """Rows for every label of `labels` (listed even when empty), from the labelmap and the input
-    image (`image`: the input's first channel, on the labelmap's grid)."""
+    image (`image`: the input's first channel, on the labelmap's grid); the confidence from the
+    uncertainty map of an `n_classes` model (classes with background), null without a map."""
     lab = sitk.GetArrayViewFromImage(labelmap).ravel()
     intensity = sitk.GetArrayViewFromImage(image).ravel().astype(np.float64)
     values = [int(label.value) for label in labels]
@@ -49,8 +60,8 @@ def segment_statistics(labelmap: sitk.Image, labels: Sequence[Label], image: sit
     sums = np.bincount(lab, weights=intensity, minlength=n)
     means = np.divide(sums, counts, out=np.zeros(n), where=counts > 0)
     squares = np.bincount(lab, weights=(intensity - means[lab]) ** 2, minlength=n)
-    confidence = (mean_confidence(sitk.GetArrayViewFromImage(labelmap), sitk.GetArrayViewFromImage(uncertainty), values)
-                  if uncertainty is not None else {})
+    confidence = (mean_confidence(sitk.GetArrayViewFromImage(labelmap), sitk.GetArrayViewFromImage(uncertainty), values,
+                                  n_classes) if uncertainty is not None else {})
     voxel_ml = float(np.prod(labelmap.GetSpacing())) / 1000.0
     extremes = sitk.LabelStatisticsImageFilter()
     extremes.Execute(sitk.Cast(image, sitk.sitkFloat64), labelmap)

@@ -51,8 +51,8 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--format", default="seg.nrrd", choices=("seg.nrrd", "nii.gz", "nrrd", "mha"),
                    help="output file type in batch mode (default seg.nrrd)")
     p.add_argument("--uncertainty", default=None, metavar="MAP",
-                   help="also write the per-voxel uncertainty map (float 0-1: normalised entropy of the class "
-                        "probabilities, no extra network pass) on the input's grid: .nrrd/.nii.gz/.nii/.mha; in batch "
+                   help="also write the per-voxel uncertainty map (float 0-1: 0 sure, 1 all classes equally likely; from "
+                        "the passes already made) on the input's grid: .nrrd/.nii.gz/.nii/.mha; in batch "
                         "mode an existing folder, where each case's map is CASE.uncertainty.nrrd")
     p.add_argument("--statistics", default=None, metavar="FILE",
                    help="also write per-segment statistics (voxels, volume_ml, the input's intensity mean/std/min/max "
