@@ -1,7 +1,7 @@
-"""Render docs/images/uncertainty_overlay.png and print the statistics table, from a real run.
+"""Render docs/images/uncertainty_slicer_overlay.png and print the statistics table, from a real run.
 
     mednextv2 demo -o DEMO                                       # trains the demo's real model
-    python Testing/render_uncertainty_overlay.py DEMO [OUT_PNG]   # default docs/images/uncertainty_overlay.png
+    python Testing/render_uncertainty_overlay.py DEMO [OUT_PNG]   # default docs/images/uncertainty_slicer_overlay.png
 
 Runs the Segment panel's own command (`build_segment_command`, Show uncertainty on) with the demo's
 model on the demo's held-out anterior brain MR, loads the map into Slicer's real core (slicer-core)
@@ -109,4 +109,4 @@ def main(demo: Path, out_png: Path) -> None:
 
 
 if __name__ == "__main__":
-    main(Path(sys.argv[1]), Path(sys.argv[2]) if len(sys.argv) > 2 else REPO / "docs" / "images" / "uncertainty_overlay.png")
+    main(Path(sys.argv[1]), Path(sys.argv[2]) if len(sys.argv) > 2 else REPO / "docs" / "images" / "uncertainty_slicer_overlay.png")

@@ -17,9 +17,9 @@ from typing import List, Optional, Sequence, Tuple
 
 import numpy as np
 
-# The engine's map is the normalised entropy of the class probabilities. 0.5 is a voxel whose winning
-# class holds only about 89% (two classes; 84% of three): a boundary the model hesitates over, not
-# the faint background of a confident prediction, which stays far below it.
+# The engine's map is (1 - max class probability) x K/(K-1) (docs/uncertainty.md). Above 0.5 the
+# winning class holds less than 75% (two classes; 67% of three): a boundary the model hesitates
+# over, not the faint background of a confident prediction (95% sure: 0.1 or less).
 DEFAULT_THRESHOLD = 0.5
 
 
