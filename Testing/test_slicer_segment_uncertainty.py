@@ -326,3 +326,67 @@ def test_segment_with_show_uncertainty_through_the_engine_loads_map_and_numbers(
     assert not run.paths.work_dir.exists() and node.GetStorageNode() is None
     tour = logic.unsureRegionTour(node)
     assert all(a.voxels >= b.voxels for a, b in zip(tour.regions, tour.regions[1:]))
+
+
+# -- the panel's handlers --------------------------------------------------------------------------
+def test_panel_walks_the_regions_moves_the_threshold_and_copies_the_table(scene, tmp_path, data_dir, monkeypatch):
+    """SegmentPanel's own methods after a run, on the real map node and slice nodes: the table, the
+    Next unsure region clicks to the end, a threshold change (overlay and regions), Copy. Qt is
+    PySide6's (a real QTableWidget from the .ui, the real clipboard); the label, buttons and slider are
+    plain stand-ins with the attributes PythonQt exposes."""
+    import sys
+    import types
+
+    from qt_ui_helpers import QtWidgets, application, load_ui
+    from MedNeXtV2SegmentLib.logic import EngineRun
+
+    slicer = scene
+    application()
+    fake_qt = types.ModuleType("qt")
+    fake_qt.QTableWidgetItem, fake_qt.QApplication = QtWidgets.QTableWidgetItem, QtWidgets.QApplication
+    monkeypatch.setitem(sys.modules, "qt", fake_qt)
+    sys.modules.pop("MedNeXtV2SegmentLib.widget", None)
+    try:
+        from MedNeXtV2SegmentLib.widget import SegmentPanel
+    finally:
+        sys.modules.pop("MedNeXtV2SegmentLib.widget", None)
+    logic, volume, result, node, paths, image = load_case(slicer, tmp_path, "Oblique MR", scan_grids(data_dir)["Oblique MR"])
+    ui = types.SimpleNamespace(
+        statisticsTable=load_ui(slicer_segment_paths.SEGMENT_DIR / "Resources" / "UI" / "MedNeXtV2Segment.ui").findChild(
+            QtWidgets.QTableWidget, "statisticsTable"),
+        copyStatisticsButton=types.SimpleNamespace(enabled=False), statisticsHintLabel=types.SimpleNamespace(text=""),
+        nextUnsureRegionButton=types.SimpleNamespace(enabled=False), unsureRegionLabel=types.SimpleNamespace(text=""),
+        unsureThresholdSlider=types.SimpleNamespace(value=DEFAULT_THRESHOLD), statusLabel=types.SimpleNamespace(text=""))
+    panel = SegmentPanel.__new__(SegmentPanel)
+    panel.ui, panel.logic, panel.statistics, panel.uncertaintyNode, panel.unsureTour = ui, logic, [], None, None
+    SegmentPanel.showUnsureRegions(panel)
+    assert not ui.nextUnsureRegionButton.enabled and "Show uncertainty" in ui.unsureRegionLabel.text
+
+    rows = read_statistics(statistics_file(tmp_path / "statistics.json", ROWS))
+    run = EngineRun(process=None, kind="segment", paths=paths, volumeNode=volume, uncertaintyNode=node, statistics=rows)
+    SegmentPanel.showResultDetails(panel, run)
+    assert ui.statisticsTable.rowCount() == 2 and ui.statisticsTable.item(0, 0).text() == "lesion"
+    assert ui.copyStatisticsButton.enabled and ui.nextUnsureRegionButton.enabled
+    assert ui.unsureRegionLabel.text == "3 unsure region(s) above 0.50, 3 not visited yet."
+    for box, left in zip(BOXES, (2, 1, 0)):
+        SegmentPanel.onNextUnsureRegion(panel)
+        expected = expected_ras(image, box)
+        np.testing.assert_allclose(slice_centres(slicer), np.tile(expected, (3, 1)), atol=1e-3)
+        assert ui.unsureRegionLabel.text.endswith(f"{left} of 3 left.")
+    SegmentPanel.onNextUnsureRegion(panel)
+    assert ui.unsureRegionLabel.text.startswith("No unsure region left above 0.50")
+    np.testing.assert_allclose(slice_centres(slicer), np.tile(expected_ras(image, BOXES[-1]), (3, 1)), atol=1e-3)
+
+    SegmentPanel.onUnsureThresholdChanged(panel, 0.4)
+    assert node.GetDisplayNode().GetLowerThreshold() == pytest.approx(0.4)
+    assert ui.unsureRegionLabel.text == "4 unsure region(s) above 0.40, 1 not visited yet."
+    SegmentPanel.onNextUnsureRegion(panel)
+    np.testing.assert_allclose(slice_centres(slicer), np.tile(expected_ras(image, FAINT), (3, 1)), atol=1e-3)
+
+    SegmentPanel.onCopyStatistics(panel)
+    assert QtWidgets.QApplication.clipboard().text() == table_text(rows)
+    assert ui.statusLabel.text == "Copied 2 row(s) as tab-separated text."
+
+    slicer.mrmlScene.RemoveNode(node)  # the user deleted the map: the button goes off, nothing breaks
+    SegmentPanel.onNextUnsureRegion(panel)
+    assert not ui.nextUnsureRegionButton.enabled

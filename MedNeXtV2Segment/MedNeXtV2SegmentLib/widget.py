@@ -78,6 +78,7 @@ class SegmentPanel:
         self.engine.addModelListListener(self.onModelList)
         saved = self.logic.loadOptions()  # the scene's choices win over the user's habits
         self.setOptions(saved if saved.model else self.preferences.load())
+        self.showUnsureRegions()
         self.refreshModels()
 
     def cleanup(self) -> None:
