@@ -164,3 +164,37 @@ def test_batch_writes_a_map_per_case_and_one_row_per_case_and_segment(tmp_path, 
 
     rc = main(common + ["--uncertainty", str(cases)])  # maps beside the inputs: names cannot collide
     assert rc == 0 and (cases / "a.uncertainty.nrrd").is_file()
+    # Run again on that folder: the engine's own maps (known by their header marker) are not cases,
+    # a user's image of the same name is.
+    mine = cases / "c.uncertainty.nrrd"
+    shutil.copy(cases / "a.nrrd", mine)
+    rc = main(common + ["--uncertainty", str(maps), "--statistics", str(tmp_path / "again.json")])
+    assert rc == 0
+    again = json.loads((tmp_path / "again.json").read_text())["rows"]
+    assert [r["case"] for r in again] == ["a", "b", "c.uncertainty"]
+    assert mine.read_bytes() == (cases / "a.nrrd").read_bytes()
+
+
+def test_csv_shows_names_that_look_like_formulas_as_text(tmp_path):
+    rows = [{"case": "=cmd|' /C calc'!A0", "segment": "@SUM(1)", "value": 1, "voxels": 0, "volume_ml": 0.0,
+             "intensity_mean": None, "intensity_std": None, "intensity_min": None, "intensity_max": None,
+             "mean_confidence": None}]
+    statistics.write_statistics(rows, tmp_path / "s.csv")
+    (row,) = _csv_rows(tmp_path / "s.csv")
+    assert row["case"] == "'=cmd|' /C calc'!A0" and row["segment"] == "'@SUM(1)" and row["mean_confidence"] == ""
+    statistics.write_statistics(rows, tmp_path / "s.json")  # JSON keeps the names as they are
+    assert json.loads((tmp_path / "s.json").read_text())["rows"][0]["case"] == rows[0]["case"]
+
+
+def test_segment_options_check_both_names_without_a_model(tmp_path):
+    from mednextv2.errors import InputError
+    from mednextv2.segment_options import SegmentOptions
+
+    ok = SegmentOptions(uncertainty=str(tmp_path / "u.NII.GZ"), statistics=str(tmp_path / "s.Json"))
+    assert ok.uncertainty.endswith("u.NII.GZ") and ok.statistics.endswith("s.Json")
+    assert SegmentOptions(uncertainty=str(tmp_path)).uncertainty == str(tmp_path)  # a folder: batch mode
+    for kwargs, message in [({"uncertainty": "u.seg.nrrd"}, "float image"), ({"uncertainty": "u.png"}, "float image"),
+                            ({"uncertainty": ""}, "file name"), ({"statistics": "s.xlsx"}, ".csv or .json"),
+                            ({"statistics": str(tmp_path)}, ".csv or .json")]:
+        with pytest.raises(InputError, match=message):
+            SegmentOptions(**kwargs)

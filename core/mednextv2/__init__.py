@@ -19,6 +19,7 @@ _EXPORTS = {
     "Bundle": "mednextv2.bundle",
     "BundleSpec": "mednextv2.bundle_spec",
     "segment": "mednextv2.segmentation",
+    "segment_with_uncertainty": "mednextv2.segmentation",
     "SegmentOptions": "mednextv2.segment_options",
 }
 

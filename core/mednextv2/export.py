@@ -30,6 +30,8 @@ DEFAULT_ANATOMIC_CONTEXT = "Anatomic codes - DICOM master list"
 # Segment tag carrying the segment's mean confidence (docs/uncertainty.md); Slicer 5.6+ reads every
 # key:value of a segment's Tags field into the segment's tags (vtkSegment::GetTag).
 CONFIDENCE_TAG = "MedNeXtV2.MeanConfidence"
+# Header field of the uncertainty maps the engine writes (NRRD "key:=value", MHA "key = value").
+UNCERTAINTY_MARKER = ("MedNeXtV2_content", "uncertainty map")
 Confidence = Optional[Dict[int, Optional[float]]]  # label value -> mean confidence; None: not computed
 
 
@@ -174,12 +176,27 @@ def write_result(labelmap: sitk.Image, labels: Sequence[Label], path: PathLike, 
     return write_labelmap(labelmap, labels, path, confidence)
 
 
-def write_float_image(image: sitk.Image, path: PathLike) -> Path:
-    """A float image (the uncertainty map) by its extension, written atomically."""
+def write_uncertainty_map(image: sitk.Image, path: PathLike) -> Path:
+    """The uncertainty map by its extension, written atomically; NRRD and MHA headers carry
+    `UNCERTAINTY_MARKER`, so a batch run over a folder holding maps it wrote knows them."""
     path = Path(path)
+    image = sitk.Image(image)  # the caller's image keeps its metadata
+    image.SetMetaData(*UNCERTAINTY_MARKER)
     with atomic_path(path) as tmp:
         try:
             sitk.WriteImage(image, str(tmp), useCompression=True)
         except RuntimeError as e:
             raise ResourceError(f"cannot write {path}: {e}") from e
     return path
+
+
+def is_uncertainty_map(path: PathLike) -> bool:
+    """True for an image whose header carries `UNCERTAINTY_MARKER` (only the engine writes it)."""
+    reader = sitk.ImageFileReader()
+    reader.SetFileName(str(path))
+    try:
+        reader.ReadImageInformation()
+    except RuntimeError:
+        return False
+    key, value = UNCERTAINTY_MARKER
+    return reader.HasMetaDataKey(key) and reader.GetMetaData(key).strip() == value

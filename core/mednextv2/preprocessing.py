@@ -311,13 +311,22 @@ def class_uncertainty(rows: torch.Tensor, probabilities: bool = False) -> torch.
     k = rows.shape[0]
     if k < 2:
         return torch.zeros(rows.shape[1:], dtype=torch.float32)
+    # Running loops over the classes, as in argmax_classes: reductions over the outer class axis
+    # (softmax(0), max(0)) are several times slower on the CPU and allocate K-sized temporaries.
     rows = rows.float()
     if probabilities:
-        p = rows.clamp(min=0)
-        top = p.max(0).values / p.sum(0).clamp(min=1e-12)
+        rows = rows.clamp(min=0)
+    best = rows[0].clone()
+    for c in range(1, k):
+        torch.maximum(best, rows[c], out=best)
+    total = torch.zeros_like(best)
+    for c in range(k):
+        total += rows[c] if probabilities else torch.exp(rows[c] - best)
+    if probabilities:
+        top = best / total.clamp_(min=1e-12)
     else:
-        top = torch.softmax(rows, dim=0).max(0).values
-    return ((1.0 - top) * (k / (k - 1))).clamp_(0.0, 1.0)
+        top = total.reciprocal_()  # softmax's largest value: exp(0) / sum exp(s_c - max)
+    return top.neg_().add_(1.0).mul_(k / (k - 1)).clamp_(0.0, 1.0)
 
 
 def argmax_classes(scores: torch.Tensor) -> torch.Tensor:

@@ -175,7 +175,7 @@ class Segmenter:
                                                     [lab.value for lab in self.labels], self.bundle.n_classes)
         self.options.progress("export", 0.0, f"writing {Path(output).name}")
         if uncertainty is not None:
-            export.write_float_image(unc, uncertainty)
+            export.write_uncertainty_map(unc, uncertainty)
         path = export.write_result(labelmap, self.labels, output, confidence)
         rows = (statistics.segment_statistics(labelmap, self.labels, case_images.images[0], unc, self.bundle.n_classes, case)
                 if with_statistics else [])
@@ -251,7 +251,7 @@ def find_cases(folder: PathLike, n_channels: Optional[int]) -> Dict[str, List[Pa
     """Cases of a folder: each image file, or with several channels nnU-Net's CASE_0000, CASE_0001...
     `n_channels` None (the model is not loaded yet): as the file names say, channel counts unchecked."""
     folder = Path(folder)
-    files = sorted(p for p in folder.iterdir() if image_io.is_image_file(p))
+    files = sorted(p for p in folder.iterdir() if image_io.is_image_file(p) and not _own_uncertainty_map(p))
     cases: Dict[str, List[Path]] = {}
     for path in files:
         stem = path.name[: -len(export.known_suffix(path))] if export.known_suffix(path) else path.stem
@@ -271,6 +271,15 @@ def find_cases(folder: PathLike, n_channels: Optional[int]) -> Dict[str, List[Pa
     if not cases:
         raise InputError(f"{folder}: no image files ({', '.join(image_io.IMAGE_SUFFIXES)}) to segment")
     return cases
+
+
+def _own_uncertainty_map(path: Path) -> bool:
+    """A map an earlier batch wrote into this folder: not a case (its marker decides; the name only
+    spares reading every file's header)."""
+    if not path.name.lower().endswith(UNCERTAINTY_CASE_SUFFIX) or not export.is_uncertainty_map(path):
+        return False
+    log.info("%s: an uncertainty map this engine wrote, not a case; skipped", path.name)
+    return True
 
 
 def _batch_outputs(cases: Dict[str, List[Path]], output_dir: Path, output_suffix: str,

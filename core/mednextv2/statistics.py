@@ -87,8 +87,18 @@ def statistics_text(rows: Sequence[dict], path: PathLike) -> str:
     buffer = io.StringIO()
     writer = csv.DictWriter(buffer, fieldnames=COLUMNS, lineterminator="\n")
     writer.writeheader()
-    writer.writerows({k: ("" if v is None else v) for k, v in row.items()} for row in rows)
+    writer.writerows({k: _csv_cell(v) for k, v in row.items()} for row in rows)
     return buffer.getvalue()
+
+
+def _csv_cell(value):
+    """A CSV cell: null as empty; a text starting like a formula (a segment or case name from a
+    bundle or a file name) quoted with a leading apostrophe, so a spreadsheet shows it as text."""
+    if value is None:
+        return ""
+    if isinstance(value, str) and value[:1] in ("=", "+", "-", "@", "\t", "\r"):
+        return "'" + value
+    return value
 
 
 def write_statistics(rows: Sequence[dict], path: PathLike) -> Path:
