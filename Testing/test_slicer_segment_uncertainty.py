@@ -273,6 +273,16 @@ def test_table_and_copy_text(tmp_path):
     assert table.rowCount() == 1
 
 
+def test_copied_names_never_run_as_spreadsheet_formulas(tmp_path):
+    """A bundle's segment name is pasted as text: no formula, no extra cell or line."""
+    rows = read_statistics(statistics_file(tmp_path / "statistics.json", [
+        dict(ROWS[0], segment='=HYPERLINK("http://x")'), dict(ROWS[0], segment="@sum\tA1\nB"),
+        dict(ROWS[0], segment="-1+2"), dict(ROWS[0], segment="left lung")]))
+    lines = table_text(rows).splitlines()
+    assert [line.split("\t")[0] for line in lines[1:]] == ["'=HYPERLINK(\"http://x\")", "'@sum A1 B", "'-1+2", "left lung"]
+    assert len(lines) == 5 and all(len(line.split("\t")) == 6 for line in lines)
+
+
 @pytest.mark.parametrize("content, problem", [
     ("{broken", "JSON"), (json.dumps({"format": "other", "version": 1, "rows": []}), "mednextv2-statistics"),
     (json.dumps({"format": "mednextv2-statistics", "version": 1, "rows": [{"segment": "a", "voxels": "many"}]}),

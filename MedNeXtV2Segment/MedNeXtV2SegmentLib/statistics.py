@@ -85,9 +85,21 @@ def header() -> List[str]:
 
 
 def table_text(rows: Sequence[SegmentStatistics]) -> str:
-    """Tab-separated, header first, one line per row: what "Copy" puts on the clipboard."""
-    lines = [header()] + [row.cells() for row in rows]
-    return "\n".join("\t".join(cell.replace("\t", " ") for cell in line) for line in lines) + "\n"
+    """Tab-separated, header first, one line per row: what "Copy" puts on the clipboard.
+
+    A segment name (it comes from the model's bundle) that starts like a spreadsheet formula gets a
+    leading apostrophe, so the spreadsheet shows it as text and runs nothing: the engine's CSV
+    does the same (mednextv2.statistics)."""
+    lines = [header()] + [[_as_text(row.segment)] + row.cells()[1:] for row in rows]
+    return "\n".join("\t".join(_one_line(cell) for cell in line) for line in lines) + "\n"
+
+
+def _as_text(name: str) -> str:
+    return "'" + name if name[:1] in ("=", "+", "-", "@") else name
+
+
+def _one_line(cell: str) -> str:
+    return cell.replace("\t", " ").replace("\r", " ").replace("\n", " ")
 
 
 def fill_table(table, rows: Sequence[SegmentStatistics], itemClass) -> None:
