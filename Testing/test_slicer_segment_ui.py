@@ -66,6 +66,8 @@ def real_preview(work: Path) -> dict:
         "deviceSelector": DEVICES,
         "deviceHintLabel": time_hint(choice, "auto", True, cuda=False),
         "structuresList": list(choice.labels),
+        "ttaCheckBox": False,  # as the run was made
+        "showUncertaintyCheckBox": True,
         "progressBar": (100, done),
         "statusLabel": done,
         "statisticsTable": (header(), [row.cells() for row in rows]),
