@@ -33,8 +33,11 @@ class UnsureRegion:
 
 
 def _to_ras(ijk_to_ras: np.ndarray, ijk) -> np.ndarray:
+    """(..., 3) voxel (i, j, k) -> RAS, without a BLAS call: on a busy computer BLAS's threads made
+    the (N, 3) @ (3, 3) product take 0.03 to 0.5 s for a million voxels, these terms 0.05 to 0.1 s."""
     ijk = np.asarray(ijk, dtype=float)
-    return ijk @ ijk_to_ras[:3, :3].T + ijk_to_ras[:3, 3]
+    return (ijk[..., 0:1] * ijk_to_ras[:3, 0] + ijk[..., 1:2] * ijk_to_ras[:3, 1] + ijk[..., 2:3] * ijk_to_ras[:3, 2]
+            + ijk_to_ras[:3, 3])
 
 
 def find_regions(values: np.ndarray, ijk_to_ras: Sequence[Sequence[float]], threshold: float):
