@@ -1,8 +1,8 @@
 """Where to look first: connected regions of an uncertainty map above a threshold, largest first.
 
 "Next unsure region" walks them: each call gives the largest region not visited yet. Labelling is
-one `scipy.ndimage.label` pass plus a few `bincount`s over the voxels above the threshold (about
-0.1 s on the 1 mm ICBM152 brain grid, Testing/benchmarks/bench_unsure_regions.py), done when the map
+one `scipy.ndimage.label` pass plus a few `bincount`s over the voxels above the threshold (0.1 to
+0.2 s on the 1 mm ICBM152 brain grid, Testing/benchmarks/bench_unsure_regions.py), done when the map
 is loaded and when the threshold changes: short enough for the GUI thread, never per click.
 
 Regions are 6-connected (face neighbours: a diagonal touch does not merge two regions). A region is
