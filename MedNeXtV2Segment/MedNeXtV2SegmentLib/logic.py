@@ -35,7 +35,7 @@ OPTIONS_PARAMETER = "SegmentOptions"  # key kept: scenes saved by earlier versio
 # Segmentation stops at the next tile after a stop request; a slow CPU tile can take this long.
 CANCEL_GRACE_S = 15.0
 # Slicer's built-in "Iron" table (vtkMRMLColorLogic: "vtkMRMLColorTableNode" + type name, made in
-# every Slicer without colour files): dark red to white, so more unsure reads as hotter over grey MR/CT.
+# every Slicer without colour files): red at 0 to yellow at 1, a hue that stands out on grey MR/CT.
 UNCERTAINTY_COLOR_NODE_ID = "vtkMRMLColorTableNodeIron"
 UNCERTAINTY_OPACITY = 0.5  # the foreground layer's: the anatomy stays readable under the overlay
 
