@@ -84,7 +84,19 @@ class qMRMLSegmentationShow3DButton(ctkMenuButton):
 
 
 class ctkSliderWidget(QtWidgets.QDoubleSpinBox):
-    """Slider + spin box; the stand-in keeps the spin box (same value/min/max/singleStep)."""
+    """Slider + spin box; the stand-in keeps the spin box (same value/min/max/singleStep/decimals)."""
+
+    def __init__(self, parent=None):
+        super().__init__(parent)
+        self._tracking = True
+
+    def hasTracking(self) -> bool:
+        return self._tracking
+
+    def setTracking(self, tracking: bool) -> None:
+        self._tracking = bool(tracking)
+
+    tracking = QtCore.Property(bool, hasTracking, setTracking)
 
 
 class ctkPathLineEdit(QtWidgets.QLineEdit):

@@ -266,6 +266,8 @@ def test_table_and_copy_text(tmp_path):
     assert [table.horizontalHeaderItem(c).text() for c in range(table.columnCount())] == [
         "Segment", "Voxels", "Volume (mL)", "Mean intensity", "Std intensity", "Mean confidence"]
     assert cells == [["lesion", "1234", "4.57", "101.2", "12.0", "0.912"], ["tissue", "0", "", "", "", ""]]
+    slider = table.window().findChild(QtWidgets.QWidget, "unsureThresholdSlider")
+    assert slider.value() == DEFAULT_THRESHOLD and not slider.property("tracking")  # relabel on release only
     text = table_text(rows)
     assert text == ("Segment\tVoxels\tVolume (mL)\tMean intensity\tStd intensity\tMean confidence\n"
                     "lesion\t1234\t4.57\t101.2\t12.0\t0.912\ntissue\t0\t\t\t\t\n")
