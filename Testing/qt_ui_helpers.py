@@ -84,7 +84,19 @@ class qMRMLSegmentationShow3DButton(ctkMenuButton):
 
 
 class ctkSliderWidget(QtWidgets.QDoubleSpinBox):
-    """Slider + spin box; the stand-in keeps the spin box (same value/min/max/singleStep)."""
+    """Slider + spin box; the stand-in keeps the spin box (same value/min/max/singleStep/decimals)."""
+
+    def __init__(self, parent=None):
+        super().__init__(parent)
+        self._tracking = True
+
+    def hasTracking(self) -> bool:
+        return self._tracking
+
+    def setTracking(self, tracking: bool) -> None:
+        self._tracking = bool(tracking)
+
+    tracking = QtCore.Property(bool, hasTracking, setTracking)
 
 
 class ctkPathLineEdit(QtWidgets.QLineEdit):
@@ -197,6 +209,17 @@ def fill_previews(root: QtWidgets.QWidget, previews: Mapping[str, object]) -> No
                 item.setFlags(item.flags() | QtCore.Qt.ItemIsUserCheckable)
                 item.setCheckState(QtCore.Qt.Checked)
                 w.addItem(item)
+        elif isinstance(w, QtWidgets.QAbstractButton) and isinstance(value, bool):  # a check box's state
+            w.setChecked(value)
+        elif isinstance(w, QtWidgets.QTableWidget):  # (header, rows of cell texts)
+            header, rows = value
+            w.setColumnCount(len(header))
+            w.setHorizontalHeaderLabels(list(header))
+            w.setRowCount(len(rows))
+            for r, row in enumerate(rows):
+                for c, text in enumerate(row):
+                    w.setItem(r, c, QtWidgets.QTableWidgetItem(str(text)))
+            w.resizeColumnsToContents()
         elif isinstance(w, QtWidgets.QProgressBar):
             w.setValue(int(value[0]))
             w.setFormat(str(value[1]))

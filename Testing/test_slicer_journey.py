@@ -253,10 +253,15 @@ def test_segment_correct_retrain_segment_again_save_and_reload(scene, data_dir, 
     heard.clear()
     assert trained.id in panel_model_ids(engine, heard)
 
-    # Segment again, with the new model.
-    second = segmentLogic.segment(breast, trained.id, device="cpu", tta=False)
+    # Segment again, with the new model, and Show uncertainty: the map comes under the result.
+    second = segmentLogic.segment(breast, trained.id, device="cpu", tta=False, uncertainty=True)
     assert second is not first and segments_by_name(second) and trained.title in second.GetName()
     assert set(segments_by_name(second)) <= {"gland", "lesion"}
+    uncertainty = slicer.util.getFirstNodeByClassByName("vtkMRMLScalarVolumeNode", f"{second.GetName()} uncertainty")
+    shNode = slicer.vtkMRMLSubjectHierarchyNode.GetSubjectHierarchyNode(slicer.mrmlScene)
+    assert shNode.GetItemParent(shNode.GetItemByDataNode(uncertainty)) == shNode.GetItemByDataNode(second)
+    assert uncertainty.GetImageData().GetDimensions() == breast.GetImageData().GetDimensions()
+    assert uncertainty.GetStorageNode() is None  # saved below into the scene's folder, like the result
     # not tied to its run folder either
     assert second.GetStorageNode() is None or not inside(second.GetStorageNode().GetFileName(), temp)
     assert not any(temp.iterdir()), f"run folders left behind: {sorted(p.name for p in temp.iterdir())}"
@@ -269,7 +274,8 @@ def test_segment_correct_retrain_segment_again_save_and_reload(scene, data_dir, 
         saved[node.GetName()] = ("segmentation", {name: slicer.util.arrayFromSegmentBinaryLabelmap(
             node, segmentId, breast if node in (first, second) else brain).astype(bool)
             for name, segmentId in segments_by_name(node).items()})
-    assert set(saved) == {"breast1", "brain1", first.GetName(), second.GetName(), "brain1 lesion"}, set(saved)
+    assert set(saved) == {"breast1", "brain1", first.GetName(), second.GetName(), "brain1 lesion",
+                          uncertainty.GetName()}, set(saved)
     reference = {first.GetName(): "breast1", second.GetName(): "breast1", "brain1 lesion": "brain1"}
     parameters = trainLogic.getParameterNode().GetParameter("TrainSettings")
     kept = [(n.GetClassName(), n.GetName()) for n in slicer.util.getNodes("*").values() if n.GetSaveWithScene()]

@@ -109,7 +109,8 @@ def test_the_panels_options_carry_a_saved_step_to_the_command(tmp_path, monkeypa
         from MedNeXtV2SegmentLib.widget import SegmentPanel
         panel = types.SimpleNamespace(fillStructures=lambda selected: None, ui=types.SimpleNamespace(
             modelSelector=_Combo("lung"), deviceSelector=_Combo("cpu"), ttaCheckBox=types.SimpleNamespace(checked=False),
-            fastCheckBox=types.SimpleNamespace(checked=False), structuresList=_List()))
+            fastCheckBox=types.SimpleNamespace(checked=False), structuresList=_List(),
+            showUncertaintyCheckBox=types.SimpleNamespace(checked=True)))
         SegmentPanel.setOptions(panel, SegmentChoices(model="lung", device="cpu", tta=False, step=0.25))
         options = SegmentPanel.options(panel)
     finally:

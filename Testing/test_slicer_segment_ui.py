@@ -7,6 +7,7 @@ from __future__ import annotations
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 import slicer_segment_paths  # noqa: F401
@@ -21,21 +22,43 @@ DEVICES = ["Auto (GPU if available)", "NVIDIA GPU (CUDA)", "Apple GPU (MPS)", "C
 def real_preview(work: Path) -> dict:
     """What the panel shows for a bundle that really exists: the self-test's tiny bundle
     (MedNeXtV2SegmentLib/tinybundle.py), imported and listed by the real engine CLI, described by
-    the panel's own functions, on a machine without a CUDA GPU, before a run."""
+    the panel's own functions, on a machine without a CUDA GPU, after a run with Show uncertainty
+    on a crop of the shared lung CT (the panel's own command; its statistics and map as the panel
+    reads them)."""
     import os
     import sys
 
-    from MedNeXtV2SegmentLib.command import build_models_command, engine_environment
+    import SimpleITK as sitk
+
+    import real_data
+    from MedNeXtV2SegmentLib.command import build_models_command, build_segment_command, engine_environment
     from engine_model_list import list_models
     from MedNeXtV2SegmentLib.models import describe_model, time_hint
+    from MedNeXtV2SegmentLib.parameters import SegmentChoices
     from MedNeXtV2SegmentLib.process import EngineProcess
+    from MedNeXtV2SegmentLib.progress import format_duration
+    from MedNeXtV2SegmentLib.statistics import header, read_statistics
     from MedNeXtV2SegmentLib.tinybundle import make_tiny_bundle
+    from MedNeXtV2SegmentLib.unsure_regions import DEFAULT_THRESHOLD, UnsureRegionTour, summary
 
     env = engine_environment({"PATH": os.environ.get("PATH", ""), "MEDNEXTV2_HOME": str(work / "home")})
     bundle = make_tiny_bundle(work / "bundle")
     imported = EngineProcess(build_models_command(sys.executable, "import", str(bundle)), env=env).start()
     assert imported.wait(timeout=180) == 0, "\n".join(imported.stderr_tail)
     choice = next(c for c in list_models(sys.executable, env) if c.id == "selftest-tiny")
+    ct = sitk.ReadImage(str(real_data.data_dir() / "ct-lung" / "lung1_image.nrrd"))
+    sitk.WriteImage(sitk.RegionOfInterest(ct, [96, 96, 16], [200, 200, 24]), str(work / "input_0000.nrrd"))
+    paths = {name: work / name for name in ("result.seg.nrrd", "uncertainty.nrrd", "statistics.json")}
+    command = build_segment_command(sys.executable, [work / "input_0000.nrrd"], paths["result.seg.nrrd"],
+                                    SegmentChoices(model=choice.id, device="cpu", tta=False, uncertainty=True),
+                                    uncertainty=paths["uncertainty.nrrd"], statistics=paths["statistics.json"])
+    segmented = EngineProcess(command, env=env).start()
+    assert segmented.wait(timeout=300) == 0, "\n".join(segmented.stderr_tail)
+    rows = read_statistics(paths["statistics.json"])
+    uncertainty = sitk.GetArrayFromImage(sitk.ReadImage(str(paths["uncertainty.nrrd"])))
+    tour = UnsureRegionTour(uncertainty, np.eye(4), DEFAULT_THRESHOLD)
+    done = (f"Done in {format_duration(segmented.elapsed_s)}: {len(rows)} segments in "
+            f"'lung1_image - {choice.title}'.")
     return {
         "inputVolumeSelector": "lung1_image",
         "modelSelector": [describe_model(choice)],
@@ -43,8 +66,12 @@ def real_preview(work: Path) -> dict:
         "deviceSelector": DEVICES,
         "deviceHintLabel": time_hint(choice, "auto", True, cuda=False),
         "structuresList": list(choice.labels),
-        "progressBar": (0, ""),
-        "statusLabel": "",
+        "ttaCheckBox": False,  # as the run was made
+        "showUncertaintyCheckBox": True,
+        "progressBar": (100, done),
+        "statusLabel": done,
+        "statisticsTable": (header(), [row.cells() for row in rows]),
+        "unsureRegionLabel": summary(len(tour.regions), tour.remaining(), tour.threshold),
     }
 
 
@@ -111,6 +138,11 @@ def test_preview_shows_a_real_bundle(preview):
         and preview["modelSelector"][0].endswith(" - downloaded"))
     assert preview["structuresList"] == ["lesion", "tissue"]
     assert preview["deviceHintLabel"].startswith("No CUDA GPU found")
+    # The tiny model labels every voxel 'tissue' with certainty: the table and the region line say so.
+    header, rows = preview["statisticsTable"]
+    assert header[:3] == ["Segment", "Voxels", "Volume (mL)"]
+    assert [row[:2] for row in rows] == [["lesion", "0"], ["tissue", str(96 * 96 * 16)]]
+    assert float(rows[1][-1]) > 0.99 and preview["unsureRegionLabel"].startswith("0 unsure region(s) above 0.50")
 
 
 def test_panel_renders_to_a_non_blank_png(tmp_path, preview):

@@ -74,11 +74,17 @@ def engine_command(python: str, *args: str) -> List[str]:
 
 
 def build_segment_command(python: str, inputs: Sequence[os.PathLike], output: os.PathLike,
-                          options: SegmentChoices, threads: Optional[int] = None) -> List[str]:
-    """`mednextv2 segment INPUT... -m MODEL -o OUTPUT ... --progress json`; inputs are the channels."""
+                          options: SegmentChoices, threads: Optional[int] = None,
+                          uncertainty: Optional[os.PathLike] = None,
+                          statistics: Optional[os.PathLike] = None) -> List[str]:
+    """`mednextv2 segment INPUT... -m MODEL -o OUTPUT ... --progress json`; inputs are the channels.
+    `uncertainty`: where the map goes, required when `options.uncertainty` and used only then;
+    `statistics`: where the per-segment numbers go (JSON), if given."""
     options.validated()
     if not inputs:
         raise ValueError("at least one input image is needed")
+    if options.uncertainty and uncertainty is None:
+        raise ValueError("the uncertainty option needs a path for the map")
     args: List[str] = ["segment", *[os.fspath(p) for p in inputs], "-m", options.model, "-o", os.fspath(output),
                        "--device", options.device, "--tta" if options.tta else "--no-tta"]
     if options.step is not None:
@@ -89,6 +95,10 @@ def build_segment_command(python: str, inputs: Sequence[os.PathLike], output: os
         args += ["--structures", *options.structures]
     if threads is not None:
         args += ["--threads", str(int(threads))]
+    if options.uncertainty:
+        args += ["--uncertainty", os.fspath(uncertainty)]
+    if statistics is not None:
+        args += ["--statistics", os.fspath(statistics)]
     args += ["--progress", "json"]
     return engine_command(python, *args)
 

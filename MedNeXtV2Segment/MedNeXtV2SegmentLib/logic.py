@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import List, Optional, Sequence, Tuple
 
 import slicer
+import vtk
 from slicer.ScriptedLoadableModule import ScriptedLoadableModuleLogic
 
 from .command import build_models_command, build_segment_command, device_probe_command, engine_threads
@@ -25,12 +26,18 @@ from .paths import RunPaths, make_run_paths, output_segmentation_name
 from .process import ExitCode
 from .timing import passes_per_tile, tile_count
 from .progress import ProgressEvent, parse_progress_line
+from .statistics import SegmentStatistics, StatisticsError, read_statistics
+from .unsure_regions import DEFAULT_THRESHOLD, UnsureRegion, UnsureRegionTour
 
 logger = logging.getLogger(__name__)
 
 OPTIONS_PARAMETER = "SegmentOptions"  # key kept: scenes saved by earlier versions
 # Segmentation stops at the next tile after a stop request; a slow CPU tile can take this long.
 CANCEL_GRACE_S = 15.0
+# Slicer's built-in "Iron" table (vtkMRMLColorLogic: "vtkMRMLColorTableNode" + type name, made in
+# every Slicer without colour files): red at 0 to yellow at 1, a hue that stands out on grey MR/CT.
+UNCERTAINTY_COLOR_NODE_ID = "vtkMRMLColorTableNodeIron"
+UNCERTAINTY_OPACITY = 0.5  # the foreground layer's: the anatomy stays readable under the overlay
 
 
 class EngineError(RuntimeError):
@@ -56,6 +63,10 @@ class EngineRun:
     lastProgress: Optional[ProgressEvent] = None
     log: List[str] = field(default_factory=list)
     stdout: List[str] = field(default_factory=list)  # what the GPU check prints
+    uncertainty: bool = False  # the engine was asked for the map
+    uncertaintyNode: object = None  # set by finish(): the loaded map
+    statistics: List[SegmentStatistics] = field(default_factory=list)  # set by finish()
+    statisticsProblem: str = ""  # why the statistics could not be read (the result is loaded all the same)
 
 
 class MedNeXtV2SegmentLogic(ScriptedLoadableModuleLogic):
@@ -142,12 +153,14 @@ class MedNeXtV2SegmentLogic(ScriptedLoadableModuleLogic):
             for volumeNode, path in zip(volumeNodes, paths.inputs):
                 self._exportVolume(volumeNode, path)
             args = build_segment_command(self.python, paths.inputs, paths.output,
-                                         options.with_changes(model=str(bundlePath)), threads=engine_threads())
+                                         options.with_changes(model=str(bundlePath)), threads=engine_threads(),
+                                         uncertainty=paths.uncertainty, statistics=paths.statistics)
             process = self.engine.start(args)
         except Exception:
             paths.remove()
             raise
-        return EngineRun(process, "segment", paths, volumeNodes[0], outputNode, labels, title=bundle.title)
+        return EngineRun(process, "segment", paths, volumeNodes[0], outputNode, labels, title=bundle.title,
+                         uncertainty=options.uncertainty)
 
     def poll(self, run: EngineRun, onProgress=None, onLog=None) -> bool:
         """Forward new output; True once the process has finished and all output is read."""
@@ -246,7 +259,82 @@ class MedNeXtV2SegmentLogic(ScriptedLoadableModuleLogic):
         node.SetReferenceImageGeometryParameterFromVolumeNode(volumeNode)
         node.SetAndObserveTransformNodeID(volumeNode.GetTransformNodeID())
         self._placeInStudy(node, volumeNode)
+        if run.uncertainty:
+            run.uncertaintyNode = self.loadUncertainty(run.paths.uncertainty, run.paths.work_dir, volumeNode, node)
+        try:
+            run.statistics = read_statistics(run.paths.statistics)
+        except StatisticsError as e:  # numbers are a bonus: the segmentation is loaded all the same
+            run.statisticsProblem = str(e)
+            logger.warning("no statistics: %s", e)
         return node
+
+    # -- uncertainty ---------------------------------------------------------------------------
+    def loadUncertainty(self, path: Path, runFolder: Path, volumeNode, segmentationNode):
+        """The engine's map (on `volumeNode`'s grid) as a scalar volume under the result in the Data
+        module, shown over the scan; `runFolder` is deleted after the run (see forgetRunFile)."""
+        if not path.exists():
+            raise EngineError(f"the engine reported success but wrote no {path.name}")
+        try:
+            node = slicer.util.loadVolume(str(path), {"name": f"{segmentationNode.GetName()} uncertainty",
+                                                      "singleFile": True, "show": False})
+        except RuntimeError as e:  # slicer.util raises on failure since 5.0; older versions return None
+            raise EngineError(f"Slicer could not read {path}: {e}") from None
+        if not node:
+            raise EngineError(f"Slicer could not read {path}")
+        self.forgetRunFile(node, runFolder)
+        node.StorableModified()
+        node.SetAndObserveTransformNodeID(volumeNode.GetTransformNodeID())
+        shNode = slicer.vtkMRMLSubjectHierarchyNode.GetSubjectHierarchyNode(slicer.mrmlScene)
+        mapItem, resultItem = shNode.GetItemByDataNode(node), shNode.GetItemByDataNode(segmentationNode)
+        if mapItem and resultItem:
+            shNode.SetItemParent(mapItem, resultItem)
+        self.showUncertainty(node, DEFAULT_THRESHOLD)
+        return node
+
+    @staticmethod
+    def showUncertainty(mapNode, threshold: float) -> None:
+        """Colour table, window/level fixed to the map's [0, 1] (not the data's range: a confident
+        result must not look unsure), voxels at or below `threshold` transparent, and the map as the
+        slice views' foreground layer."""
+        if mapNode.GetDisplayNode() is None:
+            mapNode.CreateDefaultDisplayNodes()
+        display = mapNode.GetDisplayNode()
+        display.SetAndObserveColorNodeID(UNCERTAINTY_COLOR_NODE_ID)
+        display.SetAutoWindowLevel(0)
+        display.SetWindowLevelMinMax(0.0, 1.0)
+        MedNeXtV2SegmentLogic.setUncertaintyThreshold(mapNode, threshold)
+        slicer.util.setSliceViewerLayers(foreground=mapNode, foregroundOpacity=UNCERTAINTY_OPACITY)
+
+    @staticmethod
+    def setUncertaintyThreshold(mapNode, threshold: float) -> None:
+        display = mapNode.GetDisplayNode()
+        display.SetAutoThreshold(0)
+        display.SetApplyThreshold(1)
+        display.SetLowerThreshold(float(threshold))
+        display.SetUpperThreshold(1.0)
+
+    @staticmethod
+    def unsureRegionTour(mapNode, threshold: float = DEFAULT_THRESHOLD) -> UnsureRegionTour:
+        """The map's regions above `threshold` (labelled now, once: unsure_regions.py)."""
+        import numpy as np
+
+        matrix = vtk.vtkMatrix4x4()
+        mapNode.GetIJKToRASMatrix(matrix)
+        ijkToRas = np.array([[matrix.GetElement(r, c) for c in range(4)] for r in range(4)])
+        return UnsureRegionTour(np.array(slicer.util.arrayFromVolume(mapNode)), ijkToRas, threshold)
+
+    @staticmethod
+    def jumpToRegion(mapNode, region: UnsureRegion) -> Tuple[float, float, float]:
+        """Centre every slice view on the region; returns the point in world RAS (the map's parent
+        transform applied, as the slice views show the map)."""
+        point = region.target_ras
+        parent = mapNode.GetParentTransformNode()
+        if parent is not None:
+            toWorld = vtk.vtkGeneralTransform()
+            slicer.vtkMRMLTransformNode.GetTransformBetweenNodes(parent, None, toWorld)
+            point = toWorld.TransformPoint(point)
+        slicer.vtkMRMLSliceNode.JumpAllSlices(mapNode.GetScene(), *point, slicer.vtkMRMLSliceNode.CenteredJumpSlice)
+        return tuple(point)
 
     @staticmethod
     def forgetRunFile(node, runFolder: Path) -> None:

@@ -34,6 +34,7 @@ class SegmentChoices:
     fast: bool = False
     step: Optional[float] = None  # sliding-window step as a fraction of the patch; None: the bundle's
     structures: Tuple[str, ...] = field(default_factory=tuple)  # empty: every label of the model
+    uncertainty: bool = False  # also write, load and show the engine's uncertainty map
 
     def validated(self) -> "SegmentChoices":
         if not self.model.strip():
@@ -43,6 +44,8 @@ class SegmentChoices:
         from mednextv2.errors import InputError
         from mednextv2.segment_options import SegmentOptions
 
+        if not isinstance(self.uncertainty, bool):
+            raise ParameterError(f"uncertainty must be true or false, got {self.uncertainty!r}")
         if self.device not in DEVICES:
             raise ParameterError(f"device must be one of {', '.join(DEVICES)}, got {self.device!r}")
         try:

@@ -33,13 +33,16 @@ class RunPaths:
     work_dir: Path
     inputs: Tuple[Path, ...]  # one file per model input channel
     output: Path  # the engine writes the .seg.nrrd here (atomically)
+    uncertainty: Path  # the uncertainty map, when asked for (`--uncertainty`)
+    statistics: Path  # per-segment numbers (`--statistics`)
 
     def remove(self) -> None:
-        """Delete what this run created - the exported inputs, the result and the engine's temporary
-        siblings of the result - then the folder if that left it empty. Anything else found there was
-        put there by someone else, and stays (with the folder)."""
-        ours = {p.name for p in (*self.inputs, self.output)}
-        engine_temp = f".{self.output.name.split('.')[0]}."  # mednextv2.export.atomic_path's names
+        """Delete what this run created - the exported inputs, the engine's outputs and their temporary
+        siblings - then the folder if that left it empty. Anything else found there was put there by
+        someone else, and stays (with the folder)."""
+        outputs = (self.output, self.uncertainty, self.statistics)
+        ours = {p.name for p in (*self.inputs, *outputs)}
+        engine_temp = tuple(f".{p.name.split('.')[0]}." for p in outputs)  # mednextv2.atomic.temporary_sibling's names
         for entry in (self.work_dir.iterdir() if self.work_dir.is_dir() else ()):
             if entry.is_file() and not entry.is_symlink() and (entry.name in ours or entry.name.startswith(engine_temp)):
                 entry.unlink()
@@ -63,7 +66,7 @@ def make_run_paths(n_channels: int = 1, temp_root: Optional[os.PathLike] = None,
         shutil.rmtree(work_dir, ignore_errors=True)
         raise PathError(f"the temporary folder path is too long for Windows ({len(str(output))} characters): "
                         f"{work_dir}. Set a shorter temporary folder (e.g. C:\\Temp) in Slicer's settings.")
-    return RunPaths(work_dir, inputs, output)
+    return RunPaths(work_dir, inputs, output, work_dir / "uncertainty.nrrd", work_dir / "statistics.json")
 
 
 _UNSAFE = re.compile(r"[^\w.-]+", re.UNICODE)

@@ -1,7 +1,7 @@
 """Choices remembered across Slicer restarts (QSettings), beside the scene's parameter node.
 
 The scene keeps the choices of one study; these keep the user's habits - device, TTA and the
-last model - for the next session. Saved as the same JSON as in the scene, and read back with the
+last model, whether to show uncertainty - for the next session. Saved as the same JSON as in the scene, and read back with the
 same policy for unknown or old keys (parameters.from_saved), so both places and both modules
 behave alike. `settings` is anything with QSettings' value()/setValue(): qt.QSettings() in
 Slicer, PySide6's QSettings in the tests.
@@ -12,7 +12,7 @@ from .parameters import SegmentChoices
 from .timing import RATE_KEY
 
 KEY = "MedNeXtV2/Segment/choices"
-REMEMBERED = ("model", "device", "tta", "fast")  # not the structure subset: that belongs to one study
+REMEMBERED = ("model", "device", "tta", "fast", "uncertainty")  # not the structure subset: that belongs to one study
 
 
 class Preferences:

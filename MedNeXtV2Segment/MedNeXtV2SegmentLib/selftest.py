@@ -3,8 +3,9 @@
 It builds a small synthetic volume with a rotated, flipped, anisotropic grid and a parent
 transform, makes a tiny bundle whose output head is rigged to predict label 2 everywhere (so the
 expected result is known exactly without training), segments it through the real engine
-process, and checks segment names, colours, terminology, geometry, transform and subject
-hierarchy placement. A second test cancels a run and checks nothing is left behind.
+process with Show uncertainty, and checks segment names, colours, terminology, geometry, transform
+and subject hierarchy placement, and the uncertainty map's (confident everywhere: no unsure region).
+A second test cancels a run and checks nothing is left behind.
 """
 from __future__ import annotations
 
@@ -38,6 +39,16 @@ def matrixAsArray(matrix) -> np.ndarray:
     return np.array([[matrix.GetElement(r, c) for c in range(4)] for r in range(4)])
 
 
+def gridCorners(volumeNode) -> set:
+    """The RAS points (0.001 mm) of a volume's eight corner voxels, whatever the voxel order."""
+    matrix = vtk.vtkMatrix4x4()
+    volumeNode.GetIJKToRASMatrix(matrix)
+    ijkToRAS = matrixAsArray(matrix)
+    size = volumeNode.GetImageData().GetDimensions()
+    return {tuple(np.round(ijkToRAS @ np.array([i, j, k, 1.0]), 3)[:3])
+            for i in (0, size[0] - 1) for j in (0, size[1] - 1) for k in (0, size[2] - 1)}
+
+
 class MedNeXtV2SegmentTest(ScriptedLoadableModuleTest):
     def setUp(self):
         from MedNeXtV2SegmentLib.install import InstallLogic
@@ -66,8 +77,9 @@ class MedNeXtV2SegmentTest(ScriptedLoadableModuleTest):
         transform = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLLinearTransformNode", "SelfTestTransform")
         volume.SetAndObserveTransformNodeID(transform.GetID())
         events = []
-        node = MedNeXtV2SegmentLogic().segment(volume, str(self.bundle), device="cpu", tta=False,
-                                               onProgress=events.append)
+        logic = MedNeXtV2SegmentLogic()
+        node = logic.segment(volume, str(self.bundle), device="cpu", tta=False, uncertainty=True,
+                             onProgress=events.append)
         self.assertTrue(events and events[-1].fraction <= 1.0, "no progress was reported")
 
         segmentation = node.GetSegmentation()
@@ -93,7 +105,28 @@ class MedNeXtV2SegmentTest(ScriptedLoadableModuleTest):
         shNode = slicer.vtkMRMLSubjectHierarchyNode.GetSubjectHierarchyNode(slicer.mrmlScene)
         self.assertEqual(shNode.GetItemParent(shNode.GetItemByDataNode(node)),
                          shNode.GetItemParent(shNode.GetItemByDataNode(volume)))
+        self._checkUncertainty(logic, volume, node, transform)
         self.delayDisplay("Segment test passed")
+
+    def _checkUncertainty(self, logic, volume, node, transform):
+        from MedNeXtV2SegmentLib.logic import UNCERTAINTY_COLOR_NODE_ID
+
+        shNode = slicer.vtkMRMLSubjectHierarchyNode.GetSubjectHierarchyNode(slicer.mrmlScene)
+        children = vtk.vtkIdList()
+        shNode.GetItemChildren(shNode.GetItemByDataNode(node), children)
+        maps = [shNode.GetItemDataNode(children.GetId(i)) for i in range(children.GetNumberOfIds())]
+        self.assertEqual([m.GetName() for m in maps], [f"{node.GetName()} uncertainty"])
+        uncertainty = maps[0]
+        self.assertEqual(uncertainty.GetDisplayNode().GetColorNodeID(), UNCERTAINTY_COLOR_NODE_ID)
+        self.assertEqual(uncertainty.GetTransformNodeID(), transform.GetID())
+        self.assertIsNone(uncertainty.GetStorageNode())
+        # Same grid in the world; Slicer's file reader may number a left-handed grid's slices the
+        # other way round (a flipped k axis), so the grid's corner points are compared, not matrices.
+        self.assertEqual(gridCorners(uncertainty), gridCorners(volume))
+        values = slicer.util.arrayFromVolume(uncertainty)
+        self.assertEqual(values.shape, slicer.util.arrayFromVolume(volume).shape)
+        self.assertLess(float(values.max()), 0.01, "the rigged model is sure everywhere")
+        self.assertEqual(logic.unsureRegionTour(uncertainty).regions, [])
 
     @staticmethod
     def _terminology(segment) -> str:
