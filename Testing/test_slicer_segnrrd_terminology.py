@@ -1,10 +1,13 @@
 """The engine's .seg.nrrd, read by Slicer's own reader (slicer-core's vtkMRMLSegmentationStorageNode):
 each segment keeps the bundle's name, colour and label value, and carries its standard terminology,
-which Slicer's Terminologies logic resolves to the coded names (issue 12, section 3).
+which Slicer's Terminologies logic resolves to the coded names; and with a map computed, each
+segment's mean confidence as the segment tag `MedNeXtV2.MeanConfidence`.
 
 Checked against Slicer's source: Libs/MRML/Core/vtkMRMLSegmentationStorageNode.cxx reads
 `Segment<i>_Tags` as `key:value|...` and Modules/Loadable/Terminologies/Logic/
-vtkSlicerTerminologiesModuleLogic.cxx (SerializeTerminologyEntry) defines the value's format.
+vtkSlicerTerminologiesModuleLogic.cxx (SerializeTerminologyEntry) defines the value's format;
+SetSegmentTagsFromString (v5.6.0, v5.8.0, main) splits `Segment<i>_Tags` at '|' and each item at
+its first ':' into vtkSegment::SetTag(key, value).
 """
 from __future__ import annotations
 
@@ -12,11 +15,22 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 import slicer
+import vtk
 
 import slicer_segment_paths  # noqa: F401
 from MedNeXtV2SegmentLib.tinybundle import make_tiny_bundle
-from mednextv2.bundle import load_bundle
-from mednextv2.export import write_result
+from mednextv2.bundle import Label, load_bundle
+from mednextv2.export import CONFIDENCE_TAG, write_result
+
+
+def _read_with_slicer(path):
+    """The segmentation of a .seg.nrrd as Slicer's own storage node reads it."""
+    scene = slicer.vtkMRMLScene()
+    node = scene.AddNewNodeByClass("vtkMRMLSegmentationNode")
+    storage = scene.AddNewNodeByClass("vtkMRMLSegmentationStorageNode")
+    storage.SetFileName(str(path))
+    assert storage.ReadData(node)
+    return node.GetSegmentation()
 
 
 def test_segments_open_in_slicer_with_names_colours_and_standard_terminology(tmp_path, data_dir):
@@ -28,12 +42,7 @@ def test_segments_open_in_slicer_with_names_colours_and_standard_terminology(tmp
     labelmap.CopyInformation(scan)
     path = write_result(labelmap, bundle.labels, tmp_path / "result.seg.nrrd")
 
-    scene = slicer.vtkMRMLScene()
-    node = scene.AddNewNodeByClass("vtkMRMLSegmentationNode")
-    storage = scene.AddNewNodeByClass("vtkMRMLSegmentationStorageNode")
-    storage.SetFileName(str(path))
-    assert storage.ReadData(node)
-    segmentation = node.GetSegmentation()
+    segmentation = _read_with_slicer(path)
     terminologies = slicer.vtkSlicerTerminologiesModuleLogic()
     assert segmentation.GetNumberOfSegments() == len(bundle.labels) == 2
     for i, label in enumerate(sorted(bundle.labels, key=lambda l: l.value)):
@@ -48,3 +57,26 @@ def test_segments_open_in_slicer_with_names_colours_and_standard_terminology(tmp
                                                 (entry.GetTypeObject(), label.terminology["type"])):
             assert (coded.GetCodingSchemeDesignator(), coded.GetCodeValue(), coded.GetCodeMeaning()) == (
                 scheme, value, meaning)
+
+
+def test_slicer_reads_each_segments_mean_confidence_tag(tmp_path, data_dir):
+    scan = sitk.ReadImage(str(data_dir / "mr-breast" / "breast1_image.nrrd"))
+    array = sitk.GetArrayFromImage(scan)
+    labelmap = sitk.GetImageFromArray((array > np.percentile(array, 80)).astype(np.uint8))
+    labelmap.CopyInformation(scan)
+    labels = [Label(1, "bright", (255, 0, 0)), Label(2, "absent", (0, 255, 0))]
+    path = write_result(labelmap, labels, tmp_path / "result.seg.nrrd", confidence={1: 0.91234, 2: None})
+
+    segmentation = _read_with_slicer(path)
+    bright = segmentation.GetSegment(segmentation.GetSegmentIdBySegmentName("bright"))
+    absent = segmentation.GetSegment(segmentation.GetSegmentIdBySegmentName("absent"))
+    assert bright.HasTag(CONFIDENCE_TAG)
+    assert float(_tag(bright, CONFIDENCE_TAG)) == pytest.approx(0.9123, abs=1e-9)
+    assert not absent.HasTag(CONFIDENCE_TAG)  # an empty segment has no confidence
+    assert _tag(bright, "Segmentation.Status") == "completed"
+
+
+def _tag(segment, key: str) -> str:
+    value = vtk.reference("")
+    assert segment.GetTag(key, value)
+    return str(value)

@@ -21,7 +21,7 @@ import torch
 
 from mednextv2.errors import InputError
 from mednextv2.network import MedNeXt, MedNeXtConfig
-from mednextv2.network.official import _KEY
+from mednextv2.network.official import _KEY, named_tensors
 
 log = logging.getLogger(__name__)
 
@@ -35,7 +35,6 @@ _COMPILED = "_orig_mod."  # torch.compile's wrapper, inside the Lightning module
 _IGNORED = ("dummy_tensor",)  # Yucca's checkpointing workaround; carries no weights
 # AMAES's two published encoders (their mednext_m3 / mednext_l3): block counts, expansion ratios
 VARIANTS = {"MedNeXt-M": ((3, 4, 4, 4, 4), (2, 3, 4, 4, 4)), "MedNeXt-L": ((3, 4, 8, 8, 8), (3, 4, 8, 8, 8))}
-MAX_KEYS = 20_000
 
 
 @dataclass(frozen=True)
@@ -87,17 +86,12 @@ def _load(path: Path):
 
 def _flat_state(obj, path: Path) -> Dict[str, torch.Tensor]:
     """The flat state dict, from itself or a Lightning checkpoint's `state_dict`; `_orig_mod.` removed."""
-    if isinstance(obj, Mapping) and isinstance(obj.get("state_dict"), Mapping):
-        obj = obj["state_dict"]
-    if not isinstance(obj, Mapping) or not obj:
-        raise InputError(f"--base {path}: not an AMAES checkpoint: expected a state dict of named tensors "
-                         f"(or a Lightning checkpoint with one under 'state_dict'), got {type(obj).__name__}")
-    if len(obj) > MAX_KEYS:
-        raise InputError(f"--base {path}: not an AMAES checkpoint: {len(obj)} entries, more than any MedNeXt has")
+    try:
+        obj = named_tensors(obj, "an AMAES checkpoint", ("state_dict",))
+    except ValueError as e:
+        raise InputError(f"--base {path}: {e}") from e
     out = {}
     for key, value in obj.items():
-        if not isinstance(key, str) or not torch.is_tensor(value):
-            raise InputError(f"--base {path}: not an AMAES checkpoint: entry {str(key)[:80]!r} is not a named tensor")
         name = key[len(_COMPILED):] if key.startswith(_COMPILED) else key
         out[name.replace("." + _COMPILED, ".")] = value
     return out

@@ -23,11 +23,10 @@ import torch
 
 from mednextv2.errors import InputError
 from mednextv2.network.config import MedNeXtConfig
+from mednextv2.network.official import named_tensors, strip_prefixes
 
 LEVELS = 4  # the official MedNeXt has four resolution levels below the bottleneck
-_PREFIXES = ("module.", "_orig_mod.")
 _WRAPPERS = ("state_dict", "model", "network", "network_weights", "model_state_dict")
-MAX_KEYS = 20_000
 _BLOCK_PART = r"(conv[123]|norm|res_conv)\.(weight|bias)|(?:global_resp|grn)_(gamma|beta)"
 _KEY = re.compile(r"(stem|out_0\.conv_out|out_blocks\.\d+\.conv_out)\.(weight|bias)\Z"
                   rf"|(enc_stages|dec_stages)\.\d+\.\d+\.(?:{_BLOCK_PART})\Z"
@@ -92,26 +91,13 @@ class MonaiNetworkArgs:
 def monai_tensors(obj: Any, where: str) -> Dict[str, torch.Tensor]:
     """The tensors of a MONAI state dict (or a checkpoint dict holding one), prefixes removed and
     GRN parameters under their later name `grn_*`."""
-    if isinstance(obj, Mapping):
-        for key in _WRAPPERS:
-            if isinstance(obj.get(key), Mapping) and not torch.is_tensor(obj.get(key)):
-                obj = obj[key]
-                break
-    if not isinstance(obj, Mapping) or not obj:
-        raise InputError(f"{where}: not a MONAI MedNeXt state dict (expected a dict of named tensors, or a "
-                         f"checkpoint dict holding one under {', '.join(_WRAPPERS)})")
-    if len(obj) > MAX_KEYS:
-        raise InputError(f"{where}: {len(obj)} entries, more than the {MAX_KEYS} any MedNeXt has")
+    try:
+        obj = named_tensors(obj, "a MONAI MedNeXt state dict", _WRAPPERS)
+    except ValueError as e:
+        raise InputError(f"{where}: {e}") from e
     out = {}
     for key, value in obj.items():
-        if not isinstance(key, str) or not torch.is_tensor(value):
-            raise InputError(f"{where}: entry {str(key)[:80]!r} is not a named tensor")
-        stripped = True
-        while stripped:
-            stripped = False
-            for prefix in _PREFIXES:
-                if key.startswith(prefix):
-                    key, stripped = key[len(prefix):], True
+        key = strip_prefixes(key)
         if not _KEY.match(key):
             hint = (" (this looks like an official/nnU-Net MedNeXt: import it without --from monai)"
                     if key.startswith(("enc_block_", "dec_block_", "down_", "up_")) else "")

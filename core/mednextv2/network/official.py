@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import re
-from typing import Dict, Mapping
+from typing import Dict, Mapping, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -18,28 +18,43 @@ _KEY = re.compile(r"(stem|out_[0-4]\.conv_out|(?:(?:enc_block_[0-3]|bottleneck|d
 MAX_KEYS = 20_000  # a v2-width2 network has ~600 tensors; block counts in the thousands are not a MedNeXt
 
 
-def _tensor_dict(obj) -> Dict[str, torch.Tensor]:
-    """The state dict inside a raw state dict or an nnU-Net v1 / v2 checkpoint dict, prefixes removed."""
+def named_tensors(obj, what: str, wrappers: Sequence[str] = ()) -> Mapping[str, torch.Tensor]:
+    """`obj`, or the mapping under its first of `wrappers` keys, checked to be a non-empty state
+    dict of at most MAX_KEYS named tensors; ValueError "not WHAT: ..." otherwise. Every reader of a
+    foreign checkpoint (official, MONAI, AMAES) checks its file's shape here."""
     if isinstance(obj, Mapping):
-        for key in ("network_weights", "state_dict"):
-            if key in obj and isinstance(obj[key], Mapping):
+        for key in wrappers:
+            if isinstance(obj.get(key), Mapping):
                 obj = obj[key]
                 break
     if not isinstance(obj, Mapping) or not obj:
-        raise ValueError("not a MedNeXt checkpoint: expected a state dict, or a checkpoint dict with "
-                         f"'network_weights' (nnU-Net v2) or 'state_dict' (nnU-Net v1), got {type(obj).__name__}")
+        held = f" (or a checkpoint dict holding one under {', '.join(repr(w) for w in wrappers)})" if wrappers else ""
+        raise ValueError(f"not {what}: expected a state dict of named tensors{held}, got {type(obj).__name__}")
     if len(obj) > MAX_KEYS:
-        raise ValueError(f"not a MedNeXt checkpoint: {len(obj)} entries, more than the {MAX_KEYS} any MedNeXt has")
-    out = {}
+        raise ValueError(f"not {what}: {len(obj)} entries, more than the {MAX_KEYS} any MedNeXt has")
     for key, value in obj.items():
         if not isinstance(key, str) or not torch.is_tensor(value):
-            raise ValueError(f"not a MedNeXt checkpoint: entry {key!r} is not a named tensor")
-        changed = True
-        while changed:
-            changed = False
-            for prefix in _PREFIXES:
-                if key.startswith(prefix):
-                    key, changed = key[len(prefix):], True
+            raise ValueError(f"not {what}: entry {str(key)[:80]!r} is not a named tensor")
+    return obj
+
+
+def strip_prefixes(key: str, prefixes: Sequence[str] = _PREFIXES) -> str:
+    """`key` without any of the wrapper prefixes (DataParallel's `module.`, torch.compile's `_orig_mod.`), repeated."""
+    changed = True
+    while changed:
+        changed = False
+        for prefix in prefixes:
+            if key.startswith(prefix):
+                key, changed = key[len(prefix):], True
+    return key
+
+
+def _tensor_dict(obj) -> Dict[str, torch.Tensor]:
+    """The state dict inside a raw state dict or an nnU-Net v1 / v2 checkpoint dict, prefixes removed."""
+    obj = named_tensors(obj, "a MedNeXt checkpoint", ("network_weights", "state_dict"))
+    out = {}
+    for key, value in obj.items():
+        key = strip_prefixes(key)
         if key in _IGNORED:
             continue
         if not _KEY.match(key):
