@@ -23,7 +23,7 @@ import torch
 
 from mednextv2.errors import InputError
 from mednextv2.network.config import MedNeXtConfig
-from mednextv2.network.official import named_tensors, strip_prefixes
+from mednextv2.network.official import named_tensors, state_dict_differences, strip_prefixes
 
 LEVELS = 4  # the official MedNeXt has four resolution levels below the bottleneck
 _WRAPPERS = ("state_dict", "model", "network", "network_weights", "model_state_dict")
@@ -213,9 +213,7 @@ def to_official(sd: Mapping[str, torch.Tensor], args: MonaiNetworkArgs, where: s
                 out[key] = torch.zeros(1, hidden, 1, 1, 1)
     with torch.device("meta"):
         expected = MedNeXt(config).state_dict()
-    missing = sorted(set(expected) - set(out))
-    unexpected = sorted(set(out) - set(expected))
-    wrong = sorted(k for k in set(expected) & set(out) if tuple(expected[k].shape) != tuple(out[k].shape))
+    missing, unexpected, wrong = state_dict_differences(expected, out)
     if missing or unexpected or wrong:
         parts = []
         if missing:

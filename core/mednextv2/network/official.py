@@ -101,11 +101,17 @@ def config_from_state_dict(obj) -> MedNeXtConfig:
                          residual="down_0.res_conv.weight" in sd)
 
 
+def state_dict_differences(expected: Mapping[str, torch.Tensor], given: Mapping[str, torch.Tensor]):
+    """The keys `given` lacks, the keys it has beyond `expected`, and the keys of another shape (sorted)."""
+    missing = sorted(set(expected) - set(given))
+    unexpected = sorted(set(given) - set(expected))
+    wrong = sorted(k for k in set(expected) & set(given) if tuple(expected[k].shape) != tuple(given[k].shape))
+    return missing, unexpected, wrong
+
+
 def _load_exact(model: MedNeXt, sd: Mapping[str, torch.Tensor]) -> None:
     own = model.state_dict()
-    missing = sorted(set(own) - set(sd))
-    unexpected = sorted(set(sd) - set(own))
-    wrong = sorted(k for k in set(own) & set(sd) if own[k].shape != sd[k].shape)
+    missing, unexpected, wrong = state_dict_differences(own, sd)
     if missing or unexpected or wrong:
         parts = []
         if missing:
