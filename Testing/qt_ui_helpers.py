@@ -209,8 +209,11 @@ def fill_previews(root: QtWidgets.QWidget, previews: Mapping[str, object]) -> No
                 item.setFlags(item.flags() | QtCore.Qt.ItemIsUserCheckable)
                 item.setCheckState(QtCore.Qt.Checked)
                 w.addItem(item)
-        elif isinstance(w, QtWidgets.QAbstractButton) and isinstance(value, bool):  # a check box's state
-            w.setChecked(value)
+        elif isinstance(w, QtWidgets.QAbstractButton) and isinstance(value, bool):
+            if w.isCheckable():  # a check box's state
+                w.setChecked(value)
+            else:  # a push button the code enables after a run
+                w.setEnabled(value)
         elif isinstance(w, QtWidgets.QTableWidget):  # (header, rows of cell texts)
             header, rows = value
             w.setColumnCount(len(header))

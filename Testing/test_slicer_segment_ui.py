@@ -71,6 +71,8 @@ def real_preview(work: Path) -> dict:
         "progressBar": (100, done),
         "statusLabel": done,
         "statisticsTable": (header(), [row.cells() for row in rows]),
+        "copyStatisticsButton": bool(rows),  # as showResultDetails leaves it
+        "improveModelButton": True,  # updateButtons: a result to improve exists
         "unsureRegionLabel": summary(len(tour.regions), tour.remaining(), tour.threshold),
     }
 
