@@ -9,7 +9,7 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from .config import MedNeXtConfig
-from .layers import MedNeXtBlock, OutBlock
+from .layers import MedNeXtBlock, OutBlock, pointwise_conv_to_channels_last
 
 log = logging.getLogger(__name__)
 
@@ -99,7 +99,10 @@ class MedNeXt(nn.Module):
     def forward(self, x: torch.Tensor) -> Union[torch.Tensor, List[torch.Tensor]]:
         self.check_input(x)
         channels_last = self.channels_last if self.channels_last is not None else x.device.type == "cpu"
-        x = self.stem(x)
+        if channels_last and x.device.type == "cpu" and x.dtype == torch.float32 and not torch.is_grad_enabled():
+            x = pointwise_conv_to_channels_last(x, self.stem)
+        else:
+            x = self.stem(x)
         if channels_last:
             # After the stem: with one input channel both layouts look alike and conv keeps the default.
             x = x.contiguous(memory_format=torch.channels_last_3d)
