@@ -325,7 +325,7 @@ class MedNeXtBlock(nn.Module):
             return transposed_depthwise_k3s2(x, conv.weight, conv.bias)
         return conv(x)
 
-    def _forward_inference(self, x: torch.Tensor, inplace: bool) -> torch.Tensor:
+    def _forward_inference(self, x: torch.Tensor, inplace: bool, skip: Optional[torch.Tensor]) -> torch.Tensor:
         h = self._depthwise(x).contiguous(memory_format=torch.channels_last_3d)
         if not self.residual:  # the MLP's output is accumulated into `out`: start from zero
             out = torch.empty((x.shape[0], self.conv3.out_channels) + tuple(h.shape[2:]), dtype=h.dtype,
@@ -343,23 +343,31 @@ class MedNeXtBlock(nn.Module):
         else:
             for i in range(x.shape[0]):
                 self._mlp_into(h[i:i + 1], out[i:i + 1])
+        if skip is not None and inplace and skip.shape == (out.shape[0], out.shape[1]) + tuple(s + 1 for s in out.shape[2:]):
+            # The padded voxels are zero: the sum is the skip plus `out` on its interior, added where
+            # the skip lies, so no padded copy and no fresh sum are written (each a page-faulting buffer).
+            skip[:, :, 1:, 1:, 1:] += out
+            return skip
         if self.resample == "up":
             out = pad_start(out)
-        return out
+        return out if skip is None else out + skip
 
-    def forward(self, x: torch.Tensor, inplace: bool = False) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, inplace: bool = False, skip: Optional[torch.Tensor] = None) -> torch.Tensor:
         """`inplace=True`: the caller gives `x` up, and a same-resolution block may write its output
-        there (the CPU inference path does; MedNeXt passes it inside a stage)."""
+        there (the CPU inference path does; MedNeXt passes it inside a stage). `skip`: a tensor of
+        the output's shape added to the output; with `inplace=True` an up block on the CPU
+        inference path may add its output into `skip` and return it (MedNeXt's decoder does)."""
         if x.device.type == "cpu" and x.dtype == torch.float32 and not torch.is_grad_enabled():
-            return self._forward_inference(x, inplace)
+            return self._forward_inference(x, inplace, skip)
         h = self.act(self.conv2(group_norm(self.conv1(x), self.norm)))
         h = self._compress(h)
         if self.resample is None:
-            return x + h if self.residual else h
+            out = x + h if self.residual else h
+            return out if skip is None else out + skip
         out = h + self.res_conv(x) if self.residual else h
         if self.resample == "up":
             out = pad_start(out)
-        return out
+        return out if skip is None else out + skip
 
 
 def pointwise_conv_to_channels_last(x: torch.Tensor, conv: nn.Conv3d) -> torch.Tensor:

@@ -115,7 +115,8 @@ class MedNeXt(nn.Module):
         # Heads run as soon as their level is done, so no decoder output is held longer than needed.
         coarse = [self.out_4(x)] if self.deep_supervision else []
         for level in (3, 2, 1, 0):
-            x = getattr(self, f"up_{level}")(x) + skips.pop()
+            # The skip is this forward's own tensor and used only here: the up block may add into it.
+            x = getattr(self, f"up_{level}")(x, inplace=True, skip=skips.pop())
             x = self._run_stage(f"dec_block_{level}", x)
             if level and self.deep_supervision:
                 coarse.append(getattr(self, f"out_{level}")(x))
