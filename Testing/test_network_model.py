@@ -242,6 +242,28 @@ def test_blocks_leave_their_input_alone_unless_told():
     assert torch.equal(image, kept)
 
 
+def test_up_block_adds_its_output_into_the_skip_only_when_told():
+    """up(x, skip=s) is up(x) + s on every path; only with inplace=True may the sum land in s itself."""
+    from mednextv2.network.layers import MedNeXtBlock
+
+    block = randomise(MedNeXtBlock(16, 8, 2, 3, grn=True, resample="up")).eval()
+    g = torch.Generator().manual_seed(5)
+    x = torch.randn(2, 16, 8, 8, 8, generator=g).contiguous(memory_format=torch.channels_last_3d)
+    skip = torch.randn(2, 8, 16, 16, 16, generator=g).contiguous(memory_format=torch.channels_last_3d)
+    before = skip.clone()
+    with torch.inference_mode():
+        expected = block(x) + skip
+        assert torch.equal(block(x, skip=skip), expected)
+        assert torch.equal(skip, before)
+        summed = block(x, inplace=True, skip=skip)
+    assert summed.data_ptr() == skip.data_ptr()
+    assert torch.equal(summed, expected)
+    kept = before.clone()
+    with torch.enable_grad():  # the autograd path never writes into the skip
+        outputs_close(block(x, inplace=True, skip=before).detach(), expected)
+    assert torch.equal(before, kept)
+
+
 def test_fused_kernels_fall_back_when_onednn_refuses(monkeypatch):
     """A torch build whose oneDNN lacks the fused ops (or has no CPU kernel for them) uses addmm."""
     from mednextv2.network import cpu_kernels

@@ -107,9 +107,9 @@ def child(core: str, bundle: str, image: str, output: str, tta: bool) -> dict:
     grid = []
     original = seg.predictor.predict
 
-    def predict(data):
+    def predict(data, **options):  # newer engines pass their stitching sink
         grid.append(int(np.prod(np.shape(data)[1:])))
-        return original(data)
+        return original(data, **options)
 
     seg.predictor.predict = predict
     load = os.getloadavg()[0]

@@ -15,8 +15,11 @@ Exact rewrites that make the blocks fast on the CPU (see Testing/benchmarks/benc
 - The per-channel sums of squares (the norm's variance, GRN's L2 norms) are GEMVs over squares
   in one chunk-sized scratch (ColumnSquares), not reductions over the wide tensor.
 - A batch of small samples (the sliding window's 32^3 tiles and their mirrored copies) runs each
-  step of the norm/MLP/GRN part once for the whole batch (per-sample statistics as one op, one
-  expansion GEMM, one batched compression); large samples run one by one in chunks.
+  step of the norm/MLP/GRN part once per group of samples whose expansion fits a few MiB
+  (per-sample statistics as one op, one expansion GEMM, one batched compression); large samples
+  run one by one in chunks.
+- The stem (1x1x1, few input channels) is one addcmul/GEMM written channels-last, and an up block
+  adds its output into the decoder's skip in place (the zero padding needs no copy).
 - The up block's transposed convs are rewritten without the inserted zeros (polyphase depthwise
   convs, and a 1x1x1 conv plus a strided copy for the residual).
 """
@@ -38,6 +41,11 @@ SQUARES_PARTIAL_FLOATS = 16384  # ColumnSquares' partial sums: 64 KiB, within L2
 # Samples smaller than this (voxels) share each op of a block's MLP (_mlp_into_batch); larger ones
 # run one by one in cache-sized chunks, which measured faster for them.
 BATCH_MLP_VOXELS = CHUNK_VOXELS
+# ...in groups whose expansion stays within this: fresh buffers of tens of MiB cost page faults and
+# DRAM traffic. At 16 x 32^3 tiles, groups of ~2-3 MiB ran v2-tiny's 1/2-resolution up block 2x
+# faster than the whole batch (20 MiB) and v2-base's 1/2-1/4 levels 1.3-2x faster per sample
+# than batched (their samples are over this alone).
+BATCH_MLP_BYTES = 3 << 20
 KEEP_EXPANSION_BYTES = 256 << 20  # keeping the expansion beat recomputing it by 3-25% at 64^3 (bench_network); above this, memory wins
 
 
@@ -280,7 +288,7 @@ class MedNeXtBlock(nn.Module):
         The per-sample norm scales h in place (h is the depthwise conv's output, narrow), so one
         expansion GEMM serves all samples; GRN's per-sample scale goes into the compression's
         weights, one batched GEMM. The caller sends only small samples whose expansions fit
-        KEEP_EXPANSION_BYTES together: it is kept whole.
+        BATCH_MLP_BYTES together: it is kept whole.
         """
         n, c_in = h.shape[:2]
         c_out = out.shape[1]
@@ -325,7 +333,7 @@ class MedNeXtBlock(nn.Module):
             return transposed_depthwise_k3s2(x, conv.weight, conv.bias)
         return conv(x)
 
-    def _forward_inference(self, x: torch.Tensor, inplace: bool) -> torch.Tensor:
+    def _forward_inference(self, x: torch.Tensor, inplace: bool, skip: Optional[torch.Tensor]) -> torch.Tensor:
         h = self._depthwise(x).contiguous(memory_format=torch.channels_last_3d)
         if not self.residual:  # the MLP's output is accumulated into `out`: start from zero
             out = torch.empty((x.shape[0], self.conv3.out_channels) + tuple(h.shape[2:]), dtype=h.dtype,
@@ -337,29 +345,59 @@ class MedNeXtBlock(nn.Module):
         else:
             out = self._upsample_residual(x)
         out = out.contiguous(memory_format=torch.channels_last_3d)
-        expansion_bytes = 4 * h.numel() // h.shape[1] * self.conv2.out_channels  # the whole batch's
-        if x.shape[0] > 1 and h[0, 0].numel() < BATCH_MLP_VOXELS and expansion_bytes <= KEEP_EXPANSION_BYTES:
-            self._mlp_into_batch(h, out)
+        n = x.shape[0]
+        sample_bytes = 4 * h[0, 0].numel() * self.conv2.out_channels  # one sample's expansion
+        group = min(n, BATCH_MLP_BYTES // sample_bytes)
+        if group > 1 and h[0, 0].numel() < BATCH_MLP_VOXELS:
+            count = -(-n // group)  # groups of near-equal size
+            bounds = [round(i * n / count) for i in range(count + 1)]
+            for start, stop in zip(bounds, bounds[1:]):
+                self._mlp_into_batch(h[start:stop], out[start:stop])
         else:
             for i in range(x.shape[0]):
                 self._mlp_into(h[i:i + 1], out[i:i + 1])
+        if skip is not None and inplace and skip.shape == (out.shape[0], out.shape[1]) + tuple(s + 1 for s in out.shape[2:]):
+            # The padded voxels are zero: the sum is the skip plus `out` on its interior, added where
+            # the skip lies, so no padded copy and no fresh sum are written (each a page-faulting buffer).
+            skip[:, :, 1:, 1:, 1:] += out
+            return skip
         if self.resample == "up":
             out = pad_start(out)
-        return out
+        return out if skip is None else out + skip
 
-    def forward(self, x: torch.Tensor, inplace: bool = False) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, inplace: bool = False, skip: Optional[torch.Tensor] = None) -> torch.Tensor:
         """`inplace=True`: the caller gives `x` up, and a same-resolution block may write its output
-        there (the CPU inference path does; MedNeXt passes it inside a stage)."""
+        there (the CPU inference path does; MedNeXt passes it inside a stage). `skip`: a tensor of
+        the output's shape added to the output; with `inplace=True` an up block on the CPU
+        inference path may add its output into `skip` and return it (MedNeXt's decoder does)."""
         if x.device.type == "cpu" and x.dtype == torch.float32 and not torch.is_grad_enabled():
-            return self._forward_inference(x, inplace)
+            return self._forward_inference(x, inplace, skip)
         h = self.act(self.conv2(group_norm(self.conv1(x), self.norm)))
         h = self._compress(h)
         if self.resample is None:
-            return x + h if self.residual else h
+            out = x + h if self.residual else h
+            return out if skip is None else out + skip
         out = h + self.res_conv(x) if self.residual else h
         if self.resample == "up":
             out = pad_start(out)
-        return out
+        return out if skip is None else out + skip
+
+
+def pointwise_conv_to_channels_last(x: torch.Tensor, conv: nn.Conv3d) -> torch.Tensor:
+    """conv(x) for a 1x1x1 conv with few input channels (the stem), returned in channels-last memory.
+
+    With one input channel oneDNN's conv is a slow path and its output needs a layout copy after it:
+    together ~20x slower on the CPU than one addcmul (several input channels: one GEMM) written
+    straight into the (voxels, channels) rows of a channels-last tensor.
+    """
+    n, c, d, h, w = x.shape
+    rows = x.permute(0, 2, 3, 4, 1).reshape(-1, c)
+    weight = conv.weight.view(conv.out_channels, c)
+    if c == 1:
+        out = torch.addcmul(conv.bias, rows, weight.view(1, -1))
+    else:
+        out = torch.addmm(conv.bias, rows, weight.t())
+    return out.view(n, d, h, w, conv.out_channels).permute(0, 4, 1, 2, 3)
 
 
 class OutBlock(nn.Module):

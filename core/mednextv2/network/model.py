@@ -9,7 +9,7 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from .config import MedNeXtConfig
-from .layers import MedNeXtBlock, OutBlock
+from .layers import MedNeXtBlock, OutBlock, pointwise_conv_to_channels_last
 
 log = logging.getLogger(__name__)
 
@@ -99,7 +99,10 @@ class MedNeXt(nn.Module):
     def forward(self, x: torch.Tensor) -> Union[torch.Tensor, List[torch.Tensor]]:
         self.check_input(x)
         channels_last = self.channels_last if self.channels_last is not None else x.device.type == "cpu"
-        x = self.stem(x)
+        if channels_last and x.device.type == "cpu" and x.dtype == torch.float32 and not torch.is_grad_enabled():
+            x = pointwise_conv_to_channels_last(x, self.stem)
+        else:
+            x = self.stem(x)
         if channels_last:
             # After the stem: with one input channel both layouts look alike and conv keeps the default.
             x = x.contiguous(memory_format=torch.channels_last_3d)
@@ -112,7 +115,8 @@ class MedNeXt(nn.Module):
         # Heads run as soon as their level is done, so no decoder output is held longer than needed.
         coarse = [self.out_4(x)] if self.deep_supervision else []
         for level in (3, 2, 1, 0):
-            x = getattr(self, f"up_{level}")(x) + skips.pop()
+            # The skip is this forward's own tensor and used only here: the up block may add into it.
+            x = getattr(self, f"up_{level}")(x, inplace=True, skip=skips.pop())
             x = self._run_stage(f"dec_block_{level}", x)
             if level and self.deep_supervision:
                 coarse.append(getattr(self, f"out_{level}")(x))
