@@ -18,7 +18,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Callable, Mapping, Optional
 
-from mednextv2.cache import FileLock
+from mednextv2.store.cache import FileLock
 
 REPO = Path(__file__).resolve().parents[1]
 DATA_ENV, FIXTURES_ENV = "MEDNEXTV2_DATA", "MEDNEXTV2_FIXTURES"

@@ -16,9 +16,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from mednextv2.amaes import AmaesEncoder, describe, is_checkpoint_file, load_encoder, read_amaes
 from mednextv2.errors import InputError
 from mednextv2.network import MedNeXt, MedNeXtConfig
+from mednextv2.store.amaes import AmaesEncoder, describe, is_checkpoint_file, load_encoder, read_amaes
 from segment_fixtures import one_torch_thread  # noqa: F401
 
 FIXTURES = Path(__file__).parent / "fixtures" / "amaes-mednext"
@@ -68,14 +68,14 @@ def test_every_encoder_key_is_mapped_and_the_rec_head_is_ignored_and_logged(capl
     encoder_keys = {k[len("model.encoder."):] for k in raw if k.startswith("model.encoder.")}
     rec_head = [k for k in raw if k.startswith("model.rec_head.")]
     assert encoder_keys and rec_head and len(encoder_keys) + len(rec_head) == len(raw)
-    with caplog.at_level(logging.INFO, logger="mednextv2.amaes"):
+    with caplog.at_level(logging.INFO, logger="mednextv2.store.amaes"):
         encoder = read_amaes(FIXTURES / "amaes_small.pth")
     assert set(encoder.state) == encoder_keys and encoder.ignored == len(rec_head)
     assert f"{len(rec_head)} tensors of the pretraining's reconstruction head are not used" in caplog.text
     model = MedNeXt(encoder.network_config(n_classes=2))
     before = {k: v.clone() for k, v in model.state_dict().items()}
     caplog.clear()
-    with caplog.at_level(logging.INFO, logger="mednextv2.amaes"):
+    with caplog.at_level(logging.INFO, logger="mednextv2.store.amaes"):
         load_encoder(model, encoder)
     after = model.state_dict()
     for key in encoder_keys:

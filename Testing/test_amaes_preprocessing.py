@@ -8,7 +8,8 @@ import SimpleITK as sitk
 import torch
 
 from mednextv2.bundle import Normalization, PreprocessingPlan
-from mednextv2.preprocessing import normalize_channel, preprocess, to_input_grid
+from mednextv2.inference.finishing import to_input_grid
+from mednextv2.inference.preprocessing import normalize_channel, preprocess
 from mednextv2.train.planning import AMAES_NORMALIZATION
 
 NONE = (Normalization("none"),)

@@ -18,16 +18,16 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 import torch
-
-from mednextv2.bundle import Bundle, Label, foreign_entries, load_bundle
-from mednextv2.cache import ModelCache
-from mednextv2.cli import main
-from mednextv2.errors import InputError
-from mednextv2.export import write_seg_nrrd
-from mednextv2.network import MedNeXt
-from segment_fixtures import bundle_spec, make_image, threshold_bundle, tiny_config
 from test_import_nnunet import home  # noqa: F401  (autouse: a fresh model cache per test)
 from test_train_promise import _hashes, _train, dataset  # noqa: F401
+
+from mednextv2.bundle import Bundle, Label, foreign_entries, load_bundle
+from mednextv2.cli import main
+from mednextv2.errors import InputError
+from mednextv2.inference.export import write_seg_nrrd
+from mednextv2.network import MedNeXt
+from mednextv2.store.cache import ModelCache
+from segment_fixtures import bundle_spec, make_image, threshold_bundle, tiny_config
 
 REPO = Path(__file__).resolve().parents[1]
 HOSTILE_NAMES = ["metal\nSegment0_LabelValue:=2", "tumour\ndata file: ../secret.txt", "blank\n\nline",
@@ -345,7 +345,7 @@ def test_a_damaged_safetensors_entry_in_a_zip_is_refused_by_name(tmp_path, damag
 
 
 def test_segment_finds_a_bundle_folder_whose_swap_a_killed_run_left(tmp_path, caplog):
-    from mednextv2.catalog import resolve_model
+    from mednextv2.store.catalog import resolve_model
 
     target = threshold_bundle(thresholds_hu=(100.0,)).save(tmp_path / "model")
     _killed_at("in", "model", "save", target, 500.0)

@@ -12,18 +12,18 @@ from pathlib import Path
 import pytest
 import SimpleITK as sitk
 import torch
+from test_import_nnunet import home  # noqa: F401  (autouse: a fresh model cache per test)
+from test_train_parts import breast_dataset  # noqa: F401
 
 from mednextv2 import atomic
 from mednextv2.bundle import load_bundle
-from mednextv2.catalog import parse_catalog
 from mednextv2.cli import main
 from mednextv2.errors import InputError
-from mednextv2.importer import import_model
+from mednextv2.store.catalog import parse_catalog
+from mednextv2.store.importer import import_model
 from mednextv2.train import checkpoint
 from http_test_server import catalog_entry, catalog_json
 from segment_fixtures import threshold_bundle
-from test_import_nnunet import home  # noqa: F401  (autouse: a fresh model cache per test)
-from test_train_parts import breast_dataset  # noqa: F401
 
 
 @pytest.fixture(scope="module")

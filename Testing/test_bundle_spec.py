@@ -10,20 +10,21 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors.torch import load_file
+from test_import_nnunet import CASE, dataset_json, write_results
 
-import slicer_segment_paths  # noqa: F401
-from MedNeXtV2SegmentLib.tinybundle import tiny_bundle
 from mednextv2.bundle import (Bundle, BundleSpec, Channel, InferenceDefaults, Label, NetworkSpec, Normalization,
-                              PreprocessingPlan, Provenance, Resampling, ResampleOrder, load_bundle)
+                              PreprocessingPlan, Provenance, ResampleOrder, Resampling, load_bundle)
 from mednextv2.bundle_spec import REDACTED, strip_absolute_paths
 from mednextv2.errors import InputError
-from mednextv2.importer import convert_nnunet
 from mednextv2.network import MedNeXt, MedNeXtConfig
+from mednextv2.schema import MODEL_ID_PATTERN, load_schema, schema_errors
+from mednextv2.store.importer import convert_nnunet
 from mednextv2.train.output import bundle_id, bundle_spec, write_bundle
 from mednextv2.train.planning import LabelSpec, Plan, plan_from_base
-from mednextv2.validation import MODEL_ID_PATTERN, load_schema, schema_errors
-from segment_fixtures import bundle_spec as fixture_spec, threshold_bundle, tiny_config
-from test_import_nnunet import CASE, dataset_json, write_results
+import slicer_segment_paths  # noqa: F401
+from MedNeXtV2SegmentLib.tinybundle import tiny_bundle
+from segment_fixtures import bundle_spec as fixture_spec
+from segment_fixtures import threshold_bundle, tiny_config
 
 NNUNET_RESAMPLING = Resampling(ResampleOrder(3, 0, None), ResampleOrder(1, 0, None))
 

@@ -8,13 +8,13 @@ from pathlib import Path
 
 import pytest
 
-from http_test_server import FileServer, catalog_entry, catalog_json, self_signed_tls, tiny_bundle_zip
 from mednextv2.bundle import load_bundle
-from mednextv2.cache import ModelCache, check_model_id, default_home
-from mednextv2.catalog import load_catalog, parse_catalog, resolve_model
 from mednextv2.cli import main
 from mednextv2.errors import InputError
-from mednextv2.validation import load_schema, schema_errors
+from mednextv2.schema import load_schema, schema_errors
+from mednextv2.store.cache import ModelCache, check_model_id, default_home
+from mednextv2.store.catalog import load_catalog, parse_catalog, resolve_model
+from http_test_server import FileServer, catalog_entry, catalog_json, self_signed_tls, tiny_bundle_zip
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -187,7 +187,7 @@ def test_catalog_redirect_chain_through_plain_http_is_refused_at_the_http_hop(tm
 
 
 def test_model_download_redirect_to_another_scheme_is_refused(tmp_path, tiny, monkeypatch):
-    from mednextv2.download import DownloadSettings, download_verified
+    from mednextv2.store.download import DownloadSettings, download_verified
 
     with FileServer() as server:
         server.add("/m.zip", b"", location="ftp://127.0.0.1/m.zip")

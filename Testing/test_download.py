@@ -12,12 +12,12 @@ from pathlib import Path
 
 import pytest
 
-from http_test_server import FileServer, Proxy, catalog_entry, catalog_json, self_signed_tls, tiny_bundle_zip
 from mednextv2.bundle import load_bundle
-from mednextv2.cache import ModelCache
-from mednextv2.catalog import CatalogEntry, download_model
-from mednextv2.download import ChecksumError, DownloadError, DownloadSettings, download_verified, fetch_bytes
 from mednextv2.errors import InputError, ResourceError
+from mednextv2.store.cache import ModelCache
+from mednextv2.store.catalog import CatalogEntry, download_model
+from mednextv2.store.download import ChecksumError, DownloadError, DownloadSettings, download_verified, fetch_bytes
+from http_test_server import FileServer, Proxy, catalog_entry, catalog_json, self_signed_tls, tiny_bundle_zip
 
 FAST = DownloadSettings(connect_timeout=2.0, read_timeout=2.0, retries=2, backoff=0.05, chunk_size=8192)
 PROXY_VARS = ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "NO_PROXY")
@@ -253,7 +253,7 @@ def test_only_http_urls_and_size_limits(tmp_path):
 def test_disk_full_is_reported_and_keeps_the_part(tmp_path, payload, monkeypatch):
     import collections
 
-    import mednextv2.cache as cache_module
+    import mednextv2.store.cache as cache_module
 
     usage = collections.namedtuple("usage", "total used free")
     monkeypatch.setattr(cache_module.shutil, "disk_usage", lambda p: usage(10 ** 9, 10 ** 9 - 1000, 1000))
@@ -333,7 +333,7 @@ def test_a_file_changed_between_a_cut_and_the_resume_restarts_cleanly(tmp_path, 
         changed = os.urandom(len(payload))  # a new version of the same size at the same URL
         server.add("/m.bin", changed, etag='"v2"')
         caplog.clear()
-        caplog.set_level("INFO", logger="mednextv2.download")
+        caplog.set_level("INFO", logger="mednextv2.store.download")
         out = download_verified([server.url("/m.bin")], part, sha(changed), len(changed), settings=FAST)
         log = server.requests_for("/m.bin")
     assert out.read_bytes() == changed
@@ -343,7 +343,7 @@ def test_a_file_changed_between_a_cut_and_the_resume_restarts_cleanly(tmp_path, 
 
 
 def test_a_server_that_ignores_if_range_but_sends_another_etag_starts_over(tmp_path, payload, caplog):
-    caplog.set_level("INFO", logger="mednextv2.download")
+    caplog.set_level("INFO", logger="mednextv2.store.download")
     part = tmp_path / "m.bin.part"
     part.write_bytes(os.urandom(50_000))  # bytes of an older version
     (tmp_path / "m.bin.part.validator").write_text('"old"', encoding="utf-8")
@@ -365,7 +365,7 @@ def test_a_gzip_encoded_answer_with_a_content_length_is_not_taken_for_a_portal_p
 
 
 def test_room_for_download_and_unpack_is_checked_up_front_and_a_verified_archive_is_kept(tmp_path, monkeypatch):
-    import mednextv2.cache as cache_module
+    import mednextv2.store.cache as cache_module
 
     home = tmp_path / "home"
     cache = ModelCache.open(home)
@@ -381,7 +381,7 @@ def test_room_for_download_and_unpack_is_checked_up_front_and_a_verified_archive
         assert server.requests_for("/tiny.zip") == []
         # Room runs out while unpacking (another program filled the disk): the verified archive stays ...
         monkeypatch.setattr(cache_module, "free_bytes", real_free)
-        import mednextv2.importer as importer
+        import mednextv2.store.importer as importer
 
         def full_disk(*args, **kwargs):
             raise ResourceError("not enough disk space for unpacking (test)")

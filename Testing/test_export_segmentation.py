@@ -14,8 +14,8 @@ import slicerio.segmentation
 from mednextv2.atomic import atomic_path
 from mednextv2.bundle import Label
 from mednextv2.errors import InputError
-from mednextv2.export import (label_table_path, output_kind, terminology_string, write_labelmap,
-                              write_result, write_seg_nrrd)
+from mednextv2.inference.export import (label_table_path, output_kind, terminology_string, write_labelmap, write_result,
+                                        write_seg_nrrd)
 from segment_fixtures import make_image, rotation
 
 LABELS = [

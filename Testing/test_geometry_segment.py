@@ -11,8 +11,9 @@ import pytest
 import SimpleITK as sitk
 
 from mednextv2 import segment
-from mednextv2.export import write_result
-from segment_fixtures import boundary, make_image, one_torch_thread, rotation, threshold_bundle, world_points  # noqa: F401
+from mednextv2.inference.export import write_result
+from segment_fixtures import (boundary, make_image, one_torch_thread, rotation, threshold_bundle,  # noqa: F401
+                              world_points)
 
 DIRECTIONS = {
     "axis-aligned": np.eye(3),

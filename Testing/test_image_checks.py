@@ -9,14 +9,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 import SimpleITK as sitk
+from test_segment_image_io import _write_dicom_series
 
 from mednextv2.cli import main
 from mednextv2.errors import InputError
-from mednextv2.image_io import read_image
+from mednextv2.inference.image_io import read_image
+from mednextv2.train.checks import validate_dataset
 from mednextv2.train.datasets import discover_dataset
-from mednextv2.train.validation import validate_dataset
 from segment_fixtures import threshold_bundle
-from test_segment_image_io import _write_dicom_series
 
 
 @pytest.fixture(scope="module")

@@ -11,13 +11,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 import SimpleITK as sitk
+from test_image_checks import _segment_refuses, _write, breast, model_dir  # noqa: F401
 
 from mednextv2.cli import main
 from mednextv2.errors import InputError
-from mednextv2.image_io import read_image
+from mednextv2.inference.image_io import read_image
+from mednextv2.train.checks import validate_dataset
 from mednextv2.train.datasets import discover_dataset
-from mednextv2.train.validation import validate_dataset
-from test_image_checks import _segment_refuses, _write, breast, model_dir  # noqa: F401
 
 
 def _with_non_finite(breast_image: sitk.Image, value: float) -> sitk.Image:

@@ -15,13 +15,13 @@ import SimpleITK as sitk
 import torch
 from safetensors.torch import load_file, save_file
 
-from mednextv2 import preprocessing
 from mednextv2.bundle import load_bundle
 from mednextv2.bundle_spec import Normalization
 from mednextv2.cli import main
 from mednextv2.errors import InputError
-from mednextv2.importer import import_model
-from mednextv2.monai_import import MonaiImportConfig
+from mednextv2.inference import preprocessing
+from mednextv2.store.importer import ImportOptions, import_model
+from mednextv2.store.monai import MonaiImportConfig
 from plain_mednext import PlainMedNeXt
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures" / "monai-mednext"
@@ -57,8 +57,7 @@ def monai_state(name: str) -> dict:
 def import_case(tmp_path, case: str, axis_order: str = "xyz", **changes):
     weights, config = CASES[case]
     doc = dict(config, axis_order=axis_order, **changes)
-    return load_bundle(import_model(FIXTURES / weights, source_format="monai", config=write_config(tmp_path, doc),
-                                    model_id=f"{case.replace('_', '-')}-{axis_order}"))
+    return load_bundle(import_model(FIXTURES / weights, model_id=f"{case.replace('_', '-')}-{axis_order}", options=ImportOptions(source_format="monai", config=write_config(tmp_path, doc))))
 
 
 def to_ours(x: torch.Tensor, axis_order: str) -> torch.Tensor:
@@ -93,7 +92,7 @@ def test_grn_parameters_under_their_later_monai_names(tmp_path):
     assert any(".grn_gamma" in k for k in state)
     save_file(state, str(tmp_path / "later.safetensors"))
     config = write_config(tmp_path, dict(CT_CONFIG, network={"grn": True}))
-    later = load_bundle(import_model(tmp_path / "later.safetensors", source_format="monai", config=config, model_id="later"))
+    later = load_bundle(import_model(tmp_path / "later.safetensors", model_id="later", options=ImportOptions(source_format="monai", config=config)))
     earlier = import_case(tmp_path, "grn_ds")
     for a, b in zip(later.load_state_dicts()[0].items(), earlier.load_state_dicts()[0].items()):
         assert a[0] == b[0] and torch.equal(a[1], b[1])
@@ -180,7 +179,7 @@ def test_monai_bundle_folder_or_zip(tmp_path, zipped):
             for f in root.rglob("*"):
                 zf.write(f, f.relative_to(tmp_path).as_posix())
     preprocessing_only = {k: v for k, v in CT_CONFIG.items() if k not in ("labels", "channels")}
-    bundle = load_bundle(import_model(source, source_format="monai", config=write_config(tmp_path, preprocessing_only)))
+    bundle = load_bundle(import_model(source, options=ImportOptions(source_format="monai", config=write_config(tmp_path, preprocessing_only))))
     assert bundle.id == "monai-spleen-mednext" and [lab.name for lab in bundle.spec.labels] == ["spleen"]
     assert bundle.spec.provenance.imported_from["monai_version"] == "1.6.1"
     expected = import_case(tmp_path, "grn_ds").load_state_dicts()[0]
@@ -195,7 +194,7 @@ def test_monai_bundle_folder_or_zip(tmp_path, zipped):
 def test_monai_bundle_refusals(tmp_path, change, message, home):
     root = write_monai_bundle(tmp_path / "b", network_def=dict(GRN_DS_DEF, **change))
     with pytest.raises(InputError, match=message):
-        import_model(root, source_format="monai", config=write_config(tmp_path, CT_CONFIG))
+        import_model(root, options=ImportOptions(source_format="monai", config=write_config(tmp_path, CT_CONFIG)))
     assert not (home / "models").exists() or not any((home / "models").iterdir())
 
 
@@ -207,7 +206,7 @@ def test_monai_bundle_refusals(tmp_path, change, message, home):
 ])
 def test_networks_the_official_mednext_cannot_compute_are_refused(tmp_path, fixture, message, home):
     with pytest.raises(InputError, match=message):
-        import_model(FIXTURES / fixture, source_format="monai", config=write_config(tmp_path, CT_CONFIG))
+        import_model(FIXTURES / fixture, options=ImportOptions(source_format="monai", config=write_config(tmp_path, CT_CONFIG)))
     assert not (home / "models").exists() or not any((home / "models").iterdir())
 
 
@@ -233,7 +232,7 @@ def test_networks_the_official_mednext_cannot_compute_are_refused(tmp_path, fixt
 def test_config_problems_are_refused_naming_the_key(tmp_path, change, message, home):
     doc = {k: v for k, v in dict(CT_CONFIG, **change).items()}
     with pytest.raises(InputError, match=message):
-        import_model(FIXTURES / "grn_ds.pt", source_format="monai", config=write_config(tmp_path, doc))
+        import_model(FIXTURES / "grn_ds.pt", options=ImportOptions(source_format="monai", config=write_config(tmp_path, doc)))
     assert not (home / "models").exists() or not any((home / "models").iterdir())
 
 
@@ -241,30 +240,30 @@ def test_config_problems_are_refused_naming_the_key(tmp_path, change, message, h
 def test_config_must_say_how_images_were_prepared(tmp_path, missing):
     doc = {k: v for k, v in CT_CONFIG.items() if k != missing}
     with pytest.raises(InputError, match=rf"missing \['{missing}'\]"):
-        import_model(FIXTURES / "grn_ds.pt", source_format="monai", config=write_config(tmp_path, doc))
+        import_model(FIXTURES / "grn_ds.pt", options=ImportOptions(source_format="monai", config=write_config(tmp_path, doc)))
 
 
 def test_options_that_do_not_go_together(tmp_path):
     config = write_config(tmp_path, CT_CONFIG)
     with pytest.raises(InputError, match=r"--from monai needs --config"):
-        import_model(FIXTURES / "grn_ds.pt", source_format="monai")
+        import_model(FIXTURES / "grn_ds.pt", options=ImportOptions(source_format="monai"))
     with pytest.raises(InputError, match=r"give it with --from monai"):
-        import_model(FIXTURES / "grn_ds.pt", config=config)
+        import_model(FIXTURES / "grn_ds.pt", options=ImportOptions(config=config))
     with pytest.raises(InputError, match=r"--fold: nnU-Net options; they do not apply to --from monai"):
-        import_model(FIXTURES / "grn_ds.pt", source_format="monai", config=config, folds=[0])
+        import_model(FIXTURES / "grn_ds.pt", options=ImportOptions(source_format="monai", config=config, folds=[0]))
     with pytest.raises(InputError, match=r"expected a MONAI MedNeXt state dict"):
-        import_model(FIXTURES / "manifest.json", source_format="monai", config=config)
+        import_model(FIXTURES / "manifest.json", options=ImportOptions(source_format="monai", config=config))
     with pytest.raises(InputError, match=r"--config .*missing.json: cannot read it"):
-        import_model(FIXTURES / "grn_ds.pt", source_format="monai", config=tmp_path / "missing.json")
+        import_model(FIXTURES / "grn_ds.pt", options=ImportOptions(source_format="monai", config=tmp_path / "missing.json"))
     with pytest.raises(InputError, match=r"--config .*: expected a JSON object"):
-        import_model(FIXTURES / "grn_ds.pt", source_format="monai", config=write_config(tmp_path, ["labels"], "list.json"))
+        import_model(FIXTURES / "grn_ds.pt", options=ImportOptions(source_format="monai", config=write_config(tmp_path, ["labels"], "list.json")))
 
 
 def test_official_layout_is_pointed_to_the_plain_import(tmp_path):
     official = {k.replace("enc_stages.0.", "enc_block_0."): v for k, v in monai_state("grn_ds.pt").items()}
     save_file(official, str(tmp_path / "official.safetensors"))
     with pytest.raises(InputError, match=r"unexpected entry 'enc_block_0.*import it without --from monai"):
-        import_model(tmp_path / "official.safetensors", source_format="monai", config=write_config(tmp_path, CT_CONFIG))
+        import_model(tmp_path / "official.safetensors", options=ImportOptions(source_format="monai", config=write_config(tmp_path, CT_CONFIG)))
 
 
 class _Payload:
@@ -279,7 +278,7 @@ def test_pt_that_needs_unpickling_is_refused(tmp_path):
     marker = tmp_path / "pwned"
     torch.save({"state_dict": monai_state("grn_ds.pt"), "trojan": _Payload(marker)}, tmp_path / "model.pt")
     with pytest.raises(InputError, match=r"weights_only=True.*Refusing to unpickle"):
-        import_model(tmp_path / "model.pt", source_format="monai", config=write_config(tmp_path, CT_CONFIG))
+        import_model(tmp_path / "model.pt", options=ImportOptions(source_format="monai", config=write_config(tmp_path, CT_CONFIG)))
     assert not marker.exists()
 
 
@@ -288,7 +287,7 @@ def test_wrong_shapes_are_named_with_monais_key(tmp_path):
     state["dec_stages.3.0.conv3.weight"] = torch.zeros(3, 4, 1, 1, 1)
     save_file(state, str(tmp_path / "bad.safetensors"))
     with pytest.raises(InputError, match=r"dec_stages\.3\.0\.conv3\.weight \(3, 4, 1, 1, 1\), expected \(2, 8, 1, 1, 1\)"):
-        import_model(tmp_path / "bad.safetensors", source_format="monai", config=write_config(tmp_path, CT_CONFIG))
+        import_model(tmp_path / "bad.safetensors", options=ImportOptions(source_format="monai", config=write_config(tmp_path, CT_CONFIG)))
 
 
 # ---------------------------------------------------------------- live MONAI, where installed
@@ -307,7 +306,7 @@ def test_against_monais_class_directly(tmp_path, residual):
     torch.save(model.state_dict(), tmp_path / "model.pt")
     config = write_config(tmp_path, dict(CT_CONFIG, labels=["a", "b"], axis_order="zyx", network={
         k: list(v) if isinstance(v, tuple) else v for k, v in args.items()}))
-    ours = load_bundle(import_model(tmp_path / "model.pt", source_format="monai", config=config)).build_models("cpu")[0]
+    ours = load_bundle(import_model(tmp_path / "model.pt", options=ImportOptions(source_format="monai", config=config))).build_models("cpu")[0]
     x = torch.randn(1, 1, 32, 16, 32, generator=g)
     with torch.inference_mode():
         exact = model.double().eval()(x.double())
@@ -361,7 +360,7 @@ def test_official_layout_with_monais_down_ratios_is_read_off_the_shapes(tmp_path
 
 
 def test_bundle_with_a_wrong_down_exp_r_is_refused(tmp_path):
-    folder = import_model(FIXTURES / "grn_ds.pt", source_format="monai", config=write_config(tmp_path, CT_CONFIG))
+    folder = import_model(FIXTURES / "grn_ds.pt", options=ImportOptions(source_format="monai", config=write_config(tmp_path, CT_CONFIG)))
     doc = json.loads((folder / "model.json").read_text())
     doc["network"]["down_exp_r"] = [2, 3, 4]
     (tmp_path / "b").mkdir()
@@ -373,8 +372,8 @@ def test_bundle_with_a_wrong_down_exp_r_is_refused(tmp_path):
 
 
 def test_monai_producer_round_trips_and_both_schema_engines_agree(tmp_path):
-    from mednextv2.monai_import import convert_monai
-    from mednextv2.validation import load_schema, schema_errors
+    from mednextv2.schema import load_schema, schema_errors
+    from mednextv2.store.monai import convert_monai
 
     config = write_config(tmp_path, dict(CT_CONFIG, description="trained at /home/jane/Smith_J/monai"))
     bundle = convert_monai(FIXTURES / "grn_ds.pt", config, "round-trip", tmp_path / "unpacked")
@@ -395,5 +394,5 @@ def test_monai_bundle_with_a_yaml_inference_config(tmp_path):
     root = write_monai_bundle(tmp_path / "yaml_bundle", network_def=GRN_DS_DEF)
     (root / "configs" / "inference.json").unlink()
     (root / "configs" / "inference.yaml").write_text(yaml.safe_dump({"network_def": GRN_DS_DEF}))
-    bundle = load_bundle(import_model(root, source_format="monai", config=write_config(tmp_path, CT_CONFIG)))
+    bundle = load_bundle(import_model(root, options=ImportOptions(source_format="monai", config=write_config(tmp_path, CT_CONFIG))))
     assert bundle.spec.provenance.imported_from["monai_args"]["encoder_expansion_ratio"] == [2, 3, 4, 4]

@@ -15,16 +15,16 @@ import SimpleITK as sitk
 import torch
 from safetensors.torch import load_file
 
-from mednextv2 import preprocessing
 from mednextv2.bundle import load_bundle
-from mednextv2.cache import ModelCache
-from mednextv2.catalog import resolve_model
 from mednextv2.cli import main
 from mednextv2.errors import InputError
-from mednextv2.importer import import_model, safe_extract_zip
+from mednextv2.inference import finishing, preprocessing
+from mednextv2.inference.pipeline import segment
+from mednextv2.inference.sliding_window import SlidingWindowPredictor
 from mednextv2.network import from_official_state_dict
-from mednextv2.segmentation import segment
-from mednextv2.sliding_window import SlidingWindowPredictor
+from mednextv2.store.cache import ModelCache
+from mednextv2.store.catalog import resolve_model
+from mednextv2.store.importer import ImportOptions, import_model, safe_extract_zip
 
 CASE = "v2pattern_C4_k3_in1_cls3_ds"  # 1 input channel, 3 classes, deep supervision heads
 TRAINER = "nnUNetTrainer_MedNeXtV2_L_k3_GRN"
@@ -167,7 +167,7 @@ def test_imported_model_segments_like_the_directly_loaded_network(tmp_path, offi
     pre = preprocessing.preprocess([image], bundle.preprocessing)
     predictor = SlidingWindowPredictor([direct(official["perturbed"])], 3, (32, 32, 32), 0.5, (), torch.device("cpu"),
                                        importance_map="nnunet")  # what the import recorded
-    expected = preprocessing.to_input_grid(predictor.predict(pre.data), pre.record)
+    expected = finishing.to_input_grid(predictor.predict(pre.data), pre.record)
     got = sitk.GetArrayFromImage(labels)
     assert got.shape == expected.shape == sitk.GetArrayFromImage(image).shape
     assert np.array_equal(got, expected)
@@ -206,7 +206,7 @@ def test_export_zip_with_two_configurations(tmp_path, official, home):
                 zf.write(path, path.relative_to(results).as_posix())
     with pytest.raises(InputError, match="several models.*--configuration"):
         import_model(archive)
-    path = import_model(archive, configuration="3d_lowres")
+    path = import_model(archive, options=ImportOptions(configuration="3d_lowres"))
     assert path.name == "dataset501-liver-3d-lowres"
     assert load_bundle(path).preprocessing.target_spacing == (5.0, 1.6, 1.6)
     assert sorted(p.name for p in (home / "tmp").iterdir()) == []
@@ -274,9 +274,9 @@ def test_missing_final_checkpoint_points_to_the_option(tmp_path, official):
     os.replace(folder / "fold_0" / "checkpoint_final.pth", folder / "fold_0" / "checkpoint_best.pth")
     with pytest.raises(InputError, match=r"no fold_\*/checkpoint_final.pth.*checkpoint_best.pth.*--checkpoint"):
         import_model(folder)
-    assert load_bundle(import_model(folder, checkpoint="checkpoint_best.pth")).weights == ("fold_0.safetensors",)
+    assert load_bundle(import_model(folder, options=ImportOptions(checkpoint="checkpoint_best.pth"))).weights == ("fold_0.safetensors",)
     with pytest.raises(InputError, match="no fold named .fold_3."):
-        import_model(folder, folds=[3], checkpoint="checkpoint_best.pth")
+        import_model(folder, options=ImportOptions(folds=[3], checkpoint="checkpoint_best.pth"))
 
 
 def _zip_with(path: Path, name: str, data: bytes = b"x", symlink: bool = False) -> Path:
@@ -342,10 +342,9 @@ def test_unknown_inputs_to_import(tmp_path):
 
 
 def test_catalog_entry_with_an_nnunet_archive_is_converted_on_download(tmp_path, official, home):
+    from mednextv2.store.catalog import download_model, load_catalog
+    from mednextv2.store.download import DownloadSettings
     from http_test_server import FileServer, catalog_entry, catalog_json
-
-    from mednextv2.catalog import download_model, load_catalog
-    from mednextv2.download import DownloadSettings
 
     results = tmp_path / "nnUNet_results"
     write_results(results, {0: official["weights"], 1: official["perturbed"]})

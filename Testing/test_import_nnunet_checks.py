@@ -9,15 +9,16 @@ import zlib
 
 import pytest
 import torch
+from test_import_nnunet import (_assert_nothing_installed, checkpoint, home, official, plans_json,  # noqa: F401
+                                write_results)
 
 from mednextv2.bundle import load_bundle
 from mednextv2.cli import main
 from mednextv2.errors import InputError
-from mednextv2.importer import import_model
+from mednextv2.inference.pipeline import Segmenter
+from mednextv2.inference.sliding_window import mirror_combinations
 from mednextv2.network.layers import MedNeXtBlock
-from mednextv2.segmentation import Segmenter
-from mednextv2.sliding_window import mirror_combinations
-from test_import_nnunet import _assert_nothing_installed, checkpoint, home, official, plans_json, write_results  # noqa: F401
+from mednextv2.store.importer import ImportOptions, import_model
 
 
 def _text(s: str) -> bytes:
@@ -87,7 +88,7 @@ def test_fold_is_a_name_never_a_path(tmp_path, official, home, capsys):
     torch.save(checkpoint(official["weights"], 0), outside / "checkpoint_final.pth")
     for fold in ("0/../../other/fold_0", "../fold_0", str(outside)):
         with pytest.raises(InputError, match=r"no fold named .*fold_\* folders: \['fold_0', 'fold_1'\]"):
-            import_model(folder, folds=[fold])
+            import_model(folder, options=ImportOptions(folds=[fold]))
         assert main(["models", "--progress", "none", "import", str(folder), "--fold", fold]) == 2
     _assert_nothing_installed(home)
     assert main(["models", "--progress", "none", "import", str(folder), "--fold", "fold_1", "--fold", "0"]) == 0
@@ -130,7 +131,7 @@ def test_grn_norm_option_reaches_the_bundle_and_network(tmp_path, official, home
     with torch.no_grad():  # the same weights, read with the other normaliser, are another function
         assert (summed.build_models("cpu")[0](x) - meaned.build_models("cpu")[0](x)).abs().max() > 1e-2
     with pytest.raises(InputError, match="--grn-norm must be one of mean, sum"):
-        import_model(folder, grn_norm="max", model_id="bad")
+        import_model(folder, model_id="bad", options=ImportOptions(grn_norm="max"))
     assert json.loads((home / "models" / "summed" / "model.json").read_text())["network"]["grn_norm"] == "sum"
 
 

@@ -14,14 +14,14 @@ import SimpleITK as sitk
 import torch
 from safetensors.numpy import load_file
 
-from mednextv2 import preprocessing
 from mednextv2.bundle import load_bundle
 from mednextv2.cli import main
 from mednextv2.errors import InputError
-from mednextv2.importer import import_model
-from mednextv2.safe_pickle import numpy_safe_globals
-from mednextv2.segmentation import segment
-from mednextv2.sliding_window import SlidingWindowPredictor
+from mednextv2.inference import preprocessing
+from mednextv2.inference.pipeline import segment
+from mednextv2.inference.sliding_window import SlidingWindowPredictor
+from mednextv2.store.importer import ImportOptions, import_model
+from mednextv2.store.safe_pickle import numpy_safe_globals
 
 FIXTURE = Path(__file__).resolve().parent / "fixtures" / "nnunet-v1"
 RESULTS = FIXTURE / "nnUNet" / "3d_fullres" / "Task501_LungTiny"
@@ -91,7 +91,7 @@ def test_v1_without_dataset_json_names_labels_and_says_how_to_rename(tmp_path, h
     path = import_model(copy / TRAINER.name, model_id="v1-named")
     assert [lab.name for lab in load_bundle(path).spec.labels] == ["nodule"]
     with pytest.raises(InputError, match="missing.json is missing"):
-        import_model(TRAINER, model_id="v1-x", dataset_json=tmp_path / "missing.json")
+        import_model(TRAINER, model_id="v1-x", options=ImportOptions(dataset_json=tmp_path / "missing.json"))
 
 
 class _RunsCommand:

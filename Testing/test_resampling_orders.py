@@ -8,9 +8,9 @@ import pytest
 import SimpleITK as sitk
 import torch
 
-from mednextv2 import preprocessing
 from mednextv2.bundle import Normalization, PreprocessingPlan, ResampleOrder, Resampling
-from mednextv2.preprocessing import anisotropic_axis, slice_axis_if_anisotropic
+from mednextv2.inference import finishing, preprocessing
+from mednextv2.inference.preprocessing import anisotropic_axis, slice_axis_if_anisotropic
 from mednextv2.train import planning, run
 
 CT = (Normalization("ct", (-1000.0, 500.0), -300.0, 400.0),)
@@ -83,9 +83,9 @@ def test_softmax_first_changes_only_how_scores_go_back(lung_crop):
     # saturated logits: interpolating logits and interpolating probabilities disagree at the edge
     x = torch.from_numpy(plain.data[0])
     logits = torch.stack([torch.zeros_like(x), 40.0 * (x - x.mean())])
-    by_logits = preprocessing.to_input_grid(logits, plain.record)
-    by_softmax = preprocessing.to_input_grid(logits, v1.record)
-    expected = preprocessing.to_input_grid(torch.softmax(logits, 0), plain.record)
+    by_logits = finishing.to_input_grid(logits, plain.record)
+    by_softmax = finishing.to_input_grid(logits, v1.record)
+    expected = finishing.to_input_grid(torch.softmax(logits, 0), plain.record)
     np.testing.assert_array_equal(by_softmax, expected)
     assert (by_logits != by_softmax).any()
 

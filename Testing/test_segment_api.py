@@ -11,7 +11,7 @@ import mednextv2
 from mednextv2.bundle import Bundle
 from mednextv2.cli import main
 from mednextv2.errors import InputError
-from mednextv2.segmentation import Segmenter, find_cases, segment_folder
+from mednextv2.inference.pipeline import Segmenter, find_cases, segment_folder
 from segment_fixtures import (bundle_spec, make_image, one_torch_thread, threshold_bundle,  # noqa: F401
                               threshold_state_dict, tiny_config)
 
@@ -40,12 +40,13 @@ def test_segment_returns_labelmap_on_the_input_grid(tmp_path):
 def test_segment_is_a_plain_function_after_the_pipeline_module_is_imported():
     import inspect
 
-    import mednextv2.segmentation
+    import mednextv2.inference.pipeline
+
     # The package attribute is the function, not a module that forwards calls (issue 14, section 3).
     assert inspect.isfunction(mednextv2.segment)
-    assert mednextv2.segment is mednextv2.segmentation.segment
+    assert mednextv2.segment is mednextv2.inference.pipeline.segment
     from mednextv2 import segment
-    assert segment is mednextv2.segmentation.segment
+    assert segment is mednextv2.inference.pipeline.segment
 
 
 def test_structures_subset_and_largest_component():
@@ -125,7 +126,7 @@ def test_out_of_memory_is_exit_3_and_writes_nothing(tmp_path, monkeypatch, capsy
     def no_memory(self, data, sink=None):
         raise MemoryError()
 
-    monkeypatch.setattr("mednextv2.sliding_window.SlidingWindowPredictor.predict", no_memory)
+    monkeypatch.setattr("mednextv2.inference.sliding_window.SlidingWindowPredictor.predict", no_memory)
     rc = main(["segment", str(image), "-m", str(model), "-o", str(out / "r.seg.nrrd"), "--progress", "none"])
     assert rc == 3 and "out of memory" in capsys.readouterr().err
     assert list(out.iterdir()) == []

@@ -12,10 +12,10 @@ import pytest
 import SimpleITK as sitk
 import torch
 
-from mednextv2 import sliding_window
 from mednextv2.bundle import Bundle
+from mednextv2.inference import sliding_window
+from mednextv2.inference.pipeline import Segmenter
 from mednextv2.network import MedNeXt, MedNeXtConfig
-from mednextv2.segmentation import Segmenter
 from segment_fixtures import bundle_spec, one_torch_thread, rotation  # noqa: F401 (autouse)
 
 PATCH = (16, 32, 32)
@@ -52,7 +52,7 @@ def model_bundle(oblique_mr):
 
 
 def sitk_to_network(seg: Segmenter, image: sitk.Image) -> np.ndarray:
-    from mednextv2.preprocessing import preprocess
+    from mednextv2.inference.preprocessing import preprocess
 
     return preprocess([image], seg.bundle.preprocessing).data
 

@@ -6,7 +6,7 @@ import pytest
 import SimpleITK as sitk
 
 from mednextv2.errors import InputError
-from mednextv2.image_io import check_output_writable, read_channels, read_image, validate_image
+from mednextv2.inference.image_io import check_output_writable, read_channels, read_image, validate_image
 from segment_fixtures import make_image, rotation
 
 

@@ -9,8 +9,8 @@ import SimpleITK as sitk
 import mednextv2
 from mednextv2.cli import main
 from mednextv2.errors import InputError, ResourceError
-from mednextv2.segment_options import MIN_STEP, SegmentOptions
-from mednextv2.sliding_window import plan_tiles, tile_grid
+from mednextv2.inference.options import MIN_STEP, SegmentOptions
+from mednextv2.inference.sliding_window import plan_tiles, tile_grid
 from segment_fixtures import one_torch_thread, threshold_bundle  # noqa: F401
 
 
@@ -69,8 +69,8 @@ def test_tile_plan_counts_the_tiles_the_grid_runs():
 
 def test_a_tile_plan_larger_than_the_memory_left_is_refused_before_running(tmp_path, scan, model_dir, monkeypatch, capsys):
     ran = []
-    monkeypatch.setattr("mednextv2.sliding_window.available_ram_bytes", lambda: 100_000)
-    monkeypatch.setattr("mednextv2.sliding_window.SlidingWindowPredictor._predict_tiles",
+    monkeypatch.setattr("mednextv2.inference.sliding_window.available_ram_bytes", lambda: 100_000)
+    monkeypatch.setattr("mednextv2.inference.sliding_window.SlidingWindowPredictor._predict_tiles",
                         lambda *a: ran.append(1))
     out = tmp_path / "out"
     out.mkdir()
@@ -87,7 +87,7 @@ def test_out_of_memory_without_a_message_still_says_what_ran_out(scan, model_dir
     def no_memory(self, data, state, sink=None):
         raise MemoryError()
 
-    monkeypatch.setattr("mednextv2.sliding_window.SlidingWindowPredictor._run", no_memory)
+    monkeypatch.setattr("mednextv2.inference.sliding_window.SlidingWindowPredictor._run", no_memory)
     with pytest.raises(ResourceError) as e:
         mednextv2.segment(str(scan), str(model_dir), device="cpu")
     assert "(MemoryError)" in str(e.value) and "()" not in str(e.value)

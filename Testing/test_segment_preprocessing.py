@@ -8,10 +8,10 @@ import torch
 import torch.nn.functional as F
 
 from mednextv2.bundle import Normalization, PreprocessingPlan
-from mednextv2.preprocessing import (fast_spacing, labels_to_network_grid, nearest_lps_axes, orient_array,
-                                     preprocess, resample, resample_argmax, slice_axis_if_anisotropic,
-                                     to_input_grid, unorient_array)
-from segment_fixtures import one_torch_thread, make_image, rotation, world_points
+from mednextv2.inference.finishing import resample_argmax, to_input_grid
+from mednextv2.inference.preprocessing import (fast_spacing, labels_to_network_grid, nearest_lps_axes, orient_array,
+                                               preprocess, resample, slice_axis_if_anisotropic, unorient_array)
+from segment_fixtures import make_image, one_torch_thread, rotation, world_points
 
 CT = (Normalization("ct", (-1000.0, 1000.0), 0.0, 100.0),)
 DIRECTIONS = {

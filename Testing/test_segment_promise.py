@@ -13,13 +13,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 import SimpleITK as sitk
+from test_segment_image_io import _write_dicom_series
 
 from mednextv2.bundle import Bundle
 from mednextv2.cli import main
 from mednextv2.errors import InputError
-from mednextv2.segmentation import segment_folder
-from segment_fixtures import bundle_spec, one_torch_thread, threshold_bundle, threshold_state_dict, tiny_config  # noqa: F401
-from test_segment_image_io import _write_dicom_series
+from mednextv2.inference.pipeline import segment_folder
+from segment_fixtures import (bundle_spec, one_torch_thread, threshold_bundle, threshold_state_dict,  # noqa: F401
+                              tiny_config)
 
 
 def _hashes(folder: Path) -> dict:
@@ -122,8 +123,8 @@ def test_a_file_of_a_dicom_input_folder_is_an_input(tmp_path, data_dir):
 
 def test_input_refusals_come_before_a_catalog_model_is_downloaded(tmp_path, scans, monkeypatch, capsys):
     """A missing or unreadable input is refused before the model downloads (hundreds of MB in real life)."""
+    from mednextv2.inference.pipeline import segment
     from http_test_server import FileServer, catalog_entry, catalog_json, tiny_bundle_zip
-    from mednextv2.segmentation import segment
 
     monkeypatch.setenv("MEDNEXTV2_HOME", str(tmp_path / "home"))
     data = tiny_bundle_zip(tmp_path / "tiny.zip")

@@ -20,8 +20,8 @@ import SimpleITK as sitk
 
 import mednextv2
 from mednextv2.cli import main
-from mednextv2.run_record import RECORD_FOLDER
-from mednextv2.segmentation import segment_folder
+from mednextv2.inference.pipeline import segment_folder
+from mednextv2.inference.run_record import RECORD_FOLDER
 from segment_fixtures import one_torch_thread, threshold_bundle  # noqa: F401 (autouse)
 
 CASES = ("brain", "breast", "lung", "tissue")

@@ -9,8 +9,9 @@ import torch
 from torch import nn
 
 from mednextv2.errors import ResourceError
-from mednextv2.sliding_window import (FORWARD_VOXELS, RunState, SlidingWindowPredictor, gaussian_importance,
-                                      mirror_combinations, next_fallback, pad_to_patch, tile_grid, tile_starts)
+from mednextv2.inference.sliding_window import (FORWARD_VOXELS, RunState, SlidingWindowPredictor, gaussian_importance,
+                                                mirror_combinations, next_fallback, pad_to_patch, tile_grid,
+                                                tile_starts)
 from mednextv2.network import MedNeXt
 from segment_fixtures import one_torch_thread, tiny_config  # noqa: F401 (autouse)
 
@@ -168,7 +169,7 @@ def test_oom_halves_the_tile_batch_and_logs(caplog):
             return super().forward(x)
 
     x = torch.randn(1, 30, 40, 40)
-    with caplog.at_level(logging.WARNING, "mednextv2.sliding_window"):
+    with caplog.at_level(logging.WARNING, "mednextv2.inference.sliding_window"):
         out = SlidingWindowPredictor([OomAboveOne()], 3, (16, 32, 32), tile_batch=4, device="cpu").predict(x)
     assert "halving the tile batch 4 -> 2" in caplog.text and "2 -> 1" in caplog.text
     assert torch.allclose(out.float(), _logits_of(Pointwise(), x), atol=2e-2)

@@ -11,11 +11,11 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from mednextv2 import statistics
 from mednextv2.bundle import Label
 from mednextv2.cli import main
-from mednextv2.export import CONFIDENCE_TAG
-from mednextv2.statistics import COLUMNS
+from mednextv2.inference import statistics
+from mednextv2.inference.export import CONFIDENCE_TAG
+from mednextv2.inference.statistics import COLUMNS
 from segment_fixtures import one_torch_thread, threshold_bundle  # noqa: F401
 
 # breast1 MR intensities run 0..~800: the threshold model labels the brighter tissue.
@@ -188,7 +188,7 @@ def test_csv_shows_names_that_look_like_formulas_as_text(tmp_path):
 
 def test_segment_options_check_both_names_without_a_model(tmp_path):
     from mednextv2.errors import InputError
-    from mednextv2.segment_options import SegmentOptions
+    from mednextv2.inference.options import SegmentOptions
 
     ok = SegmentOptions(uncertainty=str(tmp_path / "u.NII.GZ"), statistics=str(tmp_path / "s.Json"))
     assert ok.uncertainty.endswith("u.NII.GZ") and ok.statistics.endswith("s.Json")

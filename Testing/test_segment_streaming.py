@@ -14,12 +14,12 @@ import torch
 from torch import nn
 
 from mednextv2.bundle import Bundle
-from mednextv2.finishing import LabelFinisher
+from mednextv2.inference.finishing import LabelFinisher, to_input_grid
+from mednextv2.inference.pipeline import Segmenter
+from mednextv2.inference.preprocessing import GridRecord, preprocess
+from mednextv2.inference.sliding_window import SlidingWindowPredictor, plan_tiles
+from mednextv2.inference.tiles import stream_axis, tile_grid
 from mednextv2.network import MedNeXt
-from mednextv2.preprocessing import GridRecord, preprocess, to_input_grid
-from mednextv2.segmentation import Segmenter
-from mednextv2.sliding_window import SlidingWindowPredictor, plan_tiles
-from mednextv2.tiles import stream_axis, tile_grid
 from segment_fixtures import bundle_spec, one_torch_thread, tiny_config  # noqa: F401 (autouse)
 
 

@@ -7,10 +7,11 @@ import pytest
 import SimpleITK as sitk
 import torch
 
-from mednextv2 import preprocessing
 from mednextv2.errors import InputError
-from mednextv2.segmentation import Segmenter, segment, segment_with_uncertainty
-from segment_fixtures import SHARPNESS, make_image, one_torch_thread, rotation, threshold_bundle, world_points  # noqa: F401
+from mednextv2.inference import finishing, preprocessing
+from mednextv2.inference.pipeline import Segmenter, segment, segment_with_uncertainty
+from segment_fixtures import (SHARPNESS, make_image, one_torch_thread, rotation, threshold_bundle,  # noqa: F401
+                              world_points)
 
 THRESHOLD_HU = 300.0
 SLOPE_HU_PER_MM = 5.0  # the logits cross over about 2 mm: several voxels of the boundary are unsure
@@ -98,7 +99,7 @@ def test_the_map_is_the_same_whatever_the_slab_size():
     maps = []
     for slab_bytes in (1, 3 * 20 * 26 * 4 * 3, 1 << 30):
         u = np.zeros((20, 26, 30), np.float32)
-        labels = preprocessing.resample_argmax(scores, (20, 26, 30), None, slab_bytes, uncertainty=u)
+        labels = finishing.resample_argmax(scores, (20, 26, 30), None, slab_bytes, uncertainty=u)
         maps.append((labels, u))
     for labels, u in maps[1:]:
         assert np.array_equal(labels, maps[0][0]) and np.allclose(u, maps[0][1], atol=1e-6)

@@ -36,7 +36,7 @@ def test_label_table_from_a_real_bundle(tiny_bundle):
 
 def test_terminology_matches_what_the_engine_writes_into_the_seg_nrrd(tiny_bundle):
     # One serializer for the panel and the file: the strings must be identical.
-    from mednextv2.export import terminology_string
+    from mednextv2.inference.export import terminology_string
 
     for label, entry in zip(load_bundle(tiny_bundle).labels, bundle_label_table(tiny_bundle)):
         assert entry.terminology == terminology_string(label)

@@ -2,7 +2,7 @@
 engine replaced by a script, for what the real engine cannot be made to do on demand.
 
 The script honours the engine's command line: it reads the exported input, writes a real
-.seg.nrrd with the engine's own writer (mednextv2.export), prints JSON progress, and exits with
+.seg.nrrd with the engine's own writer (mednextv2.inference.export), prints JSON progress, and exits with
 the code it is told to (or hangs, to be cancelled). The logic's process runner is injected, as
 the Slicer module allows. Slicer is the real core plus Testing/slicer_stubs.py's app stand-in;
 the same flow with the real engine is in test_slicer_segment_mrml.py.
@@ -24,7 +24,7 @@ FAKE_ENGINE = textwrap.dedent("""
     import json, sys, time
     import SimpleITK as sitk
     from mednextv2.bundle import load_bundle
-    from mednextv2.export import write_result
+    from mednextv2.inference.export import write_result
     argv = sys.argv[1:]
     assert argv[:3] == ["-m", "mednextv2", "segment"], argv
     args = argv[3:]

@@ -17,10 +17,10 @@ import SimpleITK as sitk
 import slicer
 import vtk
 
+from mednextv2.bundle import Label, load_bundle
+from mednextv2.inference.export import CONFIDENCE_TAG, write_result
 import slicer_segment_paths  # noqa: F401
 from MedNeXtV2SegmentLib.tinybundle import make_tiny_bundle
-from mednextv2.bundle import Label, load_bundle
-from mednextv2.export import CONFIDENCE_TAG, write_result
 
 
 def _read_with_slicer(path):

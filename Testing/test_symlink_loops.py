@@ -46,7 +46,7 @@ def test_a_symbolic_link_loop_is_refused_naming_it(place, capsys, command, what)
 
 def test_the_python_api_names_a_loop_too(place):
     from mednextv2.errors import InputError
-    from mednextv2.image_io import read_image
+    from mednextv2.inference.image_io import read_image
 
     with pytest.raises(InputError, match=f"input image {place / 'a'} {LOOP}"):
         read_image(place / "a")

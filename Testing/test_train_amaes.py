@@ -14,11 +14,11 @@ import SimpleITK as sitk
 import torch
 
 from mednextv2.atomic import sha256_file
-from mednextv2.amaes import read_amaes
 from mednextv2.bundle import load_bundle
 from mednextv2.cli import main
 from mednextv2.errors import InputError
-from mednextv2.segmentation import segment
+from mednextv2.inference.pipeline import segment
+from mednextv2.store.amaes import read_amaes
 from mednextv2.train.fingerprint import ChannelStats, Fingerprint
 from mednextv2.train.optim import is_encoder
 from mednextv2.train.planning import plan_from_amaes, plan_from_dict

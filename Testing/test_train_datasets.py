@@ -8,8 +8,8 @@ import pytest
 import SimpleITK as sitk
 
 from mednextv2.errors import InputError
+from mednextv2.train.checks import validate_dataset
 from mednextv2.train.datasets import discover_dataset
-from mednextv2.train.validation import validate_dataset
 
 
 @pytest.fixture(scope="module")
@@ -137,7 +137,7 @@ def test_header_float_noise_is_within_tolerance(tmp_path, breast):
 
 def test_slicer_seg_nrrd_labels_bring_their_segment_names(tmp_path, breast):
     from mednextv2.bundle import Label
-    from mednextv2.export import write_seg_nrrd
+    from mednextv2.inference.export import write_seg_nrrd
 
     image, label = breast
     _write(image, tmp_path / "s1_image.nrrd")

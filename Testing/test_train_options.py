@@ -4,12 +4,12 @@ valid ones. The dataset is made of copies of the real breast MR and its lesion m
 from __future__ import annotations
 
 import argparse
-import os
-import subprocess
-import sys
 import dataclasses
 import logging
+import os
 import shutil
+import subprocess
+import sys
 from typing import Optional, Tuple
 
 import pytest
@@ -19,10 +19,10 @@ from mednextv2.cli import build_parser, main
 from mednextv2.cli.dataclass_args import add_dataclass_arguments, dataclass_from_args
 from mednextv2.errors import InputError
 from mednextv2.network import PRESETS
+from mednextv2.train.checks import validate_dataset
 from mednextv2.train.datasets import discover_dataset
 from mednextv2.train.options import TrainOptions, cli
 from mednextv2.train.run import split_cases
-from mednextv2.train.validation import validate_dataset
 from segment_fixtures import one_torch_thread  # noqa: F401
 
 TINY = ["--preset", "v2-tiny", "--epochs", "1", "--iterations", "1", "--patch", "16", "32", "32",
@@ -160,7 +160,7 @@ def test_a_background_only_training_case_is_trained_on(dataset, tmp_path):  # ro
 def test_building_the_train_flags_does_not_import_torch():
     """Every `mednextv2` command builds the whole parser: torch there would cost seconds each time."""
     code = ("import sys; from mednextv2.cli import build_parser; build_parser(); "
-            "import mednextv2.segment_options; print('torch' in sys.modules)")
+            "import mednextv2.inference.options; print('torch' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
                          env=dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path)))
     assert out.stdout.strip() == "False"

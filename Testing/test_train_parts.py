@@ -17,16 +17,16 @@ from mednextv2.errors import ResourceError
 from mednextv2.network import MedNeXt, MedNeXtConfig
 from mednextv2.train import TrainOptions, checkpoint, run_training
 from mednextv2.train.augment import NO_AUGMENTATION, AugmentConfig, augment
-from mednextv2.train.cache import build_cache
+from mednextv2.train.checks import validate_dataset
 from mednextv2.train.datasets import discover_dataset
-from mednextv2.train.fingerprint import make_fingerprint
 from mednextv2.train.finetune import init_from_base
+from mednextv2.train.fingerprint import make_fingerprint
 from mednextv2.train.loop import TrainingDiverged
 from mednextv2.train.loss import DiceCELoss, deep_supervision_weights
 from mednextv2.train.optim import lr_factor
 from mednextv2.train.planning import fit_patch, map_labels, plan_from_base, plan_from_scratch
+from mednextv2.train.preprocessed import build_cache
 from mednextv2.train.sampler import PatchSampler
-from mednextv2.train.validation import validate_dataset
 
 
 @pytest.fixture(scope="module")

@@ -128,8 +128,8 @@ def test_train_refusals_leave_no_work_folder_behind(dataset, tmp_path, capsys):
 
 def test_a_model_trained_from_scratch_says_what_is_true(dataset, tmp_path):
     """Title, label names and description of a from-scratch model without validation."""
-    from mednextv2 import export
     from mednextv2.bundle import Label
+    from mednextv2.inference import export
 
     # The label map came from `mednextv2 segment` (then corrected): its label table names value 1.
     table = export.label_table([Label(value=1, name="lesion", color=(255, 0, 0))])

@@ -22,10 +22,10 @@ import SimpleITK as sitk
 import torch
 
 from mednextv2.bundle import load_bundle
-from mednextv2.segmentation import segment
+from mednextv2.inference.pipeline import segment
 from mednextv2.train import TrainOptions, run_training
 from mednextv2.train.demo import split_scan
-from mednextv2.train.validate import dice_per_class
+from mednextv2.train.evaluate import dice_per_class
 
 MIN_DICE, MIN_MEAN_DICE = 0.6, 0.7
 

@@ -1,10 +1,10 @@
 """The label table of a model bundle: names, colours and DICOM terminology per label value.
 
 The bundle is read and validated by the engine's own `mednextv2.bundle.load_bundle` (weights are
-not read, torch is not imported), and terminology is serialized by `mednextv2.export`, the same
+not read, torch is not imported), and terminology is serialized by `mednextv2.inference.export`, the same
 code that writes it into the .seg.nrrd, so the panel and the result file can never disagree.
 Used to name and colour the loaded segments. A structure subset is checked by the engine's own
-`mednextv2.postprocessing.select_structures` (case-insensitive), so panel and engine agree.
+`mednextv2.inference.postprocessing.select_structures` (case-insensitive), so panel and engine agree.
 """
 from __future__ import annotations
 
@@ -31,7 +31,7 @@ class LabelEntry:
 
 def label_table(labels) -> Tuple[LabelEntry, ...]:
     """Entries, sorted by value, from `mednextv2.bundle.Label`s."""
-    from mednextv2.export import terminology_string
+    from mednextv2.inference.export import terminology_string
 
     return tuple(LabelEntry(int(l.value), l.name, tuple(int(c) for c in l.color), terminology_string(l) or "")
                  for l in sorted(labels, key=lambda l: l.value))
@@ -55,7 +55,7 @@ def bundle_label_table(bundle: Path) -> Tuple[LabelEntry, ...]:
 def selected_label_table(labels, names) -> Tuple[LabelEntry, ...]:
     """label_table of the structures `names` (every label when empty), chosen by the engine's rule."""
     from mednextv2.errors import InputError
-    from mednextv2.postprocessing import select_structures
+    from mednextv2.inference.postprocessing import select_structures
 
     try:
         return label_table(select_structures(labels, names) if names else labels)

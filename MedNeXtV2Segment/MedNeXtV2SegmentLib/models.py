@@ -1,6 +1,6 @@
 """Adapter between the panel's model selector and the engine's model catalog.
 
-The catalog (core/mednextv2/catalog.py, `mednextv2 models ...`) is owned by the engine. The panel
+The catalog (core/mednextv2/store/catalog.py, `mednextv2 models ...`) is owned by the engine. The panel
 only asks `mednextv2 models list --json` (an engine run like any other: never on the GUI thread)
 and reads a few fields, tolerating the ones it does not know, so a newer catalog never breaks an
 older panel. The list is cached for both modules (`MODEL_LIST`, read by the shared engine client,

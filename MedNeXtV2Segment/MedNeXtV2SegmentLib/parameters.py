@@ -2,7 +2,7 @@
 
 `SegmentChoices` is filled from the panel, builds the engine command line (command.py) and is
 saved in the scene's parameter node (and, in part, in QSettings: preferences.py) as JSON, so a
-saved scene reopens with the same choices. It is not the engine's `mednextv2.segment_options.SegmentOptions`.
+saved scene reopens with the same choices. It is not the engine's `mednextv2.inference.options.SegmentOptions`.
 
 `from_saved` is how both modules read saved settings (this one and the Train wizard's
 TrainSettings): unknown keys (a newer version) are dropped, missing keys (an older one) take
@@ -42,7 +42,7 @@ class SegmentChoices:
         # The engine's own checks (torch-free), so the panel refuses exactly what the engine would.
         # Imported here, not at the top: command.py imports this file before use_shipped_engine().
         from mednextv2.errors import InputError
-        from mednextv2.segment_options import SegmentOptions
+        from mednextv2.inference.options import SegmentOptions
 
         if not isinstance(self.uncertainty, bool):
             raise ParameterError(f"uncertainty must be true or false, got {self.uncertainty!r}")

@@ -89,7 +89,7 @@ def table_text(rows: Sequence[SegmentStatistics]) -> str:
 
     A segment name (it comes from the model's bundle) that starts like a spreadsheet formula gets a
     leading apostrophe, so the spreadsheet shows it as text and runs nothing: the engine's CSV
-    does the same (mednextv2.statistics)."""
+    does the same (mednextv2.inference.statistics)."""
     lines = [header()] + [[_as_text(row.segment)] + row.cells()[1:] for row in rows]
     return "\n".join("\t".join(_one_line(cell) for cell in line) for line in lines) + "\n"
 

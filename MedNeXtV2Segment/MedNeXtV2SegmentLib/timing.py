@@ -5,7 +5,7 @@ estimate is (tiles of this input) x (network passes per tile) x (seconds per pas
 this computer by an earlier CPU run of the same model). The engine reports every batch of
 sliding-window tiles (`tiles_done`, `tiles_total`, `elapsed_s` since the first tile), so the seconds
 per pass of a run are `elapsed_s / tiles_done / passes`, also when one batch held every tile. The tile count uses the engine's tile
-placement (mednextv2.tiles) on the input resampled to the model's spacing; passes are folds x
+placement (mednextv2.inference.tiles) on the input resampled to the model's spacing; passes are folds x
 mirrored TTA passes.
 """
 from __future__ import annotations
@@ -28,7 +28,7 @@ def tile_count(size_ijk: Sequence[int], spacing_ijk: Sequence[float], target_spa
                patch_zyx: Sequence[int], step: float) -> int:
     """Tiles of a volume (voxels and spacing in i, j, k) once resampled to the model's spacing
     (None: the model keeps the input's spacing)."""
-    from mednextv2.tiles import tile_grid
+    from mednextv2.inference.tiles import tile_grid
 
     extent_zyx = [n * s for n, s in zip(reversed(list(size_ijk)), reversed(list(spacing_ijk)))]
     if target_spacing_zyx is None:

@@ -36,7 +36,7 @@ SETTINGS_PARAMETER = "TrainSettings"
 
 def default_jobs_root() -> Path:
     """Training jobs live beside the model cache (MEDNEXTV2_HOME), not in a temp folder that gets cleaned."""
-    from mednextv2.cache import default_home
+    from mednextv2.store.cache import default_home
 
     return default_home() / "training"
 

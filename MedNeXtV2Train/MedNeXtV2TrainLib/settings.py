@@ -9,7 +9,7 @@ from MedNeXtV2SegmentLib.parameters import DEVICES
 from MedNeXtV2TrainLib.presets import DEFAULT_PRESET, check_patch_size, get_preset
 
 ARCHITECTURES = ("v2-tiny", "v2-base", "v2-width2")  # `mednextv2 train --preset` when training from scratch
-# A base given as a file: an AMAES pretrained MedNeXt encoder (the engine's mednextv2.amaes.SUFFIXES).
+# A base given as a file: an AMAES pretrained MedNeXt encoder (the engine's mednextv2.store.amaes.SUFFIXES).
 BASE_FILE_SUFFIXES = (".pth", ".pt", ".ckpt")
 
 

@@ -39,11 +39,11 @@ DEFAULT_PROBABILITIES = {"is_seg": False, "order": 1, "order_z": 0, "force_separ
 
 def results_folder(root: Path, case: str, modality: str, target, shape_zyx) -> Path:
     import torch
-    from bench_network import randomised
-    from segment_fixtures import bundle_spec
 
     from mednextv2.bundle import Bundle
     from mednextv2.network import MedNeXt, MedNeXtConfig
+    from bench_network import randomised
+    from segment_fixtures import bundle_spec
 
     config = MedNeXtConfig(in_channels=1, n_channels=4, n_classes=4, exp_r=2, kernel_size=3, block_counts=[1] * 9,
                            grn=True, deep_supervision=False)
@@ -100,8 +100,8 @@ def main() -> None:
     import torch
 
     torch.set_num_threads(1)
-    from mednextv2.importer import import_model
-    from mednextv2.segmentation import segment
+    from mednextv2.inference.pipeline import segment
+    from mednextv2.store.importer import import_model
 
     results = {}
     with tempfile.TemporaryDirectory() as tmp:

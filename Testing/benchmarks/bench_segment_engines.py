@@ -154,11 +154,10 @@ def make_bundle(case: Case, folder: Path) -> Path:
     """The case's bundle with random weights (seed 0), saved so that every engine loads the same file."""
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))        # Testing/ for segment_fixtures
     sys.path.insert(0, str(Path(__file__).resolve().parent))            # bench_network.randomised
-    from bench_network import randomised
-    from segment_fixtures import bundle_spec
-
     from mednextv2.bundle import Bundle
     from mednextv2.network import MedNeXt, MedNeXtConfig
+    from bench_network import randomised
+    from segment_fixtures import bundle_spec
 
     config = MedNeXtConfig.from_dict(case.network)
     spec = bundle_spec(config, patch=case.patch, target_spacing=case.target_spacing, normalization=[CT_NORM],
@@ -249,8 +248,8 @@ class StageMonitor:
 
 
 def run_ours(bundle_dir: Path, image_path: Path, out_dir: Path, mon: StageMonitor) -> Path:
+    from mednextv2.inference.pipeline import Segmenter
     from mednextv2.process_memory import keep_freed_memory
-    from mednextv2.segmentation import Segmenter
 
     keep_freed_memory()  # what the `mednextv2` command does first in its process
     # The pipeline reports each stage's start (fraction 0) except the sliding window, which
@@ -349,8 +348,8 @@ def run_monai(bundle_dir: Path, image_path: Path, out_dir: Path, mon: StageMonit
     import torch
     from monai.inferers import sliding_window_inference
 
-    from mednextv2 import export, image_io, preprocessing
     from mednextv2.bundle import load_bundle
+    from mednextv2.inference import export, image_io, preprocessing
 
     mon.mark("load model")
     bundle = load_bundle(bundle_dir)
@@ -406,7 +405,7 @@ def child(engine: str, bundle_dir: Path, image_path: Path, out_dir: Path, thread
         import nnunetv2.inference.predict_from_raw_data  # noqa: F401
     elif engine == "monai":
         import monai.inferers  # noqa: F401
-    import mednextv2.segmentation  # noqa: F401
+    import mednextv2.inference.pipeline  # noqa: F401
     import_s = time.monotonic() - started_imports
     base = rss_kib()
     load = os.getloadavg()[0]
@@ -451,8 +450,8 @@ def run_case(case: Case, image_path: Path, engines, threads: int, work: Path, re
     import SimpleITK as sitk
 
     from mednextv2.bundle import load_bundle
-    from mednextv2.preprocessing import preprocess
-    from mednextv2.sliding_window import tile_grid
+    from mednextv2.inference.preprocessing import preprocess
+    from mednextv2.inference.sliding_window import tile_grid
 
     bundle_dir = make_bundle(case, work / case.name)
     reference = sitk.ReadImage(str(image_path))

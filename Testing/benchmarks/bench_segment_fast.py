@@ -27,8 +27,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # Testing/ for seg
 
 from mednextv2 import segment  # noqa: E402
 from mednextv2.bundle import Bundle  # noqa: E402
+from mednextv2.inference.preprocessing import labels_to_network_grid, preprocess  # noqa: E402
 from mednextv2.network import MedNeXt, MedNeXtConfig  # noqa: E402
-from mednextv2.preprocessing import labels_to_network_grid, preprocess  # noqa: E402
 from real_data import data_dir  # noqa: E402
 
 DATA = data_dir()  # MEDNEXTV2_DATA, ../shared/data, else the per-user cache (built once)

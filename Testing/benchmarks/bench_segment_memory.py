@@ -3,7 +3,7 @@
 Same synthetic CT, same stand-in network (a 1x1x1 conv to K classes, so the network itself costs
 nothing and only the stitching/export memory is measured), same tiles, same step:
 - ours: float16 probability accumulation on the network grid, then slab-wise resampling and
-  argmax back onto the input grid (mednextv2.preprocessing.to_input_grid);
+  argmax back onto the input grid (mednextv2.inference.preprocessing.to_input_grid);
 - naive: float32 logit accumulation, then all K class maps resampled to the input grid at once
   and the argmax taken there (what nnU-Net's default export does, the step users report at
   tens of GB).
@@ -30,8 +30,8 @@ import torch
 import torch.nn.functional as F
 
 from mednextv2.bundle import Normalization, PreprocessingPlan
-from mednextv2.preprocessing import preprocess, to_input_grid
-from mednextv2.sliding_window import SlidingWindowPredictor, gaussian_importance, pad_to_patch, tile_grid
+from mednextv2.inference.preprocessing import preprocess, to_input_grid
+from mednextv2.inference.sliding_window import SlidingWindowPredictor, gaussian_importance, pad_to_patch, tile_grid
 
 PATCH = (64, 128, 128)
 

@@ -21,7 +21,7 @@ and a 2-thread torch process doing matmuls, a second engine), started here.
 
 `--sweep` (in this process, set up as an engine process) times the network alone at tile sizes
 16^3-128^3 and batch sizes 1-32 and prints the cost per voxel: what FORWARD_VOXELS in
-mednextv2/sliding_window.py is chosen from. Results: docs/benchmarks.md.
+mednextv2/inference/sliding_window.py is chosen from. Results: docs/benchmarks.md.
 """
 from __future__ import annotations
 
@@ -88,8 +88,8 @@ def child(core: str, bundle: str, image: str, output: str, tta: bool) -> dict:
     sys.path.insert(0, core)
     import logging
 
+    from mednextv2.inference.pipeline import Segmenter
     from mednextv2.process_memory import keep_freed_memory
-    from mednextv2.segmentation import Segmenter
 
     keep_freed_memory()
     tiles = []
@@ -99,7 +99,7 @@ def child(core: str, bundle: str, image: str, output: str, tta: bool) -> dict:
             if record.getMessage().startswith("tile plan:"):
                 tiles.append(int(record.getMessage().split()[2]))
 
-    logger = logging.getLogger("mednextv2.sliding_window")
+    logger = logging.getLogger("mednextv2.inference.sliding_window")
     logger.setLevel(logging.INFO)
     logger.addHandler(TileCount())
     seg = Segmenter(bundle, device="cpu", tta=tta)

@@ -60,8 +60,8 @@ def bench_steps(preset: str, patch: int, batch: int, device: str, seconds: float
     """Training iterations per second (forward, Dice+CE over deep supervision, backward, AdamW) and peak memory."""
     import torch
 
-    from mednextv2.network import MedNeXt, MedNeXtConfig
     from mednextv2.devices import autocast_dtype
+    from mednextv2.network import MedNeXt, MedNeXtConfig
     from mednextv2.train.loss import DiceCELoss
     from mednextv2.train.optim import make_optimizer
 
@@ -92,12 +92,12 @@ def bench_steps(preset: str, patch: int, batch: int, device: str, seconds: float
 
 
 def _cached_brain(folder: Path):
-    from mednextv2.train.cache import build_cache
+    from mednextv2.train.checks import validate_dataset
     from mednextv2.train.datasets import discover_dataset
     from mednextv2.train.demo import split_scan
     from mednextv2.train.fingerprint import make_fingerprint
     from mednextv2.train.planning import plan_from_scratch
-    from mednextv2.train.validation import validate_dataset
+    from mednextv2.train.preprocessed import build_cache
 
     tissue = DATA / "mr-brain-tissue"
     dataset, _, _ = split_scan(folder / "data", tissue / "icbm152_2009a_t1.nii.gz", tissue / "icbm152_2009a_tissue.nii.gz")
@@ -269,7 +269,7 @@ def _dice(bundle: Path, cases: dict, folder: Path) -> dict:
     import SimpleITK as sitk
 
     from mednextv2.train.demo import LABELS
-    from mednextv2.train.validate import dice_per_class
+    from mednextv2.train.evaluate import dice_per_class
 
     out = {}
     for name, (image, label) in cases.items():

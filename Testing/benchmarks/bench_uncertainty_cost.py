@@ -17,7 +17,7 @@ import time
 
 import torch
 
-from mednextv2 import preprocessing
+from mednextv2.inference import finishing, preprocessing
 
 
 def _record(net_shape, out_shape) -> preprocessing.GridRecord:
@@ -41,7 +41,7 @@ def main(argv=None) -> int:
         times = {"labels": [], "labels+map": []}
         cpu = {"labels": [], "labels+map": []}
         for _ in range(args.repeats):
-            for name, run in (("labels", lambda: preprocessing.to_input_grid(scores, record)),
+            for name, run in (("labels", lambda: finishing.to_input_grid(scores, record)),
                               ("labels+map", lambda: preprocessing.to_input_grid_with_uncertainty(scores, record))):
                 t0, c0 = time.perf_counter(), time.process_time()
                 run()

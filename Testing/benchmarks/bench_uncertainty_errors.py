@@ -35,10 +35,9 @@ import numpy as np
 import SimpleITK as sitk
 import torch
 
-from mednextv2 import preprocessing
-from mednextv2.segmentation import Segmenter
-from mednextv2.sliding_window import SlidingWindowPredictor
-
+from mednextv2.inference import preprocessing
+from mednextv2.inference.pipeline import Segmenter
+from mednextv2.inference.sliding_window import SlidingWindowPredictor
 
 BLOCKS = 4  # the case cut into slabs: does one candidate win in each part, or only on the whole?
 

@@ -31,8 +31,8 @@ def segment_ct(repeats: int = 1) -> list:
     import torch
 
     from mednextv2.bundle import Bundle
+    from mednextv2.inference.pipeline import Segmenter
     from mednextv2.network import MedNeXt, MedNeXtConfig
-    from mednextv2.segmentation import Segmenter
     from segment_fixtures import bundle_spec
 
     image = DATA / "ct-lung" / "lung1_image.nrrd"

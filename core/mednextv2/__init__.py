@@ -18,9 +18,9 @@ _EXPORTS = {
     "load_bundle": "mednextv2.bundle",
     "Bundle": "mednextv2.bundle",
     "BundleSpec": "mednextv2.bundle_spec",
-    "segment": "mednextv2.segmentation",
-    "segment_with_uncertainty": "mednextv2.segmentation",
-    "SegmentOptions": "mednextv2.segment_options",
+    "segment": "mednextv2.inference.pipeline",
+    "segment_with_uncertainty": "mednextv2.inference.pipeline",
+    "SegmentOptions": "mednextv2.inference.options",
 }
 
 

@@ -157,7 +157,7 @@ class _Swap:
 
     @classmethod
     def begin(cls, target: Path) -> "_Swap":
-        from mednextv2.cache import _try_lock
+        from mednextv2.locks import _try_lock
 
         token = secrets.token_hex(6)
         journal = target.parent / f".{target.name}.{token}.swap"
@@ -234,7 +234,7 @@ def recover_swaps_in(folder: PathLike, complete: Callable[[Path], bool]) -> List
 
 
 def _recover(swap: _Swap, complete: Callable[[Path], bool]) -> Optional[str]:
-    from mednextv2.cache import _try_lock
+    from mednextv2.locks import _try_lock
 
     try:
         swap.fd = os.open(swap.journal, os.O_RDWR)

@@ -24,11 +24,11 @@ from typing import IO, Any, Dict, Iterator, List, Mapping, Optional, Sequence, T
 
 from mednextv2 import atomic
 from mednextv2.bundle_spec import (MODEL_JSON, BundleSpec, Channel, InferenceDefaults, Label, NetworkSpec,
-                                   Normalization, PreprocessingPlan, Provenance, Resampling, ResampleOrder,
+                                   Normalization, PreprocessingPlan, Provenance, ResampleOrder, Resampling,
                                    validate_model_json)
 from mednextv2.errors import InputError, ResourceError
 from mednextv2.safezip import checked_zip
-from mednextv2.validation import load_schema, loads_strict, schema_errors
+from mednextv2.schema import load_schema, loads_strict, schema_errors
 from mednextv2.weights_check import (Shapes, check_header, check_network_size, check_weights_file, expected_shapes,
                                      max_weights_bytes, safetensors_shapes)
 

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 from mednextv2.errors import InputError
-from mednextv2.validation import control_characters, load_schema, model_id_problem, non_finite_paths, schema_errors
+from mednextv2.schema import control_characters, load_schema, model_id_problem, non_finite_paths, schema_errors
 
 MODEL_JSON = "model.json"
 FORMAT_VERSION = 1

@@ -17,7 +17,7 @@ import zlib
 from pathlib import Path, PurePosixPath
 from typing import IO, Dict, Iterator, Optional
 
-from mednextv2.cache import format_size, require_free_space
+from mednextv2.disk import format_size, require_free_space
 from mednextv2.errors import InputError
 
 MAX_ARCHIVE_BYTES = 50 * 1024 ** 3   # uncompressed; larger than any MedNeXt results folder

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any, Dict, Optional, Tuple
 
 from mednextv2.errors import InputError, ResourceError
-from mednextv2.validation import loads_strict
+from mednextv2.schema import loads_strict
 
 Shapes = Dict[str, Tuple[int, ...]]
 # v2-width2, the largest preset, has 0.25 billion parameters; 4 billion is 16 GB per fold in float32.

@@ -31,7 +31,7 @@ def _rank_label() -> str:
     """Under torchrun the ranks share one terminal: each line they log or print names its rank."""
     if os.environ.get("WORLD_SIZE", "1") in ("", "1"):
         return ""  # not under torchrun: torch need not load for this
-    from mednextv2.train.distributed import from_environment
+    from mednextv2.ranks import from_environment
 
     ctx = from_environment()
     return f"[rank {ctx.rank}/{ctx.world_size}] "

@@ -6,10 +6,11 @@ import json
 import sys
 
 from mednextv2 import MODELS_DOC_URL
-from mednextv2.cache import ModelCache, format_size
+from mednextv2.disk import format_size
 from mednextv2.errors import InputError
 from mednextv2.progress import MODES, make_progress
-from mednextv2.validation import loads_strict, printable
+from mednextv2.schema import loads_strict, printable
+from mednextv2.store.cache import ModelCache
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
@@ -70,7 +71,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _list(args, cache) -> int:
-    from mednextv2.catalog import entries_with_status, load_catalog
+    from mednextv2.store.catalog import entries_with_status, load_catalog
 
     catalog = load_catalog(cache, args.catalog)
     rows = entries_with_status(catalog, cache)
@@ -99,7 +100,7 @@ def _say(text: str, file=None) -> None:
 
 
 def _info(args, cache) -> int:
-    from mednextv2.catalog import load_catalog
+    from mednextv2.store.catalog import load_catalog
 
     catalog = load_catalog(cache, args.catalog)
     info = {"id": args.id}
@@ -146,7 +147,7 @@ def _print_info(info: dict) -> None:
 
 
 def _download(args, cache) -> int:
-    from mednextv2.catalog import download_model, load_catalog
+    from mednextv2.store.catalog import download_model, load_catalog
 
     entry = load_catalog(cache, args.catalog).get(args.id)
     path = download_model(entry, cache, progress=make_progress(args.progress), force=args.force,
@@ -156,12 +157,13 @@ def _download(args, cache) -> int:
 
 
 def _import(args, cache) -> int:
-    from mednextv2.importer import import_model
+    from mednextv2.store.importer import ImportOptions, import_model
 
     folds = [int(f) if str(f).isdigit() else f for f in args.folds] if args.folds else None
-    path = import_model(args.path, cache, model_id=args.model_id, folds=folds, configuration=args.configuration,
-                        checkpoint=args.checkpoint, grn_norm=args.grn_norm, dataset_json=args.dataset_json,
-                        replace=args.replace, source_format=args.source_format, config=args.config,
+    options = ImportOptions(folds=folds, configuration=args.configuration, checkpoint=args.checkpoint,
+                            grn_norm=args.grn_norm, dataset_json=args.dataset_json, source_format=args.source_format,
+                            config=args.config)
+    path = import_model(args.path, cache, model_id=args.model_id, options=options, replace=args.replace,
                         progress=make_progress(args.progress))
     print(f"installed {path.name} in {path}; use it with: mednextv2 segment ... -m {path.name}", file=sys.stderr)
     print(path)

@@ -14,11 +14,11 @@ import argparse
 import logging
 from pathlib import Path
 
-from mednextv2 import image_io
 from mednextv2.errors import InputError
+from mednextv2.inference import image_io
+from mednextv2.inference.options import DEVICES, SegmentOptions
 from mednextv2.output_guard import resolved
 from mednextv2.progress import make_progress, with_rank
-from mednextv2.segment_options import DEVICES, SegmentOptions
 
 log = logging.getLogger(__name__)
 
@@ -74,7 +74,7 @@ def _is_batch(inputs) -> bool:
 
 
 def run(args: argparse.Namespace) -> int:
-    from mednextv2.segmentation import Segmenter, check_case_outputs, read_case, segment_folder
+    from mednextv2.inference.pipeline import Segmenter, check_case_outputs, read_case, segment_folder
     from mednextv2.train import distributed
 
     shard = distributed.from_environment()  # torchrun's RANK / WORLD_SIZE; no process group is needed

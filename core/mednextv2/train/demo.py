@@ -18,15 +18,15 @@ from typing import Callable, Dict, Optional, Tuple
 import numpy as np
 import SimpleITK as sitk
 
-from mednextv2 import export
 from mednextv2.atomic import atomic_path
 from mednextv2.bundle import load_bundle
 from mednextv2.errors import InputError
+from mednextv2.inference import export
 from mednextv2.progress import make_progress
 from mednextv2.train import checkpoint
+from mednextv2.train.evaluate import dice_per_class
 from mednextv2.train.options import TrainOptions
 from mednextv2.train.run import run_training
-from mednextv2.train.validate import dice_per_class
 
 log = logging.getLogger(__name__)
 
@@ -133,7 +133,7 @@ def demo_folder(out_dir: Path) -> Tuple[Path, bool]:
 
 def run_demo(out_dir: Path, minutes: float = 5.0, device: str = "auto", progress: str = "bar", seed: int = 0,
              tta: bool = False, echo: Callable[[str], None] = print, threads: Optional[int] = None) -> DemoResult:
-    from mednextv2.segmentation import segment
+    from mednextv2.inference.pipeline import segment
 
     if minutes <= 0:
         raise InputError(f"--minutes must be positive, got {minutes}")

@@ -7,8 +7,6 @@ Without torchrun everything here is a no-op for a single process. NCCL on CUDA, 
 from __future__ import annotations
 
 import logging
-import os
-from dataclasses import dataclass
 from typing import Optional
 
 import torch
@@ -16,30 +14,9 @@ import torch.distributed as dist
 
 from mednextv2.devices import resolve_device
 from mednextv2.errors import InputError
+from mednextv2.ranks import DistContext, from_environment  # noqa: F401  (re-exported for training)
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class DistContext:
-    rank: int = 0
-    world_size: int = 1
-    local_rank: int = 0
-
-    @property
-    def enabled(self) -> bool:
-        return self.world_size > 1
-
-    @property
-    def is_main(self) -> bool:
-        return self.rank == 0
-
-
-def from_environment() -> DistContext:
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world <= 1:
-        return DistContext()
-    return DistContext(int(os.environ.get("RANK", "0")), world, int(os.environ.get("LOCAL_RANK", "0")))
 
 
 def device_for(requested, ctx: DistContext) -> torch.device:

@@ -12,9 +12,9 @@ from typing import Dict, Tuple
 import numpy as np
 import SimpleITK as sitk
 
-from mednextv2.image_io import read_image
-from mednextv2.preprocessing import nearest_lps_axes, nonzero_bbox, orient_array
-from mednextv2.train.validation import ValidatedDataset
+from mednextv2.inference.image_io import read_image
+from mednextv2.inference.preprocessing import nearest_lps_axes, nonzero_bbox, orient_array
+from mednextv2.train.checks import ValidatedDataset
 
 log = logging.getLogger(__name__)
 

@@ -22,17 +22,17 @@ import numpy as np
 import torch
 from torch import nn
 
-from mednextv2.errors import MedNeXtError
 from mednextv2 import stop_request
+from mednextv2.errors import MedNeXtError
 from mednextv2.threads import ThreadPolicy
 from mednextv2.train import checkpoint, distributed
 from mednextv2.train.augment import AugmentConfig, augment
 from mednextv2.train.budget import Budget
-from mednextv2.train.cache import CachedCase
 from mednextv2.train.epochs import EpochHandler, EpochRecord, default_handlers
+from mednextv2.train.evaluate import validate
 from mednextv2.train.optim import lr_factor, set_lr
+from mednextv2.train.preprocessed import CachedCase
 from mednextv2.train.sampler import Prefetcher
-from mednextv2.train.validate import validate
 
 log = logging.getLogger(__name__)
 

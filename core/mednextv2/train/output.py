@@ -19,15 +19,15 @@ import torch
 
 from mednextv2 import __version__
 from mednextv2.atomic import copy_file, recover_swaps, sha256_file
-from mednextv2.bundle import (BUNDLE_REPORTS, Bundle, BundleSpec, Channel, NetworkSpec, Provenance,
-                              foreign_entries, is_complete_bundle)
+from mednextv2.bundle import (BUNDLE_REPORTS, Bundle, BundleSpec, Channel, NetworkSpec, Provenance, foreign_entries,
+                              is_complete_bundle)
 from mednextv2.errors import InputError
-from mednextv2.image_io import check_can_create_files
+from mednextv2.inference.image_io import check_can_create_files
 from mednextv2.output_guard import resolved, same_path
 from mednextv2.safezip import safe_extract_zip
+from mednextv2.schema import model_id_problem
 from mednextv2.train import checkpoint
 from mednextv2.train.planning import Plan
-from mednextv2.validation import model_id_problem
 
 log = logging.getLogger(__name__)
 
@@ -132,7 +132,7 @@ def _base_path(base: str) -> Path:
     resolved(path, "model")  # a symbolic link loop is not "not found", nor a model id
     if path.exists() or model_id_problem(base) is not None:
         return path
-    from mednextv2.cache import ModelCache
+    from mednextv2.store.cache import ModelCache
 
     return ModelCache.open().model_dir(base)
 

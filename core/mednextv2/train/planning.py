@@ -17,7 +17,7 @@ import numpy as np
 from mednextv2.bundle_spec import (BundleSpec, InferenceDefaults, Label, Normalization, PreprocessingPlan, Resampling,
                                    default_color)
 from mednextv2.errors import InputError
-from mednextv2.preprocessing import anisotropic_axis
+from mednextv2.inference.preprocessing import anisotropic_axis
 from mednextv2.network import DIVISOR, MedNeXtConfig
 from mednextv2.train.fingerprint import Fingerprint
 
@@ -210,7 +210,7 @@ AMAES_RESAMPLING = {"data": {"order": 3, "order_z": 0, "force_separate_z": False
 def plan_from_amaes(encoder, fp: Fingerprint, labels: Dict[int, str], device_type: str,
                     patch: Optional[Sequence[int]] = None, spacing: Optional[Sequence[float]] = None,
                     voxel_budget: Optional[int] = None, batch_size: int = 2) -> Plan:
-    """Fine-tune an AMAES encoder (`mednextv2.amaes`) with the preprocessing it was pretrained on.
+    """Fine-tune an AMAES encoder (`mednextv2.store.amaes`) with the preprocessing it was pretrained on.
 
     Its arrays are in RAS (x, y, z) order: the patch follows the dataset's median extent in that order."""
     if encoder.in_channels != len(fp.channels):

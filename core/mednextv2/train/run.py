@@ -15,24 +15,23 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import numpy as np
 import torch
 
-from mednextv2.amaes import describe, is_checkpoint_file, load_encoder, read_amaes
-from mednextv2.atomic import sha256_file
+from mednextv2.atomic import sha256_file, write_bytes
 from mednextv2.bundle import Bundle, load_bundle
-from mednextv2.cache import FileLock
 from mednextv2.devices import autocast_dtype
 from mednextv2.errors import Cancelled, InputError, ResourceError
-from mednextv2.atomic import write_bytes
+from mednextv2.inference.preprocessing import anisotropic_axis
 from mednextv2.network import MedNeXt
-from mednextv2.preprocessing import anisotropic_axis
 from mednextv2.progress import make_progress, null_progress
+from mednextv2.store.amaes import describe, is_checkpoint_file, load_encoder, read_amaes
+from mednextv2.store.cache import FileLock
 from mednextv2.threads import ThreadPolicy
 from mednextv2.train import checkpoint, distributed, epochs, output
 from mednextv2.train.augment import AugmentConfig
-from mednextv2.train.cache import build_cache
+from mednextv2.train.checks import validate_dataset
 from mednextv2.train.datasets import Case, discover_dataset
-from mednextv2.train.fingerprint import make_fingerprint
-from mednextv2.train.finetune import init_from_base
 from mednextv2.train.epochs import EpochRecord
+from mednextv2.train.finetune import init_from_base
+from mednextv2.train.fingerprint import make_fingerprint
 from mednextv2.train.loop import LoopConfig, Trainer, TrainerParts, load_best, seed_everything
 from mednextv2.train.loss import DiceCELoss
 from mednextv2.train.memory import cuda_voxel_budget
@@ -40,8 +39,8 @@ from mednextv2.train.optim import make_optimizer
 from mednextv2.train.options import DEFAULT_VAL_FRACTION, ITERATIONS_PER_EPOCH, MIN_CASES_TO_HOLD_OUT, TrainOptions
 from mednextv2.train.planning import (Plan, plan_from_amaes, plan_from_base, plan_from_dict, plan_from_scratch,
                                       plan_to_dict)
+from mednextv2.train.preprocessed import build_cache
 from mednextv2.train.sampler import PatchSampler, Prefetcher
-from mednextv2.train.validation import validate_dataset
 
 log = logging.getLogger(__name__)
 
@@ -98,7 +97,7 @@ def split_cases(cases: Sequence[Case], val_names: Sequence[str], fraction: Optio
 
 def _load_base(ref: str) -> Bundle:
     """A bundle path, an installed model id, or a catalog id (downloaded and verified first)."""
-    from mednextv2.catalog import resolve_model
+    from mednextv2.store.catalog import resolve_model
 
     return load_bundle(resolve_model(ref))
 

@@ -14,7 +14,7 @@ from typing import Optional, Sequence, Tuple
 import numpy as np
 import torch
 
-from mednextv2.train.cache import CachedCase
+from mednextv2.train.preprocessed import CachedCase
 
 FOREGROUND_FRACTION = 1.0 / 3.0
 CONTEXT_FACTOR = 1.25  # context side / patch side

@@ -17,7 +17,7 @@ import SimpleITK as sitk
 from mednextv2.atomic import atomic_path
 from mednextv2.bundle import Label
 from mednextv2.errors import InputError, ResourceError
-from mednextv2.validation import control_characters
+from mednextv2.schema import control_characters
 
 log = logging.getLogger(__name__)
 

@@ -17,7 +17,8 @@ from pathlib import Path
 from typing import Any, List, Mapping, Optional, Tuple
 
 from mednextv2.errors import InputError
-from mednextv2.safe_pickle import load_data_pickle
+from mednextv2.store.nnunet_v2 import convert_results, read_json
+from mednextv2.store.safe_pickle import load_data_pickle
 
 log = logging.getLogger(__name__)
 
@@ -124,12 +125,10 @@ def _indexed(value: Any, where: Path, key: str) -> List[Any]:
 
 def _dataset(folder: Path, given: Optional[Path], modalities: List[Any], n_labels: int) -> dict:
     """Label and channel names: --dataset-json, else a dataset.json in or beside the folder, else label_1..n."""
-    from mednextv2.importer import _read_json
-
     candidates = [Path(given).expanduser()] if given else [folder / "dataset.json", folder.parent / "dataset.json"]
     for path in candidates:
         if path.is_file() or given:
-            data = _read_json(path)
+            data = read_json(path)
             data.setdefault("modality", {str(i): str(m) for i, m in enumerate(modalities)})
             return data
     labels = {"background": 0, **{f"label_{i}": i for i in range(1, n_labels + 1)}}
@@ -143,8 +142,6 @@ def convert_nnunet_v1(folder: Path, model_id: str, *, folds=None, configuration:
                       checkpoint: Optional[str] = None, grn_norm: Optional[str] = None,
                       dataset_json: Optional[Path] = None, progress=None):
     """An in-memory bundle from an nnU-Net v1 trainer folder whose network is a MedNeXt."""
-    from mednextv2.importer import convert_results
-
     checkpoint = checkpoint or V1_CHECKPOINT
     dataset, plans, name, trainer = read_v1(folder, configuration, dataset_json, checkpoint)
     return convert_results(folder, model_id, dataset, plans, folds=folds, configuration=name, checkpoint=checkpoint,

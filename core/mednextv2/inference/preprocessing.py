@@ -308,29 +308,6 @@ def resample(x: torch.Tensor, out_shape: Shape, nearest_axis: Optional[int] = No
     return x
 
 
-def resample_argmax(scores: torch.Tensor, out_shape: Shape, nearest_axis: Optional[int] = None,
-                    slab_bytes: int = SLAB_BYTES, uncertainty: Optional[np.ndarray] = None,
-                    probabilities: bool = False) -> np.ndarray:
-    """argmax over classes of `scores` (K, z, y, x) resampled to out_shape, slab by slab along z
-    (finishing.LabelFinisher, fed the whole volume at once).
-
-    `uncertainty`: a float32 array of out_shape, filled with `class_uncertainty` of the same
-    resampled rows (`probabilities`: the scores are softmax probabilities, not logits).
-    Peak extra memory: about 3 x K x slab x max(y_in*x_in, y_out*x_out) x 4 bytes <= ~3 x slab_bytes.
-    """
-    from mednextv2.finishing import LabelFinisher
-
-    network_shape = tuple(int(n) for n in scores.shape[1:])
-    record = GridRecord(tuple(out_shape), (0, 1, 2), (False, False, False), (1.0, 1.0, 1.0),
-                        tuple((0, int(n)) for n in out_shape), (1.0, 1.0, 1.0), network_shape, nearest_axis)
-    finisher = LabelFinisher(record, scores.shape[0], slab_bytes, with_uncertainty=uncertainty is not None,
-                             probabilities=probabilities)
-    labels = finisher.finish_whole(scores, axis=0)
-    if uncertainty is not None:
-        uncertainty[...] = finisher.uncertainty()
-    return labels
-
-
 def class_uncertainty(rows: torch.Tensor, probabilities: bool = False) -> torch.Tensor:
     """How unsure the model is between its classes, per voxel of a slab of class scores (K, ...):
     (1 - the largest class probability) x K / (K - 1), in [0, 1]: 0 where one class takes all the
@@ -451,16 +428,6 @@ def preprocess(images: Sequence[sitk.Image], plan: PreprocessingPlan,
                         plan.resampling is not None and plan.resampling.softmax_first)
     log.debug("preprocessed %s -> %s (spacing %s -> %s)", input_shape, net_shape, oriented_spacing, net_spacing)
     return Preprocessed(np.ascontiguousarray(data), record)
-
-
-def to_input_grid(scores: torch.Tensor, record: GridRecord, axis: int = 0) -> np.ndarray:
-    """Class scores (K, *network_shape) -> label array (z, y, x) on the input image's voxel grid
-    (finishing.LabelFinisher, fed the whole volume; `axis`: the axis it works along in slabs)."""
-    from mednextv2.finishing import LabelFinisher
-
-    if tuple(scores.shape[1:]) != record.network_shape:
-        raise ValueError(f"prediction shape {tuple(scores.shape[1:])} != network grid {record.network_shape}")
-    return LabelFinisher(record, scores.shape[0]).finish_whole(scores, axis)
 
 
 def labels_to_network_grid(labels: sitk.Image, record: GridRecord) -> np.ndarray:

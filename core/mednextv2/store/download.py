@@ -27,10 +27,12 @@ import urllib3
 
 from mednextv2 import __version__
 from mednextv2.atomic import sha256_file, write_bytes
-from mednextv2.cache import format_size, require_free_space
+from mednextv2.disk import format_size, require_free_space
 from mednextv2.errors import InputError, MedNeXtError, ResourceError
+from mednextv2.store.cache import HOME_ENV
 
 log = logging.getLogger(__name__)
+_SPACE_ADVICE = f"Free some space or set {HOME_ENV} to another disk."  # downloads go under the home folder
 
 ProgressCallback = Callable[..., None]
 _CONTENT_RANGE = re.compile(r"bytes\s+(\d+)-(\d+)/(\d+|\*)")
@@ -165,13 +167,13 @@ def download_verified(urls: Sequence[str], part: Path, sha256: str, size: int, *
     if final.is_file():  # verified by an earlier run that could not finish (no room to unpack)
         if final.stat().st_size == size and sha256_file(final, progress) == sha256:
             log.info("using the verified download %s from an earlier attempt", final)
-            require_free_space(part.parent, then_needs, f"unpacking {final.name}")
+            require_free_space(part.parent, then_needs, f"unpacking {final.name}", _SPACE_ADVICE)
             return final
         final.unlink()
     session = session or new_session()
     have = part.stat().st_size if part.exists() else 0
     require_free_space(part.parent, max(size - have, 0) + (1 << 20) + then_needs,
-                       f"the download into {part.parent}" + (" and unpacking it" if then_needs else ""))
+                       f"the download into {part.parent}" + (" and unpacking it" if then_needs else ""), _SPACE_ADVICE)
 
     resumed = have > 0
     last_error: Optional[Exception] = None

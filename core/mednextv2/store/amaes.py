@@ -73,7 +73,7 @@ def is_checkpoint_file(ref: str) -> bool:
 
 
 def _load(path: Path):
-    from mednextv2.importer import load_checkpoint
+    from mednextv2.store.checkpoints import load_checkpoint
 
     if not path.is_file():
         raise InputError(f"--base {path}: no such file")

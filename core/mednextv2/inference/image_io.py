@@ -16,7 +16,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from mednextv2.errors import InputError
-from mednextv2.nifti import check_nifti_file, is_nifti_path
+from mednextv2.inference.nifti import check_nifti_file, is_nifti_path
 from mednextv2.output_guard import resolved
 
 log = logging.getLogger(__name__)

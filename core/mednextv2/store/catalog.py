@@ -22,11 +22,12 @@ from pathlib import Path
 from typing import Dict, List, Mapping, Optional, Sequence, Tuple, Union
 from urllib.parse import urlsplit
 
-from mednextv2.cache import ModelCache, check_model_id, format_size
 from mednextv2.atomic import write_bytes
+from mednextv2.disk import format_size
 from mednextv2.errors import Cancelled, InputError, MedNeXtError, ResourceError
 from mednextv2.output_guard import resolved
-from mednextv2.validation import load_schema, loads_strict, model_id_problem, schema_errors
+from mednextv2.schema import load_schema, loads_strict, model_id_problem, schema_errors
+from mednextv2.store.cache import ModelCache, check_model_id
 
 log = logging.getLogger(__name__)
 
@@ -170,7 +171,7 @@ def _check_plain_http(url: str) -> None:
 
 
 def _read_remote(url: str, cache: ModelCache, settings, *, https_only: bool) -> bytes:
-    from mednextv2.download import DownloadSettings, fetch_bytes
+    from mednextv2.store.download import DownloadSettings, fetch_bytes
 
     copy = cache.catalogs_dir / (hashlib.sha256(url.encode("utf-8")).hexdigest()[:24] + ".json")
     try:
@@ -195,8 +196,8 @@ def download_model(entry: CatalogEntry, cache: Optional[ModelCache] = None, *, p
     replaced only with `replace`: it may exist nowhere else.
 
     Holds the model's lock throughout, so a second process waits and then finds it installed."""
-    from mednextv2.download import DownloadSettings, download_verified
-    from mednextv2.importer import install_archive
+    from mednextv2.store.download import DownloadSettings, download_verified
+    from mednextv2.store.importer import ImportOptions, install_archive
 
     cache = cache or ModelCache.open()
     check_model_id(entry.id)
@@ -214,7 +215,7 @@ def download_model(entry: CatalogEntry, cache: Optional[ModelCache] = None, *, p
         info = {"source": "catalog", "catalog": entry.source, "version": entry.version,
                 "sha256": entry.sha256, "size": entry.size, "origin": entry.urls[0]}
         try:
-            installed = install_archive(archive, cache, entry.id, kind=entry.archive, options=dict(entry.nnunet),
+            installed = install_archive(archive, cache, entry.id, kind=entry.archive, options=ImportOptions(**entry.nnunet),
                                         info=info, progress=progress)
         except (ResourceError, Cancelled, KeyboardInterrupt):
             log.warning("the verified download %s is kept: the next attempt installs it without downloading", archive)

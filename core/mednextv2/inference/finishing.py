@@ -24,8 +24,9 @@ from typing import Optional
 import numpy as np
 import torch
 
-from mednextv2.preprocessing import (SLAB_BYTES, GridRecord, _axis_weights, _resample_axis, _rows_for_slab,
-                                     argmax_classes, class_uncertainty, resample, unorient_array)
+from mednextv2.inference.preprocessing import (SLAB_BYTES, GridRecord, Shape, _axis_weights, _resample_axis,
+                                               _rows_for_slab, argmax_classes, class_uncertainty, resample,
+                                               unorient_array)
 
 
 def label_dtype(n_classes: int) -> np.dtype:
@@ -155,3 +156,32 @@ class LabelFinisher:
         self._cropped[region] = argmax_classes(scores).numpy().astype(self._cropped.dtype, copy=False)
         if self._uncertainty is not None:
             self._cropped_uncertainty[region] = class_uncertainty(scores, self.probabilities).numpy()
+
+
+def resample_argmax(scores: torch.Tensor, out_shape: Shape, nearest_axis: Optional[int] = None,
+                    slab_bytes: int = SLAB_BYTES, uncertainty: Optional[np.ndarray] = None,
+                    probabilities: bool = False) -> np.ndarray:
+    """argmax over classes of `scores` (K, z, y, x) resampled to out_shape, slab by slab along z
+    (finishing.LabelFinisher, fed the whole volume at once).
+
+    `uncertainty`: a float32 array of out_shape, filled with `class_uncertainty` of the same
+    resampled rows (`probabilities`: the scores are softmax probabilities, not logits).
+    Peak extra memory: about 3 x K x slab x max(y_in*x_in, y_out*x_out) x 4 bytes <= ~3 x slab_bytes.
+    """
+    network_shape = tuple(int(n) for n in scores.shape[1:])
+    record = GridRecord(tuple(out_shape), (0, 1, 2), (False, False, False), (1.0, 1.0, 1.0),
+                        tuple((0, int(n)) for n in out_shape), (1.0, 1.0, 1.0), network_shape, nearest_axis)
+    finisher = LabelFinisher(record, scores.shape[0], slab_bytes, with_uncertainty=uncertainty is not None,
+                             probabilities=probabilities)
+    labels = finisher.finish_whole(scores, axis=0)
+    if uncertainty is not None:
+        uncertainty[...] = finisher.uncertainty()
+    return labels
+
+
+def to_input_grid(scores: torch.Tensor, record: GridRecord, axis: int = 0) -> np.ndarray:
+    """Class scores (K, *network_shape) -> label array (z, y, x) on the input image's voxel grid
+    (finishing.LabelFinisher, fed the whole volume; `axis`: the axis it works along in slabs)."""
+    if tuple(scores.shape[1:]) != record.network_shape:
+        raise ValueError(f"prediction shape {tuple(scores.shape[1:])} != network grid {record.network_shape}")
+    return LabelFinisher(record, scores.shape[0]).finish_whole(scores, axis)

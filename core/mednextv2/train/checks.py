@@ -15,7 +15,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from mednextv2.errors import InputError
-from mednextv2.nifti import check_nifti_file, is_nifti_path
+from mednextv2.inference.nifti import check_nifti_file, is_nifti_path
 from mednextv2.train.datasets import Case, Dataset
 
 log = logging.getLogger(__name__)
@@ -151,7 +151,7 @@ def _segment_names(path: Path) -> Dict[int, str]:
 
 
 def _label_table_names(labelmap: Path) -> Dict[int, str]:
-    from mednextv2.export import known_suffix, label_table_path
+    from mednextv2.inference.export import known_suffix, label_table_path
 
     if not known_suffix(labelmap):
         return {}

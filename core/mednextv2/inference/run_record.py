@@ -23,7 +23,7 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 from mednextv2 import __version__
 from mednextv2.atomic import sha256_file, write_bytes
 from mednextv2.errors import InputError
-from mednextv2.validation import loads_strict
+from mednextv2.schema import loads_strict
 
 RECORD_FOLDER = ".mednextv2-run"
 KIND = "mednextv2 segment run record"  # the marker: only the engine writes records

@@ -36,7 +36,7 @@ import torch
 
 from mednextv2.devices import autocast_dtype, resolve_device
 from mednextv2.errors import ResourceError
-from mednextv2.tiles import stream_axis, tile_grid, tile_starts  # noqa: F401  (tile_starts: re-exported)
+from mednextv2.inference.tiles import stream_axis, tile_grid, tile_starts  # noqa: F401  (tile_starts: re-exported)
 from mednextv2.threads import ThreadPolicy
 
 log = logging.getLogger(__name__)

@@ -15,10 +15,10 @@ from typing import Callable, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from mednextv2.errors import ResourceError
 from mednextv2.atomic import atomic_path, write_bytes
-from mednextv2.image_io import read_channels, read_image
-from mednextv2.preprocessing import labels_to_network_grid, preprocess
+from mednextv2.errors import ResourceError
+from mednextv2.inference.image_io import read_channels, read_image
+from mednextv2.inference.preprocessing import labels_to_network_grid, preprocess
 from mednextv2.train.datasets import Case
 from mednextv2.train.planning import Plan
 

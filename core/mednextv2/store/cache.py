@@ -31,7 +31,8 @@ from typing import Iterator, List, Optional
 
 from mednextv2.atomic import recover_swaps, recover_swaps_in, replace_folder
 from mednextv2.errors import InputError, ResourceError
-from mednextv2.validation import model_id_problem
+from mednextv2.locks import FileLock
+from mednextv2.schema import model_id_problem
 
 log = logging.getLogger(__name__)
 
@@ -66,76 +67,6 @@ class InstalledModel:
     id: str
     path: Path
     info: dict  # the .install.json record; {} for a folder placed there by hand
-
-
-class FileLock:
-    """An exclusive OS lock on a file, polled until `timeout` seconds have passed.
-
-    The OS drops the lock when the holder dies, so a killed download never blocks the next."""
-
-    def __init__(self, path: Path, timeout: float = 3600.0, poll: float = 0.1) -> None:
-        self.path = Path(path)
-        self.timeout = timeout
-        self.poll = poll
-        self._fd: Optional[int] = None
-
-    def acquire(self) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
-        deadline = time.monotonic() + self.timeout
-        announced = False
-        while True:
-            if _try_lock(fd):
-                self._fd = fd
-                return
-            if time.monotonic() >= deadline:
-                os.close(fd)
-                raise ResourceError(f"another mednextv2 process holds {self.path} for more than {self.timeout:.0f} s; "
-                                    "wait for it to finish or stop it")
-            if not announced:
-                log.info("waiting for another mednextv2 process (lock %s)", self.path)
-                announced = True
-            time.sleep(self.poll)
-
-    def release(self) -> None:
-        if self._fd is not None:
-            _unlock(self._fd)
-            os.close(self._fd)
-            self._fd = None
-
-    def __enter__(self) -> "FileLock":
-        self.acquire()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.release()
-
-
-if sys.platform == "win32":  # pragma: no cover - exercised on Windows only
-    import msvcrt
-
-    def _try_lock(fd: int) -> bool:
-        try:
-            msvcrt.locking(fd, msvcrt.LK_NBLCK, 1)
-            return True
-        except OSError:
-            return False
-
-    def _unlock(fd: int) -> None:
-        os.lseek(fd, 0, os.SEEK_SET)
-        msvcrt.locking(fd, msvcrt.LK_UNLCK, 1)
-else:
-    import fcntl
-
-    def _try_lock(fd: int) -> bool:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            return True
-        except OSError:
-            return False
-
-    def _unlock(fd: int) -> None:
-        fcntl.flock(fd, fcntl.LOCK_UN)
 
 
 @dataclass(frozen=True)
@@ -263,26 +194,3 @@ def _complete_model(folder: Path) -> bool:
     from mednextv2.bundle import is_complete_bundle
 
     return is_complete_bundle(folder, allowed=(INSTALL_INFO,))
-
-
-def free_bytes(folder: Path) -> int:
-    folder = Path(folder)
-    while not folder.exists() and folder != folder.parent:
-        folder = folder.parent
-    return shutil.disk_usage(folder).free
-
-
-def require_free_space(folder: Path, needed: int, what: str) -> None:
-    free = free_bytes(folder)
-    if free < needed:
-        raise ResourceError(f"not enough disk space for {what}: needs {format_size(needed)}, "
-                            f"{format_size(free)} free in {folder}. Free some space or set {HOME_ENV} to another disk.")
-
-
-def format_size(n: int) -> str:
-    size = float(n)
-    for unit in ("B", "KB", "MB", "GB"):
-        if size < 1024 or unit == "GB":
-            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
-        size /= 1024
-    return f"{size:.1f} GB"

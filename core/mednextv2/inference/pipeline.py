@@ -15,16 +15,17 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 import SimpleITK as sitk
 
-from mednextv2 import export, image_io, postprocessing, preprocessing, run_record, statistics, stop_request
+from mednextv2 import stop_request
 from mednextv2.bundle import Bundle, Label, load_bundle
 from mednextv2.devices import resolve_device
 from mednextv2.errors import InputError, ResourceError
-from mednextv2.finishing import LabelFinisher
+from mednextv2.inference import export, image_io, postprocessing, preprocessing, run_record, statistics
+from mednextv2.inference.finishing import LabelFinisher
+from mednextv2.inference.options import UNCERTAINTY_CASE_SUFFIX, SegmentOptions, check_step
+from mednextv2.inference.sliding_window import SlidingWindowPredictor
 from mednextv2.output_guard import refuse_same_outputs, refuse_writing_over_inputs, same_path
 from mednextv2.progress import null_progress
-from mednextv2.segment_options import UNCERTAINTY_CASE_SUFFIX, SegmentOptions, check_step
-from mednextv2.sliding_window import SlidingWindowPredictor
-from mednextv2.train.distributed import DistContext as Shard
+from mednextv2.ranks import DistContext as Shard
 
 log = logging.getLogger(__name__)
 
@@ -38,7 +39,7 @@ def resolve_bundle(model: ModelInput, progress: Callable[..., None] = null_progr
     """A Bundle from a Bundle, a bundle folder/zip path, or an installed or catalog model id."""
     if isinstance(model, Bundle):
         return model
-    from mednextv2.catalog import resolve_model
+    from mednextv2.store.catalog import resolve_model
 
     return load_bundle(resolve_model(model, progress=progress))
 

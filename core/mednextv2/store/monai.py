@@ -22,7 +22,7 @@ from mednextv2.bundle import Bundle
 from mednextv2.bundle_spec import (BundleSpec, Channel, InferenceDefaults, Label, NetworkSpec, Normalization,
                                    PreprocessingPlan, Provenance, default_color, strip_absolute_paths)
 from mednextv2.errors import InputError
-from mednextv2.validation import load_schema, loads_strict
+from mednextv2.schema import load_schema, loads_strict
 
 STATE_DICT_SUFFIXES = (".pt", ".pth", ".bin", ".ckpt")
 AXIS_ORDERS = {"xyz": (2, 1, 0), "zyx": (0, 1, 2)}  # MONAI array axis i is our (z, y, x) axis AXIS_ORDERS[o][i]
@@ -146,7 +146,7 @@ def _numbers(value: Any, where: str, key: str, positive: bool = False, integer: 
 
 
 def _network_args(raw: Any, where: str) -> Dict[str, Any]:
-    from mednextv2.monai_mednext import MonaiNetworkArgs
+    from mednextv2.store.monai_network import MonaiNetworkArgs
 
     if not isinstance(raw, dict):
         raise InputError(f"{where}: network must be an object of MONAI MedNeXt constructor arguments")
@@ -356,7 +356,7 @@ def read_state_dict(path: Path) -> Any:
         except (SafetensorError, OSError, ValueError) as e:
             raise InputError(f"{path} is not a readable safetensors file: {e}") from e
     if suffix in STATE_DICT_SUFFIXES:
-        from mednextv2.importer import load_checkpoint
+        from mednextv2.store.checkpoints import load_checkpoint
 
         return load_checkpoint(path)
     raise InputError(f"{path}: expected a MONAI MedNeXt state dict ({', '.join(STATE_DICT_SUFFIXES)} or .safetensors) "
@@ -365,10 +365,10 @@ def read_state_dict(path: Path) -> Any:
 
 def convert_monai(source: Path, config_path: Optional[Path], model_id: Optional[str], unpack_dir: Path) -> Bundle:
     """An in-memory bundle from a MONAI MedNeXt state dict or MONAI bundle."""
-    from mednextv2.cache import check_model_id
-    from mednextv2.importer import _permute_spatial
-    from mednextv2.monai_mednext import args_from_state_dict, check_agreement, monai_tensors, to_official
     from mednextv2.safezip import safe_extract_zip
+    from mednextv2.store.cache import check_model_id
+    from mednextv2.store.monai_network import args_from_state_dict, check_agreement, monai_tensors, to_official
+    from mednextv2.store.nnunet_v2 import permute_spatial
 
     if config_path is None:
         raise InputError(f"--from monai needs --config CONFIG.json: labels, channels, orientation, pixdim and "
@@ -433,7 +433,7 @@ def convert_monai(source: Path, config_path: Optional[Path], model_id: Optional[
     import torch
 
     # MONAI's arrays are (x, y, z) by default, ours (z, y, x): the permutation goes into the kernels.
-    return Bundle.create(strip_absolute_paths(spec), [_permute_spatial(state, config.axes, torch)])
+    return Bundle.create(strip_absolute_paths(spec), [permute_spatial(state, config.axes, torch)])
 
 
 def _id_from(name: str) -> str:

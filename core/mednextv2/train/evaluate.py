@@ -9,8 +9,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from mednextv2.sliding_window import SlidingWindowPredictor
-from mednextv2.train.cache import CachedCase
+from mednextv2.inference.sliding_window import SlidingWindowPredictor
+from mednextv2.train.preprocessed import CachedCase
 
 log = logging.getLogger(__name__)
 

@@ -1,198 +1,42 @@
-"""Get models into the cache from local files: bundle folders or zips, and nnU-Net v2 results.
+"""nnU-Net v2 results (`dataset.json`, `plans.json`, `fold_*/checkpoint_final.pth`, as
+`nnUNetv2_train` writes them or `nnUNetv2_export_model_to_zip` packs them) whose network is a MedNeXt,
+as an in-memory bundle.
 
-An nnU-Net v2 results folder (`dataset.json`, `plans.json`, `fold_*/checkpoint_final.pth`, as
-`nnUNetv2_train` writes it or `nnUNetv2_export_model_to_zip` packs it) whose network is a MedNeXt
-becomes a bundle: the network is recognised from the weights alone (`from_official_state_dict`),
-the labels come from dataset.json, and spacing, normalization, intensity statistics and patch
-size from plans.json. Several folds become an ensemble. Checkpoints are read with
-`torch.load(weights_only=True)`; only numpy scalars (nnU-Net logs its Dice as numpy floats)
-are allowed on top of what that permits, so a checkpoint that needs code to load is refused.
-"""
+The network is recognised from the weights alone (`from_official_state_dict`), the labels come
+from dataset.json, and spacing, normalization, intensity statistics and patch size from
+plans.json. Several folds become an ensemble. nnunet_v1.py translates a v1 folder into the same
+form."""
 from __future__ import annotations
 
 import datetime
 import json
 import logging
 import re
-import zipfile
 from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 from mednextv2.atomic import sha256_file
-from mednextv2.bundle import (MODEL_JSON, Bundle, BundleSpec, Channel, InferenceDefaults, Label, NetworkSpec,
-                              Normalization, PreprocessingPlan, Provenance, ResampleOrder, Resampling, load_bundle)
+from mednextv2.bundle import (Bundle, BundleSpec, Channel, InferenceDefaults, Label, NetworkSpec, Normalization,
+                              PreprocessingPlan, Provenance, ResampleOrder, Resampling)
 from mednextv2.bundle_spec import default_color, strip_absolute_paths
-from mednextv2.cache import ModelCache, check_model_id, format_size
 from mednextv2.errors import InputError
-from mednextv2.output_guard import resolved
-from mednextv2.nnunet_v1 import convert_nnunet_v1, default_id_name, is_v1_results
-from mednextv2.safezip import safe_extract_zip
+from mednextv2.store.checkpoints import load_checkpoint
 
 log = logging.getLogger(__name__)
 
 NNUNET_CHECKPOINT = "checkpoint_final.pth"
-# A MedNeXt-v2 width-2 checkpoint with deep supervision and its optimizer state holds ~2,000 tensors;
-# a flood of 200k empty ones took torch.load minutes and GBs before anything could look at it.
-MAX_CHECKPOINT_RECORDS = 20_000
-MAX_CHECKPOINT_PICKLE_BYTES = 64 << 20
 # nnU-Net readers that keep the file's voxel order; the value maps their array axes to ours (z, y, x).
 _READER_AXES = {"SimpleITKIO": (0, 1, 2), "NibabelIO": (2, 1, 0)}
 
 
-# ---------------------------------------------------------------- what a folder holds
-def find_model_root(folder: Path, configuration: Optional[str] = None, max_depth: int = 3) -> Tuple[str, Path]:
-    """("bundle", folder with model.json), ("nnunet", folder with plans.json + dataset.json) or
-    ("nnunet-v1", folder with plans.pkl + fold_*).
-
-    An nnU-Net export zip may hold several `<Trainer>__<Plans>__<configuration>` folders;
-    `configuration` picks one."""
-    found: List[Tuple[str, Path]] = []
-    level = [folder]
-    for _ in range(max_depth + 1):
-        for path in level:
-            if (path / MODEL_JSON).is_file():
-                found.append(("bundle", path))
-            elif (path / "plans.json").is_file() and (path / "dataset.json").is_file():
-                found.append(("nnunet", path))
-            elif is_v1_results(path):
-                found.append(("nnunet-v1", path))
-        if found:
-            break
-        level = [p for path in level for p in sorted(path.iterdir()) if p.is_dir() and not p.name.startswith(".")]
-    if len(found) > 1 and configuration:
-        found = [(k, p) for k, p in found if k == "nnunet" and _configuration_from_folder(p) == configuration] or found
-    if not found:
-        raise InputError(f"{folder} holds neither a model bundle (model.json) nor an nnU-Net results folder (v2: "
-                         "plans.json + dataset.json + fold_*/checkpoint_final.pth; v1: plans.pkl + "
-                         "fold_*/model_final_checkpoint.model)")
-    if len(found) > 1:
-        listed = "\n  ".join(str(p) for _, p in found)
-        raise InputError(f"{folder} holds several models; import one of them (or pick an nnU-Net configuration "
-                         f"with --configuration):\n  {listed}")
-    return found[0]
-
-
-# ---------------------------------------------------------------- public entry points
-def import_model(path: Union[str, Path], cache: Optional[ModelCache] = None, *, model_id: Optional[str] = None,
-                 folds: Optional[Sequence[Union[int, str]]] = None, configuration: Optional[str] = None,
-                 checkpoint: Optional[str] = None, grn_norm: Optional[str] = None,
-                 dataset_json: Optional[Union[str, Path]] = None, replace: bool = False, progress=None,
-                 source_format: Optional[str] = None, config: Optional[Union[str, Path]] = None) -> Path:
-    """Import a bundle (folder or zip) or an nnU-Net v2 or v1 results folder or zip into the cache.
-
-    `dataset_json`: label names for an nnU-Net v1 folder (which has none), from its raw dataset.json.
-    `source_format` "monai" with `config`: a MONAI MedNeXt state dict or MONAI bundle (monai_import.py).
-
-    `grn_norm` ("mean" or "sum"): GRN's normaliser for an nnU-Net import (default "mean", the
-    official MedNeXt code); see docs/models.md. Returns the installed bundle folder, usable as `-m <id>`."""
-    source = Path(path).expanduser()
-    resolved(source, "cannot import:")
-    if not source.exists():
-        raise InputError(f"cannot import {source}: no such file or folder")
-    cache = cache or ModelCache.open()
-    if model_id is not None:
-        check_model_id(model_id)
-    options = dict(folds=folds, configuration=configuration, checkpoint=checkpoint, grn_norm=grn_norm,
-                   dataset_json=dataset_json)
-    _check_source_format(source_format, config, options)
-    if source_format == "monai":
-        options = {"source_format": "monai", "config": config}
-    with cache.staging("import") as stage:
-        staged, final_id, details = _stage_model(source, stage, model_id, options, progress)
-        info = {"source": "import", "origin": str(source.resolve()), **details}
-        with cache.lock(final_id):
-            if cache.is_installed(final_id) and not replace:
-                raise InputError(f"a model with id {final_id!r} is already installed in {cache.model_dir(final_id)}; "
-                                 "choose another id with --id, or replace it with --replace")
-            return cache.install(staged, final_id, info)
-
-
-def install_archive(archive: Path, cache: ModelCache, model_id: str, *, kind: str = "bundle",
-                    options: Optional[Mapping] = None, info: Optional[Mapping] = None, progress=None) -> Path:
-    """Install a verified downloaded archive under `model_id`. The caller holds the model's lock."""
-    options = dict(options or {})
-    with cache.staging("install") as stage:
-        staged, _, details = _stage_model(archive, stage, model_id, options, progress, expect=kind)
-        return cache.install(staged, model_id, {**dict(info or {}), **details})
-
-
-def _stage_model(source: Path, stage: Path, model_id: Optional[str], options: Mapping, progress,
-                 expect: Optional[str] = None) -> Tuple[Path, str, dict]:
-    """A validated bundle folder inside `stage`, its id, and facts for the install record."""
-    if options.get("source_format") == "monai":
-        from mednextv2.monai_import import convert_monai
-
-        bundle = convert_monai(source, options.get("config"), model_id, stage / "unpacked")
-        return _save_checked(bundle, stage), bundle.id, {"format": "monai", **bundle.spec.provenance.imported_from}
-    if source.is_file():
-        if not zipfile.is_zipfile(source):
-            raise InputError(f"{source} is neither a folder nor a zip file")
-        if progress:
-            progress("unpack", 0.0, f"unpacking {source.name}")
-        safe_extract_zip(source, stage / "unpacked")
-        if progress:
-            progress("unpack", 1.0, f"unpacked {source.name}")
-        root = stage / "unpacked"
-    else:
-        root = source
-    kind, found = find_model_root(root, options.get("configuration"))
-    if expect is not None and kind != expect:
-        raise InputError(f"{source}: expected a {expect} archive, found a {kind} ({found.name})")
-    if kind == "bundle":
-        if options.get("grn_norm"):
-            raise InputError(f"{found}: --grn-norm applies to nnU-Net results; a bundle sets network.grn_norm in its {MODEL_JSON}")
-        bundle = load_bundle(found)
-        final_id = model_id or bundle.id
-        check_model_id(final_id)
-        bundle = Bundle(spec=strip_absolute_paths(bundle.spec.replace(id=final_id)), source=bundle.source)
-        details = {"format": "bundle"}
-    elif kind == "nnunet-v1":
-        final_id = model_id or _id_from_name(default_id_name(found), options.get("configuration"))
-        check_model_id(final_id)
-        bundle = convert_nnunet_v1(found, final_id, folds=options.get("folds"), configuration=options.get("configuration"),
-                                   checkpoint=options.get("checkpoint"), grn_norm=options.get("grn_norm"),
-                                   dataset_json=options.get("dataset_json"), progress=progress)
-        details = {"format": "nnunet-v1", **bundle.spec.provenance.imported_from}
-    else:
-        final_id = model_id or default_nnunet_id(found, options.get("configuration"))
-        check_model_id(final_id)
-        bundle = convert_nnunet(found, final_id, folds=options.get("folds"), configuration=options.get("configuration"),
-                                checkpoint=options.get("checkpoint") or NNUNET_CHECKPOINT,
-                                grn_norm=options.get("grn_norm"), progress=progress)
-        details = {"format": "nnunet", **bundle.spec.provenance.imported_from}
-    return _save_checked(bundle, stage), final_id, details
-
-
-def _save_checked(bundle: Bundle, stage: Path) -> Path:
-    staged = stage / "bundle"
-    bundle.save(staged)
-    load_bundle(staged).build_models("cpu")  # proves the weights fit the network before it enters the cache
-    return staged
-
-
-def _check_source_format(source_format: Optional[str], config, options: Mapping) -> None:
-    """--from and --config go together; the nnU-Net options mean nothing for a MONAI import."""
-    if source_format not in (None, "monai"):
-        raise InputError(f"--from must be 'monai' (or left out for bundles and nnU-Net results), got {source_format!r}")
-    if source_format is None and config is not None:
-        raise InputError("--config describes a MONAI MedNeXt; give it with --from monai")
-    if source_format == "monai":
-        flags = {"folds": "--fold", "configuration": "--configuration", "checkpoint": "--checkpoint",
-                 "grn_norm": "--grn-norm", "dataset_json": "--dataset-json"}
-        given = [flags[k] for k, v in options.items() if v]
-        if given:
-            raise InputError(f"{', '.join(given)}: nnU-Net options; they do not apply to --from monai")
-
-
-# ---------------------------------------------------------------- nnU-Net v2 conversion
 def default_nnunet_id(folder: Path, configuration: Optional[str] = None) -> str:
-    dataset = _read_json(folder / "dataset.json")
-    plans = _read_json(folder / "plans.json")
+    dataset = read_json(folder / "dataset.json")
+    plans = read_json(folder / "plans.json")
     name = str(plans.get("dataset_name") or dataset.get("name") or folder.parent.name)
-    return _id_from_name(name, configuration or _configuration_from_folder(folder))
+    return id_from_name(name, configuration or configuration_from_folder(folder))
 
 
-def _id_from_name(name: str, config: Optional[str]) -> str:
+def id_from_name(name: str, config: Optional[str]) -> str:
     config = config or "3d_fullres"
     base = re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-") or "nnunet-model"
     suffix = "" if config == "3d_fullres" else "-" + re.sub(r"[^a-z0-9]+", "-", config.lower()).strip("-")
@@ -203,7 +47,7 @@ def convert_nnunet(folder: Path, model_id: str, *, folds: Optional[Sequence[Unio
                    configuration: Optional[str] = None, checkpoint: str = NNUNET_CHECKPOINT,
                    grn_norm: Optional[str] = None, progress=None) -> Bundle:
     """An in-memory bundle from an nnU-Net v2 results folder whose network is a MedNeXt."""
-    return convert_results(folder, model_id, _read_json(folder / "dataset.json"), _read_json(folder / "plans.json"),
+    return convert_results(folder, model_id, read_json(folder / "dataset.json"), read_json(folder / "plans.json"),
                            folds=folds, configuration=configuration, checkpoint=checkpoint, grn_norm=grn_norm,
                            progress=progress)
 
@@ -214,7 +58,7 @@ def convert_results(folder: Path, model_id: str, dataset: Mapping, plans: Mappin
                     source: str = "nnU-Net v2", trainer_name: Optional[str] = None) -> Bundle:
     """A bundle from nnU-Net results given as v2's dataset.json and plans.json contents
     (nnunet_v1.py translates a v1 folder's plans.pkl into that form)."""
-    config_name = configuration or _configuration_from_folder(folder) or _default_configuration(plans, folder)
+    config_name = configuration or configuration_from_folder(folder) or _default_configuration(plans, folder)
     conf = _resolve_configuration(plans, config_name, folder)
     labels = _labels(dataset, folder)
     channels = _channels(dataset, folder)
@@ -234,7 +78,7 @@ def convert_results(folder: Path, model_id: str, dataset: Mapping, plans: Mappin
             raise InputError(f"{path}: network differs from the other folds ({fold_config} vs {config}); "
                              "an ensemble needs one architecture")
         config = fold_config
-        state_dicts.append(_permute_spatial(state, axes, torch))
+        state_dicts.append(permute_spatial(state, axes, torch))
         digests[fold_dir.name] = sha256_file(path)
         mirrors[fold_dir.name] = _fold_mirror_axes(ckpt, axes, path)
         trainers.add(ckpt.get("trainer_name") if isinstance(ckpt, dict) else None)
@@ -291,59 +135,6 @@ def with_grn_norm(config, grn_norm: Optional[str]):
     return config.replace(grn_norm=grn_norm)
 
 
-NNUNET_RESAVE = ("Re-save its 'network_weights' as a plain state dict or safetensors with a trusted nnU-Net "
-                 "installation.")
-
-
-def load_checkpoint(path: Path, advice: str = NNUNET_RESAVE):
-    """torch.load with weights_only=True; numpy arrays, scalars and dtypes are the only extra types allowed.
-    `advice` ends the message when the file asks for more."""
-    import pickle
-
-    import torch
-
-    from mednextv2.safe_pickle import numpy_safe_globals
-
-    allowed = numpy_safe_globals()
-    _check_checkpoint_size(path)
-    safe = getattr(torch.serialization, "safe_globals", None)
-    try:
-        if safe is not None:
-            with safe(allowed):
-                return torch.load(path, map_location="cpu", weights_only=True)
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as e:  # what the weights-only unpickler raises for anything beyond data
-        lines = str(e).strip().splitlines()
-        reason = next((line.strip().rstrip(".") for line in lines if "GLOBAL" in line or "Unsupported" in line),
-                      lines[0] if lines else repr(e))
-        raise InputError(f"{path} cannot be read with torch.load(weights_only=True): {reason}. Refusing to unpickle it, "
-                         f"because that could run code hidden in the file. {advice}") from e
-    except (RuntimeError, EOFError, OSError, ValueError) as e:
-        raise InputError(f"{path} is not a readable PyTorch checkpoint (truncated or corrupt?): "
-                         f"{str(e).strip().splitlines()[0] if str(e).strip() else repr(e)}") from e
-
-
-def _check_checkpoint_size(path: Path) -> None:
-    """Refuse a checkpoint with more tensors or a larger pickle than any MedNeXt's, before unpickling it.
-
-    torch.save writes a zip with one record per tensor storage plus `data.pkl`; counting the
-    records reads only the zip's directory."""
-    try:
-        if not zipfile.is_zipfile(path):
-            return  # the legacy (pre-1.6) format: torch.load's weights-only reader is the only check
-        with zipfile.ZipFile(path) as zf:
-            records = zf.infolist()
-    except (zipfile.BadZipFile, OSError, ValueError) as e:
-        raise InputError(f"{path} is not a readable PyTorch checkpoint (truncated or corrupt?): {e}") from e
-    if len(records) > MAX_CHECKPOINT_RECORDS:
-        raise InputError(f"{path} holds {len(records)} records, more than the {MAX_CHECKPOINT_RECORDS} any MedNeXt "
-                         "checkpoint needs: refusing to load it")
-    pickled = sum(r.file_size for r in records if r.filename.endswith(".pkl"))
-    if pickled > MAX_CHECKPOINT_PICKLE_BYTES:
-        raise InputError(f"{path}: its pickled structure is {format_size(pickled)}, more than the "
-                         f"{format_size(MAX_CHECKPOINT_PICKLE_BYTES)} any MedNeXt checkpoint needs: refusing to load it")
-
-
 def _mednext_state(ckpt, path: Path):
     from mednextv2.network import from_official_state_dict
 
@@ -358,7 +149,7 @@ def _mednext_state(ckpt, path: Path):
     return config, state
 
 
-def _permute_spatial(state: Dict, axes: Sequence[int], torch) -> Dict:
+def permute_spatial(state: Dict, axes: Sequence[int], torch) -> Dict:
     """Bake nnU-Net's axis order into the weights, so the network takes our (z, y, x) arrays.
 
     nnU-Net feeds the network array axes `axes` of ours (transpose_forward on top of the reader's
@@ -446,7 +237,7 @@ def _axes_to_network(plans: Mapping, folder: Path) -> List[int]:
     return [_READER_AXES[reader][t] for t in transpose]
 
 
-def _configuration_from_folder(folder: Path) -> Optional[str]:
+def configuration_from_folder(folder: Path) -> Optional[str]:
     parts = folder.name.split("__")  # <Trainer>__<Plans>__<configuration>
     return parts[2] if len(parts) == 3 and parts[2] else None
 
@@ -575,7 +366,7 @@ def _check_counts(config, labels, channels, folder: Path) -> None:
         raise InputError(f"{folder}: the network takes {config.in_channels} channel(s) but dataset.json lists {len(channels)}")
 
 
-def _read_json(path: Path) -> dict:
+def read_json(path: Path) -> dict:
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError as e:
