@@ -10,7 +10,7 @@ with the same weights and the same plans.json. Both run on the CPU, step 0.5, no
     /work/venvs/nnunetv2/bin/python Testing/benchmarks/bench_nnunet_agreement.py   (venv: see bench_segment_engines.py)
 
 Cases: the lung CT (0.57 x 0.57 x 5 mm -> 1.5 x 1.5 x 5 mm, anisotropic) and the brain MR
-(0.78 x 0.78 x 6.5 mm -> 1.2 x 1.2 x 6.5 mm, z-score). Results: docs/benchmarks-segment.md.
+(0.78 x 0.78 x 6.5 mm -> 1.2 x 1.2 x 6.5 mm, z-score). Results: docs/benchmarks.md.
 """
 from __future__ import annotations
 

@@ -29,7 +29,7 @@ so the differences are preprocessing, stitching and going back to the input grid
 `--baseline-network plain` puts the plain literal implementation of the same network (same
 weights) into nnU-Net and MONAI instead of our class, so that each engine runs its own network
 code, as their users would with the official-style module. Results and their reading:
-docs/benchmarks-segment.md.
+docs/benchmarks.md.
 
 Install the baselines ONLY in a separate venv (the system torch must stay as it is; the
 nnunetv2 wheel pulls timm -> torchvision -> a CUDA torch, which the predictor does not need,

@@ -153,7 +153,7 @@ def _nnunet_importance(patch: Tuple[int, int, int], sigma_scale: float) -> torch
     gaussian_filter of a delta at p//2 (mode constant) is the truncated kernel (radius
     int(4 sigma + 0.5)) around p//2, zero beyond; scaled to max 10, stored as float16, zeros
     replaced by the smallest non-zero value. Its own near-ties are decided by this map, so an
-    imported model must stitch with it to give nnU-Net's labels (docs/benchmarks-segment.md)."""
+    imported model must stitch with it to give nnU-Net's labels (docs/benchmarks.md)."""
     axes = []
     for p in patch:
         sigma = p * sigma_scale

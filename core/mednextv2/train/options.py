@@ -25,7 +25,7 @@ def cli(help: str = "", *flags: str, group: Optional[str] = None, **argparse: An
 DEFAULT_VAL_FRACTION = 0.2
 # Below this many cases with foreground the default holds none out: a held-out case would take a
 # quarter or more of the data (with 3 copies of one template, training on all 3 reached a higher
-# held-out Dice in 8 CPU minutes than training on 2 and validating on 1; README, bench_train).
+# held-out Dice in 8 CPU minutes than training on 2 and validating on 1; docs/benchmarks.md, bench_train).
 MIN_CASES_TO_HOLD_OUT = 5
 
 

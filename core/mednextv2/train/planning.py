@@ -27,7 +27,7 @@ CROP_GAIN = 0.75  # crop to non-zero when that keeps at most 3/4 of the voxels (
 # Patch voxel budgets where memory cannot be measured: time, not memory, is the limit there. A CPU
 # step costs about the same per voxel at any patch size (v2-tiny, batch 2, 2 cores: 0.3 s at 32^3,
 # 0.76 s at 48^3, 2.4 s at 64^3), so small patches buy many more, more varied steps per minute; in
-# 8 CPU minutes 32^3 reached a clearly higher held-out Dice than 48^3 or 64^3 (README, bench_train).
+# 8 CPU minutes 32^3 reached a clearly higher held-out Dice than 48^3 or 64^3 (docs/benchmarks.md, bench_train).
 VOXEL_BUDGET = {"cpu": 32 ** 3, "mps": 96 ** 3}
 MAX_PATCH = 192  # the paper's fine-tuning context
 
