@@ -253,10 +253,10 @@ def test_only_http_urls_and_size_limits(tmp_path):
 def test_disk_full_is_reported_and_keeps_the_part(tmp_path, payload, monkeypatch):
     import collections
 
-    import mednextv2.store.cache as cache_module
+    import mednextv2.disk as disk_module
 
     usage = collections.namedtuple("usage", "total used free")
-    monkeypatch.setattr(cache_module.shutil, "disk_usage", lambda p: usage(10 ** 9, 10 ** 9 - 1000, 1000))
+    monkeypatch.setattr(disk_module.shutil, "disk_usage", lambda p: usage(10 ** 9, 10 ** 9 - 1000, 1000))
     with pytest.raises(ResourceError, match="not enough disk space.*MEDNEXTV2_HOME"):
         download_verified(["http://127.0.0.1:9/m.bin"], tmp_path / "m.bin.part", sha(payload), len(payload), settings=FAST)
     monkeypatch.undo()
@@ -365,22 +365,22 @@ def test_a_gzip_encoded_answer_with_a_content_length_is_not_taken_for_a_portal_p
 
 
 def test_room_for_download_and_unpack_is_checked_up_front_and_a_verified_archive_is_kept(tmp_path, monkeypatch):
-    import mednextv2.store.cache as cache_module
+    import mednextv2.disk as disk_module
 
     home = tmp_path / "home"
     cache = ModelCache.open(home)
     data = tiny_bundle_zip(tmp_path / "tiny.zip")
-    real_free = cache_module.free_bytes
+    real_free = disk_module.free_bytes
     with FileServer() as server:
         server.add("/tiny.zip", data)
         entry = CatalogEntry.from_dict(catalog_entry("tiny-ct", data, [server.url("/tiny.zip")]), "test")
         # Room for the download, not for unpacking it: refused before a byte is fetched.
-        monkeypatch.setattr(cache_module, "free_bytes", lambda folder: len(data) + (1 << 20) + len(data) // 2)
+        monkeypatch.setattr(disk_module, "free_bytes", lambda folder: len(data) + (1 << 20) + len(data) // 2)
         with pytest.raises(ResourceError, match="not enough disk space for the download .* and unpacking it"):
             download_model(entry, cache, settings=FAST)
         assert server.requests_for("/tiny.zip") == []
         # Room runs out while unpacking (another program filled the disk): the verified archive stays ...
-        monkeypatch.setattr(cache_module, "free_bytes", real_free)
+        monkeypatch.setattr(disk_module, "free_bytes", real_free)
         import mednextv2.store.importer as importer
 
         def full_disk(*args, **kwargs):

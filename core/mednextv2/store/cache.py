@@ -55,7 +55,7 @@ def default_home() -> Path:
 
 
 def check_model_id(model_id: str) -> str:
-    """A model id is a folder name in the cache: never a path, never a reserved name (validation.py)."""
+    """A model id is a folder name in the cache: never a path, never a reserved name (schema.py)."""
     problem = model_id_problem(model_id)
     if problem:
         raise InputError(problem)

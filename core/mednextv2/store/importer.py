@@ -60,7 +60,7 @@ class ImportOptions:
     """How to read a model that is not a bundle, checked when made.
 
     nnU-Net results: `folds`, `configuration`, `checkpoint` (file name in each fold), `grn_norm`
-    ("mean" or "sum": checkpoints cannot tell them apart; see docs/models.md) and `dataset_json`
+    ("mean" or "sum": checkpoints cannot tell them apart) and `dataset_json`
     (label names for a v1 folder, which has none). A MONAI MedNeXt: `source_format="monai"` with
     `config`, its network description (monai.py)."""
     folds: Optional[Tuple[Union[int, str], ...]] = None

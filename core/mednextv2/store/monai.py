@@ -4,7 +4,7 @@ FILE is a state dict of `monai.networks.nets.MedNeXt` (`.pt`/`.pth` read only wi
 `torch.load(weights_only=True)`, or `.safetensors`), or a MONAI bundle (folder or zip) with
 `configs/inference.json` (or `.yaml`) whose `network_def` builds a MedNeXt, and
 `models/model.safetensors` or `models/model.pt`. The network comes from the weights
-(`monai_mednext.py`); everything the weights cannot say (labels, channels, how images were
+(`monai_network.py`); everything the weights cannot say (labels, channels, how images were
 oriented, resampled and normalised, the sliding window) comes from the config, checked here in
 one place (`MonaiImportConfig.read`).
 """
