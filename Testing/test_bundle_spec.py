@@ -20,7 +20,7 @@ from mednextv2.network import MedNeXt, MedNeXtConfig
 from mednextv2.schema import MODEL_ID_PATTERN, load_schema, schema_errors
 from mednextv2.store.importer import convert_nnunet
 from mednextv2.train.output import bundle_id, bundle_spec, write_bundle
-from mednextv2.train.planning import LabelSpec, Plan, plan_from_base
+from mednextv2.train.planning import LabelSpec, TrainingPlan, plan_from_base
 import slicer_segment_paths  # noqa: F401
 from MedNeXtV2SegmentLib.tinybundle import tiny_bundle
 from segment_fixtures import bundle_spec as fixture_spec
@@ -36,7 +36,7 @@ def _round_trip(bundle: Bundle, tmp_path, name: str = "b") -> Bundle:
     return loaded
 
 
-def _plan(**changes) -> Plan:
+def _plan(**changes) -> TrainingPlan:
     cfg = tiny_config().replace(n_classes=3, deep_supervision=True)
     values = dict(network=cfg.to_dict(), target_spacing=(2.0, 1.5, 1.5), patch_size=(16, 32, 32), batch_size=2,
                   crop_to_nonzero=True, normalization=({"scheme": "ct", "clip": [-100.0, 300.0], "mean": 50.0, "std": 80.0},),
@@ -45,7 +45,7 @@ def _plan(**changes) -> Plan:
                                                                                             "type": ["d", "e", "f"]})),
                   mirror_axes=(1, 2))
     values.update(changes)
-    return Plan(**values)
+    return TrainingPlan(**values)
 
 
 # ---------------------------------------------------------------- producers

@@ -27,7 +27,7 @@ from mednextv2.output_guard import resolved, same_path
 from mednextv2.safezip import safe_extract_zip
 from mednextv2.schema import model_id_problem
 from mednextv2.train import checkpoint
-from mednextv2.train.planning import Plan
+from mednextv2.train.planning import TrainingPlan
 
 log = logging.getLogger(__name__)
 
@@ -169,7 +169,7 @@ def inference_state(state: Mapping[str, torch.Tensor]) -> Dict[str, torch.Tensor
     return {k: v for k, v in state.items() if not k.startswith(DEEP_SUPERVISION_HEADS)}
 
 
-def bundle_spec(output: Path, plan: Plan, metrics: dict, training: dict, title: Optional[str] = None) -> BundleSpec:
+def bundle_spec(output: Path, plan: TrainingPlan, metrics: dict, training: dict, title: Optional[str] = None) -> BundleSpec:
     """The model.json of a trained model. `training["dataset"]` is the dataset's folder name."""
     return BundleSpec(
         id=bundle_id(output),
@@ -185,12 +185,12 @@ def bundle_spec(output: Path, plan: Plan, metrics: dict, training: dict, title: 
     )
 
 
-def _title(plan: Plan) -> str:
+def _title(plan: TrainingPlan) -> str:
     how = f"fine-tuned from {plan.base_model}" if plan.base_model else "trained from scratch"
     return f"MedNeXt-v2 {how}: {', '.join(s.name for s in plan.labels)}"
 
 
-def _description(plan: Plan, metrics: dict, training: dict) -> str:
+def _description(plan: TrainingPlan, metrics: dict, training: dict) -> str:
     """What is true of this model: how it started, on what, and its validation (or that it had none)."""
     start = f"fine-tuned from {plan.base_model}" if plan.base_model else \
         f"trained from scratch ({training.get('preset') or 'planned network'})"
@@ -206,7 +206,7 @@ def _description(plan: Plan, metrics: dict, training: dict) -> str:
             f"{training['dataset']}; {validation}.")
 
 
-def write_bundle(output: Path, plan: Plan, state: Mapping[str, torch.Tensor], metrics: dict,
+def write_bundle(output: Path, plan: TrainingPlan, state: Mapping[str, torch.Tensor], metrics: dict,
                  training: dict, title: Optional[str] = None) -> Path:
     bundle = Bundle.create(bundle_spec(output, plan, metrics, training, title), [inference_state(state)])
     return bundle.save(output)

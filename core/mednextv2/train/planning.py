@@ -42,7 +42,7 @@ class LabelSpec:
 
 
 @dataclass(frozen=True)
-class Plan:
+class TrainingPlan:
     network: dict  # MedNeXtConfig.to_dict()
     target_spacing: Optional[Tuple[float, float, float]]  # (z, y, x) mm; None keeps each image's (a base's choice)
     patch_size: Tuple[int, int, int]
@@ -156,7 +156,7 @@ def map_labels(dataset_labels: Dict[int, str], base_labels: Sequence[dict] = ())
 def plan_from_scratch(fp: Fingerprint, labels: Dict[int, str], channel_modalities: Sequence[str], preset: str,
                       device_type: str, spacing: Optional[Sequence[float]] = None,
                       patch: Optional[Sequence[int]] = None, voxel_budget: Optional[int] = None,
-                      batch_size: int = 2) -> Plan:
+                      batch_size: int = 2) -> TrainingPlan:
     spacing = _check_spacing(spacing) if spacing else target_spacing(fp)
     crop = bool(np.median([np.prod(n) / np.prod(s) for n, s in zip(fp.nonzero_sizes, fp.sizes)]) <= CROP_GAIN)
     sizes = np.array(fp.nonzero_sizes if crop else fp.sizes, dtype=float)
@@ -167,7 +167,7 @@ def plan_from_scratch(fp: Fingerprint, labels: Dict[int, str], channel_modalitie
     modalities = [guess_modality(m, s) for m, s in zip(list(channel_modalities) + [""] * len(fp.channels), fp.channels)]
     specs = map_labels(labels)
     cfg = MedNeXtConfig.preset(preset, in_channels=len(fp.channels), n_classes=len(specs) + 1)
-    plan = Plan(network=cfg.to_dict(), target_spacing=spacing, patch_size=patch, batch_size=batch_size,
+    plan = TrainingPlan(network=cfg.to_dict(), target_spacing=spacing, patch_size=patch, batch_size=batch_size,
                 crop_to_nonzero=crop, normalization=tuple(normalization_for(m, s) for m, s in zip(modalities, fp.channels)),
                 channels=tuple({"name": f"{m} {i}" if len(modalities) > 1 else m, "modality": m} for i, m in enumerate(modalities)),
                 labels=specs, extra={"preset": preset})
@@ -178,7 +178,7 @@ def plan_from_scratch(fp: Fingerprint, labels: Dict[int, str], channel_modalitie
 
 def plan_from_base(base: BundleSpec, labels: Dict[int, str], n_channels: int,
                    patch: Optional[Sequence[int]] = None, spacing: Optional[Sequence[float]] = None,
-                   batch_size: int = 2) -> Plan:
+                   batch_size: int = 2) -> TrainingPlan:
     """Keep the base bundle's preprocessing; only the head's label rows change."""
     if base.network.in_channels != n_channels:
         raise InputError(f"base model {base.id} takes {base.network.in_channels} channel(s) but the dataset has {n_channels}")
@@ -189,7 +189,7 @@ def plan_from_base(base: BundleSpec, labels: Dict[int, str], n_channels: int,
     network = base.network.config(n_classes=len(specs) + 1, deep_supervision=True)
     # augment on the axes every fold mirrors (an nnU-Net import's folds may differ)
     mirror_axes = tuple(sorted(set.intersection(*map(set, inf.mirror_axes_per_fold(max(1, len(base.weights)))))))
-    return Plan(network=network.to_dict(),
+    return TrainingPlan(network=network.to_dict(),
                 target_spacing=_check_spacing(spacing) if spacing else pre.target_spacing,
                 patch_size=check_patch(patch) if patch else inf.patch_size, batch_size=batch_size,
                 crop_to_nonzero=pre.crop_to_nonzero,
@@ -209,7 +209,7 @@ AMAES_RESAMPLING = {"data": {"order": 3, "order_z": 0, "force_separate_z": False
 
 def plan_from_amaes(encoder, fp: Fingerprint, labels: Dict[int, str], device_type: str,
                     patch: Optional[Sequence[int]] = None, spacing: Optional[Sequence[float]] = None,
-                    voxel_budget: Optional[int] = None, batch_size: int = 2) -> Plan:
+                    voxel_budget: Optional[int] = None, batch_size: int = 2) -> TrainingPlan:
     """Fine-tune an AMAES encoder (`mednextv2.store.amaes`) with the preprocessing it was pretrained on.
 
     Its arrays are in RAS (x, y, z) order: the patch follows the dataset's median extent in that order."""
@@ -225,7 +225,7 @@ def plan_from_amaes(encoder, fp: Fingerprint, labels: Dict[int, str], device_typ
                                                        VOXEL_BUDGET.get(device_type, 128 ** 3))
     specs = map_labels(labels)
     network = encoder.network_config(n_classes=len(specs) + 1, deep_supervision=True)
-    plan = Plan(network=network.to_dict(), target_spacing=spacing, patch_size=patch, batch_size=batch_size,
+    plan = TrainingPlan(network=network.to_dict(), target_spacing=spacing, patch_size=patch, batch_size=batch_size,
                 crop_to_nonzero=True, normalization=tuple(dict(AMAES_NORMALIZATION) for _ in fp.channels),
                 channels=tuple({"name": f"MR {i}" if len(fp.channels) > 1 else "MR", "modality": "MR"}
                                for i in range(len(fp.channels))),
@@ -264,16 +264,16 @@ def check_patch(patch: Sequence[int]) -> Tuple[int, int, int]:
     return patch
 
 
-def plan_to_dict(plan: Plan) -> dict:
+def plan_to_dict(plan: TrainingPlan) -> dict:
     out = asdict(plan)
     out["labels"] = [asdict(s) for s in plan.labels]
     return out
 
 
-def plan_from_dict(data: dict) -> Plan:
+def plan_from_dict(data: dict) -> TrainingPlan:
     data = dict(data)
     data["labels"] = tuple(LabelSpec(**{**s, "color": tuple(s["color"])}) for s in data["labels"])
     for key in ("patch_size", "normalization", "channels", "mirror_axes"):
         data[key] = tuple(data[key])
     data["target_spacing"] = _spacing_or_none(data["target_spacing"])
-    return Plan(**data)
+    return TrainingPlan(**data)

@@ -20,7 +20,7 @@ from mednextv2.errors import ResourceError
 from mednextv2.inference.image_io import read_channels, read_image
 from mednextv2.inference.preprocessing import labels_to_network_grid, preprocess
 from mednextv2.train.datasets import Case
-from mednextv2.train.planning import Plan
+from mednextv2.train.planning import TrainingPlan
 
 log = logging.getLogger(__name__)
 
@@ -47,7 +47,7 @@ class CachedCase:
         return np.load(self.folder / f"{self.name}_fg.npy")
 
 
-def _case_key(case: Case, plan: Plan) -> str:
+def _case_key(case: Case, plan: TrainingPlan) -> str:
     parts = [json.dumps(plan.preprocessing_plan().to_json(), sort_keys=True), plan.label_rows()]
     for path in (*case.images, case.label):
         st = path.stat()
@@ -75,7 +75,7 @@ def foreground_locations(label: np.ndarray, rng: np.random.Generator) -> np.ndar
     return np.concatenate(rows).astype(np.int32) if rows else np.zeros((0, 4), np.int32)
 
 
-def _build_case(case: Case, plan: Plan, folder: Path) -> CachedCase:
+def _build_case(case: Case, plan: TrainingPlan, folder: Path) -> CachedCase:
     images = read_channels(case.images, len(case.images))
     pre = preprocess(images, plan.preprocessing_plan())
     raw = labels_to_network_grid(read_image(case.label, allow_constant=True), pre.record)
@@ -88,7 +88,7 @@ def _build_case(case: Case, plan: Plan, folder: Path) -> CachedCase:
     return CachedCase(case.name, folder, tuple(int(s) for s in label.shape), tuple(sorted({int(c) for c in fg[:, 0]})))
 
 
-def build_cache(cases: Sequence[Case], plan: Plan, folder: Path,
+def build_cache(cases: Sequence[Case], plan: TrainingPlan, folder: Path,
                 report: Optional[Callable[..., None]] = None) -> List[CachedCase]:
     folder.mkdir(parents=True, exist_ok=True)
     index_path = folder / "cache.json"

@@ -37,7 +37,7 @@ from mednextv2.train.loss import DiceCELoss
 from mednextv2.train.memory import cuda_voxel_budget
 from mednextv2.train.optim import make_optimizer
 from mednextv2.train.options import DEFAULT_VAL_FRACTION, ITERATIONS_PER_EPOCH, MIN_CASES_TO_HOLD_OUT, TrainOptions
-from mednextv2.train.planning import (Plan, plan_from_amaes, plan_from_base, plan_from_dict, plan_from_scratch,
+from mednextv2.train.planning import (TrainingPlan, plan_from_amaes, plan_from_base, plan_from_dict, plan_from_scratch,
                                       plan_to_dict)
 from mednextv2.train.preprocessed import build_cache
 from mednextv2.train.sampler import PatchSampler, Prefetcher
@@ -102,7 +102,7 @@ def _load_base(ref: str) -> Bundle:
     return load_bundle(resolve_model(ref))
 
 
-def _make_plan(options: TrainOptions, data, device: torch.device) -> Plan:
+def _make_plan(options: TrainOptions, data, device: torch.device) -> TrainingPlan:
     labels = data.labels
     if options.base and is_checkpoint_file(options.base):
         encoder = read_amaes(Path(options.base))
@@ -138,7 +138,7 @@ def _start_over(work: Path) -> str:
     return f"to start over instead, delete {work} (or give another -o or --work-dir) and run without --resume"
 
 
-def _interrupted_plan(work: Path) -> Plan:
+def _interrupted_plan(work: Path) -> TrainingPlan:
     path = work / PLAN_FILE
     if not path.exists() or not (work / checkpoint.LATEST).exists():
         raise InputError(f"--resume: no interrupted training in {work} (plan.json and {checkpoint.LATEST} are needed)")
@@ -165,7 +165,7 @@ def resumed_options(options: TrainOptions, recorded: Dict) -> TrainOptions:
     return replace(options, **kept)
 
 
-def _check_same_dataset(plan: Plan, data, digest: str, work: Path) -> None:
+def _check_same_dataset(plan: TrainingPlan, data, digest: str, work: Path) -> None:
     """--resume on a dataset that changed would train new classes as background under the old labels."""
     then = plan.extra.get("dataset_sha256")
     labels_then = {s.value: s.name for s in plan.labels}
@@ -182,7 +182,7 @@ def _check_same_dataset(plan: Plan, data, digest: str, work: Path) -> None:
                      "to continue; " + _start_over(work))
 
 
-def _load_or_make_plan(options: TrainOptions, data, device, ctx, work: Path, digest: str) -> Plan:
+def _load_or_make_plan(options: TrainOptions, data, device, ctx, work: Path, digest: str) -> TrainingPlan:
     path = work / PLAN_FILE
     if options.resume:
         plan = _interrupted_plan(work)
@@ -201,7 +201,7 @@ def _load_or_make_plan(options: TrainOptions, data, device, ctx, work: Path, dig
     return plan
 
 
-def _build_model(plan: Plan, options: TrainOptions, device: torch.device) -> MedNeXt:
+def _build_model(plan: TrainingPlan, options: TrainOptions, device: torch.device) -> MedNeXt:
     model = MedNeXt(plan.config.replace(deep_supervision=True))
     if plan.base_model and not options.resume and (plan.extra.get("base") or {}).get("format") == "amaes":
         load_encoder(model, read_amaes(Path(plan.extra["base_source"])))
