@@ -54,7 +54,8 @@ def option_arguments(cls: type, **values: Any) -> List[str]:
             continue
         flag = option_flags(f)[0]
         if isinstance(value, bool):
-            args += [flag] if value else [off_flag(flag)] if has_off_flag(f) else []
+            if value or has_off_flag(f):
+                args.append(flag if value else off_flag(flag))
         elif isinstance(value, (list, tuple)):
             args += [flag, *map(str, value)]
         else:
