@@ -91,3 +91,45 @@ def test_out_of_memory_without_a_message_still_says_what_ran_out(scan, model_dir
     with pytest.raises(ResourceError) as e:
         mednextv2.segment(str(scan), str(model_dir), device="cpu")
     assert "(MemoryError)" in str(e.value) and "()" not in str(e.value)
+
+
+def _segment_parser():
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="segment")
+    from mednextv2.cli.segment import add_parser
+
+    return add_parser(parser.add_subparsers())
+
+
+def test_every_option_field_is_a_segment_argument_and_back(tmp_path):
+    """SegmentOptions is the one source of `segment`'s options: each field's value written as
+    arguments (option_fields.option_arguments) is parsed back into the same options."""
+    from mednextv2.cli.dataclass_args import dataclass_from_args
+    from mednextv2.option_fields import option_arguments, option_fields
+    from mednextv2.progress import null_progress
+
+    values = dict(device="cpu", tta=False, step=0.25, fast=True, structures=("liver", "left lung"),
+                  largest_component=True, tile_batch=3, threads=2, uncertainty=str(tmp_path / "u.nrrd"),
+                  statistics=str(tmp_path / "s.csv"), progress="json")
+    assert set(values) == set(option_fields(SegmentOptions))  # a new field is tested here too
+    args = _segment_parser().parse_args(["in.nrrd", "-m", "m", "-o", "o.seg.nrrd",
+                                         *option_arguments(SegmentOptions, **values)])
+    assert args.progress == "json"
+    options = dataclass_from_args(SegmentOptions, args, progress=null_progress)
+    assert options == SegmentOptions(**dict(values, progress=null_progress))
+    defaults = _segment_parser().parse_args(["in.nrrd", "-m", "m", "-o", "o.seg.nrrd"])
+    assert dataclass_from_args(SegmentOptions, defaults, progress=null_progress) == SegmentOptions()
+    assert defaults.progress == "bar" and defaults.tta is True
+
+
+def test_a_bool_option_on_by_default_has_an_off_flag_and_they_exclude_each_other(capsys):
+    from mednextv2.option_fields import option_arguments
+
+    assert option_arguments(SegmentOptions, tta=False, fast=False) == ["--no-tta"]
+    assert option_arguments(SegmentOptions, tta=True, structures=()) == ["--tta"]
+    with pytest.raises(SystemExit):
+        _segment_parser().parse_args(["in.nrrd", "-m", "m", "-o", "o.seg.nrrd", "--tta", "--no-tta"])
+    assert "not allowed with argument" in capsys.readouterr().err
+    with pytest.raises(ValueError, match="no command-line option output"):
+        option_arguments(SegmentOptions, output="o.seg.nrrd")

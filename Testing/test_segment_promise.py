@@ -159,3 +159,23 @@ def _shifted(path: Path, folder: Path) -> str:
     out = folder / "shifted.nrrd"
     sitk.WriteImage(image, str(out))
     return str(out)
+
+
+@pytest.mark.parametrize("output, needle", [("out", "is a folder; give a file name"),
+                                            ("out.txt", "unknown file type"),
+                                            ("missing/r.seg.nrrd", "does not exist")])
+def test_output_refusals_come_before_the_model_loads(tmp_path, scans, output, needle, capsys):
+    """One check_destination for the command line and Segmenter.segment_to_file: a bad output is
+    refused before the model (here an empty folder, which would fail differently) is read."""
+    from mednextv2.inference.options import SegmentOptions
+    from mednextv2.inference.pipeline import check_destination
+
+    (tmp_path / "out").mkdir()
+    (tmp_path / "not-a-model").mkdir()
+    rc = main(["segment", str(scans / "breast.nrrd"), "-m", str(tmp_path / "not-a-model"), "-o",
+               str(tmp_path / output), "--progress", "none"])
+    err = capsys.readouterr().err
+    assert rc == 2 and needle in err and "model.json" not in err, err
+    with pytest.raises(InputError, match=needle):
+        check_destination(tmp_path / output, SegmentOptions(), [scans / "breast.nrrd"])
+    assert check_destination(str(tmp_path / "r.seg.nrrd"), SegmentOptions(), []) == tmp_path / "r.seg.nrrd"

@@ -70,7 +70,7 @@ def _torchrun(cases: Path, out: Path, model: Path, *extra: str) -> subprocess.Co
 def _case_lines(stderr: str) -> dict:
     """case -> [(rank, the rest of its log line)], from the ranks' prefixed `case i/n: NAME ...` lines."""
     found: dict = {}
-    for m in re.finditer(r"^\[rank (\d)/2\] INFO mednextv2\.segmentation: case \d/\d: (\w+)(.*)$", stderr, re.M):
+    for m in re.finditer(r"^\[rank (\d)/2\] INFO mednextv2\.inference\.pipeline: case \d/\d: (\w+)(.*)$", stderr, re.M):
         found.setdefault(m.group(2), []).append((int(m.group(1)), m.group(3)))
     return found
 

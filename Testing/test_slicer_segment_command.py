@@ -36,6 +36,32 @@ def test_defaults_leave_the_bundle_in_charge():
     assert (args.device, args.tta, args.fast, args.step, args.structures) == ("auto", True, False, None, None)
 
 
+def test_every_flag_the_panel_emits_is_one_the_engine_takes_for_that_choice(tmp_path):
+    """SegmentChoices and build_segment_command name the engine's options, so a renamed or removed
+    engine option fails here rather than at the user's first Segment."""
+    import dataclasses
+
+    from mednextv2.inference.options import SegmentOptions
+    from mednextv2.option_fields import option_fields
+
+    # Every panel choice but the model is a SegmentOptions option of the same name.
+    assert {f.name for f in dataclasses.fields(SegmentChoices)} - {"model"} <= set(option_fields(SegmentOptions))
+    segment = build_parser()._subparsers._group_actions[0].choices["segment"]
+    accepted = {flag for action in segment._actions for flag in action.option_strings}
+    everything = SegmentChoices(model="m", device="cpu", tta=False, fast=True, step=0.5, structures=("a",),
+                                uncertainty=True)
+    for options in (everything, SegmentChoices(model="m")):
+        command = build_segment_command("py", ["a.nrrd"], "o.seg.nrrd", options, threads=2,
+                                        uncertainty=tmp_path / "u.nrrd", statistics=tmp_path / "s.json")
+        flags = [word for word in command[3:] if word.startswith("-")]
+        assert flags and set(flags) <= accepted, set(flags) - accepted
+    args = parse(command)
+    assert (args.threads, args.uncertainty, args.statistics) == (2, None, str(tmp_path / "s.json"))
+    args = parse(build_segment_command("py", ["a.nrrd"], "o.seg.nrrd", everything, uncertainty=tmp_path / "u.nrrd"))
+    assert (args.tta, args.fast, args.step, args.structures, args.uncertainty) == (
+        False, True, 0.5, ["a"], str(tmp_path / "u.nrrd"))
+
+
 @pytest.mark.parametrize("action, extra, expected", [
     ("list", ["--json"], {"action": "list", "json": True}),
     ("download", ["lung-tumor-ct"], {"action": "download", "id": "lung-tumor-ct"}),

@@ -9,7 +9,7 @@ import pytest
 import slicer_segment_paths  # noqa: F401
 from MedNeXtV2SegmentLib.command import build_models_command, engine_environment
 from engine_model_list import list_models
-from MedNeXtV2SegmentLib.models import (CatalogError, ModelChoice, describe_model, format_size,
+from MedNeXtV2SegmentLib.models import (CatalogError, ModelChoice, describe_model,
                                         model_choice, parse_model_list, time_hint)
 from MedNeXtV2SegmentLib.process import EngineProcess
 from MedNeXtV2SegmentLib.tinybundle import make_tiny_bundle
@@ -110,8 +110,10 @@ def test_bad_lists_are_reported(text):
         parse_model_list(text)
 
 
-def test_format_size():
-    assert [format_size(n) for n in (None, 512, 2048, 5 * 1024 ** 2, 3 * 1024 ** 3)] == ["", "512 B", "2 KB", "5.0 MB", "3.0 GB"]
+def test_the_selector_shows_sizes_as_the_engine_writes_them_and_none_when_unknown():
+    sizes = [describe_model(ModelChoice(id="a", title="A", size_bytes=n)) for n in (None, 0, 512, 2048, 5 * 1024 ** 2)]
+    assert sizes == ["A - not downloaded", "A - not downloaded", "A - 512 B - not downloaded",
+                     "A - 2.0 KB - not downloaded", "A - 5.0 MB - not downloaded"]
     assert model_choice({"id": "a", "size": True}).size_bytes is None
 
 

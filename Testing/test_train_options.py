@@ -19,9 +19,10 @@ from mednextv2.cli import build_parser, main
 from mednextv2.cli.dataclass_args import add_dataclass_arguments, dataclass_from_args
 from mednextv2.errors import InputError
 from mednextv2.network import PRESETS
+from mednextv2.option_fields import cli
 from mednextv2.train.checks import validate_dataset
 from mednextv2.train.datasets import discover_dataset
-from mednextv2.train.options import TrainOptions, cli
+from mednextv2.train.options import TrainOptions
 from mednextv2.train.run import split_cases
 from segment_fixtures import one_torch_thread  # noqa: F401
 

@@ -85,21 +85,18 @@ def build_segment_command(python: str, inputs: Sequence[os.PathLike], output: os
         raise ValueError("at least one input image is needed")
     if options.uncertainty and uncertainty is None:
         raise ValueError("the uncertainty option needs a path for the map")
-    args: List[str] = ["segment", *[os.fspath(p) for p in inputs], "-m", options.model, "-o", os.fspath(output),
-                       "--device", options.device, "--tta" if options.tta else "--no-tta"]
-    if options.step is not None:
-        args += ["--step", f"{float(options.step):g}"]
-    if options.fast:
-        args.append("--fast")
-    if options.structures:
-        args += ["--structures", *options.structures]
-    if threads is not None:
-        args += ["--threads", str(int(threads))]
-    if options.uncertainty:
-        args += ["--uncertainty", os.fspath(uncertainty)]
-    if statistics is not None:
-        args += ["--statistics", os.fspath(statistics)]
-    args += ["--progress", "json"]
+    # Flags spelled from the engine's own option fields, so a renamed option cannot drift here;
+    # imported here because this file is imported before use_shipped_engine().
+    from mednextv2.inference.options import SegmentOptions
+    from mednextv2.option_fields import option_arguments
+
+    args = ["segment", *[os.fspath(p) for p in inputs], "-m", options.model, "-o", os.fspath(output)]
+    args += option_arguments(SegmentOptions, device=options.device, tta=options.tta, fast=options.fast,
+                             step=None if options.step is None else f"{float(options.step):g}",
+                             structures=options.structures,
+                             threads=None if threads is None else int(threads),
+                             uncertainty=os.fspath(uncertainty) if options.uncertainty else None,
+                             statistics=None if statistics is None else os.fspath(statistics), progress="json")
     return engine_command(python, *args)
 
 

@@ -104,19 +104,10 @@ def parse_model_list(text: str) -> List[ModelChoice]:
     return [model_choice(r) for r in data]
 
 
-def format_size(n_bytes: Optional[int]) -> str:
-    if not n_bytes:
-        return ""
-    size = float(n_bytes)
-    for unit in ("B", "KB", "MB", "GB"):
-        if size < 1024 or unit == "GB":
-            return f"{size:.0f} {unit}" if unit in ("B", "KB") else f"{size:.1f} {unit}"
-        size /= 1024
-    return ""
-
-
 def describe_model(choice: ModelChoice) -> str:
-    """Selector text: 'Lung tumour (CT) - CT - 120.3 MB - downloaded'."""
+    """Selector text: 'Lung tumour (CT) - CT - 120.3 MB - downloaded' (no size where the catalog has none)."""
+    from mednextv2.disk import format_size  # the engine's units; imported late, as use_shipped_engine() asks
+
     parts = [choice.title]
     if choice.modality:
         parts.append(choice.modality)

@@ -18,7 +18,7 @@ import slicer
 
 from .install import InstallError
 from .logic import EngineError, EngineRun, MedNeXtV2SegmentLogic
-from .models import CatalogError, channel_prompts, describe_model, format_size, models_for_modality, time_hint
+from .models import CatalogError, channel_prompts, describe_model, models_for_modality, time_hint
 from .parameters import SegmentChoices
 from .preferences import Preferences
 from .progress import ProgressEvent, format_duration, format_progress
@@ -332,6 +332,8 @@ class SegmentPanel:
 
     def downloadThenSegment(self, choice) -> None:
         """First Segment with a model not downloaded yet: one question, then download and segment."""
+        from mednextv2.disk import format_size
+
         size = f" ({format_size(choice.size_bytes)})" if choice.size_bytes else ""
         if not slicer.util.confirmOkCancelDisplay(f"'{choice.title}'{size} is not downloaded yet. Download it now "
                                                   "and then segment?", windowTitle="MedNeXtV2: download model"):

@@ -1,8 +1,9 @@
 """Command-line arguments generated from an options dataclass, so the dataclass is the one source.
 
-A field becomes an argument when its metadata has a "cli" entry (train/options.py `cli`): help,
+A field becomes an argument when its metadata has a "cli" entry (option_fields.py `cli`): help,
 flags, group and any add_argument keyword come from there; type and nargs from the annotation:
-bool -> a flag; Optional[X] -> X; Tuple[X, X, X] -> three values; Tuple[X, ...] -> one or more.
+bool -> a flag (with a --no-FLAG beside it when the field defaults to True); Optional[X] -> X;
+Tuple[X, X, X] -> three values; Tuple[X, ...] -> one or more.
 The parsed values are turned back into the dataclass (lists into tuples), which checks them.
 """
 from __future__ import annotations
@@ -11,6 +12,8 @@ import argparse
 import dataclasses
 import typing
 from typing import Any, Dict, Tuple, Type, TypeVar
+
+from mednextv2.option_fields import has_off_flag, off_flag, option_fields, option_flags
 
 T = TypeVar("T")
 
@@ -33,15 +36,18 @@ def _argument_shape(annotation: Any) -> Dict[str, Any]:
 def add_dataclass_arguments(parser: argparse.ArgumentParser, cls: type) -> None:
     hints = typing.get_type_hints(cls)
     groups: Dict[str, Any] = {}
-    for f in dataclasses.fields(cls):
-        if not f.metadata.get("cli"):
-            continue
+    for f in option_fields(cls).values():
         meta = dict(f.metadata["cli"])
-        flags = meta.pop("flags") or ("--" + f.name.replace("_", "-"),)
+        flags = option_flags(f)
+        meta.pop("flags")
         group = meta.pop("group")
+        off_help = meta.pop("off_help")
         kwargs = dict(_argument_shape(hints[f.name]), **{k: v for k, v in meta.items() if v is not None})
-        if kwargs.get("action") == "store_true":
+        switch = kwargs.get("action") == "store_true"
+        if switch:
             kwargs.pop("type", None)
+        if switch and has_off_flag(f):
+            group = group or f.name  # --x and --no-x exclude each other
         if group and group not in groups:
             groups[group] = parser.add_mutually_exclusive_group()
         target = groups[group] if group else parser
@@ -50,15 +56,18 @@ def add_dataclass_arguments(parser: argparse.ArgumentParser, cls: type) -> None:
             if f.default is dataclasses.MISSING:
                 kwargs["required"] = True
             else:
-                kwargs["default"] = f.default
+                kwargs.setdefault("default", f.default)
         target.add_argument(*flags, **kwargs)
+        if switch and has_off_flag(f):
+            target.add_argument(off_flag(flags[0]), dest=f.name, action="store_false", help=off_help)
 
 
-def dataclass_from_args(cls: Type[T], args: argparse.Namespace) -> T:
-    """The dataclass filled from parsed arguments; its own checks run (InputError -> exit 2)."""
-    values = {}
-    for f in dataclasses.fields(cls):
-        if f.metadata.get("cli") and hasattr(args, f.name):
-            value = getattr(args, f.name)
-            values[f.name] = tuple(value) if isinstance(value, list) else value
+def dataclass_from_args(cls: Type[T], args: argparse.Namespace, **values: Any) -> T:
+    """The dataclass filled from parsed arguments, with `values` in place of the parsed ones
+    where the command line's value is not the field's (a progress mode for a callable); its own
+    checks run (InputError -> exit 2)."""
+    for name in option_fields(cls):
+        if name not in values and hasattr(args, name):
+            value = getattr(args, name)
+            values[name] = tuple(value) if isinstance(value, list) else value
     return cls(**values)

@@ -14,9 +14,10 @@ import argparse
 import logging
 from pathlib import Path
 
+from mednextv2.cli.dataclass_args import add_dataclass_arguments, dataclass_from_args
 from mednextv2.errors import InputError
 from mednextv2.inference import image_io
-from mednextv2.inference.options import DEVICES, SegmentOptions
+from mednextv2.inference.options import SegmentOptions
 from mednextv2.output_guard import resolved
 from mednextv2.progress import make_progress, with_rank
 
@@ -34,32 +35,9 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                         "of a catalog model (downloaded on first use): `mednextv2 models list` shows both")
     p.add_argument("-o", "--output", required=True, metavar="OUTPUT",
                    help="output .seg.nrrd, or labelmap .nii.gz/.nii/.nrrd/.mha; a folder in batch mode")
-    p.add_argument("--device", default="auto", choices=DEVICES,
-                   help="where the network runs: auto (default: CUDA, then Apple MPS, then CPU), cuda, mps or cpu")
-    tta = p.add_mutually_exclusive_group()
-    tta.add_argument("--tta", dest="tta", action="store_true", default=True,
-                     help="mirroring test-time augmentation (default; up to 8x slower)")
-    tta.add_argument("--no-tta", dest="tta", action="store_false", help="no mirroring")
-    p.add_argument("--step", type=float, default=None, metavar="S",
-                   help="tile step as a fraction of the patch, in [0.1, 1]; default: the bundle's (0.5)")
-    p.add_argument("--fast", action="store_true",
-                   help="coarser grid (2x the target spacing in-plane), no TTA: for CPUs")
-    p.add_argument("--structures", nargs="+", metavar="NAME", default=None, help="keep only these structures")
-    p.add_argument("--largest-component", action="store_true", help="keep each structure's largest component")
-    p.add_argument("--tile-batch", type=int, default=None, metavar="N", help="tiles per forward pass")
-    p.add_argument("--threads", type=int, default=None, metavar="N",
-                   help="CPU threads (default: the cores free when tiles run, re-checked as the load changes)")
+    add_dataclass_arguments(p, SegmentOptions)  # every option of a run is a SegmentOptions field
     p.add_argument("--format", default="seg.nrrd", choices=("seg.nrrd", "nii.gz", "nrrd", "mha"),
                    help="output file type in batch mode (default seg.nrrd)")
-    p.add_argument("--uncertainty", default=None, metavar="MAP",
-                   help="also write the per-voxel uncertainty map (float 0-1: 0 sure, 1 all classes equally likely; from "
-                        "the passes already made) on the input's grid: .nrrd/.nii.gz/.nii/.mha; in batch "
-                        "mode an existing folder, where each case's map is CASE.uncertainty.nrrd")
-    p.add_argument("--statistics", default=None, metavar="FILE",
-                   help="also write per-segment statistics (voxels, volume_ml, the input's intensity mean/std/min/max "
-                        "inside, mean confidence) as .csv or .json; one row per case and segment in batch mode")
-    p.add_argument("--progress", default="bar", choices=("bar", "json", "none"),
-                   help="progress as a bar on stderr (default), JSON lines on stdout, or none")
     p.add_argument("--skip-done", action="store_true",
                    help="batch mode: skip the cases the engine recorded as finished with this model and these "
                         "options (OUTPUT/.mednextv2-run/CASE.json) whose outputs are unchanged; redo the rest")
@@ -74,7 +52,7 @@ def _is_batch(inputs) -> bool:
 
 
 def run(args: argparse.Namespace) -> int:
-    from mednextv2.inference.pipeline import Segmenter, check_case_outputs, read_case, segment_folder
+    from mednextv2.inference.pipeline import Segmenter, check_destination, read_case, segment_folder
     from mednextv2.train import distributed
 
     shard = distributed.from_environment()  # torchrun's RANK / WORLD_SIZE; no process group is needed
@@ -83,10 +61,7 @@ def run(args: argparse.Namespace) -> int:
     if shard.enabled:
         progress = with_rank(progress, shard.rank)
         device = str(distributed.device_for(args.device, shard))  # one GPU per rank: cuda:LOCAL_RANK
-    options = SegmentOptions(device=device, tta=args.tta, step=args.step, fast=args.fast,
-                             structures=args.structures, largest_component=args.largest_component,
-                             tile_batch=args.tile_batch, threads=args.threads,
-                             uncertainty=args.uncertainty, statistics=args.statistics, progress=progress)
+    options = dataclass_from_args(SegmentOptions, args, device=device, progress=progress)
     extras = [(what, path) for what, path in (("--uncertainty", args.uncertainty), ("--statistics", args.statistics))
               if path is not None]
     for what, path in [("input", p) for p in args.inputs] + [("output", args.output), ("model", args.model)] + extras:
@@ -101,11 +76,8 @@ def run(args: argparse.Namespace) -> int:
     if shard.enabled:
         raise InputError(f"{shard.world_size} ranks (torchrun) share out the cases of a folder; INPUT is one case: "
                          "give a folder of image files, or run without torchrun")
-    output = Path(args.output)
-    if output.is_dir():
-        raise InputError(f"output {output} is a folder; give a file name (.seg.nrrd, .nii.gz, .nrrd)")
-    # Every refusal before the model loads (or downloads): output types and folders, then the inputs.
-    check_case_outputs(output, options, args.inputs)
+    # Every refusal before the model loads (or downloads): the outputs, then the inputs.
+    output = check_destination(args.output, options, args.inputs)
     case = read_case(args.inputs)
     segmenter = Segmenter(args.model, options)
     segmenter.segment_to_file(case, output)

@@ -1,7 +1,7 @@
 """`SegmentOptions`: every choice of a segmentation run, checked once, here.
 
-The CLI, the Python API (`mednextv2.segment(..., **options)`) and the Slicer module all build
-this object, so a value refused by one is refused by all, with the same message. Light on
+The CLI (its `segment` arguments are made from the fields' metadata), the Python API
+(`mednextv2.segment(..., **options)`) and the Slicer module all build this object, so a value refused by one is refused by all, with the same message. Light on
 purpose (no torch): the Slicer module imports it to check the panel before starting the engine.
 """
 from __future__ import annotations
@@ -13,7 +13,8 @@ from dataclasses import dataclass, field
 from typing import Callable, Optional, Tuple
 
 from mednextv2.errors import InputError
-from mednextv2.progress import null_progress
+from mednextv2.option_fields import cli
+from mednextv2.progress import MODES, null_progress
 from mednextv2.threads import check_threads
 
 DEVICES = ("auto", "cuda", "mps", "cpu")
@@ -65,18 +66,35 @@ def check_statistics_output(path: str, what: str = "--statistics") -> str:
 
 @dataclass(frozen=True)
 class SegmentOptions:
-    device: str = "auto"              # auto | cuda | cuda:N | mps | cpu
-    tta: bool = True                  # mirroring over the bundle's mirror axes
-    step: Optional[float] = None      # tile step as a fraction of the patch; None: the bundle's
-    fast: bool = False                # coarser grid (see preprocessing.fast_spacing), no TTA
-    structures: Optional[Tuple[str, ...]] = None  # keep only these label names
-    largest_component: bool = False   # keep each label's largest connected component
-    tile_batch: Optional[int] = None  # tiles per forward pass; None: per device default
-    threads: Optional[int] = None     # CPU threads for torch; None: the cores free now (mednextv2.threads)
+    """One field per `mednextv2 segment` option (the CLI's arguments are made from the metadata)."""
+
+    device: str = field(default="auto", metadata=cli(  # the Python API also takes cuda:N and a torch.device
+        "where the network runs: auto (default: CUDA, then Apple MPS, then CPU), cuda, mps or cpu", choices=DEVICES))
+    tta: bool = field(default=True, metadata=cli(  # mirroring over the bundle's mirror axes
+        "mirroring test-time augmentation (default; up to 8x slower)", off_help="no mirroring"))
+    step: Optional[float] = field(default=None, metadata=cli(  # None: the bundle's
+        f"tile step as a fraction of the patch, in [{MIN_STEP}, 1]; default: the bundle's (0.5)", metavar="S"))
+    fast: bool = field(default=False, metadata=cli(  # see preprocessing.fast_spacing
+        "coarser grid (2x the target spacing in-plane), no TTA: for CPUs"))
+    structures: Optional[Tuple[str, ...]] = field(default=None, metadata=cli(  # label names
+        "keep only these structures", metavar="NAME"))
+    largest_component: bool = field(default=False, metadata=cli("keep each structure's largest component"))
+    tile_batch: Optional[int] = field(default=None, metadata=cli(  # None: per device default
+        "tiles per forward pass", metavar="N"))
+    threads: Optional[int] = field(default=None, metadata=cli(  # None: mednextv2.threads decides
+        "CPU threads (default: the cores free when tiles run, re-checked as the load changes)", metavar="N"))
     # Extra outputs (files written beside the result; see docs/uncertainty.md):
-    uncertainty: Optional[str] = None  # per-voxel uncertainty map file; a folder in batch mode
-    statistics: Optional[str] = None   # per-segment statistics, .csv or .json
-    progress: Callable[..., None] = field(default=null_progress, compare=False)
+    uncertainty: Optional[str] = field(default=None, metadata=cli(
+        "also write the per-voxel uncertainty map (float 0-1: 0 sure, 1 all classes equally likely; from "
+        "the passes already made) on the input's grid: .nrrd/.nii.gz/.nii/.mha; in batch "
+        f"mode an existing folder, where each case's map is CASE{UNCERTAINTY_CASE_SUFFIX}", metavar="MAP"))
+    statistics: Optional[str] = field(default=None, metadata=cli(
+        "also write per-segment statistics (voxels, volume_ml, the input's intensity mean/std/min/max "
+        "inside, mean confidence) as .csv or .json; one row per case and segment in batch mode", metavar="FILE"))
+    # The command line names a mode (progress.make_progress turns it into the callable).
+    progress: Callable[..., None] = field(default=null_progress, compare=False, metadata=cli(
+        "progress as a bar on stderr (default), JSON lines on stdout, or none", type=str, default="bar",
+        choices=MODES))
 
     def __post_init__(self) -> None:
         if not (hasattr(self.device, "type") or _DEVICE.match(str(self.device).lower())):  # a torch.device passes

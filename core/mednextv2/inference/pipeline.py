@@ -162,7 +162,7 @@ class Segmenter:
     def segment_to_file(self, inputs: Union[ImageInput, Sequence[ImageInput], InputCase], output: PathLike) -> Path:
         """Segment one case into `output`, with the options' uncertainty map and statistics files."""
         sources = _sources(inputs)
-        check_case_outputs(output, self.options, sources)
+        output = check_destination(output, self.options, sources)
         path, rows = self.write_case(inputs, output, self.options.uncertainty, case_name(sources),
                                      self.options.statistics is not None)
         if self.options.statistics is not None:
@@ -209,12 +209,15 @@ def case_name(sources: Sequence[PathLike]) -> str:
     return path.name[: len(path.name) - len(suffix)] if suffix else path.name
 
 
-def check_case_outputs(output: PathLike, options: SegmentOptions, sources: Sequence[PathLike]) -> None:
-    """Every refusal about one case's outputs, before any model loads: the output's type and folder,
-    the uncertainty map and statistics files (files, not folders, here), none over an input or over
-    another output."""
+def check_destination(output: PathLike, options: SegmentOptions, sources: Sequence[PathLike]) -> Path:
+    """Every refusal about one case's outputs, before any model loads: `output` is a file name of a
+    known type in a folder that takes files; the uncertainty map and statistics files likewise
+    (files, not folders, here); none over an input or over another output. Returns `output`."""
+    output = Path(output)
+    if output.is_dir():
+        raise InputError(f"output {output} is a folder; give a file name (.seg.nrrd, .nii.gz, .nrrd)")
     export.output_kind(output)
-    output = image_io.check_output_writable(output)
+    image_io.check_output_writable(output)
     named = [("-o", f) for f in export.result_files(output)]
     for what, extra in (("--uncertainty", options.uncertainty), ("--statistics", options.statistics)):
         if extra is None:
@@ -225,6 +228,7 @@ def check_case_outputs(output: PathLike, options: SegmentOptions, sources: Seque
         named.append((what, Path(extra)))
     refuse_same_outputs(named)
     refuse_writing_over_inputs([path for _, path in named], sources)
+    return output
 
 
 def segment(image_or_path: Union[ImageInput, Sequence[ImageInput]], model: ModelInput, **options) -> sitk.Image:

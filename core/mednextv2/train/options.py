@@ -3,22 +3,15 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Any, Dict, Optional, Tuple
+from typing import Optional, Tuple
 
 from mednextv2.errors import InputError
+from mednextv2.option_fields import cli
 from mednextv2.progress import MODES
 from mednextv2.threads import check_threads
 
 DEFAULT_EPOCHS = 100
 ITERATIONS_PER_EPOCH = {"cuda": 250, "mps": 100, "cpu": 50}  # nnU-Net's 250 where a GPU makes it cheap
-
-
-def cli(help: str = "", *flags: str, group: Optional[str] = None, **argparse: Any) -> Dict[str, Any]:
-    """Field metadata making a TrainOptions field a `train` option (cli/dataclass_args.py builds
-    the parser from it): its help, flag names (default --field-name; a name without a dash is
-    positional), a mutually exclusive group, and any other add_argument keyword (choices,
-    metavar, ...). The type and nargs follow from the field's annotation."""
-    return {"cli": dict(help=help, flags=flags, group=group, **argparse)}
 
 
 # The default held-out split (train/run.split_cases), torch-free so the Train wizard states the same rule.
