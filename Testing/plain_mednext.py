@@ -1,4 +1,4 @@
-"""A plain, literal MedNeXt written from ../shared/docs/mednext-v2.md: the benchmarks' baseline
+"""A plain, literal MedNeXt written from the MedNeXt-v2 paper: the benchmarks' baseline
 and the tests' independent reference.
 
 Default layout, `torch.norm` GRN, `nn.ConvTranspose3d` heads: exactly what the spec says and no

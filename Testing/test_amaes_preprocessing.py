@@ -1,6 +1,6 @@
 """The preprocessing AMAES's encoders were pretrained with, as our plan applies it: nibabel's
 canonical RAS array (what Yucca feeds its networks) and Yucca's volume z-norm with rescale, on
-the real T1 template (../shared/data/mr-brain-tissue, a NIfTI stored in RAS)."""
+the real T1 template (the real data's mr-brain-tissue, a NIfTI stored in RAS)."""
 from __future__ import annotations
 
 import numpy as np

@@ -371,7 +371,7 @@ def test_a_zip_bundle_whose_weights_bytes_changed_is_refused_by_its_crc(tmp_path
 def test_leftovers_of_an_earlier_version_without_a_journal_are_reported_not_touched(tmp_path, home, caplog):  # noqa: F811
     from mednextv2.train.output import recover_interrupted_swap
 
-    old = threshold_bundle().save(tmp_path / ".model.0123456789ab.old")  # as 538bbbb's replace_folder named it
+    old = threshold_bundle().save(tmp_path / ".model.0123456789ab.old")  # named as engines without a journal named it
     before = _hashes(old)
     recover_interrupted_swap(tmp_path / "model")
     assert re.search(r"\.model\.0123456789ab\.old: the previous version of model, left by an interrupted run of an "

@@ -1,4 +1,4 @@
-"""Hostile model files that gave tracebacks (issue 21 §4): JSON nested hundreds of levels deep, a zip
+"""Hostile model files that could give tracebacks: JSON nested hundreds of levels deep, a zip
 holding both `x` and `x/y`, huge (sparse) weights files, networks too large to build. Each is a
 clear refusal with its exit code, before anything large is read or allocated."""
 from __future__ import annotations

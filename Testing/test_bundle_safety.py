@@ -1,4 +1,4 @@
-"""Hostile bundles, catalogs and zips (issue 11 rows 7, 10, 12, 18) and the atomic writers (issue 14):
+"""Hostile bundles, catalogs and zips, and the atomic writers:
 each is refused with exit 2 and a message naming the file, never a traceback or a silent result."""
 from __future__ import annotations
 
@@ -173,7 +173,7 @@ def test_catalog_id_rule_is_the_same(tmp_path):
             parse_catalog(text, "cat.json")
 
 
-# ---------------------------------------------------------------- issue 15: shareable imports
+# ---------------------------------------------------------------- shareable imports
 def test_import_strips_absolute_paths(tmp_path, home):
     bundle = threshold_bundle()
     doc = bundle.spec.to_json()
@@ -186,11 +186,11 @@ def test_import_strips_absolute_paths(tmp_path, home):
     assert "/home/jane" not in text and "<path removed>" in text
 
 
-# ---------------------------------------------------------------- issue 14 §3: atomic writers
+# ---------------------------------------------------------------- atomic writers
 def test_checkpoint_gets_the_usual_file_mode(tmp_path):
     path = tmp_path / checkpoint.LATEST
     checkpoint.save_atomic({"epoch": torch.tensor(1)}, path)
-    assert stat.S_IMODE(path.stat().st_mode) == _mode(0o666)  # mkstemp's 0600 used to survive the rename
+    assert stat.S_IMODE(path.stat().st_mode) == _mode(0o666)  # not mkstemp's 0600
     assert int(checkpoint.load(path)["epoch"]) == 1
 
 

@@ -1,4 +1,4 @@
-"""Broken image files that ITK reads without complaint are refused (issue 11, rows 11 and 13-15):
+"""Broken image files that ITK reads without complaint are refused:
 truncated files, values beyond float32, DICOM series with a missing slice, NIfTI pixdim 0."""
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""NIfTI voxel data that ITK reads without complaint but wrongly (issue 21 §3): NaN/Inf voxels read
+"""NIfTI voxel data that ITK reads without complaint but wrongly: NaN/Inf voxels read
 as 0, .hdr/.img pairs skipping the header checks, a truncated .nii.gz behind a forged size trailer;
 and a label map given as the image to segment, which is warned about."""
 from __future__ import annotations

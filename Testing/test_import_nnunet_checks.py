@@ -1,5 +1,5 @@
 """nnU-Net import: GRN normaliser option, checkpoint floods, fold names, per-fold mirror axes
-(issue 15 §3/§4, issue 11 rows 8/9). Results folders as in test_import_nnunet.py."""
+and hostile results folders. Results folders as in test_import_nnunet.py."""
 from __future__ import annotations
 
 import json

@@ -1,4 +1,4 @@
-"""Import of nnU-Net v1 MedNeXt trainings (issue 15 §1), on the folder made with the official code
+"""Import of nnU-Net v1 MedNeXt trainings, on the folder made with the official code
 in Testing/fixtures/nnunet-v1 (see its README), and refusal of hostile pickles."""
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""GRN's two normalisers (issue 15 §3): "mean" (official MedNeXt code) and "sum" (the seed paper).
+"""GRN's two normalisers: "mean" (official MedNeXt code) and "sum" (the seed paper).
 
 Each variant is checked against its formula written out here, on the training path (autograd)
 and on the CPU inference fast path (GRN folded into the compression, fused or addmm kernels),
@@ -20,7 +20,7 @@ from segment_fixtures import bundle_spec
 
 
 def literal_block(block: MedNeXtBlock, x: torch.Tensor, norm: str) -> torch.Tensor:
-    """A same-resolution block as ../shared/docs/mednext-v2.md writes it, with GRN per `norm`:
+    """A same-resolution block as the MedNeXt-v2 paper writes it, with GRN per `norm`:
 
         g = ||h||_2 over (D, H, W), per sample and channel
         mean: N = g / (mean over channels of g + 1e-6)      (official MedNeXt code)
@@ -56,7 +56,7 @@ def close(a: torch.Tensor, b: torch.Tensor) -> bool:
 
 @pytest.mark.parametrize("norm", ["mean", "sum"])
 def test_block_equals_its_literal_formula_on_every_path(monkeypatch, norm):
-    from mednextv2.network import layers
+    from mednextv2.network import cpu_fast_path
     from mednextv2.network.cpu_kernels import fused_available
 
     block = random_block(norm)
@@ -68,11 +68,11 @@ def test_block_equals_its_literal_formula_on_every_path(monkeypatch, norm):
     with torch.enable_grad():  # the training path: GRN folded into conv3 per sample
         assert close(block(x), expected)
         assert not close(other(x), expected)
-    monkeypatch.setattr(layers, "CHUNK_VOXELS", 500)  # several chunks, a ragged last one
+    monkeypatch.setattr(cpu_fast_path, "CHUNK_VOXELS", 500)  # several chunks, a ragged last one
     for fused in ([True, False] if fused_available() else [False]):
-        monkeypatch.setattr(layers, "fused_available", lambda f=fused: f)
+        monkeypatch.setattr(cpu_fast_path, "fused_available", lambda f=fused: f)
         for keep in (0, 1 << 30):  # expansion recomputed, or kept
-            monkeypatch.setattr(layers, "KEEP_EXPANSION_BYTES", keep)
+            monkeypatch.setattr(cpu_fast_path, "KEEP_EXPANSION_BYTES", keep)
             with torch.inference_mode():
                 got = block(x.contiguous(memory_format=torch.channels_last_3d))
             assert close(got, expected), (fused, keep)

@@ -190,7 +190,7 @@ def test_norm_is_exact_on_activations_far_from_zero(grad):
 
 @pytest.mark.parametrize("shape", [(2, 8, 4, 5, 6), (1, 3, 1, 2, 1)])
 def test_polyphase_transposed_depthwise_equals_conv_transpose(shape):
-    from mednextv2.network.layers import transposed_depthwise_k3s2
+    from mednextv2.network.cpu_fast_path import transposed_depthwise_k3s2
 
     g = torch.Generator().manual_seed(7)
     x = torch.randn(shape, generator=g).contiguous(memory_format=torch.channels_last_3d)
@@ -205,14 +205,14 @@ def test_polyphase_transposed_depthwise_equals_conv_transpose(shape):
 @pytest.mark.parametrize("keep_bytes", [0, 1 << 30], ids=["recompute", "keep"])
 def test_cpu_inference_paths_match_literal_spec(monkeypatch, fused, keep_bytes):
     """Every CPU inference route (fused or not, expansion kept or recomputed, several chunks)."""
-    from mednextv2.network import layers
+    from mednextv2.network import cpu_fast_path
     from mednextv2.network.cpu_kernels import fused_available
 
     if fused and not fused_available():
         pytest.fail("oneDNN's fused linear ops are missing from this torch build; the fast path is untested")
-    monkeypatch.setattr(layers, "fused_available", lambda: fused)
-    monkeypatch.setattr(layers, "KEEP_EXPANSION_BYTES", keep_bytes)
-    monkeypatch.setattr(layers, "CHUNK_VOXELS", 1000)  # not a divisor of the voxel counts: a ragged last chunk
+    monkeypatch.setattr(cpu_fast_path, "fused_available", lambda: fused)
+    monkeypatch.setattr(cpu_fast_path, "KEEP_EXPANSION_BYTES", keep_bytes)
+    monkeypatch.setattr(cpu_fast_path, "CHUNK_VOXELS", 1000)  # not a divisor of the voxel counts: a ragged last chunk
     cfg = SMALL.replace(kernel_size=3)
     ours = randomise(MedNeXt(cfg)).eval()
     plain = PlainMedNeXt(cfg).eval()

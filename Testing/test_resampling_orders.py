@@ -1,4 +1,4 @@
-"""One anisotropy rule (issue 14 §3) and the resampling orders of imported nnU-Net models (issue 15 §2)."""
+"""One anisotropy rule, and the resampling orders of imported nnU-Net models."""
 from __future__ import annotations
 
 from types import SimpleNamespace

@@ -42,11 +42,26 @@ def test_segment_is_a_plain_function_after_the_pipeline_module_is_imported():
 
     import mednextv2.inference.pipeline
 
-    # The package attribute is the function, not a module that forwards calls (issue 14, section 3).
+    # The package attribute is the function, not a module that forwards calls.
     assert inspect.isfunction(mednextv2.segment)
     assert mednextv2.segment is mednextv2.inference.pipeline.segment
     from mednextv2 import segment
     assert segment is mednextv2.inference.pipeline.segment
+
+
+def test_segment_leaves_the_callers_torch_thread_count_alone():
+    """The engine sets torch's process-wide thread count only while it runs: a Python caller's is theirs again."""
+    import torch
+
+    image = _two_blobs()
+    bundle = threshold_bundle((300.0, 800.0), target_spacing=None, mirror_axes=())
+    interop = torch.get_num_interop_threads()
+    during = []
+    assert torch.get_num_threads() == 1  # one_torch_thread
+    mednextv2.segment(image, bundle, device="cpu", threads=2,
+                      progress=lambda stage, *args, **kwargs: during.append(torch.get_num_threads()))
+    assert 2 in during  # the engine's count was in force while tiles ran
+    assert torch.get_num_threads() == 1 and torch.get_num_interop_threads() == interop
 
 
 def test_structures_subset_and_largest_component():

@@ -3,7 +3,7 @@
 A real MR (the brain-lesion scan, 0.78 x 0.78 x 6.5 mm, given an oblique direction) and a real
 MedNeXt with random weights of trained scale, small 16x32x32 tiles, TTA on: the default run puts
 16 samples into each forward (two tiles with their eight mirrored passes); the reference runs one
-sample per forward, as before batching existed.
+sample per forward.
 """
 from __future__ import annotations
 

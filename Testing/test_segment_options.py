@@ -1,4 +1,4 @@
-"""One SegmentOptions checks every segment option (issue 14), and issue 11 row 17: --step is bounded
+"""One SegmentOptions checks every segment option, --step is bounded
 and the tile plan's memory is checked before any tile runs, with a message that says what to change."""
 from __future__ import annotations
 

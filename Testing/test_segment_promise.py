@@ -1,6 +1,6 @@
-"""Issue 11 rows 3-5: `segment` never writes over its inputs (docs/promise.md).
+"""`segment` never writes over its inputs (docs/promise.md).
 
-Real scans (copies of ../shared/data in tmp_path) are hashed before and after: a refused command
+Real scans (copies of the real data in tmp_path) are hashed before and after: a refused command
 exits 2 and leaves every byte of every input as it was.
 """
 from __future__ import annotations

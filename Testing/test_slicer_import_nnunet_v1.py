@@ -1,4 +1,4 @@
-"""The Segment panel's "Import model..." path with an nnU-Net v1 MedNeXt training (issue 15).
+"""The Segment panel's "Import model..." path with an nnU-Net v1 MedNeXt training.
 
 The button starts `MedNeXtV2SegmentLogic.startModelAction("import", folder)`: the real engine in a
 child process (EngineProcess), polled as the panel's timer does. Here it imports the v1 results

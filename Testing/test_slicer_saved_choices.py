@@ -45,7 +45,7 @@ def test_measured_cpu_rate_survives_a_restart(tmp_path):
     (TrainSettings, "training settings", TrainSettings.from_dict),
 ])
 def test_both_modules_treat_unknown_and_old_keys_alike(cls, what, build, caplog):
-    """Issue 14: the Segment module ignored unknown keys, the Train module rejected the whole set."""
+    """Both modules ignore unknown keys and keep the known ones, rather than reject the whole set."""
     read = (lambda text: cls.from_json(text)) if cls is SegmentChoices else (
         lambda text: from_saved(cls, text, what, build))
     default = cls()

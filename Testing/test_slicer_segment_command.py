@@ -190,7 +190,7 @@ print(folder)
 
 
 def test_a_pip_installed_mednextv2_never_shadows_the_shipped_engine(tmp_path):
-    """Panel and child process both use the engine beside the module files (issue 12, defect 9)."""
+    """Panel and child process both use the engine beside the module files."""
     import subprocess
 
     shadow = tmp_path / "site-packages"

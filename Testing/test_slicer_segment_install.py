@@ -171,7 +171,7 @@ def test_a_torch_older_than_the_tested_minimum_is_an_upgrade(fake_slicer, monkey
 
 
 def test_an_old_torch_is_an_upgrade_not_a_pass(fake_slicer, monkeypatch):
-    """Issue 12 defect 5: torch 1.13 left by another extension used to pass the check."""
+    """A torch 1.13 left by another extension is too old: it is upgraded, not accepted."""
     from MedNeXtV2SegmentLib.install import meets_requirement, version_tuple
 
     assert version_tuple("2.1.0+cu118") == (2, 1, 0) and version_tuple("2.0.0rc1") == (2, 0, 0)
@@ -197,8 +197,8 @@ def test_an_old_torch_is_an_upgrade_not_a_pass(fake_slicer, monkeypatch):
 
 
 def test_require_is_the_check_both_logics_make(fake_slicer, monkeypatch, forget_new_modules):
-    """Issue 12 defect 1: the Train logic never ran the install step; it now refuses to start the
-    engine until the packages are there, and its panel installs them (the same InstallLogic)."""
+    """The Train logic refuses to start the engine until the packages are there, and its panel
+    installs them (the same InstallLogic)."""
     sls = types.ModuleType("slicer.ScriptedLoadableModule")
     sls.ScriptedLoadableModuleLogic = type("ScriptedLoadableModuleLogic", (), {"__init__": lambda self: None})
     monkeypatch.setitem(sys.modules, "slicer.ScriptedLoadableModule", sls)

@@ -28,7 +28,7 @@ def test_import_then_list_through_the_real_cli(tmp_path, engine_env):
     assert process.wait(timeout=120) == 0, "\n".join(process.stderr_tail)
     choices = {c.id: c for c in list_models(sys.executable, engine_env)}
     choice = choices["tiny-import"]
-    assert choice.downloaded and choice.path and choice.engine_model_arg == choice.path
+    assert choice.downloaded and choice.path
     assert choice.labels == ("lesion", "tissue") and choice.modality == "CT"
     assert choice.title == "Self-test tiny model"
     assert describe_model(choice).endswith("downloaded")
@@ -45,9 +45,8 @@ LISTING = ('import json, time; time.sleep(0.5); '
 
 
 def test_the_panels_list_models_without_blocking_and_share_one_cache(engine_env, monkeypatch, forget_new_modules):
-    """Issue 12 defect 2: module entry ran `subprocess.run(... models list, timeout=60)` on the GUI
-    thread. Now the engine client both logics share reads it in the background (its timer polls),
-    and the list is cached for both modules."""
+    """Module entry never waits for `models list` on the GUI thread: the engine client both logics
+    share reads it in the background (its timer polls), and the list is cached for both modules."""
     import time
     import types
 
@@ -94,7 +93,7 @@ def test_catalog_rows():
                             '"installed": "no", "path": null, "modality": "CT", '
                             '"timings": {"cpu_s": 300, "gpu_s": 20}, "min_gpu_memory_gb": 6}], "home": "/x"}')
     lung = rows[0]
-    assert (lung.id, lung.downloaded, lung.path, lung.engine_model_arg) == ("lung", False, "", "lung")
+    assert (lung.id, lung.downloaded, lung.path) == ("lung", False, "")
     assert describe_model(lung) == "Lung tumour (CT) - CT - 120.2 MB - not downloaded"
     assert time_hint(lung, "cpu") == "About 5 min 00 s per image on CPU (measured)."
     assert time_hint(lung, "auto", tta=False) == ("About 20 s per image on GPU (measured); faster without TTA; "
@@ -118,7 +117,7 @@ def test_the_selector_shows_sizes_as_the_engine_writes_them_and_none_when_unknow
 
 
 def test_one_selector_per_input_channel_from_the_bundle(tmp_path):
-    """Issue 12 defect 8: a two-channel model gets two volume selectors, in the engine's order."""
+    """A two-channel model gets two volume selectors, in the engine's order."""
     import json
 
     from MedNeXtV2SegmentLib.models import channel_prompts, with_bundle_details

@@ -4,8 +4,7 @@ from __future__ import annotations
 import pytest
 
 import slicer_segment_paths  # noqa: F401
-from MedNeXtV2SegmentLib.paths import (PathError, export_path, make_run_paths, output_segmentation_name,
-                                       safe_file_stem)
+from MedNeXtV2SegmentLib.paths import PathError, make_run_paths, output_segmentation_name
 
 
 def test_each_run_gets_its_own_ascii_folder(tmp_path):
@@ -35,32 +34,13 @@ def test_long_windows_paths_fail_early_with_a_fix(tmp_path):
     assert make_run_paths(1, temp_root=deep, is_windows=False).work_dir.is_dir()
 
 
-@pytest.mark.parametrize("name, stem", [
-    ("CT chest", "CT_chest"), ("Tête (T1) / 2", "Tête_T1_2"), ("../../etc/passwd", "etc_passwd"),
-    ("...", "segmentation"), ("a" * 100, "a" * 60),
-])
-def test_safe_file_stem(name, stem):
-    assert safe_file_stem(name) == stem
-
-
-def test_export_path_never_overwrites(tmp_path):
-    first = export_path(tmp_path, "CT chest - Lung tumour")
-    assert first.name == "CT_chest_-_Lung_tumour.seg.nrrd"
-    first.write_text("x")
-    second = export_path(tmp_path, "CT chest - Lung tumour")
-    assert second.name == "CT_chest_-_Lung_tumour_2.seg.nrrd" and not second.exists()
-    assert export_path(tmp_path, "x", ".nii.gz").name == "x.nii.gz"
-    with pytest.raises(PathError):
-        export_path(tmp_path, "x", "nrrd")
-
-
 def test_output_names():
     assert output_segmentation_name("CT chest", "Lung tumour (CT)") == "CT chest - Lung tumour (CT)"
     assert output_segmentation_name("  ", "") == "Volume segmentation"
 
 
 def test_removing_a_run_deletes_only_what_the_run_created(tmp_path):
-    """Issue 11's rule for the modules' own temporary folders: a file someone else put there stays."""
+    """The modules' own temporary folders: a file someone else put there stays."""
     paths = make_run_paths(2, temp_root=tmp_path)
     for p in (*paths.inputs, paths.output, paths.work_dir / ".segmentation.1a2b3c.tmp.seg.nrrd"):
         p.write_bytes(b"ours")

@@ -1,5 +1,5 @@
 """What Slicer loads when it starts: the module files must not pull in SimpleITK, sitkUtils or
-torch (issue 12 defects 1 and 7), and core packages the panels import stay torch-free.
+torch (seconds of start-up for every Slicer user), and core packages the panels import stay torch-free.
 
 Slicer imports every module file at start-up. Here each file is imported in a fresh interpreter
 with the real `slicer` package (slicer-core); `slicer.ScriptedLoadableModule`, which slicer-core

@@ -74,7 +74,7 @@ def test_from_a_file_opens_a_dialog_and_the_file_becomes_the_base(page):
     _choose(combo, FROM_FILE)
     data = [combo.itemData(i) for i in range(combo.count())]
     assert data == ["", other, FROM_FILE] and combo.currentData == other
-    # Cancel now returns to that file, not to scratch.
+    # With a file chosen, Cancel keeps that file, not scratch.
     FileDialog.answers = [""]
     _choose(combo, FROM_FILE)
     assert combo.currentData == other

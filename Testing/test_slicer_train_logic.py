@@ -48,7 +48,7 @@ def test_settings_live_in_the_parameter_node(slicer_facing):
     assert logic.loadSettings() == chosen
     logic.getParameterNode().SetParameter("TrainSettings", '{"colour": "red"}')  # a scene from another version
     assert logic.loadSettings() == TrainSettings()
-    # the Segment module's policy (issue 14): an unknown key no longer throws the known ones away
+    # the Segment module's policy: an unknown key is ignored, the known ones are kept
     logic.getParameterNode().SetParameter("TrainSettings", '{"colour": "red", "device": "cuda"}')
     assert logic.loadSettings() == TrainSettings(device="cuda")
 
@@ -81,7 +81,7 @@ def test_a_case_that_cannot_be_exported_leaves_no_job(slicer_facing, data_dir, t
 
 
 def test_training_folder_and_dataset_folder_never_overlap(slicer_facing, tmp_path):
-    """Issue 11 for the Train module: a job (and its model) is never written into the user's
+    """A job (and its model) is never written into the user's
     dataset folder; nothing is created on refusal."""
     from MedNeXtV2TrainLib.settings import TrainSettings
 

@@ -155,8 +155,8 @@ def test_bad_mappings_are_named(choices, words):
 
 
 def test_scene_changes_merge_into_the_case_table():
-    """Issue 12 defect 6: module entry and scene import rebuilt the table, losing manual rows and
-    unticked cases. Now new pairs are merged in and the user's rows stay."""
+    """Module entry and scene import merge new pairs into the table: the user's manual rows and
+    unticked cases stay."""
     from MedNeXtV2TrainLib.pairing import CasePair, CaseRow, merge_pairs
 
     rows = [CaseRow("v1", "g1", used=False),       # unticked by the user

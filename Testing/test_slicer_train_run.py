@@ -44,19 +44,21 @@ FAKE_ENGINE = textwrap.dedent(f"""\
         sys.exit(2)
     total = 10000 if dataset.endswith("slow") else int(dataset.split("epochs")[-1]) if "epochs" in dataset else 3
     dice = None
-    # as core/mednextv2/train/loop.py: epoch in progress from 1, the last validation repeated on each line
+    # like the engine's training loop: epoch in progress from 1, the last validation repeated on each line
     for epoch in range(start + 1, total + 1):
         for it in range(3):
             if os.path.exists(os.environ.get("MEDNEXTV2_STOP_FILE", "")):  # the Slicer Cancel, as the engine polls it
                 stop(None, None)
             print(json.dumps({{"stage": "train", "fraction": epoch / total, "eta_s": 5.0, "message": "",
-                              "epoch": epoch, "iteration": it, "loss": 1.0 / (epoch * 3 + it), "dice": dice, "lr": 0.01}}), flush=True)
+                              "epoch": epoch, "iteration": it, "loss": 1.0 / (epoch * 3 + it), "dice": dice, "lr": 0.01,
+                              "epochs_done": epoch - 1}}), flush=True)
         dice = {{"lesion": 0.1 + 0.2 * epoch}}
         signal.pthread_sigmask(signal.SIG_BLOCK, {{signal.SIGTERM}})  # epoch end is atomic, as in the engine
         json.dump({{"epoch": epoch}}, open(ckpt, "w"))
         done = epoch
         print(json.dumps({{"stage": "train", "fraction": epoch / total, "eta_s": 5.0, "message": "",
-                          "epoch": epoch + 1, "iteration": 0, "loss": None, "dice": dice, "lr": 0.01}}), flush=True)
+                          "epoch": epoch + 1, "iteration": 0, "loss": None, "dice": dice, "lr": 0.01,
+                          "epochs_done": epoch}}), flush=True)
         signal.pthread_sigmask(signal.SIG_UNBLOCK, {{signal.SIGTERM}})
         time.sleep(0.05)
     print(json.dumps({{"stage": "done", "fraction": 1.0, "eta_s": None, "message": "model bundle"}}), flush=True)

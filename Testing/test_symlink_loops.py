@@ -1,5 +1,5 @@
-"""Symbolic link loops given as an input, an output, a model, a dataset or a work folder (issue 21
-§4): Path.resolve raised RuntimeError, a traceback. Each is refused (exit 2) naming the path."""
+"""Symbolic link loops given as an input, an output, a model, a dataset or a work folder:
+Path.resolve raises RuntimeError, which would be a traceback. Each is refused (exit 2) naming the path."""
 from __future__ import annotations
 
 import os

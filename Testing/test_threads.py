@@ -27,11 +27,29 @@ def test_bad_thread_count_is_an_input_error(bad):
         check_threads(bad)
 
 
-def test_fixed_count_is_set_and_kept():
+def test_fixed_count_is_set_and_kept_while_applied_then_restored():
     before = torch.get_num_threads()
+    other = 2 if before == 1 else 1
+    policy = ThreadPolicy(other)
+    with policy.applied():
+        assert policy.update() == other and torch.get_num_threads() == other
+    assert torch.get_num_threads() == before
+
+
+def test_followed_count_is_set_again_after_a_restore(monkeypatch):
+    """Within RECHECK_S of an estimate the policy reuses it, also in the next run after the count was put back."""
+    import mednextv2.threads as threads
+
+    monkeypatch.setattr(threads, "_process_watch", lambda: type("Watch", (), {"free_cores": lambda self: 1.0})())
+    policy = ThreadPolicy()
+    policy.cores = 2
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
     try:
-        policy = ThreadPolicy(1)
-        assert policy.update() == 1 and torch.get_num_threads() == 1
+        for _ in range(2):
+            with policy.applied():
+                assert policy.update() == 1 and torch.get_num_threads() == 1
+            assert torch.get_num_threads() == 2
     finally:
         torch.set_num_threads(before)
 

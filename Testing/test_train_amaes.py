@@ -1,5 +1,5 @@
 """`mednextv2 train DS --base AMAES.pth`: a real fine-tuning run from an AMAES-format encoder on the
-real breast MR (../shared/data/mr-breast), on the CPU in seconds. The encoder is the Yucca-built
+real breast MR (the real data's mr-breast), on the CPU in seconds. The encoder is the Yucca-built
 fixture (Testing/fixtures/amaes-mednext); the run freezes it (--encoder-lr-scale 0) so the
 bundle must carry exactly the file's encoder, the fresh decoder trained around it, and AMAES's
 preprocessing as its plan."""

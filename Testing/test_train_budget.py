@@ -78,6 +78,28 @@ def test_budget_schedule_runs_over_the_training_time_left():
     assert alone.train_end() == pytest.approx(1120.0 - EXPORT_RESERVE_S)
 
 
+def test_schedule_clock_follows_the_limit_that_is_further_along():
+    from mednextv2.train.budget import EXPORT_RESERVE_S, ScheduleClock
+
+    by_epochs = ScheduleClock(epochs=4, iterations=10, minutes=None, validates=True, started=1000.0)
+    assert by_epochs.budget is None
+    assert by_epochs.fraction(1, 5) == pytest.approx(1.5 / 4)
+    assert by_epochs.eta(0, 0, now=1010.0) is None  # no progress yet: no estimate
+    assert by_epochs.eta(1, 0, now=1010.0) == pytest.approx(30.0)  # a quarter took 10 s
+    assert not by_epochs.epoch_time_used(0.0, now=5000.0)  # without a budget only iterations end an epoch
+
+    both = ScheduleClock(epochs=100, iterations=10, minutes=2.0, validates=False, started=1000.0)
+    both.begin_training(20.0)
+    end = both.budget.train_end()
+    assert end == pytest.approx(1120.0 - EXPORT_RESERVE_S)
+    assert both.fraction(1, 0, now=1020.0 + (end - 1020.0) / 2) == pytest.approx(0.5)  # the budget is further
+    assert both.fraction(90, 0, now=1021.0) == pytest.approx(0.9)  # the epochs are further
+    assert both.eta(1, 0, now=1030.0) == pytest.approx(90.0)  # the run's end comes before 99 more epochs
+    assert both.eta(90, 0, now=1021.0) == pytest.approx(21.0 * 0.1 / 0.9)  # the last epochs end sooner
+    epoch_s = both.budget.epoch_seconds()
+    assert not both.epoch_time_used(20.0, now=1020.0 + epoch_s - 1) and both.epoch_time_used(20.0, now=1020.0 + epoch_s)
+
+
 def test_epoch_record_keeps_the_metrics_csv_columns():
     from mednextv2.train.epochs import EpochRecord
 

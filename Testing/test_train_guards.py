@@ -1,4 +1,4 @@
-"""`mednextv2 train` on inputs that gave tracebacks or silently wrong models (issue 21 §3, §4):
+"""`mednextv2 train` on inputs that gave tracebacks or silently wrong models:
 label values far beyond the label count, a full disk while the bundle is written, a case file
 deleted during training, --resume after the dataset or the options changed, two runs on one -o.
 Real data: the breast MR and its lesion label, v2-tiny on the CPU, one short epoch."""

@@ -1,4 +1,4 @@
-"""TrainOptions is the one source of the `train` options (issue 14), and issue 11 rows 16 and 18:
+"""TrainOptions is the one source of the `train` options, and bad inputs are refused early:
 an all-background case is found by the dataset check, an unknown --preset is exit 2 naming the
 valid ones. The dataset is made of copies of the real breast MR and its lesion mask."""
 from __future__ import annotations

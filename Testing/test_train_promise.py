@@ -1,4 +1,4 @@
-"""Issue 11 rows 1-2: `train -o` never replaces what the engine did not write (docs/promise.md).
+"""`train -o` never replaces what the engine did not write (docs/promise.md).
 
 The dataset is a copy of the real breast MR and its label; the user's files are hashed before and
 after. On the code before the fix each refused command below trained for a few seconds, exit 0,

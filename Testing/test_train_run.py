@@ -1,4 +1,4 @@
-"""A real training run on the real MR tissue map (../shared/data/mr-brain-tissue), on the CPU.
+"""A real training run on the real MR tissue map (the real data's mr-brain-tissue), on the CPU.
 
 The scan is cut front to back (the template is left-right symmetric, so a left/right split would
 leak): v2-tiny learns grey/white matter on the posterior 60% of the brain and is judged on the

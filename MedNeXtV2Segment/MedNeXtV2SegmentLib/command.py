@@ -52,7 +52,7 @@ def use_shipped_engine(package_dir: Optional[Path] = None) -> Path:
 
 
 def engine_threads(usable_cores: Optional[int] = None) -> int:
-    """Threads for the engine: all usable cores but one, so Slicer keeps rendering (issue 13)."""
+    """Threads for the engine: all usable cores but one, so Slicer keeps rendering."""
     if usable_cores is None:
         usable_cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
     return max(1, usable_cores - 1)

@@ -35,11 +35,6 @@ class ModelChoice:
     min_gpu_memory_gb: Optional[float] = None
     channels: Tuple[Tuple[str, str], ...] = ()  # (name, modality) per input, from the bundle
 
-    @property
-    def engine_model_arg(self) -> str:
-        """What `segment -m` gets: the local bundle when there is one, so no catalog lookup can differ."""
-        return self.path or self.id
-
 
 def model_choice(record: Mapping) -> ModelChoice:
     if not isinstance(record, Mapping) or not isinstance(record.get("id"), str):

@@ -4,13 +4,12 @@ Each run gets its own folder under the temp root, with plain ASCII file names: a
 "Tête (T1) / 2" or a 250-character Windows temp path must not break the export or the engine
 (the field notes' "failed to load the segmentation" complaints). The folder is removed after a
 successful run and kept, with its path shown to the user, after a failure. Removal deletes only
-what the run created (issue 11: never delete what we did not create).
+what the run created (a temp root may hold the user's own files).
 """
 from __future__ import annotations
 
 import logging
 import os
-import re
 import shutil
 import tempfile
 import time
@@ -69,31 +68,8 @@ def make_run_paths(n_channels: int = 1, temp_root: Optional[os.PathLike] = None,
     return RunPaths(work_dir, inputs, output, work_dir / "uncertainty.nrrd", work_dir / "statistics.json")
 
 
-_UNSAFE = re.compile(r"[^\w.-]+", re.UNICODE)
-
-
-def safe_file_stem(name: str, fallback: str = "segmentation", max_len: int = 60) -> str:
-    """A file-system-safe stem from a node name (for 'export result' defaults)."""
-    stem = _UNSAFE.sub("_", name).strip("._")[:max_len]
-    return stem or fallback
-
-
 def output_segmentation_name(volume_name: str, model_title: str) -> str:
     """Node name for a new result: '<volume> - <model>', as users expect in the Data module."""
     volume_name = volume_name.strip() or "Volume"
     model_title = model_title.strip()
     return f"{volume_name} - {model_title}" if model_title else f"{volume_name} segmentation"
-
-
-def export_path(folder: os.PathLike, node_name: str, extension: str = ".seg.nrrd") -> Path:
-    """A new, non-existing path in `folder` for saving a result node; never overwrites."""
-    if not extension.startswith("."):
-        raise PathError(f"extension must start with '.', got {extension!r}")
-    folder = Path(folder)
-    stem = safe_file_stem(node_name)
-    candidate = folder / f"{stem}{extension}"
-    n = 1
-    while candidate.exists():
-        n += 1
-        candidate = folder / f"{stem}_{n}{extension}"
-    return candidate

@@ -229,7 +229,7 @@ class SegmentPanel:
             self.ui.structuresList.addItem(item)
 
     def buildChannelSelectors(self, channels) -> None:
-        """One volume selector per model input; the .ui's selector is the first (issue 12 defect 8)."""
+        """One volume selector per model input; the .ui's selector is the first."""
         prompts = channel_prompts(channels)
         form = self.ui.inputVolumeSelector.parentWidget().layout()  # the Input and model QFormLayout
         while len(self.channelSelectors) > max(1, len(prompts)):

@@ -48,7 +48,7 @@ def base_labels(choice: Optional[ModelChoice]) -> List[BaseLabel]:
 
 def check_apart(jobsRoot: Path, datasetDir: Path) -> None:
     """The training folder (job, checkpoints, new model) must not lie in the user's dataset folder:
-    the engine's output would mix with its input (issue 11). A dataset inside the training folder is
+    the engine's output would mix with its input, and a cleanup could delete the user's files. A dataset inside the training folder is
     fine: each job gets a new folder of its own."""
     jobs, dataset = jobsRoot.resolve(), datasetDir.resolve()
     if jobs == dataset or dataset in jobs.parents:

@@ -79,9 +79,7 @@ class TrainingRun:
                 continue
             result.updates.append(update)
             result.curves_changed |= self.curves.add(update)
-        # The engine says how many epochs are complete; older engines only gave the epoch in progress.
-        done = max([u.epochs_done if u.epochs_done is not None else u.epoch - 1
-                    for u in result.updates if u.epochs_done is not None or u.epoch is not None] + [done_before or 0])
+        done = max([u.epochs_done for u in result.updates if u.epochs_done is not None] + [done_before or 0])
         if result.updates and done != (done_before or 0):  # a small file once per epoch is enough
             self._save(epochs_done=done, best_dice=self._best())
         if finished:

@@ -45,7 +45,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # Testing/ for pla
 from plain_mednext import PlainMedNeXt  # noqa: E402
 
 from mednextv2.network import MedNeXt, MedNeXtConfig  # noqa: E402
-from mednextv2.network import layers  # noqa: E402
+from mednextv2.network import cpu_fast_path  # noqa: E402
 from mednextv2.network.layers import MedNeXtBlock  # noqa: E402
 from mednextv2.process_memory import keep_freed_memory  # noqa: E402
 from mednextv2.threads import FIRST_SAMPLE_S, CoreWatch, ThreadPolicy, threads_for  # noqa: E402
@@ -286,21 +286,21 @@ def under_load(sizes, repeats: int):
 
 
 def chunk_sizes(sizes, chunks, repeats: int):
-    """Our forward with each layers.CHUNK_VOXELS in turn (the cache-blocking knob), and the plain code,
+    """Our forward with each cpu_fast_path.CHUNK_VOXELS in turn (the cache-blocking knob), and the plain code,
     alternating in one process: what this host's caches favour."""
     rows = []
     for size in sizes:
         ours, plain, x = v2_base_pair(size)
-        default, times = layers.CHUNK_VOXELS, {c: [] for c in ["plain", *chunks]}
+        default, times = cpu_fast_path.CHUNK_VOXELS, {c: [] for c in ["plain", *chunks]}
         try:
             with torch.inference_mode():
                 for _ in range(repeats + 1):  # the first round warms up and is dropped
                     for c in chunks:
-                        layers.CHUNK_VOXELS = c
+                        cpu_fast_path.CHUNK_VOXELS = c
                         times[c].append(timed(lambda: ours(x)))
                     times["plain"].append(timed(lambda: plain(x)))
         finally:
-            layers.CHUNK_VOXELS = default
+            cpu_fast_path.CHUNK_VOXELS = default
         plain_s = statistics.median(times["plain"][1:])
         for c in chunks:
             ours_s = statistics.median(times[c][1:])
@@ -311,27 +311,27 @@ def chunk_sizes(sizes, chunks, repeats: int):
 
 
 def with_fusion(enabled: bool, net: torch.nn.Module, x: torch.Tensor):
-    saved = layers.fused_available
-    layers.fused_available = lambda: enabled
+    saved = cpu_fast_path.fused_available
+    cpu_fast_path.fused_available = lambda: enabled
     try:
         return net(x)
     finally:
-        layers.fused_available = saved
+        cpu_fast_path.fused_available = saved
 
 
 def one_gemv_squares(x: torch.Tensor) -> torch.Tensor:
     """Column sums of squares as one float32 GEMV per chunk: fast, but 1e-5 off over 16k rows."""
     total = torch.zeros(x.shape[1])
-    for s in range(0, x.shape[0], layers.CHUNK_VOXELS):
-        part = x[s:s + layers.CHUNK_VOXELS]
+    for s in range(0, x.shape[0], cpu_fast_path.CHUNK_VOXELS):
+        part = x[s:s + cpu_fast_path.CHUNK_VOXELS]
         total.addmv_(torch.mul(part, part).t(), torch.ones(part.shape[0]))
     return total
 
 
 def column_squares(x: torch.Tensor) -> torch.Tensor:
-    squares = layers.ColumnSquares(*x.shape)
-    for s in range(0, x.shape[0], layers.CHUNK_VOXELS):
-        squares.add(x[s:s + layers.CHUNK_VOXELS])
+    squares = cpu_fast_path.ColumnSquares(*x.shape)
+    for s in range(0, x.shape[0], cpu_fast_path.CHUNK_VOXELS):
+        squares.add(x[s:s + cpu_fast_path.CHUNK_VOXELS])
     return squares.total
 
 
@@ -352,12 +352,12 @@ def ops_cpu(repeats: int):
         up = randomised(MedNeXtBlock(2 * c, c, r, 3, grn=True, resample="up")).eval()
         xs = torch.randn(1, 2 * c, s // 2, s // 2, s // 2, generator=g).contiguous(memory_format=torch.channels_last_3d)
         rows.append(compare("op: up depthwise, ConvTranspose3d vs polyphase", lambda: up.conv1(xs),
-                            lambda: up._depthwise(xs), repeats))
+                            lambda: cpu_fast_path.depthwise(up, xs), repeats))
         rows.append(compare("op: up residual, ConvTranspose3d vs strided", lambda: up.res_conv(xs),
-                            lambda: up._upsample_residual(xs), repeats))
-        # _mlp_into adds into its second argument; a scratch copy keeps xl itself unchanged.
+                            lambda: cpu_fast_path.upsample_residual(up, xs), repeats))
+        # mlp_into adds into its second argument; a scratch copy keeps xl itself unchanged.
         acc = xl.clone(memory_format=torch.channels_last_3d)
-        unfused = partial(block._mlp_into, fused=False)
+        unfused = partial(cpu_fast_path.mlp_into, block, fused=False)
         rows.append(compare("op: norm+expand+GELU+GRN+compress, chunked", lambda: block._compress(block.act(block.conv2(xl))),
                             lambda: unfused(xl, acc), repeats))
         rows.append(compare("op: whole block (plain vs ours)", lambda: plain_block(x), lambda: block(xl), repeats))

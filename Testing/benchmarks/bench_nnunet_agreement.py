@@ -7,7 +7,7 @@ across anisotropic slices), probabilities linearly. The model is a small MedNeXt
 as an nnU-Net v2 results folder and brought in with `mednextv2 models import`; nnU-Net predicts
 with the same weights and the same plans.json. Both run on the CPU, step 0.5, no mirroring.
 
-    /work/venvs/nnunetv2/bin/python Testing/benchmarks/bench_nnunet_agreement.py   (venv: see bench_segment_engines.py)
+    NNUNET_VENV/bin/python Testing/benchmarks/bench_nnunet_agreement.py   (venv: see bench_segment_engines.py)
 
 Cases: the lung CT (0.57 x 0.57 x 5 mm -> 1.5 x 1.5 x 5 mm, anisotropic) and the brain MR
 (0.78 x 0.78 x 6.5 mm -> 1.2 x 1.2 x 6.5 mm, z-score). Results: docs/benchmarks.md.

@@ -17,7 +17,7 @@ field of +-20 % and Gaussian noise at 3 % of the maximum: anatomy, coil and scan
 one template). It prints grey/white matter Dice and the wall time each run
 really took. `--train-args="--patch 48 48 48"` adds options to the new loop's command (tuning).
 Time: each run is its budget plus caching and three segmentations (~1-2 min), and the old loop
-overruns its budget (issue 13: 179 s for 1 min);
+overruns its budget (179 s for 1 min);
 defaults: ~35 min on an idle 2-core CPU (33 min on 2026-11-30). `--minutes 2 --engines new` is a ~5 min check.
     VENV/bin/python Testing/benchmarks/bench_train.py        # + batchgeneratorsv2 ratio (a venv that has it)
     python Testing/benchmarks/bench_train.py --gpu           # + v2-base 128^3 batch 2 on CUDA

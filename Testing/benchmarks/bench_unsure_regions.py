@@ -19,9 +19,11 @@ import SimpleITK as sitk
 from scipy import ndimage
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "MedNeXtV2Segment"))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # Testing/ for real_data
 from MedNeXtV2SegmentLib.unsure_regions import UnsureRegionTour, find_regions  # noqa: E402
+from real_data import data_dir  # noqa: E402
 
-DATA = Path(os.environ.get("MEDNEXTV2_DATA", "/work/shared/data"))
+DATA = data_dir()  # MEDNEXTV2_DATA, ../shared/data, else the per-user cache (built once)
 
 
 def best_of(fn, repeat=3):

@@ -1,4 +1,4 @@
-"""The GPU path in one run (issue 13 section 4): CUDA tests are run by gpu_check.sh; this part times
+"""The GPU path in one run: CUDA tests are run by gpu_check.sh; this part times
 
 - v2-base forward, 128^3, batch 2, bf16 autocast (ms per forward and per patch; against the plain code);
 - one training step at that size with and without activation checkpointing (ms, peak GiB);

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The GPU path in under 8 minutes (issue 13 section 4): CUDA tests, v2-base 128^3 b2 bf16 forward ms,
+# The GPU path in under 8 minutes: CUDA tests, v2-base 128^3 b2 bf16 forward ms,
 # a training step with and without checkpointing, whole-CT segment seconds, peak memory.
 #
 #   Testing/benchmarks/gpu_check.sh [OUT_DIR]     (default: $OUT, else ./gpu-check)

@@ -494,7 +494,3 @@ def strip_absolute_paths(spec: BundleSpec) -> BundleSpec:
         provenance = Provenance.from_json(_strip(provenance.to_json()))
     description = None if spec.description is None else _strip(spec.description)
     return spec.replace(description=description, provenance=provenance)
-
-
-def has_absolute_path(text: str) -> bool:
-    return bool(_ABSOLUTE.search(text))

@@ -4,7 +4,7 @@ glibc serves every allocation above its mmap threshold (at most 32 MiB, adjusted
 fresh pages from the OS and unmaps them on free, and trims the heap's free top above 2x that. A
 forward pass frees and re-allocates the same large tensors layer after layer, so each one is
 paid again in page faults: the kernel maps and zeroes every 4 KiB page. With both thresholds at
-1 GiB, on the 2-core CI machine (issue 13): a v2-base 64^3 forward went from 73k page faults to
+1 GiB, on the 2-core CI machine: a v2-base 64^3 forward went from 73k page faults to
 none and was 5-7% faster, a v2-tiny 64^3 training step 13-16% faster, and segmenting the lung CT
 8% faster at the same peak memory. The price: freed memory stays with the process until it
 exits (1.3 GiB resident after a v2-base 64^3 forward instead of 1.0), and where large arrays of

@@ -3,16 +3,17 @@
 With more threads than free cores, every parallel op waits at torch's thread barrier for a
 thread whose core is busy elsewhere (Slicer rendering, a browser, a second engine). The network
 issues hundreds of ops per forward, so those waits add up: on a 2-core machine beside a 2-thread
-torch process, v2-base at 64^3 took 8x longer with 2 threads than with 1 (issue 13). One
-policy for every engine entry point: an explicit count is kept; otherwise the free cores are
-estimated from /proc/stat (CPU time used by other processes since the last look) and torch's
-thread count follows them, re-checked at most once per RECHECK_S while inference runs.
+torch process, v2-base at 64^3 took 8x longer with 2 threads than with 1. One policy for every
+engine entry point: an explicit count is kept; otherwise the free cores are estimated from
+/proc/stat (CPU time used by other processes since the last look) and torch's thread count
+follows them, re-checked at most once per RECHECK_S while inference runs.
 """
 from __future__ import annotations
 
 import os
 import time
-from typing import Optional, Tuple
+from contextlib import contextmanager
+from typing import Iterator, Optional, Tuple
 
 from mednextv2.errors import InputError
 
@@ -111,26 +112,39 @@ def _process_watch() -> CoreWatch:
 class ThreadPolicy:
     """torch's intra-op thread count for an engine run: fixed (`threads`), or following the free cores.
 
-    Call `update()` before each unit of work (a tile batch); it is cheap and re-estimates only
-    every RECHECK_S.
+    torch's count belongs to the whole process, and a Python caller may have set its own: the
+    count applies only inside `applied()`, which puts the caller's back afterwards. Call
+    `update()` before each unit of work (a tile batch, a training step); it is cheap and
+    re-estimates only every RECHECK_S.
     """
 
     def __init__(self, threads: Optional[int] = None) -> None:
         self.fixed = check_threads(threads)
         self.cores = min(available_cores(), _env_threads() or available_cores())
         self._checked = -RECHECK_S
+        self._chosen: Optional[int] = None
+
+    @contextmanager
+    def applied(self) -> Iterator["ThreadPolicy"]:
+        import torch  # here, so that option checking does not load torch
+
+        before = torch.get_num_threads()
+        try:
+            yield self
+        finally:
+            if torch.get_num_threads() != before:
+                torch.set_num_threads(before)
 
     def update(self) -> int:
-        import torch  # here, so that option checking does not load torch
+        import torch
 
         if self.fixed is not None:
             n = self.fixed
+        elif self._chosen is not None and time.monotonic() - self._checked < RECHECK_S:
+            n = self._chosen
         else:
-            if time.monotonic() - self._checked < RECHECK_S:
-                return torch.get_num_threads()
             self._checked = time.monotonic()
-            n = threads_for(_process_watch().free_cores(), self.cores)
+            n = self._chosen = threads_for(_process_watch().free_cores(), self.cores)
         if n != torch.get_num_threads():
             torch.set_num_threads(n)
         return n
-

@@ -320,7 +320,8 @@ class SlidingWindowPredictor:
         state = RunState(self.device, self._initial_accumulation_device(data, sink is not None), self.tile_batch)
         while True:
             try:
-                return self._run(data, state, sink)
+                with self.threads.applied():
+                    return self._run(data, state, sink)
             except Exception as e:
                 if not is_out_of_memory(e):
                     raise
@@ -459,8 +460,9 @@ class SlidingWindowPredictor:
         Logits, not probabilities, are averaged, stitched and later interpolated, as nnU-Net
         does, so both give the same labels for the same network and preprocessing.
         """
-        # Folds with as many passes each sum into one total divided once, the same float
-        # operations as before per-fold axes existed; otherwise each fold's mean is taken first.
+        # Folds with as many passes each give every pass the same weight: one total, divided once
+        # (one rounding, one pass over the scores). Otherwise each fold's mean is taken first, so
+        # a fold with more mirrored passes does not outweigh the others.
         same_count = len(set(map(len, self.mirrors))) == 1
         total = None
         for model, mirrors in zip(self.models, self.mirrors):

@@ -7,7 +7,7 @@ from typing import Dict, List, Optional, Sequence, Union
 N_STAGES = 9  # enc0..enc3, bottleneck, dec3..dec0
 GRN_NORMS = ("mean", "sum")
 
-# name -> (base channels, block counts, expansion ratios); sizes from ../shared/docs/mednext-v2.md
+# name -> (base channels, block counts, expansion ratios); sizes from the MedNeXt-v2 paper
 _V2_PATTERN = [3, 4, 8, 8, 8, 8, 8, 4, 3]
 PRESETS: Dict[str, dict] = {
     "v2-base": dict(n_channels=32, block_counts=_V2_PATTERN, exp_r=_V2_PATTERN, grn=True),

@@ -1,4 +1,4 @@
-"""Fine-tuning and training: datasets, planning, cache, augmentation, loop, DDP, demo (issue 5).
+"""Fine-tuning and training: datasets, planning, cache, augmentation, loop, DDP, demo.
 
 Entry point: `run_training(TrainOptions(...))`; the CLI is `mednextv2 train`.
 Imports are lazy: the Slicer Train panel reads datasets through `mednextv2.train.datasets`

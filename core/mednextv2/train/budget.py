@@ -69,3 +69,61 @@ class Budget:
     def eta(self, now: Optional[float] = None) -> float:
         """Seconds until the run ends, bundle included."""
         return max(0.0, self.deadline - (time.monotonic() if now is None else now))
+
+
+class ScheduleClock:
+    """The training run's clock: seconds since the run started, how far the learning-rate schedule
+    is, whether the epoch under way has used its share of the budget, and the time left.
+
+    With both `epochs` and a budget (`minutes`) the schedule follows whichever is further along,
+    so it completes before either limit ends training.
+    """
+
+    def __init__(self, epochs: Optional[int], iterations: int, minutes: Optional[float], validates: bool,
+                 started: Optional[float] = None) -> None:
+        self.epochs, self.iterations = epochs, iterations
+        self.started = time.monotonic() if started is None else started
+        self.budget = Budget(minutes, self.started, validates=validates) if minutes else None
+
+    def elapsed(self, now: Optional[float] = None) -> float:
+        return (time.monotonic() if now is None else now) - self.started
+
+    def resume(self, elapsed_s: float) -> None:
+        """After --resume the clock counts on from the interrupted run's elapsed time."""
+        self.started = time.monotonic() - elapsed_s
+        if self.budget is not None:
+            self.budget.resume(elapsed_s)
+
+    def begin_training(self, train_started_s: float) -> None:
+        """Training began `train_started_s` into the run: the budget's schedule starts there, so after
+        --resume it continues where it was, not from a new warm-up."""
+        if self.budget is not None:
+            self.budget.begin_training(self.started + train_started_s)
+
+    def fraction(self, epoch: int, iteration: int, now: Optional[float] = None) -> float:
+        """How far training is, 0..1, after `epoch` whole epochs and `iteration` steps of the next."""
+        parts = []
+        if self.epochs:
+            parts.append((epoch + iteration / self.iterations) / self.epochs)
+        if self.budget is not None:
+            parts.append(self.budget.progress(now))
+        return min(1.0, max(parts))
+
+    def epoch_time_used(self, epoch_started_s: Optional[float], now: Optional[float] = None) -> bool:
+        """Under a budget: the epoch that began `epoch_started_s` into the run has had its share of the time."""
+        if self.budget is None or epoch_started_s is None:
+            return False
+        return self.elapsed(now) - epoch_started_s >= self.budget.epoch_seconds()
+
+    def eta(self, epoch: int, iteration: int, now: Optional[float] = None) -> Optional[float]:
+        """Seconds left: until the budget's end, or as long again per share of the epochs still to run,
+        whichever is sooner; None before any progress without a budget."""
+        if self.budget is not None:
+            by_budget = self.budget.eta(now)
+            if not self.epochs:
+                return by_budget
+        f = self.fraction(epoch, iteration, now)
+        by_epochs = self.elapsed(now) * (1 - f) / f if f > 0 else None
+        if self.budget is not None and by_epochs is not None:
+            return min(by_budget, by_epochs)
+        return by_epochs

@@ -1,9 +1,9 @@
 """The training loop: epochs of augmented patches, validation, checkpoints, and every way to stop.
 
 Parts are injected (`TrainerParts`: model, optimizer, loss, batch source, validation cases), the
-loop owns only the order of things and the robustness rules of issue 5: a checkpoint every epoch,
-a time budget that is kept (budget.py), NaN/Inf steps skipped with a lower learning rate,
-SIGINT/SIGTERM saving before exit. What each epoch writes is up to its handlers (epochs.py).
+loop owns only the order of things and the rules that keep a run from being lost: a checkpoint
+every epoch, a time budget that is kept (budget.py, which also keeps the schedule's clock),
+NaN/Inf steps skipped with a lower learning rate, SIGINT/SIGTERM saving before exit. What each epoch writes is up to its handlers (epochs.py).
 """
 from __future__ import annotations
 
@@ -27,7 +27,7 @@ from mednextv2.errors import MedNeXtError
 from mednextv2.threads import ThreadPolicy
 from mednextv2.train import checkpoint, distributed
 from mednextv2.train.augment import AugmentConfig, augment
-from mednextv2.train.budget import Budget
+from mednextv2.train.budget import ScheduleClock
 from mednextv2.train.epochs import EpochHandler, EpochRecord, default_handlers
 from mednextv2.train.evaluate import validate
 from mednextv2.train.optim import lr_factor, set_lr
@@ -112,8 +112,9 @@ class Trainer:
         self.scaler = _grad_scaler() if p.cfg.amp_dtype == torch.float16 else None  # fp16 only; bf16 needs none
         self._stop_signal: Optional[str] = None
         self._last_report = 0.0
-        self._clock_start = time.monotonic() if p.started is None else p.started
-        self.budget = Budget(p.cfg.minutes, self._clock_start, validates=bool(self.val_cases)) if p.cfg.minutes else None
+        self.clock = ScheduleClock(p.cfg.epochs, p.cfg.iterations, p.cfg.minutes, validates=bool(self.val_cases),
+                                   started=p.started)
+        self.budget = self.clock.budget
         self._time_up = False  # set from the step's all-rank flag, so every rank agrees
         self._epoch_cut = False  # likewise: the epoch's share of the budget is used
         self._val_cost, self._last_val_at = 0.0, time.monotonic()
@@ -136,27 +137,16 @@ class Trainer:
         s["history"] = [EpochRecord.from_dict(r) for r in s["history"]]
         self.state = LoopState(**s)
         self.state.stopped_by = None
-        self._clock_start = time.monotonic() - self.state.elapsed_s
-        if self.budget is not None:
-            self.budget.resume(self.state.elapsed_s)
+        self.clock.resume(self.state.elapsed_s)
 
     def save_latest(self) -> None:
         if self.ctx.is_main:
             checkpoint.save_atomic(self.state_dict(), self.work / checkpoint.LATEST)
 
     # ---- time and schedule ------------------------------------------------------------
-    @property
-    def elapsed(self) -> float:
-        return time.monotonic() - self._clock_start
-
     def fraction(self) -> float:
-        """How far training is, 0..1: the learning-rate schedule's clock (the budget's, or epochs')."""
-        parts = []
-        if self.cfg.epochs:
-            parts.append((self.state.epoch + self.state.iteration / self.cfg.iterations) / self.cfg.epochs)
-        if self.budget is not None:
-            parts.append(self.budget.progress())
-        return min(1.0, max(parts))
+        """How far training is, 0..1: the learning-rate schedule's clock."""
+        return self.clock.fraction(self.state.epoch, self.state.iteration)
 
     def _out_of_time(self) -> bool:
         return self._time_up
@@ -168,23 +158,6 @@ class Trainer:
         """The epoch under way is over: its iterations are done, or (under a budget) its share of the time
         (decided in the step's all-rank flags, so every rank ends the epoch at the same step)."""
         return self.state.iteration >= self.cfg.iterations or self._epoch_cut
-
-    def _epoch_time_used(self) -> bool:
-        s = self.state
-        if self.budget is None or s.epoch_started_s is None:
-            return False
-        return self.elapsed - s.epoch_started_s >= self.budget.epoch_seconds()
-
-    def _eta(self) -> Optional[float]:
-        if self.budget is not None:
-            by_budget = self.budget.eta()
-            if not self.cfg.epochs:
-                return by_budget
-        f = self.fraction()
-        by_epochs = self.elapsed * (1 - f) / f if f > 0 else None
-        if self.budget is not None and by_epochs is not None:
-            return min(by_budget, by_epochs)
-        return by_epochs
 
     # ---- one step -----------------------------------------------------------------------
     def _step(self) -> Optional[float]:
@@ -208,7 +181,7 @@ class Trainer:
         over = self.budget is not None and self.budget.out_of_time()
         self._stop_signal = self._stop_signal or stop_request.reason()  # the Slicer modules' Cancel
         bad, stop, over, cut = distributed.any_flag(self.ctx, bad, self._stop_signal is not None, over,
-                                                    self._epoch_time_used(), device=self.device)
+                                                    self.clock.epoch_time_used(self.state.epoch_started_s), device=self.device)
         self._time_up = self._time_up or over
         self._epoch_cut = cut
         if stop:
@@ -267,7 +240,8 @@ class Trainer:
             message += f" loss {mean_loss:.4f}"
         if dice and last.mean_dice is not None:
             message += f" val dice {last.mean_dice:.3f}"
-        self.report("train", self.fraction(), message, eta_s=self._eta(), epoch=epoch, iteration=s.iteration or self.cfg.iterations,
+        self.report("train", self.fraction(), message, eta_s=self.clock.eta(s.epoch, s.iteration), epoch=epoch,
+                    iteration=s.iteration or self.cfg.iterations,
                     loss=mean_loss if loss is None else loss, dice=dice or None, lr=lr, epochs_done=s.epoch,
                     dice_epoch=last.epoch if dice else None, epochs=self.cfg.epochs)
 
@@ -302,13 +276,13 @@ class Trainer:
         train_loss = distributed.mean(self.ctx, s.loss_sum / max(s.loss_count, 1), self.device)
         dice = self._validate(final)
         record = EpochRecord(epoch=s.epoch + 1, iterations=s.iteration, train_loss=round(train_loss, 6),
-                             lr=self.optimizer.param_groups[0]["lr"], time_s=round(self.elapsed, 1),
+                             lr=self.optimizer.param_groups[0]["lr"], time_s=round(self.clock.elapsed(), 1),
                              data_wait_s=round(s.wait_s, 2), progress=round(self.fraction(), 4),
                              dice={name: (None if math.isnan(v) else round(v, 4)) for name, v in dice.items()})
         s.history.append(record)
         s.epoch += 1
         s.iteration, s.loss_sum, s.loss_count, s.wait_s = 0, 0.0, 0, 0.0
-        s.elapsed_s = self.elapsed
+        s.elapsed_s = self.clock.elapsed()
         s.epoch_started_s = None
         self._epoch_cut = False
         # No validation cases: the latest model is the best one. Epochs without validation (--val-every) never win.
@@ -320,7 +294,7 @@ class Trainer:
         if self.ctx.is_main:
             for handler in self.handlers:
                 handler(self, record, improved)
-        log.info("epoch %d: loss %.4f, val Dice %s, %.0f s", s.epoch, train_loss, record.dice or "-", self.elapsed)
+        log.info("epoch %d: loss %.4f, val Dice %s, %.0f s", s.epoch, train_loss, record.dice or "-", self.clock.elapsed())
         self._report_iteration(None, force=True)
 
     @contextmanager
@@ -345,15 +319,14 @@ class Trainer:
         with self._signals():
             if self.budget is not None:
                 if self.state.train_started_s is None:
-                    self.state.train_started_s = self.elapsed
-                # After --resume the schedule continues where it was, not from a new warm-up.
-                self.budget.begin_training(self._clock_start + self.state.train_started_s)
+                    self.state.train_started_s = self.clock.elapsed()
+                self.clock.begin_training(self.state.train_started_s)
                 left = self.budget.train_end() - time.monotonic()
                 log.info("time budget: %.0f s used before training, %.0f s of training, %.0f s kept for the final "
-                         "validation and the bundle", self.elapsed, max(left, 0.0), self.budget.reserve())
+                         "validation and the bundle", self.clock.elapsed(), max(left, 0.0), self.budget.reserve())
             while not self._done():
                 if self.state.epoch_started_s is None:
-                    self.state.epoch_started_s = self.elapsed
+                    self.state.epoch_started_s = self.clock.elapsed()
                 while not self._epoch_full():
                     loss = self._step()
                     if self._stop_signal is not None:
@@ -368,7 +341,7 @@ class Trainer:
                         break
                 if self._stop_signal is not None:
                     self.state.stopped_by = self._stop_signal
-                    self.state.elapsed_s = self.elapsed
+                    self.state.elapsed_s = self.clock.elapsed()
                     self.save_latest()  # mid-epoch: --resume continues this very epoch
                     return self.state
                 self._end_epoch(final=self._out_of_time() or (self.cfg.epochs is not None

@@ -241,7 +241,7 @@ def _spacing_or_none(spacing) -> Optional[Tuple[float, float, float]]:
 
 
 def _check_spacing(spacing: Sequence[float]) -> Tuple[float, float, float]:
-    """A given --spacing: three finite sizes > 0 (NaN used to reach the resampler as a traceback)."""
+    """A given --spacing: three finite sizes > 0 (NaN would reach the resampler and fail there with a traceback)."""
     values = tuple(float(s) for s in spacing)
     if len(values) != 3 or not all(math.isfinite(s) and s > 0 for s in values):
         raise InputError(f"--spacing must be three finite sizes > 0 in mm (z y x), got {list(values)}")

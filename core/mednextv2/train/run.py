@@ -215,9 +215,14 @@ def _build_model(plan: TrainingPlan, options: TrainOptions, device: torch.device
 
 def run_training(options: TrainOptions) -> TrainResult:
     started = time.monotonic()
+    threads = ThreadPolicy(options.threads)
+    with threads.applied():
+        return _train(options, threads, started)
+
+
+def _train(options: TrainOptions, threads: ThreadPolicy, started: float) -> TrainResult:
     ctx = distributed.from_environment()
     device = distributed.device_for(options.device, ctx)
-    threads = ThreadPolicy(options.threads)
     threads.update()  # before planning and caching, which use torch too
     distributed.init(ctx, device)
     report = make_progress(options.progress) if ctx.is_main else null_progress
@@ -264,9 +269,10 @@ def run_training(options: TrainOptions) -> TrainResult:
                          amp_dtype=autocast_dtype(device) if options.precision == "auto" else None,
                          augment=AugmentConfig(in_plane_axis=nearest, mirror_axes=plan.mirror_axes,
                                                p_elastic=0.2 if options.elastic else 0.0))
-        trainer = Trainer(TrainerParts(model, net, optimizer, DiceCELoss(), prefetch, cfg, ctx, device,
-                                       [cached[c.name] for c in val_cases], [s.name for s in plan.labels], work, report,
-                                       seed=options.seed, started=started, threads=threads))
+        trainer = Trainer(TrainerParts(
+            model=model, net=net, optimizer=optimizer, loss_fn=DiceCELoss(), batches=prefetch, cfg=cfg, ctx=ctx,
+            device=device, val_cases=[cached[c.name] for c in val_cases], label_names=[s.name for s in plan.labels],
+            work=work, report=report, seed=options.seed, started=started, threads=threads))
         if options.resume:
             trainer.load_state_dict(checkpoint.load(work / checkpoint.LATEST))
             log.info("resuming after epoch %d, iteration %d", trainer.state.epoch, trainer.state.iteration)
