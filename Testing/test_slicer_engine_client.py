@@ -88,9 +88,9 @@ def test_a_model_registered_by_train_appears_in_the_segment_list_without_refresh
 
     engine = EngineClient(python=sys.executable, modelList=ModelListCache())
     segment, train = MedNeXtV2SegmentLogic(engine), MedNeXtV2TrainLogic(engine)
-    assert train.engine is segment.engine is engine and train.segmentLogic.engine is engine
+    assert train.engine is segment.engine is engine
     segment.refreshModels()
-    assert "selftest-tiny" not in [m.id for m in segment.models]
+    assert "selftest-tiny" not in [m.id for m in engine.models]
     heard = []
     engine.addModelListListener(heard.append)  # what the Segment panel listens with (onModelList)
 
@@ -112,7 +112,7 @@ def test_a_model_registered_by_train_appears_in_the_segment_list_without_refresh
         assert time.monotonic() < deadline, "the list was not read again"
         time.sleep(0.05)
     assert heard == [None]
-    assert "selftest-tiny" in [m.id for m in segment.models] and segment.model("selftest-tiny").downloaded
+    assert "selftest-tiny" in [m.id for m in engine.models] and engine.model("selftest-tiny").downloaded
 
     # "Segment with this model": the Segment panel's public selectModel, nothing else of it.
     panel = mock.Mock(spec=["selectModel"])

@@ -159,11 +159,10 @@ def test_wizard_opens_with_the_case_and_the_model_as_base(tmp_path, data_dir, mo
 
         engine = EngineClient(python=sys.executable, modelList=ModelListCache())
         logic = MedNeXtV2TrainLogic(engine)
-        segmentLogic = logic.segmentLogic
-        run = segmentLogic.startModelAction("import", str(make_tiny_bundle(tmp_path / "bundles")))  # Import button
-        while not segmentLogic.poll(run):
+        run = engine.startModelAction("import", str(make_tiny_bundle(tmp_path / "bundles")))  # Import button
+        while not run.finished:
             time.sleep(0.1)
-        segmentLogic.finish(run)  # the list is read again in the background: still being read
+        engine.finishModelAction(run)  # the list is read again in the background: still being read
 
         def combo(*items):
             box = qt.QComboBox()

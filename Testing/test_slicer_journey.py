@@ -169,7 +169,7 @@ def test_segment_correct_retrain_segment_again_save_and_reload(scene, data_dir, 
     imported = panel_model_ids(engine, heard) - before
     assert len(imported) == 1, imported
     importedId = imported.pop()
-    assert segmentLogic.model(importedId).labels == ("gland", "lesion")
+    assert engine.model(importedId).labels == ("gland", "lesion")
 
     first = segmentLogic.segment(breast, importedId, device="cpu", tta=False)
     assert set(segments_by_name(first)) <= {"gland", "lesion"} and segments_by_name(first)
@@ -212,7 +212,7 @@ def test_segment_correct_retrain_segment_again_save_and_reload(scene, data_dir, 
     cases = [SceneCase("breast1", breast, first), SceneCase("brain1", brain, brainSegmentation)]
     problems, union, _ = trainLogic.checkCases(cases)
     assert not [p for p in problems if p.severity == "error"], problems
-    baseLabels = base_labels(segmentLogic.model(importedId))
+    baseLabels = base_labels(engine.model(importedId))
     labels = dataset_labels(union, default_choices(union, baseLabels), baseLabels)
     assert [(label.name, label.from_base) for label in labels] == [("gland", True), ("lesion", True)]
     settings = TrainSettings(model_name="Breast improved", base_model=importedId, modality="MR", minutes=1,

@@ -22,8 +22,8 @@ from typing import Callable, Dict, List, Mapping, Optional, Protocol, Sequence
 
 from .command import build_models_command, engine_command, engine_environment, engine_package_dir, find_slicer_python
 from .install import InstallLogic
-from .models import MODEL_LIST, CatalogError, ModelChoice, ModelListCache, read_model_list
-from .process import EngineProcess, OutputLine
+from .models import MODEL_LIST, CatalogError, ModelChoice, ModelListCache, models_by_id, read_model_list
+from .process import EngineProcess, ExitCode, OutputLine
 
 logger = logging.getLogger(__name__)
 
@@ -44,6 +44,28 @@ class EngineRunner(Protocol):
     def returncode(self) -> Optional[int]: ...
     @property
     def elapsed_s(self) -> float: ...
+
+
+class EngineError(RuntimeError):
+    """The engine failed; carries its exit code, the tail of its stderr and the kept work folder."""
+
+    def __init__(self, message: str, exitCode: Optional[int] = None, stderrTail: str = "",
+                 workDir: Optional[Path] = None) -> None:
+        super().__init__(message)
+        self.exitCode, self.stderrTail, self.workDir = exitCode, stderrTail, workDir
+
+
+def check_exit(runner: "EngineRunner", workDir: Optional[Path] = None) -> None:
+    """Nothing for a finished run that succeeded; else EngineError in the engine's words, naming
+    `workDir` (where the run's files are kept) unless the user cancelled it."""
+    code = runner.returncode
+    if code == ExitCode.OK:
+        return
+    if code == ExitCode.CANCELLED:
+        raise EngineError("Cancelled.", code)
+    where = f"\nInput and output files are kept in {workDir}" if workDir else ""
+    raise EngineError(f"The engine {ExitCode.describe(code)} (exit code {code}).{where}", code,
+                      "\n".join(runner.stderr_tail), workDir)
 
 
 ProcessFactory = Callable[[Sequence[str], Mapping[str, str], Optional[str]], EngineRunner]
@@ -85,11 +107,23 @@ class EngineClient:
         """Start `args` (from `command()`, or another use of the engine's Python) as a child process."""
         return self.processFactory([str(a) for a in args], self.environment(), str(self.packageDir)).start()
 
-    # -- the model list ---------------------------------------------------------------------
+    # -- models -----------------------------------------------------------------------------
+    def startModelAction(self, action: str, argument: str) -> EngineRunner:
+        """`mednextv2 models download ID` or `models import PATH` (a bundle or an nnU-Net folder)."""
+        return self.start(build_models_command(self.python, action, argument))
+
+    def finishModelAction(self, runner: EngineRunner) -> None:
+        """EngineError if the download or import failed; else every panel gets the new list."""
+        check_exit(runner)
+        self.modelsChanged()
+
     @property
     def models(self) -> List[ModelChoice]:
         """The cached list; empty until a list run has finished."""
         return self.modelList.choices or []
+
+    def model(self, modelId: str) -> Optional[ModelChoice]:
+        return models_by_id(self.models).get(modelId)
 
     def addModelListListener(self, listener: ModelListListener) -> None:
         """`listener(error)` runs after each list read: error None (the list is in `models`) or the CatalogError."""

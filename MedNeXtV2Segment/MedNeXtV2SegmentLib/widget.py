@@ -179,7 +179,7 @@ class SegmentPanel:
         """The cached list, filtered by the input's modality (when it came from DICOM)."""
         current = self.wantedModel or self.ui.modelSelector.currentData
         modality = self.inputModality()
-        choices = models_for_modality(self.logic.models, modality) or self.logic.models
+        choices = models_for_modality(self.engine.models, modality) or self.engine.models
         self.ui.modelSelector.blockSignals(True)
         self.ui.modelSelector.clear()
         for choice in choices:
@@ -204,7 +204,7 @@ class SegmentPanel:
         self.updateButtons()
 
     def currentModel(self):
-        return self.logic.model(self.ui.modelSelector.currentData or "")
+        return self.engine.model(self.ui.modelSelector.currentData or "")
 
     def onModelChanged(self, index: int = -1) -> None:
         choice = self.currentModel()

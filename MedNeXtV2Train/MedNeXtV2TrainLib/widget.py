@@ -178,7 +178,7 @@ class TrainWizard:
         if self.fromFolder():
             self.ui.sourceSceneRadio.checked = True  # the table is refilled from the scene
         caseName = self.casesPage.useCase(volumeNode, segmentationNode)
-        base = self.logic.segmentLogic.model(baseModelId)  # None while the model list is being read
+        base = self.logic.engine.model(baseModelId)  # None while the model list is being read
         title = base.title if base is not None else baseModelId
         if self.ui.modelNameEdit.text.strip() in ("", TrainSettings().model_name):
             self.ui.modelNameEdit.text = f"{title} improved"
