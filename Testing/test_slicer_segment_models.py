@@ -51,7 +51,6 @@ def test_the_panels_list_models_without_blocking_and_share_one_cache(engine_env,
     import time
 
     from MedNeXtV2SegmentLib.engine_client import EngineClient
-    from MedNeXtV2SegmentLib.models import ModelListCache
 
     def no_blocking_run(*args, **kwargs):
         raise AssertionError("subprocess.run would block Slicer's GUI thread")
@@ -64,20 +63,20 @@ def test_the_panels_list_models_without_blocking_and_share_one_cache(engine_env,
         assert args[-3:] == ["models", "--progress", "json", "list", "--json"][-3:]
         return EngineProcess([sys.executable, "-c", LISTING], env=env, cwd=cwd)
 
-    engine = EngineClient(python="PythonSlicer", processFactory=factory, modelList=ModelListCache())
+    engine = EngineClient(python="PythonSlicer", processFactory=factory)
     heard = []
-    engine.addModelListListener(heard.append)
+    engine.modelList.addListener(heard.append)
     started = time.monotonic()
-    assert engine.loadModels()
+    assert engine.modelList.load()
     assert time.monotonic() - started < 0.4, "starting the list must not wait for it"
-    assert engine.models == [] and not engine.pollModels()
+    assert engine.modelList.models == [] and not engine.modelList.poll()
     deadline = time.monotonic() + 30
-    while not engine.pollModels():  # the client's timer ticks
+    while not engine.modelList.poll():  # the client's timer ticks
         assert time.monotonic() < deadline
         time.sleep(0.05)
-    assert heard == [None] and [c.id for c in engine.models] == ["lung"]
-    assert engine.model("lung").modality == "CT"
-    assert not engine.loadModels(), "cached: no second read"
+    assert heard == [None] and [c.id for c in engine.modelList.models] == ["lung"]
+    assert engine.modelList.model("lung").modality == "CT"
+    assert not engine.modelList.load(), "cached: no second read"
     assert len(launched) == 1
 
 

@@ -87,19 +87,19 @@ class MedNeXtV2SegmentLogic(ScriptedLoadableModuleLogic):
 
     def refreshModels(self) -> List[ModelChoice]:
         """Blocking refresh, for scripts and the self-test (events keep flowing); panels call
-        `engine.loadModels()` and listen for the list."""
+        `engine.modelList.load()` and listen for the list."""
         errors: List[Exception] = []
-        self.engine.addModelListListener(errors.append)
+        self.engine.modelList.addListener(errors.append)
         try:
-            self.engine.loadModels(force=True)
-            while not self.engine.pollModels():
+            self.engine.modelList.load(force=True)
+            while not self.engine.modelList.poll():
                 slicer.app.processEvents()
                 time.sleep(0.05)
         finally:
-            self.engine.removeModelListListener(errors.append)
+            self.engine.modelList.removeListener(errors.append)
         if errors and errors[-1] is not None:
             raise errors[-1]
-        return self.engine.models
+        return self.engine.modelList.models
 
     def startModelAction(self, action: str, argument: str) -> EngineRun:
         """Download a catalog model (`action='download'`) or import a bundle / nnU-Net folder ('import')."""
@@ -109,7 +109,7 @@ class MedNeXtV2SegmentLogic(ScriptedLoadableModuleLogic):
         """Local bundle for a catalog id (downloaded) or a path given directly."""
         if Path(modelIdOrPath).exists():
             return Path(modelIdOrPath).resolve()  # the engine runs in its own folder
-        choice = self.engine.model(modelIdOrPath) or models_by_id(self.refreshModels()).get(modelIdOrPath)
+        choice = self.engine.modelList.model(modelIdOrPath) or models_by_id(self.refreshModels()).get(modelIdOrPath)
         if choice is None:
             raise EngineError(f"Model '{modelIdOrPath}' is not in the catalog. Pick one from the list or import it.")
         if not choice.path:
@@ -190,7 +190,7 @@ class MedNeXtV2SegmentLogic(ScriptedLoadableModuleLogic):
         """Segment and return the segmentation node; options as in SegmentChoices (tta, fast, ...)."""
         if not Path(modelId).exists():
             self.refreshModels()
-            choice = self.engine.model(modelId)
+            choice = self.engine.modelList.model(modelId)
             if choice is not None and not choice.path:
                 self._wait(self.startModelAction("download", modelId), onProgress, onLog)
                 self.refreshModels()
