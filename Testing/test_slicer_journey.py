@@ -244,7 +244,7 @@ def test_segment_correct_retrain_segment_again_save_and_reload(scene, data_dir, 
     while not trainLogic.pollRegistration(registration):
         assert time.monotonic() < deadline, "registration did not finish"
         time.sleep(0.1)
-    assert registration.process.returncode == 0, "\n".join(registration.process.stderr_tail)
+    assert registration.returncode == 0, "\n".join(registration.stderr_tail)
     trainLogic.finishRegistration(registration)
     trainLogic.markRegistered(jobDir, trained.id)
     # The Segment list shows the new model without Refresh: the registration must not leave the
