@@ -80,6 +80,25 @@ def test_the_panels_list_models_without_blocking_and_share_one_cache(engine_env,
     assert len(launched) == 1
 
 
+def test_a_list_that_cannot_be_read_again_is_told_to_every_panel():
+    """After a download or import the list is read again; when the engine's Python cannot even
+    start, each listening panel hears why, and the old list is not shown as if it were current."""
+    from MedNeXtV2SegmentLib.model_list_loader import ModelListLoader
+
+    def cannot_start():
+        raise RuntimeError("Could not start 'PythonSlicer'")
+
+    loader = ModelListLoader(cannot_start)
+    loader.choices = [ModelChoice(id="lung", title="Lung")]
+    heard, broken = [], []
+    loader.addListener(lambda error: broken.append(1 / 0))  # one broken panel must not silence the other
+    loader.addListener(heard.append)
+    loader.reload()
+    assert [str(e) for e in heard] == ["Could not start 'PythonSlicer'"] and loader.models == []
+    with pytest.raises(RuntimeError):
+        loader.load()  # a Refresh: the panel that pressed it shows the error itself
+
+
 def test_catalog_rows():
     rows = parse_model_list('{"models": [{"id": "lung", "title": "Lung tumour (CT)", "size": 126000000, '
                             '"installed": "no", "path": null, "modality": "CT", '
