@@ -1,6 +1,6 @@
 """The engine's model list, read by waiting for a `mednextv2 models list --json` run: for tests
 only. The panels never wait on a process; the engine client reads the list in the background
-(`EngineClient.loadModels()`)."""
+(`EngineClient.modelList.load()`)."""
 from typing import List, Mapping, Optional
 
 import slicer_segment_paths  # noqa: F401  (puts MedNeXtV2SegmentLib on sys.path)

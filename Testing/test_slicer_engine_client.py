@@ -20,7 +20,7 @@ import slicer_stubs
 import slicer_train_paths  # noqa: F401  (MedNeXtV2TrainLib, MedNeXtV2SegmentLib, core/ on sys.path)
 from MedNeXtV2SegmentLib.command import engine_package_dir
 from MedNeXtV2SegmentLib.engine_client import EngineClient
-from MedNeXtV2SegmentLib.models import ModelListCache, read_model_list
+from MedNeXtV2SegmentLib.models import read_model_list
 from MedNeXtV2SegmentLib.tinybundle import make_tiny_bundle
 
 DECOY = "import sys\nprint('decoy mednextv2 from site-packages', file=sys.stderr)\nsys.exit(42)\n"
@@ -44,7 +44,7 @@ def fake_python_slicer(tmp_path: Path) -> Path:
 
 def test_the_shipped_engine_wins_behind_a_launcher_that_prepends_site_packages(tmp_path):
     launcher = fake_python_slicer(tmp_path)
-    engine = EngineClient(python=str(launcher), modelList=ModelListCache(),
+    engine = EngineClient(python=str(launcher),
                           baseEnv={"PATH": os.environ.get("PATH", ""), "PYTHONSAFEPATH": "1",
                                    "MEDNEXTV2_HOME": str(tmp_path / "home")})
     where = engine.start([str(launcher), "-c", "import sys; print(sys.path[1])"])  # what the launcher put first
@@ -86,13 +86,13 @@ def test_a_model_registered_by_train_appears_in_the_segment_list_without_refresh
     from MedNeXtV2TrainLib.settings import TrainSettings
     from MedNeXtV2TrainLib.trained_model import read_trained_model
 
-    engine = EngineClient(python=sys.executable, modelList=ModelListCache())
+    engine = EngineClient(python=sys.executable)
     segment, train = MedNeXtV2SegmentLogic(engine), MedNeXtV2TrainLogic(engine)
-    assert train.engine is segment.engine is engine and train.segmentLogic.engine is engine
+    assert train.engine is segment.engine is engine
     segment.refreshModels()
-    assert "selftest-tiny" not in [m.id for m in segment.models]
+    assert "selftest-tiny" not in [m.id for m in engine.modelList.models]
     heard = []
-    engine.addModelListListener(heard.append)  # what the Segment panel listens with (onModelList)
+    engine.modelList.addListener(heard.append)  # what the Segment panel listens with (onModelList)
 
     job = tmp_path / "jobs" / "tiny"
     save_state(job, TrainState(dataset=str(tmp_path / "dataset"), output_bundle=str(job / "tiny"),
@@ -108,11 +108,11 @@ def test_a_model_registered_by_train_appears_in_the_segment_list_without_refresh
         time.sleep(0.05)
     assert pages.ui.registerStatusLabel.text == "Registered as 'selftest-tiny'."
     assert load_state(job).registered_model_id == "selftest-tiny"
-    while not engine.pollModels():  # the engine client's own timer; nobody pressed Refresh
+    while not engine.modelList.poll():  # the engine client's own timer; nobody pressed Refresh
         assert time.monotonic() < deadline, "the list was not read again"
         time.sleep(0.05)
     assert heard == [None]
-    assert "selftest-tiny" in [m.id for m in segment.models] and segment.model("selftest-tiny").downloaded
+    assert "selftest-tiny" in [m.id for m in engine.modelList.models] and engine.modelList.model("selftest-tiny").downloaded
 
     # "Segment with this model": the Segment panel's public selectModel, nothing else of it.
     panel = mock.Mock(spec=["selectModel"])

@@ -30,10 +30,9 @@ def slicer(tmp_path, monkeypatch):
 
 def test_import_button_path_accepts_v1_folder_and_segments_like_the_official_network(slicer, tmp_path):
     from MedNeXtV2SegmentLib.logic import MedNeXtV2SegmentLogic
-    from MedNeXtV2SegmentLib.models import MODEL_LIST
 
     logic = MedNeXtV2SegmentLogic()
-    MODEL_LIST.set([])  # a list read before the import: the import must make the panel read it again
+    logic.engine.modelList.choices = []  # a list read before the import: the import must make the panel read it again
     run = logic.startModelAction("import", str(FIXTURE / "nnUNet"))  # what onImport starts
     stages, deadline = [], time.monotonic() + 300
     while not logic.poll(run, lambda e: stages.append(e.stage)):
@@ -41,7 +40,7 @@ def test_import_button_path_accepts_v1_folder_and_segments_like_the_official_net
         time.sleep(0.05)
     assert logic.finish(run) is None, "\n".join(run.log)
     assert "import" in stages  # progress reached the panel as JSON lines
-    assert MODEL_LIST.choices is None
+    assert logic.engine.modelList.choices is None
 
     choices = {c.id: c for c in logic.refreshModels()}  # what the panel's selector lists
     assert list(choices) == ["lungtiny"]

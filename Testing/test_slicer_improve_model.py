@@ -150,20 +150,18 @@ def test_wizard_opens_with_the_case_and_the_model_as_base(tmp_path, data_dir, mo
     monkeypatch.setitem(sys.modules, "qt", qt)
     try:
         from MedNeXtV2SegmentLib.engine_client import EngineClient
-        from MedNeXtV2SegmentLib.models import ModelListCache
         from MedNeXtV2SegmentLib.tinybundle import make_tiny_bundle
         from MedNeXtV2TrainLib.cases_page import CasesPage
         from MedNeXtV2TrainLib.logic import MedNeXtV2TrainLogic
         from MedNeXtV2TrainLib.settings_page import SettingsPage
         from MedNeXtV2TrainLib.widget import CASES, TrainWizard
 
-        engine = EngineClient(python=sys.executable, modelList=ModelListCache())
+        engine = EngineClient(python=sys.executable)
         logic = MedNeXtV2TrainLogic(engine)
-        segmentLogic = logic.segmentLogic
-        run = segmentLogic.startModelAction("import", str(make_tiny_bundle(tmp_path / "bundles")))  # Import button
-        while not segmentLogic.poll(run):
+        run = engine.startModelAction("import", str(make_tiny_bundle(tmp_path / "bundles")))  # Import button
+        while not run.finished:
             time.sleep(0.1)
-        segmentLogic.finish(run)  # the list is read again in the background: still being read
+        engine.finishModelAction(run)  # the list is read again in the background: still being read
 
         def combo(*items):
             box = qt.QComboBox()
@@ -183,7 +181,7 @@ def test_wizard_opens_with_the_case_and_the_model_as_base(tmp_path, data_dir, mo
         wizard.logic = logic
         wizard.models, wizard.union, wizard.wantedBaseModel = [], [], ""
         wizard.runPages, wizard.caseWork = field(busy=False), None
-        engine.addModelListListener(wizard.onModelList)  # as TrainWizard.__init__ does
+        engine.modelList.addListener(wizard.onModelList)  # as TrainWizard.__init__ does
         wizard.casesPage, wizard.settingsPage = CasesPage.__new__(CasesPage), SettingsPage.__new__(SettingsPage)
         for page in (wizard.casesPage, wizard.settingsPage):
             page.wizard, page.ui, page.logic, page.say = wizard, wizard.ui, wizard.logic, wizard.say
@@ -193,10 +191,10 @@ def test_wizard_opens_with_the_case_and_the_model_as_base(tmp_path, data_dir, mo
         result.SetReferenceImageGeometryParameterFromVolumeNode(volume)
 
         # The list is still being read (the import changed it): selected when it arrives.
-        assert engine.models == [] and engine.loadModels()  # True: a read is under way
+        assert engine.modelList.models == [] and engine.modelList.load()  # True: a read is under way
         wizard.improveModel(volume, result, "selftest-tiny")
         assert wizard.ui.baseModelComboBox.currentData == ""  # "Train from scratch" until then
-        while not engine.pollModels():  # what the engine client's timer does (no event loop runs here)
+        while not engine.modelList.poll():  # what the engine client's timer does (no event loop runs here)
             time.sleep(0.1)
         assert wizard.ui.baseModelComboBox.currentData == "selftest-tiny"
         assert wizard.page == CASES and "'breast1' is ticked" in wizard.ui.statusLabel.text
@@ -213,8 +211,8 @@ def test_wizard_opens_with_the_case_and_the_model_as_base(tmp_path, data_dir, mo
 
         # The user then picks another base; a list read later (a model added meanwhile) keeps that choice.
         wizard.ui.baseModelComboBox.setCurrentIndex(0)
-        engine.modelsChanged()
-        while not engine.pollModels():
+        engine.modelList.reload()
+        while not engine.modelList.poll():
             time.sleep(0.1)
         assert wizard.ui.baseModelComboBox.currentData == ""
     finally:

@@ -66,13 +66,13 @@ def panel_model_ids(engine, heard: list) -> set:
     engine client for the list (SegmentPanel.refreshModels(force=False): read only when none is cached
     or a read is under way) and shows what its listener is told (onModelList). Here the client's poll
     timer is driven by hand; `heard` collects what the listener was told."""
-    engine.loadModels()
+    engine.modelList.load()
     deadline = time.monotonic() + ENGINE_TIMEOUT_S
-    while not engine.pollModels():
+    while not engine.modelList.poll():
         assert time.monotonic() < deadline, "the model list was not read"
         time.sleep(0.1)
     assert None in heard and all(error is None for error in heard), heard
-    return {choice.id for choice in engine.models}
+    return {choice.id for choice in engine.modelList.models}
 
 
 def segments_by_name(node) -> dict:
@@ -139,17 +139,16 @@ def test_segment_correct_retrain_segment_again_save_and_reload(scene, data_dir, 
     slicer = scene
     from MedNeXtV2SegmentLib.engine_client import EngineClient
     from MedNeXtV2SegmentLib.logic import MedNeXtV2SegmentLogic
-    from MedNeXtV2SegmentLib.models import ModelListCache
     from MedNeXtV2TrainLib.label_table import dataset_labels, default_choices
     from MedNeXtV2TrainLib.logic import MedNeXtV2TrainLogic, base_labels
     from MedNeXtV2TrainLib.scene_cases import SceneCase
     from MedNeXtV2TrainLib.settings import TrainSettings
     from MedNeXtV2TrainLib.trained_model import read_trained_model
 
-    engine = EngineClient(python=sys.executable, modelList=ModelListCache())  # the client both modules share
+    engine = EngineClient(python=sys.executable)  # the client both modules share
     segmentLogic, trainLogic = MedNeXtV2SegmentLogic(engine), MedNeXtV2TrainLogic(engine)
     heard = []
-    engine.addModelListListener(heard.append)  # the Segment panel's onModelList
+    engine.modelList.addListener(heard.append)  # the Segment panel's onModelList
     temp = Path(slicer.app.temporaryPath)
 
     # 1. A real MR scan, loaded by Slicer's Volumes logic.
@@ -169,7 +168,7 @@ def test_segment_correct_retrain_segment_again_save_and_reload(scene, data_dir, 
     imported = panel_model_ids(engine, heard) - before
     assert len(imported) == 1, imported
     importedId = imported.pop()
-    assert segmentLogic.model(importedId).labels == ("gland", "lesion")
+    assert engine.modelList.model(importedId).labels == ("gland", "lesion")
 
     first = segmentLogic.segment(breast, importedId, device="cpu", tta=False)
     assert set(segments_by_name(first)) <= {"gland", "lesion"} and segments_by_name(first)
@@ -212,7 +211,7 @@ def test_segment_correct_retrain_segment_again_save_and_reload(scene, data_dir, 
     cases = [SceneCase("breast1", breast, first), SceneCase("brain1", brain, brainSegmentation)]
     problems, union, _ = trainLogic.checkCases(cases)
     assert not [p for p in problems if p.severity == "error"], problems
-    baseLabels = base_labels(segmentLogic.model(importedId))
+    baseLabels = base_labels(engine.modelList.model(importedId))
     labels = dataset_labels(union, default_choices(union, baseLabels), baseLabels)
     assert [(label.name, label.from_base) for label in labels] == [("gland", True), ("lesion", True)]
     settings = TrainSettings(model_name="Breast improved", base_model=importedId, modality="MR", minutes=1,
@@ -245,7 +244,7 @@ def test_segment_correct_retrain_segment_again_save_and_reload(scene, data_dir, 
     while not trainLogic.pollRegistration(registration):
         assert time.monotonic() < deadline, "registration did not finish"
         time.sleep(0.1)
-    assert registration.process.returncode == 0, "\n".join(registration.process.stderr_tail)
+    assert registration.returncode == 0, "\n".join(registration.stderr_tail)
     trainLogic.finishRegistration(registration)
     trainLogic.markRegistered(jobDir, trained.id)
     # The Segment list shows the new model without Refresh: the registration must not leave the

@@ -48,15 +48,8 @@ def test_the_panels_list_models_without_blocking_and_share_one_cache(engine_env,
     """Module entry never waits for `models list` on the GUI thread: the engine client both logics
     share reads it in the background (its timer polls), and the list is cached for both modules."""
     import time
-    import types
 
-    sls = types.ModuleType("slicer.ScriptedLoadableModule")
-    sls.ScriptedLoadableModuleLogic = type("ScriptedLoadableModuleLogic", (), {"__init__": lambda self: None})
-    monkeypatch.setitem(sys.modules, "slicer.ScriptedLoadableModule", sls)
-    monkeypatch.setitem(sys.modules, "slicer", sys.modules.get("slicer") or types.ModuleType("slicer"))
     from MedNeXtV2SegmentLib.engine_client import EngineClient
-    from MedNeXtV2SegmentLib.logic import MedNeXtV2SegmentLogic
-    from MedNeXtV2SegmentLib.models import ModelListCache
 
     def no_blocking_run(*args, **kwargs):
         raise AssertionError("subprocess.run would block Slicer's GUI thread")
@@ -69,23 +62,40 @@ def test_the_panels_list_models_without_blocking_and_share_one_cache(engine_env,
         assert args[-3:] == ["models", "--progress", "json", "list", "--json"][-3:]
         return EngineProcess([sys.executable, "-c", LISTING], env=env, cwd=cwd)
 
-    engine = EngineClient(python="PythonSlicer", processFactory=factory, modelList=ModelListCache())
-    logic = MedNeXtV2SegmentLogic(engine)
+    engine = EngineClient(python="PythonSlicer", processFactory=factory)
     heard = []
-    engine.addModelListListener(heard.append)
+    engine.modelList.addListener(heard.append)
     started = time.monotonic()
-    assert engine.loadModels()
+    assert engine.modelList.load()
     assert time.monotonic() - started < 0.4, "starting the list must not wait for it"
-    assert logic.models == [] and not engine.pollModels()
+    assert engine.modelList.models == [] and not engine.modelList.poll()
     deadline = time.monotonic() + 30
-    while not engine.pollModels():  # the client's timer ticks
+    while not engine.modelList.poll():  # the client's timer ticks
         assert time.monotonic() < deadline
         time.sleep(0.05)
-    assert heard == [None] and [c.id for c in logic.models] == ["lung"]
-    other = MedNeXtV2SegmentLogic(engine)  # the Train wizard's
-    assert [c.id for c in other.models] == ["lung"] and other.model("lung").modality == "CT"
-    assert not engine.loadModels(), "cached: no second read"
+    assert heard == [None] and [c.id for c in engine.modelList.models] == ["lung"]
+    assert engine.modelList.model("lung").modality == "CT"
+    assert not engine.modelList.load(), "cached: no second read"
     assert len(launched) == 1
+
+
+def test_a_list_that_cannot_be_read_again_is_told_to_every_panel():
+    """After a download or import the list is read again; when the engine's Python cannot even
+    start, each listening panel hears why, and the old list is not shown as if it were current."""
+    from MedNeXtV2SegmentLib.model_list_loader import ModelListLoader
+
+    def cannot_start():
+        raise RuntimeError("Could not start 'PythonSlicer'")
+
+    loader = ModelListLoader(cannot_start)
+    loader.choices = [ModelChoice(id="lung", title="Lung")]
+    heard, broken = [], []
+    loader.addListener(lambda error: broken.append(1 / 0))  # one broken panel must not silence the other
+    loader.addListener(heard.append)
+    loader.reload()
+    assert [str(e) for e in heard] == ["Could not start 'PythonSlicer'"] and loader.models == []
+    with pytest.raises(RuntimeError):
+        loader.load()  # a Refresh: the panel that pressed it shows the error itself
 
 
 def test_catalog_rows():

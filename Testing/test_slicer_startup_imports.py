@@ -7,6 +7,7 @@ lacks, is the only piece put in by hand.
 """
 from __future__ import annotations
 
+import importlib.util
 import json
 import subprocess
 import sys
@@ -36,8 +37,11 @@ print(json.dumps(sorted(m for m in ("SimpleITK", "sitkUtils", "torch") if m in s
     ("MedNeXtV2Segment", ""),
     ("MedNeXtV2Train", ""),
     ("MedNeXtV2Train", "import mednextv2.train, mednextv2.train.datasets"),  # browsing a dataset folder
+    # The wizard's architectures and settings checks: the network's presets and the engine's TrainOptions.
+    ("MedNeXtV2Train", "import MedNeXtV2TrainLib.settings, mednextv2.network, mednextv2.train.options"),
 ])
 def test_module_files_load_without_simpleitk_or_torch(module, extra):
+    assert importlib.util.find_spec("torch") is not None, "without torch installed this test proves nothing"
     paths = [str(REPO / "MedNeXtV2Segment"), str(REPO / "MedNeXtV2Train"), str(CORE_DIR)]
     out = subprocess.run([sys.executable, "-c", PROBE.format(paths=paths, module=module, extra=extra)],
                          capture_output=True, text=True, timeout=180)

@@ -160,7 +160,6 @@ def test_the_wizard_runs_check_and_write_from_its_timer_with_cancel(slicer, data
     timers = []
     panel_modules_on_a_qt_mock.QTimer = lambda: timers.append(Timer()) or timers[-1]
     from MedNeXtV2SegmentLib.engine_client import EngineClient
-    from MedNeXtV2SegmentLib.models import ModelListCache
     # the wizard's module as sys.modules has it: the package's `widget` attribute may still be an
     # import another test has forgotten
     widget = importlib.import_module("MedNeXtV2TrainLib.widget")
@@ -181,7 +180,7 @@ def test_the_wizard_runs_check_and_write_from_its_timer_with_cancel(slicer, data
     monkeypatch.setattr(widget.CasesPage, "sceneCases", lambda self: cases)  # the table's ticked rows
     filled = []
     monkeypatch.setattr(widget.LabelsPage, "fillLabels", lambda self: filled.append(True))
-    wizard = TrainWizard(object(), MedNeXtV2TrainLogic(EngineClient(python=sys.executable, modelList=ModelListCache())))
+    wizard = TrainWizard(object(), MedNeXtV2TrainLogic(EngineClient(python=sys.executable)))
     ui.jobsFolderEdit.text = str(tmp_path / "jobs")
 
     def tick_until_done():

@@ -9,7 +9,7 @@ import pytest
 
 import slicer_train_paths  # noqa: E402,F401  (MedNeXtV2TrainLib, MedNeXtV2SegmentLib, mednextv2 on sys.path)
 
-from MedNeXtV2TrainLib.presets import PRESETS, check_patch_size, get_preset  # noqa: E402
+from MedNeXtV2TrainLib.presets import PRESETS, get_preset  # noqa: E402
 from MedNeXtV2TrainLib.resume_state import (STATE_FILE, ResumeStateError, TrainState, find_jobs,  # noqa: E402
                                             find_resumable, load_state, new_job_dir, save_state)
 from MedNeXtV2TrainLib.settings import TrainSettings, model_id_from_name  # noqa: E402
@@ -29,15 +29,15 @@ def test_presets_set_budget_and_patch():
     quick, thorough = get_preset("quick"), get_preset("thorough")
     assert quick.minutes and quick.epochs is None and thorough.epochs and thorough.minutes is None
     for preset in PRESETS.values():
-        assert preset.patch_size is None or check_patch_size(preset.patch_size) == preset.patch_size
+        assert TrainSettings().with_preset(preset.name).problems() == []
     # Quick leaves the patch to the engine's plan, which knows the device (small on a CPU).
     assert quick.patch_size is None and TrainSettings().with_preset("quick").patch_size is None
     s = TrainSettings().with_preset("standard")
     assert (s.preset, s.minutes, s.epochs, s.patch_size) == ("standard", 90, None, (96, 96, 96))
     with pytest.raises(ValueError, match="unknown training preset 'fast'"):
         get_preset("fast")
-    with pytest.raises(ValueError, match="y=40 must be a multiple of 16"):
-        check_patch_size((64, 40, 64))
+    assert TrainSettings(patch_size=(64, 40, 64)).problems() == [
+        "The patch size must be three sizes divisible by 16 (z y x), got [64, 40, 64]."]
 
 
 def test_command_from_scratch_with_time_budget():
@@ -83,7 +83,7 @@ def test_bad_settings_list_every_problem():
     with pytest.raises(SettingsError) as info:
         train_command("py", s, "d", "o")
     text = str(info.value)
-    for words in ("name", "not both", "x=50", "tpu", "validation fraction"):
+    for words in ("name", "not both", "[64, 64, 50]", "tpu", "validation fraction"):
         assert words in text
 
 

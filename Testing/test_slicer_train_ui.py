@@ -63,7 +63,7 @@ def test_pages_match_the_wizard_steps(wizard):
             "presetComboBox" in widget_names(stack.widget(2)), "cancelButton" in widget_names(stack.widget(3)),
             "segmentWithModelButton" in widget_names(stack.widget(4))] == [True] * 5
     combo = wizard.findChild(QtWidgets.QComboBox, "deviceComboBox")
-    from MedNeXtV2SegmentLib.parameters import DEVICES
+    from mednextv2.inference.options import DEVICES
     assert [combo.itemText(i) for i in range(combo.count())] == list(DEVICES)
 
 

@@ -17,8 +17,8 @@ import slicer
 import vtk
 from slicer.ScriptedLoadableModule import ScriptedLoadableModuleLogic
 
-from .command import build_models_command, build_segment_command, device_probe_command, engine_threads
-from .engine_client import EngineClient, EngineRunner, shared_client
+from .command import build_segment_command, device_probe_command, engine_threads
+from .engine_client import EngineClient, EngineError, EngineRunner, check_exit, shared_client
 from .labels import LabelEntry, load_bundle, selected_label_table
 from .models import ModelChoice, models_by_id
 from .parameters import SegmentChoices
@@ -38,15 +38,6 @@ CANCEL_GRACE_S = 15.0
 # every Slicer without colour files): red at 0 to yellow at 1, a hue that stands out on grey MR/CT.
 UNCERTAINTY_COLOR_NODE_ID = "vtkMRMLColorTableNodeIron"
 UNCERTAINTY_OPACITY = 0.5  # the foreground layer's: the anatomy stays readable under the overlay
-
-
-class EngineError(RuntimeError):
-    """The engine failed; carries its exit code, the tail of its stderr and the kept work folder."""
-
-    def __init__(self, message: str, exitCode: Optional[int] = None, stderrTail: str = "",
-                 workDir: Optional[Path] = None) -> None:
-        super().__init__(message)
-        self.exitCode, self.stderrTail, self.workDir = exitCode, stderrTail, workDir
 
 
 @dataclass
@@ -89,45 +80,36 @@ class MedNeXtV2SegmentLogic(ScriptedLoadableModuleLogic):
     def saveOptions(self, options: SegmentChoices) -> None:
         self.getParameterNode().SetParameter(OPTIONS_PARAMETER, options.to_json())
 
-    # -- models ----------------------------------------------------------------------------
-    @property
-    def models(self) -> List[ModelChoice]:
-        """The engine client's cached list (shared with the Train module); empty until it is read."""
-        return self.engine.models
-
+    # -- models (the engine client's list, shared with the Train module) ---------------------
     def startDeviceProbe(self) -> EngineRun:
         """Does the engine's torch see a CUDA GPU? `finish()` stores the answer in the model list's `cuda`."""
         return EngineRun(self.engine.start(device_probe_command(self.python)), kind="probe", title="GPU check")
 
     def refreshModels(self) -> List[ModelChoice]:
         """Blocking refresh, for scripts and the self-test (events keep flowing); panels call
-        `engine.loadModels()` and listen for the list."""
+        `engine.modelList.load()` and listen for the list."""
         errors: List[Exception] = []
-        self.engine.addModelListListener(errors.append)
+        self.engine.modelList.addListener(errors.append)
         try:
-            self.engine.loadModels(force=True)
-            while not self.engine.pollModels():
+            self.engine.modelList.load(force=True)
+            while not self.engine.modelList.poll():
                 slicer.app.processEvents()
                 time.sleep(0.05)
         finally:
-            self.engine.removeModelListListener(errors.append)
+            self.engine.modelList.removeListener(errors.append)
         if errors and errors[-1] is not None:
             raise errors[-1]
-        return self.models
-
-    def model(self, modelId: str) -> Optional[ModelChoice]:
-        return models_by_id(self.models).get(modelId)
+        return self.engine.modelList.models
 
     def startModelAction(self, action: str, argument: str) -> EngineRun:
         """Download a catalog model (`action='download'`) or import a bundle / nnU-Net folder ('import')."""
-        args = build_models_command(self.python, action, argument)
-        return EngineRun(self.engine.start(args), kind=action, title=argument)
+        return EngineRun(self.engine.startModelAction(action, argument), kind=action, title=argument)
 
     def bundlePath(self, modelIdOrPath: str) -> Path:
         """Local bundle for a catalog id (downloaded) or a path given directly."""
         if Path(modelIdOrPath).exists():
             return Path(modelIdOrPath).resolve()  # the engine runs in its own folder
-        choice = self.model(modelIdOrPath) or models_by_id(self.refreshModels()).get(modelIdOrPath)
+        choice = self.engine.modelList.model(modelIdOrPath) or models_by_id(self.refreshModels()).get(modelIdOrPath)
         if choice is None:
             raise EngineError(f"Model '{modelIdOrPath}' is not in the catalog. Pick one from the list or import it.")
         if not choice.path:
@@ -190,18 +172,11 @@ class MedNeXtV2SegmentLogic(ScriptedLoadableModuleLogic):
         if run.kind == "probe":
             self.engine.modelList.cuda = code == ExitCode.OK and '"cuda": true' in "".join(run.stdout)
             return self.engine.modelList.cuda
-        if code != ExitCode.OK:
-            tail = "\n".join(run.process.stderr_tail)
-            if code == ExitCode.CANCELLED:
-                if run.paths is not None:
-                    run.paths.remove()
-                raise EngineError("Cancelled.", code)
-            kept = run.paths.work_dir if run.paths is not None else None
-            where = f"\nInput and output files are kept in {kept}" if kept else ""
-            raise EngineError(f"The engine {ExitCode.describe(code)} (exit code {code}).{where}", code, tail, kept)
         if run.kind != "segment":
-            self.engine.modelsChanged()  # a download or import changed the list: every panel reads it again
-            return None
+            return self.engine.finishModelAction(run.process)  # every panel reads the changed list again
+        if code == ExitCode.CANCELLED:
+            run.paths.remove()
+        check_exit(run.process, run.paths.work_dir)
         try:
             node = self._loadResult(run)
         except Exception as e:
@@ -215,7 +190,7 @@ class MedNeXtV2SegmentLogic(ScriptedLoadableModuleLogic):
         """Segment and return the segmentation node; options as in SegmentChoices (tta, fast, ...)."""
         if not Path(modelId).exists():
             self.refreshModels()
-            choice = self.model(modelId)
+            choice = self.engine.modelList.model(modelId)
             if choice is not None and not choice.path:
                 self._wait(self.startModelAction("download", modelId), onProgress, onLog)
                 self.refreshModels()

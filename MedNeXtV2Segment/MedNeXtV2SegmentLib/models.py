@@ -3,9 +3,8 @@
 The catalog (core/mednextv2/store/catalog.py, `mednextv2 models ...`) is owned by the engine. The panel
 only asks `mednextv2 models list --json` (an engine run like any other: never on the GUI thread)
 and reads a few fields, tolerating the ones it does not know, so a newer catalog never breaks an
-older panel. The list is cached for both modules (`MODEL_LIST`, read by the shared engine client,
-engine_client.py). Download and import run through the same
-process runner as a segmentation (with progress and Cancel).
+older panel. The list is read and kept for both modules by model_list_loader.py. Download and
+import run through the same process runner as a segmentation (with progress and Cancel).
 """
 from __future__ import annotations
 
@@ -146,25 +145,6 @@ def read_model_list(returncode: Optional[int], stdout: str, stderr_tail: str) ->
     if returncode != 0:
         raise CatalogError(f"`mednextv2 models list` failed (exit code {returncode}):\n{stderr_tail.strip()[-2000:]}")
     return parse_model_list(stdout)
-
-
-class ModelListCache:
-    """The last model list read, shared by both modules (the Train wizard lists base models too),
-    so entering a module shows it at once; Refresh (or a download/import) reads it again."""
-
-    def __init__(self) -> None:
-        self.choices: Optional[List[ModelChoice]] = None
-        self.cuda: Optional[bool] = None  # what the engine's torch reports; None until probed
-
-    def set(self, choices: Sequence[ModelChoice]) -> List[ModelChoice]:
-        self.choices = list(choices)
-        return self.choices
-
-    def clear(self) -> None:
-        self.choices = None
-
-
-MODEL_LIST = ModelListCache()
 
 
 def models_by_id(choices: Sequence[ModelChoice]) -> Dict[str, ModelChoice]:

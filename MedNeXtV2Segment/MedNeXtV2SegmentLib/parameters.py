@@ -19,8 +19,6 @@ from typing import Callable, Optional, Tuple, TypeVar
 logger = logging.getLogger(__name__)
 T = TypeVar("T")
 
-DEVICES = ("auto", "cuda", "mps", "cpu")  # the panel's choices (the engine also takes cuda:N)
-
 
 class ParameterError(ValueError):
     """An option that the engine would reject; the message names the option."""
@@ -42,11 +40,11 @@ class SegmentChoices:
         # The engine's own checks (torch-free), so the panel refuses exactly what the engine would.
         # Imported here, not at the top: command.py imports this file before use_shipped_engine().
         from mednextv2.errors import InputError
-        from mednextv2.inference.options import SegmentOptions
+        from mednextv2.inference.options import DEVICES, SegmentOptions
 
         if not isinstance(self.uncertainty, bool):
             raise ParameterError(f"uncertainty must be true or false, got {self.uncertainty!r}")
-        if self.device not in DEVICES:
+        if self.device not in DEVICES:  # the panel's choices: the engine also takes cuda:N
             raise ParameterError(f"device must be one of {', '.join(DEVICES)}, got {self.device!r}")
         try:
             SegmentOptions(device=self.device, tta=self.tta, step=self.step, fast=self.fast,

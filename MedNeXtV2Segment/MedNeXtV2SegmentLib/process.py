@@ -27,20 +27,22 @@ import uuid
 from dataclasses import dataclass
 from typing import Deque, Dict, List, Mapping, Optional, Sequence, Tuple
 
+from mednextv2.errors import Cancelled, InputError, MedNeXtError, ResourceError
+from mednextv2.stop_request import STOP_FILE_ENV
+
 logger = logging.getLogger(__name__)
 
 IS_WINDOWS = os.name == "nt"
-STOP_FILE_ENV = "MEDNEXTV2_STOP_FILE"  # the same name as core/mednextv2/stop_request.py (engine side)
 
 
 class ExitCode(enum.IntEnum):
-    """Exit codes of the `mednextv2` command line (see core/mednextv2/cli/__init__.py)."""
+    """Exit codes of the `mednextv2` command line: the engine's errors carry them (mednextv2/errors.py)."""
 
     OK = 0
-    ERROR = 1
-    BAD_INPUT = 2
-    OUT_OF_RESOURCES = 3
-    CANCELLED = 130
+    ERROR = MedNeXtError.exit_code
+    BAD_INPUT = InputError.exit_code
+    OUT_OF_RESOURCES = ResourceError.exit_code
+    CANCELLED = Cancelled.exit_code
 
     @classmethod
     def describe(cls, code: Optional[int]) -> str:

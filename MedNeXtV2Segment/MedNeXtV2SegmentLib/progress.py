@@ -27,7 +27,8 @@ class ProgressEvent:
         return int(round(self.fraction * 100))
 
 
-def _number(value) -> Optional[float]:
+def finite_number(value: Any) -> Optional[float]:
+    """A JSON number as a float; None for anything else (bools, strings, NaN, infinities)."""
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         return None
     value = float(value)
@@ -45,10 +46,10 @@ def parse_progress_line(line: str) -> Optional[ProgressEvent]:
         return None
     if not isinstance(record, dict) or not isinstance(record.get("stage"), str):
         return None
-    fraction = _number(record.get("fraction"))
+    fraction = finite_number(record.get("fraction"))
     if fraction is None:
         return None
-    eta = _number(record.get("eta_s"))
+    eta = finite_number(record.get("eta_s"))
     message = record.get("message")
     extra = {k: v for k, v in record.items() if k not in PROGRESS_KEYS}
     return ProgressEvent(stage=record["stage"], fraction=min(max(fraction, 0.0), 1.0),

@@ -75,7 +75,7 @@ class SegmentPanel:
         self.ui.nextUnsureRegionButton.connect("clicked(bool)", self.onNextUnsureRegion)
         self.ui.unsureThresholdSlider.connect("valueChanged(double)", self.onUnsureThresholdChanged)
         self.ui.copyStatisticsButton.connect("clicked(bool)", self.onCopyStatistics)
-        self.engine.addModelListListener(self.onModelList)
+        self.engine.modelList.addListener(self.onModelList)
         saved = self.logic.loadOptions()  # the scene's choices win over the user's habits
         self.setOptions(saved if saved.model else self.preferences.load())
         self.showUnsureRegions()
@@ -84,7 +84,7 @@ class SegmentPanel:
     def cleanup(self) -> None:
         self.timer.stop()
         self.backgroundTimer.stop()
-        self.engine.removeModelListListener(self.onModelList)
+        self.engine.modelList.removeListener(self.onModelList)
         for run in [self.run] + self.background:
             if run is not None:
                 run.process.cancel(grace_s=0.0)  # the module is going away: no one polls after this
@@ -124,7 +124,7 @@ class SegmentPanel:
         if self.engine.modelList.cuda is None and not any(r.kind == "probe" for r in self.background):
             self.startBackground(self.logic.startDeviceProbe)
         try:
-            loading = self.engine.loadModels(force)
+            loading = self.engine.modelList.load(force)
         except RuntimeError as e:  # the engine's Python cannot start: say so, keep the panel usable
             self.ui.modelInfoLabel.text = f"MedNeXtV2 engine unavailable: {e}"
             return
@@ -179,7 +179,7 @@ class SegmentPanel:
         """The cached list, filtered by the input's modality (when it came from DICOM)."""
         current = self.wantedModel or self.ui.modelSelector.currentData
         modality = self.inputModality()
-        choices = models_for_modality(self.logic.models, modality) or self.logic.models
+        choices = models_for_modality(self.engine.modelList.models, modality) or self.engine.modelList.models
         self.ui.modelSelector.blockSignals(True)
         self.ui.modelSelector.clear()
         for choice in choices:
@@ -204,7 +204,7 @@ class SegmentPanel:
         self.updateButtons()
 
     def currentModel(self):
-        return self.logic.model(self.ui.modelSelector.currentData or "")
+        return self.engine.modelList.model(self.ui.modelSelector.currentData or "")
 
     def onModelChanged(self, index: int = -1) -> None:
         choice = self.currentModel()

@@ -2,8 +2,8 @@
 
 Works without the GUI (the self-test and scripts call `checkCases`, `createJob`, `startTraining`
 and `TrainingRun.wait()`). Never opens dialogs: it raises, and the widget decides what to show.
-Engine runs, the model list and `models import` go through the engine client both modules share
-(MedNeXtV2SegmentLib/engine_client.py), so they start and stop the engine the same way.
+Engine runs, the install step, the model list and `models import` go through the engine client
+both modules share (MedNeXtV2SegmentLib/engine_client.py), so they start and stop the engine the same way.
 """
 from __future__ import annotations
 
@@ -16,8 +16,7 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple
 from slicer.ScriptedLoadableModule import ScriptedLoadableModuleLogic
 
 from MedNeXtV2SegmentLib.command import engine_threads
-from MedNeXtV2SegmentLib.engine_client import EngineClient
-from MedNeXtV2SegmentLib.logic import MedNeXtV2SegmentLogic
+from MedNeXtV2SegmentLib.engine_client import EngineClient, EngineRunner, shared_client
 from MedNeXtV2SegmentLib.models import ModelChoice
 from MedNeXtV2SegmentLib.parameters import from_saved
 from MedNeXtV2TrainLib.case_checks import CaseFacts, Problem, check_cases
@@ -59,8 +58,7 @@ def check_apart(jobsRoot: Path, datasetDir: Path) -> None:
 class MedNeXtV2TrainLogic(ScriptedLoadableModuleLogic):
     def __init__(self, engine: Optional[EngineClient] = None) -> None:
         ScriptedLoadableModuleLogic.__init__(self)
-        self.segmentLogic = MedNeXtV2SegmentLogic(engine)  # downloads, imports: as the Segment panel does
-        self.engine = self.segmentLogic.engine  # the client both modules share
+        self.engine = engine or shared_client()  # shared with the Segment module
 
     # -- settings: kept in the scene's parameter node, so a saved scene reopens with them ------
     def loadSettings(self) -> TrainSettings:
@@ -175,17 +173,23 @@ class MedNeXtV2TrainLogic(ScriptedLoadableModuleLogic):
         return find_resumable(Path(jobsRoot))
 
     # -- finish --------------------------------------------------------------------------------
-    def startRegistration(self, bundlePath: Path):
-        """`mednextv2 models import BUNDLE` as a Segment-module engine run (poll it with `pollRegistration`)."""
-        return self.segmentLogic.startModelAction("import", str(bundlePath))
+    def startRegistration(self, bundlePath: Path) -> EngineRunner:
+        """`mednextv2 models import BUNDLE` (poll it with `pollRegistration`)."""
+        return self.engine.startModelAction("import", str(bundlePath))
 
-    def pollRegistration(self, run, onLog=None) -> bool:
-        return self.segmentLogic.poll(run, onLog=onLog)
+    @staticmethod
+    def pollRegistration(run: EngineRunner, onLog: Optional[Callable[[str], None]] = None) -> bool:
+        """Forward new output lines; True once the import has finished and all of them are read."""
+        finished = run.finished  # read before draining, so no line is left behind
+        for line in run.poll():
+            if onLog:
+                onLog(line.text)
+        return finished
 
-    def finishRegistration(self, run) -> None:
+    def finishRegistration(self, run: EngineRunner) -> None:
         """EngineError with the engine's words if the import failed; else the shared model list is
         read again, so the new model appears in the Segment panel without a Refresh."""
-        self.segmentLogic.finish(run)
+        self.engine.finishModelAction(run)
 
     @staticmethod
     def markRegistered(jobDir: Path, modelId: str) -> TrainState:

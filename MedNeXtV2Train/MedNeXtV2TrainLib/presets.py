@@ -2,15 +2,13 @@
 
 A time budget (`--minutes`) ends training gracefully when it runs out, so a quick run finishes
 when the user expects whatever the machine; the thorough preset asks for a fixed number of epochs
-because its point is convergence, not the clock. Patch sides are multiples of 16 because the
-network halves the grid four times.
+because its point is convergence, not the clock. The engine checks the patch sizes (TrainSettings.problems).
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
 from typing import Dict, Optional, Tuple
 
-PATCH_MULTIPLE = 16
 
 
 @dataclass(frozen=True)
@@ -47,14 +45,3 @@ def get_preset(name: str) -> TrainingPreset:
     except KeyError as e:
         raise ValueError(f"unknown training preset {name!r}; choose one of {', '.join(PRESETS)}") from e
 
-
-def check_patch_size(patch: Tuple[int, ...]) -> Tuple[int, int, int]:
-    """The patch as three ints, each a positive multiple of 16; ValueError naming the bad side."""
-    if len(patch) != 3:
-        raise ValueError(f"patch size needs 3 sides (z, y, x), got {list(patch)}")
-    sides = []
-    for axis, side in zip("zyx", patch):
-        if isinstance(side, bool) or int(side) != side or side < PATCH_MULTIPLE or side % PATCH_MULTIPLE:
-            raise ValueError(f"patch side {axis}={side} must be a multiple of {PATCH_MULTIPLE} (16, 32, 48, ...)")
-        sides.append(int(side))
-    return (sides[0], sides[1], sides[2])

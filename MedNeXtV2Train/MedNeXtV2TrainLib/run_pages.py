@@ -1,9 +1,9 @@
 """The wizard's last two pages: a training run with live progress and curves, then the new model.
 
 The engine runs as a child process; a 500 ms timer drains its output, so Slicer stays usable.
-Registration (`mednextv2 models import`) runs the same way, through the Segment module's logic;
-once it has finished, the shared engine client reads the model list again, so the Segment panel
-lists the new model without a Refresh.
+Registration (`mednextv2 models import`) runs the same way, through the engine client both modules
+share; once it has finished, the client reads the model list again, so the Segment panel lists the
+new model without a Refresh.
 """
 from __future__ import annotations
 
@@ -149,7 +149,7 @@ class RunPages:
         try:
             self.logic.finishRegistration(registration)
         except RuntimeError as e:  # EngineError: the engine's exit code; its last words follow
-            tail = "\n".join(list(registration.process.stderr_tail)[-5:])
+            tail = "\n".join(list(registration.stderr_tail)[-5:])
             self.ui.registerStatusLabel.text = f"Registration failed: {e} {tail}".strip()
             return
         self.logic.markRegistered(self.run.job_dir, self.trained.id)

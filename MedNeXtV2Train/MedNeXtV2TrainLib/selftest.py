@@ -14,6 +14,7 @@ import numpy as np
 import slicer
 from slicer.ScriptedLoadableModule import ScriptedLoadableModuleTest
 
+from MedNeXtV2SegmentLib.logic import MedNeXtV2SegmentLogic
 from MedNeXtV2TrainLib.label_table import dataset_labels, default_choices
 from MedNeXtV2TrainLib.logic import DATASET_FOLDER, MedNeXtV2TrainLogic
 from MedNeXtV2TrainLib.resume_state import load_state
@@ -116,7 +117,7 @@ class MedNeXtV2TrainTest(ScriptedLoadableModuleTest):
         self.assertEqual(trained.id, jobDir.name)
 
         self.delayDisplay("Segmenting with the new bundle")
-        result = logic.segmentLogic.segment(volume, str(trained.path), device="cpu", tta=False)  # the path, not accuracy
+        result = MedNeXtV2SegmentLogic(logic.engine).segment(volume, str(trained.path), device="cpu", tta=False)  # the path, not accuracy
         segment = result.GetSegmentation().GetNthSegment(0)
         self.assertEqual(segment.GetName(), "sphere")
         self.delayDisplay("Test passed")

@@ -3,12 +3,22 @@ from __future__ import annotations
 
 import re
 from dataclasses import asdict, dataclass, fields, replace
-from typing import List, Optional, Tuple
+from typing import Dict, List, Optional, Tuple
 
-from MedNeXtV2SegmentLib.parameters import DEVICES
-from MedNeXtV2TrainLib.presets import DEFAULT_PRESET, check_patch_size, get_preset
+from mednextv2.errors import InputError
+from mednextv2.network import PRESETS as NETWORKS
+from mednextv2.inference.options import DEVICES
+from mednextv2.train.options import TrainOptions
 
-ARCHITECTURES = ("v2-tiny", "v2-base", "v2-width2")  # `mednextv2 train --preset` when training from scratch
+from MedNeXtV2TrainLib.presets import DEFAULT_PRESET, get_preset
+
+# `mednextv2 train --preset` from scratch: the engine's v2 networks, smallest (the default) first.
+ARCHITECTURES = tuple(sorted((name for name in NETWORKS if name.startswith("v2-")),
+                             key=lambda name: NETWORKS[name]["n_channels"]))
+# The engine's `train` options the wizard sets, as the wizard names them in its messages.
+OPTION_WORDS = {"minutes": "The time budget (minutes)", "epochs": "The number of epochs",
+                "iterations": "The iterations per epoch", "patch": "The patch size",
+                "val_fraction": "The validation fraction", "seed": "The seed"}
 # A base given as a file: an AMAES pretrained MedNeXt encoder (the engine's mednextv2.store.amaes.SUFFIXES).
 BASE_FILE_SUFFIXES = (".pth", ".pt", ".ckpt")
 
@@ -51,7 +61,9 @@ class TrainSettings:
                        patch_size=preset.patch_size)
 
     def problems(self) -> List[str]:
-        """Everything wrong with these settings, in words a user can act on; empty when fine."""
+        """Everything wrong with these settings, in words a user can act on; empty when fine.
+        The values the engine takes are checked by the engine's own TrainOptions, one at a time,
+        so that every problem is listed, not only the first."""
         found = []
         if not self.model_name.strip():
             found.append("Give the new model a name.")
@@ -61,22 +73,20 @@ class TrainSettings:
             found.append(f"Modality {self.modality!r} is not one of {', '.join(MODALITIES)}.")
         if (self.minutes is None) == (self.epochs is None):
             found.append("Set either a time budget in minutes or a number of epochs, not both.")
-        if self.minutes is not None and self.minutes < 1:
-            found.append(f"The time budget must be at least 1 minute, got {self.minutes}.")
-        if self.epochs is not None and self.epochs < 1:
-            found.append(f"The number of epochs must be at least 1, got {self.epochs}.")
-        if self.iterations is not None and self.iterations < 1:
-            found.append(f"The iterations per epoch must be at least 1, got {self.iterations}.")
-        if self.patch_size is not None:
-            try:
-                check_patch_size(self.patch_size)
-            except ValueError as e:
-                found.append(f"Patch size: {e}.")
         if self.device not in DEVICES:
             found.append(f"Device {self.device!r} is not one of {', '.join(DEVICES)}.")
-        if self.val_fraction is not None and not 0.0 <= self.val_fraction < 1.0:
-            found.append(f"The validation fraction must be in [0, 1), got {self.val_fraction}.")
+        for option, value in self.engine_options().items():
+            try:
+                TrainOptions(dataset="", output="", **{option: value})
+            except InputError as e:
+                found.append(str(e).replace("--" + option.replace("_", "-"), OPTION_WORDS[option], 1) + ".")
         return found
+
+    def engine_options(self) -> Dict[str, object]:
+        """The TrainOptions fields these settings give a value (the rest: the engine's defaults)."""
+        values = {"minutes": self.minutes, "epochs": self.epochs, "iterations": self.iterations,
+                  "patch": self.patch_size, "val_fraction": self.val_fraction, "seed": self.seed}
+        return {option: value for option, value in values.items() if value is not None}
 
     def to_dict(self) -> dict:
         data = asdict(self)

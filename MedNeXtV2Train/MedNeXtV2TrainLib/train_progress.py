@@ -11,22 +11,14 @@ because a progress display must never kill a training run.
 """
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 from typing import Any, Dict, Mapping, Optional
 
-from MedNeXtV2SegmentLib.progress import ProgressEvent, format_duration, parse_progress_line
-
-
-def _number(value: Any) -> Optional[float]:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        return None
-    value = float(value)
-    return value if math.isfinite(value) else None
+from MedNeXtV2SegmentLib.progress import ProgressEvent, finite_number, format_duration, parse_progress_line
 
 
 def _count(value: Any) -> Optional[int]:
-    number = _number(value)
+    number = finite_number(value)
     return None if number is None or number < 0 or number != int(number) else int(number)
 
 
@@ -77,7 +69,7 @@ def training_update(event: ProgressEvent) -> TrainingUpdate:
     dice_in = extra.get("dice")
     dice = {}
     if isinstance(dice_in, Mapping):
-        dice = {str(k): v for k, v in ((k, _number(v)) for k, v in dice_in.items()) if v is not None}
+        dice = {str(k): v for k, v in ((k, finite_number(v)) for k, v in dice_in.items()) if v is not None}
     epoch = _count(extra.get("epoch"))
     dice_epoch = _count(extra.get("dice_epoch"))
     if dice_epoch is None and dice and epoch is not None:
@@ -87,10 +79,10 @@ def training_update(event: ProgressEvent) -> TrainingUpdate:
         epoch=epoch,
         epochs=_count(extra.get("epochs")),
         iteration=_count(extra.get("iteration")),
-        loss=_number(extra.get("loss")),
+        loss=finite_number(extra.get("loss")),
         dice=dice,
         dice_epoch=dice_epoch,
-        lr=_number(extra.get("lr")),
+        lr=finite_number(extra.get("lr")),
         epochs_done=_count(extra.get("epochs_done")),
     )
 

@@ -43,7 +43,7 @@ class TrainWizard:
         self.wantedBaseModel = ""
         self.caseWork: Optional[SteppedWork] = None  # cases being checked or written, one per timer tick
         self.caseWorkEnd: Optional[Callable[[], None]] = None
-        self.logic.engine.addModelListListener(self.onModelList)
+        self.logic.engine.modelList.addListener(self.onModelList)
         self.casesPage = CasesPage(self)
         self.labelsPage = LabelsPage(self)
         self.settingsPage = SettingsPage(self)
@@ -62,7 +62,7 @@ class TrainWizard:
 
     def cleanup(self) -> None:
         self.cancelCaseWork()
-        self.logic.engine.removeModelListListener(self.onModelList)
+        self.logic.engine.modelList.removeListener(self.onModelList)
         self.runPages.cleanup()
 
     # -- navigation ----------------------------------------------------------------------------
@@ -151,21 +151,21 @@ class TrainWizard:
         background; `onModelList` fills the selector when it arrives)."""
         engine = self.logic.engine
         self.wantedBaseModel = wanted or self.wantedBaseModel
-        self.settingsPage.fillModels(engine.models, self.wantedBaseModel)  # "Train from scratch" works meanwhile
-        if any(model.id == self.wantedBaseModel for model in engine.models):
+        self.settingsPage.fillModels(engine.modelList.models, self.wantedBaseModel)  # "Train from scratch" works meanwhile
+        if any(model.id == self.wantedBaseModel for model in engine.modelList.models):
             self.wantedBaseModel = ""  # selected: a later list must not take the user's choice back
         if not engine.installLogic.plan().empty:
             return
         try:
-            engine.loadModels(force)
-        except RuntimeError as e:
-            self.ui.baseModelInfoLabel.text = f"Model list unavailable ({e}); you can still train from scratch."
+            engine.modelList.load(force)
+        except RuntimeError as e:  # the engine's Python cannot start
+            self.onModelList(e)
 
     def onModelList(self, error) -> None:
         if error is not None:
             self.ui.baseModelInfoLabel.text = f"Model list unavailable ({error}); you can still train from scratch."
             return
-        self.settingsPage.fillModels(self.logic.engine.models, self.wantedBaseModel)
+        self.settingsPage.fillModels(self.logic.engine.modelList.models, self.wantedBaseModel)
         self.wantedBaseModel = ""
 
     def improveModel(self, volumeNode, segmentationNode, baseModelId: str) -> None:
@@ -178,7 +178,7 @@ class TrainWizard:
         if self.fromFolder():
             self.ui.sourceSceneRadio.checked = True  # the table is refilled from the scene
         caseName = self.casesPage.useCase(volumeNode, segmentationNode)
-        base = self.logic.segmentLogic.model(baseModelId)  # None while the model list is being read
+        base = self.logic.engine.modelList.model(baseModelId)  # None while the model list is being read
         title = base.title if base is not None else baseModelId
         if self.ui.modelNameEdit.text.strip() in ("", TrainSettings().model_name):
             self.ui.modelNameEdit.text = f"{title} improved"

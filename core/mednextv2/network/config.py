@@ -5,6 +5,7 @@ from dataclasses import asdict, dataclass, field, fields
 from typing import Dict, List, Optional, Sequence, Union
 
 N_STAGES = 9  # enc0..enc3, bottleneck, dec3..dec0
+DIVISOR = 16  # four stride-2 downsamplings: patch sides must be multiples of this
 GRN_NORMS = ("mean", "sum")
 
 # name -> (base channels, block counts, expansion ratios); sizes from the MedNeXt-v2 paper

@@ -8,12 +8,11 @@ import torch
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from .config import MedNeXtConfig
+from .config import DIVISOR, MedNeXtConfig
 from .layers import MedNeXtBlock, OutBlock, pointwise_conv_to_channels_last
 
 log = logging.getLogger(__name__)
 
-DIVISOR = 16  # four stride-2 downsamplings
 STAGES = ("enc_block_0", "enc_block_1", "enc_block_2", "enc_block_3", "bottleneck",
           "dec_block_3", "dec_block_2", "dec_block_1", "dec_block_0")
 

@@ -3,9 +3,10 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Optional, Tuple
+from typing import Any, Dict, Optional, Sequence, Tuple
 
 from mednextv2.errors import InputError
+from mednextv2.network.config import DIVISOR, PRESETS
 from mednextv2.option_fields import cli
 from mednextv2.progress import MODES
 from mednextv2.threads import check_threads
@@ -20,6 +21,23 @@ DEFAULT_VAL_FRACTION = 0.2
 # quarter or more of the data (with 3 copies of one template, training on all 3 reached a higher
 # held-out Dice in 8 CPU minutes than training on 2 and validating on 1; docs/benchmarks.md, bench_train).
 MIN_CASES_TO_HOLD_OUT = 5
+
+
+def check_patch(patch: Sequence[int]) -> Tuple[int, int, int]:
+    """A patch size the network can train on (z, y, x); InputError naming --patch otherwise.
+
+    Sizes are multiples of DIVISOR (the four stride-2 downsamplings), and the bottleneck must
+    keep more than one voxel: GroupNorm over a single value per channel has nothing to normalize
+    (PyTorch refuses it with batch size 1, and it zeroes every feature otherwise)."""
+    patch = tuple(int(p) for p in patch)
+    if len(patch) != 3 or any(p < DIVISOR or p % DIVISOR for p in patch):
+        raise InputError(f"--patch must be three sizes divisible by {DIVISOR} (z y x), got {list(patch)}")
+    if all(p == DIVISOR for p in patch):
+        raise InputError(f"--patch {' '.join(map(str, patch))} is too small for the network: it needs at least "
+                         f"{2 * DIVISOR} on one axis (e.g. {2 * DIVISOR} {DIVISOR} {DIVISOR}), so that its bottleneck "
+                         f"(the patch / {DIVISOR}) keeps more than one voxel")
+    return patch
+
 
 
 @dataclass(frozen=True)
@@ -90,17 +108,12 @@ class TrainOptions:
             if choices and getattr(self, f.name) not in choices:
                 raise InputError(f"--{f.name.replace('_', '-')} must be one of {', '.join(choices)}, "
                                  f"got {getattr(self, f.name)!r}")
-        if self.preset is not None:
-            from mednextv2.network import PRESETS  # torch: only when a preset is named
-
-            if self.preset not in PRESETS:
-                raise InputError(f"--preset {self.preset!r}: no such architecture; choose one of {', '.join(PRESETS)}")
+        if self.preset is not None and self.preset not in PRESETS:
+            raise InputError(f"--preset {self.preset!r}: no such architecture; choose one of {', '.join(PRESETS)}")
         check_threads(self.threads)
         if self.lr <= 0:
             raise InputError(f"--lr must be positive, got {self.lr}")
         if self.patch is not None:
-            from mednextv2.train.planning import check_patch  # torch: only when a patch is given
-
             object.__setattr__(self, "patch", check_patch(self.patch))  # before hours of preprocessing
 
     @property

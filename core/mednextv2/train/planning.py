@@ -19,6 +19,7 @@ from mednextv2.bundle_spec import (BundleSpec, InferenceDefaults, Label, Normali
 from mednextv2.errors import InputError
 from mednextv2.inference.preprocessing import anisotropic_axis
 from mednextv2.network import DIVISOR, MedNeXtConfig
+from mednextv2.train.options import check_patch
 from mednextv2.train.fingerprint import Fingerprint
 
 log = logging.getLogger(__name__)
@@ -246,22 +247,6 @@ def _check_spacing(spacing: Sequence[float]) -> Tuple[float, float, float]:
     if len(values) != 3 or not all(math.isfinite(s) and s > 0 for s in values):
         raise InputError(f"--spacing must be three finite sizes > 0 in mm (z y x), got {list(values)}")
     return values
-
-
-def check_patch(patch: Sequence[int]) -> Tuple[int, int, int]:
-    """A patch size the network can train on (z, y, x); InputError naming --patch otherwise.
-
-    Sizes are multiples of DIVISOR (the four stride-2 downsamplings), and the bottleneck must
-    keep more than one voxel: GroupNorm over a single value per channel has nothing to normalize
-    (PyTorch refuses it with batch size 1, and it zeroes every feature otherwise)."""
-    patch = tuple(int(p) for p in patch)
-    if len(patch) != 3 or any(p < DIVISOR or p % DIVISOR for p in patch):
-        raise InputError(f"--patch must be three sizes divisible by {DIVISOR} (z y x), got {list(patch)}")
-    if all(p == DIVISOR for p in patch):
-        raise InputError(f"--patch {' '.join(map(str, patch))} is too small for the network: it needs at least "
-                         f"{2 * DIVISOR} on one axis (e.g. {2 * DIVISOR} {DIVISOR} {DIVISOR}), so that its bottleneck "
-                         f"(the patch / {DIVISOR}) keeps more than one voxel")
-    return patch
 
 
 def plan_to_dict(plan: TrainingPlan) -> dict:
