@@ -1,4 +1,5 @@
-"""Shared test settings: where the real data and the official-code fixtures live.
+"""Shared test settings: where the real data and the official-code fixtures live, and the fixtures
+many test files use (an engine home of the test's own, a bone model, Slicer's stand-in app).
 
 The real scans come from MEDNEXTV2_DATA, else ../shared/data beside the repository, else a
 per-user cache folder that the first test needing them builds once from the public packages
@@ -14,8 +15,7 @@ from pathlib import Path
 import pytest
 
 import real_data
-
-REPO = real_data.REPO
+from repo_folders import REPO
 
 
 @pytest.fixture(scope="session")
@@ -56,3 +56,37 @@ def forget_new_modules():
     yield
     for name in set(sys.modules) - before:
         del sys.modules[name]
+
+
+@pytest.fixture()
+def home(tmp_path, monkeypatch) -> Path:
+    """The engine's home folder, empty and the test's own; no user catalogs."""
+    monkeypatch.setenv("MEDNEXTV2_HOME", str(tmp_path / "home"))
+    monkeypatch.delenv("MEDNEXTV2_CATALOGS", raising=False)
+    return tmp_path / "home"
+
+
+@pytest.fixture()
+def clean_env(home, monkeypatch):
+    """`home`, and none of the user's proxy or plain-http settings reach the downloads."""
+    for name in ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "NO_PROXY"):
+        monkeypatch.delenv(name, raising=False)
+        monkeypatch.delenv(name.lower(), raising=False)
+    monkeypatch.delenv("MEDNEXTV2_ALLOW_HTTP", raising=False)
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory) -> Path:
+    """A threshold model saved as a bundle: label "bone" above 300 HU."""
+    from segment_fixtures import threshold_bundle  # torch: only the tests that use it pay for the import
+
+    return threshold_bundle((300.0,), names=["bone"]).save(tmp_path_factory.mktemp("bundle") / "model")
+
+
+@pytest.fixture()
+def slicer(tmp_path):
+    """The real `slicer` package with a fresh scene and slicer_stubs' app stand-in."""
+    import slicer_stubs  # slicer-core: only the Slicer-module tests have it
+
+    yield slicer_stubs.install(str(tmp_path / "slicer-temp"))
+    slicer_stubs.uninstall()

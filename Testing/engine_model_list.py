@@ -3,7 +3,6 @@ only. The panels never wait on a process; the engine client reads the list in th
 (`EngineClient.modelList.load()`)."""
 from typing import List, Mapping, Optional
 
-import slicer_segment_paths  # noqa: F401  (puts MedNeXtV2SegmentLib on sys.path)
 from MedNeXtV2SegmentLib.command import build_models_command
 from MedNeXtV2SegmentLib.models import ModelChoice, read_model_list
 from MedNeXtV2SegmentLib.engine_client import ProcessFactory, engine_process

@@ -19,8 +19,8 @@ from pathlib import Path
 from typing import Callable, Mapping, Optional
 
 from mednextv2.store.cache import FileLock
+from repo_folders import REPO
 
-REPO = Path(__file__).resolve().parents[1]
 DATA_ENV, FIXTURES_ENV = "MEDNEXTV2_DATA", "MEDNEXTV2_FIXTURES"
 FETCH_SCRIPT = REPO / "scripts" / "fetch_test_data.py"
 

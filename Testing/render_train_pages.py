@@ -13,10 +13,10 @@ import types
 from pathlib import Path
 from typing import Dict, List
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "Testing"))  # when run as a script from elsewhere
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # when run as a script from elsewhere
+from repo_folders import REPO, import_like_slicer  # noqa: E402
 
-import slicer_train_paths  # noqa: E402,F401  (MedNeXtV2TrainLib, MedNeXtV2SegmentLib on sys.path)
+import_like_slicer()
 from qt_ui_helpers import QtCore, QtGui, QtWidgets, application, load_ui, render_png  # noqa: E402
 
 from MedNeXtV2TrainLib.curve_painter import render_curves  # noqa: E402

@@ -21,10 +21,10 @@ from pathlib import Path
 import numpy as np
 import SimpleITK as sitk
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "Testing"))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from repo_folders import REPO, import_like_slicer  # noqa: E402
 
-import slicer_segment_paths  # noqa: E402,F401
+import_like_slicer()
 import slicer_stubs  # noqa: E402
 from MedNeXtV2SegmentLib.command import build_segment_command, engine_environment  # noqa: E402
 from MedNeXtV2SegmentLib.parameters import SegmentChoices  # noqa: E402

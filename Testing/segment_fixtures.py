@@ -93,6 +93,12 @@ def make_image(array: np.ndarray, spacing=(1.0, 1.0, 1.0), origin=(0.0, 0.0, 0.0
     return image
 
 
+def write_image(image: sitk.Image, path: Path, compress: bool = False) -> Path:
+    """Writes `image` to `path` (format from the extension) and returns `path`, for use inline."""
+    sitk.WriteImage(image, str(path), compress)
+    return path
+
+
 def world_points(image: sitk.Image) -> np.ndarray:
     """World (x, y, z) of every voxel, shape (z, y, x, 3)."""
     size = image.GetSize()

@@ -18,7 +18,6 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 import torch
-from test_import_nnunet import home  # noqa: F401  (autouse: a fresh model cache per test)
 from test_train_promise import _hashes, _train, dataset  # noqa: F401
 
 from mednextv2.bundle import Bundle, Label, foreign_entries, load_bundle
@@ -29,6 +28,7 @@ from mednextv2.network import MedNeXt
 from mednextv2.store.cache import ModelCache
 from segment_fixtures import bundle_spec, make_image, threshold_bundle, tiny_config
 
+pytestmark = pytest.mark.usefixtures("home")
 REPO = Path(__file__).resolve().parents[1]
 HOSTILE_NAMES = ["metal\nSegment0_LabelValue:=2", "tumour\ndata file: ../secret.txt", "blank\n\nline",
                  "back\\slash\\n", "carriage\rreturn", "escape\x1b[2J", "line\u2028separator"]

@@ -20,13 +20,6 @@ def _nested(depth: int) -> str:
     return "[" * depth + "]" * depth
 
 
-@pytest.fixture()
-def home(tmp_path, monkeypatch):
-    monkeypatch.setenv("MEDNEXTV2_HOME", str(tmp_path / "home"))
-    monkeypatch.delenv("MEDNEXTV2_CATALOGS", raising=False)
-    return tmp_path / "home"
-
-
 def test_deeply_nested_model_json_is_refused(tmp_path, data_dir, capsys):
     bundle = threshold_bundle().save(tmp_path / "model")
     spec = json.loads((bundle / "model.json").read_text(encoding="utf-8"))

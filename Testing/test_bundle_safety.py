@@ -12,7 +12,6 @@ from pathlib import Path
 import pytest
 import SimpleITK as sitk
 import torch
-from test_import_nnunet import home  # noqa: F401  (autouse: a fresh model cache per test)
 from test_train_parts import breast_dataset  # noqa: F401
 
 from mednextv2 import atomic
@@ -24,6 +23,8 @@ from mednextv2.store.importer import import_model
 from mednextv2.train import checkpoint
 from http_test_server import catalog_entry, catalog_json
 from segment_fixtures import threshold_bundle
+
+pytestmark = pytest.mark.usefixtures("home")
 
 
 @pytest.fixture(scope="module")

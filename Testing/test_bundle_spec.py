@@ -21,7 +21,6 @@ from mednextv2.schema import MODEL_ID_PATTERN, load_schema, schema_errors
 from mednextv2.store.importer import convert_nnunet
 from mednextv2.train.output import bundle_id, bundle_spec, write_bundle
 from mednextv2.train.planning import LabelSpec, TrainingPlan, plan_from_base
-import slicer_segment_paths  # noqa: F401
 from MedNeXtV2SegmentLib.tinybundle import tiny_bundle
 from segment_fixtures import bundle_spec as fixture_spec
 from segment_fixtures import threshold_bundle, tiny_config

@@ -19,14 +19,7 @@ from http_test_server import FileServer, catalog_entry, catalog_json, self_signe
 REPO = Path(__file__).resolve().parents[1]
 
 
-@pytest.fixture(autouse=True)
-def clean_env(monkeypatch, tmp_path):
-    for name in ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "NO_PROXY"):
-        monkeypatch.delenv(name, raising=False)
-        monkeypatch.delenv(name.lower(), raising=False)
-    monkeypatch.delenv("MEDNEXTV2_CATALOGS", raising=False)
-    monkeypatch.delenv("MEDNEXTV2_ALLOW_HTTP", raising=False)
-    monkeypatch.setenv("MEDNEXTV2_HOME", str(tmp_path / "home"))
+pytestmark = pytest.mark.usefixtures("clean_env")
 
 
 @pytest.fixture(scope="module")

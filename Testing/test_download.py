@@ -23,13 +23,7 @@ FAST = DownloadSettings(connect_timeout=2.0, read_timeout=2.0, retries=2, backof
 PROXY_VARS = ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "NO_PROXY")
 
 
-@pytest.fixture(autouse=True)
-def clean_env(monkeypatch, tmp_path):
-    for name in PROXY_VARS:
-        monkeypatch.delenv(name, raising=False)
-        monkeypatch.delenv(name.lower(), raising=False)
-    monkeypatch.delenv("MEDNEXTV2_CATALOGS", raising=False)
-    monkeypatch.setenv("MEDNEXTV2_HOME", str(tmp_path / "home"))
+pytestmark = pytest.mark.usefixtures("clean_env")
 
 
 @pytest.fixture

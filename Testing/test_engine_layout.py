@@ -14,7 +14,7 @@ from typing import Dict, List, Set
 
 import pytest
 
-from conftest import REPO
+from repo_folders import REPO
 
 PACKAGE = REPO / "core" / "mednextv2"
 WINGS = ("store", "inference")

@@ -16,7 +16,7 @@ from mednextv2.errors import InputError
 from mednextv2.inference.image_io import read_image
 from mednextv2.train.checks import validate_dataset
 from mednextv2.train.datasets import discover_dataset
-from segment_fixtures import threshold_bundle
+from segment_fixtures import write_image
 
 
 @pytest.fixture(scope="module")
@@ -24,11 +24,6 @@ def breast(data_dir):
     """A real MR scan (45x120x21, int16) and its lesion label."""
     folder = data_dir / "mr-breast"
     return sitk.ReadImage(str(folder / "breast1_image.nrrd")), sitk.ReadImage(str(folder / "breast1_label.nrrd"))
-
-
-@pytest.fixture(scope="module")
-def model_dir(tmp_path_factory):
-    return threshold_bundle((300.0,), names=["bone"]).save(tmp_path_factory.mktemp("bundle") / "model")
 
 
 def _segment_refuses(path: Path, model_dir: Path, capsys, *needles: str) -> str:
@@ -41,11 +36,6 @@ def _segment_refuses(path: Path, model_dir: Path, capsys, *needles: str) -> str:
         assert needle.lower() in err.lower(), err
     assert not out.exists()
     return err
-
-
-def _write(image: sitk.Image, path: Path, compress: bool = False) -> Path:
-    sitk.WriteImage(image, str(path), compress)
-    return path
 
 
 def _cut(path: Path, fraction: float) -> Path:
@@ -62,7 +52,7 @@ def _cut(path: Path, fraction: float) -> Path:
     ("scan.nrrd", True, "the file is truncated: it holds fewer voxel bytes"),
     ("scan.mha", False, "the file is truncated, or its data file is missing")])
 def test_truncated_image_exits_2_naming_the_file(tmp_path, breast, model_dir, capsys, name, compress, reason):
-    whole = _write(breast[0], tmp_path / name, compress)
+    whole = write_image(breast[0], tmp_path / name, compress)
     assert read_image(whole).GetSize() == (45, 120, 21)  # the complete file is fine
     for fraction in (0.5, 0.99):  # half the file, and only the last slice's end missing
         _segment_refuses(_cut(whole, fraction), model_dir, capsys, reason)
@@ -71,7 +61,7 @@ def test_truncated_image_exits_2_naming_the_file(tmp_path, breast, model_dir, ca
 def test_truncated_training_label_is_refused(tmp_path, breast):
     # Training reads its images and labels through the same reader as segment.
     for name in ("label.nii", "label.nii.gz"):
-        label = _cut(_write(breast[1], tmp_path / name, name.endswith(".gz")), 0.7)
+        label = _cut(write_image(breast[1], tmp_path / name, name.endswith(".gz")), 0.7)
         with pytest.raises(InputError, match=rf"{label.name}: the file is truncated.*45x120x21 voxels"):
             read_image(label)
 
@@ -80,8 +70,8 @@ def test_train_refuses_a_case_with_a_truncated_label(tmp_path, breast, capsys):
     dataset = tmp_path / "dataset"
     dataset.mkdir()
     for i in range(3):
-        _write(breast[0], dataset / f"case{i}_image.nii")
-        _write(breast[1], dataset / f"case{i}_label.nii")
+        write_image(breast[0], dataset / f"case{i}_image.nii")
+        write_image(breast[1], dataset / f"case{i}_label.nii")
     label = dataset / "case1_label.nii"
     label.write_bytes(label.read_bytes()[:160_000])
     out = tmp_path / "model"
@@ -98,8 +88,8 @@ def test_dataset_check_names_a_truncated_label_before_planning(tmp_path, breast)
     dataset = tmp_path / "dataset"
     dataset.mkdir()
     for i in range(3):
-        _write(breast[0], dataset / f"case{i}_image.nii")
-        _write(breast[1], dataset / f"case{i}_label.nii.gz", True)
+        write_image(breast[0], dataset / f"case{i}_image.nii")
+        write_image(breast[1], dataset / f"case{i}_label.nii.gz", True)
     label = dataset / "case2_label.nii.gz"
     label.write_bytes(label.read_bytes()[: len(label.read_bytes()) * 6 // 10])
     with pytest.raises(InputError, match=rf"case case2: {label}: the file is truncated"):
@@ -108,7 +98,7 @@ def test_dataset_check_names_a_truncated_label_before_planning(tmp_path, breast)
 
 def test_complete_gzip_variants_are_accepted(tmp_path, breast):
     # The fast length check fails for these, so they take the full decompression path.
-    raw = _write(breast[0], tmp_path / "scan.nii").read_bytes()
+    raw = write_image(breast[0], tmp_path / "scan.nii").read_bytes()
     members = tmp_path / "members.nii.gz"
     members.write_bytes(gzip.compress(raw[:5000]) + gzip.compress(raw[5000:]))
     padded = tmp_path / "padded.nii.gz"
@@ -122,10 +112,10 @@ def test_values_beyond_float32_exit_2(tmp_path, breast, model_dir, capsys):
     array = sitk.GetArrayFromImage(breast[0]).astype(np.float64)
     fits = sitk.GetImageFromArray(array * 1e30)  # large but representable: accepted
     fits.CopyInformation(breast[0])
-    assert read_image(_write(fits, tmp_path / "fits.nrrd")).GetPixelID() == sitk.sitkFloat64
+    assert read_image(write_image(fits, tmp_path / "fits.nrrd")).GetPixelID() == sitk.sitkFloat64
     huge = sitk.GetImageFromArray(array * 1e298)  # the scan's values reach ~1e301
     huge.CopyInformation(breast[0])
-    _segment_refuses(_write(huge, tmp_path / "huge.nii.gz"), model_dir, capsys, "32-bit floats")
+    _segment_refuses(write_image(huge, tmp_path / "huge.nii.gz"), model_dir, capsys, "32-bit floats")
 
 
 def test_dicom_series_with_a_missing_slice_is_refused(tmp_path, breast):
@@ -142,7 +132,7 @@ def test_dicom_series_with_a_missing_slice_is_refused(tmp_path, breast):
 
 @pytest.mark.parametrize("value", [0.0, -0.7, float("nan")])
 def test_nifti_pixdim_zero_negative_or_nan_is_refused(tmp_path, breast, model_dir, capsys, value):
-    header = bytearray(_write(breast[0], tmp_path / "scan.nii").read_bytes())
+    header = bytearray(write_image(breast[0], tmp_path / "scan.nii").read_bytes())
     struct.pack_into("<f", header, 76 + 4 * 2, value)  # pixdim[2]: the y spacing
     plain = tmp_path / "pixdim.nii"
     plain.write_bytes(bytes(header))
@@ -182,7 +172,7 @@ def test_a_fifo_as_input_is_refused_not_read_forever(tmp_path, model_dir, capsys
 
 @pytest.mark.parametrize("suffix", [".nhdr", ".mhd"])
 def test_a_detached_header_whose_data_file_is_missing_names_that_file(tmp_path, breast, model_dir, capsys, suffix):
-    header = _write(breast[0], tmp_path / f"scan{suffix}")
+    header = write_image(breast[0], tmp_path / f"scan{suffix}")
     assert read_image(header).GetSize() == (45, 120, 21)
     text = header.read_text(encoding="latin-1")
     data_name = next(line for line in text.splitlines()
@@ -194,7 +184,7 @@ def test_a_detached_header_whose_data_file_is_missing_names_that_file(tmp_path, 
 def test_a_fifo_in_a_training_dataset_is_named_not_read(tmp_path, breast):
     import os
 
-    _write(breast[0], tmp_path / "case1_image.nrrd")
+    write_image(breast[0], tmp_path / "case1_image.nrrd")
     os.mkfifo(tmp_path / "case1_label.nrrd")  # nobody writes: opening it would block forever
     with pytest.raises(InputError, match=r"case1_label\.nrrd is not a regular file"):
         validate_dataset(discover_dataset(tmp_path))

@@ -11,7 +11,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import SimpleITK as sitk
-from test_image_checks import _segment_refuses, _write, breast, model_dir  # noqa: F401
+from segment_fixtures import write_image
+from test_image_checks import _segment_refuses, breast  # noqa: F401
 
 from mednextv2.cli import main
 from mednextv2.errors import InputError
@@ -31,7 +32,7 @@ def _with_non_finite(breast_image: sitk.Image, value: float) -> sitk.Image:
 @pytest.mark.parametrize("value", [float("nan"), float("inf"), -float("inf")])
 @pytest.mark.parametrize("name", ["scan.nii", "scan.nii.gz"])
 def test_nan_and_inf_voxels_in_nifti_are_refused(tmp_path, breast, model_dir, capsys, value, name):
-    path = _write(_with_non_finite(breast[0], value), tmp_path / name, name.endswith(".gz"))
+    path = write_image(_with_non_finite(breast[0], value), tmp_path / name, name.endswith(".gz"))
     assert np.isfinite(sitk.GetArrayViewFromImage(sitk.ReadImage(str(path)))).all()  # ITK hides them
     _segment_refuses(path, model_dir, capsys, "1 NaN or infinite voxel(s)")
 
@@ -40,8 +41,9 @@ def test_train_refuses_a_case_with_nan_voxels_in_nifti(tmp_path, breast, capsys)
     dataset = tmp_path / "dataset"
     dataset.mkdir()
     for i in range(3):
-        _write(breast[0] if i != 1 else _with_non_finite(breast[0], float("nan")), dataset / f"case{i}_image.nii.gz", True)
-        _write(breast[1], dataset / f"case{i}_label.nii.gz", True)
+        image = breast[0] if i != 1 else _with_non_finite(breast[0], float("nan"))
+        write_image(image, dataset / f"case{i}_image.nii.gz", True)
+        write_image(breast[1], dataset / f"case{i}_label.nii.gz", True)
     with pytest.raises(InputError, match=r"case case1: .*case1_image\.nii\.gz: the image has 1 NaN or infinite"):
         validate_dataset(discover_dataset(dataset))
     out = tmp_path / "model"
@@ -54,7 +56,7 @@ def test_train_refuses_a_case_with_nan_voxels_in_nifti(tmp_path, breast, capsys)
 def test_finite_float_nifti_is_read_unchanged(tmp_path, breast):
     image = _with_non_finite(breast[0], 1e30)
     for name in ("f.nii", "f.nii.gz"):
-        back = read_image(_write(image, tmp_path / name, name.endswith(".gz")))
+        back = read_image(write_image(image, tmp_path / name, name.endswith(".gz")))
         assert np.array_equal(sitk.GetArrayViewFromImage(back), sitk.GetArrayViewFromImage(image))
 
 
@@ -100,7 +102,7 @@ def _gzip_with_trailer(data: bytes, isize: int) -> bytes:
 
 
 def test_truncated_nii_gz_with_a_forged_size_trailer_is_refused(tmp_path, breast, model_dir, capsys):
-    raw = _write(breast[0], tmp_path / "scan.nii").read_bytes()
+    raw = write_image(breast[0], tmp_path / "scan.nii").read_bytes()
     forged = tmp_path / "forged.nii.gz"
     forged.write_bytes(_gzip_with_trailer(raw[: len(raw) * 11 // 20], len(raw)))
     assert len(zlib.decompressobj(-15).decompress(forged.read_bytes()[10:])) == len(raw) * 11 // 20
@@ -112,7 +114,7 @@ def test_truncated_nii_gz_with_a_forged_size_trailer_is_refused(tmp_path, breast
 
 
 def test_a_label_map_given_as_the_image_is_warned_about(tmp_path, breast, model_dir, caplog, capsys):
-    label = _write(breast[1], tmp_path / "label.nrrd")
+    label = write_image(breast[1], tmp_path / "label.nrrd")
     out = tmp_path / "out.seg.nrrd"
     with caplog.at_level(logging.WARNING):
         assert main(["segment", str(label), "-m", str(model_dir), "-o", str(out), "--device", "cpu",
@@ -120,7 +122,7 @@ def test_a_label_map_given_as_the_image_is_warned_about(tmp_path, breast, model_
     warned = [r.getMessage() for r in caplog.records if "label map" in r.getMessage()]
     assert len(warned) == 1 and str(label) in warned[0] and "2 distinct integer values" in warned[0], warned
     caplog.clear()
-    scan = _write(breast[0], tmp_path / "scan.nrrd")
+    scan = write_image(breast[0], tmp_path / "scan.nrrd")
     with caplog.at_level(logging.WARNING):
         assert main(["segment", str(scan), "-m", str(model_dir), "-o", str(out), "--device", "cpu",
                      "--progress", "none", "--no-tta"]) == 0

@@ -36,11 +36,7 @@ MR2_CONFIG = {"labels": ["lesion"], "channels": ["MR", "MR"], "orientation": "as
 CASES = {"grn_ds": ("grn_ds.pt", CT_CONFIG), "nores_in2_k5": ("nores_in2_k5.safetensors", MR2_CONFIG)}
 
 
-@pytest.fixture(autouse=True)
-def home(monkeypatch, tmp_path) -> Path:
-    monkeypatch.setenv("MEDNEXTV2_HOME", str(tmp_path / "home"))
-    monkeypatch.delenv("MEDNEXTV2_CATALOGS", raising=False)
-    return tmp_path / "home"
+pytestmark = pytest.mark.usefixtures("home")
 
 
 def write_config(tmp_path: Path, doc: dict, name: str = "config.json") -> Path:

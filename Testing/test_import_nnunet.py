@@ -32,11 +32,7 @@ STATS = {"max": 3071.0, "mean": 84.5, "median": 90.0, "min": -1024.0, "percentil
          "percentile_99_5": 1187.0, "std": 211.3}
 
 
-@pytest.fixture(autouse=True)
-def home(monkeypatch, tmp_path) -> Path:
-    monkeypatch.setenv("MEDNEXTV2_HOME", str(tmp_path / "home"))
-    monkeypatch.delenv("MEDNEXTV2_CATALOGS", raising=False)
-    return tmp_path / "home"
+pytestmark = pytest.mark.usefixtures("home")
 
 
 @pytest.fixture(scope="module")
@@ -321,10 +317,10 @@ def test_zip_size_limits(tmp_path):
     with pytest.raises(InputError, match="zip bomb"):
         safe_extract_zip(tmp_path / "bomb.zip", tmp_path / "out3")
     with pytest.raises(InputError, match="not a valid zip"):
-        safe_extract_zip(_write(tmp_path / "fake.zip", b"not a zip"), tmp_path / "out4")
+        safe_extract_zip(_bytes_file(tmp_path / "fake.zip", b"not a zip"), tmp_path / "out4")
 
 
-def _write(path: Path, data: bytes) -> Path:
+def _bytes_file(path: Path, data: bytes) -> Path:
     path.write_bytes(data)
     return path
 
@@ -336,7 +332,7 @@ def test_unknown_inputs_to_import(tmp_path):
     with pytest.raises(InputError, match="neither a model bundle.*nor an nnU-Net results folder"):
         import_model(tmp_path / "empty")
     with pytest.raises(InputError, match="neither a folder nor a zip"):
-        import_model(_write(tmp_path / "model.pth", b"junk"))
+        import_model(_bytes_file(tmp_path / "model.pth", b"junk"))
     with pytest.raises(InputError, match="invalid model id"):
         import_model(tmp_path / "empty", model_id="../x")
 

@@ -9,7 +9,7 @@ import zlib
 
 import pytest
 import torch
-from test_import_nnunet import (_assert_nothing_installed, checkpoint, home, official, plans_json,  # noqa: F401
+from test_import_nnunet import (_assert_nothing_installed, checkpoint, official, plans_json,  # noqa: F401
                                 write_results)
 
 from mednextv2.bundle import load_bundle
@@ -19,6 +19,8 @@ from mednextv2.inference.pipeline import Segmenter
 from mednextv2.inference.sliding_window import mirror_combinations
 from mednextv2.network.layers import MedNeXtBlock
 from mednextv2.store.importer import ImportOptions, import_model
+
+pytestmark = pytest.mark.usefixtures("home")
 
 
 def _text(s: str) -> bytes:

@@ -28,11 +28,7 @@ RESULTS = FIXTURE / "nnUNet" / "3d_fullres" / "Task501_LungTiny"
 TRAINER = RESULTS / "nnUNetTrainerV2_MedNeXt_S_kernel3__nnUNetPlansv2.1"
 
 
-@pytest.fixture(autouse=True)
-def home(monkeypatch, tmp_path) -> Path:
-    monkeypatch.setenv("MEDNEXTV2_HOME", str(tmp_path / "home"))
-    monkeypatch.delenv("MEDNEXTV2_CATALOGS", raising=False)
-    return tmp_path / "home"
+pytestmark = pytest.mark.usefixtures("home")
 
 
 def _nothing_installed(home: Path) -> bool:

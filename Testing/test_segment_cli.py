@@ -14,12 +14,7 @@ import pytest
 import SimpleITK as sitk
 
 from mednextv2.cli import main
-from segment_fixtures import boundary, make_image, one_torch_thread, threshold_bundle  # noqa: F401
-
-
-@pytest.fixture(scope="module")
-def model_dir(tmp_path_factory):
-    return threshold_bundle((300.0,), names=["bone"]).save(tmp_path_factory.mktemp("bundle") / "model")
+from segment_fixtures import boundary, make_image, one_torch_thread, threshold_bundle, write_image  # noqa: F401
 
 
 def _phantom(shape=(12, 40, 36)):
@@ -76,11 +71,6 @@ def test_segment_labelmap_structures_fast_and_batch(tmp_path, image_path, model_
     assert sitk.ReadImage(str(batch / "second.seg.nrrd")).GetSize() == (30, 33, 10)
 
 
-def _write(path: Path, image: sitk.Image) -> Path:
-    sitk.WriteImage(image, str(path))
-    return path
-
-
 def _bad_cases(tmp_path: Path, model_dir: Path, good: Path):
     """name -> (argv without the program name, the text the message must contain)."""
     cases = {}
@@ -92,12 +82,13 @@ def _bad_cases(tmp_path: Path, model_dir: Path, good: Path):
     truncated.write_bytes(good.read_bytes()[:400])
     cases["truncated file"] = ([str(truncated)], "cannot read the image")
     cases["missing file"] = ([str(tmp_path / "nope.nii.gz")], "does not exist")
-    cases["2D image"] = ([str(_write(tmp_path / "flat.nrrd", sitk.GetImageFromArray(np.random.rand(20, 20))))], "expected a 3D image")
+    flat = write_image(sitk.GetImageFromArray(np.random.rand(20, 20)), tmp_path / "flat.nrrd")
+    cases["2D image"] = ([str(flat)], "expected a 3D image")
     four = sitk.JoinSeries([_phantom()] * 3)
-    cases["4D image"] = ([str(_write(tmp_path / "four.nii.gz", four))], "expected a 3D image, got a 4D")
+    cases["4D image"] = ([str(write_image(four, tmp_path / "four.nii.gz"))], "expected a 3D image, got a 4D")
     cases["wrong channel count"] = ([str(good), str(good)], "takes 1 input channel")
     mha = tmp_path / "ok.mha"
-    _write(mha, _phantom())
+    write_image(_phantom(), mha)
     header = mha.read_bytes()
     for name, old, new, message in [
         ("zero spacing", b"ElementSpacing = 1 1.2 3", b"ElementSpacing = 1 0 3", "spacing is zero, negative or NaN"),
@@ -111,8 +102,9 @@ def _bad_cases(tmp_path: Path, model_dir: Path, good: Path):
     nan = sitk.GetArrayFromImage(_phantom()).astype(np.float32)
     nan[2, 3, 4] = np.nan
     nan[5, 5, 5] = np.inf
-    cases["NaN voxels"] = ([str(_write(tmp_path / "nan.nrrd", make_image(nan)))], "2 NaN or infinite voxel")
-    cases["constant image"] = ([str(_write(tmp_path / "const.nrrd", make_image(np.full((8, 9, 10), 7, np.int16))))], "constant")
+    cases["NaN voxels"] = ([str(write_image(make_image(nan), tmp_path / "nan.nrrd"))], "2 NaN or infinite voxel")
+    const = write_image(make_image(np.full((8, 9, 10), 7, np.int16)), tmp_path / "const.nrrd")
+    cases["constant image"] = ([str(const)], "constant")
     for name, (inputs, message) in list(cases.items()):
         cases[name] = (inputs + ["-m", str(model_dir), "-o", out], message)
     cases["output folder not writable"] = ([str(good), "-m", str(model_dir), "-o", "/proc/result.seg.nrrd"], "not writable")

@@ -15,7 +15,7 @@ from segment_fixtures import one_torch_thread, threshold_bundle  # noqa: F401
 
 
 @pytest.fixture(scope="module")
-def model_dir(tmp_path_factory):
+def unmirrored_model(tmp_path_factory):
     return threshold_bundle((300.0,), mirror_axes=()).save(tmp_path_factory.mktemp("m") / "model")
 
 
@@ -29,18 +29,18 @@ def scan(tmp_path, data_dir):
 
 
 @pytest.mark.parametrize("step", ["0.001", "0.05", "0", "1.5", "nan"])
-def test_step_outside_the_bound_is_exit_2_and_nothing_is_written(tmp_path, scan, model_dir, step, capsys):
+def test_step_outside_the_bound_is_exit_2_and_nothing_is_written(tmp_path, scan, unmirrored_model, step, capsys):
     out = tmp_path / "out"
     out.mkdir()
-    rc = main(["segment", str(scan), "-m", str(model_dir), "-o", str(out / "r.seg.nrrd"), "--device", "cpu",
+    rc = main(["segment", str(scan), "-m", str(unmirrored_model), "-o", str(out / "r.seg.nrrd"), "--device", "cpu",
                "--step", step, "--progress", "none"])
     assert rc == 2 and f"--step must be in [{MIN_STEP}, 1]" in capsys.readouterr().err
     assert list(out.iterdir()) == []
 
 
-def test_python_api_applies_the_same_bound(scan, model_dir):
+def test_python_api_applies_the_same_bound(scan, unmirrored_model):
     with pytest.raises(InputError, match="--step"):
-        mednextv2.segment(str(scan), str(model_dir), device="cpu", step=0.05)
+        mednextv2.segment(str(scan), str(unmirrored_model), device="cpu", step=0.05)
     assert SegmentOptions(step=0.1).step == 0.1 and SegmentOptions(step=1).step == 1.0
 
 
@@ -67,29 +67,30 @@ def test_tile_plan_counts_the_tiles_the_grid_runs():
         assert plan.host_bytes == 72 * plan.n_tiles + (2 * 3 + 4) * int(np.prod(shape))
 
 
-def test_a_tile_plan_larger_than_the_memory_left_is_refused_before_running(tmp_path, scan, model_dir, monkeypatch, capsys):
+def test_a_tile_plan_larger_than_the_memory_left_is_refused_before_running(tmp_path, scan, unmirrored_model,
+                                                                           monkeypatch, capsys):
     ran = []
     monkeypatch.setattr("mednextv2.inference.sliding_window.available_ram_bytes", lambda: 100_000)
     monkeypatch.setattr("mednextv2.inference.sliding_window.SlidingWindowPredictor._predict_tiles",
                         lambda *a: ran.append(1))
     out = tmp_path / "out"
     out.mkdir()
-    rc = main(["segment", str(scan), "-m", str(model_dir), "-o", str(out / "r.seg.nrrd"), "--device", "cpu",
+    rc = main(["segment", str(scan), "-m", str(unmirrored_model), "-o", str(out / "r.seg.nrrd"), "--device", "cpu",
                "--step", "0.1", "--progress", "none"])
     err = capsys.readouterr().err
     assert rc == 3 and ran == [] and list(out.iterdir()) == []
     assert "tiles of 16x32x32 at step 0.1" in err and "GiB" in err and "--step" in err and "--fast" in err
     with pytest.raises(ResourceError, match="tile plan needs"):
-        mednextv2.segment(str(scan), str(model_dir), device="cpu")
+        mednextv2.segment(str(scan), str(unmirrored_model), device="cpu")
 
 
-def test_out_of_memory_without_a_message_still_says_what_ran_out(scan, model_dir, monkeypatch):
+def test_out_of_memory_without_a_message_still_says_what_ran_out(scan, unmirrored_model, monkeypatch):
     def no_memory(self, data, state, sink=None):
         raise MemoryError()
 
     monkeypatch.setattr("mednextv2.inference.sliding_window.SlidingWindowPredictor._run", no_memory)
     with pytest.raises(ResourceError) as e:
-        mednextv2.segment(str(scan), str(model_dir), device="cpu")
+        mednextv2.segment(str(scan), str(unmirrored_model), device="cpu")
     assert "(MemoryError)" in str(e.value) and "()" not in str(e.value)
 
 

@@ -29,7 +29,7 @@ def _hashes(folder: Path) -> dict:
 
 
 @pytest.fixture(scope="module")
-def model_dir(tmp_path_factory):
+def small_patch_model(tmp_path_factory):
     return threshold_bundle((300.0,), names=["bone"], patch=(16, 32, 32)).save(tmp_path_factory.mktemp("m") / "model")
 
 
@@ -55,20 +55,20 @@ def _segment(*args) -> int:
 
 
 @pytest.mark.parametrize("name", ["breast2.nii.gz", "breast.nrrd"])  # rows 3 and 4
-def test_output_equal_to_the_input_is_refused(scans, model_dir, name, capsys):
+def test_output_equal_to_the_input_is_refused(scans, small_patch_model, name, capsys):
     before = _hashes(scans)
-    assert _segment(scans / name, "-m", model_dir, "-o", scans / name) == 2
+    assert _segment(scans / name, "-m", small_patch_model, "-o", scans / name) == 2
     assert "is the input" in capsys.readouterr().err
     assert _hashes(scans) == before
 
 
-def test_output_reaching_the_input_by_another_spelling_is_refused(scans, model_dir, capsys):
+def test_output_reaching_the_input_by_another_spelling_is_refused(scans, small_patch_model, capsys):
     (scans / "sub").mkdir()
     (scans / "link.nrrd").symlink_to(scans / "breast.nrrd")
     os.link(scans / "breast.nrrd", scans / "hard.nrrd")  # resolves elsewhere; the same inode
     before = _hashes(scans)
     for out in (scans / "sub" / ".." / "breast.nrrd", scans / "link.nrrd", scans / "hard.nrrd"):
-        assert _segment(scans / "breast.nrrd", "-m", model_dir, "-o", out) == 2
+        assert _segment(scans / "breast.nrrd", "-m", small_patch_model, "-o", out) == 2
     assert _hashes(scans) == before
 
 
@@ -78,32 +78,33 @@ def test_output_equal_to_a_second_channel_is_refused(scans, model2_dir):
     assert _hashes(scans) == before
 
 
-def test_batch_into_the_input_folder_is_refused_where_names_collide(scans, model_dir, capsys):  # row 5
+def test_batch_into_the_input_folder_is_refused_where_names_collide(scans, small_patch_model, capsys):  # row 5
     before = _hashes(scans)
     for fmt in ("nii.gz", "nrrd"):
-        assert _segment(scans, "-m", model_dir, "-o", scans, "--format", fmt) == 2
+        assert _segment(scans, "-m", small_patch_model, "-o", scans, "--format", fmt) == 2
         assert "is the input" in capsys.readouterr().err
     assert _hashes(scans) == before
 
 
-def test_batch_into_the_input_folder_with_names_that_cannot_collide_writes_beside(tmp_path, data_dir, model_dir):
+def test_batch_into_the_input_folder_with_names_that_cannot_collide_writes_beside(tmp_path, data_dir,
+                                                                                  small_patch_model):
     folder = tmp_path / "scans"
     folder.mkdir()
     shutil.copyfile(data_dir / "mr-breast" / "breast1_image.nrrd", folder / "breast.nrrd")
     before = _hashes(folder)
-    assert _segment(folder, "-m", model_dir, "-o", folder) == 0  # breast.seg.nrrd beside breast.nrrd
+    assert _segment(folder, "-m", small_patch_model, "-o", folder) == 0  # breast.seg.nrrd beside breast.nrrd
     after = _hashes(folder)
     assert {k: after[k] for k in before} == before and set(after) - set(before) == {"breast.seg.nrrd",
                                                                                  ".mednextv2-run/breast.json"}
     # A second run sees the result as a second "breast" case: refused, nothing touched.
-    assert _segment(folder, "-m", model_dir, "-o", folder) == 2
+    assert _segment(folder, "-m", small_patch_model, "-o", folder) == 2
     assert _hashes(folder) == after
 
 
-def test_python_api_refuses_too(scans, model_dir):
+def test_python_api_refuses_too(scans, small_patch_model):
     before = _hashes(scans)
     with pytest.raises(InputError, match="is the input"):
-        segment_folder(scans, model_dir, scans, ".nii.gz", device="cpu", tta=False)
+        segment_folder(scans, small_patch_model, scans, ".nii.gz", device="cpu", tta=False)
     assert _hashes(scans) == before
 
 

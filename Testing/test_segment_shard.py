@@ -43,15 +43,15 @@ def cases(tmp_path_factory, data_dir) -> Path:
 
 
 @pytest.fixture(scope="module")
-def model_dir(tmp_path_factory) -> Path:
+def zscore_model(tmp_path_factory) -> Path:
     return threshold_bundle((0.5,), normalization=[{"scheme": "zscore"}]).save(tmp_path_factory.mktemp("m") / "model")
 
 
 @pytest.fixture(scope="module")
-def reference(tmp_path_factory, cases, model_dir) -> Path:
+def reference(tmp_path_factory, cases, zscore_model) -> Path:
     """One process, no torchrun: the results every sharded run must reproduce byte for byte."""
     out = tmp_path_factory.mktemp("reference")
-    assert main(["segment", str(cases), "-m", str(model_dir), "-o", str(out), "--progress", "none"] + FLAGS) == 0
+    assert main(["segment", str(cases), "-m", str(zscore_model), "-o", str(out), "--progress", "none"] + FLAGS) == 0
     return out
 
 
@@ -99,11 +99,11 @@ def _same_as_reference(out: Path, reference: Path, cases: Path, case: str) -> No
 
 
 @pytest.mark.slow
-def test_two_ranks_write_each_case_once_as_one_process_and_skip_what_is_recorded(tmp_path, cases, model_dir,
+def test_two_ranks_write_each_case_once_as_one_process_and_skip_what_is_recorded(tmp_path, cases, zscore_model,
                                                                                   reference):
     out = tmp_path / "out"
     out.mkdir()
-    done = _torchrun(cases, out, model_dir, "--progress", "json")
+    done = _torchrun(cases, out, zscore_model, "--progress", "json")
     assert done.returncode == 0, done.stderr[-4000:]
     progress = [json.loads(line) for line in done.stdout.splitlines() if line.startswith("{")]
     assert progress and {r["rank"] for r in progress} == {0, 1}
@@ -123,7 +123,7 @@ def test_two_ranks_write_each_case_once_as_one_process_and_skip_what_is_recorded
     finished = {c: _record(out, c)["finished"] for c in CASES}
     (out / "brain.seg.nrrd").unlink()
     (out / RECORD_FOLDER / "tissue.json").unlink()
-    again = _torchrun(cases, out, model_dir, "--progress", "none", "--skip-done")
+    again = _torchrun(cases, out, zscore_model, "--progress", "none", "--skip-done")
     assert again.returncode == 0, again.stderr[-4000:]
     lines = _case_lines(again.stderr)
     for case in ("breast", "lung"):  # recorded and unchanged: skipped, not rewritten
@@ -139,7 +139,7 @@ def test_two_ranks_write_each_case_once_as_one_process_and_skip_what_is_recorded
 
 
 @pytest.mark.slow
-def test_a_failing_case_fails_the_run_and_leaves_no_half_written_file(tmp_path, cases, model_dir):
+def test_a_failing_case_fails_the_run_and_leaves_no_half_written_file(tmp_path, cases, zscore_model):
     folder = tmp_path / "cases"
     folder.mkdir()
     for case in ("brain", "breast"):
@@ -147,7 +147,7 @@ def test_a_failing_case_fails_the_run_and_leaves_no_half_written_file(tmp_path, 
     (folder / "broken.nii.gz").write_bytes(_input(cases, "tissue").read_bytes()[:40000])  # cut short
     out = tmp_path / "out"
     out.mkdir()
-    done = _torchrun(folder, out, model_dir, "--progress", "none")
+    done = _torchrun(folder, out, zscore_model, "--progress", "none")
     assert done.returncode != 0
     assert f"[rank 0/2] mednextv2: error: {folder / 'broken.nii.gz'}: the file is truncated" in done.stderr
     # Rank 0 (brain, broken) stopped at broken; whatever finished is whole and recorded, nothing else is left.
@@ -159,7 +159,7 @@ def test_a_failing_case_fails_the_run_and_leaves_no_half_written_file(tmp_path, 
 
 
 def test_skip_done_redoes_a_changed_output_another_model_a_changed_input_and_other_options(
-        tmp_path, cases, model_dir, reference, caplog):
+        tmp_path, cases, zscore_model, reference, caplog):
     folder = tmp_path / "cases"
     shutil.copytree(cases, folder)
     out = tmp_path / "out"
@@ -176,7 +176,7 @@ def test_skip_done_redoes_a_changed_output_another_model_a_changed_input_and_oth
     image = sitk.ReadImage(str(folder / "tissue.nii.gz"))  # a changed input
     sitk.WriteImage(sitk.Cast(image, sitk.sitkFloat32) * 0.5, str(folder / "tissue.nii.gz"))
     caplog.set_level("INFO", logger="mednextv2")
-    args = ["segment", str(folder), "-m", str(model_dir), "-o", str(out), "--progress", "none", "--skip-done"]
+    args = ["segment", str(folder), "-m", str(zscore_model), "-o", str(out), "--progress", "none", "--skip-done"]
     assert main(args + FLAGS) == 0
     said = "\n".join(r.getMessage() for r in caplog.records)
     assert f"brain done (run record {out / RECORD_FOLDER / 'brain.json'}), skipped" in said
@@ -199,9 +199,9 @@ def _hashes(folder: Path) -> dict:
     return {p.relative_to(folder).as_posix(): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
 
 
-def test_files_the_engine_did_not_record_are_never_trusted_nor_taken(tmp_path, cases, model_dir, reference,
+def test_files_the_engine_did_not_record_are_never_trusted_nor_taken(tmp_path, cases, zscore_model, reference,
                                                                      monkeypatch, capsys):
-    base = ["-m", str(model_dir), "--progress", "none"] + FLAGS
+    base = ["-m", str(zscore_model), "--progress", "none"] + FLAGS
     # A user's file with an output's name and no record: segmented again, replaced as batch mode does.
     out = tmp_path / "out"
     out.mkdir()
@@ -226,8 +226,8 @@ def test_files_the_engine_did_not_record_are_never_trusted_nor_taken(tmp_path, c
         assert "are both case breast" in capsys.readouterr().err and _hashes(folder) == before
 
 
-def test_torchrun_refusals_and_a_rank_without_cases(tmp_path, cases, model_dir, monkeypatch, capsys):
-    base = ["-m", str(model_dir), "--progress", "none"] + FLAGS
+def test_torchrun_refusals_and_a_rank_without_cases(tmp_path, cases, zscore_model, monkeypatch, capsys):
+    base = ["-m", str(zscore_model), "--progress", "none"] + FLAGS
     out = tmp_path / "out"
     out.mkdir()
     assert main(["segment", str(cases / "breast.nrrd"), "-o", str(out / "b.seg.nrrd"), "--skip-done"] + base) == 2
@@ -247,7 +247,7 @@ def test_torchrun_refusals_and_a_rank_without_cases(tmp_path, cases, model_dir, 
     assert list(out.iterdir()) == []
 
 
-def test_each_rank_takes_the_gpu_of_its_local_rank_and_refuses_to_share_one(tmp_path, cases, model_dir, monkeypatch,
+def test_each_rank_takes_the_gpu_of_its_local_rank_and_refuses_to_share_one(tmp_path, cases, zscore_model, monkeypatch,
                                                                              capsys):
     import torch
 
@@ -262,23 +262,23 @@ def test_each_rank_takes_the_gpu_of_its_local_rank_and_refuses_to_share_one(tmp_
         monkeypatch.setenv(name, value)
     out = tmp_path / "out"
     out.mkdir()
-    assert main(["segment", str(cases), "-o", str(out), "-m", str(model_dir), "--device", "cuda"]) == 2
+    assert main(["segment", str(cases), "-o", str(out), "-m", str(zscore_model), "--device", "cuda"]) == 2
     assert "rank 1 (local rank 1) has no GPU of its own: this machine has 1" in capsys.readouterr().err
     assert list(out.iterdir()) == []
 
 
-def test_a_file_where_the_records_go_is_refused(tmp_path, cases, model_dir, capsys):
+def test_a_file_where_the_records_go_is_refused(tmp_path, cases, zscore_model, capsys):
     out = tmp_path / "out"
     out.mkdir()
     (out / RECORD_FOLDER).write_text("my notes", encoding="utf-8")
-    assert main(["segment", str(cases), "-o", str(out), "-m", str(model_dir), "--progress", "none"] + FLAGS) == 2
+    assert main(["segment", str(cases), "-o", str(out), "-m", str(zscore_model), "--progress", "none"] + FLAGS) == 2
     assert f"{out / RECORD_FOLDER} is not a folder" in capsys.readouterr().err
     assert sorted(p.name for p in out.iterdir()) == [RECORD_FOLDER]
     (out / RECORD_FOLDER).unlink()
     (out / RECORD_FOLDER).mkdir()
     record = {"kind": "mednextv2 segment run record", "format_version": 99}
     (out / RECORD_FOLDER / "brain.json").write_text(json.dumps(record), encoding="utf-8")
-    assert main(["segment", str(cases), "-o", str(out), "-m", str(model_dir), "--progress", "none"] + FLAGS) == 2
+    assert main(["segment", str(cases), "-o", str(out), "-m", str(zscore_model), "--progress", "none"] + FLAGS) == 2
     assert "run record format 99, this engine reads 1" in capsys.readouterr().err
     assert sorted(p.name for p in out.iterdir()) == [RECORD_FOLDER]
 
@@ -296,13 +296,13 @@ def test_a_ranks_progress_names_it_as_a_bar_and_as_json():
                                             "rank": 3, "tiles_done": 2}
 
 
-def test_skip_done_keeps_maps_and_statistics_of_recorded_cases(tmp_path, cases, model_dir, caplog, monkeypatch,
+def test_skip_done_keeps_maps_and_statistics_of_recorded_cases(tmp_path, cases, zscore_model, caplog, monkeypatch,
                                                                 capsys):
     out, maps = tmp_path / "out", tmp_path / "maps"
     out.mkdir()
     maps.mkdir()
     stats = tmp_path / "stats.json"
-    base = ["segment", str(cases), "-m", str(model_dir), "-o", str(out), "--progress", "none", "--skip-done"] + FLAGS
+    base = ["segment", str(cases), "-m", str(zscore_model), "-o", str(out), "--progress", "none", "--skip-done"] + FLAGS
     assert main(base) == 0  # recorded without a map or statistics
     caplog.set_level("INFO", logger="mednextv2")
     assert main(base + ["--uncertainty", str(maps), "--statistics", str(stats)]) == 0

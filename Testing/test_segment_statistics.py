@@ -23,7 +23,7 @@ THRESHOLD = 150.0
 
 
 @pytest.fixture(scope="module")
-def model_dir(tmp_path_factory):
+def bright_model(tmp_path_factory):
     return threshold_bundle((THRESHOLD,), names=["bright"], mirror_axes=()).save(tmp_path_factory.mktemp("bundle") / "model")
 
 
@@ -70,11 +70,11 @@ def _csv_rows(path):
         return list(reader)
 
 
-def test_flags_write_the_map_statistics_and_confidence_on_the_input_grid(tmp_path, scan, model_dir):
+def test_flags_write_the_map_statistics_and_confidence_on_the_input_grid(tmp_path, scan, bright_model):
     out = tmp_path / "out"
     out.mkdir()
     for result, unc, stats in [("r.nii.gz", "u.nii.gz", "s.csv"), ("r.seg.nrrd", "u.nrrd", "s.json")]:
-        rc = main(["segment", str(scan), "-m", str(model_dir), "-o", str(out / result), "--device", "cpu",
+        rc = main(["segment", str(scan), "-m", str(bright_model), "-o", str(out / result), "--device", "cpu",
                    "--progress", "none", "--uncertainty", str(out / unc), "--statistics", str(out / stats)])
         assert rc == 0
         image, u_img = sitk.ReadImage(str(scan)), sitk.ReadImage(str(out / unc))
@@ -107,7 +107,7 @@ def test_flags_write_the_map_statistics_and_confidence_on_the_input_grid(tmp_pat
         assert 0.5 < confidence <= 1.0
 
 
-def test_refusals_come_before_the_model_and_write_nothing(tmp_path, scan, model_dir, capsys):
+def test_refusals_come_before_the_model_and_write_nothing(tmp_path, scan, bright_model, capsys):
     out = tmp_path / "out"
     out.mkdir()
     missing_model = str(tmp_path / "no-such-bundle")  # the model is never looked at: every refusal comes first
@@ -133,7 +133,7 @@ def test_refusals_come_before_the_model_and_write_nothing(tmp_path, scan, model_
         assert files() == before, f"{name} changed files"
 
 
-def test_batch_writes_a_map_per_case_and_one_row_per_case_and_segment(tmp_path, data_dir, model_dir, capsys):
+def test_batch_writes_a_map_per_case_and_one_row_per_case_and_segment(tmp_path, data_dir, bright_model, capsys):
     cases = tmp_path / "cases"
     cases.mkdir()
     shutil.copy(data_dir / "mr-breast" / "breast1_image.nrrd", cases / "a.nrrd")
@@ -141,7 +141,7 @@ def test_batch_writes_a_map_per_case_and_one_row_per_case_and_segment(tmp_path, 
     sitk.WriteImage(flipped, str(cases / "b.nrrd"))
     out, maps = tmp_path / "out", tmp_path / "maps"
     out.mkdir(), maps.mkdir()
-    common = ["segment", str(cases), "-m", str(model_dir), "-o", str(out), "--device", "cpu", "--progress", "none"]
+    common = ["segment", str(cases), "-m", str(bright_model), "-o", str(out), "--device", "cpu", "--progress", "none"]
 
     rc = main(common + ["--uncertainty", str(tmp_path / "maps.nrrd")])
     assert rc == 2 and "existing folder" in capsys.readouterr().err

@@ -17,7 +17,6 @@ from unittest import mock
 import pytest
 
 import slicer_stubs
-import slicer_train_paths  # noqa: F401  (MedNeXtV2TrainLib, MedNeXtV2SegmentLib, core/ on sys.path)
 from MedNeXtV2SegmentLib.command import engine_package_dir
 from MedNeXtV2SegmentLib.engine_client import EngineClient
 from MedNeXtV2SegmentLib.models import read_model_list

@@ -14,18 +14,12 @@ from pathlib import Path
 import pytest
 import SimpleITK as sitk
 
-import slicer_segment_paths  # noqa: F401
 import slicer_stubs
 
 FIXTURE = Path(__file__).resolve().parent / "fixtures" / "nnunet-v1"
 
 
-@pytest.fixture
-def slicer(tmp_path, monkeypatch):
-    monkeypatch.setenv("MEDNEXTV2_HOME", str(tmp_path / "home"))  # the engine child inherits it
-    monkeypatch.delenv("MEDNEXTV2_CATALOGS", raising=False)
-    yield slicer_stubs.install(str(tmp_path / "slicer-temp"))
-    slicer_stubs.uninstall()
+pytestmark = pytest.mark.usefixtures("home")  # MEDNEXTV2_HOME: the engine child inherits it
 
 
 def test_import_button_path_accepts_v1_folder_and_segments_like_the_official_network(slicer, tmp_path):

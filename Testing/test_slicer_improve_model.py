@@ -14,7 +14,6 @@ from unittest import mock
 import pytest
 
 import slicer_stubs
-import slicer_train_paths  # noqa: F401  (both module folders and core/ on sys.path)
 
 
 def _uninstall(before) -> None:

@@ -25,7 +25,6 @@ import pytest
 import SimpleITK as sitk
 
 import slicer_stubs
-import slicer_train_paths  # noqa: F401  (MedNeXtV2TrainLib, MedNeXtV2SegmentLib, mednextv2 on sys.path)
 from test_import_nnunet import dataset_json, plans_json, write_results  # the nnU-Net v2 results layout
 
 CASE = "v2pattern_C4_k3_in1_cls3_ds"  # official MedNeXt-v2 weights: 1 input, 3 classes

@@ -11,7 +11,6 @@ import logging
 import pytest
 from PySide6 import QtCore
 
-import slicer_train_paths  # noqa: F401
 from MedNeXtV2SegmentLib.parameters import SegmentChoices, from_saved
 from MedNeXtV2SegmentLib.preferences import Preferences
 from MedNeXtV2TrainLib.settings import TrainSettings

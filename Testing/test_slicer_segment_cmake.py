@@ -8,7 +8,7 @@ import ast
 import json
 import re
 
-from slicer_segment_paths import CORE_DIR, REPO, SEGMENT_DIR
+from repo_folders import CORE_DIR, REPO, SEGMENT_DIR
 
 MODULE = "MedNeXtV2Segment"
 

@@ -7,7 +7,6 @@ import sys
 
 import pytest
 
-import slicer_segment_paths  # noqa: F401
 from mednextv2.cli import build_parser
 from MedNeXtV2SegmentLib.command import (build_models_command, build_segment_command, engine_environment,
                                          engine_package_dir, engine_threads, find_slicer_python)

@@ -13,7 +13,6 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-import slicer_segment_paths  # noqa: F401
 from MedNeXtV2SegmentLib.command import build_segment_command, engine_environment
 from MedNeXtV2SegmentLib.labels import bundle_label_table
 from MedNeXtV2SegmentLib.parameters import SegmentChoices

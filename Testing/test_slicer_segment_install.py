@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import importlib.metadata
 
-import slicer_segment_paths  # noqa: F401
 from MedNeXtV2SegmentLib.install import (PIP_PACKAGES, SLICER_BUNDLED, InstallPlan, confirmation_text, plan_install,
                                          protected_constraints)
 
@@ -202,7 +201,6 @@ def test_require_is_the_check_both_logics_make(fake_slicer, monkeypatch, forget_
     sls = types.ModuleType("slicer.ScriptedLoadableModule")
     sls.ScriptedLoadableModuleLogic = type("ScriptedLoadableModuleLogic", (), {"__init__": lambda self: None})
     monkeypatch.setitem(sys.modules, "slicer.ScriptedLoadableModule", sls)
-    import slicer_train_paths  # noqa: F401
     from MedNeXtV2SegmentLib.logic import MedNeXtV2SegmentLogic
     from MedNeXtV2TrainLib.logic import MedNeXtV2TrainLogic
 

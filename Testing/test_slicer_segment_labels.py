@@ -5,7 +5,6 @@ import json
 
 import pytest
 
-import slicer_segment_paths  # noqa: F401
 from MedNeXtV2SegmentLib.labels import LabelTableError, bundle_label_table, load_bundle, selected_label_table
 from MedNeXtV2SegmentLib.tinybundle import LABELS, make_tiny_bundle
 

@@ -14,7 +14,6 @@ import textwrap
 
 import pytest
 
-import slicer_segment_paths  # noqa: F401
 import slicer_stubs
 from MedNeXtV2SegmentLib.parameters import SegmentChoices
 from MedNeXtV2SegmentLib.process import EngineProcess, ExitCode
@@ -51,12 +50,6 @@ FAKE_ENGINE = textwrap.dedent("""
 @pytest.fixture(scope="module")
 def bundle(tmp_path_factory):
     return make_tiny_bundle(tmp_path_factory.mktemp("bundle"))
-
-
-@pytest.fixture
-def slicer(tmp_path):
-    yield slicer_stubs.install(str(tmp_path / "slicer-temp"))
-    slicer_stubs.uninstall()
 
 
 def make_logic(mode="ok"):

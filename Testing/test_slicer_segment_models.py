@@ -6,7 +6,6 @@ import sys
 
 import pytest
 
-import slicer_segment_paths  # noqa: F401
 from MedNeXtV2SegmentLib.command import build_models_command, engine_environment
 from engine_model_list import list_models
 from MedNeXtV2SegmentLib.models import (CatalogError, ModelChoice, describe_model,

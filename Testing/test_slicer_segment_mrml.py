@@ -19,7 +19,6 @@ import pytest
 import SimpleITK as sitk
 import vtk
 
-import slicer_segment_paths  # noqa: F401
 import slicer_stubs
 from segment_fixtures import rotation, save_bundle, threshold_bundle
 

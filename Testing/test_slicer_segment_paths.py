@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import pytest
 
-import slicer_segment_paths  # noqa: F401
 from MedNeXtV2SegmentLib.paths import PathError, make_run_paths, output_segmentation_name
 
 

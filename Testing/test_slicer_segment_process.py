@@ -8,7 +8,6 @@ import time
 
 import pytest
 
-import slicer_segment_paths  # noqa: F401
 from MedNeXtV2SegmentLib.process import EngineProcess, ExitCode
 
 pytestmark = pytest.mark.skipif(os.name == "nt", reason="the tree check reads /proc; Windows uses taskkill /T")

@@ -6,7 +6,6 @@ import json
 
 import pytest
 
-import slicer_segment_paths  # noqa: F401
 from mednextv2.progress import make_progress
 from MedNeXtV2SegmentLib.progress import format_duration, format_progress, parse_progress_line
 

@@ -10,8 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-import slicer_segment_paths  # noqa: F401
-from slicer_segment_paths import REPO, SEGMENT_DIR
+from repo_folders import REPO, SEGMENT_DIR
 from qt_ui_helpers import QtGui, QtWidgets, load_ui, load_warnings, render_png, ui_names_used, widget_names
 
 UI = SEGMENT_DIR / "Resources" / "UI" / "MedNeXtV2Segment.ui"

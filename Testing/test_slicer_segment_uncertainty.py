@@ -14,8 +14,8 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-import slicer_segment_paths  # noqa: F401
 import slicer_stubs
+from repo_folders import SEGMENT_DIR
 from segment_fixtures import rotation
 from MedNeXtV2SegmentLib.command import build_segment_command
 from MedNeXtV2SegmentLib.parameters import SegmentChoices
@@ -259,7 +259,7 @@ def test_table_and_copy_text(tmp_path):
     from qt_ui_helpers import QtWidgets, load_ui
 
     rows = read_statistics(statistics_file(tmp_path / "statistics.json", ROWS))
-    table = load_ui(slicer_segment_paths.SEGMENT_DIR / "Resources" / "UI" / "MedNeXtV2Segment.ui").findChild(
+    table = load_ui(SEGMENT_DIR / "Resources" / "UI" / "MedNeXtV2Segment.ui").findChild(
         QtWidgets.QTableWidget, "statisticsTable")
     fill_table(table, rows, QtWidgets.QTableWidgetItem)
     cells = [[table.item(r, c).text() for c in range(table.columnCount())] for r in range(table.rowCount())]
@@ -364,7 +364,7 @@ def test_panel_walks_the_regions_moves_the_threshold_and_copies_the_table(scene,
         sys.modules.pop("MedNeXtV2SegmentLib.widget", None)
     logic, volume, result, node, paths, image = load_case(slicer, tmp_path, "Oblique MR", scan_grids(data_dir)["Oblique MR"])
     ui = types.SimpleNamespace(
-        statisticsTable=load_ui(slicer_segment_paths.SEGMENT_DIR / "Resources" / "UI" / "MedNeXtV2Segment.ui").findChild(
+        statisticsTable=load_ui(SEGMENT_DIR / "Resources" / "UI" / "MedNeXtV2Segment.ui").findChild(
             QtWidgets.QTableWidget, "statisticsTable"),
         copyStatisticsButton=types.SimpleNamespace(enabled=False), statisticsHintLabel=types.SimpleNamespace(text=""),
         nextUnsureRegionButton=types.SimpleNamespace(enabled=False), unsureRegionLabel=types.SimpleNamespace(text=""),

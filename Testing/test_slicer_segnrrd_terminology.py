@@ -19,7 +19,6 @@ import vtk
 
 from mednextv2.bundle import Label, load_bundle
 from mednextv2.inference.export import CONFIDENCE_TAG, write_result
-import slicer_segment_paths  # noqa: F401
 from MedNeXtV2SegmentLib.tinybundle import make_tiny_bundle
 
 

@@ -14,7 +14,7 @@ import sys
 
 import pytest
 
-from slicer_segment_paths import CORE_DIR, REPO
+from repo_folders import CORE_DIR, REPO
 
 PROBE = """
 import json, sys, types

@@ -9,7 +9,6 @@ from pathlib import Path
 
 import pytest
 
-import slicer_train_paths  # noqa: F401  (both module folders and core/ on sys.path)
 from test_slicer_improve_model import pythonqt_style_qt
 
 FIXTURE = Path(__file__).parent / "fixtures" / "amaes-mednext" / "amaes_small.pth"

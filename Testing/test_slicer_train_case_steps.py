@@ -11,8 +11,6 @@ from pathlib import Path
 
 import pytest
 
-import slicer_stubs
-import slicer_train_paths  # noqa: F401  (MedNeXtV2TrainLib, MedNeXtV2SegmentLib, core on sys.path)
 from test_slicer_train_mrml import scene_cases
 
 
@@ -40,12 +38,6 @@ class Timer:
         started = time.perf_counter()
         self.slot()
         return time.perf_counter() - started
-
-
-@pytest.fixture
-def slicer(tmp_path):
-    yield slicer_stubs.install(str(tmp_path / "slicer-temp"))
-    slicer_stubs.uninstall()
 
 
 def written_images(jobsRoot: Path):

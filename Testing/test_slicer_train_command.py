@@ -7,7 +7,6 @@ from dataclasses import replace
 
 import pytest
 
-import slicer_train_paths  # noqa: E402,F401  (MedNeXtV2TrainLib, MedNeXtV2SegmentLib, mednextv2 on sys.path)
 
 from MedNeXtV2TrainLib.presets import PRESETS, get_preset  # noqa: E402
 from MedNeXtV2TrainLib.resume_state import (STATE_FILE, ResumeStateError, TrainState, find_jobs,  # noqa: E402

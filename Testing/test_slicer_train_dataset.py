@@ -3,21 +3,14 @@ from __future__ import annotations
 
 import json
 import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
 import SimpleITK as sitk
 
-import slicer_train_paths  # noqa: E402,F401  (MedNeXtV2TrainLib, MedNeXtV2SegmentLib, mednextv2 on sys.path)
-
+from segment_fixtures import write_image
 from MedNeXtV2TrainLib.dataset_layout import DatasetExportError, DatasetWriter, remap_labels, safe_case_ids  # noqa: E402
 from MedNeXtV2TrainLib.label_table import BASE, IGNORE, NEW, BaseLabel, LabelChoice, dataset_labels, union_of_segments, value_by_segment  # noqa: E402
-
-
-def _write(image: sitk.Image, path: Path) -> Path:
-    sitk.WriteImage(image, str(path))
-    return path
 
 
 @pytest.fixture()
@@ -41,8 +34,9 @@ def staged_cases(data_dir, tmp_path):
     brain_lbl = sitk.GetImageFromArray(local)
     brain_lbl.CopyInformation(brain_img)
     return {
-        "breast": (_write(breast_img, stage / "breast_image.nrrd"), _write(breast_lbl, stage / "breast_label.nrrd"), ["lesion"]),
-        "brain": (_write(brain_img, stage / "brain_image.nrrd"), _write(brain_lbl, stage / "brain_label.nrrd"),
+        "breast": (write_image(breast_img, stage / "breast_image.nrrd"), write_image(breast_lbl, stage / "breast_label.nrrd"),
+                   ["lesion"]),
+        "brain": (write_image(brain_img, stage / "brain_image.nrrd"), write_image(brain_lbl, stage / "brain_label.nrrd"),
                   ["brain", "Lesion", "marker"]),
         "arrays": {"brain_local": local, "breast_lesion": sitk.GetArrayFromImage(breast_lbl) > 0},
     }
@@ -109,7 +103,7 @@ def test_label_off_the_image_grid_is_refused_and_nothing_is_left(staged_cases, t
     image, label, names = staged_cases["breast"]
     moved = sitk.ReadImage(str(label))
     moved.SetOrigin([o + 5.0 for o in moved.GetOrigin()])
-    bad = _write(moved, tmp_path / "moved_label.nrrd")
+    bad = write_image(moved, tmp_path / "moved_label.nrrd")
     labels = _labels()
     root = tmp_path / "out" / "dataset"
     with pytest.raises(DatasetExportError, match="breast: the labelmap is not on the image's grid"):

@@ -12,7 +12,6 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-import slicer_train_paths  # noqa: E402,F401  (MedNeXtV2TrainLib, MedNeXtV2SegmentLib, mednextv2 on sys.path)
 
 from MedNeXtV2SegmentLib.command import build_models_command, engine_environment  # noqa: E402
 from MedNeXtV2SegmentLib.engine_client import EngineClient  # noqa: E402

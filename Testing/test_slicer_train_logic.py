@@ -11,7 +11,6 @@ import numpy as np
 import pytest
 
 import slicer_stubs
-import slicer_train_paths  # noqa: F401  (MedNeXtV2TrainLib, MedNeXtV2SegmentLib on sys.path)
 
 SLICER_FACING = ("MedNeXtV2TrainLib.scene_cases", "MedNeXtV2TrainLib.logic", "MedNeXtV2TrainLib.run_pages",
                  "MedNeXtV2TrainLib.widget", "MedNeXtV2TrainLib.selftest", "MedNeXtV2Train")

@@ -17,20 +17,12 @@ import sys
 from pathlib import Path
 
 import numpy as np
-import pytest
 import SimpleITK as sitk
 
 import slicer_stubs
-import slicer_train_paths  # noqa: F401  (MedNeXtV2TrainLib, MedNeXtV2SegmentLib, core on sys.path)
-from slicer_train_paths import CORE_DIR
+from repo_folders import CORE_DIR
 
 COLORS = {"lesion": (1.0, 0.0, 0.0), "tissue": (0.0, 0.8, 0.4)}
-
-
-@pytest.fixture
-def slicer(tmp_path):
-    yield slicer_stubs.install(str(tmp_path / "slicer-temp"))
-    slicer_stubs.uninstall()
 
 
 def add_segmentation(slicer, name, volume, segments, reference=None):

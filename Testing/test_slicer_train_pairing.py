@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import pytest
 
-import slicer_train_paths  # noqa: E402,F401  (MedNeXtV2TrainLib, MedNeXtV2SegmentLib, mednextv2 on sys.path)
 
 from MedNeXtV2TrainLib.case_checks import ERROR, WARNING, CaseFacts, Geometry, check_cases, has_errors  # noqa: E402
 from MedNeXtV2TrainLib.label_table import (BASE, IGNORE, NEW, BaseLabel, LabelChoice, dataset_labels,  # noqa: E402

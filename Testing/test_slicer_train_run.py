@@ -15,7 +15,6 @@ from dataclasses import replace
 
 import pytest
 
-import slicer_train_paths  # noqa: E402,F401  (MedNeXtV2TrainLib, MedNeXtV2SegmentLib, mednextv2 on sys.path)
 
 from MedNeXtV2SegmentLib.engine_client import EngineClient  # noqa: E402
 from MedNeXtV2TrainLib.resume_state import TrainState, load_state  # noqa: E402

@@ -7,7 +7,6 @@ import json
 import sys
 import time
 
-import slicer_train_paths  # noqa: F401  (MedNeXtV2SegmentLib and core/ on sys.path)
 from MedNeXtV2SegmentLib.command import engine_environment
 from MedNeXtV2SegmentLib.process import EngineProcess, ExitCode
 from mednextv2.train import checkpoint

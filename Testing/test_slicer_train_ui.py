@@ -7,8 +7,7 @@ from pathlib import Path
 
 import pytest
 
-import slicer_train_paths  # noqa: F401  (MedNeXtV2TrainLib, MedNeXtV2SegmentLib on sys.path)
-from slicer_train_paths import REPO
+from repo_folders import REPO
 from qt_ui_helpers import QtGui, QtWidgets, load_ui, load_warnings, ui_names_used, widget_names  # noqa: E402
 from render_train_pages import PAGE_FILES, PYSIDE_QT, UI_PATH, render_pages, sample_curves  # noqa: E402
 

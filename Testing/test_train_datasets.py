@@ -10,6 +10,7 @@ import SimpleITK as sitk
 from mednextv2.errors import InputError
 from mednextv2.train.checks import validate_dataset
 from mednextv2.train.datasets import discover_dataset
+from segment_fixtures import write_image
 
 
 @pytest.fixture(scope="module")
@@ -19,18 +20,13 @@ def breast(data_dir):
     return image, label
 
 
-def _write(image, path):
-    sitk.WriteImage(image, str(path))
-    return path
-
-
 def test_nnunet_folder_with_names_and_channels(tmp_path, breast):
     image, label = breast
     (tmp_path / "imagesTr").mkdir()
     (tmp_path / "labelsTr").mkdir()
     for name in ("case_a", "case_b"):
-        _write(image, tmp_path / "imagesTr" / f"{name}_0000.nii.gz")
-        _write(label, tmp_path / "labelsTr" / f"{name}.nii.gz")
+        write_image(image, tmp_path / "imagesTr" / f"{name}_0000.nii.gz")
+        write_image(label, tmp_path / "labelsTr" / f"{name}.nii.gz")
     (tmp_path / "dataset.json").write_text(json.dumps(
         {"channel_names": {"0": "MRI"}, "labels": {"background": 0, "lesion": 1}, "file_ending": ".nii.gz"}))
     checked = validate_dataset(discover_dataset(tmp_path))
@@ -43,8 +39,8 @@ def test_nnunet_folder_with_names_and_channels(tmp_path, breast):
 def test_pair_folder_json_and_csv_lists_find_the_same_cases(tmp_path, breast):
     image, label = breast
     for name in ("p1", "p2"):
-        _write(image, tmp_path / f"{name}_image.nrrd")
-        _write(label, tmp_path / f"{name}_label.nrrd")
+        write_image(image, tmp_path / f"{name}_image.nrrd")
+        write_image(label, tmp_path / f"{name}_label.nrrd")
     folder = discover_dataset(tmp_path)
     assert [(c.name, c.images[0].name, c.label.name) for c in folder.cases] == [
         ("p1", "p1_image.nrrd", "p1_label.nrrd"), ("p2", "p2_image.nrrd", "p2_label.nrrd")]
@@ -67,17 +63,17 @@ def test_every_problem_is_reported_at_once_with_its_case(tmp_path, breast):
     good.mkdir()
     # case "shifted": label moved by 3 voxels; "floaty": non-integer label; "unknown": value 7 not in labels;
     # "resized": label on another grid size; "orphan": image without label.
-    _write(image, tmp_path / "shifted_image.nrrd")
+    write_image(image, tmp_path / "shifted_image.nrrd")
     moved = sitk.Image(label)
     moved.SetOrigin(tuple(o + 3 * s for o, s in zip(label.GetOrigin(), label.GetSpacing())))
-    _write(moved, tmp_path / "shifted_label.nrrd")
-    _write(image, tmp_path / "floaty_image.nrrd")
+    write_image(moved, tmp_path / "shifted_label.nrrd")
+    write_image(image, tmp_path / "floaty_image.nrrd")
     floaty = sitk.Cast(label, sitk.sitkFloat32) * 0.5
-    _write(floaty, tmp_path / "floaty_label.nrrd")
-    _write(image, tmp_path / "unknown_image.nrrd")
-    _write(sitk.Cast(label, sitk.sitkUInt8) * 7, tmp_path / "unknown_label.nrrd")
-    _write(image, tmp_path / "resized_image.nrrd")
-    _write(label[:, :, :10], tmp_path / "resized_label.nrrd")
+    write_image(floaty, tmp_path / "floaty_label.nrrd")
+    write_image(image, tmp_path / "unknown_image.nrrd")
+    write_image(sitk.Cast(label, sitk.sitkUInt8) * 7, tmp_path / "unknown_label.nrrd")
+    write_image(image, tmp_path / "resized_image.nrrd")
+    write_image(label[:, :, :10], tmp_path / "resized_label.nrrd")
     listing = tmp_path / "list.json"
     cases = [{"name": n, "image": f"{n}_image.nrrd", "label": f"{n}_label.nrrd"}
              for n in ("shifted", "floaty", "unknown", "resized")]
@@ -96,9 +92,9 @@ def test_every_problem_is_reported_at_once_with_its_case(tmp_path, breast):
 
 def test_pair_folder_names_orphans_and_channel_counts(tmp_path, breast):
     image, label = breast
-    _write(image, tmp_path / "a_image.nrrd")
-    _write(image, tmp_path / "b_image.nrrd")
-    _write(label, tmp_path / "a_label.nrrd")
+    write_image(image, tmp_path / "a_image.nrrd")
+    write_image(image, tmp_path / "b_image.nrrd")
+    write_image(label, tmp_path / "a_label.nrrd")
     with pytest.raises(InputError, match=r"case b: image b_image.nrrd has no label file"):
         discover_dataset(tmp_path)
     listing = tmp_path / "list.json"
@@ -112,8 +108,8 @@ def test_pair_folder_names_orphans_and_channel_counts(tmp_path, breast):
 
 def test_empty_labels_and_bad_lists_are_refused(tmp_path, breast):
     image, label = breast
-    _write(image, tmp_path / "e_image.nrrd")
-    _write(sitk.Image(label) * 0, tmp_path / "e_label.nrrd")
+    write_image(image, tmp_path / "e_image.nrrd")
+    write_image(sitk.Image(label) * 0, tmp_path / "e_label.nrrd")
     with pytest.raises(InputError, match="every label map is empty"):
         validate_dataset(discover_dataset(tmp_path))
     bad_csv = tmp_path / "bad.csv"
@@ -129,8 +125,8 @@ def test_header_float_noise_is_within_tolerance(tmp_path, breast):
     noisy = sitk.Image(label)
     noisy.SetOrigin(tuple(o + 1e-4 for o in label.GetOrigin()))
     noisy.SetSpacing(tuple(s * (1 + 1e-5) for s in label.GetSpacing()))
-    _write(image, tmp_path / "n_image.nii.gz")
-    _write(noisy, tmp_path / "n_label.nii.gz")  # NIfTI stores float32 geometry: more noise still
+    write_image(image, tmp_path / "n_image.nii.gz")
+    write_image(noisy, tmp_path / "n_label.nii.gz")  # NIfTI stores float32 geometry: more noise still
     checked = validate_dataset(discover_dataset(tmp_path))
     assert [c.name for c in checked.dataset.cases] == ["n"] and checked.labels == {1: "label 1"}
 
@@ -140,7 +136,7 @@ def test_slicer_seg_nrrd_labels_bring_their_segment_names(tmp_path, breast):
     from mednextv2.inference.export import write_seg_nrrd
 
     image, label = breast
-    _write(image, tmp_path / "s1_image.nrrd")
+    write_image(image, tmp_path / "s1_image.nrrd")
     write_seg_nrrd(sitk.Cast(label, sitk.sitkUInt8), [Label(1, "breast lesion", (255, 0, 0))], tmp_path / "s1.seg.nrrd")
     checked = validate_dataset(discover_dataset(tmp_path))
     assert checked.dataset.cases[0].label.name == "s1.seg.nrrd"
