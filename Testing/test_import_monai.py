@@ -282,7 +282,7 @@ def test_wrong_shapes_are_named_with_monais_key(tmp_path):
     state = monai_state("grn_ds.pt")
     state["dec_stages.3.0.conv3.weight"] = torch.zeros(3, 4, 1, 1, 1)
     save_file(state, str(tmp_path / "bad.safetensors"))
-    with pytest.raises(InputError, match=r"dec_stages\.3\.0\.conv3\.weight \(3, 4, 1, 1, 1\), expected \(2, 8, 1, 1, 1\)"):
+    with pytest.raises(InputError, match=r"dec_stages\.3\.0\.conv3\.weight: \(3, 4, 1, 1, 1\) vs expected \(2, 8, 1, 1, 1\)"):
         import_model(tmp_path / "bad.safetensors", options=ImportOptions(source_format="monai", config=write_config(tmp_path, CT_CONFIG)))
 
 

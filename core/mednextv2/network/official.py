@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import re
-from typing import Dict, Mapping, Sequence
+from typing import Callable, Dict, List, Mapping, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -101,26 +101,29 @@ def config_from_state_dict(obj) -> MedNeXtConfig:
                          residual="down_0.res_conv.weight" in sd)
 
 
-def state_dict_differences(expected: Mapping[str, torch.Tensor], given: Mapping[str, torch.Tensor]):
-    """The keys `given` lacks, the keys it has beyond `expected`, and the keys of another shape (sorted)."""
+def state_dict_problems(expected: Mapping[str, torch.Tensor], given: Mapping[str, torch.Tensor],
+                        name: Callable[[str], str] = str) -> str:
+    """What keeps `given` from loading where `expected` is (missing keys, extra keys, other shapes), ""
+    when nothing does; `name` shows a key as the file's owner knows it."""
     missing = sorted(set(expected) - set(given))
     unexpected = sorted(set(given) - set(expected))
     wrong = sorted(k for k in set(expected) & set(given) if tuple(expected[k].shape) != tuple(given[k].shape))
-    return missing, unexpected, wrong
+
+    def listed(keys: List[str]) -> str:
+        return "[" + ", ".join(name(k) for k in keys[:5]) + (" ..." if len(keys) > 5 else "") + "]"
+
+    parts = [f"{what} {listed(keys)}" for what, keys in (("missing keys", missing), ("unexpected keys", unexpected))
+             if keys]
+    if wrong:
+        parts.append("wrong shapes " + ", ".join(f"{name(k)}: {tuple(given[k].shape)} vs expected "
+                                                 f"{tuple(expected[k].shape)}" for k in wrong[:3]))
+    return "; ".join(parts)
 
 
 def _load_exact(model: MedNeXt, sd: Mapping[str, torch.Tensor]) -> None:
-    own = model.state_dict()
-    missing, unexpected, wrong = state_dict_differences(own, sd)
-    if missing or unexpected or wrong:
-        parts = []
-        if missing:
-            parts.append(f"missing keys {missing[:5]}{' ...' if len(missing) > 5 else ''}")
-        if unexpected:
-            parts.append(f"unexpected keys {unexpected[:5]}{' ...' if len(unexpected) > 5 else ''}")
-        if wrong:
-            parts.append("wrong shapes " + ", ".join(f"{k}: {tuple(sd[k].shape)} vs expected {tuple(own[k].shape)}" for k in wrong[:3]))
-        raise ValueError("not a MedNeXt checkpoint of the configuration read off its shapes: " + "; ".join(parts))
+    problems = state_dict_problems(model.state_dict(), sd)
+    if problems:
+        raise ValueError(f"not a MedNeXt checkpoint of the configuration read off its shapes: {problems}")
     model.load_state_dict(sd, strict=True)
 
 

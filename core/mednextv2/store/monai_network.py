@@ -23,7 +23,7 @@ import torch
 
 from mednextv2.errors import InputError
 from mednextv2.network.config import MedNeXtConfig
-from mednextv2.network.official import named_tensors, state_dict_differences, strip_prefixes
+from mednextv2.network.official import named_tensors, state_dict_problems, strip_prefixes
 
 LEVELS = 4  # the official MedNeXt has four resolution levels below the bottleneck
 _WRAPPERS = ("state_dict", "model", "network", "network_weights", "model_state_dict")
@@ -213,19 +213,10 @@ def to_official(sd: Mapping[str, torch.Tensor], args: MonaiNetworkArgs, where: s
                 out[key] = torch.zeros(1, hidden, 1, 1, 1)
     with torch.device("meta"):
         expected = MedNeXt(config).state_dict()
-    missing, unexpected, wrong = state_dict_differences(expected, out)
-    if missing or unexpected or wrong:
-        parts = []
-        if missing:
-            parts.append(f"{len(missing)} missing (first: {monai_key(missing[0])})")
-        if unexpected:
-            parts.append(f"{len(unexpected)} unexpected (first: {monai_key(unexpected[0])})")
-        if wrong:
-            k = wrong[0]
-            parts.append(f"{len(wrong)} of another shape (first: {monai_key(k)} {tuple(out[k].shape)}, "
-                         f"expected {tuple(expected[k].shape)})")
+    problems = state_dict_problems(expected, out, monai_key)
+    if problems:
         raise InputError(f"{where}: the weights are not those of the MONAI MedNeXt read off their shapes "
-                         f"({args.to_json()}): " + "; ".join(parts))
+                         f"({args.to_json()}): {problems}")
     if deep_supervision is False:
         out = {k: v for k, v in out.items() if not re.match(r"out_[1-9]\.", k)}
         config = config.replace(deep_supervision=False)
