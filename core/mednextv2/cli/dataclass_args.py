@@ -44,6 +44,8 @@ def add_dataclass_arguments(parser: argparse.ArgumentParser, cls: type) -> None:
         off_help = meta.pop("off_help")
         kwargs = dict(_argument_shape(hints[f.name]), **{k: v for k, v in meta.items() if v is not None})
         switch = kwargs.get("action") == "store_true"
+        if kwargs.get("action") == "append":  # a repeated flag gives one value each time
+            kwargs.pop("nargs", None)
         if switch:
             kwargs.pop("type", None)
         if switch and has_off_flag(f):

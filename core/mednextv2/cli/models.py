@@ -6,11 +6,13 @@ import json
 import sys
 
 from mednextv2 import MODELS_DOC_URL
+from mednextv2.cli.dataclass_args import add_dataclass_arguments, dataclass_from_args
 from mednextv2.disk import format_size
 from mednextv2.errors import InputError
 from mednextv2.progress import MODES, make_progress
 from mednextv2.schema import loads_strict, printable
 from mednextv2.store.cache import ModelCache
+from mednextv2.store.importer import ImportOptions
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
@@ -40,22 +42,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p = sub.add_parser("import", help="install a local bundle, nnU-Net v2/v1 results folder/zip or MONAI MedNeXt (no internet needed)")
     p.add_argument("path", help="bundle folder or zip, or nnU-Net v2 or v1 results folder or zip")
     p.add_argument("--id", dest="model_id", help="model id to install it as (default: from the bundle or dataset name)")
-    p.add_argument("--fold", dest="folds", action="append", metavar="FOLD",
-                   help="nnU-Net: use only this fold (repeatable; default: every fold found, as an ensemble)")
-    p.add_argument("--configuration", help="nnU-Net: plans configuration (default: from the folder name, else 3d_fullres)")
-    p.add_argument("--checkpoint", help="nnU-Net: checkpoint file name in each fold (default: checkpoint_final.pth "
-                   "for v2, model_final_checkpoint.model for v1)")
-    p.add_argument("--grn-norm", choices=["mean", "sum"],
-                   help="nnU-Net: GRN normaliser the network was trained with: mean over channels (official "
-                        f"MedNeXt code, the default) or sum (the seed paper); see {MODELS_DOC_URL}")
-    p.add_argument("--dataset-json", metavar="PATH",
-                   help="nnU-Net v1: the raw dataset's dataset.json, for label names (v1 results folders have none)")
-    p.add_argument("--from", dest="source_format", choices=["monai"],
-                   help="monai: PATH is a monai.networks.nets.MedNeXt state dict (.pt read weights-only, or "
-                        ".safetensors) or a MONAI bundle folder or zip; needs --config")
-    p.add_argument("--config", metavar="JSON",
-                   help="--from monai: labels, channels, orientation, pixdim, normalization, roi_size (and the "
-                        f"MONAI constructor arguments, checked against the weights); see {MODELS_DOC_URL}")
+    add_dataclass_arguments(p, ImportOptions)
     p.add_argument("--replace", action="store_true", help="replace an installed model with the same id")
     p = sub.add_parser("remove", help="delete an installed model")
     p.add_argument("id")
@@ -157,12 +144,9 @@ def _download(args, cache) -> int:
 
 
 def _import(args, cache) -> int:
-    from mednextv2.store.importer import ImportOptions, import_model
+    from mednextv2.store.importer import import_model
 
-    folds = [int(f) if str(f).isdigit() else f for f in args.folds] if args.folds else None
-    options = ImportOptions(folds=folds, configuration=args.configuration, checkpoint=args.checkpoint,
-                            grn_norm=args.grn_norm, dataset_json=args.dataset_json, source_format=args.source_format,
-                            config=args.config)
+    options = dataclass_from_args(ImportOptions, args)
     path = import_model(args.path, cache, model_id=args.model_id, options=options, replace=args.replace,
                         progress=make_progress(args.progress))
     print(f"installed {path.name} in {path}; use it with: mednextv2 segment ... -m {path.name}", file=sys.stderr)

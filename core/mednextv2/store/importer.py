@@ -8,13 +8,15 @@ networks built before it enters the cache, so a model that cannot run is never i
 from __future__ import annotations
 
 import zipfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import List, Mapping, Optional, Tuple, Union
 
+from mednextv2 import MODELS_DOC_URL
 from mednextv2.bundle import MODEL_JSON, Bundle, load_bundle
 from mednextv2.bundle_spec import strip_absolute_paths
 from mednextv2.errors import InputError
+from mednextv2.option_fields import cli, option_fields, option_flags
 from mednextv2.output_guard import resolved
 from mednextv2.safezip import safe_extract_zip
 from mednextv2.store.cache import ModelCache, check_model_id
@@ -57,36 +59,49 @@ def find_model_root(folder: Path, configuration: Optional[str] = None, max_depth
 
 @dataclass(frozen=True)
 class ImportOptions:
-    """How to read a model that is not a bundle, checked when made.
-
-    nnU-Net results: `folds`, `configuration`, `checkpoint` (file name in each fold), `grn_norm`
-    ("mean" or "sum": checkpoints cannot tell them apart) and `dataset_json`
-    (label names for a v1 folder, which has none). A MONAI MedNeXt: `source_format="monai"` with
-    `config`, its network description (monai.py)."""
-    folds: Optional[Tuple[Union[int, str], ...]] = None
-    configuration: Optional[str] = None
-    checkpoint: Optional[str] = None
-    grn_norm: Optional[str] = None
-    dataset_json: Optional[Path] = None
-    source_format: Optional[str] = None
-    config: Optional[Path] = None
-
-    _NNUNET_FLAGS = {"folds": "--fold", "configuration": "--configuration", "checkpoint": "--checkpoint",
-                     "grn_norm": "--grn-norm", "dataset_json": "--dataset-json"}
+    """How to read a model that is not a bundle, checked when made; the one source of `models import`'s
+    options. nnU-Net results: folds, configuration, checkpoint, GRN's normaliser (checkpoints cannot
+    tell "mean" from "sum") and, for v1 folders, which have no label names, the raw dataset.json.
+    A MONAI MedNeXt: `source_format="monai"` with `config`, its description (monai.py)."""
+    folds: Optional[Tuple[Union[int, str], ...]] = field(default=None, metadata=cli(
+        "nnU-Net: use only this fold (repeatable; default: every fold found, as an ensemble)", "--fold",
+        type=str, action="append", metavar="FOLD"))
+    configuration: Optional[str] = field(default=None, metadata=cli(
+        "nnU-Net: plans configuration (default: from the folder name, else 3d_fullres)"))
+    checkpoint: Optional[str] = field(default=None, metadata=cli(
+        "nnU-Net: checkpoint file name in each fold (default: checkpoint_final.pth for v2, "
+        "model_final_checkpoint.model for v1)"))
+    grn_norm: Optional[str] = field(default=None, metadata=cli(
+        "nnU-Net: GRN normaliser the network was trained with: mean over channels (official MedNeXt code, the "
+        f"default) or sum (the seed paper); see {MODELS_DOC_URL}", choices=["mean", "sum"]))
+    dataset_json: Optional[Path] = field(default=None, metadata=cli(
+        "nnU-Net v1: the raw dataset's dataset.json, for label names (v1 results folders have none)", metavar="PATH"))
+    source_format: Optional[str] = field(default=None, metadata=cli(
+        "monai: PATH is a monai.networks.nets.MedNeXt state dict (.pt read weights-only, or .safetensors) or a "
+        "MONAI bundle folder or zip; needs --config", "--from", choices=["monai"]))
+    config: Optional[Path] = field(default=None, metadata=cli(
+        "--from monai: labels, channels, orientation, pixdim, normalization, roi_size (and the MONAI constructor "
+        f"arguments, checked against the weights); see {MODELS_DOC_URL}", metavar="JSON"))
 
     def __post_init__(self) -> None:
-        for name, kind in (("folds", tuple), ("dataset_json", Path), ("config", Path)):
+        if self.folds is not None:  # fold numbers as nnU-Net names them: 0, fold_0 and "all" all name folds
+            object.__setattr__(self, "folds", tuple(int(f) if str(f).isdigit() else f for f in self.folds))
+        for name in ("dataset_json", "config"):
             if getattr(self, name) is not None:
-                object.__setattr__(self, name, kind(getattr(self, name)))
+                object.__setattr__(self, name, Path(getattr(self, name)))
         if self.source_format not in (None, "monai"):
             raise InputError(f"--from must be 'monai' (or left out for bundles and nnU-Net results), "
                              f"got {self.source_format!r}")
         if self.source_format is None and self.config is not None:
             raise InputError("--config describes a MONAI MedNeXt; give it with --from monai")
         if self.source_format == "monai":
-            given = [flag for name, flag in self._NNUNET_FLAGS.items() if getattr(self, name)]
+            fields = option_fields(ImportOptions)
+            given = [option_flags(fields[name])[0] for name in _NNUNET_OPTIONS if getattr(self, name)]
             if given:
                 raise InputError(f"{', '.join(given)}: nnU-Net options; they do not apply to --from monai")
+
+
+_NNUNET_OPTIONS = ("folds", "configuration", "checkpoint", "grn_norm", "dataset_json")
 
 
 def import_model(path: Union[str, Path], cache: Optional[ModelCache] = None, *, model_id: Optional[str] = None,
