@@ -8,7 +8,7 @@ from dataclasses import replace
 import pytest
 
 
-from MedNeXtV2TrainLib.presets import PRESETS, get_preset  # noqa: E402
+from MedNeXtV2TrainLib.presets import TRAINING_PRESETS, get_preset  # noqa: E402
 from MedNeXtV2TrainLib.resume_state import (STATE_FILE, ResumeStateError, TrainState, find_jobs,  # noqa: E402
                                             find_resumable, load_state, new_job_dir, save_state)
 from MedNeXtV2TrainLib.settings import TrainSettings, model_id_from_name  # noqa: E402
@@ -27,7 +27,7 @@ from MedNeXtV2TrainLib.training_curves import TrainingCurves, to_pixels, value_r
 def test_presets_set_budget_and_patch():
     quick, thorough = get_preset("quick"), get_preset("thorough")
     assert quick.minutes and quick.epochs is None and thorough.epochs and thorough.minutes is None
-    for preset in PRESETS.values():
+    for preset in TRAINING_PRESETS.values():
         assert TrainSettings().with_preset(preset.name).problems() == []
     # Quick leaves the patch to the engine's plan, which knows the device (small on a CPU).
     assert quick.patch_size is None and TrainSettings().with_preset("quick").patch_size is None

@@ -26,7 +26,7 @@ class TrainingPreset:
         return f"{self.epochs} epochs"
 
 
-PRESETS: Dict[str, TrainingPreset] = {p.name: p for p in (
+TRAINING_PRESETS: Dict[str, TrainingPreset] = {p.name: p for p in (
     # Quick leaves the patch to the engine: 32^3 on a CPU, where small patches learn most per minute,
     # and as large as the GPU's memory allows on CUDA.
     TrainingPreset("quick", "Quick", minutes=15, epochs=None, patch_size=None,
@@ -41,7 +41,7 @@ DEFAULT_PRESET = "quick"
 
 def get_preset(name: str) -> TrainingPreset:
     try:
-        return PRESETS[name]
+        return TRAINING_PRESETS[name]
     except KeyError as e:
-        raise ValueError(f"unknown training preset {name!r}; choose one of {', '.join(PRESETS)}") from e
+        raise ValueError(f"unknown training preset {name!r}; choose one of {', '.join(TRAINING_PRESETS)}") from e
 

@@ -7,7 +7,7 @@ import os
 import qt
 
 from MedNeXtV2SegmentLib.models import describe_model
-from MedNeXtV2TrainLib.presets import PRESETS
+from MedNeXtV2TrainLib.presets import TRAINING_PRESETS
 from MedNeXtV2TrainLib.settings import ARCHITECTURES, BASE_FILE_SUFFIXES, TrainSettings, is_base_file
 
 
@@ -27,7 +27,7 @@ class SettingsPage:
         self.ui.browseJobsFolderButton.connect("clicked(bool)", self.onBrowseJobsFolder)
         for arch in ARCHITECTURES:
             self.ui.architectureComboBox.addItem(arch)
-        for preset in PRESETS.values():
+        for preset in TRAINING_PRESETS.values():
             self.ui.presetComboBox.addItem(f"{preset.title} ({preset.budget_text()})", preset.name)
 
     def currentModel(self):
@@ -150,7 +150,7 @@ class SettingsPage:
         self.ui.presetComboBox.blockSignals(True)
         self.ui.presetComboBox.setCurrentIndex(max(0, self.ui.presetComboBox.findData(s.preset)))
         self.ui.presetComboBox.blockSignals(False)
-        self.ui.presetInfoLabel.text = PRESETS[s.preset].description
+        self.ui.presetInfoLabel.text = TRAINING_PRESETS[s.preset].description
         self.ui.budgetMinutesRadio.checked = s.minutes is not None
         self.ui.budgetEpochsRadio.checked = s.minutes is None
         if s.minutes is not None:
