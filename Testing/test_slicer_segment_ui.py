@@ -4,6 +4,7 @@ Run this file as a script to refresh docs/images/segment_panel.png.
 """
 from __future__ import annotations
 
+import ast
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
@@ -15,7 +16,7 @@ from qt_ui_helpers import QtGui, QtWidgets, load_ui, load_warnings, render_png, 
 
 UI = SEGMENT_DIR / "Resources" / "UI" / "MedNeXtV2Segment.ui"
 SOURCES = sorted([SEGMENT_DIR / "MedNeXtV2Segment.py", *(SEGMENT_DIR / "MedNeXtV2SegmentLib").glob("*.py")])
-DEVICES = ["Auto (GPU if available)", "NVIDIA GPU (CUDA)", "Apple GPU (MPS)", "CPU"]  # widget.DEVICE_CHOICES
+DEVICES = ["Auto (GPU if available)", "NVIDIA GPU (CUDA)", "Apple GPU (MPS)", "CPU"]  # widget.DEVICE_LABELS, in the engine's order
 
 
 def real_preview(work: Path) -> dict:
@@ -173,3 +174,13 @@ if __name__ == "__main__":
 
     with tempfile.TemporaryDirectory() as work:
         print(render_segment_panel(REPO / "docs" / "images" / "segment_panel.png", real_preview(Path(work))))
+
+
+def test_the_panel_has_words_for_each_device_the_engine_takes():
+    from mednextv2.inference.options import DEVICES as ENGINE_DEVICES
+
+    widget = SEGMENT_DIR / "MedNeXtV2SegmentLib" / "widget.py"
+    labels = next(ast.literal_eval(node.value) for node in ast.parse(widget.read_text(encoding="utf-8")).body
+                  if isinstance(node, ast.Assign) and getattr(node.targets[0], "id", None) == "DEVICE_LABELS")
+    assert list(labels) == list(ENGINE_DEVICES)
+    assert [labels[d] for d in ENGINE_DEVICES] == DEVICES

@@ -28,8 +28,9 @@ from .unsure_regions import summary
 
 logger = logging.getLogger(__name__)
 
-DEVICE_CHOICES = (("auto", "Auto (GPU if available)"), ("cuda", "NVIDIA GPU (CUDA)"), ("mps", "Apple GPU (MPS)"),
-                  ("cpu", "CPU"))
+# The panel's words for each device the engine takes (inference/options.DEVICES, listed in its order);
+# an engine device without words here fails when the panel is built, not silently.
+DEVICE_LABELS = {"auto": "Auto (GPU if available)", "cuda": "NVIDIA GPU (CUDA)", "mps": "Apple GPU (MPS)", "cpu": "CPU"}
 
 
 class SegmentPanel:
@@ -59,8 +60,10 @@ class SegmentPanel:
         self.backgroundTimer = qt.QTimer()
         self.backgroundTimer.setInterval(200)
         self.backgroundTimer.connect("timeout()", self.onBackgroundTimer)
-        for device, text in DEVICE_CHOICES:
-            self.ui.deviceSelector.addItem(text, device)
+        from mednextv2.inference.options import DEVICES
+
+        for device in DEVICES:
+            self.ui.deviceSelector.addItem(DEVICE_LABELS[device], device)
         self.ui.applyButton.connect("clicked(bool)", self.onApply)
         self.ui.downloadModelButton.connect("clicked(bool)", self.onDownload)
         self.ui.importModelButton.connect("clicked(bool)", self.onImport)
