@@ -1,8 +1,10 @@
 """The model selector reads the engine's real `mednextv2 models list --json`."""
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
+from types import SimpleNamespace
 
 import pytest
 
@@ -95,6 +97,39 @@ def test_a_list_that_cannot_be_read_again_is_told_to_every_panel():
     assert [str(e) for e in heard] == ["Could not start 'PythonSlicer'"] and loader.models == []
     with pytest.raises(RuntimeError):
         loader.load()  # a Refresh: the panel that pressed it shows the error itself
+
+
+def test_a_model_added_while_the_list_is_being_read_is_read_again():
+    """A registration that finishes while a read is under way: that read may have listed the models
+    before the new one, so the loader reads again and the panels hear only the newer list."""
+    from MedNeXtV2SegmentLib.model_list_loader import ModelListLoader
+
+    class Listing:  # an engine run printing the installed models, finished on demand
+        def __init__(self, ids):
+            self.ids, self.finished, self.returncode, self.stderr_tail = ids, False, 0, []
+
+        def poll(self):
+            if not self.finished:
+                return []
+            rows = [{"id": i, "title": i, "installed": "yes"} for i in self.ids]
+            return [SimpleNamespace(stream="stdout", text=json.dumps(rows))]
+
+    installed, runs = ["lung"], []
+
+    def start():
+        runs.append(Listing(list(installed)))
+        return runs[-1]
+
+    loader = ModelListLoader(start)
+    heard = []
+    loader.addListener(lambda error: heard.append([c.id for c in loader.models]))
+    assert loader.load()
+    installed.append("my-model")  # Train registers its model meanwhile ...
+    loader.reload()  # ... and says so while the first read is still running
+    runs[0].finished = True
+    assert not loader.poll() and heard == [] and len(runs) == 2  # the stale list is not shown; a new read runs
+    runs[1].finished = True
+    assert loader.poll() and heard == [["lung", "my-model"]]
 
 
 def test_catalog_rows():

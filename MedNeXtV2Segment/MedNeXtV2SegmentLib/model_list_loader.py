@@ -28,6 +28,7 @@ class ModelListLoader:
         self.cuda: Optional[bool] = None  # whether the engine's torch sees a CUDA GPU; None until probed
         self._listeners: List[ModelListListener] = []
         self._run: Optional["EngineRunner"] = None
+        self._readAgain = False  # a model was added while a read was under way: that read may predate it
         self._stdout: List[str] = []
         self._timer = None
 
@@ -65,6 +66,9 @@ class ModelListLoader:
     def reload(self) -> None:
         """A model was added: forget the list and read it again; every listener hears the new one."""
         self.choices = None
+        if self._run is not None:
+            self._readAgain = True
+            return
         try:
             self.load(force=True)
         except RuntimeError as e:  # the engine's Python cannot start: the panels say so
@@ -87,6 +91,10 @@ class ModelListLoader:
             self.choices = read_model_list(run.returncode, "\n".join(self._stdout), "\n".join(run.stderr_tail))
         except CatalogError as e:
             error = e
+        if self._readAgain:
+            self._readAgain = False
+            self.reload()
+            return self._run is None
         self._tell(error)
         return True
 
