@@ -6,8 +6,8 @@ from dataclasses import asdict, dataclass, fields, replace
 from typing import Dict, List, Optional, Tuple
 
 from mednextv2.errors import InputError
-from mednextv2.network import PRESETS as NETWORKS
 from mednextv2.inference.options import DEVICES
+from mednextv2.network import PRESETS as NETWORKS
 from mednextv2.train.options import TrainOptions
 
 from MedNeXtV2TrainLib.presets import DEFAULT_PRESET, get_preset
@@ -26,6 +26,8 @@ BASE_FILE_SUFFIXES = (".pth", ".pt", ".ckpt")
 def is_base_file(base_model: Optional[str]) -> bool:
     """Whether the base is a pretrained-encoder file rather than a model id or bundle."""
     return bool(base_model) and base_model.lower().endswith(BASE_FILE_SUFFIXES)
+
+
 MODALITIES = ("CT", "MR", "other")
 
 
