@@ -126,6 +126,8 @@ class ThreadPolicy:
 
     @contextmanager
     def applied(self) -> Iterator["ThreadPolicy"]:
+        """Within it, `update()` may change torch's thread count; after it, the caller's count is back:
+        a library call must leave a Python user's process as it found it."""
         import torch  # here, so that option checking does not load torch
 
         before = torch.get_num_threads()
