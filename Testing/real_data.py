@@ -18,7 +18,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Callable, Mapping, Optional
 
-from mednextv2.store.cache import FileLock
+from mednextv2.locks import FileLock
 from repo_folders import REPO
 
 DATA_ENV, FIXTURES_ENV = "MEDNEXTV2_DATA", "MEDNEXTV2_FIXTURES"

@@ -138,7 +138,7 @@ def test_resume_refuses_a_changed_option_and_keeps_the_ones_left_out(tmp_path, d
 
 
 def test_a_second_train_on_the_same_output_is_refused_while_the_first_runs(tmp_path, dataset, capsys):
-    from mednextv2.store.cache import FileLock
+    from mednextv2.locks import FileLock
     from mednextv2.train.output import WORK_LOCK
 
     work = tmp_path / "model.training"

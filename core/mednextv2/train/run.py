@@ -20,10 +20,10 @@ from mednextv2.bundle import Bundle, load_bundle
 from mednextv2.devices import autocast_dtype
 from mednextv2.errors import Cancelled, InputError, ResourceError
 from mednextv2.inference.preprocessing import anisotropic_axis
+from mednextv2.locks import FileLock
 from mednextv2.network import MedNeXt
 from mednextv2.progress import make_progress, null_progress
 from mednextv2.store.amaes import describe, is_checkpoint_file, load_encoder, read_amaes
-from mednextv2.store.cache import FileLock
 from mednextv2.threads import ThreadPolicy
 from mednextv2.train import checkpoint, distributed, epochs, output
 from mednextv2.train.augment import AugmentConfig
