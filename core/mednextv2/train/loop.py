@@ -3,7 +3,8 @@
 Parts are injected (`TrainerParts`: model, optimizer, loss, batch source, validation cases), the
 loop owns only the order of things and the rules that keep a run from being lost: a checkpoint
 every epoch, a time budget that is kept (budget.py, which also keeps the schedule's clock),
-NaN/Inf steps skipped with a lower learning rate, SIGINT/SIGTERM saving before exit. What each epoch writes is up to its handlers (epochs.py).
+NaN/Inf steps skipped with a lower learning rate, SIGINT/SIGTERM saving before exit. What each
+epoch writes is up to its handlers (epochs.py).
 """
 from __future__ import annotations
 
